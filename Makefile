@@ -1,0 +1,33 @@
+# pqcall: `make test` and `make demo` are the two commands a new user needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint types bench demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+types: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: lint types
+	PYTHONASYNCIODEBUG=1 $(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m pqcall.bench crypto
+
+demo: $(STAMP)
+	@echo "make demo: the softphone does not exist yet (issue 5); nothing to demo."
+	@false
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

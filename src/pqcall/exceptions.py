@@ -1,0 +1,74 @@
+"""Every error pqcall raises on purpose.
+
+::
+
+    PqcallError
+    ├── ProtocolError
+    │   ├── LocalProtocolError      you misused the API (wrong state, bad argument)
+    │   └── RemoteProtocolError     the peer misbehaved
+    │       └── DecodeError         bytes that do not parse as the expected message
+    ├── BadSignature                a hybrid signature did not verify
+    ├── HandshakeFailed             the call handshake cannot complete
+    ├── KeystoreError               unreadable or corrupt keystore
+    │   └── WrongPassphrase         the passphrase does not open the keystore
+    ├── FileCryptoError             an encrypted file is truncated, reordered,
+    │                               tampered with, or not for us
+    └── CallError, DeviceError, ServerError   (raised by the I/O wrappers)
+
+Crypto failures are opaque: their messages name what was wrong with the input
+("signature does not verify"), never secret values.
+"""
+
+from __future__ import annotations
+
+
+class PqcallError(Exception):
+    """Base class of every error pqcall raises on purpose."""
+
+
+class ProtocolError(PqcallError):
+    """A sans-I/O protocol object was driven into an error."""
+
+
+class LocalProtocolError(ProtocolError):
+    """The caller of the API misused it (wrong state, invalid argument)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids."""
+
+
+class DecodeError(RemoteProtocolError):
+    """Bytes do not parse as the expected encoding."""
+
+
+class BadSignature(PqcallError):
+    """A hybrid signature did not verify (either half failing is enough)."""
+
+
+class HandshakeFailed(PqcallError):
+    """The call handshake cannot complete; the call must not go on."""
+
+
+class KeystoreError(PqcallError):
+    """The keystore cannot be read: missing, corrupt, or of an unknown version."""
+
+
+class WrongPassphrase(KeystoreError):
+    """The passphrase does not open the keystore."""
+
+
+class FileCryptoError(PqcallError):
+    """An encrypted file failed a check: truncated, reordered, tampered, or not for us."""
+
+
+class CallError(PqcallError):
+    """A call could not be placed or went wrong."""
+
+
+class DeviceError(PqcallError):
+    """An audio device cannot be opened or used."""
+
+
+class ServerError(PqcallError):
+    """The signaling server refused a request or cannot be reached."""
