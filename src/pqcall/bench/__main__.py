@@ -1,0 +1,40 @@
+"""``python -m pqcall.bench NAME [--quick] [--json PATH]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pqcall.bench import crypto
+from pqcall.bench.report import render_table, to_json
+
+BENCHMARKS = {"crypto": crypto}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one benchmark, print its table, optionally write JSON."""
+    parser = argparse.ArgumentParser(prog="python -m pqcall.bench")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark arguments, shared with ``pqcall bench``."""
+    parser.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark named in ``args``."""
+    figures = BENCHMARKS[args.name].run(quick=args.quick)
+    print(render_table(f"pqcall bench {args.name}", figures))
+    if args.json:
+        args.json.write_text(to_json(figures) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

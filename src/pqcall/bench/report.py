@@ -1,0 +1,65 @@
+"""A figure, its baseline measured in the same run, and how to print both."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One measured figure next to the baseline it is compared with."""
+
+    name: str
+    """What was measured."""
+    value: float
+    """pqcall's figure."""
+    unit: str
+    """Unit of ``value`` and ``baseline``."""
+    baseline_name: str
+    """What the baseline is."""
+    baseline: float
+    """The baseline's figure, measured in the same run."""
+
+    @property
+    def ratio(self) -> float:
+        """``value / baseline``."""
+        return self.value / self.baseline if self.baseline else float("inf")
+
+
+def cpu_seconds_per_call(work: Callable[[], object], repeat: int) -> float:
+    """Mean CPU seconds of one ``work()`` over ``repeat`` calls (after one warm-up)."""
+    work()
+    start = time.process_time()
+    for _ in range(repeat):
+        work()
+    return (time.process_time() - start) / repeat
+
+
+def render_table(title: str, figures: list[Figure]) -> str:
+    """A plain-text table of figures with their baselines and ratios."""
+    rows = [("figure", "pqcall", "baseline", "ratio", "baseline is")]
+    for f in figures:
+        rows.append(
+            (
+                f.name,
+                f"{f.value:,.3f} {f.unit}",
+                f"{f.baseline:,.3f} {f.unit}",
+                f"{f.ratio:.2f}x",
+                f.baseline_name,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [title, ""]
+    for index, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def to_json(figures: list[Figure]) -> str:
+    """The figures as a JSON list (ratio included)."""
+    return json.dumps([asdict(f) | {"ratio": f.ratio} for f in figures], indent=2)
