@@ -13,7 +13,10 @@ IMPURE_ALLOWED = {"keystore.py"}
 
 def pure_modules() -> list[Path]:
     files = sorted((SRC / "crypto").glob("*.py"))
-    files += [SRC / "media" / name for name in ("jitter.py", "stats.py")]
+    files += [
+        SRC / "media" / name
+        for name in ("jitter.py", "stats.py", "delay.py", "playout.py", "emodel.py")
+    ]
     files += [SRC / "transport" / "impairment.py"]
     return [f for f in files if f.exists() and f.name not in IMPURE_ALLOWED]
 

@@ -1,0 +1,131 @@
+"""The jitter buffer's delay estimator: how much buffering the network needs now.
+
+Scope: one number, :attr:`RelativeDelayEstimator.estimate_ms`, the extra
+delay (beyond one frame) the jitter buffer should hold so that nearly every
+packet arrives before its playout time. Pure: transit times and ``now`` in.
+
+Choice of estimator, and why:
+
+* The quantity measured is each packet's *relative delay*, as in WebRTC
+  NetEq: its transit time (arrival time minus media timestamp) minus the
+  smallest transit time seen in the last :data:`DELAY_HISTORY_S`. A packet
+  with relative delay ``d`` needs ``d`` ms of buffering to be on time. Sender
+  and receiver clocks need no synchronisation: the unknown offset cancels.
+* The need is the :data:`DELAY_QUANTILE` (95th percentile) of the relative
+  delays in that window: it covers a burst of late packets (a stall then a
+  flush) at once, yet one freak packet out of twenty is left to concealment
+  rather than adding its full delay to every packet.
+* RFC 3550's interarrival jitter (section 6.4.1) times a factor was
+  rejected: it averages consecutive transit *differences* with gain 1/16, so
+  a 200 ms stall moves it by only a few ms per packet and it lags the spike.
+  It remains the call statistic (``media/stats.py``), as RTCP defines it.
+* Fast up, slow down: a measurement above the estimate is taken at once; a
+  lower one is approached exponentially (time constant
+  :data:`TARGET_DECAY_TIME_CONSTANT_S`) but never slower than
+  :data:`TARGET_MIN_DECAY_MS_PER_S`, so the estimate reaches the measurement
+  in finite time. Worst case after jitter stops: the spike leaves the window
+  after 2 s, then the decay from the largest useful estimate (about 400 ms)
+  takes about 3 s; the buffer is back at its minimum well inside 10 s.
+
+Memory is bounded by :data:`DELAY_HISTORY_MAX_SAMPLES` whatever the packet rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Final
+
+DELAY_HISTORY_S: Final = 2.0
+"""How long a transit time counts as the reference and as a sample of need."""
+
+DELAY_QUANTILE: Final = 0.95
+"""Fraction of recent packets the estimate must bring in on time."""
+
+DELAY_HISTORY_MAX_SAMPLES: Final = 512
+"""Hard cap on remembered samples (2 s of 10 ms frames is 200)."""
+
+TARGET_DECAY_TIME_CONSTANT_S: Final = 1.0
+"""Time constant of the exponential decay toward a lower measurement."""
+
+TARGET_MIN_DECAY_MS_PER_S: Final = 40.0
+"""Slowest decay, so an exponential tail does not hold a whole extra frame."""
+
+
+class RelativeDelayEstimator:
+    """Tracks the buffering delay the network currently needs, in ms.
+
+    Call :meth:`observe` for every packet that is not a duplicate (late ones
+    included: they are the evidence), and :meth:`advance` whenever time passes
+    without packets, so the estimate decays during silence too. Its zero value
+    (no samples) is an estimate of 0 ms: no jitter seen.
+    """
+
+    def __init__(self) -> None:
+        # (arrival time s, transit s, relative delay ms), oldest first
+        self._samples: deque[tuple[float, float, float]] = deque(maxlen=DELAY_HISTORY_MAX_SAMPLES)
+        self._estimate_ms = 0.0  # current smoothed estimate
+        self._measured_cache: float | None = None  # quantile of the samples, while unchanged
+        self._updated_at: float | None = None  # ``now`` of the last update
+
+    @property
+    def estimate_ms(self) -> float:
+        """Extra buffering the network needs now, in ms (>= 0)."""
+        return self._estimate_ms
+
+    def observe(self, transit_s: float, now: float) -> float:
+        """Record a packet's transit time (arrival minus media time, in seconds).
+
+        Returns:
+            The packet's relative delay in ms.
+        """
+        self._expire(now)
+        reference = min((sample[1] for sample in self._samples), default=transit_s)
+        relative_ms = max(0.0, (transit_s - min(reference, transit_s)) * 1000.0)
+        self._samples.append((now, transit_s, relative_ms))
+        self._measured_cache = None
+        self._settle(now)
+        return relative_ms
+
+    def advance(self, now: float) -> None:
+        """Let time pass: forget old samples and decay the estimate."""
+        self._expire(now)
+        self._settle(now)
+
+    def forget_history(self) -> None:
+        """Drop every sample (the sender's clock changed) but keep the estimate.
+
+        The estimate describes the network path, which a sender restart does
+        not change; it decays on its own if the new stream is calmer.
+        """
+        self._samples.clear()
+        self._measured_cache = None
+
+    def _expire(self, now: float) -> None:
+        horizon = now - DELAY_HISTORY_S
+        while self._samples and self._samples[0][0] <= horizon:
+            self._samples.popleft()
+            self._measured_cache = None
+
+    def _measured_ms(self) -> float:
+        if self._measured_cache is None:
+            ordered = sorted(sample[2] for sample in self._samples)
+            index = max(0, math.ceil(DELAY_QUANTILE * len(ordered)) - 1)
+            self._measured_cache = ordered[index] if ordered else 0.0
+        return self._measured_cache
+
+    def _settle(self, now: float) -> None:
+        measured = self._measured_ms()
+        elapsed = 0.0 if self._updated_at is None else max(0.0, now - self._updated_at)
+        self._updated_at = now
+        if measured >= self._estimate_ms:
+            # fast up: take a higher need at once
+            self._estimate_ms = measured
+            return
+        # slow down: exponential, but at least the minimum rate
+        excess = self._estimate_ms - measured
+        step = max(
+            excess * (1.0 - math.exp(-elapsed / TARGET_DECAY_TIME_CONSTANT_S)),
+            TARGET_MIN_DECAY_MS_PER_S * elapsed,
+        )
+        self._estimate_ms = max(measured, self._estimate_ms - step)

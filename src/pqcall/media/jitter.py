@@ -1,0 +1,541 @@
+"""Adaptive jitter buffer: packets and ``now`` in, one playout decision per frame out.
+
+Scope: reorder, de-duplicate and time the playout of opaque encoded frames
+(one frame per packet, ``frame_ms`` long, RTP-style 16-bit sequence numbers
+and 48 kHz timestamps), and tell the decoder wrapper what to do for each
+frame slot. No codec, socket or clock here (sans-I/O, as ``aioquic``).
+
+Calling contract::
+
+    buffer = JitterBuffer(frame_ms=20)
+    buffer.push(seq, timestamp, payload, now=loop.time(), redundant=previous)
+    # once per frame_ms, driven by the playout clock:
+    decision = buffer.pop(now=loop.time())
+
+and then render the slot as the decision's :class:`~pqcall.media.playout.PlayoutAction`
+says (PLAY, FEC, REDUNDANT, CONCEAL or SILENCE; see ``media/playout.py``).
+
+How it plays (the policy, in the order :meth:`JitterBuffer.pop` applies it):
+
+* *Level* is the audio queued from the playout point to the newest queued
+  frame, in frames, including the one about to be rendered. The buffer
+  steers it to the *target* from :class:`~pqcall.media.delay.RelativeDelayEstimator`:
+  one frame plus the estimated need, between ``min_target_delay_ms`` (at
+  least one frame) and ``max_target_delay_ms``. While packets are being
+  lost (in the last :data:`LOSS_MEMORY_S`) and FEC or redundancy is on, the
+  target is at least two frames, so the packet after a lost one is there in
+  time to recover it.
+* Grow only where audio is missing anyway: a frame missing at its playout
+  time while the level is below target is waited for (rendered as CONCEAL,
+  the playout point holds); an underrun does the same. When the frame
+  arrives it plays one frame later: the delay grew by one frame. If it
+  never does, the wait stood in for it, or, when the buffer is still below
+  target, the frame is recovered from the next packet after the wait (the
+  growth then carries real audio). Nothing is inserted between frames that
+  are present.
+* A missing frame whose time has come (level at or above target) is lost:
+  REDUNDANT if the next packet carries a copy, else FEC if the next packet is
+  queued, else CONCEAL. Frames already rendered by waiting are skipped.
+* Shrink when the level exceeds the target by a frame: first by skipping a
+  missing frame instead of concealing it (costs no received audio), else by
+  discarding one received frame, at most one in
+  :data:`MIN_FRAMES_BETWEEN_SHRINKS` (10 % time compression; the payloads
+  are opaque, so low-energy frames cannot be preferred). Starting after
+  silence, a backlog older than the target is dropped at once.
+* After :data:`MAX_CONCEALMENT_MS` of underrun the buffer goes silent and,
+  when packets return, refills to the target before playing (a talk spurt
+  starting late costs nothing). A long silence therefore never adds delay.
+* A sender restart or clock jump starts a new stream (a *reset*): two
+  consecutive packets outside the window (RFC 3550 appendix A.1 probation),
+  or a newer sequence number with an older timestamp. The queue is flushed;
+  stragglers of the old stream are dropped as late.
+
+Memory: at most ``max_queued_packets`` queued (when full, the frame farthest
+in the future is dropped), a sequence number window of
+:data:`MAX_MISORDER_PACKETS` behind and :data:`MAX_JUMP_MS` ahead of the
+playout point, and the estimator's bounded history.
+
+Invariants (tested): every :meth:`~JitterBuffer.pop` returns exactly one
+decision, so ``played + fec_recovered + redundancy_recovered + concealed +
+silence`` equals the number of pops; decisions that carry a sequence number
+come in strictly increasing order, each number at most once, and
+``skipped`` counts the numbers passed over before it; every accepted packet
+ends up played, discarded (``shrink_dropped``, ``overflow_dropped``,
+``flushed``) or still queued.
+
+Future direction: time-stretching (WSOLA, as NetEq's accelerate and
+preemptive expand) in the decoder wrapper would let the buffer grow and
+shrink without dropping or inserting whole frames.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from pqcall.exceptions import LocalProtocolError
+from pqcall.media.delay import RelativeDelayEstimator
+from pqcall.media.playout import (
+    JitterBufferStats,
+    PacketArrival,
+    PacketFate,
+    PlayoutAction,
+    PlayoutDecision,
+    PlayoutState,
+)
+
+__all__ = [
+    "DEFAULT_FRAME_MS",
+    "LOSS_MEMORY_S",
+    "MAX_CONCEALMENT_MS",
+    "MAX_JUMP_MS",
+    "MAX_MISORDER_PACKETS",
+    "MAX_QUEUED_PACKETS",
+    "MAX_TARGET_DELAY_MS",
+    "MIN_FRAMES_BETWEEN_SHRINKS",
+    "MIN_TARGET_DELAY_MS",
+    "SUPPORTED_FRAME_MS",
+    "JitterBuffer",
+    "JitterBufferStats",
+    "PacketArrival",
+    "PacketFate",
+    "PlayoutAction",
+    "PlayoutDecision",
+    "PlayoutState",
+]
+
+# specification constants
+SAMPLE_RATE_HZ: Final = 48_000
+SEQUENCE_MODULUS: Final = 1 << 16  # RTP sequence numbers, RFC 3550 section 5.1
+TIMESTAMP_MODULUS: Final = 1 << 32  # RTP timestamps, RFC 3550 section 5.1
+MAX_MISORDER_PACKETS: Final = 100  # RFC 3550 appendix A.1
+
+# implementation constants
+SUPPORTED_FRAME_MS: Final = (10, 20, 40, 60)
+DEFAULT_FRAME_MS: Final = 20
+MIN_TARGET_DELAY_MS: Final = 10
+"""Lowest target; the effective floor is never below one frame."""
+MAX_TARGET_DELAY_MS: Final = 400
+"""Highest target: ITU-T G.114 finds more than 400 ms one way unacceptable for planning."""
+MAX_QUEUED_PACKETS: Final = 128
+"""Hard cap on queued packets (1.28 s of 10 ms frames: three times the maximum target)."""
+MAX_CONCEALMENT_MS: Final = 200
+"""Underrun rendered as concealment before the buffer goes silent and refills."""
+MIN_FRAMES_BETWEEN_SHRINKS: Final = 10
+"""At most one received frame in ten is discarded to cut delay."""
+MAX_JUMP_MS: Final = 2000
+"""A sequence number this far (in frames' time) ahead of the playout point is a jump."""
+LOSS_MEMORY_S: Final = 4.0
+"""How long after a loss the target keeps a frame of look-ahead for FEC."""
+TARGET_ROUNDING_MS: Final = 1.0
+"""Estimated need within this of a whole number of frames rounds down (timer noise)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Packet:
+    timestamp: int  # extended media timestamp
+    payload: bytes
+    redundant: bytes | None
+    arrival: float
+
+
+def _signed(delta: int, modulus: int) -> int:
+    """``delta`` reduced to [-modulus/2, modulus/2): serial number arithmetic."""
+    return (delta + modulus // 2) % modulus - modulus // 2
+
+
+class JitterBuffer:
+    """Adaptive jitter buffer with reordering, FEC/redundancy and concealment.
+
+    Args:
+        frame_ms: frame duration, one of :data:`SUPPORTED_FRAME_MS`.
+        min_target_delay_ms: lowest target (raised to one frame if lower).
+        max_target_delay_ms: highest target.
+        max_queued_packets: hard cap on queued packets.
+        use_fec: whether lost frames may be recovered from the next packet's
+            in-band FEC (the sender's encoder has FEC on).
+        has_fec: optional probe telling whether a payload carries FEC for
+            the frame before it (``pqcall.media.codec.has_fec``); without it,
+            every next packet is assumed to.
+
+    Raises:
+        LocalProtocolError: an argument is out of range.
+    """
+
+    def __init__(
+        self,
+        frame_ms: int = DEFAULT_FRAME_MS,
+        *,
+        min_target_delay_ms: float = MIN_TARGET_DELAY_MS,
+        max_target_delay_ms: float = MAX_TARGET_DELAY_MS,
+        max_queued_packets: int = MAX_QUEUED_PACKETS,
+        use_fec: bool = True,
+        has_fec: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        if frame_ms not in SUPPORTED_FRAME_MS:
+            raise LocalProtocolError(f"frame duration must be one of {SUPPORTED_FRAME_MS} ms")
+        if not 0 <= min_target_delay_ms <= max_target_delay_ms:
+            raise LocalProtocolError("target delay bounds must satisfy 0 <= min <= max")
+        if max_queued_packets < 2:
+            raise LocalProtocolError("the queue must hold at least 2 packets")
+        self._frame_ms = frame_ms  # frame duration, ms
+        self._floor_frames = max(1, math.ceil(min_target_delay_ms / frame_ms))
+        self._ceiling_frames = max(self._floor_frames, int(max_target_delay_ms // frame_ms))
+        self._max_queued = max_queued_packets  # queue cap
+        self._max_ahead = MAX_JUMP_MS // frame_ms  # forward sequence window, frames
+        self._use_fec = use_fec  # the sender's packets carry in-band FEC
+        self._has_fec = has_fec  # payload probe for FEC, if any
+        self._estimator = RelativeDelayEstimator()  # network need, ms
+        self._queue: dict[int, _Packet] = {}  # extended seq -> packet
+        self._seen: set[int] = set()  # extended seqs behind the playout point already handled
+        self._state = PlayoutState.AWAITING_PACKETS
+        self._anchored = False  # a stream has started
+        self._started = False  # this stream has rendered a frame
+        self._next = 0  # extended seq of the next frame to render (the playout point)
+        self._covered = 0  # frames from ``_next`` on already rendered by waiting, or skipped
+        self._newest_seq = 0  # highest extended seq accepted
+        self._newest_ts = 0  # its extended timestamp
+        self._probation: int | None = None  # seq that would confirm a new stream
+        self._retired: int | None = None  # newest seq of the previous stream, for stragglers
+        self._fill_pops = 0  # silent pops spent filling
+        self._pops_since_shrink = 0  # pops since a received frame was discarded
+        self._last_loss_at: float | None = None  # when a frame was last lost
+        self._redundancy_seen = False  # the sender sends redundant copies
+        self._in_concealment = False  # the previous decision was CONCEAL
+        self._now: float | None = None  # latest ``now``
+        self._level = 0  # level at the last pop, frames
+        self._waited_s = 0.0  # total wait of played packets
+        self._counts: dict[str, int] = dict.fromkeys(
+            (
+                "played concealed fec_recovered redundancy_recovered silence skipped "
+                "shrink_dropped late_dropped duplicates overflow_dropped stray_dropped "
+                "flushed resets concealment_events"
+            ).split(),
+            0,
+        )
+
+    @property
+    def frame_ms(self) -> int:
+        """Frame duration in ms."""
+        return self._frame_ms
+
+    @property
+    def state(self) -> PlayoutState:
+        """What the buffer waits for now."""
+        return self._state
+
+    def push(
+        self,
+        seq: int,
+        timestamp: int,
+        payload: bytes,
+        now: float,
+        *,
+        redundant: bytes | None = None,
+    ) -> PacketArrival:
+        """Offer a received packet.
+
+        Args:
+            seq: 16-bit sequence number (one per frame).
+            timestamp: 32-bit media timestamp in 48 kHz sample units.
+            payload: the encoded frame (opaque, non-empty).
+            now: arrival time, seconds on a monotonic clock.
+            redundant: the encoded previous frame, if the sender repeats it.
+
+        Returns:
+            What happened to the packet. Failures (late, duplicate...) are
+            counted, never raised.
+
+        Raises:
+            LocalProtocolError: an argument is out of range or ``now`` went back.
+        """
+        if not 0 <= seq < SEQUENCE_MODULUS:
+            raise LocalProtocolError("sequence number must fit in 16 bits")
+        if not 0 <= timestamp < TIMESTAMP_MODULUS:
+            raise LocalProtocolError("timestamp must fit in 32 bits")
+        if not payload:
+            raise LocalProtocolError("payload must not be empty")
+        if redundant is not None and not redundant:
+            raise LocalProtocolError("redundant data must be None or non-empty")
+        self._tick(now)
+        if redundant is not None:
+            self._redundancy_seen = True
+        packet = _Packet(timestamp, bytes(payload), redundant and bytes(redundant), now)
+        fate, reset = self._admit(seq, packet, now)
+        return PacketArrival(seq, timestamp, now, fate, reset)
+
+    def pop(self, now: float) -> PlayoutDecision:
+        """Decide how to render the next frame slot; call once per frame.
+
+        Raises:
+            LocalProtocolError: ``now`` went back.
+        """
+        self._tick(now)
+        if self._state is PlayoutState.PLAYING:
+            decision = self._play(now)
+        elif self._state is PlayoutState.FILLING and self._queue:
+            decision = self._fill(now)
+        else:
+            decision = self._silence()
+        self._count(decision)
+        return decision
+
+    def snapshot(self) -> JitterBufferStats:
+        """Current counters and delays."""
+        played = self._counts["played"]
+        return JitterBufferStats(
+            frame_ms=self._frame_ms,
+            **self._counts,
+            queued_packets=len(self._queue),
+            target_delay_ms=float(self._target_frames(self._now) * self._frame_ms),
+            buffered_delay_ms=float(self._level * self._frame_ms),
+            mean_delay_ms=1000.0 * self._waited_s / played if played else 0.0,
+        )
+
+    # arrival
+
+    def _tick(self, now: float) -> None:
+        if self._now is not None and now < self._now:
+            raise LocalProtocolError("now must not go back")
+        self._now = now
+        self._estimator.advance(now)
+
+    def _admit(self, seq: int, packet: _Packet, now: float) -> tuple[PacketFate, bool]:
+        if not self._anchored:
+            self._start_stream(seq, packet, now)
+            return PacketFate.QUEUED, False
+        # unwrap around the playout point (RFC 3550 appendix A.1 windows)
+        position = self._next + self._covered
+        ext = position + _signed(seq - position, SEQUENCE_MODULUS)
+        if ext - self._next < -MAX_MISORDER_PACKETS or ext - position >= self._max_ahead:
+            return self._admit_stray(seq, packet, now)
+        self._probation = None
+        if ext in self._queue or ext in self._seen:
+            self._counts["duplicates"] += 1
+            return PacketFate.DUPLICATE, False
+        ts = self._newest_ts + _signed(packet.timestamp - self._newest_ts, TIMESTAMP_MODULUS)
+        if ext > self._newest_seq:
+            if ts < self._newest_ts:
+                # a newer frame with an older timestamp: the sender's clock restarted
+                self._reset(seq, packet, now)
+                return PacketFate.QUEUED, True
+            self._newest_seq, self._newest_ts = ext, ts
+        elif ts > self._newest_ts:
+            # an older frame with a newer timestamp: from another clock (a straggler
+            # across a restart); its transit time would poison the delay estimate
+            self._counts["stray_dropped"] += 1
+            return PacketFate.STRAY, False
+        self._estimator.observe(now - ts / SAMPLE_RATE_HZ, now)
+        if ext < self._next:
+            if not self._started:
+                self._next = ext  # an earlier first frame, reordered
+            else:
+                self._counts["late_dropped"] += 1
+                self._remember(ext)
+                return PacketFate.LATE, False
+        fate = self._enqueue(ext, _Packet(ts, packet.payload, packet.redundant, now))
+        if fate is PacketFate.QUEUED and self._state is PlayoutState.AWAITING_PACKETS:
+            self._state = PlayoutState.FILLING
+            self._fill_pops = 0
+        return fate, False
+
+    def _admit_stray(self, seq: int, packet: _Packet, now: float) -> tuple[PacketFate, bool]:
+        if self._retired is not None:
+            behind = _signed(seq - self._retired, SEQUENCE_MODULUS)
+            if -MAX_MISORDER_PACKETS <= behind <= 0:
+                self._counts["late_dropped"] += 1  # straggler of the previous stream
+                return PacketFate.LATE, False
+        if seq == self._probation:
+            self._reset(seq, packet, now)
+            return PacketFate.QUEUED, True
+        self._probation = (seq + 1) % SEQUENCE_MODULUS
+        self._counts["stray_dropped"] += 1
+        return PacketFate.STRAY, False
+
+    def _reset(self, seq: int, packet: _Packet, now: float) -> None:
+        self._counts["resets"] += 1
+        self._counts["flushed"] += len(self._queue)
+        self._retired = self._newest_seq % SEQUENCE_MODULUS
+        self._queue.clear()
+        self._seen.clear()
+        self._estimator.forget_history()
+        self._start_stream(seq, packet, now)
+
+    def _start_stream(self, seq: int, packet: _Packet, now: float) -> None:
+        self._anchored = True
+        self._started = False
+        self._next = self._newest_seq = seq
+        self._newest_ts = packet.timestamp
+        self._covered = 0
+        self._probation = None
+        self._state = PlayoutState.FILLING
+        self._fill_pops = 0
+        self._queue[seq] = packet
+        self._estimator.observe(now - packet.timestamp / SAMPLE_RATE_HZ, now)
+
+    def _enqueue(self, ext: int, packet: _Packet) -> PacketFate:
+        if len(self._queue) >= self._max_queued:
+            farthest = max(self._queue)
+            self._counts["overflow_dropped"] += 1
+            if ext > farthest:
+                return PacketFate.OVERFLOW
+            del self._queue[farthest]
+        self._queue[ext] = packet
+        return PacketFate.QUEUED
+
+    def _remember(self, ext: int) -> None:
+        self._seen.add(ext)
+        if len(self._seen) > 2 * MAX_MISORDER_PACKETS:
+            horizon = self._next - MAX_MISORDER_PACKETS
+            self._seen = {seen for seen in self._seen if seen >= horizon}
+
+    # playout
+
+    def _target_frames(self, now: float | None) -> int:
+        need_ms = self._frame_ms + self._estimator.estimate_ms - TARGET_ROUNDING_MS
+        frames = max(self._floor_frames, math.ceil(need_ms / self._frame_ms))
+        recovering = self._use_fec or self._redundancy_seen
+        if recovering and self._last_loss_at is not None and now is not None:
+            if now - self._last_loss_at < LOSS_MEMORY_S:
+                frames = max(frames, 2)
+        return min(frames, self._ceiling_frames)
+
+    def _silence(self) -> PlayoutDecision:
+        if self._anchored:
+            self._covered += 1  # keep the playout point moving with the sender's clock
+        self._level = 0
+        return PlayoutDecision(PlayoutAction.SILENCE)
+
+    def _fill(self, now: float) -> PlayoutDecision:
+        target = self._target_frames(now)
+        newest = max(self._queue)
+        level = newest - min(self._queue) + 1
+        if level < target and self._fill_pops < target - 1:
+            self._fill_pops += 1
+            return self._silence()
+        # start at most one target behind the newest frame: older backlog is stale
+        start = min(ext for ext in self._queue if ext >= newest - target + 1)
+        skipped = self._pass_to(start, now)
+        self._state = PlayoutState.PLAYING
+        self._started = True
+        self._pops_since_shrink = 0
+        self._level = newest - start + 1
+        return self._render_present(skipped, now)
+
+    def _play(self, now: float) -> PlayoutDecision:
+        target = self._target_frames(now)
+        self._pops_since_shrink += 1
+        if not self._queue:
+            return self._underrun()
+        first = min(self._queue)
+        skipped = 0
+        if first == self._next:
+            self._covered = 0  # it came while we waited: the wait was growth
+        elif self._next + self._covered >= first:
+            # every missing frame before ``first`` was rendered while waiting: lost
+            self._last_loss_at = now
+            target = self._target_frames(now)
+            if max(self._queue) - first + 1 < target and self._can_recover(first):
+                skipped = self._pass_to(first - 1, now)
+                self._level = max(self._queue) - self._next + 1
+                return self._recover(skipped, now)  # grow by one, with real audio
+            skipped = self._pass_to(first, now)
+            self._covered = 0  # waiting longer than the gap was growth
+        level = max(self._queue) - (self._next + self._covered) + 1
+        if level - 1 >= target:
+            if first > self._next + self._covered:
+                # shrink for free: skip a missing frame instead of concealing it
+                self._covered += 1
+                level -= 1
+                if self._next + self._covered >= first:
+                    skipped += self._pass_to(first, now)
+            elif (
+                self._pops_since_shrink >= MIN_FRAMES_BETWEEN_SHRINKS
+                and self._next + 1 in self._queue
+            ):
+                skipped += self._pass_to(self._next + 1, now)  # discard one received frame
+                self._pops_since_shrink = 0
+                level -= 1
+                first = self._next
+        self._level = level
+        if first == self._next:
+            return self._render_present(skipped, now)
+        if level < target:
+            # not due yet: wait for it (it may be reordered), growing by one frame
+            self._covered += 1
+            return PlayoutDecision(PlayoutAction.CONCEAL, skipped=skipped)
+        skipped += self._pass_to(self._next + self._covered, now)
+        return self._recover(skipped, now)
+
+    def _underrun(self) -> PlayoutDecision:
+        self._covered += 1
+        self._level = 0
+        if self._covered * self._frame_ms > MAX_CONCEALMENT_MS:
+            self._state = PlayoutState.AWAITING_PACKETS
+            return PlayoutDecision(PlayoutAction.SILENCE)
+        return PlayoutDecision(PlayoutAction.CONCEAL)
+
+    def _can_recover(self, ext: int) -> bool:
+        packet = self._queue[ext]
+        return packet.redundant is not None or self._fec_in(packet)
+
+    def _fec_in(self, packet: _Packet) -> bool:
+        if not self._use_fec:
+            return False
+        return self._has_fec is None or self._has_fec(packet.payload)
+
+    def _pass_to(self, ext: int, now: float) -> int:
+        """Move the playout point to ``ext`` without rendering; count what is passed."""
+        passed = ext - self._next
+        if passed <= 0:
+            return 0
+        discarded = [queued for queued in self._queue if queued < ext]
+        for queued in discarded:
+            del self._queue[queued]
+            self._remember(queued)
+        self._counts["shrink_dropped"] += len(discarded)
+        if passed > len(discarded):
+            self._counts["skipped"] += passed - len(discarded)
+            self._last_loss_at = now
+        self._next = ext
+        self._covered = max(0, self._covered - passed)
+        return passed
+
+    def _render_present(self, skipped: int, now: float) -> PlayoutDecision:
+        ext = self._next
+        packet = self._queue.pop(ext)
+        self._remember(ext)
+        self._next += 1
+        self._covered = 0
+        self._waited_s += now - packet.arrival
+        return PlayoutDecision(PlayoutAction.PLAY, packet.payload, ext % SEQUENCE_MODULUS, skipped)
+
+    def _recover(self, skipped: int, now: float) -> PlayoutDecision:
+        lost = self._next
+        self._next += 1
+        self._covered = 0
+        self._last_loss_at = now
+        seq = lost % SEQUENCE_MODULUS
+        following = self._queue.get(lost + 1)
+        if following is not None and following.redundant is not None:
+            return PlayoutDecision(PlayoutAction.REDUNDANT, following.redundant, seq, skipped)
+        if following is not None and self._fec_in(following):
+            return PlayoutDecision(PlayoutAction.FEC, following.payload, seq, skipped)
+        return PlayoutDecision(PlayoutAction.CONCEAL, seq=seq, skipped=skipped)
+
+    def _count(self, decision: PlayoutDecision) -> None:
+        action = decision.action
+        key = {
+            PlayoutAction.PLAY: "played",
+            PlayoutAction.FEC: "fec_recovered",
+            PlayoutAction.REDUNDANT: "redundancy_recovered",
+            PlayoutAction.CONCEAL: "concealed",
+            PlayoutAction.SILENCE: "silence",
+        }[action]
+        self._counts[key] += 1
+        concealing = action is PlayoutAction.CONCEAL
+        if concealing and not self._in_concealment:
+            self._counts["concealment_events"] += 1
+        self._in_concealment = concealing
