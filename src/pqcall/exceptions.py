@@ -13,6 +13,8 @@
     │   └── WrongPassphrase         the passphrase does not open the keystore
     ├── FileCryptoError             an encrypted file is truncated, reordered,
     │                               tampered with, or not for us
+    ├── CodecError                  the audio codec cannot be configured, or a packet
+    │                               does not decode
     └── CallError, DeviceError, ServerError   (raised by the I/O wrappers)
 
 Crypto failures are opaque: their messages name what was wrong with the input
@@ -60,6 +62,10 @@ class WrongPassphrase(KeystoreError):
 
 class FileCryptoError(PqcallError):
     """An encrypted file failed a check: truncated, reordered, tampered, or not for us."""
+
+
+class CodecError(PqcallError):
+    """The audio codec refused its settings, its input, or a packet (corrupt or truncated)."""
 
 
 class CallError(PqcallError):
