@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import io
 import os
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import mlkem
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -30,6 +33,8 @@ from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.sframe import CipherSuite
 from pqcall.crypto.sframe_context import SFrameReceiver, SFrameSender
 
+T = TypeVar("T")
+
 PAYLOAD_BYTES = 80  # a 20 ms Opus frame at 32 kbit/s
 FILE_MEGABYTES_FULL = 64
 FILE_MEGABYTES_QUICK = 8
@@ -37,9 +42,15 @@ FILE_MEGABYTES_QUICK = 8
 
 def _handshake_figures(repeat: int) -> list[Figure]:
     alice, bob = IdentityPrivateKey.generate(), IdentityPrivateKey.generate()
+    spent = {"caller": 0.0, "callee": 0.0}
 
-    def caller_side() -> None:
-        # measure only the caller's work: the callee's is prepared outside
+    def timed(side: str, step: Callable[[], T]) -> T:
+        start = time.process_time()
+        result = step()
+        spent[side] += time.process_time() - start
+        return result
+
+    def handshake() -> None:
         caller = CallerHandshake(
             call_id=b"bench",
             our_name="alice",
@@ -47,40 +58,28 @@ def _handshake_figures(repeat: int) -> list[Figure]:
             their_name="bob",
             their_identity=bob.public_key(),
         )
-        offer = caller.offer()
         callee = CalleeHandshake(call_id=b"bench", our_name="bob", our_identity=bob)
-        callee.receive_offer(offer)
-        caller.receive_answer(callee.answer())
+        offer = timed("caller", caller.offer)
+        timed("callee", lambda: callee.receive_offer(offer))
+        answer = timed("callee", callee.answer)
+        confirm = timed("caller", lambda: caller.receive_answer(answer))
+        timed("callee", lambda: callee.receive_confirm(confirm))
 
-    def callee_only() -> None:
-        callee = CalleeHandshake(call_id=b"bench", our_name="bob", our_identity=bob)
-        callee.receive_offer(offer)
-        callee.answer()
-
-    caller0 = CallerHandshake(
-        call_id=b"bench",
-        our_name="alice",
-        our_identity=alice,
-        their_name="bob",
-        their_identity=bob.public_key(),
-    )
-    offer = caller0.offer()
-    callee_cost = cpu_seconds_per_call(callee_only, repeat)
-    caller_cost = cpu_seconds_per_call(caller_side, repeat) - callee_cost
-
-    kem_key = mlkem.MLKEM768PrivateKey.generate()
+    handshake()  # warm-up
+    spent.update(caller=0.0, callee=0.0)
+    for _ in range(repeat):
+        handshake()
 
     def bare_kem() -> None:
         key = mlkem.MLKEM768PrivateKey.generate()
         _, ciphertext = key.public_key().encapsulate()
         key.decapsulate(ciphertext)
 
-    del kem_key
-    baseline = cpu_seconds_per_call(bare_kem, repeat)
+    baseline = cpu_seconds_per_call(bare_kem, repeat) * 1e3
     name = "bare ML-KEM-768 keygen+encaps+decaps"
     return [
-        Figure("handshake, caller side", caller_cost * 1e3, "ms CPU", name, baseline * 1e3),
-        Figure("handshake, callee side", callee_cost * 1e3, "ms CPU", name, baseline * 1e3),
+        Figure("handshake, caller side", spent["caller"] / repeat * 1e3, "ms CPU", name, baseline),
+        Figure("handshake, callee side", spent["callee"] / repeat * 1e3, "ms CPU", name, baseline),
     ]
 
 

@@ -227,7 +227,33 @@ class CallerEphemeral:
         )
 
 
-class CallerHandshake:
+class _Handshake:
+    """What both sides share: the state, the result, and failing cleanly."""
+
+    state: State
+    _keys: CallKeys | None
+
+    @property
+    def keys(self) -> CallKeys:
+        """The call keys. Only once established."""
+        if self._keys is None:
+            raise LocalProtocolError(f"no call keys in state {self.state.name}")
+        return self._keys
+
+    @property
+    def is_established(self) -> bool:
+        """True once the handshake completed."""
+        return self.state is State.ESTABLISHED
+
+    def _fail(self) -> None:
+        self._drop_secrets()
+        self.state = State.FAILED
+
+    def _drop_secrets(self) -> None:
+        raise NotImplementedError
+
+
+class CallerHandshake(_Handshake):
     """The caller's side.
 
     Call :meth:`offer`, send its bytes; pass the answer to :meth:`receive_answer`
@@ -365,24 +391,11 @@ class CallerHandshake:
         self.state = State.ESTABLISHED
         return confirm.serialize()
 
-    @property
-    def keys(self) -> CallKeys:
-        """The call keys. Only once established."""
-        if self._keys is None:
-            raise LocalProtocolError(f"no call keys in state {self.state.name}")
-        return self._keys
-
-    @property
-    def is_established(self) -> bool:
-        """True once the handshake completed."""
-        return self.state is State.ESTABLISHED
-
-    def _fail(self) -> None:
+    def _drop_secrets(self) -> None:
         self._ephemeral = None
-        self.state = State.FAILED
 
 
-class CalleeHandshake:
+class CalleeHandshake(_Handshake):
     """The callee's side.
 
     Pass the offer to :meth:`receive_offer` (it says who is calling); if the
@@ -539,18 +552,5 @@ class CalleeHandshake:
         """Decline the call; the handshake is dead."""
         self._fail()
 
-    @property
-    def keys(self) -> CallKeys:
-        """The call keys. Only once established."""
-        if self._keys is None:
-            raise LocalProtocolError(f"no call keys in state {self.state.name}")
-        return self._keys
-
-    @property
-    def is_established(self) -> bool:
-        """True once the handshake completed."""
-        return self.state is State.ESTABLISHED
-
-    def _fail(self) -> None:
+    def _drop_secrets(self) -> None:
         self._secrets = None
-        self.state = State.FAILED
