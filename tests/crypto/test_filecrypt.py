@@ -12,15 +12,17 @@ from hypothesis import strategies as st
 from pqcall.crypto import encoding
 from pqcall.crypto.filecrypt import (
     CHUNK_LENGTH,
+    FileDecryptor,
+    FileEncryptor,
+    decrypt_stream,
+    encrypt_stream,
+)
+from pqcall.crypto.fileformat import (
     HPKE_ENC_LENGTH,
     MIN_CHUNK_LENGTH,
     MIN_PADDED_LENGTH,
     SIGNATURE_CONTEXT,
-    FileDecryptor,
-    FileEncryptor,
     FileHeader,
-    decrypt_stream,
-    encrypt_stream,
     padded_length,
 )
 from pqcall.crypto.filekey import FilePrivateKey, FilePublicKey, KeyBundle
