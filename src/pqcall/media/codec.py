@@ -260,7 +260,7 @@ class OpusEncoder:
         """
         settings = OpusSettings() if settings is None else settings
         self.settings = settings
-        """The settings this encoder was made with (the expected loss may change since)."""
+        """The settings this encoder was made with (bitrate and expected loss may change since)."""
         try:
             encoder = opuslib_next.Encoder(SAMPLE_RATE_HZ, CHANNELS, opuslib_next.APPLICATION_VOIP)
             encoder.complexity = settings.complexity
@@ -293,6 +293,18 @@ class OpusEncoder:
         if not 0 <= percent <= 100:
             raise CodecError(f"expected packet loss must be 0-100 %, got {percent}")
         self._encoder.packet_loss_perc = percent
+
+    def set_bitrate(self, bitrate_bps: int) -> None:
+        """Change the target bitrate from the next frame on (with CBR, the packet size).
+
+        Raises:
+            CodecError: ``bitrate_bps`` is outside 6000-510000 bit/s.
+        """
+        if not MIN_BITRATE_BPS <= bitrate_bps <= MAX_BITRATE_BPS:
+            raise CodecError(
+                f"Opus bitrate must be {MIN_BITRATE_BPS}-{MAX_BITRATE_BPS} bit/s, got {bitrate_bps}"
+            )
+        self._encoder.bitrate = bitrate_bps
 
     def encode(self, pcm: Pcm) -> bytes:
         """Encode exactly one frame.

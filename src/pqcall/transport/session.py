@@ -1,0 +1,638 @@
+"""The media session: one call's audio over one UDP socket (asyncio wrapper).
+
+Scope: the pump around :class:`~pqcall.transport.media_protocol.MediaProtocol`
+(which holds every protocol rule) and the media stages, as DESIGN.md draws
+the path::
+
+    source → Opus encode → MediaProtocol (SFrame protect) → UDP
+    UDP → MediaProtocol (SFrame unprotect, replay check) → JitterBuffer → Opus decode → sink
+
+Three clocks drive it, all from ``loop.time()``: a send tick and a playout
+tick every ``frame_ms``, each scheduled at ``start + n * frame`` (so they do
+not drift, and a late tick catches up), and the protocol's own timer (pings,
+reports, repeats, media timeout). Received datagrams are handled as they come.
+
+Only datagrams from the connected peer's address are processed; others are
+counted as foreign. Nothing a peer sends can stop the session: each datagram,
+each tick and each decode is wrapped, and a failure is counted
+(``packets_rejected`` in :meth:`MediaSession.snapshot`), never raised.
+
+The encoder follows :attr:`MediaProtocol.adaptation`: its constant bitrate is
+set so one frame (or, with redundancy, two) fills the same padded packet, and
+its expected loss (in-band FEC) follows the peer's reports. Packet sizes on
+the wire therefore never change with the mode (``docs/protocol.md#media-packets``).
+
+Example::
+
+    session = MediaSession(keys, ToneSource(440), NullSink())
+    await session.open(("127.0.0.1", 0))   # ``async with`` alone opens on 0.0.0.0
+    async with session:
+        session.connect(peer_address)
+        ...
+        await session.hangup()             # or: print(await session.wait_ended())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Final, Protocol
+
+import numpy as np
+
+from pqcall.crypto.handshake import CallKeys
+from pqcall.crypto.sframe_context import DEFAULT_PAD_TO
+from pqcall.exceptions import LocalProtocolError
+from pqcall.media.audio import AudioSink, AudioSource
+from pqcall.media.codec import (
+    OpusDecoder,
+    OpusEncoder,
+    OpusSettings,
+    Pcm,
+    has_fec,
+    silence,
+)
+from pqcall.media.jitter import JitterBuffer, JitterBufferStats, PlayoutAction, PlayoutDecision
+from pqcall.media.stats import CallStats, CallStatsSnapshot
+from pqcall.transport.media_protocol import (
+    MEDIA_TIMEOUT_S,
+    AdaptationChanged,
+    AudioReceived,
+    HangupReason,
+    MediaProtocol,
+    MediaProtocolStats,
+    MediaTimedOut,
+    PeerHungUp,
+    PeerMuted,
+    RttMeasured,
+    SenderAdaptation,
+)
+
+__all__ = [
+    "MEDIA_TIMEOUT_S",
+    "EndReason",
+    "MediaSession",
+    "MediaSettings",
+    "MediaTrace",
+]
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+HANGUP_WAIT_S: Final = 1.0
+"""Longest :meth:`MediaSession.hangup` waits for its copies to go out."""
+MAX_CATCH_UP_FRAMES: Final = 5
+"""A tick this many frames late skips ahead instead of catching up (an event-loop stall)."""
+MAX_TRACKED_TIMESTAMPS: Final = 512
+"""Sequence numbers whose timestamps are kept for :class:`MediaTrace`."""
+FULL_SCALE: Final = 32_768.0
+
+
+class EndReason(enum.StrEnum):
+    """Why a session ended (what :meth:`MediaSession.wait_ended` returns)."""
+
+    LOCAL_HANGUP = "local hangup"
+    PEER_HANGUP = "peer hangup"
+    TIMEOUT = "timeout"
+    """Nothing authenticated from the peer for ``media_timeout_s``."""
+    CLOSED = "closed"
+    """:meth:`MediaSession.close` without a hang-up."""
+    SOCKET_ERROR = "socket error"
+    """The socket closed under us."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    """How a :class:`MediaSession` runs."""
+
+    opus: OpusSettings = field(default_factory=OpusSettings)
+    """Encoder settings; ``bitrate_bps`` is a ceiling (see ``MediaProtocol``)."""
+    pad_to: int = DEFAULT_PAD_TO
+    """SFrame padding multiple: every packet has the same size (0: no padding)."""
+    redundancy: bool | None = None
+    """None: automatic (on when loss is reported and the encoder has no FEC); True/False force."""
+    ping_interval_s: float = 1.0
+    """Seconds between RTT pings."""
+    report_interval_s: float = 1.0
+    """Seconds between receiver reports."""
+    media_timeout_s: float = MEDIA_TIMEOUT_S
+    """Seconds without an authenticated packet from the peer that end the call."""
+
+
+class MediaTrace(Protocol):
+    """Optional observer for latency measurement."""
+
+    def frame_captured(self, timestamp: int, now: float) -> None:
+        """Sender: the frame with this timestamp was complete at the source (the send tick)."""
+        ...
+
+    def frame_played(self, timestamp: int, now: float) -> None:
+        """Receiver: a decoded frame with this sender timestamp went to the sink."""
+        ...
+
+
+class _DatagramProtocol(asyncio.DatagramProtocol):
+    """Hands the socket's datagrams to the session."""
+
+    def __init__(self, session: MediaSession) -> None:
+        self._session = session
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self._session._datagram_received(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (a peer that went away) must not stop the session
+        logger.debug("media session socket: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._session._connection_lost()
+
+
+@dataclass
+class _Tick:
+    """A drift-free periodic callback: due at ``start + index * period``."""
+
+    start: float  # loop time of tick 0
+    period: float  # seconds between ticks
+    index: int = 0  # the next tick to run
+    handle: asyncio.TimerHandle | None = None  # its scheduled callback
+
+    @property
+    def due(self) -> float:
+        return self.start + self.index * self.period
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
+class MediaSession:
+    """One side of a call's media over UDP: send, receive, play, report.
+
+    Args:
+        keys: the call's keys from the handshake.
+        source: where our audio comes from (one frame of ``opus.frame_ms`` per read).
+        sink: where the peer's audio goes.
+        settings: codec, padding, redundancy and timers.
+        trace: optional observer of capture and playout times.
+
+    Raises:
+        LocalProtocolError: the source's frame length does not match the codec's.
+    """
+
+    def __init__(
+        self,
+        keys: CallKeys,
+        source: AudioSource,
+        sink: AudioSink,
+        *,
+        settings: MediaSettings | None = None,
+        trace: MediaTrace | None = None,
+    ) -> None:
+        settings = MediaSettings() if settings is None else settings
+        opus = settings.opus
+        if source.frame_samples != opus.frame_samples:
+            raise LocalProtocolError(
+                f"audio source gives {source.frame_samples} samples per frame, "
+                f"the codec needs {opus.frame_samples}"
+            )
+        self._settings = settings
+        self._source = source  # our audio
+        self._sink = sink  # the peer's audio
+        self._trace = trace  # latency observer
+        self._frame_s = opus.frame_ms / 1000  # tick period
+        self._protocol = MediaProtocol(
+            keys,
+            frame_ms=opus.frame_ms,
+            frame_bytes=opus.cbr_packet_bytes,
+            pad_to=settings.pad_to,
+            redundancy=settings.redundancy,
+            fec=opus.fec,
+            base_expected_loss_percent=opus.expected_loss_percent,
+            ping_interval_s=settings.ping_interval_s,
+            report_interval_s=settings.report_interval_s,
+            media_timeout_s=settings.media_timeout_s,
+        )
+        adaptation = self._protocol.adaptation
+        self._encoder = OpusEncoder(
+            replace(
+                opus,
+                bitrate_bps=adaptation.bitrate_bps(opus.frame_ms),
+                expected_loss_percent=adaptation.expected_loss_percent,
+            )
+        )
+        self._decoder = OpusDecoder(opus.frame_ms)
+        self._buffer = JitterBuffer(opus.frame_ms, use_fec=True, has_fec=has_fec)
+        self._stats = CallStats(opus.frame_ms)
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by open
+        self._transport: asyncio.DatagramTransport | None = None  # our socket
+        self._datagram_protocol: _DatagramProtocol | None = None  # its protocol, for close
+        self._peer: Address | None = None  # set by connect
+        self._send_tick: _Tick | None = None
+        self._play_tick: _Tick | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the protocol's timer
+        self._timer_at: float | None = None  # when it fires
+        self._muted = False  # we send silence
+        self._ended: asyncio.Future[str] | None = None  # resolved with the end reason
+        self._end_reason: EndReason | None = None
+        self._protocol_ended: asyncio.Event | None = None  # the protocol reached ENDED
+        self._timestamps: OrderedDict[int, int] = OrderedDict()  # seq -> timestamp, for trace
+        self._foreign = 0  # datagrams from other addresses
+        self._errors = 0  # datagrams or frames whose handling failed
+        self._decode_errors = 0  # packets the decoder refused (concealed instead)
+        self._skipped_ticks = 0  # frames not sent or played after an event-loop stall
+
+    # lifecycle
+
+    async def open(self, local_addr: Address = ("0.0.0.0", 0)) -> Address:
+        """Bind the UDP socket.
+
+        Returns:
+            The bound address.
+
+        Raises:
+            LocalProtocolError: already open or ended.
+            OSError: the address cannot be bound.
+        """
+        if self._transport is not None or self._end_reason is not None:
+            raise LocalProtocolError("media session is already open or ended")
+        self._loop = asyncio.get_running_loop()
+        self._ended_future()
+        self._protocol_ended = asyncio.Event()
+        transport, protocol = await self._loop.create_datagram_endpoint(
+            lambda: _DatagramProtocol(self), local_addr=local_addr
+        )
+        self._transport = transport
+        self._datagram_protocol = protocol
+        return self.local_address
+
+    def connect(self, peer_addr: Address) -> None:
+        """Start the call with the peer at ``peer_addr`` (a numeric IP address and port).
+
+        Sending, playout, pings and reports start now.
+
+        Raises:
+            LocalProtocolError: not open, already connected or ended, or not a numeric address.
+        """
+        if self._loop is None or self._transport is None or self._end_reason is not None:
+            raise LocalProtocolError("media session is not open")
+        if self._peer is not None:
+            raise LocalProtocolError("media session is already connected")
+        try:
+            host = str(ipaddress.ip_address(peer_addr[0]))
+        except ValueError:
+            raise LocalProtocolError(
+                f"peer address must be a numeric IP, got {peer_addr[0]!r}"
+            ) from None
+        self._peer = (host, int(peer_addr[1]))
+        now = self._loop.time()
+        self._protocol.start(now)
+        self._send_tick = _Tick(now, self._frame_s)
+        self._play_tick = _Tick(now, self._frame_s)
+        self._schedule(self._send_tick, self._on_send_tick)
+        self._schedule(self._play_tick, self._on_play_tick)
+        self._after_protocol(now)
+
+    def set_muted(self, muted: bool) -> None:
+        """Send silence instead of the source (still one packet per frame), and tell the peer."""
+        self._muted = muted
+        now = self._loop.time() if self._loop is not None else 0.0
+        self._protocol.set_muted(muted, now)
+        if self._peer is not None and self._end_reason is None:
+            self._after_protocol(now)
+
+    async def hangup(self, reason: str = "normal") -> None:
+        """Tell the peer the call is over (encrypted, sent several times), then close.
+
+        Args:
+            reason: a :class:`~pqcall.transport.media_protocol.HangupReason` name:
+                "normal", "error" or "shutdown".
+
+        Raises:
+            LocalProtocolError: an unknown reason.
+        """
+        try:
+            code = HangupReason[reason.upper()]
+        except KeyError:
+            names = ", ".join(r.name.lower() for r in HangupReason)
+            raise LocalProtocolError(
+                f"unknown hang-up reason {reason!r} (one of {names})"
+            ) from None
+        if self._end_reason is None and self._loop is not None and self._peer is not None:
+            self._stop_ticks()
+            now = self._loop.time()
+            self._protocol.hangup(now, code)
+            self._after_protocol(now)
+            assert self._protocol_ended is not None
+            try:
+                await asyncio.wait_for(self._protocol_ended.wait(), HANGUP_WAIT_S)
+            except TimeoutError:
+                logger.debug("media session: hang-up copies not all sent in time")
+        self._end(EndReason.LOCAL_HANGUP)
+        await self.close()
+
+    async def wait_ended(self) -> str:
+        """Wait until the call ends; return why (an :class:`EndReason` value)."""
+        return await self._ended_future()
+
+    async def close(self) -> None:
+        """Stop everything, close the socket, the source and the sink. Idempotent."""
+        self._end(EndReason.CLOSED)
+        if self._datagram_protocol is not None:
+            await self._datagram_protocol.closed
+
+    async def __aenter__(self) -> MediaSession:
+        if self._transport is None and self._end_reason is None:
+            await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # state
+
+    @property
+    def local_address(self) -> Address:
+        """The bound address of our socket.
+
+        Raises:
+            LocalProtocolError: not open.
+        """
+        if self._transport is None:
+            raise LocalProtocolError("media session is not open")
+        sockname = self._transport.get_extra_info("sockname")
+        return (str(sockname[0]), int(sockname[1]))
+
+    @property
+    def end_reason(self) -> str | None:
+        """Why the session ended, or None while it runs."""
+        return self._end_reason
+
+    @property
+    def is_muted(self) -> bool:
+        """Whether we send silence."""
+        return self._muted
+
+    @property
+    def is_peer_muted(self) -> bool:
+        """Whether the peer said it is muted."""
+        return self._protocol.is_peer_muted
+
+    @property
+    def adaptation(self) -> SenderAdaptation:
+        """How our encoder runs now (redundancy, expected loss, bytes per frame)."""
+        return self._protocol.adaptation
+
+    @property
+    def protocol_stats(self) -> MediaProtocolStats:
+        """The media protocol's counters (SFrame drops by reason, packets by kind)."""
+        return self._protocol.stats
+
+    @property
+    def jitter_stats(self) -> JitterBufferStats:
+        """The jitter buffer's counters."""
+        return self._buffer.snapshot()
+
+    @property
+    def foreign_datagrams(self) -> int:
+        """Datagrams from an address other than the peer's, ignored."""
+        return self._foreign
+
+    @property
+    def packets_rejected(self) -> int:
+        """Every datagram dropped: by the protocol, foreign, failed, or refused by the decoder."""
+        return self._protocol.stats.dropped + self._foreign + self._errors + self._decode_errors
+
+    def snapshot(self) -> CallStatsSnapshot:
+        """Live call statistics (``packets_sent`` counts every datagram, control ones too)."""
+        now = self._loop.time() if self._loop is not None else 0.0
+        return self._stats.snapshot(
+            now, playout=self._buffer.snapshot(), packets_rejected=self.packets_rejected
+        )
+
+    # the pump
+
+    def _datagram_received(self, data: bytes, addr: Address) -> None:
+        if self._end_reason is not None:
+            return
+        if self._peer is None or addr != self._peer:
+            self._foreign += 1
+            return
+        assert self._loop is not None
+        now = self._loop.time()
+        try:
+            self._protocol.receive_datagram(data, now)
+            self._after_protocol(now, size=len(data))
+        except Exception:
+            self._errors += 1
+            logger.exception("media session: failed to handle a datagram")
+
+    def _after_protocol(self, now: float, size: int = 0) -> None:
+        """Handle the protocol's events, send its datagrams, re-arm its timer."""
+        while (event := self._protocol.next_event()) is not None:
+            if isinstance(event, AudioReceived):
+                self._stats.record_received(event.seq, event.timestamp, size, now)
+                self._buffer.push(
+                    event.seq, event.timestamp, event.payload, now, redundant=event.redundant
+                )
+                if self._trace is not None:
+                    self._remember_timestamp(event)
+            elif isinstance(event, RttMeasured):
+                self._stats.record_pong(event.ping_sent_at, now, peer_hold_s=event.hold_s)
+            elif isinstance(event, AdaptationChanged):
+                self._adapt(event.adaptation)
+            elif isinstance(event, PeerHungUp):
+                self._end(EndReason.PEER_HANGUP)
+            elif isinstance(event, MediaTimedOut):
+                self._end(EndReason.TIMEOUT)
+            elif isinstance(event, PeerMuted):
+                logger.debug("media session: peer %s", "muted" if event.muted else "unmuted")
+        self._transmit(now)
+        if self._protocol.is_ended and self._protocol_ended is not None:
+            self._protocol_ended.set()
+        self._arm_timer()
+
+    def _transmit(self, now: float) -> None:
+        datagrams = self._protocol.datagrams_to_send(now)
+        if self._transport is None or self._peer is None or self._transport.is_closing():
+            return
+        for datagram in datagrams:
+            self._transport.sendto(datagram, self._peer)
+            self._stats.record_sent(len(datagram), now)
+
+    def _arm_timer(self) -> None:
+        when = self._protocol.get_timer() if self._end_reason is None else None
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            assert self._loop is not None
+            self._timer = self._loop.call_at(when, self._on_timer, when)
+
+    def _on_timer(self, when: float) -> None:
+        assert self._loop is not None
+        self._timer = self._timer_at = None
+        # call_at may fire up to the clock resolution early; never pass a now before `when`
+        now = max(when, self._loop.time())
+        try:
+            self._protocol.handle_timer(now)
+            self._after_protocol(now)
+        except Exception:
+            self._errors += 1
+            logger.exception("media session: protocol timer failed")
+
+    def _adapt(self, adaptation: SenderAdaptation) -> None:
+        frame_ms = self._settings.opus.frame_ms
+        self._encoder.set_bitrate(adaptation.bitrate_bps(frame_ms))
+        if self._settings.opus.fec:
+            self._encoder.set_expected_loss_percent(adaptation.expected_loss_percent)
+
+    def _remember_timestamp(self, event: AudioReceived) -> None:
+        frame = self._settings.opus.frame_samples
+        previous = (event.seq - 1) % (1 << 16)
+        if previous not in self._timestamps:  # for a frame recovered from this packet
+            self._timestamps[previous] = (event.timestamp - frame) % (1 << 32)
+        self._timestamps[event.seq] = event.timestamp
+        self._timestamps.move_to_end(event.seq)
+        while len(self._timestamps) > MAX_TRACKED_TIMESTAMPS:
+            self._timestamps.popitem(last=False)
+
+    # ticks
+
+    def _schedule(self, tick: _Tick, callback: Callable[[], None]) -> None:
+        assert self._loop is not None
+        tick.handle = self._loop.call_at(tick.due, callback)
+
+    def _catch_up(self, tick: _Tick, now: float) -> int:
+        """How many frames are due at ``now`` (at least the one this tick fired for)."""
+        due = max(1, math.floor((now - tick.start) / tick.period) - tick.index + 1)
+        if due > MAX_CATCH_UP_FRAMES:
+            # a stall: skip the lost time rather than burst a backlog
+            self._skipped_ticks += due - 1
+            tick.index += due - 1
+            return 1
+        return due
+
+    def _on_send_tick(self) -> None:
+        tick = self._send_tick
+        assert self._loop is not None and tick is not None
+        now = self._loop.time()
+        for _ in range(self._catch_up(tick, now)):
+            try:
+                self._send_frame(now)
+            except Exception:
+                self._errors += 1
+                logger.exception("media session: failed to send a frame")
+            tick.index += 1
+        self._after_protocol(now)
+        if self._end_reason is None and self._send_tick is tick:
+            self._schedule(tick, self._on_send_tick)
+
+    def _send_frame(self, now: float) -> None:
+        pcm = self._source.read_frame()
+        if pcm is None or self._muted:
+            pcm = silence(self._encoder.frame_samples)
+        packet = self._protocol.send_audio(self._encoder.encode(pcm), now)
+        if self._trace is not None:
+            self._trace.frame_captured(packet.timestamp, now)
+
+    def _on_play_tick(self) -> None:
+        tick = self._play_tick
+        assert self._loop is not None and tick is not None
+        now = self._loop.time()
+        for _ in range(self._catch_up(tick, now)):
+            try:
+                self._play_frame(now)
+            except Exception:
+                self._errors += 1
+                logger.exception("media session: failed to play a frame")
+            tick.index += 1
+        if self._end_reason is None and self._play_tick is tick:
+            self._schedule(tick, self._on_play_tick)
+
+    def _play_frame(self, now: float) -> None:
+        decision = self._buffer.pop(now)
+        pcm = self._render(decision)
+        self._sink.write_frame(pcm)
+        samples = pcm.astype(np.float32)
+        level = math.sqrt(float(np.dot(samples, samples)) / len(samples)) if len(pcm) else 0.0
+        self._stats.record_audio_level(level / FULL_SCALE)
+        action = decision.action
+        if self._trace is not None and decision.seq is not None and action in _AUDIBLE:
+            timestamp = self._timestamps.get(decision.seq)
+            if timestamp is not None:
+                self._trace.frame_played(timestamp, now)
+
+    def _render(self, decision: PlayoutDecision) -> Pcm:
+        """Decode a playout decision (docs in ``media/playout.py``); a bad packet is concealed."""
+        action = decision.action
+        try:
+            if action is PlayoutAction.PLAY or action is PlayoutAction.REDUNDANT:
+                return self._decoder.decode(decision.payload)
+            if action is PlayoutAction.FEC:
+                return self._decoder.decode_fec(decision.payload)
+        except Exception:
+            self._decode_errors += 1
+            return self._decoder.conceal()
+        if action is PlayoutAction.CONCEAL:
+            return self._decoder.conceal()
+        return silence(self._decoder.frame_samples)
+
+    def _stop_ticks(self) -> None:
+        for tick in (self._send_tick, self._play_tick):
+            if tick is not None:
+                tick.cancel()
+        self._send_tick = self._play_tick = None
+
+    def _end(self, reason: EndReason) -> None:
+        """End once: stop the clocks, close socket, source and sink, resolve ``wait_ended``."""
+        if self._end_reason is not None:
+            return
+        self._end_reason = reason
+        self._stop_ticks()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_at = None
+        if self._transport is not None:
+            self._transport.close()
+        for closable in (self._source, self._sink):
+            try:
+                closable.close()
+            except Exception:
+                logger.exception("media session: failed to close %r", closable)
+        future = self._ended_future()
+        if not future.done():
+            future.set_result(reason.value)
+
+    def _connection_lost(self) -> None:
+        self._end(EndReason.SOCKET_ERROR)
+
+    def _ended_future(self) -> asyncio.Future[str]:
+        if self._ended is None:
+            self._ended = asyncio.get_running_loop().create_future()
+            if self._end_reason is not None:
+                self._ended.set_result(self._end_reason.value)
+        return self._ended
+
+
+_AUDIBLE: Final = (PlayoutAction.PLAY, PlayoutAction.FEC, PlayoutAction.REDUNDANT)

@@ -1,0 +1,496 @@
+"""The media packets and MediaProtocol, with bytes and a fake clock: no sockets, no codec."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import TypeVar
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pqcall.crypto.handshake import CallKeys
+from pqcall.crypto.sframe import Header
+from pqcall.crypto.sframe_context import RATCHET_BITS, SFrameReceiver, SFrameSender
+from pqcall.exceptions import DecodeError, LocalProtocolError
+from pqcall.transport.media_protocol import (
+    ADAPTATION_HOLD_S,
+    CALLEE_SENDER_ID,
+    CALLER_SENDER_ID,
+    HANGUP_REPEAT_INTERVAL_S,
+    HANGUP_REPEATS,
+    MEDIA_CIPHER_SUITE,
+    MEDIA_METADATA,
+    MUTE_REPEATS,
+    AdaptationChanged,
+    AudioPacket,
+    AudioReceived,
+    HangupPacket,
+    HangupReason,
+    MediaEvent,
+    MediaProtocol,
+    MediaState,
+    MediaTimedOut,
+    MutePacket,
+    PeerHungUp,
+    PeerMuted,
+    PingPacket,
+    PongPacket,
+    ReceiverReport,
+    ReportReceived,
+    RttMeasured,
+    SenderAdaptation,
+    parse_packet,
+)
+from tests.utils import handshake_pair
+
+RUN = handshake_pair()
+CALLER_KEYS: CallKeys = RUN.caller.keys
+CALLEE_KEYS: CallKeys = RUN.callee.keys
+FRAME_S = 0.020
+FRAME_SAMPLES = 960
+
+
+def pair(**kwargs: object) -> tuple[MediaProtocol, MediaProtocol]:
+    """A started caller and callee with the same settings."""
+    caller = MediaProtocol(CALLER_KEYS, **kwargs)  # type: ignore[arg-type]
+    callee = MediaProtocol(CALLEE_KEYS, **kwargs)  # type: ignore[arg-type]
+    caller.start(now=0.0)
+    callee.start(now=0.0)
+    return caller, callee
+
+
+def drain(protocol: MediaProtocol) -> list[MediaEvent]:
+    events = []
+    while (event := protocol.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+def deliver(src: MediaProtocol, dst: MediaProtocol, now: float) -> list[bytes]:
+    """Send everything ``src`` has queued to ``dst``; return the datagrams."""
+    datagrams = src.datagrams_to_send(now)
+    for datagram in datagrams:
+        dst.receive_datagram(datagram, now)
+    return datagrams
+
+
+def frame(seq: int, size: int = 60) -> bytes:
+    return bytes([seq % 256]) * size
+
+
+E = TypeVar("E")
+
+
+def of_type(events: Iterable[MediaEvent], kind: type[E]) -> list[E]:
+    return [e for e in events if isinstance(e, kind)]
+
+
+# wire formats
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        pytest.param(AudioPacket(0, 0, b"\x01"), id="audio-minimal"),
+        pytest.param(AudioPacket(65535, 2**32 - 1, b"opus" * 20), id="audio-max-fields"),
+        pytest.param(AudioPacket(7, 6720, b"new", b"old", 960), id="audio-redundant"),
+        pytest.param(PingPacket(2**32 - 1, 2**64 - 1), id="ping"),
+        pytest.param(PongPacket(3, 123_456, 2_000), id="pong"),
+        pytest.param(ReceiverReport(12, 70_000, 480, 255), id="report"),
+        pytest.param(MutePacket(True, 65535), id="mute"),
+        pytest.param(MutePacket(False, 0), id="unmute"),
+        pytest.param(HangupPacket(HangupReason.NORMAL), id="hangup"),
+        pytest.param(HangupPacket(200), id="hangup-unknown-reason"),
+    ],
+)
+def test_packet_round_trip(packet):
+    data = packet.serialize()
+    assert parse_packet(data) == packet
+    assert type(packet).parse(data) == packet
+
+
+def test_audio_layout_is_documented():
+    # 01 | seq | timestamp | payload, and 02 | seq | timestamp | offset | length | red | payload
+    assert AudioPacket(0x0102, 0x03040506, b"P").serialize() == bytes.fromhex("01 0102 03040506 50")
+    assert AudioPacket(1, 2, b"P", b"RR", 960).serialize() == bytes.fromhex(
+        "02 0001 00000002 03c0 0002 5252 50"
+    )
+    assert AudioPacket(1, 2, b"P", b"RR", 960).size == 7 + 4 + 2 + 1
+
+
+def test_report_units():
+    report = ReceiverReport(cumulative_lost=5, highest_seq=10, jitter=480, fraction_lost=64)
+    assert report.jitter_ms == 10.0
+    assert report.loss_fraction == 0.25
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        pytest.param(b"", "media packet is empty", id="empty"),
+        pytest.param(b"\x7f", "media packet has unknown type 0x7f", id="unknown-type"),
+        pytest.param(b"\x01\x00\x01\x00\x00", "audio packet has truncated header", id="short"),
+        pytest.param(
+            bytes(7).replace(b"\x00", b"\x01", 1), "audio packet has empty payload", id="a0"
+        ),
+        pytest.param(
+            bytes.fromhex("02 0001 00000002 03"),
+            "audio packet has truncated redundancy header",
+            id="red-header",
+        ),
+        pytest.param(
+            bytes.fromhex("02 0001 00000002 0000 0001 52 50"),
+            "audio packet has zero redundant timestamp offset",
+            id="red-offset",
+        ),
+        pytest.param(
+            bytes.fromhex("02 0001 00000002 03c0 0000 50"),
+            "audio packet has empty redundant payload",
+            id="red-empty",
+        ),
+        pytest.param(
+            bytes.fromhex("02 0001 00000002 03c0 0005 5252"),
+            "audio packet has truncated redundant payload",
+            id="red-truncated",
+        ),
+        pytest.param(
+            bytes.fromhex("02 0001 00000002 03c0 0002 5252"),
+            "audio packet has empty payload",
+            id="red-no-primary",
+        ),
+        pytest.param(b"\x10" + bytes(11), "ping packet is truncated", id="ping-short"),
+        pytest.param(b"\x10" + bytes(13), "ping packet has trailing data", id="ping-long"),
+        pytest.param(b"\x11" + bytes(15), "pong packet is truncated", id="pong-short"),
+        pytest.param(b"\x12" + bytes(14), "report packet has trailing data", id="report-long"),
+        pytest.param(b"\x13\x02\x00\x01", "mute packet has invalid flag 0x02", id="mute-flag"),
+        pytest.param(b"\x14", "hangup packet is truncated", id="hangup-short"),
+    ],
+)
+def test_malformed_packets_name_the_defect(data, message):
+    with pytest.raises(DecodeError) as raised:
+        parse_packet(data)
+    assert str(raised.value) == message
+
+
+def test_audio_packet_rejects_bad_fields():
+    with pytest.raises(LocalProtocolError, match="16 bits"):
+        AudioPacket(65536, 0, b"x")
+    with pytest.raises(LocalProtocolError, match="must not be empty"):
+        AudioPacket(0, 0, b"")
+    with pytest.raises(LocalProtocolError, match="offset"):
+        AudioPacket(0, 0, b"x", b"y", 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_parse_packet_raises_only_decode_error(data):
+    try:
+        packet = parse_packet(data)
+    except DecodeError:
+        return
+    assert packet.serialize() == data
+
+
+# the protocol
+
+
+def test_sender_ids_follow_the_roles():
+    caller, callee = pair()
+    caller_datagram = caller.datagrams_to_send(0.0)[0]  # the first ping
+    callee_datagram = callee.datagrams_to_send(0.0)[0]
+    assert Header.parse(caller_datagram)[0].kid >> RATCHET_BITS == CALLER_SENDER_ID
+    assert Header.parse(callee_datagram)[0].kid >> RATCHET_BITS == CALLEE_SENDER_ID
+
+
+def test_audio_is_numbered_and_delivered():
+    caller, callee = pair(first_seq=65534, first_timestamp=2**32 - FRAME_SAMPLES)
+    deliver(caller, callee, 0.0)
+    drain(callee)
+    sent = [caller.send_audio(frame(i), now=i * FRAME_S) for i in range(3)]
+    deliver(caller, callee, 0.06)
+    received = of_type(drain(callee), AudioReceived)
+    assert [(p.seq, p.timestamp) for p in sent] == [(65534, 2**32 - 960), (65535, 0), (0, 960)]
+    assert received == [AudioReceived(p.seq, p.timestamp, p.payload, None) for p in sent]
+    assert callee.stats.audio_received == 3
+    assert caller.stats.audio_sent == 3
+
+
+def test_control_packets_are_as_large_as_audio():
+    caller, _ = pair()
+    for i in range(10):  # past counter 8, where the SFrame header grows by a byte
+        caller.send_audio(frame(i, 73), now=0.0)
+    caller.datagrams_to_send(0.0)
+    caller.send_audio(frame(10, 73), now=0.0)
+    caller.set_muted(True, now=0.0)
+    caller.handle_timer(now=1.0)  # ping and report
+    sizes = {len(d) for d in caller.datagrams_to_send(1.0)}
+    assert len(sizes) == 1
+    assert caller.packet_bytes == 80  # 7-byte header + 73-byte frame, one pad_to
+
+
+def test_packet_budget_rounds_down_to_the_padding():
+    protocol = MediaProtocol(CALLER_KEYS, frame_bytes=80, pad_to=80)
+    assert protocol.packet_bytes == 80
+    assert protocol.adaptation == SenderAdaptation(False, 0, 73)
+    assert protocol.adaptation.bitrate_bps(20) == 29_200
+    small = MediaProtocol(CALLER_KEYS, frame_ms=10, frame_bytes=40, pad_to=80)
+    assert small.adaptation.frame_bytes == 40  # never above the configured bitrate
+    unpadded = MediaProtocol(CALLER_KEYS, frame_bytes=80, pad_to=0)
+    assert unpadded.packet_bytes == 87
+    assert unpadded.adaptation.frame_bytes == 80
+
+
+def test_ping_pong_measures_rtt_without_the_hold_time():
+    caller, callee = pair()
+    ping = caller.datagrams_to_send(0.0)
+    callee.receive_datagram(ping[0], now=0.010)
+    pong = [d for d in callee.datagrams_to_send(0.015)]  # held 5 ms (its own ping too)
+    for datagram in pong:
+        caller.receive_datagram(datagram, now=0.030)
+    (rtt,) = of_type(drain(caller), RttMeasured)
+    assert (rtt.rtt_s, rtt.ping_sent_at, rtt.hold_s) == pytest.approx((0.025, 0.0, 0.005))
+    # the same pong again is not a new measurement (replayed in SFrame, dropped)
+    caller.receive_datagram(pong[-1], now=0.031)
+    assert drain(caller) == []
+
+
+def test_pong_for_unknown_ping_is_counted():
+    caller, _ = pair()
+    sender = SFrameSender(MEDIA_CIPHER_SUITE, CALLEE_KEYS.send_key, CALLEE_SENDER_ID)
+    forged = sender.protect(PongPacket(99, 0, 0).serialize(), MEDIA_METADATA, now=0.0)
+    caller.receive_datagram(forged, now=0.01)
+    assert caller.stats.unmatched_pongs == 1
+    assert drain(caller) == []
+
+
+def test_timers_are_drift_free():
+    caller, _ = pair(ping_interval_s=1.0, report_interval_s=0.5, media_timeout_s=10.0)
+    assert caller.get_timer() == 0.5
+    caller.handle_timer(0.52)  # late by 20 ms: the next report stays on the grid
+    assert caller.get_timer() == 1.0
+    kinds = [type(_open(d)) for d in caller.datagrams_to_send(0.52)]
+    assert kinds == [PingPacket, ReceiverReport]
+
+
+def _open(datagram: bytes) -> object:
+    """Open a datagram the caller sent (test helper, a fresh receiver: no replay state)."""
+    receiver = SFrameReceiver(MEDIA_CIPHER_SUITE, CALLER_KEYS.send_key, CALLER_SENDER_ID)
+    payload = receiver.unprotect(datagram, MEDIA_METADATA, now=0.0)
+    assert payload is not None
+    return parse_packet(payload)
+
+
+def run_audio(
+    caller: MediaProtocol,
+    callee: MediaProtocol,
+    frames: int,
+    start: float = 0.0,
+    lost: Iterable[int] = (),
+    size: int = 60,
+) -> float:
+    """Send ``frames`` audio frames caller -> callee, losing the ``lost`` ones; run the timers."""
+    lost = set(lost)
+    now = start
+    for i in range(frames):
+        now = start + i * FRAME_S
+        for protocol in (caller, callee):
+            timer = protocol.get_timer()
+            if timer is not None and timer <= now:
+                protocol.handle_timer(now)
+        deliver(callee, caller, now)
+        deliver(caller, callee, now)  # control packets, pongs included
+        caller.send_audio(frame(i, size), now)
+        (audio,) = caller.datagrams_to_send(now)
+        if i not in lost:
+            callee.receive_datagram(audio, now)
+    return now
+
+
+def test_receiver_report_counts_loss_and_jitter():
+    caller, callee = pair(report_interval_s=1.0)
+    lost = {10, 11, 20, 30, 40}
+    run_audio(caller, callee, 50, lost=lost)  # frames 0..49 in the first second
+    callee.handle_timer(1.0)
+    deliver(callee, caller, 1.0)
+    reports = [e.report for e in of_type(drain(caller), ReportReceived)]
+    assert reports[-1].cumulative_lost == 5
+    assert reports[-1].highest_seq == 49
+    assert reports[-1].fraction_lost == 5 * 256 // 50
+    assert reports[-1].jitter == 0  # a perfectly paced fake network
+
+
+def test_loss_raises_fec_then_it_returns_to_normal():
+    caller, callee = pair()
+    drain(caller)
+    # 10 % loss for 3 s: reports at 1, 2 s show it
+    run_audio(caller, callee, 150, lost=range(0, 150, 10))
+    changes = [e.adaptation for e in of_type(drain(caller), AdaptationChanged)]
+    assert changes, "reports with loss must change the encoder"
+    assert not changes[-1].redundancy  # the encoder has FEC: it gets the budget
+    assert 8 <= changes[-1].expected_loss_percent <= 12
+    assert changes[-1].frame_bytes == 73  # packet size unchanged
+    # no loss for ADAPTATION_HOLD_S: back to the configured state
+    end = run_audio(caller, callee, int((ADAPTATION_HOLD_S + 2) / FRAME_S), start=3.0)
+    assert end > 3.0 + ADAPTATION_HOLD_S
+    assert of_type(drain(caller), AdaptationChanged)[-1].adaptation == SenderAdaptation(
+        False, 0, 73
+    )
+
+
+def test_without_fec_loss_turns_on_redundancy_of_constant_size():
+    caller, callee = pair(fec=False)
+    assert not caller.adaptation.redundancy
+    run_audio(caller, callee, 60, lost=range(0, 60, 5), size=73)
+    adaptation = caller.adaptation
+    assert adaptation.redundancy
+    assert adaptation.frame_bytes == (80 - 7 - 4) // 2
+    # the first packet after the switch still holds a full frame: no copy; then copies
+    now = 1.3
+    caller.send_audio(frame(1000, 73), now)
+    caller.send_audio(frame(1001, 34), now)
+    caller.send_audio(frame(1002, 34), now)
+    datagrams = caller.datagrams_to_send(now)
+    packets = [_open(d) for d in datagrams]
+    audio = [p for p in packets if isinstance(p, AudioPacket)]
+    assert [p.redundant for p in audio] == [None, None, frame(1001, 34)]
+    assert len({len(d) for d in datagrams}) == 1
+    for datagram in datagrams:
+        callee.receive_datagram(datagram, now)
+    received = of_type(drain(callee), AudioReceived)
+    assert received[-1].redundant == frame(1001, 34)
+    assert caller.stats.redundant_sent == 1
+
+
+def test_forced_redundancy_and_its_limits():
+    caller, _ = pair(redundancy=True)
+    assert caller.adaptation == SenderAdaptation(True, 0, 34)
+    with pytest.raises(LocalProtocolError, match="two audio frames do not fit"):
+        MediaProtocol(CALLER_KEYS, frame_bytes=10, pad_to=16, redundancy=True)
+    never = MediaProtocol(CALLER_KEYS, redundancy=False, fec=False)
+    never.start(0.0)
+    assert not never.adaptation.redundancy
+
+
+def test_redundant_copy_of_another_frame_is_discarded():
+    _, callee = pair()
+    sender = SFrameSender(MEDIA_CIPHER_SUITE, CALLER_KEYS.send_key, CALLER_SENDER_ID)
+    packet = AudioPacket(5, 4800, b"new", b"old", 2 * FRAME_SAMPLES)
+    callee.receive_datagram(sender.protect(packet.serialize(), MEDIA_METADATA, now=0.0), 0.0)
+    assert of_type(drain(callee), AudioReceived) == [AudioReceived(5, 4800, b"new", None)]
+    assert callee.stats.redundant_discarded == 1
+
+
+def test_replayed_datagram_is_delivered_once():
+    caller, callee = pair()
+    caller.send_audio(frame(0), 0.0)
+    datagrams = deliver(caller, callee, 0.0)
+    for datagram in datagrams:
+        callee.receive_datagram(datagram, 0.1)
+    assert len(of_type(drain(callee), AudioReceived)) == 1
+    assert callee.stats.sframe.replayed == len(datagrams)
+
+
+def test_authenticated_but_malformed_inner_packet_is_counted():
+    _, callee = pair()
+    sender = SFrameSender(MEDIA_CIPHER_SUITE, CALLER_KEYS.send_key, CALLER_SENDER_ID)
+    callee.receive_datagram(sender.protect(b"\x7fjunk", MEDIA_METADATA, now=0.0), 0.0)
+    callee.receive_datagram(sender.protect(b"\x01\x00", MEDIA_METADATA, now=0.0), 0.0)
+    wrong_label = sender.protect(AudioPacket(0, 0, b"x").serialize(), b"other", now=0.0)
+    callee.receive_datagram(wrong_label, 0.0)
+    stats = callee.stats
+    assert (stats.malformed, stats.sframe.auth_failed, stats.dropped) == (2, 1, 3)
+    assert drain(callee) == []
+
+
+def test_garbage_never_raises_and_is_counted():
+    _, callee = pair()
+    rng = random.Random(1)
+    garbage = [rng.randbytes(rng.randrange(0, 120)) for _ in range(200)]
+    garbage += [Header(kid=0, ctr=rng.randrange(2**40)).serialize() + rng.randbytes(96)] * 50
+    for datagram in garbage:
+        callee.receive_datagram(datagram, 0.0)
+    assert callee.stats.dropped == len(garbage)
+    assert drain(callee) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=150))
+def test_receive_datagram_accepts_any_bytes(data):
+    _, callee = pair()
+    callee.receive_datagram(data, 0.0)
+    assert callee.stats.dropped == 1
+
+
+def test_mute_is_repeated_and_stale_copies_do_not_undo_a_newer_change():
+    caller, callee = pair()
+    deliver(caller, callee, 0.0)
+    caller.set_muted(True, now=0.0)
+    caller.handle_timer(0.0)
+    muted_copy = caller.datagrams_to_send(0.0)
+    assert len(muted_copy) == 1
+    caller.set_muted(False, now=0.05)  # replaces the pending mute copies
+    unmute = []
+    for t in (0.05, 0.15, 0.25):
+        caller.handle_timer(t)
+        unmute += caller.datagrams_to_send(t)
+    assert len(unmute) == MUTE_REPEATS
+    for datagram in unmute + muted_copy:  # the old "muted" arrives last
+        callee.receive_datagram(datagram, 0.3)
+    assert of_type(drain(callee), PeerMuted) == []  # never muted as far as it knows
+    assert not callee.is_peer_muted
+    caller.set_muted(True, now=0.4)
+    caller.handle_timer(0.4)
+    deliver(caller, callee, 0.4)
+    assert of_type(drain(callee), PeerMuted) == [PeerMuted(True)]
+    assert callee.is_peer_muted and caller.is_muted
+
+
+def test_hangup_is_sent_several_times_then_ends():
+    caller, callee = pair()
+    deliver(caller, callee, 0.0)
+    caller.hangup(now=1.0, reason=HangupReason.SHUTDOWN)
+    assert caller.state is MediaState.HANGING_UP
+    with pytest.raises(LocalProtocolError, match="hanging up"):
+        caller.send_audio(b"x", 1.0)
+    copies = caller.datagrams_to_send(1.0)
+    while (timer := caller.get_timer()) is not None:
+        caller.handle_timer(timer)
+        copies += caller.datagrams_to_send(timer)
+    assert len(copies) == HANGUP_REPEATS
+    assert timer is None and caller.is_ended
+    # the peer ends on the first copy it gets (here the last: the others were lost)
+    callee.receive_datagram(copies[-1], 1.0 + HANGUP_REPEATS * HANGUP_REPEAT_INTERVAL_S)
+    assert of_type(drain(callee), PeerHungUp) == [PeerHungUp(HangupReason.SHUTDOWN)]
+    assert callee.is_ended and callee.get_timer() is None
+    callee.receive_datagram(copies[0], 2.0)
+    assert callee.stats.ignored == 1
+
+
+def test_media_timeout_ends_a_silent_call():
+    caller, callee = pair(media_timeout_s=2.0)
+    deliver(callee, caller, 1.5)  # the callee's first ping at 1.5 s keeps the call alive
+    caller.handle_timer(2.0)
+    assert not caller.is_ended
+    caller.handle_timer(3.4)
+    assert not caller.is_ended
+    timer = caller.get_timer()
+    assert timer is not None and timer <= 3.5
+    caller.handle_timer(3.5)
+    assert of_type(drain(caller), MediaTimedOut) == [MediaTimedOut(2.0)]
+    assert caller.is_ended
+
+
+def test_misuse_before_start():
+    protocol = MediaProtocol(CALLER_KEYS)
+    with pytest.raises(LocalProtocolError, match="awaiting start"):
+        protocol.send_audio(b"x", 0.0)
+    protocol.receive_datagram(b"anything", 0.0)
+    assert protocol.stats.ignored == 1
+    assert protocol.get_timer() is None
+    protocol.start(0.0)
+    with pytest.raises(LocalProtocolError, match="already started"):
+        protocol.start(0.0)
+    with pytest.raises(LocalProtocolError, match="must not be empty"):
+        protocol.send_audio(b"", 0.0)
