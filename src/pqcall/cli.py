@@ -8,6 +8,7 @@ import sys
 from pqcall import __version__
 from pqcall.bench import __main__ as bench
 from pqcall.exceptions import PqcallError
+from pqcall.server import runner as server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser = commands.add_parser("bench", help="run a benchmark and print its figures")
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=bench.run)
+    server_parser = commands.add_parser("server", help="run the signaling server")
+    server.add_arguments(server_parser)
+    server_parser.set_defaults(handler=server.run)
     return parser
 
 

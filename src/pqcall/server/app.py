@@ -1,0 +1,296 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+Startup order (the lifespan): create the data directory, open storage and
+migrate it, start each :class:`~pqcall.server.context.Component` in order.
+Shutdown runs the same steps backwards. Hook points, for the parts that plug
+in later:
+
+- ``components``: long-lived tasks (media relay, mDNS, call sweeper, event
+  hub, metrics collectors) get the :class:`AppContext` at start;
+- ``routers``: extra ``APIRouter`` objects (calls, WebSocket events, metrics);
+- ``middleware``: ASGI middleware classes with keyword options (rate limits,
+  request metrics), outermost first.
+
+Every error the API returns is ``{"error": "<one sentence>"}`` with a 4xx
+status for bad input (422 for a body or parameter that fails its schema, 413
+for an oversized body) and 500 only for a bug in the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pqcall import __version__
+from pqcall.server import auth
+from pqcall.server.context import AppContext, Clock, Component
+from pqcall.server.routes import accounts
+from pqcall.server.settings import ServerSettings
+from pqcall.server.storage import Storage
+from pqcall.signaling.callstate import IllegalTransition
+from pqcall.signaling.messages import ErrorResponse, HealthResponse
+from pqcall.signaling.usernames import InvalidUsername
+
+logger = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL_S = 60.0
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": description}
+    for code, description in (
+        (400, "bad request"),
+        (401, "missing, invalid or expired credentials"),
+        (404, "no such user"),
+        (409, "conflict with the current state"),
+        (413, "request body too large"),
+        (422, "the request does not match its schema"),
+    )
+}
+
+MiddlewareSpec = tuple[Callable[..., ASGIApp], dict[str, Any]]
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    components: Iterable[Component] = (),
+    routers: Iterable[APIRouter] = (),
+    middleware: Sequence[MiddlewareSpec] = (),
+    clock: Clock | None = None,
+) -> FastAPI:
+    """Build the server application.
+
+    Args:
+        settings: what to listen on, where the data lives, limits and timeouts.
+        components: started after storage opens, stopped before it closes.
+        routers: mounted after the built-in routes.
+        middleware: ``(cls, options)`` pairs, outermost first, inside the body limit.
+        clock: unix-seconds clock for every expiry and timestamp (tests move it).
+    """
+    context = AppContext(settings=settings)
+    if clock is not None:
+        context.clock = clock
+    context.components.append(Housekeeper())
+    context.components.extend(components)
+
+    app = FastAPI(
+        title="pqcall signaling server",
+        version=__version__,
+        summary="Accounts, directory, calls and push events for pqcall softphones.",
+        lifespan=_lifespan(context),
+        responses=ERROR_RESPONSES,
+    )
+    app.state.context = context
+
+    app.include_router(auth.router)
+    app.include_router(accounts.router)
+    for router in routers:
+        app.include_router(router)
+    app.add_api_route("/health", health, methods=["GET"], tags=["operations"])
+
+    _install_error_handlers(app)
+    for cls, options in reversed(middleware):
+        app.add_middleware(cls, **options)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    return app
+
+
+def _lifespan(
+    context: AppContext,
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        settings = context.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        storage = await Storage.open(settings.db_url)
+        context.attach_storage(storage)
+        started: list[Component] = []
+        try:
+            for component in context.components:
+                await component.start(context)
+                started.append(component)
+            logger.info("pqcall server %r ready", settings.server_name)
+            yield
+        finally:
+            for component in reversed(started):
+                try:
+                    await component.stop()
+                except Exception:
+                    logger.exception("component %r failed to stop", component)
+            context.attach_storage(None)
+            await storage.close()
+            logger.info("pqcall server stopped")
+
+    return lifespan
+
+
+async def health(request: Request) -> HealthResponse:
+    """Whether the server and its database answer."""
+    context: AppContext = request.app.state.context
+    ok = await context.storage.ping()
+    return HealthResponse(
+        status="ok" if ok else "unavailable",
+        version=__version__,
+        server_name=context.settings.server_name,
+    )
+
+
+class Housekeeper:
+    """Deletes expired tokens and challenges every :data:`HOUSEKEEPING_INTERVAL_S`."""
+
+    def __init__(self, interval_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
+        self._interval_s = interval_s  # seconds between purges
+        self._task: asyncio.Task[None] | None = None  # the purge loop while running
+
+    async def start(self, context: AppContext) -> None:
+        self._task = asyncio.create_task(self._run(context), name="pqcall-housekeeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self, context: AppContext) -> None:
+        while True:
+            try:
+                await context.storage.purge_expired(context.now())
+            except Exception:
+                logger.exception("housekeeping failed")
+            await asyncio.sleep(self._interval_s)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def error_response(
+    status_code: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """``{"error": message}`` with ``status_code``."""
+    return JSONResponse({"error": message}, status_code=status_code, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        message = str(exc.detail)
+        if exc.status_code == status.HTTP_404_NOT_FOUND and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif message == "There was an error parsing the body":
+            message = "request body could not be parsed as JSON"
+        elif exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        return error_response(exc.status_code, message, exc.headers)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, describe_validation_error(exc.errors())
+        )
+
+    async def on_illegal_transition(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(status.HTTP_409_CONFLICT, str(exc))
+
+    async def on_invalid_username(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
+
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
+
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(IllegalTransition, on_illegal_transition)
+    app.add_exception_handler(InvalidUsername, on_invalid_username)
+    app.add_exception_handler(Exception, on_bug)
+
+
+_WHERE = {"query": "query parameter ", "path": "path parameter ", "header": "header "}
+_BODY_NOT_OBJECT = {"model_attributes_type", "dict_type", "model_type"}
+
+
+def describe_validation_error(errors: Sequence[Any]) -> str:
+    """One sentence for a list of pydantic/FastAPI validation errors (the first one)."""
+    if not errors:
+        return "request is not valid"
+    first = errors[0]
+    kind = first.get("type", "")
+    loc = [str(part) for part in first.get("loc", ())]
+    message = str(first.get("msg", "is not valid"))
+    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    message = message[:1].lower() + message[1:]
+    if kind == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "")
+        sentence = f"request body is not valid JSON: {reason}".rstrip(": ")
+    elif loc == ["body"] and kind == "missing":
+        sentence = "request body is missing"
+    elif loc == ["body"] and isinstance(first.get("input"), bytes):
+        sentence = "request body must be JSON (Content-Type: application/json)"
+    elif loc == ["body"] and kind in _BODY_NOT_OBJECT:
+        sentence = "request body must be a JSON object"
+    else:
+        prefix = _WHERE.get(loc[0], "") if loc else ""
+        field = ".".join(loc[1:]) if loc and loc[0] in ("body", *_WHERE) else ".".join(loc)
+        sentence = f"{prefix}{field}: {message}" if field else message
+    more = len(errors) - 1
+    if more:
+        sentence += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return sentence
+
+
+# ---------------------------------------------------------------- request size
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies larger than ``max_bytes`` with 413.
+
+    A declared ``Content-Length`` over the limit is refused before reading; a
+    chunked body is counted as it arrives and cut off at the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app  # the wrapped application
+        self.max_bytes = max_bytes  # largest accepted body
+
+    def _too_large(self) -> str:
+        return f"request body is larger than {self.max_bytes} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            try:
+                too_large = int(declared) > self.max_bytes
+            except ValueError:
+                too_large = False  # the server refuses such a request itself
+            if too_large:
+                await error_response(status.HTTP_413_CONTENT_TOO_LARGE, self._too_large())(
+                    scope, receive, send
+                )
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise StarletteHTTPException(
+                        status.HTTP_413_CONTENT_TOO_LARGE, self._too_large()
+                    )
+            return message
+
+        await self.app(scope, limited_receive, send)

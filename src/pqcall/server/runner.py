@@ -1,0 +1,114 @@
+"""``pqcall server``: command-line options, and running the app under uvicorn.
+
+Importing this module is cheap; the server's dependencies load in :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pqcall.exceptions import ServerError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``pqcall server``."""
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    parser.add_argument("--port", type=int, default=5001, help="TCP port (default: 5001)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="database and stored files (default: $PQCALL_HOME/server or ~/.pqcall/server)",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="database URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB"
+        " (default: a SQLite file in the data directory)",
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate"
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    parser.add_argument(
+        "--name", help="server name that logins are bound to (default: this machine's host name)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the server until SIGINT or SIGTERM.
+
+    Raises:
+        ServerError: bad options, TLS files missing, or the database cannot be
+            opened or migrated (one line, no traceback).
+    """
+    import asyncio
+
+    import uvicorn
+
+    from pqcall.server.app import create_app
+    from pqcall.server.settings import ServerSettings
+    from pqcall.server.storage.database import display_url, run_migrations
+
+    options: dict[str, object] = {
+        "host": args.host,
+        "port": args.port,
+        "db_url": args.db or "",
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "log_level": args.log_level,
+    }
+    if args.data_dir is not None:
+        options["data_dir"] = args.data_dir
+    if args.name is not None:
+        options["server_name"] = args.name
+    if not 0 < args.port < 65536:
+        raise ServerError(f"port {args.port} is out of range")
+    try:
+        settings = ServerSettings(**options)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ServerError(str(exc)) from None
+    for path in (settings.tls_cert, settings.tls_key):
+        if path is not None and not path.is_file():
+            raise ServerError(f"TLS file not found: {path}")
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServerError(
+            f"cannot create data directory {settings.data_dir}: {exc.strerror}"
+        ) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
+    )
+    if settings.log_level != "debug":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    # open and migrate once here, so a bad database is one line, not a traceback
+    asyncio.run(run_migrations(settings.db_url))
+    scheme = "https" if settings.uses_tls else "http"
+    logging.getLogger("pqcall.server").info(
+        "pqcall server %r on %s://%s:%d, database %s",
+        settings.server_name,
+        scheme,
+        settings.host,
+        settings.port,
+        display_url(settings.db_url),
+    )
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
+        lifespan="on",
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,82 @@
+"""The server's settings: one frozen object, filled from the command line."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PORT = 5001
+DEFAULT_RING_TIMEOUT_S = 45.0
+DEFAULT_TOKEN_TTL_S = 3600.0
+DEFAULT_CHALLENGE_TTL_S = 60.0
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
+
+
+def default_data_dir() -> Path:
+    """``$PQCALL_HOME/server``, or ``~/.pqcall/server``."""
+    home = os.environ.get("PQCALL_HOME")
+    base = Path(home) if home else Path.home() / ".pqcall"
+    return base / "server"
+
+
+def sqlite_url(data_dir: Path) -> str:
+    """The default database: a SQLite file in ``data_dir``."""
+    return f"sqlite+aiosqlite:///{data_dir / 'pqcall.db'}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything the server needs to know at start. Immutable once built."""
+
+    host: str = "0.0.0.0"
+    """Address to listen on; the default lets other machines on the LAN reach it."""
+    port: int = DEFAULT_PORT
+    """TCP port of the HTTP API."""
+    data_dir: Path = field(default_factory=default_data_dir)
+    """Directory for the SQLite database and stored files."""
+    db_url: str = ""
+    """SQLAlchemy async URL; empty means a SQLite file in ``data_dir``."""
+    tls_cert: Path | None = None
+    """PEM certificate chain; with ``tls_key``, the API is served over HTTPS."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
+    log_level: str = "info"
+    """uvicorn/logging level name."""
+    ring_timeout_s: float = DEFAULT_RING_TIMEOUT_S
+    """How long a call rings before it is missed."""
+    token_ttl_s: float = DEFAULT_TOKEN_TTL_S
+    """Lifetime of a bearer token."""
+    challenge_ttl_s: float = DEFAULT_CHALLENGE_TTL_S
+    """Lifetime of a login challenge."""
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    """Largest accepted request body; larger ones get 413."""
+    relay_port: int | None = None
+    """UDP port of the media relay; ``None`` means the same number as ``port``."""
+    relay_host: str | None = None
+    """Address of the relay told to phones; ``None`` means the address they reached us at."""
+    announce_mdns: bool = True
+    """Announce the server on the LAN with mDNS."""
+    server_name: str = field(default_factory=socket.gethostname)
+    """The name logins and registrations are bound to, so they cannot be replayed elsewhere."""
+
+    def __post_init__(self) -> None:
+        if not self.db_url:
+            object.__setattr__(self, "db_url", sqlite_url(self.data_dir))
+        if self.relay_port is None:
+            object.__setattr__(self, "relay_port", self.port)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
+        if not 0 < len(self.server_name) <= 64:
+            raise ValueError("server name must be 1 to 64 characters")
+
+    @property
+    def relay_udp_port(self) -> int:
+        """The relay's UDP port, resolved (``relay_port`` or ``port``)."""
+        return self.port if self.relay_port is None else self.relay_port
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the API is served over HTTPS."""
+        return self.tls_cert is not None

@@ -1,0 +1,134 @@
+"""The tables, as SQLAlchemy Core metadata; Alembic's migrations must match them.
+
+Conventions that keep SQLite and PostgreSQL identical:
+
+- times are unix seconds (UTC) in ``DOUBLE PRECISION`` columns, never
+  ``DATETIME`` (SQLite has no time zones);
+- binary values are ``LargeBinary`` (``BLOB`` / ``bytea``);
+- small structured values are ``JSON``;
+- 64-bit autoincrement keys are ``BIGINT`` on PostgreSQL and ``INTEGER`` on
+  SQLite, where only ``INTEGER PRIMARY KEY`` autoincrements.
+
+``tests/server/test_storage.py`` checks that the migrations create exactly
+this schema on both databases.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(32), nullable=False, unique=True),  # normalized
+    Column("identity", LargeBinary, nullable=False),  # encoded hybrid identity public key
+    Column("created_at", Double, nullable=False),
+    Column("last_seen_at", Double, nullable=True),  # last login or push connection
+)
+
+key_bundles = Table(
+    "key_bundles",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("bundle", LargeBinary, nullable=False),  # encoded, verified KeyBundle
+    Column("bundle_created", BigInteger, nullable=False),  # the bundle's own `created`
+    Column("created_at", Double, nullable=False),  # when the server received it
+    Column("is_current", Boolean, nullable=False),
+    Index(None, "account_id", "is_current"),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_hash", LargeBinary(32), primary_key=True),  # SHA-256 of the bearer token
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Index(None, "expires_at"),
+)
+
+challenges = Table(
+    "challenges",
+    metadata,
+    Column("challenge", LargeBinary(32), primary_key=True),
+    Column("username", String(32), nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("used", Boolean, nullable=False),
+    Index(None, "expires_at"),
+)
+
+calls = Table(
+    "calls",
+    metadata,
+    Column("id", String(32), primary_key=True),  # the caller's call_id
+    Column("caller_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("callee_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("state", String(16), nullable=False),  # pqcall.signaling.callstate.State
+    Column("reason", String(32), nullable=True),
+    Column("offer", LargeBinary, nullable=True),
+    Column("answer", LargeBinary, nullable=True),
+    Column("confirm", LargeBinary, nullable=True),
+    Column("caller_candidates", JSON, nullable=False),  # [{"host": ..., "port": ...}]
+    Column("callee_candidates", JSON, nullable=False),
+    Column("caller_seen_address", Text, nullable=True),  # "host:port" the server saw
+    Column("callee_seen_address", Text, nullable=True),
+    Column("created_at", Double, nullable=False),
+    Column("answered_at", Double, nullable=True),
+    Column("ended_at", Double, nullable=True),
+    Column("ended_by", String(16), nullable=True),  # caller | callee | system
+    Index(None, "callee_id", "state"),
+    Index(None, "caller_id", "state"),
+    Index(None, "state", "created_at"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Index(None, "account_id", "seq"),
+)
+
+stored_files = Table(
+    "stored_files",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("sender_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("recipient_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("blob_path", Text, nullable=False),  # relative to the data directory
+    Column("state", String(16), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Index(None, "recipient_id", "state"),
+    Index(None, "expires_at"),
+)

@@ -1,0 +1,157 @@
+"""``pqcall server``: clear one-line failures, a fast start, a clean stop on SIGTERM/SIGINT."""
+
+import datetime
+import ipaddress
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from pqcall.cli import main
+
+from .conftest import TIMEOUT_SCALE
+
+START_TIMEOUT_S = 10.0 * TIMEOUT_SCALE
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            ["--db", "mysql://u@h/db"],
+            "pqcall: database URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            " (got mysql://)",
+            id="unsupported-db",
+        ),
+        pytest.param(
+            ["--db", "postgresql+asyncpg://nobody@127.0.0.1:1/none"],
+            "pqcall: cannot open database postgresql+asyncpg://nobody@127.0.0.1:1/none: ",
+            id="unreachable-db",
+        ),
+        pytest.param(
+            ["--tls-cert", "cert.pem"],
+            "pqcall: TLS needs both a certificate and a key",
+            id="tls-half",
+        ),
+        pytest.param(
+            ["--tls-cert", "nope.pem", "--tls-key", "nope.key"],
+            "pqcall: TLS file not found: nope.pem",
+            id="tls-missing",
+        ),
+        pytest.param(["--port", "70000"], "pqcall: port 70000 is out of range", id="port"),
+    ],
+)
+def test_bad_options_are_one_line(tmp_path, capsys, argv, message):
+    code = main(["server", "--data-dir", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith(message)
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(tmp_path, port, *options):
+    env = dict(os.environ, PQCALL_HOME=str(tmp_path))
+    command = [sys.executable, "-m", "pqcall", "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--name", "runner.test", "--log-level", "info", *options]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_health(url, **client_options):
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            return httpx.get(url, timeout=1, **client_options)
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise AssertionError("server did not answer")
+
+
+def _stop(process, signum=signal.SIGTERM):
+    try:
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=START_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serves_and_stops_cleanly(tmp_path, signum):
+    port = _free_port()
+    process = _start(tmp_path, port)
+    try:
+        health = _wait_for_health(f"http://127.0.0.1:{port}/health")
+        assert health.json()["server_name"] == "runner.test"
+        assert (tmp_path / "server" / "pqcall.db").exists()
+    finally:
+        err = _stop(process, signum)
+    # uvicorn shuts down gracefully, then lets the signal take its usual effect
+    expected = 130 if signum == signal.SIGINT else -signal.SIGTERM
+    assert process.returncode == expected, err.decode()
+    assert b"pqcall server stopped" in err
+    assert b"Application shutdown complete" in err
+    assert b"Traceback" not in err
+
+
+def _self_signed(directory):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pqcall.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_with_a_pinned_self_signed_certificate(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    port = _free_port()
+    process = _start(tmp_path, port, "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        pinned = ssl.create_default_context(cafile=str(cert))
+        health = _wait_for_health(f"https://127.0.0.1:{port}/health", verify=pinned)
+        assert health.json()["status"] == "ok"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"https://127.0.0.1:{port}/health", timeout=1)  # system CAs only
+    finally:
+        _stop(process)
