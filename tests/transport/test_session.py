@@ -428,7 +428,7 @@ def test_packet_size_is_constant_when_redundancy_starts():
         await eventually(lambda: call.callee.snapshot().redundancy_recovered > 5)
         assert call.caller.protocol_stats.redundant_sent > 10
         sizes = {len(d) for d in tap.a_to_b[8:256]}  # counters 8-255: one SFrame header size
-        assert sizes == {100}  # 1 config + 1 CTR + 2 length + 80 padded + 16 tag
+        assert sizes == {120}  # 1 config + 1 CTR + 2 length + 100 padded + 16 tag
         # and the forced modes send the same size
         await call.caller.hangup()
         tap.close()
@@ -436,7 +436,7 @@ def test_packet_size_is_constant_when_redundancy_starts():
         for redundancy in (True, False):
             call, tap = await tapped_call(caller_settings=MediaSettings(redundancy=redundancy))
             await asyncio.sleep(0.4)
-            assert {len(d) for d in tap.a_to_b[8:]} == {100}
+            assert {len(d) for d in tap.a_to_b[8:]} == {120}
             assert (call.caller.protocol_stats.redundant_sent > 0) is redundancy
             tap.close()
             await call.close()

@@ -91,7 +91,11 @@ MAX_COMPLEXITY: Final = 10
 
 # our defaults
 DEFAULT_FRAME_MS: Final = 20
-DEFAULT_BITRATE_BPS: Final = 32_000
+DEFAULT_BITRATE_BPS: Final = 37_200
+# 93 bytes per 20 ms frame: with the 7-byte media header it fills a 100-byte
+# padded packet exactly (62.9 kbit/s on the wire). Chosen by `pqcall bench
+# media`: PESQ-WB 3.72 at 10 % and 2.82 at 20 % random loss, against 3.35 and
+# 2.64 at 32 kbit/s in 80-byte packets.
 DEFAULT_EXPECTED_LOSS_PERCENT: Final = 0
 DEFAULT_COMPLEXITY: Final = 10
 

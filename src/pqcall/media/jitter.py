@@ -129,7 +129,9 @@ MAX_JUMP_MS: Final = 2000
 """A sequence number this far (in frames' time) ahead of the playout point is a jump."""
 LOSS_MEMORY_S: Final = 4.0
 """How long after a loss the target keeps a frame of look-ahead for FEC."""
-TARGET_ROUNDING_MS: Final = 1.0
+TARGET_ROUNDING_MS: Final = 5.0
+# asyncio timers jitter by 1-2 ms; with 1 ms of slack that noise held the target
+# at two frames after jitter stopped (pqcall bench media, "settle" figure).
 """Estimated need within this of a whole number of frames rounds down (timer noise)."""
 
 

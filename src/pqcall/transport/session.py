@@ -48,7 +48,6 @@ from typing import Final, Protocol
 import numpy as np
 
 from pqcall.crypto.handshake import CallKeys
-from pqcall.crypto.sframe_context import DEFAULT_PAD_TO
 from pqcall.exceptions import LocalProtocolError
 from pqcall.media.audio import AudioSink, AudioSource
 from pqcall.media.codec import (
@@ -76,6 +75,7 @@ from pqcall.transport.media_protocol import (
 )
 
 __all__ = [
+    "MEDIA_PAD_TO_BYTES",
     "MEDIA_TIMEOUT_S",
     "EndReason",
     "MediaSession",
@@ -109,13 +109,18 @@ class EndReason(enum.StrEnum):
     """The socket closed under us."""
 
 
+MEDIA_PAD_TO_BYTES: Final = 100
+"""Default SFrame padding multiple: a 7-byte media header and a 93-byte Opus frame
+(37.2 kbit/s at 20 ms) fill it exactly; every packet then has one size."""
+
+
 @dataclass(frozen=True, slots=True)
 class MediaSettings:
     """How a :class:`MediaSession` runs."""
 
     opus: OpusSettings = field(default_factory=OpusSettings)
     """Encoder settings; ``bitrate_bps`` is a ceiling (see ``MediaProtocol``)."""
-    pad_to: int = DEFAULT_PAD_TO
+    pad_to: int = MEDIA_PAD_TO_BYTES
     """SFrame padding multiple: every packet has the same size (0: no padding)."""
     redundancy: bool | None = None
     """None: automatic (on when loss is reported and the encoder has no FEC); True/False force."""
