@@ -1,0 +1,376 @@
+"""Media quality benchmark: pqcall's call pipeline against the prototype's, side by side.
+
+``python -m pqcall.bench media [--quick] [--json PATH]`` (or ``pqcall bench
+media``) sends speech (``media/samples/alice.wav``; the callee answers with
+``bob.wav``) through two real call pipelines, in real time, on loopback UDP,
+through the same :class:`~pqcall.transport.impair.ImpairmentRelay`:
+
+* pqcall: two ``MediaSession`` objects at default settings: Opus encode,
+  SFrame protect, UDP, relay, SFrame unprotect, jitter buffer, decode with
+  FEC or concealment, sink;
+* the prototype (:mod:`pqcall.bench.baseline`): 16 kHz PCM in 64 ms
+  frames, AES-256-GCM per frame, no jitter buffer, a lost frame is silence.
+
+Conditions (:data:`CONDITIONS`), each with its own seed (the reverse
+direction uses seed + 1): no loss, 5 %, 10 % and 20 % random loss, 10 %
+bursty loss (Gilbert-Elliott, mean burst 3 datagrams) and 30 ms jitter
+(normal, standard deviation 30 ms around no base delay, clipped at zero:
+packets reorder). Loss is drawn per datagram, so the same seed drops the
+same share of each system's packets, though a prototype packet carries
+64 ms of audio and a pqcall one 20 ms. More runs: pqcall at 10 ms frames
+(latency); pqcall at 10 % loss with its playout clock in phase with the
+sender's (the worst phase, see ``Scenario.phase_frames``); pqcall at 10 % and
+20 % loss with :data:`PROPOSED_SETTINGS`; and both systems with 30 ms jitter
+switched off mid-call, to time how fast the jitter-buffer delay comes back
+down.
+
+For each: PESQ-WB (:mod:`pqcall.bench.quality`: resampled to 16 kHz with
+soxr, aligned by cross-correlation, P.862.2), wire bitrate with IPv4, UDP and
+SFrame overhead, mean jitter-buffer delay, one-way latency from a frame
+complete at the source to its first sample handed to the sink (median and
+95th percentile) and CPU per call side (:mod:`pqcall.bench.call` says how
+each is measured).
+
+Runtime: every call is real time, about 22 s: 18 calls, about 3.5 minutes
+(``--quick``: 4 s of speech, no loss and 10 % loss only, about 15 s). Two
+worker processes run two calls at a time, one per core; each measures only
+its own call's CPU time (the relay runs in a third process). With one core,
+calls run one by one.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Final
+
+from pqcall.bench.baseline import FRAME_MS as PROTOTYPE_FRAME_MS
+from pqcall.bench.call import CallRecord, Scenario, run_call
+from pqcall.bench.quality import (
+    REFERENCE_RATE_HZ,
+    SAMPLES_DIR,
+    Samples,
+    align,
+    check_pesq,
+    load_reference,
+    pesq_wb,
+)
+from pqcall.bench.report import Figure
+from pqcall.media.codec import SAMPLE_RATE_HZ, OpusEncoder, OpusSettings
+from pqcall.transport.impair import GilbertElliott, Impairment
+from pqcall.transport.session import MediaSettings
+
+__all__ = ["CONDITIONS", "QUICK_CONDITIONS", "ScoredCall", "run"]
+
+PQCALL: Final = "pqcall"
+PROTOTYPE: Final = "prototype"
+PROTOTYPE_NAME: Final = "prototype: 16 kHz PCM, 64 ms, no jitter buffer"
+
+QUICK_SPEECH_S: Final = 4.0
+WORKERS: Final = 2
+"""Calls run at once (one per core; fewer if the machine has fewer)."""
+WARMUP_S: Final = 1.0
+"""The first second of a call (the buffer filling) does not count in delay means."""
+SETTLE_CALM_S: Final = 3.0
+"""Settle run: a calm start, which sets the jitter-buffer delay's minimum."""
+SETTLE_JITTER_S: Final = 5.0
+"""Settle run: then this long with the 30 ms jitter condition."""
+SETTLE_WINDOW_S: Final = 15.0
+"""Settle run: then this long calm, watching the delay come back down."""
+SETTLE_TOLERANCE_MS: Final = 5.0
+"""Back at the minimum means within this of it (pqcall's delay moves in whole frames)."""
+
+JITTER: Final = Impairment(jitter_ms=30.0, seed=40)
+CONDITIONS: Final = (
+    ("no loss", Impairment()),
+    ("5% random loss", Impairment(loss=0.05, seed=5)),
+    ("10% random loss", Impairment(loss=0.10, seed=10)),
+    ("20% random loss", Impairment(loss=0.20, seed=20)),
+    ("10% bursty loss", Impairment(burst=GilbertElliott.from_mean_loss(0.10, 3.0), seed=30)),
+    ("30 ms jitter", JITTER),
+)
+"""(name, caller-to-callee impairment) of every condition of a full run."""
+QUICK_CONDITIONS: Final = (CONDITIONS[0], CONDITIONS[2])
+"""The conditions of ``--quick``."""
+TEN_MS: Final = "no loss, 10 ms frames"
+IN_PHASE: Final = "10% random loss, clocks in phase"
+SETTLE: Final = "30 ms jitter, then none"
+PROPOSED_SETTINGS: Final = MediaSettings(opus=OpusSettings(bitrate_bps=37_200), pad_to=100)
+"""Settings this benchmark suggests as defaults: 93 Opus bytes a frame in 100-byte packets."""
+PROPOSED: Final = "37.2 kbit/s, pad 100"
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredCall:
+    """One call's figures."""
+
+    record: CallRecord
+    """What the call measured."""
+    pesq: float
+    """PESQ-WB of what the callee heard."""
+
+    @property
+    def latency_p50_ms(self) -> float:
+        """Median one-way latency."""
+        return _percentile(self.record.latencies_ms, 50)
+
+    @property
+    def latency_p95_ms(self) -> float:
+        """95th percentile of the one-way latency."""
+        return _percentile(self.record.latencies_ms, 95)
+
+    @property
+    def buffer_ms(self) -> float:
+        """Mean jitter-buffer delay (the prototype: backlog in the device queue)."""
+        values = [ms for t, ms in self.record.buffer_ms if t >= WARMUP_S]
+        return statistics.fmean(values) if values else 0.0
+
+    @property
+    def cpu_percent(self) -> float:
+        """CPU per call side, percent of one core."""
+        return self.record.cpu_percent_per_side
+
+
+def _percentile(values: Sequence[float], percent: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(percent / 100 * len(ordered)) - 1))]
+
+
+def _score(record: CallRecord, reference: Samples) -> ScoredCall:
+    aligned, _ = align(record.received, reference)
+    return ScoredCall(record, pesq_wb(reference, aligned))
+
+
+def settle_s(
+    buffer_ms: Sequence[tuple[float, float]], calm_s: float, stop_s: float
+) -> float | None:
+    """Seconds from ``stop_s`` until the delay is back at its calm minimum for good.
+
+    Args:
+        buffer_ms: (seconds since the start, delay in ms) samples.
+        calm_s: the delay's minimum is taken over [:data:`WARMUP_S`, ``calm_s``).
+        stop_s: when the jitter stopped.
+
+    Returns:
+        The seconds, or None if the delay is not back by the last sample.
+    """
+    calm = [ms for t, ms in buffer_ms if WARMUP_S <= t < calm_s]
+    after = [(t, ms) for t, ms in buffer_ms if t >= stop_s]
+    if not calm or not after:
+        return None
+    floor = min(calm) + SETTLE_TOLERANCE_MS
+    high = [t for t, ms in after if ms > floor]
+    if not high:
+        return 0.0
+    if high[-1] >= after[-1][0]:
+        return None
+    later = [t for t, _ in after if t > high[-1]]
+    return later[0] - stop_s
+
+
+def _jobs(quick: bool, speech_s: float) -> list[tuple[str, Scenario]]:
+    conditions = QUICK_CONDITIONS if quick else CONDITIONS
+    jobs = [
+        (system, Scenario(name, impairment, speech_s=speech_s))
+        for name, impairment in conditions
+        for system in (PQCALL, PROTOTYPE)
+    ]
+    if quick:
+        return jobs
+    ten_ms = MediaSettings(opus=OpusSettings(frame_ms=10))
+    settle = Scenario(
+        SETTLE,
+        JITTER,
+        speech_s=SETTLE_CALM_S + SETTLE_JITTER_S + SETTLE_WINDOW_S,
+        impaired_between_s=(SETTLE_CALM_S, SETTLE_CALM_S + SETTLE_JITTER_S),
+    )
+    return [
+        *jobs,
+        (PQCALL, settle),
+        (PROTOTYPE, settle),
+        (PQCALL, Scenario(TEN_MS, speech_s=speech_s, settings=ten_ms)),
+        (PQCALL, Scenario(IN_PHASE, CONDITIONS[2][1], speech_s=speech_s, phase_frames=0.0)),
+        *(
+            (PQCALL, Scenario(f"{name}, {PROPOSED}", impairment, speech_s, PROPOSED_SETTINGS))
+            for name, impairment in (CONDITIONS[2], CONDITIONS[3])
+        ),
+    ]
+
+
+def _run_all(
+    jobs: Sequence[tuple[str, Scenario]], speech: Samples, reply: Samples
+) -> list[CallRecord]:
+    workers = min(WORKERS, os.cpu_count() or 1)
+    if workers < 2:
+        return [run_call(system, scenario, speech, reply) for system, scenario in jobs]
+    # spawn: fresh interpreters (forking a process that runs threads is unsafe)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(run_call, system, scenario, speech, reply) for system, scenario in jobs
+        ]
+        return [future.result() for future in futures]
+
+
+_METRICS: Final[tuple[tuple[str, str, Callable[[ScoredCall], float]], ...]] = (
+    ("PESQ-WB", "MOS", lambda s: s.pesq),
+    ("wire bitrate", "kbit/s", lambda s: s.record.kbps),
+    ("jitter-buffer delay", "ms", lambda s: s.buffer_ms),
+    ("latency p50", "ms", lambda s: s.latency_p50_ms),
+    ("latency p95", "ms", lambda s: s.latency_p95_ms),
+    ("CPU per call side", "% core", lambda s: s.cpu_percent),
+)
+
+
+def _condition_figures(
+    names: Sequence[str], scored: dict[tuple[str, str], ScoredCall]
+) -> list[Figure]:
+    return [
+        Figure(
+            f"{metric}, {name}",
+            value(scored[PQCALL, name]),
+            unit,
+            PROTOTYPE_NAME,
+            value(scored[PROTOTYPE, name]),
+        )
+        for metric, unit, value in _METRICS
+        for name in names
+    ]
+
+
+_EXTRA_RUNS: Final = {
+    TEN_MS: (CONDITIONS[0][0], ("PESQ-WB", "latency p50", "latency p95")),
+    IN_PHASE: (CONDITIONS[2][0], ("PESQ-WB", "latency p50")),
+    f"{CONDITIONS[2][0]}, {PROPOSED}": (CONDITIONS[2][0], ("PESQ-WB", "wire bitrate")),
+    f"{CONDITIONS[3][0]}, {PROPOSED}": (CONDITIONS[3][0], ("PESQ-WB", "wire bitrate")),
+}
+"""pqcall-only runs: the prototype condition each is compared with, and its figures."""
+
+
+def _extra_figures(
+    scored: dict[tuple[str, str], ScoredCall], records: Sequence[CallRecord]
+) -> list[Figure]:
+    ours, theirs = scored[PQCALL, CONDITIONS[0][0]], scored[PROTOTYPE, CONDITIONS[0][0]]
+    # mouth to ear, less the sound cards: framing and codec delay come before the pipeline
+    lookahead_ms = 1000.0 * OpusEncoder().lookahead_samples / SAMPLE_RATE_HZ
+    figures = [
+        Figure(
+            "frame + codec lookahead + latency p50, no loss",
+            MediaSettings().opus.frame_ms + lookahead_ms + ours.latency_p50_ms,
+            "ms",
+            "prototype: 64 ms frame + latency p50",
+            PROTOTYPE_FRAME_MS + theirs.latency_p50_ms,
+        )
+    ]
+    for name, (condition, metrics) in _EXTRA_RUNS.items():
+        if (PQCALL, name) not in scored:
+            continue
+        extra, baseline = scored[PQCALL, name], scored[PROTOTYPE, condition]
+        figures += [
+            Figure(f"{metric}, {name}", value(extra), unit, PROTOTYPE_NAME, value(baseline))
+            for metric, unit, value in _METRICS
+            if metric in metrics
+        ]
+    settling = {r.system: r for r in records if r.scenario == SETTLE}
+    if settling:
+        figures += _settle_figures(settling[PQCALL].buffer_ms, settling[PROTOTYPE].buffer_ms)
+    return figures
+
+
+def _settle_figures(
+    ours: Sequence[tuple[float, float]], theirs: Sequence[tuple[float, float]]
+) -> list[Figure]:
+    stop = SETTLE_CALM_S + SETTLE_JITTER_S
+    end = stop + SETTLE_WINDOW_S
+    ours_s, theirs_s = (settle_s(series, SETTLE_CALM_S, stop) for series in (ours, theirs))
+    never = f" (not within {SETTLE_WINDOW_S:g} s)"
+    return [
+        Figure(
+            f"jitter-buffer delay {SETTLE_WINDOW_S:g} s after jitter stops (minimum: 1 frame)",
+            _window_mean(ours, end - 1.0, end),
+            "ms",
+            "prototype: device-queue backlog",
+            _window_mean(theirs, end - 1.0, end),
+        ),
+        Figure(
+            "jitter-buffer delay back to minimum after jitter stops"
+            + (never if ours_s is None else ""),
+            SETTLE_WINDOW_S if ours_s is None else ours_s,
+            "s",
+            "prototype: device-queue backlog" + (never if theirs_s is None else ""),
+            SETTLE_WINDOW_S if theirs_s is None else theirs_s,
+        ),
+    ]
+
+
+def _window_mean(series: Sequence[tuple[float, float]], start: float, end: float) -> float:
+    values = [ms for t, ms in series if start <= t < end]
+    return statistics.fmean(values) if values else math.nan
+
+
+def _both(
+    fmt: str, value: Callable[[ScoredCall], float], ours: ScoredCall, theirs: ScoredCall | None
+) -> str:
+    text = fmt.format(value(ours))
+    return text if theirs is None else f"{text}/{fmt.format(value(theirs))}"
+
+
+def _latency(call: ScoredCall | None) -> str:
+    return "" if call is None else f"{call.latency_p50_ms:.1f}/{call.latency_p95_ms:.1f}"
+
+
+def _summary(names: Sequence[str], scored: dict[tuple[str, str], ScoredCall]) -> str:
+    """One row per condition: pqcall / prototype for each figure."""
+    rows = [
+        ("condition", "PESQ-WB", "wire kbit/s", "JB delay ms", "latency p50/p95 ms", "CPU %/side"),
+        ("", "pqcall/proto", "pqcall/proto", "pqcall/proto", "pqcall | proto", "pqcall/proto"),
+    ]
+    for name in names:
+        ours, theirs = scored[PQCALL, name], scored.get((PROTOTYPE, name))
+        rows.append(
+            (
+                name,
+                _both("{:.2f}", lambda s: s.pesq, ours, theirs),
+                _both("{:.1f}", lambda s: s.record.kbps, ours, theirs),
+                _both("{:.1f}", lambda s: s.buffer_ms, ours, theirs),
+                _latency(ours) + ("" if theirs is None else " | " + _latency(theirs)),
+                _both("{:.2f}", lambda s: s.cpu_percent, ours, theirs),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(2, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def run(*, quick: bool = False) -> list[Figure]:
+    """Run every call, print a summary with one row per condition, return the figures.
+
+    Raises:
+        PqcallError: the ``pesq`` package is missing.
+    """
+    check_pesq()
+    speech = load_reference(SAMPLES_DIR / "alice.wav", QUICK_SPEECH_S if quick else None)
+    reply = load_reference(SAMPLES_DIR / "bob.wav")
+    jobs = _jobs(quick, len(speech) / REFERENCE_RATE_HZ)
+    print(f"media bench: {len(jobs)} calls in real time...", file=sys.stderr, flush=True)
+    records = _run_all(jobs, speech, reply)
+    scored = {
+        (record.system, record.scenario): _score(record, speech)
+        for record in records
+        if record.scenario != SETTLE
+    }
+    names = [name for name, _ in (QUICK_CONDITIONS if quick else CONDITIONS)]
+    extra = [name for name in _EXTRA_RUNS if (PQCALL, name) in scored]
+    print("pqcall bench media: per condition\n")
+    print(_summary(names + extra, scored))
+    print()
+    return _condition_figures(names, scored) + _extra_figures(scored, records)

@@ -1,0 +1,88 @@
+"""The media benchmark runs end to end and reports sane figures (no timing asserts)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pqcall.bench import media
+from pqcall.bench.baseline import PlaybackTimeline
+from pqcall.bench.quality import PESQ_WB_MAX, PESQ_WB_MIN, SAMPLES_DIR, align, load_reference
+from pqcall.cli import main
+
+QUICK_CONDITIONS = ("no loss", "10% random loss")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "media.json"
+    assert main(["bench", "media", "--quick", "--json", str(out)]) == 0
+    return {figure["name"]: figure for figure in json.loads(out.read_text())}
+
+
+def test_quick_run_has_every_figure_of_each_condition(quick_run):
+    for condition in QUICK_CONDITIONS:
+        for metric in (
+            "PESQ-WB",
+            "wire bitrate",
+            "jitter-buffer delay",
+            "latency p50",
+            "latency p95",
+            "CPU per call side",
+        ):
+            assert f"{metric}, {condition}" in quick_run
+
+
+def test_quick_run_scores_are_pesq_scores(quick_run):
+    for condition in QUICK_CONDITIONS:
+        figure = quick_run[f"PESQ-WB, {condition}"]
+        assert PESQ_WB_MIN <= figure["value"] <= PESQ_WB_MAX
+        assert PESQ_WB_MIN <= figure["baseline"] <= PESQ_WB_MAX
+
+
+def test_quick_run_pipeline_works_end_to_end(quick_run):
+    # speech got through pqcall's whole pipeline when nothing was lost
+    assert quick_run["PESQ-WB, no loss"]["value"] > 3.0
+
+
+def test_quick_run_rates_and_latencies_are_positive(quick_run):
+    for condition in QUICK_CONDITIONS:
+        for metric in ("wire bitrate", "latency p50", "latency p95", "CPU per call side"):
+            figure = quick_run[f"{metric}, {condition}"]
+            assert figure["value"] > 0 and math.isfinite(figure["value"])
+            assert figure["baseline"] > 0 and math.isfinite(figure["baseline"])
+
+
+def test_align_finds_the_offset():
+    reference = load_reference(SAMPLES_DIR / "alice.wav", 2.0)
+    received = np.concatenate([np.zeros(1234, np.int16), reference[:-500]])
+    aligned, lag = align(received, reference)
+    assert lag == 1234
+    assert len(aligned) == len(reference)
+    assert np.array_equal(aligned[:-1734], reference[:-1734])
+    assert not aligned[-500:].any()  # padded where the received audio ended
+
+
+def test_prototype_device_plays_frames_back_to_back_and_gaps_as_silence():
+    device = PlaybackTimeline(rate_hz=1000, buffer_ms=10)
+    frame = np.ones(64, np.int16)
+    assert device.play(frame, 0.0) == pytest.approx(0.010)  # idle: after its buffer
+    assert device.play(frame, 0.070) == pytest.approx(0.074)  # queued behind the first
+    assert device.play(frame, 0.300) == pytest.approx(0.310)  # ran dry: a gap of silence
+    heard = device.render()
+    assert heard[10:138].all() and not heard[138:310].any() and heard[310:374].all()
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        pytest.param(
+            [(1.5, 20.0), (2.5, 20.0), (3.5, 80.0), (4.5, 40.0), (5.5, 20.0)], 2.5, id="settles"
+        ),
+        pytest.param([(1.5, 20.0), (3.5, 60.0), (5.5, 60.0)], None, id="never"),
+        pytest.param([(1.5, 20.0), (3.5, 20.0), (4.5, 20.0)], 0.0, id="never-rose"),
+    ],
+)
+def test_settle_time(samples, expected):
+    assert media.settle_s(samples, calm_s=3.0, stop_s=3.0) == expected
