@@ -140,7 +140,8 @@ def run_server(
     """Run the app under uvicorn on 127.0.0.1 until the block ends."""
     clock = clock or FakeClock()
     app = create_app(settings, clock=clock, components=components)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only then (else Nagle adds ~40 ms)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -165,13 +166,14 @@ def run_server(
 
 
 def make_settings(db_url: str, data_dir: Path, **overrides: Any) -> ServerSettings:
-    """Settings for a test server: loopback, no mDNS, a fixed name."""
+    """Settings for a test server: loopback, no mDNS, no rate limits, a fixed name."""
     options: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
         "data_dir": data_dir,
         "db_url": db_url,
         "announce_mdns": False,
+        "rate_limit_scale": 0.0,  # off: tests send bursts; test_ops.py turns limits on
         "server_name": SERVER_NAME,
     }
     options.update(overrides)

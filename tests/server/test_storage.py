@@ -16,6 +16,7 @@ from pqcall.server.storage import (
     UsernameTaken,
 )
 from pqcall.server.storage.database import (
+    HEAD_REVISION,
     create_engine,
     display_url,
     migrate,
@@ -63,7 +64,7 @@ async def test_migrations_create_the_schema_and_are_idempotent(db_url):
                 await connection.execute(text("SELECT version_num FROM alembic_version"))
             ).all()
         assert TABLES | {"alembic_version"} == names
-        assert version == [("0001",)]
+        assert version == [(HEAD_REVISION,)]
     finally:
         await engine.dispose()
 
@@ -440,6 +441,6 @@ async def test_current_revision(db_url):
     try:
         assert await current_revision(engine) is None
         await migrate(engine)
-        assert await current_revision(engine) == "0001"
+        assert await current_revision(engine) == HEAD_REVISION
     finally:
         await engine.dispose()

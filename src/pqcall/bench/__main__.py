@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from pqcall.bench import crypto
+from pqcall.bench import crypto, media, relay, server
 from pqcall.bench.report import render_table, to_json
+from pqcall.exceptions import PqcallError
 
-BENCHMARKS = {"crypto": crypto}
+BENCHMARKS = {"crypto": crypto, "media": media, "relay": relay, "server": server}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,11 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures as JSON")
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="server benchmark: also run on this PostgreSQL, in a scratch database"
+        " (default: $PQCALL_TEST_DATABASE_URL)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark named in ``args``."""
-    figures = BENCHMARKS[args.name].run(quick=args.quick)
+    if args.db and args.name != "server":
+        raise PqcallError("--db applies only to the server benchmark")
+    options = {"db_url": args.db} if args.name == "server" else {}
+    figures = BENCHMARKS[args.name].run(quick=args.quick, **options)
     print(render_table(f"pqcall bench {args.name}", figures))
     if args.json:
         args.json.write_text(to_json(figures) + "\n")

@@ -5,11 +5,16 @@ migrate it, start each :class:`~pqcall.server.context.Component` in order.
 Shutdown runs the same steps backwards. Hook points, for the parts that plug
 in later:
 
-- ``components``: long-lived tasks (media relay, mDNS, call sweeper, event
-  hub, metrics collectors) get the :class:`AppContext` at start;
-- ``routers``: extra ``APIRouter`` objects (calls, WebSocket events, metrics);
-- ``middleware``: ASGI middleware classes with keyword options (rate limits,
-  request metrics), outermost first.
+- ``components``: more long-lived tasks; they get the :class:`AppContext` at start;
+- ``routers``: more ``APIRouter`` objects;
+- ``middleware``: ASGI middleware classes with keyword options, outermost first.
+
+Always installed (:mod:`pqcall.server.ops`): the media relay and, if enabled,
+the mDNS announcer as the first components; ``GET /metrics``; the access log,
+request metrics and rate limits as the outermost middleware, inside the body
+limit. Also always installed: the call routes and ``GET /events``
+(:mod:`pqcall.server.routes.calls`, :mod:`pqcall.server.routes.events`), with
+the event hub and the call sweeper as components after the relay.
 
 Every error the API returns is ``{"error": "<one sentence>"}`` with a 4xx
 status for bad input (422 for a body or parameter that fails its schema, 413
@@ -31,9 +36,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pqcall import __version__
-from pqcall.server import auth
+from pqcall.server import auth, ops
+from pqcall.server.calls import CallSweeper
 from pqcall.server.context import AppContext, Clock, Component
-from pqcall.server.routes import accounts
+from pqcall.server.events import EventHub
+from pqcall.server.routes import accounts, calls, events
 from pqcall.server.settings import ServerSettings
 from pqcall.server.storage import Storage
 from pqcall.signaling.callstate import IllegalTransition
@@ -79,7 +86,10 @@ def create_app(
     context = AppContext(settings=settings)
     if clock is not None:
         context.clock = clock
+    metrics = ops.install_metrics(context)
     context.components.append(Housekeeper())
+    context.components.extend(ops.default_components(settings))
+    context.components.extend([EventHub(), CallSweeper()])
     context.components.extend(components)
 
     app = FastAPI(
@@ -93,12 +103,15 @@ def create_app(
 
     app.include_router(auth.router)
     app.include_router(accounts.router)
+    app.include_router(calls.router)
+    app.include_router(events.router)
     for router in routers:
         app.include_router(router)
     app.add_api_route("/health", health, methods=["GET"], tags=["operations"])
+    app.include_router(ops.router)
 
     _install_error_handlers(app)
-    for cls, options in reversed(middleware):
+    for cls, options in reversed([*ops.default_middleware(context, metrics), *middleware]):
         app.add_middleware(cls, **options)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app

@@ -8,8 +8,12 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pqcall.exceptions import ServerError
+
+if TYPE_CHECKING:
+    from pqcall.server.settings import ServerSettings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -38,6 +42,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name", help="server name that logins are bound to (default: this machine's host name)"
     )
+    parser.add_argument(
+        "--relay-port",
+        type=int,
+        metavar="PORT",
+        help="UDP port of the media relay (default: the same number as --port)",
+    )
+    parser.add_argument(
+        "--relay-host",
+        "--public-host",
+        dest="relay_host",
+        metavar="HOST",
+        help="address phones are told to send relayed media to"
+        " (default: the address they reached the server at)",
+    )
+    parser.add_argument(
+        "--relay-bind",
+        metavar="ADDR",
+        help="address the relay's UDP socket binds (default: --host)",
+    )
+    parser.add_argument(
+        "--no-mdns",
+        dest="announce_mdns",
+        action="store_false",
+        help="do not announce the server on the LAN with mDNS",
+    )
+    parser.add_argument(
+        "--rate-limit-scale",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="multiply the request rate limits by X; 0 turns them off (load tests only)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
         "log_level": args.log_level,
+        "relay_port": args.relay_port,
+        "relay_host": args.relay_host,
+        "relay_bind": args.relay_bind,
+        "announce_mdns": args.announce_mdns,
+        "rate_limit_scale": args.rate_limit_scale,
     }
     if args.data_dir is not None:
         options["data_dir"] = args.data_dir
@@ -69,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         options["server_name"] = args.name
     if not 0 < args.port < 65536:
         raise ServerError(f"port {args.port} is out of range")
+    if args.relay_port is not None and not 0 < args.relay_port < 65536:
+        raise ServerError(f"relay port {args.relay_port} is out of range")
     try:
         settings = ServerSettings(**options)  # type: ignore[arg-type]
     except ValueError as exc:
@@ -90,13 +133,15 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     # open and migrate once here, so a bad database is one line, not a traceback
     asyncio.run(run_migrations(settings.db_url))
+    _check_relay_port(settings)
     scheme = "https" if settings.uses_tls else "http"
     logging.getLogger("pqcall.server").info(
-        "pqcall server %r on %s://%s:%d, database %s",
+        "pqcall server %r on %s://%s:%d, media relay on UDP port %d, database %s",
         settings.server_name,
         scheme,
         settings.host,
         settings.port,
+        settings.relay_udp_port,
         display_url(settings.db_url),
     )
     config = uvicorn.Config(
@@ -108,7 +153,24 @@ def run(args: argparse.Namespace) -> int:
         ssl_keyfile=settings.tls_key,
         lifespan="on",
         server_header=False,
+        access_log=False,  # pqcall.server.access logs requests, without paths or queries
     )
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
+
+
+def _check_relay_port(settings: ServerSettings) -> None:
+    """One line, not a traceback, when the relay's UDP port is taken (checked once at start)."""
+    import socket
+
+    host = settings.relay_bind if settings.relay_bind is not None else settings.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, settings.relay_udp_port))
+    except OSError as exc:
+        raise ServerError(
+            f"cannot open the media relay on UDP {host}:{settings.relay_udp_port}:"
+            f" {exc.strerror or exc}"
+        ) from None

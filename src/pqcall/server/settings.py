@@ -9,6 +9,8 @@ from pathlib import Path
 
 DEFAULT_PORT = 5001
 DEFAULT_RING_TIMEOUT_S = 45.0
+DEFAULT_HEARTBEAT_INTERVAL_S = 20.0
+DEFAULT_SWEEP_INTERVAL_S = 1.0
 DEFAULT_TOKEN_TTL_S = 3600.0
 DEFAULT_CHALLENGE_TTL_S = 60.0
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
@@ -46,6 +48,10 @@ class ServerSettings:
     """uvicorn/logging level name."""
     ring_timeout_s: float = DEFAULT_RING_TIMEOUT_S
     """How long a call rings before it is missed."""
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    """Seconds between pings on a push WebSocket; one that misses two is dropped."""
+    sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
+    """Seconds between passes of the call sweeper (ring timeouts, vanished parties)."""
     token_ttl_s: float = DEFAULT_TOKEN_TTL_S
     """Lifetime of a bearer token."""
     challenge_ttl_s: float = DEFAULT_CHALLENGE_TTL_S
@@ -56,10 +62,14 @@ class ServerSettings:
     """UDP port of the media relay; ``None`` means the same number as ``port``."""
     relay_host: str | None = None
     """Address of the relay told to phones; ``None`` means the address they reached us at."""
+    relay_bind: str | None = None
+    """Address the relay's UDP socket binds; ``None`` means ``host``."""
     announce_mdns: bool = True
     """Announce the server on the LAN with mDNS."""
     server_name: str = field(default_factory=socket.gethostname)
     """The name logins and registrations are bound to, so they cannot be replayed elsewhere."""
+    rate_limit_scale: float = 1.0
+    """Multiplies every request rate limit (rate and burst); 0 turns them off (load tests)."""
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -70,6 +80,8 @@ class ServerSettings:
             raise ValueError("TLS needs both a certificate and a key")
         if not 0 < len(self.server_name) <= 64:
             raise ValueError("server name must be 1 to 64 characters")
+        if not 0 <= self.rate_limit_scale < float("inf"):
+            raise ValueError("rate limit scale must be a finite number, 0 or more")
 
     @property
     def relay_udp_port(self) -> int:

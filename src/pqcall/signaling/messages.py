@@ -47,6 +47,9 @@ MAX_HANDSHAKE_BYTES = 8192  # offer 6,683, answer 6,525, confirm 68 bytes
 
 # other limits
 MAX_CANDIDATES = 8
+MAX_CALL_CANDIDATES = 2 * MAX_CANDIDATES  # a phone's own, plus the server-reflexive ones
+MAX_RELAY_TOKEN_BYTES = 64  # the relay's bind tokens are 16 bytes
+MAX_HISTORY_CALLS = 100
 MAX_HOST_LENGTH = 253  # a DNS name
 MAX_PRESENCE_NAMES = 100
 MAX_EVENT_TYPE_LENGTH = 64
@@ -299,6 +302,14 @@ class Candidate(Message):
 
 
 Candidates = Annotated[list[Candidate], Field(max_length=MAX_CANDIDATES)]
+CallCandidates = Annotated[
+    list[Candidate],
+    Field(
+        max_length=MAX_CALL_CANDIDATES,
+        description="the phone's own candidates, then server-reflexive ones"
+        " (the address the server saw the phone's request come from, with the phone's ports)",
+    ),
+]
 
 HangupReason = Literal["hangup", "failed"]
 """``hangup``: the user hung up; ``failed``: the phone gives up (handshake or media failure)."""
@@ -356,26 +367,46 @@ class CallView(Message):
     ended_by: Literal["caller", "callee", "system"] | None
 
 
+class RelayGrant(Message):
+    """The media relay one party may use for one call: its own bind token, never the other's."""
+
+    host: str | None = Field(
+        max_length=MAX_HOST_LENGTH,
+        description="where to send relayed media; null: the host you reach this server at",
+    )
+    port: int = Field(ge=1, le=65535, description="UDP port of the relay")
+    token: Annotated[bytes, Base64Url(MAX_RELAY_TOKEN_BYTES, 1)]
+
+
 class CallDetail(CallView):
     """A call with what its parties exchange through the server.
 
     ``*_seen_address`` is the address the server saw each party's request come
-    from (``host:port``), which covers a simple NAT.
+    from (``host:port``), which covers a simple NAT; the candidate lists already
+    include it (with the phone's own ports). ``relay`` is only ever the
+    receiving party's own grant.
     """
 
     offer: HandshakeMessage | None = None
     answer: HandshakeMessage | None = None
     confirm: HandshakeMessage | None = None
-    caller_candidates: Candidates = []
-    callee_candidates: Candidates = []
+    caller_candidates: CallCandidates = []
+    callee_candidates: CallCandidates = []
     caller_seen_address: str | None = Field(default=None, max_length=MAX_HOST_LENGTH + 8)
     callee_seen_address: str | None = Field(default=None, max_length=MAX_HOST_LENGTH + 8)
+    relay: RelayGrant | None = None
 
 
 class PendingCalls(Message):
     """``GET /call/pending/{name}``: calls ringing for the user."""
 
     calls: list[CallDetail]
+
+
+class CallHistory(Message):
+    """``GET /calls/history``: the account's calls, newest first."""
+
+    calls: list[CallView] = Field(max_length=MAX_HISTORY_CALLS)
 
 
 # ---------------------------------------------------------------- push events

@@ -116,6 +116,8 @@ events = Table(
     Column("payload", JSON, nullable=False),
     Column("created_at", Double, nullable=False),
     Index(None, "account_id", "seq"),
+    Index(None, "created_at"),  # retention
+    sqlite_autoincrement=True,  # a seq is never reused, even after the newest rows are deleted
 )
 
 stored_files = Table(

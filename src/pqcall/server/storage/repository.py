@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import aliased
@@ -35,6 +35,7 @@ from pqcall.server.storage.models import (
 from pqcall.signaling.callstate import State
 
 DEFAULT_EVENT_LIMIT = 100
+TOUCH_BATCH = 500  # account ids per UPDATE in touch_accounts (SQLite bounds parameters)
 
 
 class StorageError(ServerError):
@@ -278,6 +279,17 @@ class Storage:
                 update(accounts).where(accounts.c.id == account_id).values(last_seen_at=now)
             )
 
+    async def touch_accounts(self, account_ids: Iterable[int], now: float) -> None:
+        """:meth:`touch_last_seen` for many accounts at once (the connected phones)."""
+        ids = sorted(set(account_ids))
+        async with self.engine.begin() as connection:
+            for start in range(0, len(ids), TOUCH_BATCH):
+                await connection.execute(
+                    update(accounts)
+                    .where(accounts.c.id.in_(ids[start : start + TOUCH_BATCH]))
+                    .values(last_seen_at=now)
+                )
+
     # ------------------------------------------------------------ key bundles
 
     async def put_bundle(
@@ -507,6 +519,35 @@ class Storage:
             conditions.append(calls.c.state.in_([s.value for s in states]))
         return await self._calls(conditions, calls.c.created_at.desc(), limit)
 
+    async def list_vanished_calls(self, seen_before: float, limit: int = 1000) -> list[CallRecord]:
+        """Active calls answered before ``seen_before`` whose parties were both last seen before it.
+
+        The candidates for "both parties vanished"; the caller still checks who
+        is connected right now.
+        """
+        conditions = (
+            calls.c.state == State.ACTIVE.value,
+            func.coalesce(calls.c.answered_at, calls.c.created_at) < seen_before,
+            func.coalesce(_caller.c.last_seen_at, 0.0) < seen_before,
+            func.coalesce(_callee.c.last_seen_at, 0.0) < seen_before,
+        )
+        return await self._calls(conditions, calls.c.created_at.asc(), limit)
+
+    async def list_call_partners(self, account_id: int, limit: int = 1000) -> list[int]:
+        """Ids of the accounts ``account_id`` has had a call with, either way (its contacts)."""
+        partner = case(
+            (calls.c.caller_id == account_id, calls.c.callee_id), else_=calls.c.caller_id
+        ).label("partner")
+        async with self.engine.connect() as connection:
+            result = await connection.execute(
+                select(partner)
+                .where((calls.c.caller_id == account_id) | (calls.c.callee_id == account_id))
+                .distinct()
+                .order_by(partner)
+                .limit(limit)
+            )
+            return [int(row.partner) for row in result]
+
     async def _calls(
         self, conditions: Iterable[Any], order: Any, limit: int = 1000
     ) -> list[CallRecord]:
@@ -561,6 +602,34 @@ class Storage:
                 delete(events).where(events.c.created_at < created_before)
             )
         return int(result.rowcount)
+
+    async def trim_events(self, keep_per_account: int) -> int:
+        """Forget all but the newest ``keep_per_account`` (at least 1) events of every account."""
+        if keep_per_account < 1:
+            raise ValueError("keep at least one event per account")
+        deleted = 0
+        async with self.engine.begin() as connection:
+            crowded = await connection.execute(
+                select(events.c.account_id)
+                .group_by(events.c.account_id)
+                .having(func.count() > keep_per_account)
+            )
+            for (account_id,) in crowded.all():
+                oldest_kept = (
+                    select(events.c.seq)
+                    .where(events.c.account_id == account_id)
+                    .order_by(events.c.seq.desc())
+                    .offset(keep_per_account - 1)
+                    .limit(1)
+                    .scalar_subquery()
+                )
+                result = await connection.execute(
+                    delete(events).where(
+                        events.c.account_id == account_id, events.c.seq < oldest_kept
+                    )
+                )
+                deleted += int(result.rowcount)
+        return deleted
 
     async def count_calls_by_state(self) -> dict[State, int]:
         """How many calls are in each state (for metrics)."""

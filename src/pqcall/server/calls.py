@@ -1,0 +1,448 @@
+"""The call service: what each call action does, between the routes and storage.
+
+Every action takes the same path (:func:`apply`):
+
+1. load the call (404) and find who is acting: its caller or callee, or the
+   server itself for timeouts; anyone else is refused (403);
+2. look the action up in the state table
+   (:func:`pqcall.signaling.callstate.outcome`); an action the table does not
+   allow raises :class:`~pqcall.signaling.callstate.IllegalTransition` (409);
+3. write the outcome with a compare-and-set
+   (:meth:`~pqcall.server.storage.Storage.update_call_state`). If another
+   request or process changed the call in between, re-read it and judge the
+   action again against the new state, so a lost race answers 409 with the
+   reason;
+4. push the change (:class:`~pqcall.server.events.EventHub`) and allocate or
+   release the media relay.
+
+Who is told what (event payloads are call views, see ``docs/server.md``):
+
+=========================  ===================================  ================================
+change                     to                                   payload
+=========================  ===================================  ================================
+initiate                   callee ``call.incoming``             ``CallDetail`` with ``offer``
+accept                     caller ``call.accepted``             ``CallDetail`` with ``answer``
+                                                                and the caller's relay grant
+                           callee ``call.accepted``             ``CallView`` (its other phones
+                                                                stop ringing)
+confirm                    callee ``call.confirmed``            ``CallDetail`` with ``confirm``
+rejected/ended/missed/     both ``call.<state>``                ``CallView`` (who ended it, why)
+failed
+=========================  ===================================  ================================
+
+:class:`CallSweeper` is the component that times out ringing calls, ends calls
+whose parties both vanished, and enforces the event retention limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Collection
+from typing import Any
+
+from fastapi import HTTPException, status
+from pydantic import ValidationError
+
+from pqcall.exceptions import LocalProtocolError
+from pqcall.server.auth import account_named
+from pqcall.server.context import AppContext, api_error
+from pqcall.server.events import event_hub
+from pqcall.server.ops import RELAY_EXTRA, relay_endpoint
+from pqcall.server.relay import MediaRelay
+from pqcall.server.relay_table import RelayFull
+from pqcall.server.storage import AccountRecord, CallExists, CallRecord
+from pqcall.signaling.callstate import Action, IllegalTransition, Party, State, outcome
+from pqcall.signaling.messages import (
+    EVENT_CALL_ACCEPTED,
+    EVENT_CALL_CONFIRMED,
+    EVENT_CALL_ENDED,
+    EVENT_CALL_FAILED,
+    EVENT_CALL_INCOMING,
+    EVENT_CALL_MISSED,
+    EVENT_CALL_REJECTED,
+    AcceptCall,
+    CallDetail,
+    CallView,
+    Candidate,
+    ConfirmCall,
+    HangupCall,
+    InitiateCall,
+    RejectCall,
+    RelayGrant,
+)
+
+logger = logging.getLogger(__name__)
+
+VANISH_GRACE_S = 60.0  # an active call ends when both parties were offline this long
+EVENT_RETENTION_S = 7 * 24 * 3600.0  # unacknowledged events older than this are dropped
+MAX_PENDING_EVENTS = 1000  # unacknowledged events kept per account (the newest)
+RETENTION_INTERVAL_S = 60.0  # how often (app clock) the sweeper applies the two limits
+MAX_RACE_RETRIES = 3  # compare-and-set attempts before a request gives up with 409
+SWEEP_BATCH = 500  # calls handled per sweep and kind
+
+HANDSHAKE_FIELDS = ("offer", "answer", "confirm")
+
+EVENT_FOR_END = {
+    State.REJECTED: EVENT_CALL_REJECTED,
+    State.ENDED: EVENT_CALL_ENDED,
+    State.MISSED: EVENT_CALL_MISSED,
+    State.FAILED: EVENT_CALL_FAILED,
+}
+
+
+# ---------------------------------------------------------------- views
+
+
+def party_of(call: CallRecord, account_id: int) -> Party | None:
+    """Whether ``account_id`` is the call's caller or callee (``None``: a stranger)."""
+    if account_id == call.caller_id:
+        return Party.CALLER
+    if account_id == call.callee_id:
+        return Party.CALLEE
+    return None
+
+
+def view(call: CallRecord) -> CallView:
+    """The call's state and history, without what the parties exchange."""
+    return CallView(
+        call_id=call.call_id,
+        caller=call.caller,
+        callee=call.callee,
+        state=call.state,
+        reason=call.reason,
+        created=call.created,
+        answered=call.answered,
+        ended=call.ended,
+        ended_by=call.ended_by,  # type: ignore[arg-type]  # only the three values are written
+    )
+
+
+def detail(
+    call: CallRecord,
+    *,
+    handshake: Collection[str] = HANDSHAKE_FIELDS,
+    relay: RelayGrant | None = None,
+) -> CallDetail:
+    """The call with candidates (own and server-reflexive) and the chosen handshake messages.
+
+    Args:
+        call: the call.
+        handshake: which of ``offer``, ``answer``, ``confirm`` to include.
+        relay: the receiving party's own relay grant, if any.
+    """
+    return CallDetail(
+        **view(call).model_dump(),
+        offer=call.offer if "offer" in handshake else None,
+        answer=call.answer if "answer" in handshake else None,
+        confirm=call.confirm if "confirm" in handshake else None,
+        caller_candidates=with_reflexive(call.caller_candidates, call.caller_seen_address),
+        callee_candidates=with_reflexive(call.callee_candidates, call.callee_seen_address),
+        caller_seen_address=call.caller_seen_address,
+        callee_seen_address=call.callee_seen_address,
+        relay=relay,
+    )
+
+
+def with_reflexive(candidates: list[dict[str, Any]], seen: str | None) -> list[Candidate]:
+    """A phone's candidates, then the host the server saw it at with each of their ports.
+
+    The server-reflexive candidates let peers behind a simple NAT (one that
+    keeps the port) reach each other; the HTTP source port itself says nothing
+    about the media port, so only the host is taken from ``seen``.
+    """
+    own = [Candidate.model_validate(candidate) for candidate in candidates]
+    if seen is None:
+        return own
+    host = seen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    result = list(own)
+    for port in dict.fromkeys(candidate.port for candidate in own):
+        try:
+            reflexive = Candidate(host=host, port=port)
+        except ValidationError:
+            return own  # not an address (a test transport); offer nothing extra
+        if reflexive not in result:
+            result.append(reflexive)
+    return result
+
+
+# ---------------------------------------------------------------- media relay
+
+
+def _relay(context: AppContext) -> MediaRelay | None:
+    relay = context.extras.get(RELAY_EXTRA)
+    return relay if isinstance(relay, MediaRelay) else None
+
+
+def relay_grant(
+    context: AppContext, call: CallRecord, party: Party, request_host: str | None = None
+) -> RelayGrant | None:
+    """``party``'s own relay grant for ``call``, if the call has a live relay allocation.
+
+    Args:
+        context: the server's context (the relay is ``context.extras["relay"]``).
+        call: the call.
+        party: the caller or the callee; each gets only its own token.
+        request_host: the host name this party reached the API at, if known; without
+            it (and without ``--relay-host``) ``host`` is null: the phone uses the
+            host it reaches the server at.
+    """
+    relay = _relay(context)
+    if relay is None or party is Party.SYSTEM:
+        return None
+    allocation = relay.allocation(call.call_id)
+    if allocation is None:
+        return None
+    endpoint = relay_endpoint(context, request_host)
+    host, port = endpoint if endpoint is not None else (None, relay.address[1])
+    token = allocation.caller_token if party is Party.CALLER else allocation.callee_token
+    return RelayGrant(host=host, port=port, token=token)
+
+
+# ---------------------------------------------------------------- actions
+
+
+async def find_call(
+    context: AppContext, call_id: str, account: AccountRecord
+) -> tuple[CallRecord, Party]:
+    """The call and the account's part in it.
+
+    Raises:
+        HTTPException: 404 no such call, 403 the account is not one of its parties.
+    """
+    call = await context.storage.get_call(call_id)
+    if call is None:
+        raise api_error(status.HTTP_404_NOT_FOUND, "no such call")
+    party = party_of(call, account.id)
+    if party is None:
+        raise api_error(status.HTTP_403_FORBIDDEN, "not a party to this call")
+    return call, party
+
+
+async def initiate(
+    context: AppContext, caller: AccountRecord, body: InitiateCall, seen: str | None
+) -> CallRecord:
+    """Create a ringing call and push ``call.incoming`` to the callee.
+
+    Raises:
+        HTTPException: 404 unknown callee, 400 calling oneself, 409 call id in use.
+    """
+    callee = await account_named(context, body.callee)
+    if callee.id == caller.id:
+        raise api_error(status.HTTP_400_BAD_REQUEST, "you cannot call yourself")
+    try:
+        call = await context.storage.create_call(
+            body.call_id,
+            caller.id,
+            callee.id,
+            body.offer,
+            [candidate.model_dump() for candidate in body.candidates],
+            seen,
+            context.now(),
+        )
+    except CallExists:
+        raise api_error(status.HTTP_409_CONFLICT, "call id is already in use") from None
+    logger.info("call %s: %s calls %s", call.call_id, call.caller, call.callee)
+    payload = detail(call, handshake=("offer",)).model_dump(mode="json")
+    await event_hub(context).publish(callee.id, EVENT_CALL_INCOMING, payload)
+    return call
+
+
+async def accept(
+    context: AppContext, account: AccountRecord, body: AcceptCall, seen: str | None
+) -> CallRecord:
+    """The callee answers: the call becomes active and gets a relay allocation if it can."""
+    call, party = await find_call(context, body.call_id, account)
+    outcome(call.state, Action.ACCEPT, party)  # refuse before allocating anything
+    # allocate before the state changes, so a hang-up right after always finds it to release
+    relay = _relay(context)
+    if relay is not None:
+        try:
+            relay.allocate(call.call_id)
+        except (RelayFull, LocalProtocolError) as exc:
+            logger.warning("call %s goes without a media relay: %s", call.call_id, exc)
+    try:
+        return await apply(
+            context,
+            call,
+            party,
+            Action.ACCEPT,
+            answer=body.answer,
+            callee_candidates=[candidate.model_dump() for candidate in body.candidates],
+            callee_seen_address=seen,
+        )
+    except Exception:
+        if relay is not None:
+            current = await context.storage.get_call(call.call_id)
+            if current is None or current.state is not State.ACTIVE:
+                relay.release(call.call_id)  # unless another phone of the callee accepted
+        raise
+
+
+async def confirm(context: AppContext, account: AccountRecord, body: ConfirmCall) -> CallRecord:
+    """The caller's handshake confirmation, pushed to the callee."""
+    call, party = await find_call(context, body.call_id, account)
+    return await apply(context, call, party, Action.CONFIRM, confirm=body.confirm)
+
+
+async def reject(context: AppContext, account: AccountRecord, body: RejectCall) -> CallRecord:
+    """The callee refuses a ringing call (declined, busy or failed)."""
+    call, party = await find_call(context, body.call_id, account)
+    return await apply(context, call, party, Action.REJECT, reason=body.reason)
+
+
+async def hangup(context: AppContext, account: AccountRecord, body: HangupCall) -> CallRecord:
+    """Either party ends (or, ringing, cancels or declines) a call; ``failed`` fails it."""
+    call, party = await find_call(context, body.call_id, account)
+    action = Action.HANGUP if body.reason == "hangup" else Action.FAIL
+    return await apply(context, call, party, action)
+
+
+async def apply(
+    context: AppContext,
+    call: CallRecord,
+    party: Party,
+    action: Action,
+    *,
+    reason: str | None = None,
+    **columns: Any,
+) -> CallRecord:
+    """Apply ``action`` by ``party`` to ``call`` as the state table says, then push it.
+
+    Args:
+        context: the server's context.
+        call: the call as last read.
+        party: who acts.
+        action: what they do.
+        reason: recorded when the table fixes none (a callee's reject reason).
+        columns: what the action brings (``answer``, ``confirm``, candidates...).
+
+    Raises:
+        IllegalTransition: the table does not allow the action in the call's
+            (possibly just changed) state: 409.
+        HTTPException: 409 when the call kept changing under the request.
+    """
+    storage = context.storage
+    for _ in range(MAX_RACE_RETRIES):
+        result = outcome(call.state, action, party)
+        values = dict(columns)
+        now = context.now()
+        if action is Action.ACCEPT:
+            values["answered_at"] = now
+        if result.state.is_terminal:
+            values["reason"] = result.reason if result.reason is not None else reason
+            values["ended_by"] = party.value
+            values["ended_at"] = now
+        updated = await storage.update_call_state(
+            call.call_id, expected_state=call.state, new_state=result.state, **values
+        )
+        if updated is not None:
+            logger.info("call %s: %s %s -> %s", call.call_id, party, action, updated.state)
+            await _publish_change(context, updated, action)
+            return updated
+        # lost a race: judge the action again against what the call is now
+        current = await storage.get_call(call.call_id)
+        if current is None:  # pragma: no cover - calls are never deleted
+            raise api_error(status.HTTP_404_NOT_FOUND, "no such call")
+        call = current
+    raise api_error(
+        status.HTTP_409_CONFLICT, "the call changed while this request was handled; try again"
+    )
+
+
+async def _publish_change(context: AppContext, call: CallRecord, action: Action) -> None:
+    hub = event_hub(context)
+    if action is Action.ACCEPT:
+        grant = relay_grant(context, call, Party.CALLER)
+        to_caller = detail(call, handshake=("answer",), relay=grant)
+        await hub.publish(call.caller_id, EVENT_CALL_ACCEPTED, to_caller.model_dump(mode="json"))
+        # the callee's other phones stop ringing
+        await hub.publish(call.callee_id, EVENT_CALL_ACCEPTED, view(call).model_dump(mode="json"))
+    elif action is Action.CONFIRM:
+        to_callee = detail(call, handshake=("confirm",))
+        await hub.publish(call.callee_id, EVENT_CALL_CONFIRMED, to_callee.model_dump(mode="json"))
+    elif call.state.is_terminal:
+        relay = _relay(context)
+        if relay is not None:
+            relay.release(call.call_id)
+        payload = view(call).model_dump(mode="json")
+        for account_id in (call.caller_id, call.callee_id):
+            await hub.publish(account_id, EVENT_FOR_END[call.state], payload)
+
+
+# ---------------------------------------------------------------- sweeper
+
+
+class CallSweeper:
+    """Ends calls nobody will end: ringing too long, or both parties gone.
+
+    A :class:`~pqcall.server.context.Component`. Every
+    ``settings.sweep_interval_s`` it
+
+    - times out calls ringing longer than ``settings.ring_timeout_s`` (missed,
+      reason ``timeout``, pushed to both parties);
+    - ends active calls whose parties have both been offline (no push
+      connection, ``last_seen`` older) for :data:`VANISH_GRACE_S` (ended,
+      reason ``lost``);
+    - every :data:`RETENTION_INTERVAL_S`, drops unacknowledged events older
+      than :data:`EVENT_RETENTION_S` and all but the newest
+      :data:`MAX_PENDING_EVENTS` of each account.
+
+    Times are the app clock (``context.now()``), so tests move a fake clock;
+    the pause between passes is real time. With several processes each runs
+    its sweeper; the compare-and-set lets exactly one end each call.
+    """
+
+    def __init__(self) -> None:
+        self._context: AppContext | None = None  # set by start
+        self._task: asyncio.Task[None] | None = None  # the sweep loop while running
+        self._retained_at = -math.inf  # app time of the last retention pass
+
+    async def start(self, context: AppContext) -> None:
+        self._context = context
+        self._task = asyncio.create_task(self._run(context), name="pqcall-call-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._context = None
+
+    async def _run(self, context: AppContext) -> None:
+        while True:
+            try:
+                await self.sweep(context)
+            except Exception:
+                logger.exception("call sweep failed")
+            await asyncio.sleep(context.settings.sweep_interval_s)
+
+    async def sweep(self, context: AppContext) -> None:
+        """One pass: ring timeouts, vanished parties, event retention."""
+        storage = context.storage
+        now = context.now()
+        ringing = await storage.list_calls_in_state(
+            State.RINGING, created_before=now - context.settings.ring_timeout_s, limit=SWEEP_BATCH
+        )
+        for call in ringing:
+            await self._end(context, call, Action.TIMEOUT)
+        for call in await storage.list_vanished_calls(now - VANISH_GRACE_S, SWEEP_BATCH):
+            presence = context.presence
+            if presence.is_online(call.caller_id) or presence.is_online(call.callee_id):
+                continue
+            await self._end(context, call, Action.VANISH)
+        if now - self._retained_at >= RETENTION_INTERVAL_S:
+            self._retained_at = now
+            expired = await storage.delete_events_before(now - EVENT_RETENTION_S)
+            trimmed = await storage.trim_events(MAX_PENDING_EVENTS)
+            if expired or trimmed:
+                logger.info("dropped %d unacknowledged events", expired + trimmed)
+
+    @staticmethod
+    async def _end(context: AppContext, call: CallRecord, action: Action) -> None:
+        # a party or another process got there first
+        with contextlib.suppress(IllegalTransition, HTTPException):
+            await apply(context, call, Party.SYSTEM, action)

@@ -1,0 +1,430 @@
+"""Push events: stored first, then delivered live over each phone's WebSocket.
+
+:class:`EventHub` is the :class:`~pqcall.server.context.Component` that owns
+every push connection of this process (``context.extras["events"]``). An event
+for an account is written to storage (:meth:`Storage.add_event` gives it its
+``seq``) and then handed to each of the account's open connections (a person
+may run several phones). A phone that was offline, or whose connection broke,
+gets what it missed when it reconnects with ``resume=<last seq it saw>``; it
+acknowledges with ``{"ack": seq}`` so storage forgets what was delivered.
+
+One connection, as :class:`PushConnection` runs it::
+
+    phone                                      server
+      GET /events?resume=41  (WebSocket)  ->   authenticate, else close 4401
+                                          <-   every stored event with seq > 41
+                                          <-   {"type": "ready", "heartbeat_s": 20.0}
+                                          <-   live events as they happen
+      {"ack": 57}                         ->   events through 57 deleted
+                                          <-   {"type": "ping"} every heartbeat_s
+      {"type": "pong"}                    ->   (any message counts as a pong)
+
+Messages with a ``seq`` are events (:class:`~pqcall.signaling.messages.Event`);
+``ready`` and ``ping`` are the only others. A connection that sends nothing
+through two pings in a row is closed (4408), as is one whose token expires
+(4401) or that falls :data:`MAX_QUEUED_EVENTS` behind (1013; it resumes on
+reconnect, nothing is lost).
+
+Presence: when an account's first connection opens or its last one closes,
+``last_seen`` is updated and a ``presence`` event goes to its *contacts*, the
+accounts it has had a call with (either way), that are online right now. An
+offline contact learns presence from ``GET /presence`` when it comes back, so
+presence events never pile up for absent phones. While connected, accounts'
+``last_seen`` is refreshed every heartbeat interval, which is what the call
+sweeper reads to tell a vanished party from one connected to another process.
+
+Ordering: within one process, one account's events are stored and pushed
+under a per-account lock, so a phone receives them in ``seq`` order. With
+several processes, live push across them needs the shared event bus (see
+``docs/server.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from pqcall.server.context import AppContext
+from pqcall.server.metrics import ServerMetrics
+from pqcall.server.storage import AccountRecord
+from pqcall.signaling.messages import EVENT_PRESENCE, Event, Presence
+
+logger = logging.getLogger(__name__)
+
+EVENTS_EXTRA = "events"  # context.extras key of the EventHub
+METRICS_EXTRA = "metrics"  # context.extras key of the ServerMetrics (pqcall.server.ops)
+
+# WebSocket close codes (RFC 6455 section 7.4; 4000-4999 are the application's)
+CLOSE_BAD_MESSAGE = 4400  # a query parameter or message the server cannot use
+CLOSE_UNAUTHORIZED = 4401  # missing, invalid or expired token
+CLOSE_HEARTBEAT_TIMEOUT = 4408  # two pings went unanswered
+CLOSE_TOO_SLOW = 1013  # "try again later": the phone fell too far behind
+CLOSE_SERVER_STOPPING = 1012  # "service restart"
+
+MISSED_HEARTBEATS_ALLOWED = 2  # unanswered pings in a row before the connection is dropped
+MAX_QUEUED_EVENTS = 1000  # live events waiting for one slow connection
+MAX_CLIENT_MESSAGE_BYTES = 1024  # an ack or a pong is a few bytes
+BACKLOG_PAGE = 100  # stored events read per query when a phone resumes
+STOP_TIMEOUT_S = 5.0  # how long stop() waits for connections to finish
+
+
+class ConnectionClosing(Exception):
+    """Ends a push connection with a WebSocket close code and a reason for the phone."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code  # WebSocket close code
+        self.reason = reason  # one sentence for the phone
+
+
+def event_hub(context: AppContext) -> EventHub:
+    """The running :class:`EventHub` of this process.
+
+    Raises:
+        RuntimeError: the hub is not running (not installed, or the app stopped).
+    """
+    hub = context.extras.get(EVENTS_EXTRA)
+    if not isinstance(hub, EventHub):
+        raise RuntimeError("the event hub is not running")
+    return hub
+
+
+class _AccountLocks:
+    """One lock per account, forgotten when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}  # account id -> (lock, users)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, account_id: int) -> AsyncIterator[None]:
+        lock, users = self._locks.get(account_id, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[account_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[account_id]
+            if users == 1:
+                del self._locks[account_id]
+            else:
+                self._locks[account_id] = (lock, users - 1)
+
+
+class EventHub:
+    """Stores and pushes events, and serves every push WebSocket of this process.
+
+    A :class:`~pqcall.server.context.Component`: :meth:`start` publishes it as
+    ``context.extras["events"]``; :meth:`stop` closes every connection (1012)
+    and waits for them to finish while storage is still open.
+    """
+
+    def __init__(self) -> None:
+        self._context: AppContext | None = None  # set by start
+        self._connections: dict[int, set[PushConnection]] = {}  # account id -> open sockets
+        self._locks = _AccountLocks()  # one publisher at a time per account
+        self._refresher: asyncio.Task[None] | None = None  # refreshes last_seen of the online
+
+    # ------------------------------------------------------------ component
+
+    async def start(self, context: AppContext) -> None:
+        self._context = context
+        context.extras[EVENTS_EXTRA] = self
+        self._refresher = asyncio.create_task(self._refresh_last_seen(), name="pqcall-last-seen")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+        connections = list(self._all_connections())
+        for connection in connections:
+            connection.close(CLOSE_SERVER_STOPPING, "server is shutting down")
+        if connections:
+            finished = [asyncio.ensure_future(c.finished.wait()) for c in connections]
+            _, pending = await asyncio.wait(finished, timeout=STOP_TIMEOUT_S)
+            for waiter in pending:
+                waiter.cancel()
+        if self._context is not None:
+            self._context.extras.pop(EVENTS_EXTRA, None)
+        self._context = None
+
+    @property
+    def context(self) -> AppContext:
+        """The context of the running server."""
+        if self._context is None:
+            raise RuntimeError("the event hub is not running")
+        return self._context
+
+    @property
+    def connection_count(self) -> int:
+        """Open push connections in this process."""
+        return sum(len(group) for group in self._connections.values())
+
+    # ------------------------------------------------------------ events
+
+    async def publish(self, account_id: int, type: str, payload: dict[str, Any]) -> Event:
+        """Store an event for ``account_id``, then push it to the account's open connections.
+
+        ``payload`` must be JSON (``model_dump(mode="json")`` of a message).
+        """
+        context = self.context
+        async with self._locks.hold(account_id):
+            now = context.now()
+            seq = await context.storage.add_event(account_id, type, payload, now)
+            event = Event(seq=seq, type=type, payload=payload, created=now)
+            for connection in self._connections.get(account_id, ()):
+                connection.push(event)
+        return event
+
+    async def acknowledge(self, account_id: int, seq: int) -> None:
+        """Forget the account's events through ``seq`` (the phone has them)."""
+        await self.context.storage.delete_events_through(account_id, seq)
+
+    def is_connected(self, account_id: int) -> bool:
+        """Whether the account has an open push connection in this process."""
+        return account_id in self._connections
+
+    # ------------------------------------------------------------ connections
+
+    async def serve(
+        self, websocket: WebSocket, account: AccountRecord, resume: int, expires_at: float
+    ) -> None:
+        """Run one accepted, authenticated push connection until it closes.
+
+        Args:
+            websocket: accepted; closed by this method.
+            account: whose events it carries.
+            resume: the last ``seq`` the phone saw (0: none).
+            expires_at: when the connection's token expires (app clock).
+        """
+        context = self.context
+        connection = PushConnection(
+            self, websocket, account, resume, expires_at, context.settings.heartbeat_interval_s
+        )
+        # register before reading the backlog, so no event falls between the two
+        self._connections.setdefault(account.id, set()).add(connection)
+        came_online = context.presence.connect(account.id)
+        metrics = context.extras.get(METRICS_EXTRA)
+        tracking = (
+            metrics.connected_phones.track_inprogress()
+            if isinstance(metrics, ServerMetrics)
+            else contextlib.nullcontext()
+        )
+        closing: ConnectionClosing | None = None
+        try:
+            with tracking:
+                try:
+                    await context.storage.touch_last_seen(account.id, context.now())
+                    if came_online:
+                        await self._announce(account.id, online=True)
+                    closing = await connection.run()
+                finally:
+                    group = self._connections.get(account.id, set())
+                    group.discard(connection)
+                    if not group:
+                        self._connections.pop(account.id, None)
+                    went_offline = context.presence.disconnect(account.id)
+                    try:
+                        await context.storage.touch_last_seen(account.id, context.now())
+                        if went_offline:
+                            await self._announce(account.id, online=False)
+                    except Exception:
+                        logger.exception("presence update for %s failed", account.username)
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    await websocket.close(closing.code, closing.reason)
+        finally:
+            connection.finished.set()
+
+    async def _announce(self, account_id: int, *, online: bool) -> None:
+        """Tell the account's online contacts that it came online or went offline."""
+        context = self.context
+        partners = await context.storage.list_call_partners(account_id)
+        listeners = [partner for partner in partners if self.is_connected(partner)]
+        if not listeners:
+            return
+        account = await context.storage.get_account(account_id)
+        if account is None:
+            return
+        presence = Presence(username=account.username, online=online, last_seen=account.last_seen)
+        payload = presence.model_dump(mode="json")
+        for partner in listeners:
+            await self.publish(partner, EVENT_PRESENCE, payload)
+
+    async def _refresh_last_seen(self) -> None:
+        context = self.context
+        while True:
+            await asyncio.sleep(context.settings.heartbeat_interval_s)
+            online = list(self._connections)
+            if not online:
+                continue
+            try:
+                await context.storage.touch_accounts(online, context.now())
+            except Exception:
+                logger.exception("refreshing last_seen failed")
+
+    def _all_connections(self) -> Iterator[PushConnection]:
+        for group in self._connections.values():
+            yield from group
+
+
+class PushConnection:
+    """One phone's push WebSocket: backlog, live events, acks and heartbeats.
+
+    Created and run by :meth:`EventHub.serve`; :meth:`run` returns how the
+    server wants the socket closed, or ``None`` when the phone left.
+    """
+
+    def __init__(
+        self,
+        hub: EventHub,
+        websocket: WebSocket,
+        account: AccountRecord,
+        resume: int,
+        expires_at: float,
+        heartbeat_s: float,
+    ) -> None:
+        self.hub = hub  # storage, acks
+        self.websocket = websocket  # accepted
+        self.account = account  # whose events
+        self.resume = resume  # the last seq the phone had when it connected
+        self.expires_at = expires_at  # token expiry, app clock
+        self.heartbeat_s = heartbeat_s  # seconds between pings
+        self.finished = asyncio.Event()  # set when serve() is done with this connection
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(MAX_QUEUED_EVENTS)  # live events
+        self._closing: asyncio.Future[ConnectionClosing] = (
+            asyncio.get_running_loop().create_future()
+        )  # resolved by close()
+        self._delivered = resume  # highest seq sent on this connection (acks are capped here)
+        self._heard = True  # the phone sent something since the last ping
+        self._missed = 0  # pings in a row that went unanswered
+
+    def push(self, event: Event) -> None:
+        """Queue a live event; a connection too far behind is closed (it will resume)."""
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.close(CLOSE_TOO_SLOW, "too many undelivered events; reconnect with resume")
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask :meth:`run` to end with this close code (the first request wins)."""
+        if not self._closing.done():
+            self._closing.set_result(ConnectionClosing(code, reason))
+
+    async def run(self) -> ConnectionClosing | None:
+        """Serve until the phone leaves (``None``) or the server ends it (how to close)."""
+        reader = asyncio.create_task(self._read(), name="pqcall-push-read")
+        writer = asyncio.create_task(self._write(), name="pqcall-push-write")
+        try:
+            waiters: set[asyncio.Future[Any]] = {reader, writer, self._closing}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+        if self._closing.done():
+            return self._closing.result()
+        for task in (writer, reader):
+            exc = task.exception() if task.done() and not task.cancelled() else None
+            if isinstance(exc, ConnectionClosing):
+                return exc
+            if exc is not None:
+                logger.debug("push connection of %s ended: %r", self.account.username, exc)
+        return None
+
+    # ------------------------------------------------------------ sending
+
+    async def _write(self) -> None:
+        loop = asyncio.get_running_loop()
+        backlog = await self._replay()
+        await self._send({"type": "ready", "heartbeat_s": self.heartbeat_s})
+        next_ping = loop.time() + self.heartbeat_s
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, next_ping - loop.time())):
+                    event = await self._queue.get()
+            except TimeoutError:
+                self._heartbeat()
+                await self._send({"type": "ping"})
+                next_ping = loop.time() + self.heartbeat_s
+                continue
+            if event.seq in backlog:
+                continue  # stored before the backlog was read, and already sent with it
+            await self._send_event(event)
+
+    async def _replay(self) -> set[int]:
+        """Send every stored event after ``resume``; the seqs sent."""
+        storage = self.hub.context.storage
+        sent: set[int] = set()
+        after = self.resume
+        while True:
+            page = await storage.events_after(self.account.id, after, BACKLOG_PAGE)
+            for record in page:
+                event = Event(
+                    seq=record.seq, type=record.type, payload=record.payload, created=record.created
+                )
+                await self._send_event(event)
+                sent.add(record.seq)
+            if len(page) < BACKLOG_PAGE:
+                return sent
+            after = page[-1].seq
+
+    def _heartbeat(self) -> None:
+        """Count an unanswered ping; raise when the phone is gone or its token expired."""
+        if self.hub.context.now() >= self.expires_at:
+            raise ConnectionClosing(CLOSE_UNAUTHORIZED, "bearer token has expired; log in again")
+        self._missed = 0 if self._heard else self._missed + 1
+        self._heard = False
+        if self._missed >= MISSED_HEARTBEATS_ALLOWED:
+            raise ConnectionClosing(CLOSE_HEARTBEAT_TIMEOUT, "no answer to two pings")
+
+    async def _send_event(self, event: Event) -> None:
+        await self._send(event.model_dump(mode="json"))
+        self._delivered = max(self._delivered, event.seq)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        # a phone that stops reading fills its TCP window; give up on it like on a dead one
+        try:
+            async with asyncio.timeout(MISSED_HEARTBEATS_ALLOWED * self.heartbeat_s):
+                await self.websocket.send_text(json.dumps(message, separators=(",", ":")))
+        except TimeoutError:
+            raise ConnectionClosing(CLOSE_HEARTBEAT_TIMEOUT, "the phone stopped reading") from None
+
+    # ------------------------------------------------------------ receiving
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            self._heard = True
+            text = message.get("text")
+            if text is None:
+                raise ConnectionClosing(CLOSE_BAD_MESSAGE, "messages must be JSON text")
+            await self._receive_text(text)
+
+    async def _receive_text(self, text: str) -> None:
+        if len(text) > MAX_CLIENT_MESSAGE_BYTES:
+            raise ConnectionClosing(CLOSE_BAD_MESSAGE, "message is too long")
+        try:
+            message = json.loads(text)
+        except ValueError:
+            raise ConnectionClosing(CLOSE_BAD_MESSAGE, "message is not valid JSON") from None
+        if message == {"type": "pong"}:
+            return
+        if isinstance(message, dict) and set(message) == {"ack"}:
+            seq = message["ack"]
+            if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
+                # never forget events this connection has not delivered
+                await self.hub.acknowledge(self.account.id, min(seq, self._delivered))
+                return
+        raise ConnectionClosing(CLOSE_BAD_MESSAGE, 'expected {"ack": <seq>} or {"type": "pong"}')
