@@ -481,3 +481,27 @@ def test_command_line_relay_flags_over_tls_with_a_pinned_certificate(tmp_path):
     assert f"media relay listening on UDP 127.0.0.1:{relay_port}" in log
     assert "method=GET route=/metrics status=200" in log
     assert "Traceback" not in log
+
+
+def test_tokens_in_uvicorn_websocket_lines_are_redacted():
+    import logging
+
+    from pqcall.server.ops import RedactSecretsFilter, install_log_redaction
+
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "WebSocket %s" [accepted]',
+        (("127.0.0.1", 5555), "/events?resume=3&token=c2VjcmV0LXRva2Vu"),
+        None,
+    )
+    assert RedactSecretsFilter().filter(record) is True
+    line = record.getMessage()
+    assert "c2VjcmV0LXRva2Vu" not in line
+    assert line.endswith('"WebSocket /events?resume=3&token=[redacted]" [accepted]')
+    install_log_redaction()
+    install_log_redaction()
+    filters = logging.getLogger("uvicorn.error").filters
+    assert sum(isinstance(f, RedactSecretsFilter) for f in filters) == 1

@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -430,6 +431,36 @@ def _bearer_token(scope: Scope) -> bytes | None:
             except ValueError:
                 return None
     return None
+
+
+# ---------------------------------------------------------------- secrets in logs
+
+SECRET_QUERY_PATTERN = re.compile(r"([?&](?:token|access_token)=)[^&\s\"']+")
+REDACTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+class RedactSecretsFilter(logging.Filter):
+    """Replaces bearer tokens in query strings with ``[redacted]`` in a log line.
+
+    uvicorn logs each accepted WebSocket with its full path, and a browser
+    passes its token as ``?token=``; that line must not carry the token.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite ``record`` in place when its message holds a token; never drop it."""
+        message = record.getMessage()
+        redacted = SECRET_QUERY_PATTERN.sub(r"\1[redacted]", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def install_log_redaction() -> None:
+    """Attach :class:`RedactSecretsFilter` to uvicorn's loggers (after uvicorn set them up)."""
+    for name in REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecretsFilter) for f in logger.filters):
+            logger.addFilter(RedactSecretsFilter())
 
 
 # ---------------------------------------------------------------- access log
