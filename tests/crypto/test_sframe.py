@@ -226,6 +226,23 @@ def test_frame_round_trip_and_tampering(suite):
         decrypt(FrameKey.derive(suite, 0x1234, os.urandom(32)), b"meta", packet)
 
 
+@given(st.integers(0, MAX_KID), st.integers(0, MAX_CTR))
+def test_encrypt_writes_the_serialized_header(kid, ctr):
+    # encrypt builds the header from the key's precomputed KID half: it must match
+    key = FrameKey(SUITE, kid, bytes(SUITE.parameters.nk), bytes(SUITE.parameters.nn))
+    header = Header(kid, ctr).serialize()
+    packet = encrypt(key, ctr, b"", b"x")
+    assert packet.startswith(header)
+    assert decrypt(key, b"", packet) == b"x"
+
+
+@pytest.mark.parametrize("ctr", [-1, MAX_CTR + 1])
+def test_encrypt_rejects_a_counter_out_of_range(ctr):
+    key = FrameKey(SUITE, 0, bytes(SUITE.parameters.nk), bytes(SUITE.parameters.nn))
+    with pytest.raises(LocalProtocolError, match=r"^SFrame CTR must be a 64-bit unsigned integer$"):
+        encrypt(key, ctr, b"", b"x")
+
+
 def test_decrypt_refuses_a_frame_for_another_kid():
     base_key = os.urandom(32)
     packet = encrypt(FrameKey.derive(SUITE, 1, base_key), 0, b"", b"x")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -270,6 +271,76 @@ def test_jitter_spike_raises_target_fast_and_settles_within_10_s():
     assert targets[-1] == levels[-1] == 20.0
     # and it did not settle instantly either (slow down)
     assert times[settled_target] - stall_end > 2.0
+
+
+# playout phase: where packets land relative to the playout clock's ticks
+
+STEADY_AFTER_S = 1.0  # the first second (filling, the first loss growing it) is start-up
+
+PHASES = [
+    pytest.param((0.0002, 0.0010), id="just-after-the-tick"),
+    pytest.param((-0.0010, -0.0002), id="just-before-the-tick"),
+    # the race: timer noise puts each packet on either side of the tick
+    pytest.param((-0.0010, 0.0010), id="straddling-the-tick"),
+    pytest.param((0.0095, 0.0105), id="half-a-frame-after"),
+]
+
+
+def lossy_stream_at_phase(
+    phase: tuple[float, float], *, seed: int, count: int = 1500, loss: float = 0.10
+) -> tuple[list[Sent], int]:
+    """Frames sent every 20 ms, each arriving at a tick plus a random offset in ``phase``."""
+    rng = random.Random(seed)
+    packets, lost = [], 0
+    for index in range(count):
+        offset = rng.uniform(*phase)  # drawn for every frame, so the loss pattern is shared
+        if rng.random() < loss:
+            lost += 1
+            continue
+        packets.append(Sent(index, index * FRAME_SAMPLES, 0.100 + index * FRAME_S + offset))
+    return packets, lost
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("use_fec", [True, False], ids=["fec", "no-fec"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_playout_phase_never_costs_received_frames(phase, use_fec, seed):
+    # regression: the buffer shrank on its instantaneous level, so a packet that
+    # came just before the tick looked like an extra frame and one that came just
+    # after looked like an underrun: received frames were discarded, then concealed
+    buffer = JitterBuffer(use_fec=use_fec)
+    packets, lost = lossy_stream_at_phase(phase, seed=seed)
+    steady: dict[str, int] = {}
+
+    def note_start_up_end(at: float) -> None:
+        if at >= STEADY_AFTER_S and not steady:
+            steady.update(buffer.snapshot().as_dict())
+
+    run(buffer, packets, ticks(0.100, 1510), after_pop=note_start_up_end)
+    stats = buffer.snapshot()
+    assert stats.shrink_dropped == steady["shrink_dropped"]  # none discarded for delay
+    assert stats.late_dropped == 0
+    # every lost frame is rendered once (recovered or concealed), few others are concealed
+    rendered_lost = stats.concealed + stats.fec_recovered
+    assert lost <= rendered_lost <= 1.1 * lost + 2
+    if use_fec:
+        assert stats.fec_recovered >= 0.75 * lost
+
+
+def test_playout_phase_changes_only_the_delay():
+    # the same losses at each phase: the same concealment, within a few frames
+    outcomes = []
+    for phase in PHASES:
+        buffer = JitterBuffer()
+        packets, _ = lossy_stream_at_phase(phase.values[0], seed=3)
+        run(buffer, packets, ticks(0.100, 1510))
+        stats = buffer.snapshot()
+        outcomes.append((stats.concealed, stats.fec_recovered, stats.shrink_dropped))
+    concealed = [c for c, _, _ in outcomes]
+    recovered = [r for _, r, _ in outcomes]
+    assert max(concealed) - min(concealed) <= 5
+    assert max(recovered) - min(recovered) <= 5
+    assert max(d for _, _, d in outcomes) <= 1  # at most the start-up backlog
 
 
 def flood_in_window(n: int) -> int:

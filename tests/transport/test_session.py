@@ -481,6 +481,31 @@ def test_trace_sees_capture_and_playout_times():
     run(main)
 
 
+def test_one_frame_clock_sends_and_plays_without_drift():
+    async def main() -> None:
+        caller_trace, callee_trace = Trace(), Trace()
+        caller = MediaSession(RUN.caller.keys, ToneSource(440), MemorySink(), trace=caller_trace)
+        callee = MediaSession(RUN.callee.keys, ToneSource(1000), MemorySink(), trace=callee_trace)
+        await caller.open(LOOPBACK)
+        await callee.open(LOOPBACK)
+        async with caller, callee:
+            caller.connect(callee.local_address)
+            callee.connect(caller.local_address)
+            await asyncio.sleep(1.5)
+        # frame k is captured at start + k frames, or a little later: a late tick catches
+        # up, so lateness never accumulates and the count keeps up with the clock
+        frame_s = 0.020
+        for trace in (caller_trace, callee_trace):
+            times = sorted(trace.captured.values())
+            assert len(times) >= 1.5 / frame_s - 5
+            lateness = [t - k * frame_s for k, t in enumerate(times)]
+            assert max(lateness) - min(lateness) < 0.1 * TIMEOUT_SCALE
+        # each tick sends, then plays: the callee plays at the instants it sends
+        assert set(callee_trace.played.values()) <= set(callee_trace.captured.values())
+
+    run(main)
+
+
 def read_wav(path: Path) -> Pcm:
     with wave.open(str(path), "rb") as wav:
         assert (wav.getframerate(), wav.getnchannels()) == (SAMPLE_RATE_HZ, 1)

@@ -137,7 +137,8 @@ class PcmSource:
     """An audio source over PCM in memory; silence after its end (the call goes on)."""
 
     def __init__(self, pcm: Pcm, frame_ms: int) -> None:
-        self._pcm = pcm  # 48 kHz mono
+        self._pcm = pcm.view()  # 48 kHz mono
+        self._pcm.flags.writeable = False  # frames are views: a sink must not change them
         self._frame_samples = samples_per_frame(frame_ms)
         self._offset = 0  # next sample to read
 
@@ -147,11 +148,13 @@ class PcmSource:
         return self._frame_samples
 
     def read_frame(self) -> Pcm:
-        """The next frame, padded with silence at the end."""
-        frame = silence(self._frame_samples)
+        """The next frame (a read-only view of the PCM), padded with silence at the end."""
         chunk = self._pcm[self._offset : self._offset + self._frame_samples]
-        frame[: len(chunk)] = chunk
         self._offset += self._frame_samples
+        if len(chunk) == self._frame_samples:
+            return chunk
+        frame = silence(self._frame_samples)
+        frame[: len(chunk)] = chunk
         return frame
 
     def close(self) -> None:

@@ -327,7 +327,7 @@ class FrameKey:
         LocalProtocolError: a length or the KID is out of range.
     """
 
-    __slots__ = ("_aead", "_salt", "kid", "suite")
+    __slots__ = ("_aead", "_kid_bits", "_kid_bytes", "_salt", "_salt_int", "kid", "suite")
 
     def __init__(self, suite: CipherSuite, kid: int, key: bytes, salt: bytes) -> None:
         if not 0 <= kid <= MAX_KID:
@@ -338,6 +338,10 @@ class FrameKey:
         self.kid = kid  # key id written into every header
         self._aead = new_aead(suite, key)  # keyed AEAD; the key bytes are not kept here
         self._salt = salt  # sframe_salt
+        self._salt_int = int.from_bytes(salt, "big")  # the same, as the nonce's XOR operand
+        # the KID half of every header this key writes (section 4.3): config bits, KID bytes
+        extended, bits, self._kid_bytes = _encode_field(kid)
+        self._kid_bits = (extended << 7) | (bits << 4)
 
     @classmethod
     def derive(cls, suite: CipherSuite, kid: int, base_key: bytes) -> FrameKey:
@@ -360,8 +364,16 @@ def encrypt(key: FrameKey, ctr: int, metadata: bytes, plaintext: bytes) -> bytes
     Raises:
         LocalProtocolError: ``ctr`` is not a 64-bit unsigned integer.
     """
-    header = Header(key.kid, ctr).serialize()
-    nonce = frame_nonce(key._salt, ctr)
+    if not 0 <= ctr <= MAX_CTR:
+        raise LocalProtocolError("SFrame CTR must be a 64-bit unsigned integer")
+    # Header(key.kid, ctr).serialize(), with the KID half precomputed
+    if ctr < 8:
+        header = bytes((key._kid_bits | ctr,)) + key._kid_bytes
+    else:
+        length = (ctr.bit_length() + 7) // 8
+        header = bytes((key._kid_bits | 0x08 | (length - 1),)) + key._kid_bytes
+        header += ctr.to_bytes(length, "big")
+    nonce = (key._salt_int ^ ctr).to_bytes(len(key._salt), "big")  # frame_nonce
     return header + key._aead.encrypt(nonce, plaintext, header + metadata)
 
 
@@ -377,8 +389,23 @@ def decrypt(key: FrameKey, metadata: bytes, sframe_ciphertext: bytes) -> bytes:
             (tampered, truncated, wrong key or wrong metadata).
     """
     header, length = Header.parse(sframe_ciphertext)
+    return decrypt_parsed(key, metadata, sframe_ciphertext, header, length)
+
+
+def decrypt_parsed(
+    key: FrameKey, metadata: bytes, sframe_ciphertext: bytes, header: Header, header_length: int
+) -> bytes:
+    """:func:`decrypt`, for a caller that already parsed the header (to choose the key).
+
+    Args:
+        header: ``Header.parse(sframe_ciphertext)[0]``.
+        header_length: ``Header.parse(sframe_ciphertext)[1]``.
+
+    Raises:
+        InvalidTag: as :func:`decrypt`.
+    """
     if header.kid != key.kid:
         raise InvalidTag
-    nonce = frame_nonce(key._salt, header.ctr)
-    aad = sframe_ciphertext[:length] + metadata
-    return key._aead.decrypt(nonce, sframe_ciphertext[length:], aad)
+    nonce = (key._salt_int ^ header.ctr).to_bytes(len(key._salt), "big")  # frame_nonce
+    aad = sframe_ciphertext[:header_length] + metadata
+    return key._aead.decrypt(nonce, sframe_ciphertext[header_length:], aad)

@@ -59,7 +59,7 @@ from pqcall.crypto.sframe import (
     CipherSuite,
     FrameKey,
     Header,
-    decrypt,
+    decrypt_parsed,
     encrypt,
     ratchet_base_key,
 )
@@ -365,7 +365,7 @@ class SFrameReceiver:
         self.handle_timer(now)
         # parse header
         try:
-            header, _ = Header.parse(packet)
+            header, header_length = Header.parse(packet)
         except DecodeError:
             return DropReason.MALFORMED
         # select key
@@ -375,7 +375,7 @@ class SFrameReceiver:
             return DropReason.UNKNOWN_KID
         # decrypt
         try:
-            payload = unpad(decrypt(key, metadata, packet))
+            payload = unpad(decrypt_parsed(key, metadata, packet, header, header_length))
         except InvalidTag:
             return DropReason.AUTH_FAILED
         except DecodeError:

@@ -49,6 +49,8 @@ import numpy as np
 import numpy.typing as npt
 import opuslib_next  # type: ignore[import-untyped]
 import opuslib_next.api  # type: ignore[import-untyped]
+import opuslib_next.api.decoder  # type: ignore[import-untyped]
+import opuslib_next.api.encoder  # type: ignore[import-untyped]
 
 from pqcall.exceptions import CodecError, LocalProtocolError
 
@@ -76,6 +78,8 @@ __all__ = [
 
 Pcm: TypeAlias = npt.NDArray[np.int16]
 """Mono 48 kHz signed 16-bit samples, a 1-D array: the media layer's only PCM form."""
+
+_INT16: Final = np.dtype(np.int16)
 
 # format constants
 SAMPLE_RATE_HZ: Final = 48_000
@@ -124,7 +128,11 @@ def check_pcm(pcm: object, samples: int | None = None) -> Pcm:
     Raises:
         LocalProtocolError: not a 1-D int16 array, or not ``samples`` long.
     """
-    if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
+    if (
+        not isinstance(pcm, np.ndarray)
+        or (pcm.dtype is not _INT16 and pcm.dtype != _INT16)  # ``is``: the common, fast case
+        or pcm.ndim != 1
+    ):
         kind = (
             f"{pcm.dtype} array of shape {pcm.shape}"
             if isinstance(pcm, np.ndarray)
@@ -277,6 +285,11 @@ class OpusEncoder:
         except (opuslib_next.OpusError, OSError) as error:
             raise CodecError(f"cannot configure the Opus encoder: {_opus_message(error)}") from None
         self._encoder = encoder
+        self._state = encoder.encoder_state  # libopus encoder, called directly per frame
+        self._input = (ctypes.c_int16 * settings.frame_samples)()  # one frame, for libopus
+        # the same memory as a numpy frame, so a frame is copied in with one assignment
+        self._input_view: Pcm = np.frombuffer(memoryview(self._input), dtype=np.int16)
+        self._output = ctypes.create_string_buffer(_MAX_PACKET_BYTES)  # the packet, reused
 
     @property
     def frame_samples(self) -> int:
@@ -323,14 +336,14 @@ class OpusEncoder:
             LocalProtocolError: ``pcm`` is not one frame of int16 samples.
             CodecError: libopus failed.
         """
-        frame = check_pcm(pcm, self.frame_samples)
-        try:
-            packet: bytes = self._encoder.encode(
-                np.ascontiguousarray(frame).tobytes(), self.frame_samples
-            )
-        except opuslib_next.OpusError as error:
-            raise CodecError(f"Opus encoder failed: {error}") from None
-        return packet
+        self._input_view[:] = check_pcm(pcm, self.frame_samples)
+        # libopus straight into reused buffers (the binding allocates both per call)
+        length = _libopus_encode(
+            self._state, self._input, len(self._input), self._output, _MAX_PACKET_BYTES
+        )
+        if length < 0:
+            raise CodecError(f"Opus encoder failed: {opuslib_next.OpusError(length)}")
+        return ctypes.string_at(self._output, length)
 
 
 class OpusDecoder:
@@ -356,6 +369,10 @@ class OpusDecoder:
             self._decoder = opuslib_next.Decoder(SAMPLE_RATE_HZ, CHANNELS)
         except (opuslib_next.OpusError, OSError) as error:
             raise CodecError(f"cannot create the Opus decoder: {_opus_message(error)}") from None
+        self._state = self._decoder.decoder_state  # libopus decoder, called directly per frame
+        self._output = (ctypes.c_int16 * _MAX_PACKET_SAMPLES)()  # decoded samples, reused
+        # the same memory as numpy samples: a decoded frame is copied out in one slice
+        self._output_view: Pcm = np.frombuffer(memoryview(self._output), dtype=np.int16)
 
     @property
     def frame_samples(self) -> int:
@@ -374,13 +391,11 @@ class OpusDecoder:
         """
         if not packet:
             raise CodecError("empty Opus packet (use conceal() for a lost frame)")
-        try:
-            data = self._decoder.decode(bytes(packet), _MAX_PACKET_SAMPLES)
-        except opuslib_next.OpusError as error:
-            raise CodecError(f"Opus packet does not decode: {error}") from None
-        pcm = np.frombuffer(data, dtype=np.int16).copy()
-        self._last_samples = len(pcm)
-        return pcm
+        samples = self._decode(bytes(packet), _MAX_PACKET_SAMPLES, use_fec=False)
+        if samples < 0:
+            raise CodecError(f"Opus packet does not decode: {opuslib_next.OpusError(samples)}")
+        self._last_samples = samples
+        return self._output_view[:samples].copy()
 
     def conceal(self) -> Pcm:
         """Invent one frame of ``frame_samples`` for a lost packet (Opus PLC)."""
@@ -408,13 +423,25 @@ class OpusDecoder:
         self._last_samples = self._initial_samples
 
     def _decode_lost(self, packet: bytes, use_fec: bool) -> Pcm:
-        try:
-            data = self._decoder.decode(packet, self._last_samples, decode_fec=use_fec)
-        except opuslib_next.OpusError:
+        samples = self._decode(packet, self._last_samples, use_fec=use_fec)
+        if samples < 0:
             # a FEC attempt libopus rejects still owes the caller a frame
-            data = self._decoder.decode(b"", self._last_samples)
-        return np.frombuffer(data, dtype=np.int16).copy()
+            samples = self._decode(b"", self._last_samples, use_fec=False)
+        if samples < 0:
+            raise CodecError(f"Opus concealment failed: {opuslib_next.OpusError(samples)}")
+        return self._output_view[:samples].copy()
 
+    def _decode(self, packet: bytes, max_samples: int, *, use_fec: bool) -> int:
+        """libopus ``opus_decode`` into the reused output buffer: samples, or an error code."""
+        result: int = _libopus_decode(
+            self._state, packet, len(packet), self._output, max_samples, int(use_fec)
+        )
+        return result
+
+
+# the binding's own ctypes prototypes; called directly to skip its per-call allocations
+_libopus_encode: Final = opuslib_next.api.encoder.libopus_encode
+_libopus_decode: Final = opuslib_next.api.decoder.libopus_decode
 
 _opus_packet_has_lbrr = getattr(opuslib_next.api.libopus, "opus_packet_has_lbrr", None)
 if _opus_packet_has_lbrr is not None:

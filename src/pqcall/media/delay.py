@@ -33,6 +33,7 @@ Memory is bounded by :data:`DELAY_HISTORY_MAX_SAMPLES` whatever the packet rate.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from typing import Final
 
@@ -59,13 +60,24 @@ class RelativeDelayEstimator:
     included: they are the evidence), and :meth:`advance` whenever time passes
     without packets, so the estimate decays during silence too. Its zero value
     (no samples) is an estimate of 0 ms: no jitter seen.
+
+    Cost per packet: the window's reference (its smallest transit time) is a
+    monotonic queue, and the relative delays are kept sorted, each inserted
+    once with ``bisect.insort`` and removed once when it expires, so the
+    quantile is one index: O(log n) compares and one short ``memmove``, where
+    re-sorting the 2 s history on every packet cost a sort of up to
+    :data:`DELAY_HISTORY_MAX_SAMPLES` values.
     """
 
     def __init__(self) -> None:
-        # (arrival time s, transit s, relative delay ms), oldest first
-        self._samples: deque[tuple[float, float, float]] = deque(maxlen=DELAY_HISTORY_MAX_SAMPLES)
+        # (serial, arrival time s, relative delay ms), oldest first
+        self._samples: deque[tuple[int, float, float]] = deque()
+        self._ordered: list[float] = []  # the samples' relative delays, ascending
+        # (serial, transit s) of the samples that can still become the reference:
+        # each one newer and with a larger transit than the one before it
+        self._minima: deque[tuple[int, float]] = deque()
+        self._serial = 0  # of the next sample
         self._estimate_ms = 0.0  # current smoothed estimate
-        self._measured_cache: float | None = None  # quantile of the samples, while unchanged
         self._updated_at: float | None = None  # ``now`` of the last update
 
     @property
@@ -79,17 +91,27 @@ class RelativeDelayEstimator:
         Returns:
             The packet's relative delay in ms.
         """
-        self._expire(now)
-        reference = min((sample[1] for sample in self._samples), default=transit_s)
-        relative_ms = max(0.0, (transit_s - min(reference, transit_s)) * 1000.0)
-        self._samples.append((now, transit_s, relative_ms))
-        self._measured_cache = None
+        if self._samples and self._samples[0][1] <= now - DELAY_HISTORY_S:
+            self._expire(now)
+        minima = self._minima
+        reference = minima[0][1] if minima and minima[0][1] < transit_s else transit_s
+        relative_ms = (transit_s - reference) * 1000.0
+        if len(self._samples) >= DELAY_HISTORY_MAX_SAMPLES:
+            self._drop_oldest()
+        serial = self._serial
+        self._serial = serial + 1
+        self._samples.append((serial, now, relative_ms))
+        insort(self._ordered, relative_ms)
+        while minima and minima[-1][1] >= transit_s:
+            minima.pop()
+        minima.append((serial, transit_s))
         self._settle(now)
         return relative_ms
 
     def advance(self, now: float) -> None:
         """Let time pass: forget old samples and decay the estimate."""
-        self._expire(now)
+        if self._samples and self._samples[0][1] <= now - DELAY_HISTORY_S:
+            self._expire(now)
         self._settle(now)
 
     def forget_history(self) -> None:
@@ -99,28 +121,33 @@ class RelativeDelayEstimator:
         not change; it decays on its own if the new stream is calmer.
         """
         self._samples.clear()
-        self._measured_cache = None
+        self._ordered.clear()
+        self._minima.clear()
 
     def _expire(self, now: float) -> None:
         horizon = now - DELAY_HISTORY_S
-        while self._samples and self._samples[0][0] <= horizon:
-            self._samples.popleft()
-            self._measured_cache = None
+        samples = self._samples
+        while samples and samples[0][1] <= horizon:
+            self._drop_oldest()
 
-    def _measured_ms(self) -> float:
-        if self._measured_cache is None:
-            ordered = sorted(sample[2] for sample in self._samples)
-            index = max(0, math.ceil(DELAY_QUANTILE * len(ordered)) - 1)
-            self._measured_cache = ordered[index] if ordered else 0.0
-        return self._measured_cache
+    def _drop_oldest(self) -> None:
+        serial, _, relative_ms = self._samples.popleft()
+        ordered = self._ordered
+        del ordered[bisect_left(ordered, relative_ms)]
+        if self._minima[0][0] == serial:
+            self._minima.popleft()
 
     def _settle(self, now: float) -> None:
-        measured = self._measured_ms()
-        elapsed = 0.0 if self._updated_at is None else max(0.0, now - self._updated_at)
-        self._updated_at = now
+        ordered = self._ordered
+        # the quantile of the window: one index into the sorted delays
+        measured = ordered[max(0, math.ceil(DELAY_QUANTILE * len(ordered)) - 1)] if ordered else 0.0
+        updated_at, self._updated_at = self._updated_at, now
         if measured >= self._estimate_ms:
             # fast up: take a higher need at once
             self._estimate_ms = measured
+            return
+        elapsed = 0.0 if updated_at is None else now - updated_at
+        if elapsed <= 0.0:
             return
         # slow down: exponential, but at least the minimum rate
         excess = self._estimate_ms - measured

@@ -190,10 +190,11 @@ class BitrateMeter:
     def add(self, size_bytes: int, now: float) -> None:
         """Count ``size_bytes`` sent or received at ``now``."""
         index = math.floor(now * BITRATE_BUCKETS_PER_S)
-        if self._buckets and self._buckets[-1][0] == index:
-            self._buckets[-1][1] += size_bytes
-        else:
-            self._buckets.append([index, size_bytes])
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == index:
+            buckets[-1][1] += size_bytes
+            return  # the window moves on only with a new bucket
+        buckets.append([index, size_bytes])
         self._expire(index)
 
     def kbps(self, now: float) -> float:
@@ -300,7 +301,8 @@ class CallStats:
 
     def record_sent(self, size_bytes: int, now: float) -> None:
         """Count a media datagram of ``size_bytes`` (UDP payload) sent at ``now``."""
-        self._check_size(size_bytes)
+        if size_bytes < 0:
+            raise LocalProtocolError("datagram size must not be negative")
         self._sent += 1
         self._tx.add(size_bytes + self._overhead, now)
 
@@ -310,15 +312,17 @@ class CallStats:
         ``seq`` and ``timestamp`` are its 16-bit sequence number and 32-bit
         48 kHz media timestamp; ``now`` its arrival time.
         """
-        self._check_size(size_bytes)
+        if size_bytes < 0:
+            raise LocalProtocolError("datagram size must not be negative")
         if not 0 <= seq < SEQUENCE_MODULUS or not 0 <= timestamp < TIMESTAMP_MODULUS:
             raise LocalProtocolError("sequence number or timestamp out of range")
         self._received += 1
         self._rx.add(size_bytes + self._overhead, now)
-        restarts = self._sequence.restarts
-        if not self._sequence.update(seq):
+        sequence = self._sequence
+        restarts = sequence.restarts
+        if not sequence.update(seq):
             return  # held back: may be the first packet of a restarted sender
-        if self._sequence.restarts != restarts:
+        if sequence.restarts != restarts:
             self._jitter.restart()  # a new stream has its own timestamp origin
         self._jitter.update(timestamp, now)
 
@@ -404,7 +408,3 @@ class CallStats:
             r_factor=r,
             mos=emodel.mos_from_r(r),
         )
-
-    def _check_size(self, size_bytes: int) -> None:
-        if size_bytes < 0:
-            raise LocalProtocolError("datagram size must not be negative")

@@ -954,20 +954,24 @@ class MediaProtocol:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next be called, or None."""
-        if self._state is MediaState.ENDED or self._state is MediaState.AWAITING_START:
+        state = self._state
+        if state is MediaState.ENDED or state is MediaState.AWAITING_START:
             return None
-        timers = [t for t in (self._receiver.get_timer(),) if t is not None]
+        # asked after every datagram: no lists, and None only when nothing is due
+        when = self._receiver.get_timer()
         if self._scheduled:
-            timers.append(self._scheduled[0].due)
-        if self._state is MediaState.ACTIVE:
-            timers += [
+            due = self._scheduled[0].due
+            when = due if when is None or due < when else when
+        if state is MediaState.ACTIVE:
+            due = min(
                 self._next_ping_at,
                 self._next_report_at,
                 self._last_received_at + self._media_timeout,
-            ]
+            )
             if self._last_loss_at is not None:
-                timers.append(self._last_loss_at + ADAPTATION_HOLD_S)
-        return min(timers)
+                due = min(due, self._last_loss_at + ADAPTATION_HOLD_S)
+            when = due if when is None or due < when else when
+        return when
 
     def handle_timer(self, now: float) -> None:
         """Do what is due at ``now``: pings, reports, repeats, timeout, adaptation."""

@@ -7,10 +7,14 @@ the path::
     source → Opus encode → MediaProtocol (SFrame protect) → UDP
     UDP → MediaProtocol (SFrame unprotect, replay check) → JitterBuffer → Opus decode → sink
 
-Three clocks drive it, all from ``loop.time()``: a send tick and a playout
-tick every ``frame_ms``, each scheduled at ``start + n * frame`` (so they do
-not drift, and a late tick catches up), and the protocol's own timer (pings,
-reports, repeats, media timeout). Received datagrams are handled as they come.
+Two timers drive it, both on ``loop.time()``: the frame tick, every
+``frame_ms`` at ``start + n * frame`` (so it does not drift, and a late tick
+catches up), which sends our next frame and then plays the peer's next one;
+and the protocol's own timer (pings, reports, repeats, media timeout), re-armed
+only when its deadline moves. Received datagrams are handled as they come.
+One tick for both directions halves the event-loop wake-ups of two timers
+that were due at the same instants anyway; sending first puts the frame on
+the wire before the decode's work.
 
 Only datagrams from the connected peer's address are processed; others are
 counted as foreign. Nothing a peer sends can stop the session: each datagram,
@@ -39,8 +43,6 @@ import enum
 import ipaddress
 import logging
 import math
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Final, Protocol
@@ -245,15 +247,15 @@ class MediaSession:
         self._transport: asyncio.DatagramTransport | None = None  # our socket
         self._datagram_protocol: _DatagramProtocol | None = None  # its protocol, for close
         self._peer: Address | None = None  # set by connect
-        self._send_tick: _Tick | None = None
-        self._play_tick: _Tick | None = None
+        self._tick: _Tick | None = None  # the frame clock: send, then play
         self._timer: asyncio.TimerHandle | None = None  # the protocol's timer
         self._timer_at: float | None = None  # when it fires
         self._muted = False  # we send silence
         self._ended: asyncio.Future[str] | None = None  # resolved with the end reason
         self._end_reason: EndReason | None = None
         self._protocol_ended: asyncio.Event | None = None  # the protocol reached ENDED
-        self._timestamps: OrderedDict[int, int] = OrderedDict()  # seq -> timestamp, for trace
+        self._timestamps: dict[int, int] = {}  # seq -> timestamp, oldest first, for trace
+        self._played_pcm: Pcm | None = None  # last frame played, for the audio level
         self._foreign = 0  # datagrams from other addresses
         self._errors = 0  # datagrams or frames whose handling failed
         self._decode_errors = 0  # packets the decoder refused (concealed instead)
@@ -304,10 +306,8 @@ class MediaSession:
         self._peer = (host, int(peer_addr[1]))
         now = self._loop.time()
         self._protocol.start(now)
-        self._send_tick = _Tick(now, self._frame_s)
-        self._play_tick = _Tick(now, self._frame_s)
-        self._schedule(self._send_tick, self._on_send_tick)
-        self._schedule(self._play_tick, self._on_play_tick)
+        self._tick = _Tick(now, self._frame_s)
+        self._schedule(self._tick)
         self._after_protocol(now)
 
     def set_muted(self, muted: bool) -> None:
@@ -428,6 +428,12 @@ class MediaSession:
     def snapshot(self) -> CallStatsSnapshot:
         """Live call statistics (``packets_sent`` counts every datagram, control ones too)."""
         now = self._loop.time() if self._loop is not None else 0.0
+        pcm, self._played_pcm = self._played_pcm, None
+        if pcm is not None:
+            # the level of the latest frame, measured when asked for rather than per frame
+            samples = pcm.astype(np.float32)
+            rms = math.sqrt(float(np.dot(samples, samples)) / len(samples)) if len(pcm) else 0.0
+            self._stats.record_audio_level(rms / FULL_SCALE)
         return self._stats.snapshot(
             now, playout=self._buffer.snapshot(), packets_rejected=self.packets_rejected
         )
@@ -451,7 +457,8 @@ class MediaSession:
 
     def _after_protocol(self, now: float, size: int = 0) -> None:
         """Handle the protocol's events, send its datagrams, re-arm its timer."""
-        while (event := self._protocol.next_event()) is not None:
+        protocol = self._protocol
+        while (event := protocol.next_event()) is not None:
             if isinstance(event, AudioReceived):
                 self._stats.record_received(event.seq, event.timestamp, size, now)
                 self._buffer.push(
@@ -476,6 +483,8 @@ class MediaSession:
 
     def _transmit(self, now: float) -> None:
         datagrams = self._protocol.datagrams_to_send(now)
+        if not datagrams:
+            return  # most received datagrams: nothing to answer
         if self._transport is None or self._peer is None or self._transport.is_closing():
             return
         for datagram in datagrams:
@@ -513,23 +522,26 @@ class MediaSession:
             self._encoder.set_expected_loss_percent(adaptation.expected_loss_percent)
 
     def _remember_timestamp(self, event: AudioReceived) -> None:
-        frame = self._settings.opus.frame_samples
+        timestamps = self._timestamps
         previous = (event.seq - 1) % (1 << 16)
-        if previous not in self._timestamps:  # for a frame recovered from this packet
-            self._timestamps[previous] = (event.timestamp - frame) % (1 << 32)
-        self._timestamps[event.seq] = event.timestamp
-        self._timestamps.move_to_end(event.seq)
-        while len(self._timestamps) > MAX_TRACKED_TIMESTAMPS:
-            self._timestamps.popitem(last=False)
+        if previous not in timestamps:  # for a frame recovered from this packet
+            frame = self._settings.opus.frame_samples
+            timestamps[previous] = (event.timestamp - frame) % (1 << 32)
+        timestamps.pop(event.seq, None)
+        timestamps[event.seq] = event.timestamp
+        while len(timestamps) > MAX_TRACKED_TIMESTAMPS:
+            del timestamps[next(iter(timestamps))]
 
     # ticks
 
-    def _schedule(self, tick: _Tick, callback: Callable[[], None]) -> None:
+    def _schedule(self, tick: _Tick) -> None:
         assert self._loop is not None
-        tick.handle = self._loop.call_at(tick.due, callback)
+        tick.handle = self._loop.call_at(tick.due, self._on_tick)
 
     def _catch_up(self, tick: _Tick, now: float) -> int:
         """How many frames are due at ``now`` (at least the one this tick fired for)."""
+        if now < tick.start + (tick.index + 1) * tick.period:
+            return 1  # on time: the usual case
         due = max(1, math.floor((now - tick.start) / tick.period) - tick.index + 1)
         if due > MAX_CATCH_UP_FRAMES:
             # a stall: skip the lost time rather than burst a backlog
@@ -538,8 +550,8 @@ class MediaSession:
             return 1
         return due
 
-    def _on_send_tick(self) -> None:
-        tick = self._send_tick
+    def _on_tick(self) -> None:
+        tick = self._tick
         assert self._loop is not None and tick is not None
         now = self._loop.time()
         for _ in range(self._catch_up(tick, now)):
@@ -548,10 +560,15 @@ class MediaSession:
             except Exception:
                 self._errors += 1
                 logger.exception("media session: failed to send a frame")
+            try:
+                self._play_frame(now)
+            except Exception:
+                self._errors += 1
+                logger.exception("media session: failed to play a frame")
             tick.index += 1
         self._after_protocol(now)
-        if self._end_reason is None and self._send_tick is tick:
-            self._schedule(tick, self._on_send_tick)
+        if self._end_reason is None and self._tick is tick:
+            self._schedule(tick)
 
     def _send_frame(self, now: float) -> None:
         pcm = self._source.read_frame()
@@ -561,27 +578,11 @@ class MediaSession:
         if self._trace is not None:
             self._trace.frame_captured(packet.timestamp, now)
 
-    def _on_play_tick(self) -> None:
-        tick = self._play_tick
-        assert self._loop is not None and tick is not None
-        now = self._loop.time()
-        for _ in range(self._catch_up(tick, now)):
-            try:
-                self._play_frame(now)
-            except Exception:
-                self._errors += 1
-                logger.exception("media session: failed to play a frame")
-            tick.index += 1
-        if self._end_reason is None and self._play_tick is tick:
-            self._schedule(tick, self._on_play_tick)
-
     def _play_frame(self, now: float) -> None:
         decision = self._buffer.pop(now)
         pcm = self._render(decision)
         self._sink.write_frame(pcm)
-        samples = pcm.astype(np.float32)
-        level = math.sqrt(float(np.dot(samples, samples)) / len(samples)) if len(pcm) else 0.0
-        self._stats.record_audio_level(level / FULL_SCALE)
+        self._played_pcm = pcm
         action = decision.action
         if self._trace is not None and decision.seq is not None and action in _AUDIBLE:
             timestamp = self._timestamps.get(decision.seq)
@@ -604,10 +605,9 @@ class MediaSession:
         return silence(self._decoder.frame_samples)
 
     def _stop_ticks(self) -> None:
-        for tick in (self._send_tick, self._play_tick):
-            if tick is not None:
-                tick.cancel()
-        self._send_tick = self._play_tick = None
+        if self._tick is not None:
+            self._tick.cancel()
+        self._tick = None
 
     def _end(self, reason: EndReason) -> None:
         """End once: stop the clocks, close socket, source and sink, resolve ``wait_ended``."""
