@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -310,7 +311,7 @@ def test_playout_phase_never_costs_received_frames(phase, use_fec, seed):
     # after looked like an underrun: received frames were discarded, then concealed
     buffer = JitterBuffer(use_fec=use_fec)
     packets, lost = lossy_stream_at_phase(phase, seed=seed)
-    steady: dict[str, int] = {}
+    steady: dict[str, float] = {}
 
     def note_start_up_end(at: float) -> None:
         if at >= STEADY_AFTER_S and not steady:
@@ -332,7 +333,7 @@ def test_playout_phase_changes_only_the_delay():
     outcomes = []
     for phase in PHASES:
         buffer = JitterBuffer()
-        packets, _ = lossy_stream_at_phase(phase.values[0], seed=3)
+        packets, _ = lossy_stream_at_phase(cast(tuple[float, float], phase.values[0]), seed=3)
         run(buffer, packets, ticks(0.100, 1510))
         stats = buffer.snapshot()
         outcomes.append((stats.concealed, stats.fec_recovered, stats.shrink_dropped))
