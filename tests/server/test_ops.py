@@ -7,8 +7,6 @@ command-line flags and TLS, a ``pqcall server`` subprocess.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import logging
 import os
 import secrets
@@ -23,10 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from pqcall.crypto.identity import IdentityPrivateKey
@@ -47,6 +41,7 @@ from pqcall.server.relay import MediaRelay
 from pqcall.server.relay_table import ACK_MAGIC, ACK_PEER_BOUND, ACK_PEER_WAITING, BIND_MAGIC
 from pqcall.server.settings import ServerSettings
 from pqcall.signaling.messages import b64encode
+from tests.server.certs import self_signed
 
 from .conftest import TIMEOUT_SCALE, login, registration
 
@@ -409,39 +404,8 @@ def test_one_access_line_per_request_and_no_secrets_in_any_log(start_server, cap
 # ---------------------------------------------------------------- the command line, with TLS
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pqcall.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_command_line_relay_flags_over_tls_with_a_pinned_certificate(tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     port, relay_port = free_port(), free_port(socket.SOCK_DGRAM)
     command = [
         *(sys.executable, "-m", "pqcall", "server", "--host", "127.0.0.1", "--port", str(port)),
