@@ -424,3 +424,17 @@ def test_account_secrets_decode_arbitrary_bytes(data):
 def test_passphrase_that_is_not_unicode_refused():
     with pytest.raises(KeystoreError, match="passphrase is not valid Unicode"):
         seal(PAYLOAD, "\ud800", CHEAP)
+
+
+def test_concurrent_unseals_in_threads_finish():
+    # two Argon2id derivations with several lanes at once in one process hang in
+    # cryptography 50 unless serialized; a phone unlocks in a worker thread
+    import concurrent.futures
+
+    params = keystore.Argon2idParams(memory_kib=16 * 1024, iterations=1, lanes=4)
+    blob = seal(b"secret", "pass", params)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(unseal, blob, "pass") for _ in range(4)]
+        done, pending = concurrent.futures.wait(futures, timeout=60)
+    assert not pending, "an unseal never returned"
+    assert [future.result() for future in done] == [b"secret"] * 4

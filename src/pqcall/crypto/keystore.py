@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import threading
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
@@ -406,18 +407,26 @@ def _check_params(kdf_id: int, numbers: tuple[int, int, int]) -> None:
         raise KeystoreError("keystore KDF parameters are out of range")
 
 
+_ARGON2_LOCK = threading.Lock()
+"""One Argon2id derivation at a time per process: with several lanes, two running at
+once in two threads never return (seen with cryptography 46 and 50 on Linux; reproduced
+in tests/crypto/test_keystore.py)."""
+
+
 def _derive_key(passphrase: str, kdf_id: int, numbers: tuple[int, int, int], salt: bytes) -> bytes:
     secret = _passphrase_bytes(passphrase)
     try:
         if kdf_id == KDF_ARGON2ID:
             memory_kib, iterations, lanes = numbers
-            return Argon2id(
+            kdf = Argon2id(
                 salt=salt,
                 length=KEY_LENGTH,
                 iterations=iterations,
                 lanes=lanes,
                 memory_cost=memory_kib,
-            ).derive(secret)
+            )
+            with _ARGON2_LOCK:
+                return kdf.derive(secret)
         log2_n, r, p = numbers
         return Scrypt(salt=salt, length=KEY_LENGTH, n=1 << log2_n, r=r, p=p).derive(secret)
     except UnsupportedAlgorithm:
