@@ -17,7 +17,9 @@ def pure_modules() -> list[Path]:
         SRC / "media" / name
         for name in ("jitter.py", "stats.py", "delay.py", "playout.py", "emodel.py")
     ]
-    files += [SRC / "transport" / name for name in ("impairment.py", "media_protocol.py")]
+    files += [
+        SRC / "transport" / name for name in ("impairment.py", "media_protocol.py", "pathcheck.py")
+    ]
     files += [SRC / "signaling" / name for name in ("callstate.py", "usernames.py")]
     files += [SRC / "server" / name for name in ("relay_table.py", "ratelimit.py")]
     return [f for f in files if f.exists() and f.name not in IMPURE_ALLOWED]

@@ -10,12 +10,21 @@
     ├── BadSignature                a hybrid signature did not verify
     ├── HandshakeFailed             the call handshake cannot complete
     ├── KeystoreError               unreadable or corrupt keystore
-    │   └── WrongPassphrase         the passphrase does not open the keystore
+    │   ├── WrongPassphrase         the passphrase does not open the keystore
+    │   ├── NoAccount               the home directory holds no account
+    │   └── AccountExists           it already holds one
     ├── FileCryptoError             an encrypted file is truncated, reordered,
     │                               tampered with, or not for us
     ├── CodecError                  the audio codec cannot be configured, or a packet
     │                               does not decode
-    └── CallError, DeviceError, ServerError   (raised by the I/O wrappers)
+    ├── CallError                   a call cannot be placed or went wrong
+    │   ├── KeyChangedError         a contact's key differs from the pinned one
+    │   └── PathFailed              no direct or relayed media path
+    ├── DeviceError                 an audio device cannot be used
+    └── ServerError                 the signaling server refused or is unreachable
+        ├── ServerUnreachable       no answer at all
+        └── ApiError                an error status, with the server's reason
+            └── UnknownUser         no account of that name
 
 Crypto failures are opaque: their messages name what was wrong with the input
 ("signature does not verify"), never secret values.
@@ -78,3 +87,35 @@ class DeviceError(PqcallError):
 
 class ServerError(PqcallError):
     """The signaling server refused a request or cannot be reached."""
+
+
+class ServerUnreachable(ServerError):
+    """No answer from the signaling server (refused, timed out, name not resolved)."""
+
+
+class ApiError(ServerError):
+    """The server answered a request with an error status; the message is the server's reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status code
+
+
+class UnknownUser(ApiError):
+    """No account of that name on the server."""
+
+
+class NoAccount(KeystoreError):
+    """This home directory holds no account yet."""
+
+
+class AccountExists(KeystoreError):
+    """This home directory already holds an account."""
+
+
+class KeyChangedError(CallError):
+    """A contact's identity key differs from the pinned one: refused until the user accepts it."""
+
+
+class PathFailed(CallError):
+    """No media path (direct or relay) to the peer could be established."""

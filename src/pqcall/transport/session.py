@@ -17,9 +17,13 @@ that were due at the same instants anyway; sending first puts the frame on
 the wire before the decode's work.
 
 Only datagrams from the connected peer's address are processed; others are
-counted as foreign. Nothing a peer sends can stop the session: each datagram,
-each tick and each decode is wrapped, and a failure is counted
-(``packets_rejected`` in :meth:`MediaSession.snapshot`), never raised.
+counted as foreign. An optional side channel sees every datagram first and takes
+those of another protocol sharing the socket (the path checks of
+:mod:`pqcall.transport.pathcheck`, whose late copies may arrive after media
+started); what it takes is neither media nor rejected. Nothing a peer sends can
+stop the session: each datagram, each tick and each decode is wrapped, and a
+failure is counted (``packets_rejected`` in :meth:`MediaSession.snapshot`),
+never raised.
 
 The encoder follows :attr:`MediaProtocol.adaptation`: its constant bitrate is
 set so one frame (or, with redundancy, two) fills the same padded packet, and
@@ -30,6 +34,7 @@ Example::
 
     session = MediaSession(keys, ToneSource(440), NullSink())
     await session.open(("127.0.0.1", 0))   # ``async with`` alone opens on 0.0.0.0
+    # or adopt the socket path selection ran on: await session.open(sock=sock)
     async with session:
         session.connect(peer_address)
         ...
@@ -43,6 +48,8 @@ import enum
 import ipaddress
 import logging
 import math
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Final, Protocol
@@ -83,6 +90,7 @@ __all__ = [
     "MediaSession",
     "MediaSettings",
     "MediaTrace",
+    "SideChannel",
 ]
 
 logger = logging.getLogger(__name__)
@@ -146,6 +154,21 @@ class MediaTrace(Protocol):
         ...
 
 
+class SideChannel(Protocol):
+    """Another protocol on the media socket (path checks); sees every datagram first."""
+
+    def __call__(
+        self, data: bytes, addr: Address, now: float
+    ) -> Sequence[tuple[bytes, Address]] | None:
+        """Take ``data`` from ``addr`` if it is this protocol's.
+
+        Returns:
+            None: not taken, the session handles it as media; else the datagrams to
+            send in answer, each with its destination (maybe none).
+        """
+        ...
+
+
 class _DatagramProtocol(asyncio.DatagramProtocol):
     """Hands the socket's datagrams to the session."""
 
@@ -194,6 +217,8 @@ class MediaSession:
         sink: where the peer's audio goes.
         settings: codec, padding, redundancy and timers.
         trace: optional observer of capture and playout times.
+        side_channel: optional taker of the datagrams of another protocol on the
+            socket (a :class:`~pqcall.transport.pathcheck.PathResponder`).
 
     Raises:
         LocalProtocolError: the source's frame length does not match the codec's.
@@ -207,6 +232,7 @@ class MediaSession:
         *,
         settings: MediaSettings | None = None,
         trace: MediaTrace | None = None,
+        side_channel: SideChannel | None = None,
     ) -> None:
         settings = MediaSettings() if settings is None else settings
         opus = settings.opus
@@ -219,6 +245,7 @@ class MediaSession:
         self._source = source  # our audio
         self._sink = sink  # the peer's audio
         self._trace = trace  # latency observer
+        self._side_channel = side_channel  # sees every datagram before the media path
         self._frame_s = opus.frame_ms / 1000  # tick period
         self._protocol = MediaProtocol(
             keys,
@@ -257,30 +284,46 @@ class MediaSession:
         self._timestamps: dict[int, int] = {}  # seq -> timestamp, oldest first, for trace
         self._played_pcm: Pcm | None = None  # last frame played, for the audio level
         self._foreign = 0  # datagrams from other addresses
+        self._side_channel_datagrams = 0  # datagrams the side channel took
         self._errors = 0  # datagrams or frames whose handling failed
         self._decode_errors = 0  # packets the decoder refused (concealed instead)
         self._skipped_ticks = 0  # frames not sent or played after an event-loop stall
 
     # lifecycle
 
-    async def open(self, local_addr: Address = ("0.0.0.0", 0)) -> Address:
-        """Bind the UDP socket.
+    async def open(
+        self, local_addr: Address | None = None, *, sock: socket.socket | None = None
+    ) -> Address:
+        """Bind a UDP socket to ``local_addr`` (default ``("0.0.0.0", 0)``), or adopt ``sock``.
+
+        Args:
+            local_addr: the address to bind.
+            sock: a bound UDP socket to use instead (the one path selection ran on);
+                the session owns it from now on and closes it.
 
         Returns:
             The bound address.
 
         Raises:
-            LocalProtocolError: already open or ended.
+            LocalProtocolError: already open or ended, or both arguments given.
             OSError: the address cannot be bound.
         """
         if self._transport is not None or self._end_reason is not None:
             raise LocalProtocolError("media session is already open or ended")
+        if sock is not None and local_addr is not None:
+            raise LocalProtocolError("give the media session a local address or a socket, not both")
         self._loop = asyncio.get_running_loop()
         self._ended_future()
         self._protocol_ended = asyncio.Event()
-        transport, protocol = await self._loop.create_datagram_endpoint(
-            lambda: _DatagramProtocol(self), local_addr=local_addr
-        )
+        if sock is not None:
+            transport, protocol = await self._loop.create_datagram_endpoint(
+                lambda: _DatagramProtocol(self), sock=sock
+            )
+        else:
+            transport, protocol = await self._loop.create_datagram_endpoint(
+                lambda: _DatagramProtocol(self),
+                local_addr=("0.0.0.0", 0) if local_addr is None else local_addr,
+            )
         self._transport = transport
         self._datagram_protocol = protocol
         return self.local_address
@@ -421,6 +464,11 @@ class MediaSession:
         return self._foreign
 
     @property
+    def side_channel_datagrams(self) -> int:
+        """Datagrams the side channel took (late path checks), not counted as media."""
+        return self._side_channel_datagrams
+
+    @property
     def packets_rejected(self) -> int:
         """Every datagram dropped: by the protocol, foreign, failed, or refused by the decoder."""
         return self._protocol.stats.dropped + self._foreign + self._errors + self._decode_errors
@@ -443,17 +491,36 @@ class MediaSession:
     def _datagram_received(self, data: bytes, addr: Address) -> None:
         if self._end_reason is not None:
             return
+        assert self._loop is not None
+        now = self._loop.time()
+        if self._side_channel is not None and self._take_side_channel(data, addr, now):
+            return
         if self._peer is None or addr != self._peer:
             self._foreign += 1
             return
-        assert self._loop is not None
-        now = self._loop.time()
         try:
             self._protocol.receive_datagram(data, now)
             self._after_protocol(now, size=len(data))
         except Exception:
             self._errors += 1
             logger.exception("media session: failed to handle a datagram")
+
+    def _take_side_channel(self, data: bytes, addr: Address, now: float) -> bool:
+        """Offer a datagram to the side channel; send its answers. Whether it took it."""
+        assert self._side_channel is not None
+        try:
+            answers = self._side_channel(data, addr, now)
+        except Exception:
+            self._errors += 1
+            logger.exception("media session: side channel failed on a datagram")
+            return True
+        if answers is None:
+            return False
+        self._side_channel_datagrams += 1
+        if self._transport is not None and not self._transport.is_closing():
+            for answer, to in answers:
+                self._transport.sendto(answer, to)
+        return True
 
     def _after_protocol(self, now: float, size: int = 0) -> None:
         """Handle the protocol's events, send its datagrams, re-arm its timer."""
