@@ -1,0 +1,1 @@
+"""The softphone: account, contacts, history, server connection and calls."""

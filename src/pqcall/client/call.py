@@ -1,0 +1,621 @@
+"""One call on a softphone: handshake through the server, media path, media session.
+
+A :class:`Call` is made by :class:`~pqcall.client.phone.Phone` (``phone.call(name)``
+or an incoming ``call.incoming`` event) and runs its whole life in one task:
+
+outgoing: open the media socket → offer (``/call/initiate``) → ``call.accepted``
+(answer, the callee's candidates, our relay grant) → confirm (``/call/confirm``)
+→ path checks → media.
+
+incoming: the offer is checked when it arrives (a bad offer is refused before the
+phone rings) → :meth:`Call.accept` → answer (``/call/accept``, which returns our
+relay grant) → ``call.confirmed`` → path checks → media.
+
+Either side ends it with :meth:`Call.hangup`; the peer's hang-up reaches us both
+in the media channel (encrypted, peer to peer) and from the server, whichever
+comes first; the media channel alone is enough, so a call outlives a server restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from pqcall.client.callstate import (
+    CallState,
+    Direction,
+    check_move,
+    initial_state,
+    is_terminal,
+)
+from pqcall.crypto.handshake import CalleeHandshake, CallerHandshake, CallKeys
+from pqcall.crypto.identity import IdentityPrivateKey, IdentityPublicKey
+from pqcall.exceptions import CallError, PqcallError, ServerError
+from pqcall.media.audio import AudioSink, AudioSource, OnEnd, open_sink, open_source
+from pqcall.media.stats import CallStatsSnapshot
+from pqcall.signaling.messages import (
+    EVENT_CALL_ACCEPTED,
+    EVENT_CALL_CONFIRMED,
+    EVENT_CALL_ENDED,
+    EVENT_CALL_FAILED,
+    EVENT_CALL_MISSED,
+    EVENT_CALL_REJECTED,
+    AcceptCall,
+    CallDetail,
+    Candidate,
+    ConfirmCall,
+    Event,
+    HangupCall,
+    InitiateCall,
+    RejectCall,
+    RelayGrant,
+)
+from pqcall.transport.connect import establish_path, local_candidates, open_media_socket
+from pqcall.transport.pathcheck import PathChoice, PathResponder, PathRole, RelayTarget
+from pqcall.transport.session import MediaSession, MediaSettings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+END_EVENTS = frozenset(
+    {EVENT_CALL_REJECTED, EVENT_CALL_ENDED, EVENT_CALL_MISSED, EVENT_CALL_FAILED}
+)
+"""Server events that end a call."""
+HANGUP_TIMEOUT_S = 5.0
+"""How long ending a call waits for the server to hear of it."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaOptions:
+    """How a phone's calls carry audio."""
+
+    audio_in: str = "default"
+    """Source spec: ``default``, a device, ``tone:FREQ``, ``silence`` or a WAV path."""
+    audio_out: str = "default"
+    """Sink spec: ``default``, a device, ``null`` or a WAV path."""
+    media_port: int = 0
+    """Local UDP port for media (0: any free port)."""
+    advertise: tuple[str, int] | None = None
+    """The only address offered for the direct path (port forwarding), if set."""
+    settings: MediaSettings = field(default_factory=MediaSettings)
+    """Codec and media-session settings."""
+    direct_timeout_s: float = 2.0
+    """How long the caller tries the direct path before the relay."""
+    path_timeout_s: float = 10.0
+    """How long finding any path may take."""
+
+
+class PeerTrust(enum.StrEnum):
+    """What we knew of the peer's identity key when the call started."""
+
+    NEW = "new"
+    """First contact: pinned now (trust on first use); compare the SAS."""
+    PINNED = "pinned"
+    """The key we pinned before."""
+    VERIFIED = "verified"
+    """The pinned key, and the user once compared the safety number or a SAS."""
+
+
+class CallApi(Protocol):
+    """The server requests a call makes (:class:`~pqcall.client.api.ServerApi` has them)."""
+
+    async def initiate(self, body: InitiateCall) -> Any: ...
+    async def accept(self, body: AcceptCall) -> CallDetail: ...
+    async def confirm(self, body: ConfirmCall) -> Any: ...
+    async def reject(self, body: RejectCall) -> Any: ...
+    async def hangup(self, body: HangupCall) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a call needs from its phone."""
+
+    username: str
+    """Our username."""
+    identity: IdentityPrivateKey
+    """Our identity key (signs the handshake)."""
+    api: CallApi
+    """The signaling server."""
+    server_host: str
+    """The host we reach the server at (where the relay is when a grant names no host)."""
+    on_change: Callable[[Call], None]
+    """Called after every state change (the phone records history on terminal ones)."""
+
+
+class _WallClockTrace:
+    """Remembers the wall-clock times of the first captured and first played frame."""
+
+    def __init__(self) -> None:
+        self.first_capture_unix: float | None = None  # when our first frame was captured
+        self.first_playout_unix: float | None = None  # when the peer's first frame played
+
+    def frame_captured(self, timestamp: int, now: float) -> None:
+        if self.first_capture_unix is None:
+            self.first_capture_unix = _wall_clock(now)
+
+    def frame_played(self, timestamp: int, now: float) -> None:
+        if self.first_playout_unix is None:
+            self.first_playout_unix = _wall_clock(now)
+
+
+def _wall_clock(loop_time: float) -> float:
+    """``loop_time`` (the event loop's clock) as unix time."""
+    return time.time() - (asyncio.get_running_loop().time() - loop_time)
+
+
+class _HungUp(Exception):
+    """The user hung up (or rejected) while the call waited for something."""
+
+
+class _Ended(Exception):
+    """The server says the call is over."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__(event.type)
+        self.event = event  # the ending event
+
+
+class Call:
+    """One call, from ringing to its end.
+
+    Do not construct it: :meth:`Phone.call <pqcall.client.phone.Phone.call>` and
+    :meth:`Phone.next_incoming <pqcall.client.phone.Phone.next_incoming>` hand them out.
+    """
+
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        peer: str,
+        direction: Direction,
+        peer_identity: IdentityPublicKey,
+        context: CallContext,
+        media: MediaOptions,
+        peer_trust: PeerTrust = PeerTrust.PINNED,
+    ) -> None:
+        self.call_id = call_id  # 32 hex digits, chosen by the caller
+        self.peer = peer  # the other party's username
+        self.direction = direction  # who placed it
+        self.peer_identity = peer_identity  # the identity the handshake proves
+        self.peer_trust = peer_trust  # new, pinned or verified
+        self.state = initial_state(direction)  # where it is now
+        self.reason: str | None = None  # why it ended
+        self.sas: str | None = None  # short authentication string, once keys exist
+        self.path: PathChoice | None = None  # the media path, once found
+        self.created = time.time()  # when it started ringing
+        self.answered: float | None = None  # when media started
+        self.ended: float | None = None  # when it ended
+        self._context = context  # the phone's side of things
+        self._media = media  # sources, sinks, ports, settings
+        self._events: asyncio.Queue[Event] = asyncio.Queue()  # server events for this call
+        loop = asyncio.get_running_loop()
+        self._server_end: asyncio.Future[Event] = loop.create_future()  # the server ended it
+        self._hangup = asyncio.Event()  # the user ends it
+        self._decision: asyncio.Future[bool] = loop.create_future()  # accept (True) or not
+        self._changed = asyncio.Condition()  # notified on every state change
+        self._caller_hs: CallerHandshake | None = None  # outgoing handshake
+        self._callee_hs: CalleeHandshake | None = None  # incoming handshake
+        self._incoming: CallDetail | None = None  # the incoming call's offer and candidates
+        self._sock: socket.socket | None = None  # media socket until the session adopts it
+        self._session: MediaSession | None = None  # media, once a path is found
+        self._final_stats: CallStatsSnapshot | None = None  # last snapshot before media closed
+        self._trace = _WallClockTrace()  # first capture / playout times
+        self._task: asyncio.Task[None] | None = None  # the call's life
+
+    # ------------------------------------------------------------------ for the phone
+
+    def start_outgoing(self, their_identity: IdentityPublicKey) -> None:
+        """Place the call (the phone checked the callee's pinned identity)."""
+        self._caller_hs = CallerHandshake(
+            call_id=bytes.fromhex(self.call_id),
+            our_name=self._context.username,
+            our_identity=self._context.identity,
+            their_name=self.peer,
+            their_identity=their_identity,
+        )
+        self._task = asyncio.create_task(self._run(self._outgoing()), name=f"call {self.call_id}")
+
+    def start_incoming(self, handshake: CalleeHandshake, detail: CallDetail) -> None:
+        """Ring for a checked offer; the call waits for :meth:`accept` or :meth:`reject`."""
+        self._callee_hs = handshake
+        self._incoming = detail
+        self._task = asyncio.create_task(
+            self._run(self._incoming_flow()), name=f"call {self.call_id}"
+        )
+
+    def deliver(self, event: Event) -> None:
+        """A server event about this call."""
+        if is_terminal(self.state):
+            return
+        if event.type in END_EVENTS:
+            if not self._server_end.done():
+                self._server_end.set_result(event)
+        else:
+            self._events.put_nowait(event)
+
+    # ------------------------------------------------------------------ for the user
+
+    async def accept(self) -> None:
+        """Answer an incoming call (returns at once; watch :attr:`state`).
+
+        Raises:
+            CallError: not an incoming call that is ringing.
+        """
+        if self.state is not CallState.INCOMING or self._decision.done():
+            raise CallError(f"cannot accept a call that is {self.state}")
+        self._decision.set_result(True)
+
+    async def reject(self) -> None:
+        """Decline an incoming call that is ringing.
+
+        Raises:
+            CallError: not an incoming call that is ringing.
+        """
+        if self.state is not CallState.INCOMING or self._decision.done():
+            raise CallError(f"cannot reject a call that is {self.state}")
+        self._decision.set_result(False)
+        await self.wait_ended()
+
+    async def hangup(self) -> None:
+        """End the call (or cancel it while it rings) and wait until it is over."""
+        if self.direction is Direction.INCOMING and not self._decision.done():
+            self._decision.set_result(False)
+        self._hangup.set()
+        await self.wait_ended()
+
+    def set_muted(self, muted: bool) -> None:
+        """Send silence instead of our audio (the peer is told)."""
+        if self._session is not None:
+            self._session.set_muted(muted)
+
+    @property
+    def is_muted(self) -> bool:
+        """Whether we send silence."""
+        return self._session is not None and self._session.is_muted
+
+    def stats(self) -> CallStatsSnapshot | None:
+        """Live media statistics (the last ones once the call ended; None before media)."""
+        if self._session is not None and self._session.end_reason is None:
+            return self._session.snapshot()
+        return self._final_stats
+
+    async def wait_for(self, *states: CallState) -> CallState:
+        """Wait until the call is in one of ``states`` or ended; return its state."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.state in states or is_terminal(self.state))
+        return self.state
+
+    async def wait_ended(self) -> CallState:
+        """Wait until the call is over; return its end state."""
+        return await self.wait_for()
+
+    def summary(self) -> dict[str, Any]:
+        """The call as one JSON-ready dict (what ``--json`` prints and history keeps)."""
+        settings = self._media.settings
+        duration = (self.ended or time.time()) - self.answered if self.answered else 0.0
+        record: dict[str, Any] = {
+            "call_id": self.call_id,
+            "peer": self.peer,
+            "direction": str(self.direction),
+            "result": str(self.state),
+            "reason": self.reason,
+            "sas": self.sas,
+            "peer_fingerprint": self.peer_identity.fingerprint().hex(),
+            "peer_trust": str(self.peer_trust),
+            "path": self.path.kind if self.path else None,
+            "path_address": _format_address(self.path.peer) if self.path else None,
+            "path_setup_ms": round(self.path.elapsed_ms, 1) if self.path else None,
+            "started_unix": self.created,
+            "answered_unix": self.answered,
+            "ended_unix": self.ended,
+            "duration_s": round(duration, 3),
+            "codec": "opus",
+            "frame_ms": settings.opus.frame_ms,
+            "first_capture_unix": self._trace.first_capture_unix,
+            "first_playout_unix": self._trace.first_playout_unix,
+        }
+        stats = self.stats()
+        if stats is not None:
+            record.update(stats.as_dict())
+        return record
+
+    # ------------------------------------------------------------------ the flows
+
+    async def _run(self, flow: Awaitable[None]) -> None:
+        """Run a flow; whatever happens, the call ends in a terminal state."""
+        try:
+            await flow
+        except _HungUp:
+            await self._finish_locally()
+        except _Ended as ended:
+            await self._finish_from_server(ended.event)
+        except PqcallError as exc:
+            logger.warning("call %s failed: %s", self.call_id, exc)
+            await self._end(CallState.FAILED, str(exc), tell_server="failed")
+        except asyncio.CancelledError:
+            await asyncio.shield(self._end(CallState.ENDED, "phone closed", tell_server="hangup"))
+            raise
+        except Exception as exc:  # a bug: end the call cleanly, keep the trace in the log
+            logger.exception("call %s: unexpected error", self.call_id)
+            await self._end(CallState.FAILED, f"internal error: {exc}", tell_server="failed")
+
+    async def _outgoing(self) -> None:
+        assert self._caller_hs is not None
+        source, sink = self._open_audio()
+        try:
+            self._sock = open_media_socket(self._media.media_port)
+            candidates = local_candidates(self._sock.getsockname()[1], self._media.advertise)
+            await self._context.api.initiate(
+                InitiateCall(
+                    call_id=self.call_id,
+                    callee=self.peer,
+                    offer=self._caller_hs.offer(),
+                    candidates=candidates,
+                )
+            )
+            accepted = CallDetail.model_validate(
+                (await self._next_event(EVENT_CALL_ACCEPTED)).payload
+            )
+            await self._move(CallState.CONNECTING)
+            if accepted.answer is None:
+                raise CallError("the server sent no answer")
+            confirm = self._caller_hs.receive_answer(accepted.answer)
+            keys = self._caller_hs.keys
+            self.sas = keys.sas
+            await self._context.api.confirm(ConfirmCall(call_id=self.call_id, confirm=confirm))
+            await self._media_phase(
+                keys, PathRole.CONTROLLING, accepted.callee_candidates, accepted.relay, source, sink
+            )
+        finally:
+            self._close_unused(source, sink)
+
+    async def _incoming_flow(self) -> None:
+        assert self._callee_hs is not None and self._incoming is not None
+        if not await self._wait_decision():
+            raise _HungUp
+        source, sink = self._open_audio()
+        try:
+            self._sock = open_media_socket(self._media.media_port)
+            candidates = local_candidates(self._sock.getsockname()[1], self._media.advertise)
+            answer = self._callee_hs.answer()
+            await self._move(CallState.CONNECTING)
+            detail = await self._context.api.accept(
+                AcceptCall(call_id=self.call_id, answer=answer, candidates=candidates)
+            )
+            confirmed = CallDetail.model_validate(
+                (await self._next_event(EVENT_CALL_CONFIRMED)).payload
+            )
+            if confirmed.confirm is None:
+                raise CallError("the server sent no confirmation")
+            keys = self._callee_hs.receive_confirm(confirmed.confirm)
+            self.sas = keys.sas
+            await self._media_phase(
+                keys,
+                PathRole.CONTROLLED,
+                self._incoming.caller_candidates,
+                detail.relay,
+                source,
+                sink,
+            )
+        finally:
+            self._close_unused(source, sink)
+
+    async def _media_phase(
+        self,
+        keys: CallKeys,
+        role: PathRole,
+        remote: list[Candidate],
+        grant: RelayGrant | None,
+        source: AudioSource,
+        sink: AudioSink,
+    ) -> None:
+        """Find a path, run the media session until someone ends the call."""
+        assert self._sock is not None
+        relay = await self._relay_target(grant)
+        self.path = await self._interruptible(
+            establish_path(
+                self._sock,
+                keys,
+                role,
+                remote,
+                relay,
+                direct_timeout_s=self._media.direct_timeout_s,
+                timeout_s=self._media.path_timeout_s,
+            )
+        )
+        logger.info("call %s: %s path to %s", self.call_id, self.path.kind, self.path.peer)
+        session = MediaSession(
+            keys,
+            source,
+            sink,
+            settings=self._media.settings,
+            trace=self._trace,
+            side_channel=PathResponder(keys, self.path),
+        )
+        self._session = session
+        sock, self._sock = self._sock, None
+        await session.open(sock=sock)
+        session.connect(self.path.peer)
+        self.answered = time.time()
+        await self._move(CallState.ACTIVE)
+        ended = asyncio.ensure_future(session.wait_ended())
+        try:
+            await self._interruptible(ended)
+        except _Ended as server_end:
+            # the server says it is over; the media channel's own hang-up may be on its way
+            await self._stop_media(hangup=False)
+            raise server_end
+        except _HungUp:
+            raise  # _finish_locally hangs up the media and tells the server at once
+        finally:
+            ended.cancel()
+        reason = session.end_reason or "ended"
+        await self._stop_media(hangup=False)
+        if reason == "peer hangup":
+            # the peer told the server too; this covers a peer that could not reach it
+            await self._end(CallState.ENDED, "peer hung up", tell_server="hangup")
+        else:
+            await self._end(CallState.FAILED, f"media {reason}", tell_server="failed")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _open_audio(self) -> tuple[AudioSource, AudioSink]:
+        frame_ms = self._media.settings.opus.frame_ms
+        source = open_source(self._media.audio_in, frame_ms, OnEnd.SILENCE)
+        try:
+            sink = open_sink(self._media.audio_out)
+        except Exception:
+            source.close()
+            raise
+        return source, sink
+
+    def _close_unused(self, source: AudioSource, sink: AudioSink) -> None:
+        """Close the audio and socket if no media session took them over."""
+        if self._session is None:
+            source.close()
+            sink.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def _relay_target(self, grant: RelayGrant | None) -> RelayTarget | None:
+        """Our relay grant as a target (establish_path resolves a host name)."""
+        if grant is None:
+            return None
+        return RelayTarget((grant.host or self._context.server_host, grant.port), grant.token)
+
+    async def _wait_decision(self) -> bool:
+        decision = asyncio.ensure_future(asyncio.shield(self._decision))
+        try:
+            return await self._interruptible(decision)
+        finally:
+            decision.cancel()
+
+    async def _next_event(self, wanted: str) -> Event:
+        """The next server event of type ``wanted`` for this call.
+
+        Raises:
+            _Ended: the server ended the call instead.
+            _HungUp: the user hung up first.
+        """
+        while True:
+            event = await self._interruptible(self._events.get())
+            if event.type == wanted:
+                return event
+            logger.debug(
+                "call %s: ignoring %s while waiting for %s", self.call_id, event.type, wanted
+            )
+
+    async def _interruptible(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` unless the user hangs up or the server ends the call first.
+
+        Raises:
+            _HungUp: the user hung up first.
+            _Ended: the server ended the call first.
+        """
+        work = asyncio.ensure_future(awaitable)
+        hangup = asyncio.ensure_future(self._hangup.wait())
+        server_end = asyncio.shield(self._server_end)
+        try:
+            done, _ = await asyncio.wait(
+                {work, hangup, server_end}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if work in done:
+                return work.result()
+            if hangup in done:
+                raise _HungUp
+            raise _Ended(self._server_end.result())
+        finally:
+            for future in (work, hangup, server_end):
+                if not future.done():
+                    future.cancel()
+            await asyncio.gather(work, hangup, return_exceptions=True)
+
+    async def _stop_media(self, *, hangup: bool) -> None:
+        session = self._session
+        if session is None:
+            return
+        self._final_stats = session.snapshot()
+        if hangup and session.end_reason is None:
+            await session.hangup()
+        else:
+            await session.close()
+
+    async def _finish_locally(self) -> None:
+        """The user hung up, cancelled or declined."""
+        if self.state is CallState.INCOMING:
+            state, reason, action = CallState.REJECTED, "declined", "reject"
+        elif self.state is CallState.OUTGOING:
+            state, reason, action = CallState.ENDED, "cancelled", "hangup"
+        else:
+            state, reason, action = CallState.ENDED, "hung up", "hangup"
+        # the server hears it while the media channel carries the hang-up to the peer, so
+        # it records who ended the call before the peer's own report comes in
+        await asyncio.gather(self._tell_server(action), self._stop_media(hangup=True))
+        await self._end(state, reason, tell_server=None)
+
+    async def _finish_from_server(self, event: Event) -> None:
+        await self._stop_media(hangup=False)
+        reason = event.payload.get("reason")
+        ended_by = event.payload.get("ended_by")
+        ours = "caller" if self.direction is Direction.OUTGOING else "callee"
+        if event.type == EVENT_CALL_REJECTED:
+            state = {"busy": CallState.BUSY, "failed": CallState.FAILED}.get(
+                str(reason), CallState.REJECTED
+            )
+            await self._end(state, str(reason or "declined"), tell_server=None)
+        elif event.type == EVENT_CALL_MISSED:
+            await self._end(CallState.MISSED, str(reason or "not answered"), tell_server=None)
+        elif event.type == EVENT_CALL_FAILED:
+            await self._end(CallState.FAILED, str(reason or "failed"), tell_server=None)
+        elif ended_by == ours:
+            await self._end(CallState.ENDED, "ended by another phone of ours", tell_server=None)
+        else:
+            await self._end(CallState.ENDED, "peer hung up", tell_server=None)
+
+    async def _end(self, state: CallState, reason: str, *, tell_server: str | None) -> None:
+        """Move to terminal ``state``; tell the server unless it told us."""
+        if is_terminal(self.state):
+            return
+        if self._session is not None and self._session.end_reason is None:
+            await self._stop_media(hangup=state is not CallState.FAILED)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if tell_server is not None:
+            await self._tell_server(tell_server)
+        self.reason = reason
+        self.ended = time.time()
+        await self._move(state)
+
+    async def _tell_server(self, action: str) -> None:
+        api = self._context.api
+        try:
+            async with asyncio.timeout(HANGUP_TIMEOUT_S):
+                if action == "reject":
+                    await api.reject(RejectCall(call_id=self.call_id, reason="declined"))
+                elif action == "failed":
+                    await api.hangup(HangupCall(call_id=self.call_id, reason="failed"))
+                else:
+                    await api.hangup(HangupCall(call_id=self.call_id, reason="hangup"))
+        except (ServerError, TimeoutError) as exc:
+            # the peer heard it in the media channel; the server's sweeper ends the row
+            logger.info("call %s: server not told (%s): %s", self.call_id, action, exc)
+
+    async def _move(self, state: CallState) -> None:
+        check_move(self.state, state)
+        self.state = state
+        async with self._changed:
+            self._changed.notify_all()
+        self._context.on_change(self)
+
+
+def _format_address(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"

@@ -1,0 +1,498 @@
+"""The softphone: an account, its server connection, contacts, history and calls.
+
+::
+
+    async with Phone(home, passphrase=...) as phone:
+        call = await phone.call("bob")          # rings bob
+        await call.wait_for(CallState.ACTIVE)   # read call.sas aloud
+        await call.hangup()
+
+    async with Phone(home, passphrase=...) as phone:
+        call = await phone.next_incoming()      # rings here
+        await call.accept()
+
+One call at a time: a second incoming call is refused as *busy*, a second
+outgoing one with :class:`~pqcall.exceptions.CallError`. The server connection
+(push events) reconnects by itself; a call in progress does not depend on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from pqcall.client.api import ServerApi
+from pqcall.client.call import Call, CallContext, MediaOptions, PeerTrust
+from pqcall.client.callstate import CallState, Direction, is_terminal
+from pqcall.client.contacts import Contacts
+from pqcall.client.events import EventStream
+from pqcall.client.history import History
+from pqcall.client.home import AccountConfig, Home
+from pqcall.crypto.filekey import KeyBundle
+from pqcall.crypto.handshake import CalleeHandshake
+from pqcall.crypto.identity import IdentityPublicKey
+from pqcall.crypto.keystore import DEFAULT_KDF_PARAMS, AccountSecrets, KdfParams
+from pqcall.crypto.pinning import KeyChanged, PinCreated, PinResult
+from pqcall.exceptions import (
+    BadSignature,
+    CallError,
+    DecodeError,
+    HandshakeFailed,
+    KeyChangedError,
+    NoAccount,
+    ServerError,
+)
+from pqcall.signaling import usernames
+from pqcall.signaling.messages import (
+    EVENT_CALL_INCOMING,
+    CallDetail,
+    Event,
+    RejectCall,
+)
+
+logger = logging.getLogger(__name__)
+
+STALE_RING_S = 5.0
+"""An incoming-call event older than this is checked with the server before ringing."""
+
+
+class SecurityWarning:
+    """Something the user must see: a refused call because of a key problem."""
+
+    def __init__(self, peer: str, message: str) -> None:
+        self.peer = peer  # who it is about
+        self.message = message  # one line for the user
+        self.when = time.time()  # when it happened
+
+    def __repr__(self) -> str:
+        return f"SecurityWarning({self.peer!r}, {self.message!r})"
+
+
+async def register(
+    home: Home,
+    name: str,
+    server_url: str,
+    passphrase: str,
+    *,
+    kdf_params: KdfParams = DEFAULT_KDF_PARAMS,
+) -> AccountConfig:
+    """Create the account in ``home`` if it has none, and register it as ``name``.
+
+    Registering again with the same name and server is harmless (the server
+    answers with the stored entry when the identity matches).
+
+    Raises:
+        CallError: ``home`` is already registered under another name or server.
+        ServerError: the server refused (name taken, bad request) or is unreachable.
+        WrongPassphrase: the existing keystore does not open with ``passphrase``.
+    """
+    username = usernames.normalize(name)
+    config = home.load_config()
+    if config is not None and (config.username, config.server_url) != (username, server_url):
+        raise CallError(
+            f"{home.path} is already registered as {config.username} at {config.server_url};"
+            " use another --home for another account"
+        )
+    if home.has_account():
+        account = await asyncio.to_thread(home.unlock, passphrase)
+    else:
+        account = await asyncio.to_thread(home.create_account, passphrase, kdf_params=kdf_params)
+    bundle = KeyBundle.create(
+        account.identity, username, account.file_key.public_key(), int(time.time())
+    ).encode()
+    pinned = config.server_name if config is not None else None
+    async with ServerApi(server_url, username, account.identity, server_name=pinned) as api:
+        await api.register(bundle)
+        server_name = api.server_name
+    assert server_name is not None
+    config = AccountConfig(
+        username=username, server_url=server_url, server_name=server_name, created=int(time.time())
+    )
+    home.save_config(config)
+    return config
+
+
+class Phone:
+    """A softphone for the account in ``home``.
+
+    Args:
+        home: the account's home directory.
+        passphrase: opens the keystore (or pass ``account`` already unlocked).
+        account: the unlocked secrets, instead of ``passphrase``.
+        media: sources, sinks and ports for calls.
+        auto_answer: accept every incoming call at once.
+    """
+
+    def __init__(
+        self,
+        home: Home | str | Path,
+        *,
+        passphrase: str | None = None,
+        account: AccountSecrets | None = None,
+        media: MediaOptions | None = None,
+        auto_answer: bool = False,
+    ) -> None:
+        if passphrase is None and account is None:
+            raise CallError("a phone needs the passphrase or the unlocked account")
+        self.home = home if isinstance(home, Home) else Home(Path(home))  # where it all lives
+        self.media = media or MediaOptions()  # how calls carry audio
+        self.auto_answer = auto_answer  # answer incoming calls at once
+        self.contacts: Contacts = self.home.contacts()  # pinned identities
+        self.history: History = self.home.history()  # finished calls
+        self.warnings: asyncio.Queue[SecurityWarning] = asyncio.Queue()  # for the user to see
+        self._passphrase = passphrase  # opens the keystore at start
+        self._account = account  # our private keys, once unlocked
+        self._config: AccountConfig | None = None  # username, server
+        self._api: ServerApi | None = None  # the signaling server
+        self._events: EventStream | None = None  # its push events
+        self._pump: asyncio.Task[None] | None = None  # reads the events
+        self._calls: dict[str, Call] = {}  # calls not yet ended, by id
+        self._current: Call | None = None  # the one call we are in
+        self._incoming: asyncio.Queue[Call] = asyncio.Queue()  # ringing calls for the user
+        self._listeners: list[Callable[[Call], None]] = []  # state-change observers
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Unlock the account, log in, and start listening for events.
+
+        Raises:
+            NoAccount: no account or not registered.
+            WrongPassphrase: the passphrase does not open the keystore.
+            ServerError: the server is unreachable or refuses the login.
+        """
+        config = self.home.load_config()
+        if config is None:
+            raise NoAccount(
+                f"no registered account in {self.home.path}; create one with: pqcall register NAME"
+            )
+        if self._account is None:
+            assert self._passphrase is not None
+            self._account = await asyncio.to_thread(self.home.unlock, self._passphrase)
+        self._config = config
+        self._api = ServerApi(
+            config.server_url,
+            config.username,
+            self._account.identity,
+            server_name=config.server_name,
+        )
+        await self._api.login()
+        self._events = self._api.events()
+        self._pump = asyncio.create_task(self._pump_events(), name="phone events")
+
+    async def close(self) -> None:
+        """Hang up any call, disconnect. Idempotent."""
+        for call in list(self._calls.values()):
+            if not is_terminal(call.state):
+                await call.hangup()
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+            self._pump = None
+        if self._events is not None:
+            await self._events.close()
+            self._events = None
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+
+    async def __aenter__(self) -> Phone:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ who we are
+
+    @property
+    def username(self) -> str:
+        """Our username."""
+        return self._require_config().username
+
+    @property
+    def server_url(self) -> str:
+        """The signaling server."""
+        return self._require_config().server_url
+
+    @property
+    def identity(self) -> IdentityPublicKey:
+        """Our public identity."""
+        return self._require_account().identity.public_key()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the push connection to the server is up."""
+        return self._events is not None and self._events.connected
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        """Wait until the push connection is up (incoming calls can reach us).
+
+        Raises:
+            TimeoutError: not connected within ``timeout_s``.
+        """
+        if self._events is None:
+            raise CallError("the phone is not started")
+        await self._events.wait_connected(timeout_s)
+
+    @property
+    def current_call(self) -> Call | None:
+        """The call we are in (ringing, connecting or active), if any."""
+        return self._current
+
+    def safety_number(self, name: str) -> str:
+        """The safety number with contact ``name`` (compare it out of band)."""
+        return self.contacts.safety_number(self.username, self.identity, name)
+
+    def on_change(self, listener: Callable[[Call], None]) -> None:
+        """Call ``listener(call)`` after every state change of every call."""
+        self._listeners.append(listener)
+
+    # ------------------------------------------------------------------ calls
+
+    async def call(self, name: str, *, media: MediaOptions | None = None) -> Call:
+        """Call ``name``; returns once the peer's phone rings (watch the call's state).
+
+        Raises:
+            CallError: already in a call, or ``name`` is ourselves.
+            KeyChangedError: the server presents another identity than the pinned one.
+            UnknownUser: no such user.
+            ServerError: the server refused or is unreachable.
+            DeviceError: the audio source or sink cannot be opened.
+        """
+        api = self._require_api()
+        peer = usernames.normalize(name)
+        if peer == self.username:
+            raise CallError("you cannot call yourself")
+        if self._current is not None:
+            raise CallError(f"already in a call with {self._current.peer}")
+        identity, trust = await self._peer_identity(peer)
+        presence = await api.presence([peer])
+        if not any(entry.online for entry in presence):
+            raise CallError(f"{peer} is offline: their phone is not connected to the server")
+        call = Call(
+            call_id=secrets.token_hex(16),
+            peer=peer,
+            direction=Direction.OUTGOING,
+            peer_identity=identity,
+            context=self._call_context(),
+            media=media or self.media,
+            peer_trust=trust,
+        )
+        self._adopt(call)
+        call.start_outgoing(identity)
+        return call
+
+    async def next_incoming(self) -> Call:
+        """Wait for the next incoming call (already checked; it rings until answered)."""
+        return await self._incoming.get()
+
+    def accept_new_key(self, name: str) -> None:
+        """The user checked ``name``'s new key out of band and accepts it."""
+        self.contacts.accept_new_key(usernames.normalize(name))
+
+    async def lookup(self, name: str) -> IdentityPublicKey:
+        """``name``'s identity from the server, checked against the pin (pinned if new).
+
+        Raises:
+            KeyChangedError: it differs from the pinned one.
+        """
+        identity, _ = await self._peer_identity(usernames.normalize(name))
+        return identity
+
+    # ------------------------------------------------------------------ internals
+
+    async def _peer_identity(self, peer: str) -> tuple[IdentityPublicKey, PeerTrust]:
+        user = await self._require_api().user(peer)
+        try:
+            identity = IdentityPublicKey.decode(user.identity)
+            bundle = KeyBundle.decode(user.key_bundle)
+            bundle.verify(identity)
+        except (DecodeError, BadSignature) as exc:
+            raise CallError(f"the server's key entry for {peer} is invalid: {exc}") from None
+        if bundle.username != peer:
+            raise CallError(f"the server's key entry for {peer} is signed for {bundle.username}")
+        result = self.contacts.check(peer, identity)
+        if isinstance(result, KeyChanged):
+            message = key_change_message(peer)
+            self.warnings.put_nowait(SecurityWarning(peer, message))
+            raise KeyChangedError(message)
+        if isinstance(result, PinCreated):
+            logger.info("pinned %s's identity on first use", peer)
+        return identity, trust_of(result)
+
+    def _call_context(self) -> CallContext:
+        config = self._require_config()
+        return CallContext(
+            username=config.username,
+            identity=self._require_account().identity,
+            api=self._require_api(),
+            server_host=httpx.URL(config.server_url).host,
+            on_change=self._call_changed,
+        )
+
+    def _adopt(self, call: Call) -> None:
+        self._calls[call.call_id] = call
+        self._current = call
+
+    def _call_changed(self, call: Call) -> None:
+        if is_terminal(call.state):
+            self._calls.pop(call.call_id, None)
+            if self._current is call:
+                self._current = None
+            if call.state is not CallState.BUSY or call.direction is Direction.OUTGOING:
+                self._record(call)
+        for listener in self._listeners:
+            try:
+                listener(call)
+            except Exception:
+                logger.exception("call listener failed")
+
+    def _record(self, call: Call) -> None:
+        record = call.summary()
+        try:
+            self.history.append(record)
+            if call.answered is not None:
+                self.contacts.touch(call.peer, call.answered)
+        except Exception:  # history is a convenience: never let it break a call
+            logger.exception("could not record call %s", call.call_id)
+
+    async def _pump_events(self) -> None:
+        assert self._events is not None
+        async for event in self._events:
+            try:
+                await self._handle(event)
+            except Exception:
+                logger.exception("event %s (%s) could not be handled", event.seq, event.type)
+
+    async def _handle(self, event: Event) -> None:
+        call_id = event.payload.get("call_id")
+        if not isinstance(call_id, str):
+            return  # presence, files: not for calls
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.deliver(event)
+        elif event.type == EVENT_CALL_INCOMING:
+            await self._incoming_call(event)
+
+    async def _incoming_call(self, event: Event) -> None:
+        api = self._require_api()
+        detail = CallDetail.model_validate(event.payload)
+        if time.time() - event.created > STALE_RING_S:
+            try:
+                current = await api.status(detail.call_id)
+            except ServerError:
+                return
+            if str(current.state) != "ringing":
+                return  # an old event replayed after a reconnect
+        if self._current is not None:
+            await self._refuse(detail.call_id, "busy")
+            self._record_refused(detail, CallState.BUSY, "busy: already in a call")
+            return
+        handshake = CalleeHandshake(
+            call_id=bytes.fromhex(detail.call_id),
+            our_name=self.username,
+            our_identity=self._require_account().identity,
+        )
+        try:
+            if detail.offer is None:
+                raise HandshakeFailed("the incoming call carries no offer")
+            offer = handshake.receive_offer(detail.offer)
+            if offer.caller_name != detail.caller:
+                raise HandshakeFailed(
+                    f"the offer is signed as {offer.caller_name}, the server says {detail.caller}"
+                )
+        except HandshakeFailed as exc:
+            message = f"refused a call from {detail.caller}: {exc}"
+            self.warnings.put_nowait(SecurityWarning(detail.caller, message))
+            await self._refuse(detail.call_id, "failed")
+            self._record_refused(detail, CallState.FAILED, str(exc))
+            return
+        result = self.contacts.check(detail.caller, offer.caller_identity)
+        if isinstance(result, KeyChanged):
+            message = "refused a call: " + key_change_message(detail.caller)
+            self.warnings.put_nowait(SecurityWarning(detail.caller, message))
+            await self._refuse(detail.call_id, "failed")
+            self._record_refused(detail, CallState.FAILED, "caller's key changed")
+            return
+        call = Call(
+            call_id=detail.call_id,
+            peer=detail.caller,
+            direction=Direction.INCOMING,
+            peer_identity=offer.caller_identity,
+            context=self._call_context(),
+            media=self.media,
+            peer_trust=trust_of(result),
+        )
+        self._adopt(call)
+        call.start_incoming(handshake, detail)
+        if self.auto_answer:
+            await call.accept()
+        self._incoming.put_nowait(call)
+
+    async def _refuse(self, call_id: str, reason: str) -> None:
+        try:
+            await self._require_api().reject(RejectCall(call_id=call_id, reason=reason))  # type: ignore[arg-type]
+        except ServerError as exc:
+            logger.info("could not refuse call %s: %s", call_id, exc)
+
+    def _record_refused(self, detail: CallDetail, state: CallState, reason: str) -> None:
+        record: dict[str, Any] = {
+            "call_id": detail.call_id,
+            "peer": detail.caller,
+            "direction": str(Direction.INCOMING),
+            "result": str(state),
+            "reason": reason,
+            "started_unix": detail.created,
+            "ended_unix": time.time(),
+            "duration_s": 0.0,
+        }
+        try:
+            self.history.append(record)
+        except Exception:
+            logger.exception("could not record call %s", detail.call_id)
+
+    def _require_api(self) -> ServerApi:
+        if self._api is None:
+            raise CallError("the phone is not started")
+        return self._api
+
+    def _require_config(self) -> AccountConfig:
+        if self._config is None:
+            raise CallError("the phone is not started")
+        return self._config
+
+    def _require_account(self) -> AccountSecrets:
+        if self._account is None:
+            raise CallError("the phone is not started")
+        return self._account
+
+
+def trust_of(result: PinResult) -> PeerTrust:
+    """How far a pin check lets us trust the peer (a key change never gets this far)."""
+    if isinstance(result, PinCreated):
+        return PeerTrust.NEW
+    return PeerTrust.VERIFIED if result.pin.verified else PeerTrust.PINNED
+
+
+def key_change_message(peer: str) -> str:
+    """The warning for a changed key: what happened and what to do."""
+    return (
+        f"{peer}'s identity key is not the one you pinned: either {peer} reinstalled, or someone"
+        f" (possibly the server) is impersonating them. Compare the safety number with {peer}"
+        f" in person or by another channel (pqcall verify {peer}), and only then accept the"
+        f" new key (pqcall verify {peer} --accept-new-key)."
+    )
