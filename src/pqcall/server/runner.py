@@ -68,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not announce the server on the LAN with mDNS",
     )
     parser.add_argument(
+        "--ring-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long a call rings before it is missed (default: 45)",
+    )
+    parser.add_argument(
         "--rate-limit-scale",
         type=float,
         default=1.0,
@@ -109,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
         options["data_dir"] = args.data_dir
     if args.name is not None:
         options["server_name"] = args.name
+    if args.ring_timeout is not None:
+        if not 0 < args.ring_timeout <= 600:
+            raise ServerError("--ring-timeout must be between 0 and 600 seconds")
+        options["ring_timeout_s"] = args.ring_timeout
     if not 0 < args.port < 65536:
         raise ServerError(f"port {args.port} is out of range")
     if args.relay_port is not None and not 0 < args.relay_port < 65536:

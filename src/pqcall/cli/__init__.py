@@ -1,4 +1,20 @@
-"""The ``pqcall`` command. Thin: every subcommand calls the library."""
+"""The ``pqcall`` command. Thin: every subcommand calls the library.
+
+One module per group of commands, each with ``add_parsers(commands, common)``:
+
+- :mod:`~pqcall.cli.account`: ``register``, ``whoami``
+- :mod:`~pqcall.cli.calls`: ``listen``, ``call``
+- :mod:`~pqcall.cli.info`: ``contacts``, ``verify``, ``history``, ``devices``
+- :mod:`~pqcall.cli.demo`: ``demo``
+- ``server`` (:mod:`pqcall.server.runner`) and ``bench`` (:mod:`pqcall.bench`)
+
+and the shared pieces: :mod:`~pqcall.cli.options` (options several commands
+take), :mod:`~pqcall.cli.output` (status line, tables, JSON),
+:mod:`~pqcall.cli.runtime` (event loop, Ctrl-C, logging, stdin).
+
+Importing this package stays cheap: the softphone library is imported by the
+commands that use it, when they run. See ``docs/cli.md``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +23,12 @@ import sys
 
 from pqcall import __version__
 from pqcall.bench import __main__ as bench
+from pqcall.cli import account, calls, demo, info
+from pqcall.cli.options import add_global_options
 from pqcall.exceptions import PqcallError
 from pqcall.server import runner as server
+
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pqcall", description="Post-quantum, end-to-end encrypted voice calls."
     )
     parser.add_argument("--version", action="version", version=f"pqcall {__version__}")
+    add_global_options(parser, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    add_global_options(common, top=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    account.add_parsers(commands, common)
+    calls.add_parsers(commands, common)
+    info.add_parsers(commands, common)
+    demo.add_parsers(commands, common)
     bench_parser = commands.add_parser("bench", help="run a benchmark and print its figures")
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=bench.run)

@@ -1,0 +1,168 @@
+"""``pqcall register`` and ``pqcall whoami``: the account of a home directory."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from pqcall.cli import runtime
+from pqcall.cli.options import (
+    add_json_option,
+    add_passphrase_option,
+    open_home,
+    passphrase,
+)
+from pqcall.cli.output import Console
+from pqcall.exceptions import NoAccount, ServerError
+
+if TYPE_CHECKING:
+    from pqcall.client.home import AccountConfig, Home
+
+DEFAULT_SCHEME = "http://"
+
+
+def add_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """Add ``register`` and ``whoami``."""
+    register = commands.add_parser(
+        "register",
+        parents=[common],
+        help="create this home's identity if needed and register it on a server",
+        description="Create the identity (if this home has none) and register it as NAME."
+        " Without --server, look for a server on the LAN (mDNS).",
+    )
+    register.add_argument("name", metavar="NAME", help="the username to register")
+    register.add_argument(
+        "--server",
+        metavar="URL",
+        help="the signaling server, e.g. http://192.168.1.20:5001 (default: find one on the LAN)",
+    )
+    add_passphrase_option(register)
+    register.set_defaults(handler=run_register)
+
+    whoami = commands.add_parser(
+        "whoami",
+        parents=[common],
+        help="show this home's username, server and identity fingerprint",
+    )
+    add_passphrase_option(whoami)
+    add_json_option(whoami, "the account")
+    whoami.set_defaults(handler=run_whoami)
+
+
+def server_url(text: str) -> str:
+    """A server URL as given, with ``http://`` added when no scheme is, no trailing ``/``.
+
+    Raises:
+        ServerError: not an http or https URL.
+    """
+    url = text.strip()
+    if "://" not in url:
+        url = DEFAULT_SCHEME + url
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https") or url.endswith("://"):
+        raise ServerError(f"{text!r} is not a server URL: expected http://HOST:PORT or https://...")
+    return url.rstrip("/")
+
+
+def run_register(args: argparse.Namespace) -> int:
+    """``pqcall register NAME [--server URL]``."""
+    from pqcall.signaling.usernames import normalize
+
+    runtime.setup_logging(args.verbose)
+    name = normalize(args.name)
+    home = open_home(args)
+    url = server_url(args.server) if args.server else None
+    return runtime.run(_register(args, home, name, url, Console()))
+
+
+async def _register(
+    args: argparse.Namespace, home: Home, name: str, url: str | None, console: Console
+) -> int:
+    from pqcall.client.phone import register
+
+    if url is None:
+        url = await discover_server(console)
+    is_new = not home.has_account()
+    secret = passphrase(args, confirm=is_new)
+    if is_new:
+        console.say(f"creating a new identity in {home.path}")
+    config = await register(home, name, url, secret)
+    account = await asyncio.to_thread(home.unlock, secret)
+    console.say(
+        f"registered {config.username} at {config.server_url} (server {config.server_name})"
+    )
+    console.say(f"identity fingerprint: {account.identity.public_key().fingerprint_text()}")
+    console.say(f"home: {home.path}")
+    return runtime.EXIT_OK
+
+
+async def discover_server(console: Console) -> str:
+    """The URL of the one signaling server on the LAN (mDNS).
+
+    Raises:
+        ServerError: none found, several found (they are listed first), or
+            mDNS cannot be used here.
+    """
+    from pqcall.server.discovery import DiscoveryUnavailable, find_servers
+
+    console.say("looking for a pqcall server on the LAN (mDNS)…")
+    try:
+        found = await find_servers()
+    except DiscoveryUnavailable as exc:
+        raise ServerError(
+            f"cannot look for a server on the LAN ({exc}); give one with --server URL"
+        ) from None
+    if not found:
+        raise ServerError(
+            "no pqcall server found on the LAN; start one (pqcall server) or give --server URL"
+        )
+    if len(found) > 1:
+        for server in found:
+            console.say(f"  {server.url}  {server.name}")
+        raise ServerError(f"{len(found)} servers found on the LAN; choose one with --server URL")
+    console.say(f"found {found[0].name} at {found[0].url}")
+    return found[0].url
+
+
+def run_whoami(args: argparse.Namespace) -> int:
+    """``pqcall whoami [--json]``."""
+    runtime.setup_logging(args.verbose)
+    home = open_home(args)
+    config = registered_config(home)
+    account = home.unlock(passphrase(args))
+    record: dict[str, Any] = {
+        "username": config.username,
+        "server_url": config.server_url,
+        "server_name": config.server_name,
+        "fingerprint": account.identity.public_key().fingerprint_text(),
+        "home": str(home.path),
+        "registered_unix": config.created,
+    }
+    console = Console(json_mode=args.json)
+    if args.json:
+        console.emit_json(record)
+    else:
+        console.say(f"{config.username} at {config.server_url} (server {config.server_name})")
+        console.say(f"identity fingerprint: {record['fingerprint']}")
+        console.say(f"home: {home.path}")
+    return runtime.EXIT_OK
+
+
+def registered_config(home: Home) -> AccountConfig:
+    """The account configuration of ``home``.
+
+    Raises:
+        NoAccount: no account there, or one that was never registered.
+    """
+    config = home.load_config()
+    if config is None:
+        if home.has_account():
+            raise NoAccount(
+                f"the account in {home.path} is not registered yet: pqcall register NAME"
+            )
+        raise NoAccount(f"no account in {home.path}; create one with: pqcall register NAME")
+    return config

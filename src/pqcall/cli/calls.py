@@ -1,0 +1,372 @@
+"""``pqcall listen`` and ``pqcall call``: a phone in the terminal.
+
+Both run one :class:`~pqcall.client.phone.Phone` on one event loop and follow
+each call through its states (:mod:`pqcall.client.callstate`) with a line per
+step, the SAS to read aloud, a live status line while audio flows, and one
+summary line (or, with ``--json``, the call's summary object) at the end.
+
+Exit codes: 0 when the call was answered and ended normally, 1 when it was
+declined, busy, missed or failed (or for any error), 130 after Ctrl-C (which
+hangs up first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from pqcall.cli import runtime
+from pqcall.cli.account import registered_config
+from pqcall.cli.options import (
+    add_json_option,
+    add_media_options,
+    add_passphrase_option,
+    check_audio,
+    media_options,
+    open_home,
+    passphrase,
+    seconds,
+)
+from pqcall.cli.output import Console, call_outcome, status_text
+from pqcall.cli.runtime import Interrupt, LineReader, race
+
+if TYPE_CHECKING:
+    from pqcall.client.call import Call, MediaOptions
+    from pqcall.client.home import Home
+    from pqcall.client.phone import Phone
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long ``listen`` waits for the push connection before saying it is still trying."""
+STATUS_INTERVAL_S = 0.5
+"""How often the status line is redrawn."""
+"""A contact first pinned this shortly before the call rang is announced as new."""
+YES = frozenset({"y", "yes"})
+
+
+def add_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """Add ``listen`` and ``call``."""
+    listen = commands.add_parser(
+        "listen",
+        parents=[common],
+        help="stay online and answer calls",
+        description="Stay online; ring on incoming calls and ask whether to accept them"
+        " (unless --auto-answer).",
+    )
+    listen.add_argument(
+        "--auto-answer", action="store_true", help="accept every incoming call at once"
+    )
+    listen.add_argument(
+        "--once",
+        action="store_true",
+        help="exit after the first call (code 0 if it was answered and ended normally)",
+    )
+    add_media_options(listen)
+    add_passphrase_option(listen)
+    add_json_option(listen, "each finished call")
+    listen.set_defaults(handler=run_listen)
+
+    call = commands.add_parser(
+        "call",
+        parents=[common],
+        help="call someone",
+        description="Call NAME; show ringing, the SAS to read aloud and live quality. The call"
+        " ends on Ctrl-C, after --duration seconds of conversation, or when NAME hangs up.",
+    )
+    call.add_argument("name", metavar="NAME", help="who to call")
+    call.add_argument(
+        "--duration",
+        type=seconds,
+        metavar="SECONDS",
+        help="hang up after this many seconds of conversation",
+    )
+    add_media_options(call)
+    add_passphrase_option(call)
+    add_json_option(call, "the finished call")
+    call.set_defaults(handler=run_call)
+
+
+# ---------------------------------------------------------------- listen
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    """``pqcall listen``."""
+    runtime.setup_logging(args.verbose)
+    home = open_home(args)
+    registered_config(home)
+    media = media_options(args)
+    check_audio(media)
+    secret = passphrase(args)
+    return runtime.run(_listen(args, home, secret, media, Console(json_mode=args.json)))
+
+
+async def _listen(
+    args: argparse.Namespace, home: Home, secret: str, media: MediaOptions, console: Console
+) -> int:
+    from pqcall.client.phone import Phone
+
+    reader = LineReader()
+    async with Interrupt() as interrupt:
+        phone = Phone(home, passphrase=secret, media=media, auto_answer=args.auto_answer)
+        try:
+            await race(interrupt, phone.start())
+            if interrupt.is_set:
+                return interrupt.exit_code
+            if not await race(interrupt, wait_connected(phone)):
+                if interrupt.is_set:
+                    return interrupt.exit_code
+                console.say(f"not connected to {phone.server_url} yet; retrying in the background")
+            mode = "answering every call" if args.auto_answer else "Ctrl-C to stop"
+            console.say(f"listening as {phone.username} on {phone.server_url} ({mode})")
+            async with show_warnings(phone, console):
+                while True:
+                    call = await race(interrupt, phone.next_incoming())
+                    if call is None:
+                        return interrupt.exit_code
+                    code = await _take(phone, call, args, console, interrupt, reader)
+                    if interrupt.is_set:
+                        return interrupt.exit_code
+                    if args.once:
+                        return code
+        finally:
+            await phone.close()
+
+
+async def _take(
+    phone: Phone,
+    call: Call,
+    args: argparse.Namespace,
+    console: Console,
+    interrupt: Interrupt,
+    reader: LineReader,
+) -> int:
+    """Ring, ask, and follow one incoming call; return its exit code."""
+    from pqcall.client.callstate import CallState
+
+    console.ring(f"incoming call from {call.peer} ({trust(call)})")
+    if not args.auto_answer and call.state is CallState.INCOMING:
+        answer = await ask(call, console, interrupt, reader)
+        if call.state is CallState.INCOMING:
+            if answer:
+                await call.accept()
+            else:
+                await call.reject()
+    await follow(call, console, interrupt)
+    return finish(call, console, json_mode=args.json, quiet_failure=True)
+
+
+def trust(call: Call) -> str:
+    """How far ``call.peer``'s identity is trusted: verified, pinned, or new."""
+    return {"verified": "verified", "pinned": "identity pinned"}.get(
+        str(call.peer_trust), "NEW contact"
+    )
+
+
+async def ask(call: Call, console: Console, interrupt: Interrupt, reader: LineReader) -> bool:
+    """Ask whether to accept; False when declined, stdin ends, or the call stops ringing."""
+    from pqcall.client.callstate import CallState
+
+    console.prompt("accept? [y/N] ")
+    line = asyncio.ensure_future(reader.readline())
+    stopped = asyncio.ensure_future(call.wait_for(CallState.CONNECTING))
+    stop = asyncio.ensure_future(interrupt.wait())
+    try:
+        await asyncio.wait({line, stopped, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (line, stopped, stop):
+            future.cancel()
+        await asyncio.gather(line, stopped, stop, return_exceptions=True)
+    if not line.done() or line.cancelled():
+        console.say("")  # end the prompt's line
+        return False
+    answer = line.result()
+    if answer is None:
+        console.say("")
+        console.say("no answer on stdin: declining")
+        return False
+    return answer.strip().lower() in YES
+
+
+# ---------------------------------------------------------------- call
+
+
+def run_call(args: argparse.Namespace) -> int:
+    """``pqcall call NAME``."""
+    from pqcall.signaling.usernames import normalize
+
+    runtime.setup_logging(args.verbose)
+    name = normalize(args.name)
+    home = open_home(args)
+    registered_config(home)
+    media = media_options(args)
+    check_audio(media)
+    secret = passphrase(args)
+    return runtime.run(_call(args, name, home, secret, media, Console(json_mode=args.json)))
+
+
+async def _call(
+    args: argparse.Namespace,
+    name: str,
+    home: Home,
+    secret: str,
+    media: MediaOptions,
+    console: Console,
+) -> int:
+    from pqcall.client.phone import Phone
+    from pqcall.exceptions import KeyChangedError
+
+    async with Interrupt() as interrupt:
+        phone = Phone(home, passphrase=secret, media=media)
+        try:
+            await race(interrupt, phone.start())
+            if interrupt.is_set:
+                return interrupt.exit_code
+            async with show_warnings(phone, console):
+                try:
+                    call = await race(interrupt, phone.call(name))
+                except KeyChangedError:
+                    return runtime.EXIT_FAILED  # the warning says it all
+                if call is None:
+                    return interrupt.exit_code
+                interrupted = await follow(call, console, interrupt, duration_s=args.duration)
+                code = finish(call, console, json_mode=args.json, quiet_failure=False)
+                return interrupt.exit_code if interrupted else code
+        finally:
+            await phone.close()
+
+
+# ---------------------------------------------------------------- both
+
+
+async def follow(
+    call: Call, console: Console, interrupt: Interrupt, *, duration_s: float | None = None
+) -> bool:
+    """Show ``call`` until it ends; hang up on Ctrl-C or after ``duration_s`` active.
+
+    Returns:
+        Whether Ctrl-C ended it.
+    """
+    from pqcall.client.callstate import CallState, is_terminal
+
+    loop = asyncio.get_running_loop()
+    shown: set[CallState] = set()
+    active_since: float | None = None  # loop time the call became active
+    while not is_terminal(call.state):
+        state = call.state
+        if state not in shown:
+            shown.add(state)
+            announce(call, console)
+        timeout: float | None = None
+        if state is CallState.ACTIVE:
+            if active_since is None:
+                active_since = loop.time()
+            timeout = STATUS_INTERVAL_S
+            if duration_s is not None:
+                remaining = active_since + duration_s - loop.time()
+                if remaining <= 0:
+                    console.clear_status()
+                    await call.hangup()
+                    break
+                timeout = min(timeout, remaining)
+        change = asyncio.ensure_future(call.wait_for(*(s for s in CallState if s is not state)))
+        stop = asyncio.ensure_future(interrupt.wait())
+        try:
+            await asyncio.wait({change, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (change, stop):
+                future.cancel()
+            await asyncio.gather(change, stop, return_exceptions=True)
+        if interrupt.is_set:
+            console.clear_status()
+            console.say("hanging up…")
+            await call.hangup()
+            return True
+        if call.state is CallState.ACTIVE and CallState.ACTIVE in shown:
+            console.status(live_status(call))
+    console.clear_status()
+    return False
+
+
+def announce(call: Call, console: Console) -> None:
+    """The line for the state ``call`` just entered."""
+    from pqcall.client.callstate import CallState, Direction
+
+    state = call.state
+    if state is CallState.OUTGOING:
+        console.say(f"ringing {call.peer}…")
+    elif state is CallState.CONNECTING:
+        who = f"{call.peer} answered" if call.direction is Direction.OUTGOING else "accepted"
+        console.say(f"{who}; connecting…")
+    elif state is CallState.ACTIVE:
+        if call.path is not None:
+            host, port = call.path.peer
+            console.say(
+                f"connected: {call.path.kind} path to {host}:{port}"
+                f" (found in {call.path.elapsed_ms:.0f} ms)"
+            )
+        console.say(f"SAS: read this aloud: {call.sas}  ({call.peer} must see the same)")
+
+
+def live_status(call: Call) -> str:
+    """The status line of an active call."""
+    stats = call.stats()
+    elapsed = time.time() - call.answered if call.answered else 0.0
+    return status_text(
+        elapsed, call.path.kind if call.path else None, stats.as_dict() if stats else None
+    )
+
+
+def finish(call: Call, console: Console, *, json_mode: bool, quiet_failure: bool) -> int:
+    """Print how ``call`` ended (and its JSON); return its exit code.
+
+    Args:
+        quiet_failure: a call that was not answered is news, not an error
+            (``listen``); otherwise its line goes to stderr.
+    """
+    from pqcall.client.callstate import CallState
+
+    summary = call.summary()
+    is_ok = call.state is CallState.ENDED and call.answered is not None
+    line = call_outcome(summary)
+    if is_ok or quiet_failure:
+        console.say(line)
+    else:
+        console.clear_status()
+        print(line, file=console.err, flush=True)
+    if json_mode:
+        console.emit_json(summary)
+    return runtime.EXIT_OK if is_ok else runtime.EXIT_FAILED
+
+
+async def wait_connected(*phones: Phone, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
+    """Wait until every phone's push connection is up (so calls reach it); False on timeout."""
+    try:
+        await asyncio.gather(*(phone.wait_connected(timeout_s) for phone in phones))
+    except TimeoutError:
+        return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def show_warnings(phone: Phone, console: Console) -> AsyncIterator[None]:
+    """Print the phone's security warnings loudly while the block runs (and any left after)."""
+
+    async def pump() -> None:
+        while True:
+            warning = await phone.warnings.get()
+            console.warn(warning.message)
+
+    task = asyncio.create_task(pump(), name="security warnings")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        while not phone.warnings.empty():
+            console.warn(phone.warnings.get_nowait().message)

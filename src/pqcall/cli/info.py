@@ -1,0 +1,302 @@
+"""``pqcall contacts``, ``verify``, ``history`` and ``devices``: what this phone knows."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pqcall.cli import runtime
+from pqcall.cli.account import registered_config
+from pqcall.cli.options import (
+    add_json_option,
+    add_passphrase_option,
+    open_home,
+    passphrase,
+    positive_int,
+)
+from pqcall.cli.output import MISSING, Console, clock, render_table
+from pqcall.exceptions import LocalProtocolError
+
+if TYPE_CHECKING:
+    from pqcall.client.contacts import Contact
+    from pqcall.client.home import Home
+    from pqcall.crypto.identity import IdentityPublicKey
+
+SAFETY_GROUPS_PER_LINE = 4
+"""A safety number is 12 groups of five digits: three lines of four."""
+
+
+def add_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """Add ``contacts``, ``verify``, ``history`` and ``devices``."""
+    contacts = commands.add_parser(
+        "contacts",
+        parents=[common],
+        help="list contacts: fingerprint, verified, key changes, last call",
+    )
+    add_json_option(contacts, "one object per contact")
+    contacts.set_defaults(handler=run_contacts)
+
+    verify = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="show the safety number with NAME; --confirm marks NAME verified",
+        description="Show the safety number of you and NAME. Compare it with NAME in person"
+        " or on a call (it must be the same on both phones), then mark NAME verified with"
+        " --confirm. After a key change, compare the new number and accept the new key with"
+        " --accept-new-key.",
+    )
+    verify.add_argument("name", metavar="NAME", help="the contact")
+    verify.add_argument(
+        "--confirm", action="store_true", help="you compared the number: mark NAME verified"
+    )
+    verify.add_argument(
+        "--accept-new-key",
+        action="store_true",
+        help="pin NAME's changed key (only after comparing the new safety number)",
+    )
+    add_passphrase_option(verify)
+    verify.set_defaults(handler=run_verify)
+
+    history = commands.add_parser("history", parents=[common], help="list past calls")
+    add_json_option(history, "one object per call")
+    history.add_argument(
+        "--limit", type=positive_int, metavar="N", help="only the N most recent calls"
+    )
+    history.set_defaults(handler=run_history)
+
+    devices = commands.add_parser(
+        "devices", parents=[common], help="list sound devices for --audio-in / --audio-out"
+    )
+    add_json_option(devices, "one object per device")
+    devices.set_defaults(handler=run_devices)
+
+
+# ---------------------------------------------------------------- contacts
+
+
+def run_contacts(args: argparse.Namespace) -> int:
+    """``pqcall contacts [--json]``."""
+    runtime.setup_logging(args.verbose)
+    home = open_home(args)
+    contacts = home.contacts().list()
+    console = Console(json_mode=args.json)
+    if args.json:
+        for contact in contacts:
+            console.emit_json(contact.to_json())
+        return runtime.EXIT_OK
+    if not contacts:
+        console.say(f"no contacts yet in {home.path}: they are added on the first call")
+        return runtime.EXIT_OK
+    rows = [
+        [
+            contact.name,
+            contact.fingerprint,
+            "yes" if contact.verified else "no",
+            "KEY CHANGED" if contact.key_changed is not None else "",
+            local_time(contact.last_call),
+        ]
+        for contact in contacts
+    ]
+    console.say(render_table(["name", "fingerprint", "verified", "warning", "last call"], rows))
+    for contact in contacts:
+        if contact.key_changed is not None:
+            console.warn(
+                f"{contact.name}'s identity key changed (new fingerprint"
+                f" {contact.key_changed.fingerprint}); calls with {contact.name} are refused"
+                f" until you compare the safety number and accept it:"
+                f" pqcall verify {contact.name}"
+            )
+    return runtime.EXIT_OK
+
+
+# ---------------------------------------------------------------- verify
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """``pqcall verify NAME [--confirm] [--accept-new-key]``."""
+    from pqcall.signaling.usernames import normalize
+
+    runtime.setup_logging(args.verbose)
+    name = normalize(args.name)
+    home = open_home(args)
+    config = registered_config(home)
+    if name == config.username:
+        raise LocalProtocolError("that is you: verify the people you call")
+    secret = passphrase(args)
+    account = home.unlock(secret)
+    our_identity = account.identity.public_key()
+    contact = home.contacts().get(name)
+    console = Console()
+    if contact is None:
+        console.say(f"{name} is not a contact yet: fetching their key from {config.server_url}")
+        runtime.run(_pin_from_server(home, secret, name))
+        contact = home.contacts().get(name)
+        if contact is None:  # the lookup pins it; this would be a library bug
+            raise LocalProtocolError(f"no contact named {name}")
+    return _verify(home, config.username, our_identity, contact, args, console)
+
+
+async def _pin_from_server(home: Home, secret: str, name: str) -> int:
+    """Pin ``name``'s identity from the server on first use."""
+    from pqcall.client.call import MediaOptions
+    from pqcall.client.phone import Phone
+
+    async with Phone(home, passphrase=secret, media=MediaOptions()) as phone:
+        await phone.lookup(name)
+    return runtime.EXIT_OK
+
+
+def _verify(
+    home: Home,
+    our_name: str,
+    our_identity: IdentityPublicKey,
+    contact: Contact,
+    args: argparse.Namespace,
+    console: Console,
+) -> int:
+    contacts = home.contacts()
+    name = contact.name
+    if contact.key_changed is not None:
+        console.warn(
+            f"{name}'s identity key changed: the server now presents fingerprint"
+            f" {contact.key_changed.fingerprint}, you pinned {contact.fingerprint}"
+        )
+        number = contacts.safety_number(our_name, our_identity, name, changed_key=True)
+        console.say(f"safety number of {our_name} and {name} with {name}'s NEW key:")
+        console.say(format_safety_number(number))
+        if not args.accept_new_key:
+            console.say(
+                f"compare it with {name} in person or by another channel; only if it matches:"
+                f" pqcall verify {name} --accept-new-key"
+            )
+            return runtime.EXIT_FAILED if args.confirm else runtime.EXIT_OK
+        contact = contacts.accept_new_key(name)
+        console.say(f"accepted {name}'s new key ({contact.fingerprint}); not verified yet")
+    elif args.accept_new_key:
+        raise LocalProtocolError(f"no key change recorded for {name}")
+    else:
+        number = contacts.safety_number(our_name, our_identity, name)
+        console.say(f"safety number of {our_name} and {name}:")
+        console.say(format_safety_number(number))
+        console.say(f"{name}'s fingerprint: {contact.fingerprint}")
+    if args.confirm:
+        contact = contacts.mark_verified(name)
+        console.say(f"{name} is now verified")
+    elif contact.verified:
+        console.say(f"{name} is verified")
+    else:
+        console.say(
+            f"{name} is not verified: compare the number with {name} (it must be the same"
+            f" on both phones), then: pqcall verify {name} --confirm"
+        )
+    return runtime.EXIT_OK
+
+
+def format_safety_number(number: str) -> str:
+    """A safety number as indented lines of :data:`SAFETY_GROUPS_PER_LINE` groups."""
+    groups = number.split()
+    lines = [
+        " ".join(groups[start : start + SAFETY_GROUPS_PER_LINE])
+        for start in range(0, len(groups), SAFETY_GROUPS_PER_LINE)
+    ]
+    return "\n".join(f"  {line}" for line in lines)
+
+
+# ---------------------------------------------------------------- history
+
+
+def run_history(args: argparse.Namespace) -> int:
+    """``pqcall history [--json] [--limit N]``."""
+    runtime.setup_logging(args.verbose)
+    home = open_home(args)
+    history = home.history()
+    records = history.list(args.limit)
+    console = Console(json_mode=args.json)
+    if args.json:
+        for record in records:
+            console.emit_json(record)
+    elif not records:
+        console.say("no calls yet")
+    else:
+        console.say(
+            render_table(
+                ["when", "peer", "direction", "result", "duration", "path", "MOS"],
+                [history_row(record) for record in records],
+            )
+        )
+    if history.skipped:
+        console.say(f"({history.skipped} damaged line(s) in {history.path} skipped)")
+    return runtime.EXIT_OK
+
+
+def history_row(record: Mapping[str, Any]) -> list[str]:
+    """One call of the history as table cells."""
+    started = record.get("started_unix")
+    duration = record.get("duration_s")
+    mos = record.get("mos")
+    return [
+        local_time(started if isinstance(started, int | float) else None),
+        str(record.get("peer", MISSING)),
+        str(record.get("direction", MISSING)),
+        str(record.get("result", MISSING)),
+        clock(duration) if isinstance(duration, int | float) and duration else MISSING,
+        str(record.get("path") or MISSING),
+        f"{mos:.1f}" if isinstance(mos, int | float) and record.get("path") else MISSING,
+    ]
+
+
+def local_time(unix: float | None) -> str:
+    """Unix time as local ``YYYY-MM-DD HH:MM``, or ``never``."""
+    if unix is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(unix))
+
+
+# ---------------------------------------------------------------- devices
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    """``pqcall devices [--json]``."""
+    from pqcall.media.devices import list_devices
+
+    runtime.setup_logging(args.verbose)
+    devices = list_devices()
+    console = Console(json_mode=args.json)
+    if args.json:
+        for device in devices:
+            console.emit_json(dataclasses.asdict(device))
+        return runtime.EXIT_OK
+    if not devices:
+        console.say("no sound devices")
+    else:
+        rows = [
+            [
+                str(device.index),
+                device.name,
+                device.host_api,
+                str(device.input_channels),
+                str(device.output_channels),
+                f"{device.default_samplerate_hz:.0f}",
+                " ".join(
+                    word
+                    for word, is_default in (
+                        ("in", device.is_default_input),
+                        ("out", device.is_default_output),
+                    )
+                    if is_default
+                ),
+            ]
+            for device in devices
+        ]
+        console.say(render_table(["index", "name", "api", "in", "out", "Hz", "default"], rows))
+    console.say(
+        "without a device: --audio-in tone:440, silence or a WAV file; --audio-out null or a WAV"
+        " file"
+    )
+    return runtime.EXIT_OK

@@ -1,0 +1,223 @@
+"""What the CLI prints: human lines, loud warnings, the live status line, tables, JSON.
+
+With ``--json`` a command's machine output (one JSON object per call or item)
+goes to stdout and everything meant for people goes to stderr, so
+``pqcall call bob --json | jq`` sees only JSON. The status line (one line,
+rewritten in place with ``\\r``) is drawn only on a terminal; in a pipe or a
+log file it would be noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, TextIO
+
+MISSING = "-"
+"""Shown for a figure not measured (yet)."""
+
+
+class Console:
+    """Where one command's output goes.
+
+    Args:
+        json_mode: machine output on stdout, human text on stderr.
+        out: the machine stream (``sys.stdout`` when None, read at construction).
+        err: the diagnostics stream (``sys.stderr`` when None).
+    """
+
+    def __init__(
+        self, *, json_mode: bool = False, out: TextIO | None = None, err: TextIO | None = None
+    ) -> None:
+        self.out = out if out is not None else sys.stdout  # JSON, or everything without --json
+        self.err = err if err is not None else sys.stderr  # warnings, and human text with --json
+        self.human = self.err if json_mode else self.out  # where lines for people go
+        self.is_tty = _isatty(self.human)  # draw the status line and ring the bell?
+        self._status_width = 0  # characters of the status line on screen now
+
+    def say(self, text: str) -> None:
+        """One line for people."""
+        self.clear_status()
+        print(text, file=self.human, flush=True)
+
+    def warn(self, text: str) -> None:
+        """A security warning: loud, on stderr, never hidden by ``--json``."""
+        self.clear_status()
+        bell = "\a" if _isatty(self.err) else ""
+        print(f"{bell}!!! SECURITY WARNING: {text}", file=self.err, flush=True)
+
+    def ring(self, text: str) -> None:
+        """An incoming call: the terminal bell (on a terminal) and a line."""
+        self.clear_status()
+        if self.is_tty:
+            self.human.write("\a")
+        print(text, file=self.human, flush=True)
+
+    def prompt(self, text: str) -> None:
+        """A question whose answer is read from stdin (no newline after it)."""
+        self.clear_status()
+        self.human.write(text)
+        self.human.flush()
+
+    def status(self, text: str) -> None:
+        """Rewrite the status line (on a terminal; elsewhere nothing)."""
+        if not self.is_tty:
+            return
+        padding = " " * max(0, self._status_width - len(text))
+        self.human.write(f"\r{text}{padding}")
+        self.human.flush()
+        self._status_width = len(text)
+
+    def clear_status(self) -> None:
+        """Erase the status line, so the next line starts clean."""
+        if self._status_width:
+            self.human.write("\r" + " " * self._status_width + "\r")
+            self.human.flush()
+            self._status_width = 0
+
+    def emit_json(self, value: Mapping[str, Any]) -> None:
+        """One JSON object, on one line, on stdout."""
+        self.clear_status()
+        print(to_json(value), file=self.out, flush=True)
+
+
+def to_json(value: Any) -> str:
+    """``value`` as one line of standard JSON (NaN and infinities become ``null``)."""
+    return json.dumps(_finite(value), ensure_ascii=False, allow_nan=False, sort_keys=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(key): _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
+
+
+# ---------------------------------------------------------------- figures
+
+
+def clock(seconds: float) -> str:
+    """``seconds`` as ``MM:SS`` (``H:MM:SS`` from an hour on)."""
+    whole = max(0, int(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def number(value: Any, unit: str = "", digits: int = 1) -> str:
+    """A figure with its unit, or :data:`MISSING` when not measured."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return MISSING
+    if isinstance(value, float) and not math.isfinite(value):
+        return MISSING
+    text = str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+    return f"{text} {unit}" if unit and unit != "%" else f"{text}{unit}"
+
+
+def status_text(elapsed_s: float, path: str | None, stats: Mapping[str, Any] | None) -> str:
+    """The live status line of an active call.
+
+    ``00:12  direct  rtt 3 ms  loss 0.0%  jitter 1.2 ms  jb 40 ms  tx 45 rx 45 kbit/s  MOS 4.4``
+    """
+    parts = [clock(elapsed_s), path or MISSING]
+    if stats is not None:
+        parts += [
+            f"rtt {number(stats.get('rtt_ms'), 'ms', 0)}",
+            f"loss {number(stats.get('loss_percent'), '%')}",
+            f"jitter {number(stats.get('jitter_ms'), 'ms')}",
+            f"jb {number(stats.get('jitter_buffer_ms'), 'ms', 0)}",
+            f"tx {number(stats.get('tx_kbps'), '', 0)} rx {number(stats.get('rx_kbps'), '', 0)}"
+            " kbit/s",
+            f"MOS {number(stats.get('mos'))}",
+        ]
+    return "  ".join(parts)
+
+
+def render_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Collection[int] = ()
+) -> str:
+    """A plain-text table: a header row, a rule, the rows; columns padded to fit.
+
+    Columns are left-aligned, those whose index is in ``right`` right-aligned (figures).
+    """
+    widths = [len(header) for header in headers]
+    for row in rows:
+        for index, cell in enumerate(row):
+            widths[index] = max(widths[index], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(widths[index]) if index in right else cell.ljust(widths[index])
+            for index, cell in enumerate(cells)
+        ]
+        return "  ".join(padded).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+STATISTICS_ROWS: tuple[tuple[str, str, str, int], ...] = (
+    ("rtt", "rtt_ms", "ms", 1),
+    ("loss", "loss_percent", "%", 1),
+    ("jitter", "jitter_ms", "ms", 1),
+    ("jitter buffer", "jitter_buffer_ms", "ms", 0),
+    ("concealed", "concealed_ms", "ms", 0),
+    ("FEC recovered", "fec_recovered", "frames", 0),
+    ("tx", "tx_kbps", "kbit/s", 1),
+    ("rx", "rx_kbps", "kbit/s", 1),
+    ("MOS", "mos", "", 2),
+    ("packets sent", "packets_sent", "", 0),
+    ("packets received", "packets_received", "", 0),
+    ("packets lost", "packets_lost", "", 0),
+    ("packets late", "packets_late", "", 0),
+    ("packets rejected", "packets_rejected", "", 0),
+)
+"""(label, summary key, unit, decimals) of each row of :func:`statistics_table`."""
+
+
+def statistics_table(sides: Mapping[str, Mapping[str, Any]]) -> str:
+    """The statistics of one or more call summaries side by side (one column each)."""
+    names = list(sides)
+    rows = [["path", *(str(sides[name].get("path") or MISSING) for name in names)]]
+    for label, key, unit, digits in STATISTICS_ROWS:
+        rows.append([label, *(number(sides[name].get(key), unit, digits) for name in names)])
+    rows.append(["duration", *(number(sides[name].get("duration_s"), "s") for name in names)])
+    return render_table(["", *names], rows, right=range(1, len(names) + 1))
+
+
+def call_outcome(summary: Mapping[str, Any]) -> str:
+    """One line saying how a finished call went, from :meth:`Call.summary`."""
+    peer = summary.get("peer", "?")
+    result = summary.get("result")
+    reason = summary.get("reason") or ""
+    outgoing = summary.get("direction") == "outgoing"
+    if result == "ended" and summary.get("answered_unix"):
+        how = "peer hung up" if reason == "peer hung up" else reason or "ended"
+        return (
+            f"call with {peer} ended after {clock(float(summary.get('duration_s') or 0))}"
+            f" ({how}); {summary.get('path') or MISSING} path,"
+            f" MOS {number(summary.get('mos'), '', 1)}"
+        )
+    if result == "rejected":
+        return f"{peer} declined the call" if outgoing else f"declined the call from {peer}"
+    if result == "busy":
+        return f"{peer} is busy" if outgoing else f"{peer} called while you were busy"
+    if result == "missed":
+        return f"{peer} did not answer" if outgoing else f"missed call from {peer}"
+    if result == "failed":
+        return f"call failed: {reason or 'unknown reason'}"
+    if result == "ended":
+        return f"call with {peer} cancelled" if outgoing else f"{peer} hung up before you answered"
+    return f"call with {peer}: {result}"

@@ -1,0 +1,170 @@
+"""What the CLI prints: status line, tables, JSON, call outcomes."""
+
+import io
+import json
+import math
+
+import pytest
+
+from pqcall.cli.output import (
+    Console,
+    call_outcome,
+    clock,
+    number,
+    render_table,
+    statistics_table,
+    status_text,
+    to_json,
+)
+
+STATS = {
+    "rtt_ms": 3.2,
+    "loss_percent": 0.0,
+    "jitter_ms": 1.24,
+    "jitter_buffer_ms": 40.0,
+    "tx_kbps": 45.3,
+    "rx_kbps": 44.9,
+    "mos": 4.41,
+}
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_clock():
+    assert clock(0) == "00:00"
+    assert clock(12.9) == "00:12"
+    assert clock(62) == "01:02"
+    assert clock(3723) == "1:02:03"
+    assert clock(-1) == "00:00"
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "digits", "expected"),
+    [
+        (3.21, "ms", 1, "3.2 ms"),
+        (0.0, "%", 1, "0.0%"),
+        (12, "", 0, "12"),
+        (None, "ms", 1, "-"),
+        (math.nan, "ms", 1, "-"),
+        (True, "", 0, "-"),
+    ],
+)
+def test_number(value, unit, digits, expected):
+    assert number(value, unit, digits) == expected
+
+
+def test_status_text():
+    assert status_text(12.3, "direct", STATS) == (
+        "00:12  direct  rtt 3 ms  loss 0.0%  jitter 1.2 ms  jb 40 ms  tx 45 rx 45 kbit/s  MOS 4.4"
+    )
+    assert status_text(1, None, None) == "00:01  -"
+
+
+def test_render_table_aligns_columns():
+    table = render_table(["name", "n"], [["alice", "1"], ["bo", "100"]], right=[1])
+    assert table.splitlines() == ["name     n", "-----  ---", "alice    1", "bo     100"]
+
+
+def test_statistics_table_has_a_column_per_side():
+    alice = {"path": "direct", **STATS, "packets_sent": 500, "duration_s": 10.02}
+    bob = {"path": "direct", "rtt_ms": None, "mos": 4.0}
+    lines = statistics_table({"alice": alice, "bob": bob}).splitlines()
+    assert lines[0].split() == ["alice", "bob"]
+    rows = {line.split("  ")[0].strip(): line for line in lines[2:]}
+    assert rows["path"].split()[-2:] == ["direct", "direct"]
+    assert rows["rtt"].split()[-3:] == ["3.2", "ms", "-"]
+    assert rows["MOS"].split()[-2:] == ["4.41", "4.00"]
+    assert rows["packets sent"].split()[-2:] == ["500", "-"]
+    for label in ("jitter buffer", "concealed", "FEC recovered", "tx", "rx", "packets rejected"):
+        assert label in rows
+
+
+def test_to_json_turns_non_finite_numbers_into_null():
+    text = to_json({"a": math.nan, "b": [math.inf, 1.5], "c": {"d": -math.inf}})
+    assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("summary", "line"),
+    [
+        (
+            {"peer": "bob", "direction": "outgoing", "result": "rejected", "reason": "declined"},
+            "bob declined the call",
+        ),
+        ({"peer": "bob", "direction": "outgoing", "result": "busy"}, "bob is busy"),
+        ({"peer": "bob", "direction": "outgoing", "result": "missed"}, "bob did not answer"),
+        (
+            {"peer": "bob", "direction": "outgoing", "result": "failed", "reason": "no path"},
+            "call failed: no path",
+        ),
+        ({"peer": "ann", "direction": "incoming", "result": "missed"}, "missed call from ann"),
+        (
+            {"peer": "ann", "direction": "incoming", "result": "rejected"},
+            "declined the call from ann",
+        ),
+        (
+            {
+                "peer": "bob",
+                "direction": "outgoing",
+                "result": "ended",
+                "reason": "hung up",
+                "answered_unix": 1.0,
+                "duration_s": 65.2,
+                "path": "relay",
+                "mos": 4.12,
+            },
+            "call with bob ended after 01:05 (hung up); relay path, MOS 4.1",
+        ),
+    ],
+)
+def test_call_outcome(summary, line):
+    assert call_outcome(summary) == line
+
+
+def test_json_mode_sends_people_text_to_stderr():
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(json_mode=True, out=out, err=err)
+    console.say("ringing bob…")
+    console.emit_json({"call_id": "x"})
+    assert out.getvalue() == '{"call_id": "x"}\n'
+    assert err.getvalue() == "ringing bob…\n"
+
+
+def test_status_line_only_on_a_terminal():
+    plain = io.StringIO()
+    console = Console(out=plain, err=io.StringIO())
+    console.status("00:01  direct")
+    console.say("done")
+    assert plain.getvalue() == "done\n"
+
+    tty = Tty()
+    console = Console(out=tty, err=io.StringIO())
+    console.status("00:01  direct  rtt 3 ms")
+    console.status("00:02  direct")
+    console.say("done")
+    assert tty.getvalue() == (
+        "\r00:01  direct  rtt 3 ms"
+        "\r00:02  direct          "
+        "\r" + " " * len("00:02  direct") + "\r"
+        "done\n"
+    )
+
+
+def test_ring_rings_the_bell_on_a_terminal_only():
+    tty = Tty()
+    Console(out=tty, err=io.StringIO()).ring("incoming call from bob (NEW contact)")
+    assert tty.getvalue() == "\aincoming call from bob (NEW contact)\n"
+    plain = io.StringIO()
+    Console(out=plain, err=io.StringIO()).ring("incoming call from bob (verified)")
+    assert plain.getvalue() == "incoming call from bob (verified)\n"
+
+
+def test_warnings_are_loud_and_on_stderr_even_with_json():
+    out, err = io.StringIO(), io.StringIO()
+    Console(json_mode=True, out=out, err=err).warn("bob's identity key is not the one you pinned")
+    assert out.getvalue() == ""
+    assert err.getvalue() == "!!! SECURITY WARNING: bob's identity key is not the one you pinned\n"
