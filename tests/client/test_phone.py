@@ -109,6 +109,9 @@ async def test_call_answer_talk_hang_up(server_with_relay: RunningServer, tmp_pa
         assert call.summary()["result"] == "ended"
         assert await wait_state(incoming, CallState.ENDED) is CallState.ENDED
         assert incoming.reason == "peer hung up"
+        # the server records who hung up, although both phones tell it
+        server_view = await alice._require_api().status(call.call_id)
+        assert server_view.state == "ended" and server_view.ended_by == "caller"
         summary = call.summary()
         assert summary["result"] == "ended" and summary["path"] == "direct"
         assert summary["packets_received"] > 40 and summary["first_playout_unix"] is not None
@@ -128,6 +131,8 @@ async def test_callee_hangs_up(server_with_relay: RunningServer, tmp_path: Path)
         await incoming.hangup()
         assert await wait_state(call, CallState.ENDED) is CallState.ENDED
         assert call.reason == "peer hung up"
+        server_view = await alice._require_api().status(call.call_id)
+        assert server_view.ended_by == "callee"
 
 
 @run_async

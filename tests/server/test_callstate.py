@@ -103,7 +103,7 @@ def test_message_example():
 
 
 def test_reject_reasons():
-    assert REJECT_REASONS == ("declined", "busy", "failed")
+    assert REJECT_REASONS == ("declined", "busy", "failed", "key_mismatch")
 
 
 def test_values_are_wire_strings():

@@ -70,6 +70,9 @@ END_EVENTS = frozenset(
 """Server events that end a call."""
 HANGUP_TIMEOUT_S = 5.0
 """How long ending a call waits for the server to hear of it."""
+PEER_HANGUP_REPORT_S = 2.0
+"""After the peer hung up in the media channel, how long we wait for the server to say so
+before we tell it ourselves."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +315,7 @@ class Call:
             "path": self.path.kind if self.path else None,
             "path_address": _format_address(self.path.peer) if self.path else None,
             "path_setup_ms": round(self.path.elapsed_ms, 1) if self.path else None,
+            "setup_ms": round((self.answered - self.created) * 1000, 1) if self.answered else None,
             "started_unix": self.created,
             "answered_unix": self.answered,
             "ended_unix": self.ended,
@@ -459,8 +463,10 @@ class Call:
         reason = session.end_reason or "ended"
         await self._stop_media(hangup=False)
         if reason == "peer hangup":
-            # the peer told the server too; this covers a peer that could not reach it
-            await self._end(CallState.ENDED, "peer hung up", tell_server="hangup")
+            # the peer tells the server itself; report it only if the server stays silent
+            # (the peer could not reach it), so the server records who really hung up
+            told = await self._server_ends_within(PEER_HANGUP_REPORT_S)
+            await self._end(CallState.ENDED, "peer hung up", tell_server=None if told else "hangup")
         else:
             await self._end(CallState.FAILED, f"media {reason}", tell_server="failed")
 
@@ -538,6 +544,14 @@ class Call:
                     future.cancel()
             await asyncio.gather(work, hangup, return_exceptions=True)
 
+    async def _server_ends_within(self, seconds: float) -> bool:
+        """Whether the server ends the call within ``seconds``."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._server_end), seconds)
+        except TimeoutError:
+            return False
+        return True
+
     async def _stop_media(self, *, hangup: bool) -> None:
         session = self._session
         if session is None:
@@ -566,7 +580,9 @@ class Call:
         reason = event.payload.get("reason")
         ended_by = event.payload.get("ended_by")
         ours = "caller" if self.direction is Direction.OUTGOING else "callee"
-        if event.type == EVENT_CALL_REJECTED:
+        if event.type == EVENT_CALL_REJECTED and reason == "key_mismatch":
+            await self._end(CallState.FAILED, key_mismatch_reason(self.peer), tell_server=None)
+        elif event.type == EVENT_CALL_REJECTED:
             state = {"busy": CallState.BUSY, "failed": CallState.FAILED}.get(
                 str(reason), CallState.REJECTED
             )
@@ -615,6 +631,15 @@ class Call:
         async with self._changed:
             self._changed.notify_all()
         self._context.on_change(self)
+
+
+def key_mismatch_reason(peer: str) -> str:
+    """Why a call refused by the callee's key check failed, for the caller."""
+    return (
+        f"{peer}'s phone refused the call because the identity keys do not match: the"
+        f" server gave you a key for {peer} that is not theirs, or {peer} pinned another"
+        f" key for you. Compare safety numbers with {peer} (pqcall verify {peer})."
+    )
 
 
 def _format_address(address: tuple[str, int]) -> str:

@@ -38,6 +38,7 @@ from pqcall.client.history import History
 from pqcall.client.home import AccountConfig, Home
 from pqcall.crypto.filekey import KeyBundle
 from pqcall.crypto.handshake import CalleeHandshake
+from pqcall.crypto.handshake_messages import Offer
 from pqcall.crypto.identity import IdentityPublicKey
 from pqcall.crypto.keystore import DEFAULT_KDF_PARAMS, AccountSecrets, KdfParams
 from pqcall.crypto.pinning import KeyChanged, PinCreated, PinResult
@@ -51,6 +52,7 @@ from pqcall.exceptions import (
     ServerError,
 )
 from pqcall.signaling import usernames
+from pqcall.signaling.callstate import RejectReason
 from pqcall.signaling.messages import (
     EVENT_CALL_INCOMING,
     CallDetail,
@@ -418,14 +420,17 @@ class Phone:
         except HandshakeFailed as exc:
             message = f"refused a call from {detail.caller}: {exc}"
             self.warnings.put_nowait(SecurityWarning(detail.caller, message))
-            await self._refuse(detail.call_id, "failed")
+            reason: RejectReason = (
+                "key_mismatch" if self._made_for_another_key(detail.offer) else "failed"
+            )
+            await self._refuse(detail.call_id, reason)
             self._record_refused(detail, CallState.FAILED, str(exc))
             return
         result = self.contacts.check(detail.caller, offer.caller_identity)
         if isinstance(result, KeyChanged):
             message = "refused a call: " + key_change_message(detail.caller)
             self.warnings.put_nowait(SecurityWarning(detail.caller, message))
-            await self._refuse(detail.call_id, "failed")
+            await self._refuse(detail.call_id, "key_mismatch")
             self._record_refused(detail, CallState.FAILED, "caller's key changed")
             return
         call = Call(
@@ -443,9 +448,17 @@ class Phone:
             await call.accept()
         self._incoming.put_nowait(call)
 
-    async def _refuse(self, call_id: str, reason: str) -> None:
+    def _made_for_another_key(self, offer: bytes | None) -> bool:
+        """Whether an offer names another identity than ours (key substitution)."""
         try:
-            await self._require_api().reject(RejectCall(call_id=call_id, reason=reason))  # type: ignore[arg-type]
+            parsed = Offer.parse(offer or b"")
+        except DecodeError:
+            return False
+        return parsed.callee_fingerprint != self.identity.fingerprint()
+
+    async def _refuse(self, call_id: str, reason: RejectReason) -> None:
+        try:
+            await self._require_api().reject(RejectCall(call_id=call_id, reason=reason))
         except ServerError as exc:
             logger.info("could not refuse call %s: %s", call_id, exc)
 

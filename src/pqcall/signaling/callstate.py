@@ -28,10 +28,13 @@ from typing import Literal
 
 from pqcall.exceptions import LocalProtocolError
 
-RejectReason = Literal["declined", "busy", "failed"]
-"""Why a callee refuses a ringing call: the ``reason`` of ``reject``."""
+RejectReason = Literal["declined", "busy", "failed", "key_mismatch"]
+"""Why a callee refuses a ringing call: the ``reason`` of ``reject``. ``key_mismatch``:
+the callee's phone refused the offer because an identity key is not the expected one
+(the offer was made for another key of the callee's, or the caller's key differs from
+the callee's pin), a sign of key substitution the caller must be told about."""
 
-REJECT_REASONS: tuple[RejectReason, ...] = ("declined", "busy", "failed")
+REJECT_REASONS: tuple[RejectReason, ...] = ("declined", "busy", "failed", "key_mismatch")
 
 
 class State(enum.StrEnum):
