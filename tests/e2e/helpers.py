@@ -1,0 +1,99 @@
+"""Phones and their call records, shared by the two-host tests.
+
+A :class:`Phone` is one account with its own home directory on one host of
+the rig; its ``pqcall`` commands run through :class:`~tests.e2e.conftest.Processes`
+so their output ends up in every failure message. :func:`call_record` reads
+the one JSON object a ``call --json`` or ``listen --once --json`` printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tests.netns import Host
+
+from .conftest import PYTHON, PqcallServer, Processes
+
+PASSPHRASE = "two hosts, one call"
+REGISTER_TIMEOUT_S = 60.0
+
+RECORD_FIELDS = (
+    "call_id",
+    "peer",
+    "direction",
+    "result",
+    "sas",
+    "path",
+    "duration_s",
+    "codec",
+    "frame_ms",
+    "packets_sent",
+    "packets_received",
+    "packets_lost",
+    "packets_late",
+    "packets_rejected",
+    "concealed_ms",
+    "fec_recovered",
+    "jitter_ms",
+    "rtt_ms",
+    "jitter_buffer_ms",
+    "tx_kbps",
+    "rx_kbps",
+    "mos",
+    "first_capture_unix",
+    "first_playout_unix",
+)
+"""What the JSON of a finished call has at least (issue 5)."""
+UNANSWERED_FIELDS = ("call_id", "peer", "direction", "result", "reason", "duration_s")
+"""What the JSON of a call that was never answered has at least (no media figures)."""
+
+
+class Phone:
+    """One phone on its host: its home directory, and ``pqcall`` commands run there."""
+
+    def __init__(self, name: str, host: Host, home: Path, processes: Processes) -> None:
+        self.name = name  # account name
+        self.host = host  # the machine it runs on
+        self.home = home  # its --home directory
+        self.processes = processes  # where its commands and their output are kept
+        self.env = dict(os.environ, PQCALL_PASSPHRASE=PASSPHRASE, PQCALL_HOME=str(home))
+
+    def command(self, *args: str) -> list[str]:
+        """``pqcall --home HOME ARGS...`` with the test's interpreter."""
+        return [PYTHON, "-m", "pqcall", "--home", str(self.home), *args]
+
+    def register(self, server: PqcallServer) -> None:
+        """``pqcall register NAME`` at ``server``, to the end.
+
+        Raises:
+            AssertionError: it failed (with every process's output).
+        """
+        label = f"{self.name}-register"
+        args = self.command("register", self.name, "--server", server.url_for(self.host))
+        done = self.processes.run(self.host, label, args, self.env, REGISTER_TIMEOUT_S)
+        assert done.returncode == 0, f"{self.name} could not register\n{self.processes.report()}"
+
+
+def json_records(processes: Processes, label: str) -> list[dict[str, Any]]:
+    """Every JSON object a process printed on stdout (one per line), in order."""
+    lines = processes.output(label).splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def call_record(
+    processes: Processes, label: str, fields: tuple[str, ...] = RECORD_FIELDS
+) -> dict[str, Any]:
+    """The one JSON record a phone printed for its call, checked to have ``fields``.
+
+    Raises:
+        AssertionError: not exactly one record, or fields missing.
+    """
+    records = json_records(processes, label)
+    assert len(records) == 1, f"{label}: expected one JSON call record, got {len(records)}"
+    record = records[0]
+    missing = [name for name in fields if name not in record]
+    assert not missing, f"{label}: call record lacks {missing}"
+    return record
