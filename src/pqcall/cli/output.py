@@ -191,6 +191,10 @@ def statistics_table(sides: Mapping[str, Mapping[str, Any]]) -> str:
     """The statistics of one or more call summaries side by side (one column each)."""
     names = list(sides)
     rows = [["path", *(str(sides[name].get("path") or MISSING) for name in names)]]
+    rows.append(
+        ["path found in", *(number(sides[name].get("path_setup_ms"), "ms") for name in names)]
+    )
+    rows.append(["call to audio", *(number(sides[name].get("setup_ms"), "ms") for name in names)])
     for label, key, unit, digits in STATISTICS_ROWS:
         rows.append([label, *(number(sides[name].get(key), unit, digits) for name in names)])
     rows.append(["duration", *(number(sides[name].get("duration_s"), "s") for name in names)])
