@@ -409,6 +409,48 @@ class CallHistory(Message):
     calls: list[CallView] = Field(max_length=MAX_HISTORY_CALLS)
 
 
+# ---------------------------------------------------------------- files
+
+FILE_ID_PATTERN = r"^[0-9a-f]{32}$"
+MAX_INBOX_FILES = 200
+
+FileId = Annotated[str, Field(pattern=FILE_ID_PATTERN, description="32 lowercase hex digits")]
+FileState = Literal["uploading", "stored"]
+"""``uploading``: the sender is still sending bytes; ``stored``: complete, waiting for
+the recipient (who then downloads and deletes it)."""
+
+
+class CreateFile(Message):
+    """``POST /files``: announce an encrypted file of exactly ``size`` bytes for ``recipient``.
+
+    The server checks the recipient exists, the size limit and the sender's quota
+    before any byte is sent. ``size`` is the ciphertext's length (already padded by the
+    file format, so it does not give the plaintext's exact length away).
+    """
+
+    recipient: Username
+    size: int = Field(ge=1, description="ciphertext bytes the upload will carry")
+
+
+class FileView(Message):
+    """A stored or uploading file as its sender or recipient sees it (never its contents)."""
+
+    file_id: FileId
+    sender: str = Field(max_length=usernames.MAX_USERNAME_LENGTH)
+    recipient: str = Field(max_length=usernames.MAX_USERNAME_LENGTH)
+    size: int = Field(ge=1, description="ciphertext bytes")
+    received: int = Field(ge=0, description="bytes the server holds so far (resume from here)")
+    state: FileState
+    created: Timestamp
+    expires: Timestamp
+
+
+class Inbox(Message):
+    """``GET /files``: complete files waiting for the account, oldest first."""
+
+    files: list[FileView] = Field(max_length=MAX_INBOX_FILES)
+
+
 # ---------------------------------------------------------------- push events
 
 
