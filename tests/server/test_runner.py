@@ -1,5 +1,6 @@
 """``pqcall server``: clear one-line failures, a fast start, a clean stop on SIGTERM/SIGINT."""
 
+import argparse
 import os
 import signal
 import socket
@@ -12,6 +13,8 @@ import httpx
 import pytest
 
 from pqcall.cli import main
+from pqcall.server.runner import add_arguments, settings_from_args
+from pqcall.server.settings import MIB
 from tests.server.certs import self_signed
 
 from .conftest import TIMEOUT_SCALE
@@ -44,6 +47,21 @@ START_TIMEOUT_S = 10.0 * TIMEOUT_SCALE
             id="tls-missing",
         ),
         pytest.param(["--port", "70000"], "pqcall: port 70000 is out of range", id="port"),
+        pytest.param(
+            ["--max-file-size", "0"],
+            "pqcall: --max-file-size must be a positive number of MiB",
+            id="max-file-size",
+        ),
+        pytest.param(
+            ["--file-quota", "nan"],
+            "pqcall: --file-quota must be a positive number of MiB",
+            id="file-quota",
+        ),
+        pytest.param(
+            ["--file-ttl", "-1"],
+            "pqcall: --file-ttl must be between 0 and 87600 hours",
+            id="file-ttl",
+        ),
     ],
 )
 def test_bad_options_are_one_line(tmp_path, capsys, argv, message):
@@ -53,6 +71,21 @@ def test_bad_options_are_one_line(tmp_path, capsys, argv, message):
     assert err.startswith(message)
     assert err.count("\n") == 1
     assert "Traceback" not in err
+
+
+def test_file_limits_from_options(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = settings_from_args(parser.parse_args(["--data-dir", str(tmp_path)]))
+    assert defaults.max_file_bytes == 2048 * MIB
+    assert defaults.file_quota_bytes == 4096 * MIB
+    assert defaults.file_ttl_s == 168 * 3600.0
+    given = settings_from_args(
+        parser.parse_args(["--max-file-size", "1.5", "--file-quota", "10", "--file-ttl", "0.5"])
+    )
+    assert given.max_file_bytes == 3 * MIB // 2
+    assert given.file_quota_bytes == 10 * MIB
+    assert given.file_ttl_s == 1800.0
 
 
 def _free_port():

@@ -12,9 +12,10 @@ in later:
 Always installed (:mod:`pqcall.server.ops`): the media relay and, if enabled,
 the mDNS announcer as the first components; ``GET /metrics``; the access log,
 request metrics and rate limits as the outermost middleware, inside the body
-limit. Also always installed: the call routes and ``GET /events``
-(:mod:`pqcall.server.routes.calls`, :mod:`pqcall.server.routes.events`), with
-the event hub and the call sweeper as components after the relay.
+limit. Also always installed: the call routes, ``GET /events`` and the file
+routes (:mod:`pqcall.server.routes.calls`, :mod:`pqcall.server.routes.events`,
+:mod:`pqcall.server.routes.files`), with the event hub, the call sweeper and
+the file sweeper as components after the relay.
 
 Every error the API returns is ``{"error": "<one sentence>"}`` with a 4xx
 status for bad input (422 for a body or parameter that fails its schema, 413
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -40,7 +42,8 @@ from pqcall.server import auth, ops
 from pqcall.server.calls import CallSweeper
 from pqcall.server.context import AppContext, Clock, Component
 from pqcall.server.events import EventHub
-from pqcall.server.routes import accounts, calls, events
+from pqcall.server.files import FileSweeper
+from pqcall.server.routes import accounts, calls, events, files
 from pqcall.server.settings import ServerSettings
 from pqcall.server.storage import Storage
 from pqcall.signaling.callstate import IllegalTransition
@@ -58,7 +61,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "missing, invalid or expired credentials"),
         (404, "no such user"),
         (409, "conflict with the current state"),
-        (413, "request body too large"),
+        (413, "request body too large, or a file over its limit or quota"),
         (422, "the request does not match its schema"),
     )
 }
@@ -89,7 +92,7 @@ def create_app(
     metrics = ops.install_metrics(context)
     context.components.append(Housekeeper())
     context.components.extend(ops.default_components(settings))
-    context.components.extend([EventHub(), CallSweeper()])
+    context.components.extend([EventHub(), CallSweeper(), FileSweeper()])
     context.components.extend(components)
 
     app = FastAPI(
@@ -105,6 +108,7 @@ def create_app(
     app.include_router(accounts.router)
     app.include_router(calls.router)
     app.include_router(events.router)
+    app.include_router(files.router)
     for router in routers:
         app.include_router(router)
     app.add_api_route("/health", health, methods=["GET"], tags=["operations"])
@@ -113,7 +117,9 @@ def create_app(
     _install_error_handlers(app)
     for cls, options in reversed([*ops.default_middleware(context, metrics), *middleware]):
         app.add_middleware(cls, **options)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_request_bytes, streamed=files.STREAMED_PATHS
+    )
     return app
 
 
@@ -268,18 +274,25 @@ class BodyLimit:
     """ASGI middleware: refuse request bodies larger than ``max_bytes`` with 413.
 
     A declared ``Content-Length`` over the limit is refused before reading; a
-    chunked body is counted as it arrives and cut off at the limit.
+    chunked body is counted as it arrives and cut off at the limit. ``PUT``
+    requests to a path that ``streamed`` matches in full pass untouched: their
+    route streams the body to disk and enforces its own limit (file uploads).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed: re.Pattern[str] | None = None):
         self.app = app  # the wrapped application
         self.max_bytes = max_bytes  # largest accepted body
+        self.streamed = streamed  # PUT paths exempt from the limit
 
     def _too_large(self) -> str:
         return f"request body is larger than {self.max_bytes} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self.streamed is not None
+            and scope["method"] == "PUT"
+            and self.streamed.fullmatch(scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

@@ -8,6 +8,8 @@ name                                       type       labels
 =========================================  =========  ===================================
 ``pqcall_connected_phones``                gauge      (WebSocket connections open)
 ``pqcall_calls``                           gauge      ``state``
+``pqcall_stored_files``                    gauge      ``state`` (uploading, stored)
+``pqcall_stored_file_bytes``               gauge      ``state`` (announced sizes)
 ``pqcall_http_request_duration_seconds``   histogram  ``method``, ``route``, ``status``
 ``pqcall_http_rate_limited_total``         counter    ``limit``
 ``pqcall_relay_allocations_active``        gauge
@@ -148,6 +150,18 @@ class ServerMetrics:
             ["limit"],
             registry=self.registry,
         )
+        self.stored_files = Gauge(  # use set_file_totals()
+            "pqcall_stored_files",
+            "Encrypted files on the server, by state.",
+            ["state"],
+            registry=self.registry,
+        )
+        self.stored_file_bytes = Gauge(  # use set_file_totals()
+            "pqcall_stored_file_bytes",
+            "Announced ciphertext bytes of the files on the server, by state.",
+            ["state"],
+            registry=self.registry,
+        )
         self._calls = _CallsCollector()  # pqcall_calls
         self._relay = _RelayCollector()  # pqcall_relay_*
         self.registry.register(self._calls)
@@ -156,6 +170,12 @@ class ServerMetrics:
     def set_calls_by_state(self, counts: Mapping[str, int]) -> None:
         """Replace the call counts (states missing from ``counts`` disappear)."""
         self._calls.counts = dict(counts)
+
+    def set_file_totals(self, totals: Mapping[str, tuple[int, int]]) -> None:
+        """Set the stored-file gauges from ``{state: (files, bytes)}``."""
+        for state, (files, size) in totals.items():
+            self.stored_files.labels(state=state).set(files)
+            self.stored_file_bytes.labels(state=state).set(size)
 
     def watch_calls(self, source: Callable[[], Mapping[str, int]] | None) -> None:
         """Read call counts from ``source()`` at every scrape (None: back to the set counts).

@@ -519,7 +519,7 @@ class AccessLogMiddleware:
 
 
 class _CallCounts:
-    """Calls by state for ``/metrics``, read from storage at most every ``max_age_s``."""
+    """Calls by state and stored-file totals for ``/metrics``, read at most every ``max_age_s``."""
 
     def __init__(self, max_age_s: float = CALL_COUNTS_MAX_AGE_S) -> None:
         self._max_age_s = max_age_s  # how stale the counts may be
@@ -533,6 +533,7 @@ class _CallCounts:
                 return
             counts = await context.storage.count_calls_by_state()
             metrics.set_calls_by_state({state.value: counts.get(state, 0) for state in State})
+            metrics.set_file_totals(await context.storage.file_totals())
             self._read_at = now
 
 

@@ -75,6 +75,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long a call rings before it is missed (default: 45)",
     )
     parser.add_argument(
+        "--max-file-size",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="largest file a user may send, in MiB of ciphertext (default: 2048)",
+    )
+    parser.add_argument(
+        "--file-quota",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="MiB one sender may have stored or uploading at once (default: 4096)",
+    )
+    parser.add_argument(
+        "--file-ttl",
+        type=float,
+        default=None,
+        metavar="HOURS",
+        help="hours a complete file waits for its recipient before it is deleted (default: 168)",
+    )
+    parser.add_argument(
         "--rate-limit-scale",
         type=float,
         default=1.0,
@@ -83,21 +104,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the server until SIGINT or SIGTERM.
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """The settings the options of ``pqcall server`` ask for.
 
     Raises:
-        ServerError: bad options, TLS files missing, or the database cannot be
-            opened or migrated (one line, no traceback).
+        ServerError: an option is out of range (one line).
     """
-    import asyncio
-
-    import uvicorn
-
-    from pqcall.server import ops
-    from pqcall.server.app import create_app
     from pqcall.server.settings import ServerSettings
-    from pqcall.server.storage.database import display_url, run_migrations
 
     options: dict[str, object] = {
         "host": args.host,
@@ -120,6 +133,19 @@ def run(args: argparse.Namespace) -> int:
         if not 0 < args.ring_timeout <= 600:
             raise ServerError("--ring-timeout must be between 0 and 600 seconds")
         options["ring_timeout_s"] = args.ring_timeout
+    mib = 1024 * 1024
+    for flag, value, key in (
+        ("--max-file-size", args.max_file_size, "max_file_bytes"),
+        ("--file-quota", args.file_quota, "file_quota_bytes"),
+    ):
+        if value is not None:
+            if not 0 < value < 2**40:
+                raise ServerError(f"{flag} must be a positive number of MiB")
+            options[key] = max(1, int(value * mib))
+    if args.file_ttl is not None:
+        if not 0 < args.file_ttl <= 24 * 3650:
+            raise ServerError("--file-ttl must be between 0 and 87600 hours")
+        options["file_ttl_s"] = args.file_ttl * 3600.0
     if not 0 < args.port < 65536:
         raise ServerError(f"port {args.port} is out of range")
     if args.relay_port is not None and not 0 < args.relay_port < 65536:
@@ -128,6 +154,25 @@ def run(args: argparse.Namespace) -> int:
         settings = ServerSettings(**options)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ServerError(str(exc)) from None
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the server until SIGINT or SIGTERM.
+
+    Raises:
+        ServerError: bad options, TLS files missing, or the database cannot be
+            opened or migrated (one line, no traceback).
+    """
+    import asyncio
+
+    import uvicorn
+
+    from pqcall.server import ops
+    from pqcall.server.app import create_app
+    from pqcall.server.storage.database import display_url, run_migrations
+
+    settings = settings_from_args(args)
     for path in (settings.tls_cert, settings.tls_key):
         if path is not None and not path.is_file():
             raise ServerError(f"TLS file not found: {path}")

@@ -14,6 +14,10 @@ DEFAULT_SWEEP_INTERVAL_S = 1.0
 DEFAULT_TOKEN_TTL_S = 3600.0
 DEFAULT_CHALLENGE_TTL_S = 60.0
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
+MIB = 1024 * 1024
+DEFAULT_MAX_FILE_BYTES = 2048 * MIB
+DEFAULT_FILE_QUOTA_BYTES = 4096 * MIB
+DEFAULT_FILE_TTL_S = 168 * 3600.0
 
 
 def default_data_dir() -> Path:
@@ -37,7 +41,7 @@ class ServerSettings:
     port: int = DEFAULT_PORT
     """TCP port of the HTTP API."""
     data_dir: Path = field(default_factory=default_data_dir)
-    """Directory for the SQLite database and stored files."""
+    """Directory for the SQLite database and stored files (``files/`` in it)."""
     db_url: str = ""
     """SQLAlchemy async URL; empty means a SQLite file in ``data_dir``."""
     tls_cert: Path | None = None
@@ -70,6 +74,12 @@ class ServerSettings:
     """The name logins and registrations are bound to, so they cannot be replayed elsewhere."""
     rate_limit_scale: float = 1.0
     """Multiplies every request rate limit (rate and burst); 0 turns them off (load tests)."""
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    """Largest stored file (ciphertext bytes); a larger one is refused before any byte is sent."""
+    file_quota_bytes: int = DEFAULT_FILE_QUOTA_BYTES
+    """Bytes one sender may have stored or uploading at once, in files not yet deleted."""
+    file_ttl_s: float = DEFAULT_FILE_TTL_S
+    """How long a complete file waits for its recipient before it is deleted."""
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -82,6 +92,10 @@ class ServerSettings:
             raise ValueError("server name must be 1 to 64 characters")
         if not 0 <= self.rate_limit_scale < float("inf"):
             raise ValueError("rate limit scale must be a finite number, 0 or more")
+        if self.max_file_bytes < 1 or self.file_quota_bytes < 1:
+            raise ValueError("the file size limit and the file quota must be at least 1 byte")
+        if not 0 < self.file_ttl_s < float("inf"):
+            raise ValueError("the file lifetime must be a positive number of seconds")
 
     @property
     def relay_udp_port(self) -> int:

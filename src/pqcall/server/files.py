@@ -1,0 +1,528 @@
+"""The file service: encrypted files stored for a recipient, between the routes and storage.
+
+The server keeps opaque ciphertext: the client encrypts (name and size
+included) and signs before the first byte is sent, so nothing here can read,
+check or alter what it stores. A file's life::
+
+    sender                              server                           recipient
+    POST /files {recipient, size}  ->  row "uploading", empty blob
+    PUT /files/{id}/content?offset=0 -> bytes appended to the blob
+      (interrupted: GET /files/{id} says how many bytes arrived;
+       PUT again at that offset)
+    ... the blob reaches size      ->  fsync, "stored"  -> file.waiting (FileView) ->
+                                                        <-  GET /files, GET /files/{id}/content
+                                                            (Range: bytes=N- resumes)
+                                   <-  blob and row gone  <-  DELETE /files/{id}
+
+Blobs live in ``data_dir/files/``, named by file id only (32 random hex
+digits: no user-supplied name reaches the disk), mode 0600. How many bytes an
+upload holds is the blob's size on disk, and when it last received a byte is
+the blob's modification time, which the server sets to its own clock at each
+write; so the database needs no column for either. An upload holds an
+exclusive ``flock`` on its blob while it writes, so two uploads of one file
+(from any process on the machine) cannot interleave; the second gets 409.
+
+Limits (:class:`~pqcall.server.settings.ServerSettings`): ``max_file_bytes``
+per file, ``file_quota_bytes`` per sender over its files not yet deleted
+(uploading or stored), :data:`MAX_FILES_PER_SENDER` such files, and
+:data:`MAX_TRANSFERS_PER_ACCOUNT` uploads and downloads at once per account
+(in this process). A complete file is deleted ``file_ttl_s`` after it was
+completed if the recipient has not deleted it; an upload that receives no
+byte for :data:`ABANDONED_UPLOAD_S` is deleted. :class:`FileSweeper` does both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import math
+import os
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+from fastapi import Request, status
+from starlette.requests import ClientDisconnect
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from pqcall.server.auth import account_named
+from pqcall.server.context import AppContext, api_error
+from pqcall.server.events import event_hub
+from pqcall.server.storage import AccountRecord, FileLimitReached, FileRecord
+from pqcall.server.storage.repository import FILE_STORED, FILE_UPLOADING
+from pqcall.signaling.messages import EVENT_FILE_WAITING, CreateFile, FileView
+
+logger = logging.getLogger(__name__)
+
+FILES_DIR = "files"  # under the data directory
+BLOB_MODE = 0o600
+FILES_DIR_MODE = 0o700
+FILE_ID_BYTES = 16  # 32 hex digits
+WRITE_BUFFER_BYTES = 1024 * 1024  # bytes gathered from the request before one disk write
+MAX_FILES_PER_SENDER = 1000  # files not yet deleted, uploading or stored
+MAX_TRANSFERS_PER_ACCOUNT = 4  # uploads and downloads running at once, per account
+ABANDONED_UPLOAD_S = 24 * 3600.0  # an upload without a byte for this long is deleted
+FILE_SWEEP_INTERVAL_S = 60.0  # app-clock seconds between passes of the file sweeper
+SWEEP_BATCH = 500  # files handled per sweep and kind
+
+
+# ---------------------------------------------------------------- blobs
+
+
+def files_dir(context: AppContext) -> Path:
+    """Where blobs are: ``data_dir/files`` (created 0700 when missing)."""
+    directory = context.settings.data_dir / FILES_DIR
+    directory.mkdir(mode=FILES_DIR_MODE, parents=True, exist_ok=True)
+    return directory
+
+
+def blob_of(context: AppContext, record: FileRecord) -> Path:
+    """The absolute path of a file's blob."""
+    return context.settings.data_dir / record.blob_path
+
+
+def received_bytes(context: AppContext, record: FileRecord) -> int:
+    """How many bytes of the file the server holds."""
+    if record.state == FILE_STORED:
+        return record.size
+    try:
+        return min(record.size, blob_of(context, record).stat().st_size)
+    except FileNotFoundError:
+        return 0
+
+
+def view(context: AppContext, record: FileRecord) -> FileView:
+    """The file as its sender or recipient sees it."""
+    return FileView(
+        file_id=record.file_id,
+        sender=record.sender,
+        recipient=record.recipient,
+        size=record.size,
+        received=received_bytes(context, record),
+        state=record.state,  # type: ignore[arg-type]  # only the two states are written
+        created=record.created,
+        expires=record.expires,
+    )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view_ = memoryview(data)
+    while view_:
+        view_ = view_[os.write(fd, view_) :]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked_blob(path: Path) -> Iterator[int | None]:
+    """The blob opened for writing under an exclusive ``flock``; ``None`` if another holds it.
+
+    Raises:
+        FileNotFoundError: the blob is gone.
+    """
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# ---------------------------------------------------------------- transfers at once
+
+
+class _Transfers:
+    """Uploads and downloads running per account in this process."""
+
+    def __init__(self) -> None:
+        self.running: Counter[int] = Counter()  # account id -> transfers running
+
+    @contextlib.asynccontextmanager
+    async def slot(self, account_id: int) -> AsyncIterator[None]:
+        """Hold one of the account's transfer slots, or 429 if all are taken."""
+        if self.running[account_id] >= MAX_TRANSFERS_PER_ACCOUNT:
+            raise api_error(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"too many transfers at once: at most {MAX_TRANSFERS_PER_ACCOUNT} per account",
+                {"Retry-After": "1"},
+            )
+        self.running[account_id] += 1
+        try:
+            yield
+        finally:
+            self.running[account_id] -= 1
+            if not self.running[account_id]:
+                del self.running[account_id]
+
+
+TRANSFERS_EXTRA = "file_transfers"  # context.extras key of the _Transfers
+
+
+def _transfers(context: AppContext) -> _Transfers:
+    transfers = context.extras.get(TRANSFERS_EXTRA)
+    if not isinstance(transfers, _Transfers):
+        transfers = context.extras[TRANSFERS_EXTRA] = _Transfers()
+    return transfers
+
+
+# ---------------------------------------------------------------- actions
+
+
+async def find_file(context: AppContext, file_id: str, account: AccountRecord) -> FileRecord:
+    """The file, if ``account`` is its sender or recipient.
+
+    Raises:
+        HTTPException: 404 no such file (or expired), 403 neither sender nor recipient.
+    """
+    record = await context.storage.get_file(file_id)
+    if record is None or record.expires <= context.now():
+        raise api_error(status.HTTP_404_NOT_FOUND, "no such file")
+    if account.id not in (record.sender_id, record.recipient_id):
+        raise api_error(status.HTTP_403_FORBIDDEN, "not the sender or recipient of this file")
+    return record
+
+
+async def create(context: AppContext, sender: AccountRecord, body: CreateFile) -> FileRecord:
+    """Announce a file: check recipient, size and quota, then create the row and an empty blob.
+
+    Raises:
+        HTTPException: 404 unknown recipient, 413 too large or over quota.
+    """
+    settings = context.settings
+    recipient = await account_named(context, body.recipient)
+    if body.size > settings.max_file_bytes:
+        raise api_error(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"file too large: {body.size} bytes, the limit is {settings.max_file_bytes}",
+        )
+    file_id = secrets.token_hex(FILE_ID_BYTES)
+    now = context.now()
+    directory = files_dir(context)
+    try:
+        record = await context.storage.create_file(
+            file_id,
+            sender.id,
+            recipient.id,
+            body.size,
+            f"{FILES_DIR}/{file_id}",
+            now,
+            now + settings.file_ttl_s,
+            quota_bytes=settings.file_quota_bytes,
+            max_files=MAX_FILES_PER_SENDER,
+        )
+    except FileLimitReached as exc:
+        if exc.files >= MAX_FILES_PER_SENDER:
+            message = (
+                f"quota exceeded: you have {exc.files} files not yet received,"
+                f" the limit is {MAX_FILES_PER_SENDER}"
+            )
+        else:
+            message = (
+                f"quota exceeded: your files not yet received hold {exc.used_bytes} bytes,"
+                f" {body.size} more would pass your quota of {settings.file_quota_bytes}"
+            )
+        raise api_error(status.HTTP_413_CONTENT_TOO_LARGE, message) from None
+    path = directory / file_id
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, BLOB_MODE)
+        try:
+            os.fchmod(fd, BLOB_MODE)
+            os.utime(fd, (now, now))  # the upload's clock starts now
+        finally:
+            os.close(fd)
+    except OSError:
+        await context.storage.delete_file(file_id)
+        raise
+    logger.info(
+        "file %s: %s sends %d bytes to %s", file_id, sender.username, body.size, recipient.username
+    )
+    return record
+
+
+async def upload(
+    context: AppContext, account: AccountRecord, file_id: str, offset: int, request: Request
+) -> FileRecord:
+    """Append the request's body to the file's blob at ``offset``, streaming.
+
+    When the blob reaches the file's size it is synced to disk, the file becomes
+    stored, and the recipient gets ``file.waiting``. A client that loses its
+    connection finds what arrived in :attr:`FileView.received` and sends the rest
+    from there; a PUT with an empty body at ``offset == size`` completes a file
+    whose bytes all arrived but whose completion did not (a server crash).
+
+    Raises:
+        HTTPException: 403 not the sender, 404 no such file, 409 complete already,
+            another upload running, or ``offset`` is not where the upload is,
+            413 the body would pass the file's size (nothing of it is kept),
+            507 the disk is full (nothing of the failed write is kept).
+    """
+    record = await find_file(context, file_id, account)
+    if record.sender_id != account.id:
+        raise api_error(status.HTTP_403_FORBIDDEN, "only the sender can upload this file")
+    if record.state != FILE_UPLOADING:
+        raise api_error(status.HTTP_409_CONFLICT, "file is already complete")
+    declared = request.headers.get("content-length")
+    async with _transfers(context).slot(account.id):
+        try:
+            with _locked_blob(blob_of(context, record)) as fd:
+                if fd is None:
+                    raise api_error(
+                        status.HTTP_409_CONFLICT, "another upload of this file is in progress"
+                    )
+                held = os.fstat(fd).st_size
+                if offset != held:
+                    raise api_error(status.HTTP_409_CONFLICT, f"upload is at byte {held}")
+                if (
+                    declared is not None
+                    and declared.isdigit()
+                    and held + int(declared) > record.size
+                ):
+                    raise _too_long(record, held)
+                os.lseek(fd, held, os.SEEK_SET)
+                written = await _receive(context, request, fd, record, held)
+                if written < record.size:
+                    return record
+                await asyncio.to_thread(os.fsync, fd)
+                await asyncio.to_thread(_fsync_dir, blob_of(context, record).parent)
+        except FileNotFoundError:
+            raise api_error(status.HTTP_404_NOT_FOUND, "no such file") from None
+    stored = await context.storage.complete_file(
+        file_id, context.now() + context.settings.file_ttl_s
+    )
+    if stored is None:  # deleted (cancelled, swept) while the bytes arrived
+        raise api_error(status.HTTP_404_NOT_FOUND, "no such file")
+    logger.info("file %s: stored for %s", file_id, stored.recipient)
+    payload = view(context, stored).model_dump(mode="json")
+    await event_hub(context).publish(stored.recipient_id, EVENT_FILE_WAITING, payload)
+    return stored
+
+
+def _too_long(record: FileRecord, held: int) -> Exception:
+    return api_error(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        f"upload goes past the end of the file: it has {record.size} bytes"
+        f" and {record.size - held} are still to come",
+    )
+
+
+async def _receive(
+    context: AppContext, request: Request, fd: int, record: FileRecord, held: int
+) -> int:
+    """Stream the body into ``fd`` (positioned at ``held``); the blob's size afterwards.
+
+    Memory stays at one :data:`WRITE_BUFFER_BYTES` buffer. A body that would
+    pass the file's size, or a failed write, leaves the blob as it was before
+    the failing part (413, 507); a client that disconnects keeps what arrived.
+    """
+    buffer = bytearray()
+    written = held  # bytes on disk
+
+    async def flush() -> None:
+        nonlocal written
+        if not buffer:
+            return
+        data = bytes(buffer)
+        buffer.clear()
+        try:
+            await asyncio.to_thread(_write_all, fd, data)
+        except OSError as exc:
+            os.ftruncate(fd, written)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                logger.error("file %s: the disk is full", record.file_id)
+                raise api_error(
+                    status.HTTP_507_INSUFFICIENT_STORAGE, "the server is out of disk space"
+                ) from None
+            raise
+        written += len(data)
+        now = context.now()
+        os.utime(fd, (now, now))  # the last byte's time, on the server's clock
+
+    try:
+        async for chunk in request.stream():
+            if written + len(buffer) + len(chunk) > record.size:
+                buffer.clear()
+                os.ftruncate(fd, held)
+                raise _too_long(record, held)
+            buffer += chunk
+            if len(buffer) >= WRITE_BUFFER_BYTES:
+                await flush()
+    except ClientDisconnect:
+        logger.info("file %s: upload interrupted at byte %d", record.file_id, written + len(buffer))
+    await flush()
+    return written
+
+
+async def download(context: AppContext, account: AccountRecord, file_id: str) -> Response:
+    """The ciphertext of a stored file, for its recipient; ``Range: bytes=N-`` resumes (206).
+
+    Raises:
+        HTTPException: 403 not the recipient, 404 no such file, 409 still uploading,
+            429 too many transfers at once.
+    """
+    record = await find_file(context, file_id, account)
+    if record.recipient_id != account.id:
+        raise api_error(status.HTTP_403_FORBIDDEN, "only the recipient can download this file")
+    if record.state != FILE_STORED:
+        received = received_bytes(context, record)
+        raise api_error(
+            status.HTTP_409_CONFLICT,
+            f"file is still uploading: {received} of {record.size} bytes have arrived",
+        )
+    path = blob_of(context, record)
+    try:
+        stat_result = path.stat()
+    except FileNotFoundError:
+        raise api_error(status.HTTP_404_NOT_FOUND, "no such file") from None
+    return _CountedFileResponse(_transfers(context), account.id, path, stat_result)
+
+
+class _CountedFileResponse(FileResponse):
+    """A file response that holds one of the account's transfer slots while it streams.
+
+    A range that starts at or past the end gets the API's JSON error (416),
+    not Starlette's plain-text one.
+    """
+
+    def __init__(
+        self, transfers: _Transfers, account_id: int, path: Path, stat_result: os.stat_result
+    ) -> None:
+        super().__init__(
+            path,
+            stat_result=stat_result,
+            media_type="application/octet-stream",
+            headers={"Cache-Control": "no-store"},
+        )
+        self._transfers = transfers  # where the slot is taken
+        self._account_id = account_id  # whose slot
+        self._size = stat_result.st_size  # the blob's size when the download began
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        size = self._size
+        start = _open_range_start(dict(scope["headers"]).get(b"range", b""))
+        if start is not None and start >= size:
+            reply = JSONResponse(
+                {"error": f"range starts at byte {start}, but the file has {size} bytes"},
+                status_code=status.HTTP_416_RANGE_NOT_SATISFIABLE,
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+            await reply(scope, receive, send)
+            return
+        async with self._transfers.slot(self._account_id):
+            await super().__call__(scope, receive, send)
+
+
+def _open_range_start(header: bytes) -> int | None:
+    """N of ``Range: bytes=N-``, else ``None`` (other forms are left to Starlette)."""
+    unit, _, spec = header.decode("latin-1").strip().partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or last.strip() or not first.isdigit():
+        return None
+    return int(first)
+
+
+async def delete(context: AppContext, account: AccountRecord, file_id: str) -> None:
+    """Delete the row and the blob: the recipient once it has the file, the sender to cancel.
+
+    Raises:
+        HTTPException: 403 neither sender nor recipient, 404 no such file.
+    """
+    record = await find_file(context, file_id, account)
+    if not await context.storage.delete_file(file_id):
+        raise api_error(status.HTTP_404_NOT_FOUND, "no such file")
+    blob_of(context, record).unlink(missing_ok=True)
+    who = "recipient" if account.id == record.recipient_id else "sender"
+    logger.info("file %s: deleted by its %s", file_id, who)
+
+
+# ---------------------------------------------------------------- sweeper
+
+
+class FileSweeper:
+    """Deletes expired files and abandoned uploads, blob and row; nobody is told.
+
+    A :class:`~pqcall.server.context.Component`. It wakes every
+    ``settings.sweep_interval_s`` (real time) and, at most every
+    :data:`FILE_SWEEP_INTERVAL_S` of the app clock, deletes
+
+    - files whose expiry has passed (a stored file ``file_ttl_s`` after it was
+      completed; an upload ``file_ttl_s`` after it was announced);
+    - uploads whose blob received no byte for :data:`ABANDONED_UPLOAD_S` (an
+      upload writing right now holds its blob's lock and is left alone).
+
+    Deleting the row is a compare-and-set on the state the sweeper saw, so a
+    file that completed in between is judged again on the next pass.
+    """
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None  # the sweep loop while running
+        self._swept_at = -math.inf  # app time of the last pass
+
+    async def start(self, context: AppContext) -> None:
+        files_dir(context)
+        self._task = asyncio.create_task(self._run(context), name="pqcall-file-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self, context: AppContext) -> None:
+        while True:
+            try:
+                await self.sweep(context)
+            except Exception:
+                logger.exception("file sweep failed")
+            await asyncio.sleep(context.settings.sweep_interval_s)
+
+    async def sweep(self, context: AppContext) -> int:
+        """One pass, if :data:`FILE_SWEEP_INTERVAL_S` has passed since the last; files deleted."""
+        now = context.now()
+        if now - self._swept_at < FILE_SWEEP_INTERVAL_S:
+            return 0
+        self._swept_at = now
+        storage = context.storage
+        deleted = 0
+        for record in await storage.list_expired_files(now, SWEEP_BATCH):
+            deleted += await _remove(context, record, "expired")
+        idle_since = now - ABANDONED_UPLOAD_S
+        for record in await storage.list_uploading_files(idle_since, SWEEP_BATCH):
+            try:
+                last_write = blob_of(context, record).stat().st_mtime
+            except FileNotFoundError:
+                last_write = record.created
+            if last_write < idle_since:
+                deleted += await _remove(context, record, "abandoned")
+        return deleted
+
+
+async def _remove(context: AppContext, record: FileRecord, why: str) -> int:
+    path = blob_of(context, record)
+    try:
+        with _locked_blob(path) as fd:
+            if fd is None:
+                return 0  # an upload is writing to it right now
+            if not await context.storage.delete_file(record.file_id, expected_state=record.state):
+                return 0
+            path.unlink(missing_ok=True)
+    except FileNotFoundError:
+        if not await context.storage.delete_file(record.file_id, expected_state=record.state):
+            return 0
+    logger.info("file %s: deleted, %s", record.file_id, why)
+    return 1
