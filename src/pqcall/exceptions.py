@@ -15,6 +15,8 @@
     │   └── AccountExists           it already holds one
     ├── FileCryptoError             an encrypted file is truncated, reordered,
     │                               tampered with, or not for us
+    ├── TransferError               a file cannot be sent or received (unreadable
+    │                               source, incomplete download, not for us)
     ├── CodecError                  the audio codec cannot be configured, or a packet
     │                               does not decode
     ├── CallError                   a call cannot be placed or went wrong
@@ -71,6 +73,11 @@ class WrongPassphrase(KeystoreError):
 
 class FileCryptoError(PqcallError):
     """An encrypted file failed a check: truncated, reordered, tampered, or not for us."""
+
+
+class TransferError(PqcallError):
+    """A file cannot be sent or received: a local file problem, or an upload or download
+    that cannot complete."""
 
 
 class CodecError(PqcallError):

@@ -4,6 +4,7 @@ One module per group of commands, each with ``add_parsers(commands, common)``:
 
 - :mod:`~pqcall.cli.account`: ``register``, ``whoami``
 - :mod:`~pqcall.cli.calls`: ``listen``, ``call``
+- :mod:`~pqcall.cli.files`: ``send-file``, ``inbox``, ``receive``
 - :mod:`~pqcall.cli.info`: ``contacts``, ``verify``, ``history``, ``devices``
 - :mod:`~pqcall.cli.demo`: ``demo``
 - ``server`` (:mod:`pqcall.server.runner`) and ``bench`` (:mod:`pqcall.bench`)
@@ -23,7 +24,7 @@ import sys
 
 from pqcall import __version__
 from pqcall.bench import __main__ as bench
-from pqcall.cli import account, calls, demo, info
+from pqcall.cli import account, calls, demo, files, info
 from pqcall.cli.options import add_global_options
 from pqcall.exceptions import PqcallError
 from pqcall.server import runner as server
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     account.add_parsers(commands, common)
     calls.add_parsers(commands, common)
+    files.add_parsers(commands, common)
     info.add_parsers(commands, common)
     demo.add_parsers(commands, common)
     bench_parser = commands.add_parser("bench", help="run a benchmark and print its figures")

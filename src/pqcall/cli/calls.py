@@ -122,6 +122,9 @@ async def _listen(
                 if interrupt.is_set:
                     return interrupt.exit_code
                 console.say(f"not connected to {phone.server_url} yet; retrying in the background")
+            phone.on_file(
+                lambda view: console.say(f"file from {view.sender} waiting (pqcall inbox)")
+            )
             mode = "answering every call" if args.auto_answer else "Ctrl-C to stop"
             console.say(f"listening as {phone.username} on {phone.server_url} ({mode})")
             async with show_warnings(phone, console):

@@ -225,3 +225,34 @@ def call_outcome(summary: Mapping[str, Any]) -> str:
     if result == "ended":
         return f"call with {peer} cancelled" if outgoing else f"{peer} hung up before you answered"
     return f"call with {peer}: {result}"
+
+
+# ---------------------------------------------------------------- transfers
+
+PROGRESS_BAR_WIDTH = 24
+"""Characters of the bar in :func:`progress_text`."""
+
+
+def byte_size(count: float) -> str:
+    """A byte count for people, in decimal units: ``512 B``, ``1.5 MB``, ``2.00 GB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.2f} {unit}" if value < 10 else f"{value:.1f} {unit}"
+    return f"{int(count)} B"
+
+
+def progress_text(phase: str, done: int, total: int, rate: float | None) -> str:
+    """The status line of a file transfer: bar, bytes, rate (bytes/s) and time left.
+
+    ``uploading  [#########...............]  38%  76.0 MB / 200 MB  85.2 MB/s  ETA 00:02``
+    """
+    fraction = min(1.0, done / total) if total > 0 else 1.0
+    filled = round(fraction * PROGRESS_BAR_WIDTH)
+    bar = "#" * filled + "." * (PROGRESS_BAR_WIDTH - filled)
+    speed = f"{byte_size(rate)}/s" if rate else MISSING
+    eta = clock((total - done) / rate) if rate and done < total else MISSING
+    return (
+        f"{phase}  [{bar}]  {fraction * 100:3.0f}%  {byte_size(done)} / {byte_size(total)}"
+        f"  {speed}  ETA {eta}"
+    )

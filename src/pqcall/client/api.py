@@ -59,7 +59,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -82,9 +82,12 @@ from pqcall.signaling.messages import (
     ChallengeRequest,
     ChallengeResponse,
     ConfirmCall,
+    CreateFile,
     ErrorResponse,
+    FileView,
     HangupCall,
     HealthResponse,
+    Inbox,
     InitiateCall,
     LoginRequest,
     LoginResponse,
@@ -109,6 +112,7 @@ MIN_TOKEN_REUSE_S = 10.0  # never renew a token sooner than this after getting i
 GET_RETRIES = 2  # repeats of a GET whose connection failed
 GET_RETRY_DELAYS_S = (0.2, 0.5)  # pause before each repeat
 MAX_REASON_CHARS = 300  # of an error text quoted into an exception
+DOWNLOAD_CHUNK_BYTES = 256 * 1024  # most bytes one item of download() holds
 
 _Model = TypeVar("_Model", bound=pydantic.BaseModel)
 
@@ -390,6 +394,142 @@ class ServerApi:
             raise ValueError(f"limit must be 1 to {MAX_HISTORY_CALLS}")
         response = await self._request("GET", "/calls/history", params={"limit": str(limit)})
         return self._parse(CallHistory, response, "GET /calls/history").calls
+
+    # ---------------------------------------------------------------- files
+
+    async def create_file(self, recipient: str, size: int) -> FileView:
+        """``POST /files``: announce an encrypted file of ``size`` bytes for ``recipient``.
+
+        Raises:
+            InvalidUsername: ``recipient`` cannot be an account name.
+            UnknownUser: no such recipient.
+            ApiError: 413 when the file is too large or over our quota (the
+                reason says which), 400 sending to ourselves.
+        """
+        name = usernames.normalize(recipient)
+        body = CreateFile(recipient=name, size=size)
+        response = await self._request("POST", "/files", body=body, user=name)
+        return self._parse(FileView, response, "POST /files")
+
+    async def upload(
+        self, file_id: str, offset: int, content: AsyncIterable[bytes], length: int
+    ) -> FileView:
+        """``PUT /files/{file_id}/content?offset=N``: stream ``length`` bytes from ``offset``.
+
+        The body is streamed from ``content`` as it is iterated (constant
+        memory) and cannot be sent twice: unlike other requests, a refused
+        token is not retried here. After any failure, ask :meth:`file_status`
+        where the server is and upload again from there.
+
+        Args:
+            file_id: from :meth:`create_file`.
+            offset: the server's ``received`` (where the bytes go).
+            content: exactly ``length`` bytes, in pieces.
+            length: the number of bytes ``content`` yields (``Content-Length``).
+
+        Raises:
+            ApiError: 409 ``upload is at byte X`` when ``offset`` is not where
+                the server is, 401 when the token was refused, 404 no such
+                upload, 413 too many bytes.
+            ServerUnreachable: the connection failed (part may have arrived).
+        """
+        token = await self.token()
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(length),
+        }
+        try:
+            response = await self._client.put(
+                f"/files/{file_id}/content",
+                params={"offset": str(offset)},
+                content=content,
+                headers=headers,
+            )
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(
+                f"cannot reach the server at {self.base_url}: {_describe(exc)}"
+            ) from None
+        logger.debug("PUT /files/%s/content: %d", file_id, response.status_code)
+        if response.status_code == 401:
+            self.discard_token(token)
+        if not response.is_success:
+            raise self._error(response)
+        return self._parse(FileView, response, "PUT /files/content")
+
+    async def file_status(self, file_id: str) -> FileView:
+        """``GET /files/{file_id}``: a file we send or receive (how much the server holds).
+
+        Raises:
+            ApiError: 404 no such file (or not ours, or expired).
+        """
+        response = await self._request("GET", f"/files/{file_id}")
+        return self._parse(FileView, response, "GET /files/{file_id}")
+
+    async def inbox(self) -> list[FileView]:
+        """``GET /files``: complete files waiting for this account, oldest first."""
+        response = await self._request("GET", "/files")
+        return self._parse(Inbox, response, "GET /files").files
+
+    async def download(self, file_id: str, offset: int = 0) -> AsyncIterator[bytes]:
+        """``GET /files/{file_id}/content``: the ciphertext from byte ``offset`` on, in pieces.
+
+        Use as ``async for piece in api.download(file_id, offset)``; memory use
+        is one piece of at most :data:`DOWNLOAD_CHUNK_BYTES`. From a non-zero
+        offset the request carries ``Range: bytes=N-``; a server that answers
+        with the whole file has its first ``offset`` bytes skipped here.
+
+        Raises:
+            ApiError: 404 no such file, 403 not ours, 416 offset past the end.
+            ServerUnreachable: the connection failed (before or during the body).
+        """
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        relogged = False
+        while True:
+            token = await self.token()
+            request = self._client.build_request(
+                "GET",
+                f"/files/{file_id}/content",
+                headers={**headers, "Authorization": f"Bearer {token}"},
+            )
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                raise ServerUnreachable(
+                    f"cannot reach the server at {self.base_url}: {_describe(exc)}"
+                ) from None
+            try:
+                if response.status_code == 401 and not relogged:
+                    self.discard_token(token)
+                    relogged = True
+                    continue
+                if not response.is_success:
+                    await response.aread()
+                    raise self._error(response)
+                skip = offset if offset and response.status_code == 200 else 0
+                try:
+                    async for piece in response.aiter_bytes(DOWNLOAD_CHUNK_BYTES):
+                        if skip:
+                            dropped = min(skip, len(piece))
+                            skip -= dropped
+                            piece = piece[dropped:]
+                        if piece:
+                            yield piece
+                except httpx.TransportError as exc:
+                    raise ServerUnreachable(
+                        f"download from {self.base_url} broke off: {_describe(exc)}"
+                    ) from None
+                return
+            finally:
+                await response.aclose()
+
+    async def delete_file(self, file_id: str) -> None:
+        """``DELETE /files/{file_id}``: the recipient has it, or the sender cancels.
+
+        Raises:
+            ApiError: 404 no such file, 403 not ours.
+        """
+        await self._request("DELETE", f"/files/{file_id}")
 
     # ---------------------------------------------------------------- push events
 

@@ -34,8 +34,10 @@ from pqcall.client.call import Call, CallContext, MediaOptions, PeerTrust
 from pqcall.client.callstate import CallState, Direction, is_terminal
 from pqcall.client.contacts import Contacts
 from pqcall.client.events import EventStream
+from pqcall.client.files import FileTransfers
 from pqcall.client.history import History
 from pqcall.client.home import AccountConfig, Home
+from pqcall.client.peers import check_peer, key_change_message
 from pqcall.crypto.filekey import KeyBundle
 from pqcall.crypto.handshake import CalleeHandshake
 from pqcall.crypto.handshake_messages import Offer
@@ -43,7 +45,6 @@ from pqcall.crypto.identity import IdentityPublicKey
 from pqcall.crypto.keystore import DEFAULT_KDF_PARAMS, AccountSecrets, KdfParams
 from pqcall.crypto.pinning import KeyChanged, PinCreated, PinResult
 from pqcall.exceptions import (
-    BadSignature,
     CallError,
     DecodeError,
     HandshakeFailed,
@@ -55,8 +56,10 @@ from pqcall.signaling import usernames
 from pqcall.signaling.callstate import RejectReason
 from pqcall.signaling.messages import (
     EVENT_CALL_INCOMING,
+    EVENT_FILE_WAITING,
     CallDetail,
     Event,
+    FileView,
     RejectCall,
 )
 
@@ -160,6 +163,7 @@ class Phone:
         self._current: Call | None = None  # the one call we are in
         self._incoming: asyncio.Queue[Call] = asyncio.Queue()  # ringing calls for the user
         self._listeners: list[Callable[[Call], None]] = []  # state-change observers
+        self._file_listeners: list[Callable[[FileView], None]] = []  # file.waiting observers
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -315,26 +319,37 @@ class Phone:
         identity, _ = await self._peer_identity(usernames.normalize(name))
         return identity
 
+    # ------------------------------------------------------------------ files
+
+    def files(self) -> FileTransfers:
+        """Send, list and receive encrypted files with this phone's account and server."""
+        return FileTransfers(self.home, self._require_api(), self._require_account(), self.contacts)
+
+    def on_file(self, listener: Callable[[FileView], None]) -> None:
+        """Call ``listener(view)`` when a file for us is complete on the server."""
+        self._file_listeners.append(listener)
+
+    def _file_waiting(self, event: Event) -> None:
+        try:
+            view = FileView.model_validate(event.payload)
+        except ValueError:
+            logger.info("event %s: not a valid file.waiting payload", event.seq)
+            return
+        for listener in self._file_listeners:
+            try:
+                listener(view)
+            except Exception:
+                logger.exception("file listener failed")
+
     # ------------------------------------------------------------------ internals
 
     async def _peer_identity(self, peer: str) -> tuple[IdentityPublicKey, PeerTrust]:
-        user = await self._require_api().user(peer)
         try:
-            identity = IdentityPublicKey.decode(user.identity)
-            bundle = KeyBundle.decode(user.key_bundle)
-            bundle.verify(identity)
-        except (DecodeError, BadSignature) as exc:
-            raise CallError(f"the server's key entry for {peer} is invalid: {exc}") from None
-        if bundle.username != peer:
-            raise CallError(f"the server's key entry for {peer} is signed for {bundle.username}")
-        result = self.contacts.check(peer, identity)
-        if isinstance(result, KeyChanged):
-            message = key_change_message(peer)
-            self.warnings.put_nowait(SecurityWarning(peer, message))
-            raise KeyChangedError(message)
-        if isinstance(result, PinCreated):
-            logger.info("pinned %s's identity on first use", peer)
-        return identity, trust_of(result)
+            checked = await check_peer(self._require_api(), self.contacts, peer)
+        except KeyChangedError as exc:
+            self.warnings.put_nowait(SecurityWarning(peer, str(exc)))
+            raise
+        return checked.identity, trust_of(checked.pin)
 
     def _call_context(self) -> CallContext:
         config = self._require_config()
@@ -381,6 +396,9 @@ class Phone:
                 logger.exception("event %s (%s) could not be handled", event.seq, event.type)
 
     async def _handle(self, event: Event) -> None:
+        if event.type == EVENT_FILE_WAITING:
+            self._file_waiting(event)
+            return
         call_id = event.payload.get("call_id")
         if not isinstance(call_id, str):
             return  # presence, files: not for calls
@@ -499,13 +517,3 @@ def trust_of(result: PinResult) -> PeerTrust:
     if isinstance(result, PinCreated):
         return PeerTrust.NEW
     return PeerTrust.VERIFIED if result.pin.verified else PeerTrust.PINNED
-
-
-def key_change_message(peer: str) -> str:
-    """The warning for a changed key: what happened and what to do."""
-    return (
-        f"{peer}'s identity key is not the one you pinned: either {peer} reinstalled, or someone"
-        f" (possibly the server) is impersonating them. Compare the safety number with {peer}"
-        f" in person or by another channel (pqcall verify {peer}), and only then accept the"
-        f" new key (pqcall verify {peer} --accept-new-key)."
-    )

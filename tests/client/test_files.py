@@ -1,0 +1,306 @@
+"""Encrypted file transfer: the client against a real in-process server, plus the pure parts."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from pqcall.client.api import ServerApi
+from pqcall.client.files import FALLBACK_NAME, FileTransfers, place_file, sanitize_name
+from pqcall.client.home import Home
+from pqcall.client.phone import Phone, register
+from pqcall.crypto.filecrypt import decrypt_stream, encrypt_stream
+from pqcall.crypto.filekey import KeyBundle
+from pqcall.crypto.identity import IdentityPrivateKey
+from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS, AccountSecrets
+from pqcall.exceptions import FileCryptoError, KeyChangedError, TransferError
+from pqcall.signaling.messages import FileView
+
+from ..server.conftest import RunningServer, make_settings, run_server
+from .conftest import EVENT_TIMEOUT_S, run_async
+
+PASSPHRASE = "correct horse battery staple"
+CONTENT = os.urandom(300_000) + b"the plaintext marker: attack at dawn"
+NAME = "secret plans.txt"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'server.db'}", tmp_path / "data")
+    with run_server(settings) as running:
+        yield running
+
+
+def source(tmp_path: Path, content: bytes = CONTENT, name: str = NAME) -> Path:
+    path = tmp_path / "src" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+async def account(
+    server: RunningServer, tmp_path: Path, name: str, api_class: type[ServerApi] = ServerApi
+) -> FileTransfers:
+    """A registered account and its FileTransfers (HTTP only, no push connection)."""
+    home = Home(tmp_path / name)
+    if home.load_config() is None:
+        await register(home, name, server.base_url, PASSPHRASE, kdf_params=INSECURE_TEST_KDF_PARAMS)
+    config = home.load_config()
+    assert config is not None
+    secrets = home.unlock(PASSPHRASE)
+    api = api_class(server.base_url, name, secrets.identity, server_name=config.server_name)
+    return FileTransfers(home, api, secrets, home.contacts())
+
+
+def stored_blobs(server: RunningServer) -> list[Path]:
+    return [path for path in (server.settings.data_dir / "files").rglob("*") if path.is_file()]
+
+
+# ---------------------------------------------------------------- real server
+
+
+@run_async
+async def test_round_trip_recipient_offline(server: RunningServer, tmp_path: Path) -> None:
+    bob = await account(server, tmp_path, "bob")  # registered, then offline
+    alice = await account(server, tmp_path, "alice")
+    sent = await alice.send("bob", source(tmp_path))
+    assert sent.recipient == "bob" and sent.name == NAME and sent.size == len(CONTENT)
+    assert sent.ciphertext_size > sent.size and sent.resumed_from == 0
+    assert not any(alice.outgoing_dir.iterdir())  # cleaned up after success
+    # the server holds only ciphertext: neither the plaintext nor the name
+    (blob,) = stored_blobs(server)
+    stored = blob.read_bytes()
+    assert len(stored) == sent.ciphertext_size
+    assert b"attack at dawn" not in stored and b"secret plans" not in stored
+    # bob comes online later
+    (waiting,) = await bob.inbox()
+    assert waiting.view.file_id == sent.file_id and waiting.view.sender == "alice"
+    assert waiting.sender_trust == "new"
+    out = tmp_path / "out"
+    received = await bob.receive(sent.file_id, out)
+    assert received.path == out / NAME and received.path.read_bytes() == CONTENT
+    assert received.sender == "alice" and received.name == NAME and received.deleted
+    assert sorted(p.name for p in out.iterdir()) == [NAME]  # no temporary file left
+    assert await bob.inbox() == [] and stored_blobs(server) == []
+    # the same name again is never overwritten
+    again = await alice.send("bob", source(tmp_path))
+    assert (await bob.receive(again.file_id, out)).path == out / "secret plans (1).txt"
+    assert (out / NAME).read_bytes() == CONTENT
+
+
+@run_async
+async def test_online_phone_hears_file_waiting(server: RunningServer, tmp_path: Path) -> None:
+    alice = await account(server, tmp_path, "alice")
+    await account(server, tmp_path, "bob")
+    arrived: asyncio.Queue[FileView] = asyncio.Queue()
+    async with Phone(tmp_path / "bob", passphrase=PASSPHRASE) as phone:
+        phone.on_file(arrived.put_nowait)
+        await phone.wait_connected(EVENT_TIMEOUT_S)
+        sent = await alice.send("bob", source(tmp_path))
+        view = await asyncio.wait_for(arrived.get(), EVENT_TIMEOUT_S)
+        assert view.file_id == sent.file_id and view.sender == "alice"
+        received = await phone.files().receive(view.file_id, tmp_path / "out")
+        assert received.path.read_bytes() == CONTENT
+
+
+@run_async
+async def test_changed_key_stops_the_send(server: RunningServer, tmp_path: Path) -> None:
+    bob = await account(server, tmp_path, "bob")
+    alice = await account(server, tmp_path, "alice")
+    # alice pinned another key for bob earlier: what the server presents now differs
+    alice._contacts.check("bob", IdentityPrivateKey.generate().public_key())
+    with pytest.raises(KeyChangedError, match="bob's identity key is not the one you pinned"):
+        await alice.send("bob", source(tmp_path))
+    assert not alice.outgoing_dir.exists() or not any(alice.outgoing_dir.iterdir())
+    assert await bob.inbox() == []
+    contact = alice._contacts.get("bob")
+    assert contact is not None and contact.key_changed is not None
+
+
+@run_async
+async def test_changed_sender_key_is_refused(server: RunningServer, tmp_path: Path) -> None:
+    bob = await account(server, tmp_path, "bob")
+    alice = await account(server, tmp_path, "alice")
+    sent = await alice.send("bob", source(tmp_path))
+    bob._contacts.check("alice", IdentityPrivateKey.generate().public_key())
+    with pytest.raises(KeyChangedError, match="alice's identity key is not the one you pinned"):
+        await bob.receive(sent.file_id, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not bob.incoming_dir.exists()
+    assert [item.view.file_id for item in await bob.inbox()] == [sent.file_id]
+    assert (await bob.inbox())[0].sender_trust == "key changed"
+
+
+class Crash(Exception):
+    """The process died here."""
+
+
+class CrashingApi(ServerApi):
+    """Uploads half of what it is asked to, then 'crashes' (as a killed process would)."""
+
+    crash = True
+
+    async def upload(
+        self, file_id: str, offset: int, content: AsyncIterable[bytes], length: int
+    ) -> FileView:
+        if not CrashingApi.crash:
+            return await super().upload(file_id, offset, content, length)
+        half = length // 2
+
+        async def first_half() -> AsyncIterator[bytes]:
+            left = half
+            async for piece in content:
+                yield piece[:left]
+                left -= min(left, len(piece))
+                if not left:
+                    return
+
+        await super().upload(file_id, offset, first_half(), half)
+        raise Crash
+
+
+@run_async
+async def test_interrupted_upload_resumes(server: RunningServer, tmp_path: Path) -> None:
+    bob = await account(server, tmp_path, "bob")
+    alice = await account(server, tmp_path, "alice", CrashingApi)
+    path = source(tmp_path)
+    with pytest.raises(Crash):
+        await alice.send("bob", path)
+    assert await bob.inbox() == []  # not complete
+    assert len(list(alice.outgoing_dir.iterdir())) == 2  # the ciphertext and its state
+    CrashingApi.crash = False
+    try:
+        sent = await alice.send("bob", path)  # the same NAME PATH again
+    finally:
+        CrashingApi.crash = True
+    assert 0 < sent.resumed_from < sent.ciphertext_size
+    assert sent.resumed_from == sent.ciphertext_size // 2
+    received = await bob.receive(sent.file_id, tmp_path / "out")
+    assert received.path.read_bytes() == CONTENT
+
+
+@run_async
+async def test_changed_source_starts_over(server: RunningServer, tmp_path: Path) -> None:
+    bob = await account(server, tmp_path, "bob")
+    alice = await account(server, tmp_path, "alice", CrashingApi)
+    path = source(tmp_path)
+    with pytest.raises(Crash):
+        await alice.send("bob", path)
+    source(tmp_path, b"changed content")
+    CrashingApi.crash = False
+    try:
+        sent = await alice.send("bob", path)
+    finally:
+        CrashingApi.crash = True
+    assert sent.resumed_from == 0 and sent.size == len(b"changed content")
+    assert [item.view.file_id for item in await bob.inbox()] == [sent.file_id]
+    assert len(stored_blobs(server)) == 1  # the stale upload was cancelled
+    assert (await bob.receive(sent.file_id, tmp_path / "out")).path.read_bytes() == (
+        b"changed content"
+    )
+
+
+@run_async
+async def test_tampered_ciphertext_is_refused(server: RunningServer, tmp_path: Path) -> None:
+    bob = await account(server, tmp_path, "bob")
+    alice = await account(server, tmp_path, "alice")
+    sent = await alice.send("bob", source(tmp_path))
+    (blob,) = stored_blobs(server)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    with pytest.raises(FileCryptoError) as caught:
+        await bob.receive(sent.file_id, out)
+    assert str(caught.value).startswith(f"refused file {sent.file_id} from alice: chunk ")
+    assert str(caught.value).endswith(
+        "is corrupt or was tampered with; nothing was saved (the server keeps its copy)"
+    )
+    assert list(out.iterdir()) == []  # no final name, no temporary file
+    assert [item.view.file_id for item in await bob.inbox()] == [sent.file_id]
+    assert not any(bob.incoming_dir.iterdir())  # a new attempt downloads it again
+
+
+@run_async
+async def test_other_account_cannot_fetch(server: RunningServer, tmp_path: Path) -> None:
+    await account(server, tmp_path, "bob")
+    alice = await account(server, tmp_path, "alice")
+    carol = await account(server, tmp_path, "carol")
+    sent = await alice.send("bob", source(tmp_path))
+    with pytest.raises(TransferError, match=f"no file {sent.file_id} waiting for you"):
+        await carol.receive(sent.file_id, tmp_path / "out")
+    with pytest.raises(TransferError, match="is for bob, not for you"):
+        await alice.receive(sent.file_id, tmp_path / "out")  # the sender sees it, cannot take it
+
+
+@run_async
+async def test_send_errors(server: RunningServer, tmp_path: Path) -> None:
+    alice = await account(server, tmp_path, "alice")
+    with pytest.raises(TransferError, match="No such file or directory"):
+        await alice.send("bob", tmp_path / "missing")
+    with pytest.raises(TransferError, match="is not a regular file"):
+        await alice.send("bob", tmp_path)
+    with pytest.raises(TransferError, match="'xyz' is not a file id"):
+        await alice.receive("xyz")
+
+
+# ---------------------------------------------------------------- no server
+
+
+def test_wrong_recipient_cannot_decrypt() -> None:
+    alice, bob, carol = (AccountSecrets.generate() for _ in range(3))
+    bundle = KeyBundle.create(bob.identity, "bob", bob.file_key.public_key(), 1)
+    ciphertext = io.BytesIO()
+    encrypt_stream(
+        io.BytesIO(CONTENT),
+        ciphertext,
+        alice.identity,
+        bob.identity.public_key(),
+        bundle,
+        name=NAME,
+        created=1,
+    )
+    with pytest.raises(FileCryptoError, match="file is not encrypted to this key"):
+        decrypt_stream(
+            io.BytesIO(ciphertext.getvalue()),
+            io.BytesIO(),
+            carol.identity.public_key(),
+            carol.file_keys(),
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        pytest.param("report.pdf", "report.pdf", id="plain"),
+        pytest.param("../../etc/passwd", "_.._etc_passwd", id="traversal"),
+        pytest.param("..", FALLBACK_NAME, id="dotdot"),
+        pytest.param("", FALLBACK_NAME, id="empty"),
+        pytest.param(".bashrc", "bashrc", id="hidden"),
+        pytest.param("a\\b/c", "a_b_c", id="separators"),
+        pytest.param("evil\u202etxt.exe", "evil_txt.exe", id="bidi-override"),
+        pytest.param("line\nbreak\x00.txt", "line_break_.txt", id="control"),
+        pytest.param("  spaced  ", "spaced", id="spaces"),
+    ],
+)
+def test_sanitize_name(name: str, expected: str) -> None:
+    assert sanitize_name(name) == expected
+
+
+def test_sanitize_long_name_keeps_extension() -> None:
+    cleaned = sanitize_name("é" * 300 + ".pdf")
+    assert cleaned.endswith(".pdf") and len(cleaned.encode("utf-8")) <= 200
+
+
+def test_place_file_never_overwrites(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes(b"old")
+    (tmp_path / "a (1).txt").write_bytes(b"older")
+    temp = tmp_path / ".part"
+    temp.write_bytes(b"new")
+    placed = place_file(temp, tmp_path, "a.txt")
+    assert placed == tmp_path / "a (2).txt" and placed.read_bytes() == b"new"
+    assert (tmp_path / "a.txt").read_bytes() == b"old" and not temp.exists()
