@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import wave
 from collections.abc import Iterator
@@ -26,14 +25,12 @@ import numpy as np
 import pytest
 
 from pqcall.media.audio import open_source
+from tests.cli.helpers import COMMAND_TIMEOUT_S, TIMEOUT_SCALE, child_env, one_json, pqcall_command
 from tests.server.test_runner import _free_port, _start, _stop, _wait_for_health
 
-TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
-COMMAND_TIMEOUT_S = 60.0 * TIMEOUT_SCALE  # one pqcall command, start to exit
 READY_TIMEOUT_S = 20.0 * TIMEOUT_SCALE  # until a listener says it is listening
 CALL_S = 3  # --duration of the calls
 RING_TIMEOUT_S = 4.0 * TIMEOUT_SCALE  # the server's: an unanswered call is missed after it
-PASSPHRASE = "correct horse battery staple"
 SAMPLES = Path(__file__).parents[2] / "src" / "pqcall" / "media" / "samples"
 QUIET = ("--audio-in", "silence", "--audio-out", "null")  # no sound card needed
 MIN_RMS = 200.0  # of int16 samples: clearly more than silence (speech is ~2000)
@@ -73,11 +70,6 @@ class World:
     env: dict[str, str]  # PQCALL_PASSPHRASE set, PQCALL_HOME unset
 
 
-def pqcall_command(home: Path | None, *args: str) -> list[str]:
-    prefix = [sys.executable, "-m", "pqcall"]
-    return [*prefix, "--home", str(home), *args] if home is not None else [*prefix, *args]
-
-
 def run_pqcall(
     world: World, home: Path | None, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -104,8 +96,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_for_health(f"{url}/health")
-        env = {key: value for key, value in os.environ.items() if not key.startswith("PQCALL_")}
-        env["PQCALL_PASSPHRASE"] = PASSPHRASE
+        env = child_env()
         homes = {name: base / name for name in ("alice", "bob", "carol")}
         registering = {
             name: subprocess.Popen(
@@ -201,14 +192,6 @@ def wait_for_text(process: subprocess.Popen[Any], read: Any, text: str, report: 
         if time.monotonic() > deadline:
             raise AssertionError(f"no {text!r} in time\n{report()}")
         time.sleep(0.05)
-
-
-def one_json(stdout: str) -> dict[str, Any]:
-    lines = stdout.splitlines()
-    assert len(lines) == 1, stdout
-    record = json.loads(lines[0])
-    assert isinstance(record, dict)
-    return record
 
 
 def rms(path: Path) -> float:

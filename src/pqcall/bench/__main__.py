@@ -1,4 +1,4 @@
-"""``python -m pqcall.bench NAME [--quick] [--json PATH]``."""
+"""``python -m pqcall.bench NAME [--quick] [--json PATH] [--db URL] [--sizes MIB,...]``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from pqcall.bench import crypto, media, relay, server
+from pqcall.bench import crypto, files, media, relay, server
 from pqcall.bench.report import render_table, to_json
 from pqcall.exceptions import PqcallError
 
-BENCHMARKS = {"crypto": crypto, "media": media, "relay": relay, "server": server}
+BENCHMARKS = {"crypto": crypto, "files": files, "media": media, "relay": relay, "server": server}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,15 +31,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="server benchmark: also run on this PostgreSQL, in a scratch database"
         " (default: $PQCALL_TEST_DATABASE_URL)",
     )
+    parser.add_argument(
+        "--sizes",
+        metavar="MIB,...",
+        help="files benchmark: file sizes in MiB (default: 1,100,1024; --quick: 1,100)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark named in ``args``."""
     if args.db and args.name != "server":
         raise PqcallError("--db applies only to the server benchmark")
-    options = {"db_url": args.db} if args.name == "server" else {}
-    figures = BENCHMARKS[args.name].run(quick=args.quick, **options)
-    print(render_table(f"pqcall bench {args.name}", figures))
+    if args.sizes and args.name != "files":
+        raise PqcallError("--sizes applies only to the files benchmark")
+    if args.name == "files":
+        runs = files.measure(files.parse_sizes(args.sizes, args.quick))
+        figures = files.figures(runs)
+        print(files.render(runs))
+    else:
+        options = {"db_url": args.db} if args.name == "server" else {}
+        figures = BENCHMARKS[args.name].run(quick=args.quick, **options)
+        print(render_table(f"pqcall bench {args.name}", figures))
     if args.json:
         args.json.write_text(to_json(figures) + "\n")
         print(f"\nwrote {args.json}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 
@@ -40,21 +40,27 @@ def cpu_seconds_per_call(work: Callable[[], object], repeat: int) -> float:
 
 def render_table(title: str, figures: list[Figure]) -> str:
     """A plain-text table of figures with their baselines and ratios."""
-    rows = [("figure", "pqcall", "baseline", "ratio", "baseline is")]
-    for f in figures:
-        rows.append(
-            (
-                f.name,
-                f"{f.value:,.3f} {f.unit}",
-                f"{f.baseline:,.3f} {f.unit}",
-                f"{f.ratio:.2f}x",
-                f.baseline_name,
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    rows = [
+        [
+            f.name,
+            f"{f.value:,.3f} {f.unit}",
+            f"{f.baseline:,.3f} {f.unit}",
+            f"{f.ratio:.2f}x",
+            f.baseline_name,
+        ]
+        for f in figures
+    ]
+    return render_columns(title, ["figure", "pqcall", "baseline", "ratio", "baseline is"], rows)
+
+
+def render_columns(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: the title, the header, a rule, then the rows, left-aligned."""
+    table = [list(header), *(list(row) for row in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [title, ""]
-    for index, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    for index, row in enumerate(table):
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        lines.append("  ".join(cells).rstrip())
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)

@@ -1,0 +1,447 @@
+"""File transfer benchmark: ``pqcall bench files [--quick] [--sizes 1,100,1024]``.
+
+For each size (MiB) a file of random bytes is made in a temporary directory and
+moved four ways on 127.0.0.1, one after the other, in the same run:
+
+- **pqcall send**: :meth:`FileTransfers.send <pqcall.client.files.FileTransfers.send>`
+  as alice to bob: check bob's key, encrypt and sign to a local ciphertext (fsync),
+  upload it to a real ``pqcall server`` child process, which writes it to its data
+  directory and fsyncs it.
+- **pqcall receive**: :meth:`FileTransfers.receive
+  <pqcall.client.files.FileTransfers.receive>` as bob: download the ciphertext
+  (fsync), verify every chunk and alice's signature while decrypting to the output
+  folder, rename, delete it on the server. The result is checked against the
+  source's SHA-256 (outside the timing).
+- **plain HTTP**: the same bytes uploaded (streaming ``PUT``, written in the same
+  1 MiB pieces and fsynced) to and downloaded (``FileResponse``, written to a file
+  and fsynced) from a minimal uvicorn + Starlette server in a child process: the
+  same stack as ``pqcall server`` without accounts, signatures or encryption.
+- **cp**: :func:`shutil.copyfile` to another path, then fsync.
+
+Rates are decimal MB/s (10^6 bytes) of plaintext. Round trip is send + receive
+(PUT + GET for plain HTTP). Sizes under :data:`REPEAT_BELOW_MIB` are measured
+:data:`REPEATS` times and the median kept. The client runs in this process, the
+servers in their own; on a 2-core machine they share the cores. The accounts use
+the fast test KDF (unlocking is not timed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pqcall.bench.report import Figure, render_columns
+from pqcall.exceptions import PqcallError
+
+# httpx, starlette and uvicorn are imported where they are used: ``pqcall`` loads this
+# module at every start
+if TYPE_CHECKING:
+    import httpx
+    from starlette.applications import Starlette
+
+HOST = "127.0.0.1"
+MIB = 1024 * 1024
+MB = 1_000_000  # rates are in decimal MB/s
+SIZES_MIB = (1, 100, 1024)
+QUICK_SIZES_MIB = (1, 100)
+REPEAT_BELOW_MIB = 10  # smaller files are measured REPEATS times (median kept)
+REPEATS = 5
+BLOCK_BYTES = 256 * 1024  # plain HTTP client: bytes per piece sent and received
+WRITE_BUFFER_BYTES = 1024 * 1024  # plain HTTP server: as pqcall server's disk writes
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+RATE_LIMIT_SCALE = 1000.0  # pqcall server's request limits, out of the way
+PASSPHRASE = "bench"
+PLAIN_HTTP = "plain HTTP (uvicorn + Starlette, no auth, no crypto)"
+CP = "cp (shutil.copyfile + fsync)"
+
+
+@dataclass(frozen=True, slots=True)
+class FileRun:
+    """Seconds each way of moving one file, all measured in the same run."""
+
+    size: int
+    """Plaintext bytes."""
+    send_s: float
+    """pqcall: encrypt, sign and upload."""
+    receive_s: float
+    """pqcall: download, verify, decrypt and save."""
+    put_s: float
+    """Plain HTTP upload."""
+    get_s: float
+    """Plain HTTP download."""
+    copy_s: float
+    """Local copy with fsync."""
+
+    def rate(self, seconds: float) -> float:
+        """MB/s of this file moved in ``seconds``."""
+        return self.size / MB / seconds
+
+    @property
+    def label(self) -> str:
+        """``1 MiB``, ``1 GiB``."""
+        mib = self.size / MIB
+        return f"{mib / 1024:g} GiB" if mib >= 1024 else f"{mib:g} MiB"
+
+
+def parse_sizes(text: str | None, quick: bool) -> list[int]:
+    """The sizes in MiB from ``--sizes`` (or the default for ``--quick``).
+
+    Raises:
+        PqcallError: not a comma-separated list of positive whole numbers.
+    """
+    if text is None:
+        return list(QUICK_SIZES_MIB if quick else SIZES_MIB)
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) <= 0:
+        raise PqcallError(
+            f"--sizes takes whole MiB counts separated by commas, like 1,100 (got {text})"
+        )
+    return sizes
+
+
+def run(quick: bool = False, sizes_mib: Sequence[int] | None = None) -> list[Figure]:
+    """Measure and return the figures, for ``python -m pqcall.bench``."""
+    sizes = list(sizes_mib) if sizes_mib is not None else parse_sizes(None, quick)
+    return figures(measure(sizes))
+
+
+def measure(sizes_mib: Sequence[int]) -> list[FileRun]:
+    """One :class:`FileRun` per size, against servers started for the run."""
+    return asyncio.run(_measure(sizes_mib))
+
+
+def figures(runs: Sequence[FileRun]) -> list[Figure]:
+    """Each size's send, receive and round trip next to plain HTTP, and round trip next to cp."""
+    result = []
+    for run in runs:
+        pqcall_round_trip = run.rate(run.send_s + run.receive_s)
+        result += [
+            Figure(
+                f"{run.label} send (encrypt + sign + upload)",
+                run.rate(run.send_s),
+                "MB/s",
+                f"{PLAIN_HTTP}: upload",
+                run.rate(run.put_s),
+            ),
+            Figure(
+                f"{run.label} receive (download + verify + decrypt)",
+                run.rate(run.receive_s),
+                "MB/s",
+                f"{PLAIN_HTTP}: download",
+                run.rate(run.get_s),
+            ),
+            Figure(
+                f"{run.label} round trip",
+                pqcall_round_trip,
+                "MB/s",
+                f"{PLAIN_HTTP}: upload + download",
+                run.rate(run.put_s + run.get_s),
+            ),
+            Figure(
+                f"{run.label} round trip vs cp", pqcall_round_trip, "MB/s", CP, run.rate(run.copy_s)
+            ),
+        ]
+    return result
+
+
+def render(runs: Sequence[FileRun]) -> str:
+    """The table: one row per size, MB/s each way, and pqcall's round trip over plain HTTP's."""
+    header = [
+        "size",
+        "pqcall send",
+        "pqcall receive",
+        "pqcall round trip",
+        "plain HTTP round trip",
+        "cp",
+        "pqcall / plain HTTP",
+    ]
+    rows = []
+    for run in runs:
+        ours, plain = run.rate(run.send_s + run.receive_s), run.rate(run.put_s + run.get_s)
+        rows.append(
+            [
+                run.label,
+                f"{run.rate(run.send_s):,.1f}",
+                f"{run.rate(run.receive_s):,.1f}",
+                f"{ours:,.1f}",
+                f"{plain:,.1f}",
+                f"{run.rate(run.copy_s):,.1f}",
+                f"{ours / plain:.2f}x",
+            ]
+        )
+    notes = [
+        "MB/s (10^6 bytes of plaintext per second), loopback, one run each (median of"
+        f" {REPEATS} under {REPEAT_BELOW_MIB} MiB).",
+        "round trip: send + receive; plain HTTP: the same stack (uvicorn + Starlette"
+        " streaming PUT, FileResponse GET, fsync) without accounts, signatures or encryption.",
+    ]
+    return render_columns("pqcall bench files", header, rows) + "\n\n" + "\n".join(notes)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+async def _measure(sizes_mib: Sequence[int]) -> list[FileRun]:
+    from pqcall.cli.files import transfers
+    from pqcall.client.home import Home
+    from pqcall.client.phone import register
+    from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="pqcall-bench-files-") as scratch:
+        base = Path(scratch)
+        with (
+            _child(base / "pqcall-server", _pqcall_server_command) as pqcall_url,
+            _child(base / "plain-server", _plain_server_command) as plain_url,
+        ):
+            homes = {name: Home(base / name) for name in ("alice", "bob")}
+            for name, home in homes.items():
+                await register(
+                    home, name, pqcall_url, PASSPHRASE, kdf_params=INSECURE_TEST_KDF_PARAMS
+                )
+            async with (
+                transfers(homes["alice"], PASSPHRASE) as alice,
+                transfers(homes["bob"], PASSPHRASE) as bob,
+            ):
+                import httpx
+
+                async with httpx.AsyncClient(base_url=plain_url, timeout=None) as http:
+                    for mib in sizes_mib:
+                        source = base / f"bench-{mib}MiB.bin"
+                        digest = await asyncio.to_thread(_write_random, source, mib * MIB)
+                        _say(f"{mib} MiB: cp, plain HTTP, pqcall")
+
+                        async def once(source: Path = source, digest: str = digest) -> FileRun:
+                            copy_s = await asyncio.to_thread(_copy, source, base / "copy.bin")
+                            put_s, get_s = await _plain_round_trip(http, source, base / "got.bin")
+                            started = time.monotonic()
+                            sent = await alice.send("bob", source)
+                            send_s = time.monotonic() - started
+                            started = time.monotonic()
+                            received = await bob.receive(sent.file_id, base / "received")
+                            receive_s = time.monotonic() - started
+                            if await asyncio.to_thread(_sha256, received.path) != digest:
+                                raise PqcallError("the received file differs from the one sent")
+                            received.path.unlink()
+                            return FileRun(
+                                source.stat().st_size, send_s, receive_s, put_s, get_s, copy_s
+                            )
+
+                        repeats = REPEATS if mib < REPEAT_BELOW_MIB else 1
+                        runs.append(_median([await once() for _ in range(repeats)]))
+                        source.unlink()
+    return runs
+
+
+def _median(runs: Sequence[FileRun]) -> FileRun:
+    return FileRun(
+        runs[0].size,
+        *(
+            statistics.median(getattr(run, field) for run in runs)
+            for field in ("send_s", "receive_s", "put_s", "get_s", "copy_s")
+        ),
+    )
+
+
+def _write_random(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "wb") as file:
+        written = 0
+        while written < size:
+            block = os.urandom(min(4 * MIB, size - written))
+            file.write(block)
+            digest.update(block)
+            written += len(block)
+        file.flush()
+        os.fsync(file.fileno())
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(4 * MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _copy(source: Path, target: Path) -> float:
+    started = time.monotonic()
+    shutil.copyfile(source, target)
+    with open(target, "rb+") as file:
+        os.fsync(file.fileno())
+    seconds = time.monotonic() - started
+    target.unlink()
+    return seconds
+
+
+async def _plain_round_trip(
+    http: httpx.AsyncClient, source: Path, target: Path
+) -> tuple[float, float]:
+    """Seconds to PUT ``source`` to the plain server and GET it back into ``target``."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        with open(source, "rb") as file:
+            while piece := file.read(BLOCK_BYTES):
+                yield piece
+
+    size = source.stat().st_size
+    started = time.monotonic()
+    answer = await http.put("/blob", content=pieces(), headers={"Content-Length": str(size)})
+    answer.raise_for_status()
+    put_s = time.monotonic() - started
+    started = time.monotonic()
+    with open(target, "wb") as file:
+        async with http.stream("GET", "/blob") as response:
+            response.raise_for_status()
+            async for piece in response.aiter_bytes(BLOCK_BYTES):
+                file.write(piece)
+        file.flush()
+        os.fsync(file.fileno())
+    get_s = time.monotonic() - started
+    if target.stat().st_size != size:
+        raise PqcallError("the plain HTTP server sent back a different size")
+    target.unlink()
+    return put_s, get_s
+
+
+# ---------------------------------------------------------------- child servers
+
+
+def _pqcall_server_command(port: int, data_dir: Path) -> list[str]:
+    relay_port = _free_port(socket.SOCK_DGRAM)
+    return [
+        *(sys.executable, "-m", "pqcall", "server", "--host", HOST, "--port", str(port)),
+        *("--relay-port", str(relay_port), "--data-dir", str(data_dir), "--no-mdns"),
+        *("--name", "bench.pqcall", "--log-level", "warning"),
+        *("--rate-limit-scale", str(RATE_LIMIT_SCALE)),
+    ]
+
+
+def _plain_server_command(port: int, data_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "pqcall.bench.files", HOST, str(port), str(data_dir)]
+
+
+@contextlib.contextmanager
+def _child(data_dir: Path, command: Callable[[int, Path], list[str]]) -> Iterator[str]:
+    """Run a server child process on a free port until the block ends; its base URL."""
+    import httpx
+
+    data_dir.mkdir()
+    port = _free_port(socket.SOCK_STREAM)
+    url = f"http://{HOST}:{port}"
+    log_path = data_dir.parent / f"{data_dir.name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command(port, data_dir), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise PqcallError(f"a benchmark server exited at start:\n{log_path.read_text()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise PqcallError(f"a benchmark server did not start in {START_TIMEOUT_S:g} s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _say(message: str) -> None:
+    print(f"pqcall bench files: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the plain HTTP server
+
+
+def _plain_app(directory: Path) -> Starlette:
+    """PUT /blob streams the body to a file (fsync); GET /blob sends it back; GET /health."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    blob = directory / "blob"
+
+    async def put(request: Request) -> Response:
+        fd = os.open(blob, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            buffer = bytearray()
+            async for chunk in request.stream():
+                buffer += chunk
+                if len(buffer) >= WRITE_BUFFER_BYTES:
+                    data, buffer = bytes(buffer), bytearray()
+                    await asyncio.to_thread(_write_all, fd, data)
+            await asyncio.to_thread(_write_all, fd, bytes(buffer))
+            await asyncio.to_thread(os.fsync, fd)
+        finally:
+            os.close(fd)
+        return Response(status_code=204)
+
+    async def get(request: Request) -> Response:
+        return FileResponse(blob, media_type="application/octet-stream")
+
+    async def health(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    return Starlette(
+        routes=[
+            Route("/blob", put, methods=["PUT"]),
+            Route("/blob", get, methods=["GET"]),
+            Route("/health", health),
+        ]
+    )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _serve_plain(host: str, port: int, directory: Path) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        _plain_app(directory),
+        host=host,
+        port=port,
+        log_level="warning",
+        server_header=False,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    _serve_plain(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))

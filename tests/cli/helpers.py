@@ -1,0 +1,35 @@
+"""Helpers for tests that run ``pqcall`` as child processes, as a person runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
+COMMAND_TIMEOUT_S = 60.0 * TIMEOUT_SCALE  # one pqcall command, start to exit
+PASSPHRASE = "correct horse battery staple"
+
+
+def pqcall_command(home: Path | None, *args: str) -> list[str]:
+    """``python -m pqcall [--home HOME] ARGS``."""
+    prefix = [sys.executable, "-m", "pqcall"]
+    return [*prefix, "--home", str(home), *args] if home is not None else [*prefix, *args]
+
+
+def child_env() -> dict[str, str]:
+    """This environment without any ``PQCALL_*``, with ``PQCALL_PASSPHRASE`` set."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PQCALL_")}
+    env["PQCALL_PASSPHRASE"] = PASSPHRASE
+    return env
+
+
+def one_json(stdout: str) -> dict[str, Any]:
+    """The one JSON object a ``--json`` command printed."""
+    lines = stdout.splitlines()
+    assert len(lines) == 1, stdout
+    record = json.loads(lines[0])
+    assert isinstance(record, dict)
+    return record
