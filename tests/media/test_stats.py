@@ -153,6 +153,9 @@ def test_audio_level_in_dbfs(rms, dbfs):
     assert stats.snapshot(0.0).audio_level_dbfs is None
     stats.record_audio_level(rms)
     assert stats.snapshot(0.0).audio_level_dbfs == pytest.approx(dbfs)
+    assert stats.snapshot(0.0).input_level_dbfs is None
+    stats.record_input_level(rms)
+    assert stats.snapshot(0.0).input_level_dbfs == pytest.approx(dbfs)
 
 
 @pytest.mark.parametrize(
@@ -218,6 +221,7 @@ def test_snapshot_takes_playout_counters_and_is_json_ready():
         "tx_kbps",
         "rx_kbps",
         "audio_level_dbfs",
+        "input_level_dbfs",
         "mos",
         "r_factor",
     }

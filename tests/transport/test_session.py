@@ -24,6 +24,7 @@ from pqcall.crypto.sframe import Header
 from pqcall.exceptions import LocalProtocolError
 from pqcall.media.audio import ToneSource, WavFileSink, WavFileSource
 from pqcall.media.codec import SAMPLE_RATE_HZ, OpusSettings, Pcm
+from pqcall.media.stats import MIN_AUDIO_LEVEL_DBFS
 from pqcall.transport.impair import Impairment, ImpairmentRelay
 from pqcall.transport.session import EndReason, MediaSession, MediaSettings
 from tests.utils import handshake_pair
@@ -217,6 +218,8 @@ def test_tone_crosses_both_ways_with_stats_and_rtt():
             assert stats.packets_rejected == 0
             assert stats.rtt_ms is not None and 0 < stats.rtt_ms < 100
             assert stats.audio_level_dbfs is not None and stats.audio_level_dbfs > -15
+            # the tone sent: amplitude 0.5 is -6 dBFS peak, -9 dBFS RMS
+            assert stats.input_level_dbfs == pytest.approx(-9.0, abs=0.5)
             # 100-byte datagrams + 28 of IP/UDP, 50 per second, plus pings and reports
             # (about 53 kbit/s), averaged over a 2 s window longer than the call so far
             assert 30 < stats.tx_kbps < 64
@@ -388,6 +391,7 @@ def test_mute_is_signalled_and_silences_the_audio():
         await asyncio.sleep(0.4)
         assert rms(call.callee_hears.tail(0.2)) < 0.001
         assert call.caller.is_muted
+        assert call.caller.snapshot().input_level_dbfs == MIN_AUDIO_LEVEL_DBFS  # meter drops
         packets = call.callee.snapshot().packets_received
         await asyncio.sleep(0.2)
         assert call.callee.snapshot().packets_received > packets + 5  # still one per frame

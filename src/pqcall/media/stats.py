@@ -250,7 +250,9 @@ class CallStatsSnapshot:
     rx_kbps: float
     """Received bitrate on the wire (IP and UDP headers included)."""
     audio_level_dbfs: float | None
-    """Latest audio level (0 dBFS: full-scale square wave)."""
+    """Latest level of the audio played (0 dBFS: full-scale square wave)."""
+    input_level_dbfs: float | None
+    """Latest level of the audio sent (the microphone; silence while muted)."""
     one_way_delay_ms: float
     """Mouth-to-ear delay the E-model used."""
     effective_loss_percent: float
@@ -297,7 +299,8 @@ class CallStats:
         self._received = 0  # datagrams received
         self._rtt_s: float | None = None  # smoothed RTT
         self._rtt_latest_s: float | None = None  # latest RTT sample
-        self._level_dbfs: float | None = None  # latest audio level
+        self._level_dbfs: float | None = None  # latest level of the audio played
+        self._input_level_dbfs: float | None = None  # latest level of the audio sent
 
     def record_sent(self, size_bytes: int, now: float) -> None:
         """Count a media datagram of ``size_bytes`` (UDP payload) sent at ``now``."""
@@ -343,13 +346,12 @@ class CallStats:
             self._rtt_s += (sample - self._rtt_s) * RTT_GAIN
 
     def record_audio_level(self, rms: float) -> None:
-        """Record the RMS of a frame, 1.0 being full scale, as the current level."""
-        if not rms >= 0.0:
-            raise LocalProtocolError("RMS level must be a non-negative number")
-        if rms == 0.0:
-            self._level_dbfs = MIN_AUDIO_LEVEL_DBFS
-        else:
-            self._level_dbfs = max(MIN_AUDIO_LEVEL_DBFS, 20.0 * math.log10(rms))
+        """Record the RMS of a played frame, 1.0 being full scale, as the current level."""
+        self._level_dbfs = _dbfs(rms)
+
+    def record_input_level(self, rms: float) -> None:
+        """Record the RMS of a sent frame, 1.0 being full scale, as the current input level."""
+        self._input_level_dbfs = _dbfs(rms)
 
     def snapshot(
         self,
@@ -403,8 +405,18 @@ class CallStats:
             tx_kbps=self._tx.kbps(now),
             rx_kbps=self._rx.kbps(now),
             audio_level_dbfs=self._level_dbfs,
+            input_level_dbfs=self._input_level_dbfs,
             one_way_delay_ms=one_way_ms,
             effective_loss_percent=heard_loss,
             r_factor=r,
             mos=emodel.mos_from_r(r),
         )
+
+
+def _dbfs(rms: float) -> float:
+    """An RMS level (1.0: full scale) in dBFS, floored at :data:`MIN_AUDIO_LEVEL_DBFS`."""
+    if not rms >= 0.0:
+        raise LocalProtocolError("RMS level must be a non-negative number")
+    if rms == 0.0:
+        return MIN_AUDIO_LEVEL_DBFS
+    return max(MIN_AUDIO_LEVEL_DBFS, 20.0 * math.log10(rms))

@@ -283,6 +283,7 @@ class MediaSession:
         self._protocol_ended: asyncio.Event | None = None  # the protocol reached ENDED
         self._timestamps: dict[int, int] = {}  # seq -> timestamp, oldest first, for trace
         self._played_pcm: Pcm | None = None  # last frame played, for the audio level
+        self._sent_pcm: Pcm | None = None  # last frame sent, for the input level
         self._foreign = 0  # datagrams from other addresses
         self._side_channel_datagrams = 0  # datagrams the side channel took
         self._errors = 0  # datagrams or frames whose handling failed
@@ -476,12 +477,13 @@ class MediaSession:
     def snapshot(self) -> CallStatsSnapshot:
         """Live call statistics (``packets_sent`` counts every datagram, control ones too)."""
         now = self._loop.time() if self._loop is not None else 0.0
-        pcm, self._played_pcm = self._played_pcm, None
-        if pcm is not None:
-            # the level of the latest frame, measured when asked for rather than per frame
-            samples = pcm.astype(np.float32)
-            rms = math.sqrt(float(np.dot(samples, samples)) / len(samples)) if len(pcm) else 0.0
-            self._stats.record_audio_level(rms / FULL_SCALE)
+        # the levels of the latest frames, measured when asked for rather than per frame
+        played, self._played_pcm = self._played_pcm, None
+        if played is not None:
+            self._stats.record_audio_level(_rms(played))
+        sent, self._sent_pcm = self._sent_pcm, None
+        if sent is not None:
+            self._stats.record_input_level(_rms(sent))
         return self._stats.snapshot(
             now, playout=self._buffer.snapshot(), packets_rejected=self.packets_rejected
         )
@@ -641,6 +643,7 @@ class MediaSession:
         pcm = self._source.read_frame()
         if pcm is None or self._muted:
             pcm = silence(self._encoder.frame_samples)
+        self._sent_pcm = pcm
         packet = self._protocol.send_audio(self._encoder.encode(pcm), now)
         if self._trace is not None:
             self._trace.frame_captured(packet.timestamp, now)
@@ -708,3 +711,11 @@ class MediaSession:
 
 
 _AUDIBLE: Final = (PlayoutAction.PLAY, PlayoutAction.FEC, PlayoutAction.REDUNDANT)
+
+
+def _rms(pcm: Pcm) -> float:
+    """The RMS level of a frame, 1.0 being full scale."""
+    if not len(pcm):
+        return 0.0
+    samples = pcm.astype(np.float32)
+    return math.sqrt(float(np.dot(samples, samples)) / len(samples)) / FULL_SCALE
