@@ -7,6 +7,7 @@ One module per group of commands, each with ``add_parsers(commands, common)``:
 - :mod:`~pqcall.cli.files`: ``send-file``, ``inbox``, ``receive``
 - :mod:`~pqcall.cli.info`: ``contacts``, ``verify``, ``history``, ``devices``
 - :mod:`~pqcall.cli.demo`: ``demo``
+- :mod:`~pqcall.cli.ui`: ``ui`` (the softphone with a web page)
 - ``server`` (:mod:`pqcall.server.runner`) and ``bench`` (:mod:`pqcall.bench`)
 
 and the shared pieces: :mod:`~pqcall.cli.options` (options several commands
@@ -24,7 +25,7 @@ import sys
 
 from pqcall import __version__
 from pqcall.bench import __main__ as bench
-from pqcall.cli import account, calls, demo, files, info
+from pqcall.cli import account, calls, demo, files, info, ui
 from pqcall.cli.options import add_global_options
 from pqcall.exceptions import PqcallError
 from pqcall.server import runner as server
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_parsers(commands, common)
     info.add_parsers(commands, common)
     demo.add_parsers(commands, common)
+    ui.add_parsers(commands, common)
     bench_parser = commands.add_parser("bench", help="run a benchmark and print its figures")
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=bench.run)
