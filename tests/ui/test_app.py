@@ -207,6 +207,12 @@ async def test_token_is_required(tmp_path: Path) -> None:
                 pass
         response = await alice.post("/unlock", {})
         assert response.status_code == 400 and "passphrase" in response.json()["error"]
+        # a page on another origin that rebinds its DNS name to 127.0.0.1 names its own host
+        async with httpx.AsyncClient(base_url=alice.base_url) as rebinding:
+            response = await rebinding.get(
+                "/api/state", headers={TOKEN_HEADER: TOKEN, "Host": "evil.example"}
+            )
+            assert response.status_code == 400
 
 
 # ---------------------------------------------------------------- calls
