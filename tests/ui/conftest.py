@@ -146,12 +146,23 @@ class UiWorld:
     browser: Browser
     uis: dict[str, Ui] = field(default_factory=dict)
 
-    def open(self, name: str) -> Page:
+    def open(
+        self,
+        name: str,
+        *,
+        unlock: bool = True,
+        viewport: tuple[int, int] = (VIEWPORT_WIDTH, VIEWPORT_HEIGHT),
+        device_scale_factor: float = 1.0,
+        sample: str | None = None,
+    ) -> Page:
         """Start ``pqcall ui`` for ``name``, open its URL and unlock it in the page.
 
         The process runs in the scratch directory with its WAV files there
         under short names (``alice.wav`` in, ``alice-heard.wav`` out), which
-        is what the device choice shows in the screenshots.
+        is what the device choice shows in the screenshots. ``unlock=False``
+        leaves the page on its first screen (unlock, or setup for a home
+        without an account); ``viewport`` is in CSS pixels; ``sample`` names
+        the WAV file played as the microphone (default: ``name``'s).
         """
         from playwright.sync_api import expect
 
@@ -160,7 +171,7 @@ class UiWorld:
         err_path = self.base / f"{name}-ui.err"
         env = {key: value for key, value in os.environ.items() if not key.startswith("PQCALL_")}
         env["PYTHONUNBUFFERED"] = "1"  # the URL line must reach the file at once
-        shutil.copyfile(SAMPLES / f"{name}.wav", self.base / f"{name}.wav")
+        shutil.copyfile(SAMPLES / f"{sample or name}.wav", self.base / f"{name}.wav")
         audio = ("--audio-in", f"{name}.wav", "--audio-out", f"{name}-heard.wav")
         command = pqcall_command(self.homes[name], "ui", "--no-browser", "--port", str(port))
         with open(out_path, "w") as out, open(err_path, "w") as err:
@@ -175,14 +186,17 @@ class UiWorld:
         ui = self.uis[name] = Ui(name, process, out_path, err_path)
         ui.wait_for_url()
         assert ui.url.startswith(f"http://127.0.0.1:{port}/#token="), ui.url
+        width, height = viewport
         ui.context = self.browser.new_context(
-            viewport={"width": VIEWPORT_WIDTH, "height": VIEWPORT_HEIGHT}
+            viewport={"width": width, "height": height}, device_scale_factor=device_scale_factor
         )
         page = ui.page = ui.context.new_page()
         page.set_default_timeout(15_000 * TIMEOUT_SCALE)
         page.on("console", lambda message: _console(ui, message))
         page.on("pageerror", lambda error: _page_error(ui, error))
         page.goto(ui.url)
+        if not unlock:
+            return page
         page.get_by_test_id("unlock-passphrase").fill(PASSPHRASE)
         page.get_by_test_id("unlock-submit").click()
         expect(page.get_by_test_id("me")).to_have_text(name)

@@ -520,7 +520,11 @@ function effects(next) {
     const wasIncoming = ui.callKey?.endsWith(":incoming");
     ui.callKey = key;
     const focusLost = document.activeElement === document.body || $("incoming").contains(document.activeElement);
-    if (wasIncoming && focusLost) (call && ACTIVE.has(call.state) ? $("hangup") : $("main")).focus();
+    if (wasIncoming && focusLost && call && ACTIVE.has(call.state)) {
+      // keep the SAS in view (it is read aloud next), even when the panel is taller than the window
+      $("hangup").focus({ preventScroll: true });
+      $("call-panel").scrollIntoView({ block: "start" });
+    } else if (wasIncoming && focusLost) $("main").focus();
   }
   if (call?.state === "incoming") {
     if (ui.incomingId !== call.call_id) {
