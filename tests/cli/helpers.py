@@ -33,3 +33,32 @@ def one_json(stdout: str) -> dict[str, Any]:
     record = json.loads(lines[0])
     assert isinstance(record, dict)
     return record
+
+
+# what issue 5 asks of the JSON of a finished call (also checked by tests/e2e)
+CALL_RECORD_FIELDS = (
+    "call_id",
+    "peer",
+    "direction",
+    "result",
+    "sas",
+    "path",
+    "duration_s",
+    "codec",
+    "frame_ms",
+    "packets_sent",
+    "packets_received",
+    "packets_lost",
+    "packets_late",
+    "packets_rejected",
+    "concealed_ms",
+    "fec_recovered",
+    "jitter_ms",
+    "rtt_ms",
+    "jitter_buffer_ms",
+    "tx_kbps",
+    "rx_kbps",
+    "mos",
+    "first_capture_unix",
+    "first_playout_unix",
+)

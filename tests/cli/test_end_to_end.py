@@ -25,7 +25,14 @@ import numpy as np
 import pytest
 
 from pqcall.media.audio import open_source
-from tests.cli.helpers import COMMAND_TIMEOUT_S, TIMEOUT_SCALE, child_env, one_json, pqcall_command
+from tests.cli.helpers import (
+    CALL_RECORD_FIELDS,
+    COMMAND_TIMEOUT_S,
+    TIMEOUT_SCALE,
+    child_env,
+    one_json,
+    pqcall_command,
+)
 from tests.server.test_runner import _free_port, _start, _stop, _wait_for_health
 
 READY_TIMEOUT_S = 20.0 * TIMEOUT_SCALE  # until a listener says it is listening
@@ -35,32 +42,7 @@ SAMPLES = Path(__file__).parents[2] / "src" / "pqcall" / "media" / "samples"
 QUIET = ("--audio-in", "silence", "--audio-out", "null")  # no sound card needed
 MIN_RMS = 200.0  # of int16 samples: clearly more than silence (speech is ~2000)
 
-JSON_FIELDS = (
-    "call_id",
-    "peer",
-    "direction",
-    "result",
-    "sas",
-    "path",
-    "duration_s",
-    "codec",
-    "frame_ms",
-    "packets_sent",
-    "packets_received",
-    "packets_lost",
-    "packets_late",
-    "packets_rejected",
-    "concealed_ms",
-    "fec_recovered",
-    "jitter_ms",
-    "rtt_ms",
-    "jitter_buffer_ms",
-    "tx_kbps",
-    "rx_kbps",
-    "mos",
-    "first_capture_unix",
-    "first_playout_unix",
-)
+JSON_FIELDS = CALL_RECORD_FIELDS
 
 
 @dataclass

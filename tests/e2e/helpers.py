@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tests.cli.helpers import CALL_RECORD_FIELDS
 from tests.netns import Host
 
 from .conftest import PYTHON, PqcallServer, Processes
@@ -20,32 +21,7 @@ from .conftest import PYTHON, PqcallServer, Processes
 PASSPHRASE = "two hosts, one call"
 REGISTER_TIMEOUT_S = 60.0
 
-RECORD_FIELDS = (
-    "call_id",
-    "peer",
-    "direction",
-    "result",
-    "sas",
-    "path",
-    "duration_s",
-    "codec",
-    "frame_ms",
-    "packets_sent",
-    "packets_received",
-    "packets_lost",
-    "packets_late",
-    "packets_rejected",
-    "concealed_ms",
-    "fec_recovered",
-    "jitter_ms",
-    "rtt_ms",
-    "jitter_buffer_ms",
-    "tx_kbps",
-    "rx_kbps",
-    "mos",
-    "first_capture_unix",
-    "first_playout_unix",
-)
+RECORD_FIELDS = CALL_RECORD_FIELDS
 """What the JSON of a finished call has at least (issue 5)."""
 UNANSWERED_FIELDS = ("call_id", "peer", "direction", "result", "reason", "duration_s")
 """What the JSON of a call that was never answered has at least (no media figures)."""
