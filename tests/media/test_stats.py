@@ -121,6 +121,16 @@ def test_bitrates_include_ip_and_udp_headers_over_the_window():
     assert stats.snapshot(5.1).tx_kbps == 0.0
 
 
+def test_bitrate_is_right_before_the_window_is_full():
+    stats = CallStats()
+    assert stats.snapshot(0.0).tx_kbps == 0.0
+    for index in range(25):  # the first half second of a call: 50 packets/s of 100 bytes
+        stats.record_sent(100, 0.005 + index * 0.02)
+    # buckets [0, 0.5) are complete: 25 packets of 128 bytes in 0.5 s, not spread over 2 s
+    assert stats.snapshot(0.5).tx_kbps == pytest.approx(25 * 128 * 8 / 0.5 / 1000)
+    assert stats.snapshot(0.05).tx_kbps == 0.0  # no complete bucket yet
+
+
 def test_bitrate_overhead_is_configurable_for_ipv6():
     stats = CallStats(overhead_bytes=IPV6_UDP_OVERHEAD_BYTES)
     for index in range(150):

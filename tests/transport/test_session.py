@@ -221,8 +221,8 @@ def test_tone_crosses_both_ways_with_stats_and_rtt():
             # the tone sent: amplitude 0.5 is -6 dBFS peak, -9 dBFS RMS
             assert stats.input_level_dbfs == pytest.approx(-9.0, abs=0.5)
             # 100-byte datagrams + 28 of IP/UDP, 50 per second, plus pings and reports
-            # (about 53 kbit/s), averaged over a 2 s window longer than the call so far
-            assert 30 < stats.tx_kbps < 64
+            # (about 53 kbit/s), averaged over the call so far (shorter than the 2 s window)
+            assert 45 < stats.tx_kbps < 64
         assert call.callee.jitter_stats.played >= 60
         assert call.caller.end_reason is None
         await call.caller.hangup()

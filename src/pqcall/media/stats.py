@@ -180,16 +180,21 @@ class BitrateMeter:
 
     The rate covers the last :data:`BITRATE_WINDOW_S` of *complete* buckets,
     so it lags by at most one bucket (100 ms) and never counts a partial one.
+    Until a whole window has passed since the first byte, it averages over the
+    time since then, so a call's first seconds do not read low.
     """
 
     def __init__(self, window_s: int = BITRATE_WINDOW_S) -> None:
         self._span = window_s * BITRATE_BUCKETS_PER_S  # buckets in the window
         self._window_s = window_s
         self._buckets: deque[list[int]] = deque()  # [bucket index, bytes], oldest first
+        self._first: int | None = None  # index of the first bucket ever counted
 
     def add(self, size_bytes: int, now: float) -> None:
         """Count ``size_bytes`` sent or received at ``now``."""
         index = math.floor(now * BITRATE_BUCKETS_PER_S)
+        if self._first is None:
+            self._first = index
         buckets = self._buckets
         if buckets and buckets[-1][0] == index:
             buckets[-1][1] += size_bytes
@@ -202,7 +207,10 @@ class BitrateMeter:
         current = math.floor(now * BITRATE_BUCKETS_PER_S)
         self._expire(current)
         total = sum(size for index, size in self._buckets if index < current)
-        return total * 8 / self._window_s / 1000.0
+        if self._first is None or current <= self._first:
+            return 0.0
+        covered_s = min(self._span, current - self._first) / BITRATE_BUCKETS_PER_S
+        return total * 8 / covered_s / 1000.0
 
     def _expire(self, current: int) -> None:
         while self._buckets and self._buckets[0][0] < current - self._span:
