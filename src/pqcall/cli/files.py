@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from pqcall.cli import runtime
 from pqcall.cli.account import registered_config
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 REDRAW_INTERVAL_S = 0.1
 """Least time between two redraws of the progress line."""
+
+FileCommand = Callable[[argparse.Namespace, "Home", str, Console], Coroutine[Any, Any, int]]
+"""What ``send-file``, ``inbox`` and ``receive`` run once the account is open."""
 
 
 def add_parsers(
@@ -80,13 +83,18 @@ def add_parsers(
 # ---------------------------------------------------------------- send-file
 
 
-def run_send(args: argparse.Namespace) -> int:
-    """``pqcall send-file NAME PATH``."""
+def _run(args: argparse.Namespace, command: FileCommand) -> int:
+    """Set up logging, open the registered home, ask for the passphrase, run ``command``."""
     runtime.setup_logging(args.verbose)
     home = open_home(args)
     registered_config(home)
     secret = passphrase(args)
-    return runtime.run(_send(args, home, secret, Console(json_mode=args.json)))
+    return runtime.run(command(args, home, secret, Console(json_mode=args.json)))
+
+
+def run_send(args: argparse.Namespace) -> int:
+    """``pqcall send-file NAME PATH``."""
+    return _run(args, _send)
 
 
 async def _send(args: argparse.Namespace, home: Home, secret: str, console: Console) -> int:
@@ -114,11 +122,7 @@ async def _send(args: argparse.Namespace, home: Home, secret: str, console: Cons
 
 def run_inbox(args: argparse.Namespace) -> int:
     """``pqcall inbox``."""
-    runtime.setup_logging(args.verbose)
-    home = open_home(args)
-    registered_config(home)
-    secret = passphrase(args)
-    return runtime.run(_inbox(args, home, secret, Console(json_mode=args.json)))
+    return _run(args, _inbox)
 
 
 async def _inbox(args: argparse.Namespace, home: Home, secret: str, console: Console) -> int:
@@ -154,11 +158,7 @@ async def _inbox(args: argparse.Namespace, home: Home, secret: str, console: Con
 
 def run_receive(args: argparse.Namespace) -> int:
     """``pqcall receive ID``."""
-    runtime.setup_logging(args.verbose)
-    home = open_home(args)
-    registered_config(home)
-    secret = passphrase(args)
-    return runtime.run(_receive(args, home, secret, Console(json_mode=args.json)))
+    return _run(args, _receive)
 
 
 async def _receive(args: argparse.Namespace, home: Home, secret: str, console: Console) -> int:
