@@ -297,3 +297,21 @@ def test_max_bandwidth_limits_the_coded_band(bandwidth, passed_hz, cut_hz):
     assert rms(through_codec(passed_hz)) == pytest.approx(full_scale_rms, rel=0.05)
     if cut_hz is not None:
         assert rms(through_codec(cut_hz)) < 0.05 * full_scale_rms
+
+
+def _coded_band(packet: bytes) -> str:
+    """The audio bandwidth a SILK-only packet's TOC byte names (RFC 6716 section 3.1)."""
+    config = packet[0] >> 3
+    assert config <= 11, "not a SILK-only packet"
+    return ("narrowband", "mediumband", "wideband")[config // 4]
+
+
+def test_forced_bandwidth_keeps_a_low_bitrate_stream_wideband():
+    signal = tone(1_000, 0.4)
+    chosen = encode_all(OpusEncoder(OpusSettings(bitrate_bps=8_000)), signal)
+    forced = encode_all(
+        OpusEncoder(OpusSettings(bitrate_bps=8_000, bandwidth=Bandwidth.WIDEBAND)), signal
+    )
+    assert {_coded_band(packet) for packet in chosen[5:]} != {"wideband"}
+    assert {_coded_band(packet) for packet in forced} == {"wideband"}
+    assert {len(packet) for packet in forced} == {20}  # still 8 kbit/s of 20 ms frames

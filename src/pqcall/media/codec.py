@@ -179,6 +179,13 @@ class OpusSettings:
     """Variable bitrate. Off by default: packet sizes of VBR speech leak words."""
     max_bandwidth: Bandwidth = Bandwidth.WIDEBAND
     """Highest audio bandwidth the encoder may choose."""
+    bandwidth: Bandwidth | None = None
+    """Force this audio bandwidth (None: the encoder chooses, up to ``max_bandwidth``).
+
+    At 8 kbit/s the encoder would choose narrowband; forcing wideband keeps a
+    low-rate copy in the same SILK mode as the main stream, so a decoder can
+    switch between them without resetting (``media_protocol`` backup copies).
+    """
     fec: bool = True
     """In-band forward error correction (LBRR); emitted only while expected loss > 0."""
     expected_loss_percent: int = DEFAULT_EXPECTED_LOSS_PERCENT
@@ -279,6 +286,8 @@ class OpusEncoder:
             encoder.bitrate = settings.bitrate_bps
             encoder.vbr = int(settings.vbr)
             encoder.max_bandwidth = _OPUS_BANDWIDTH[settings.max_bandwidth]
+            if settings.bandwidth is not None:
+                encoder.bandwidth = _OPUS_BANDWIDTH[settings.bandwidth]
             encoder.inband_fec = int(settings.fec)
             encoder.packet_loss_perc = settings.expected_loss_percent
             encoder.dtx = 0
