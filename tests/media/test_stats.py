@@ -7,14 +7,19 @@ import json
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pqcall.exceptions import LocalProtocolError
 from pqcall.media import emodel
 from pqcall.media.jitter import JitterBuffer, JitterBufferStats
 from pqcall.media.stats import (
+    BITRATE_BUCKETS_PER_S,
+    BITRATE_WINDOW_S,
     IPV4_UDP_OVERHEAD_BYTES,
     IPV6_UDP_OVERHEAD_BYTES,
     MIN_AUDIO_LEVEL_DBFS,
+    BitrateMeter,
     CallStats,
     SequenceTracker,
 )
@@ -129,6 +134,47 @@ def test_bitrate_is_right_before_the_window_is_full():
     # buckets [0, 0.5) are complete: 25 packets of 128 bytes in 0.5 s, not spread over 2 s
     assert stats.snapshot(0.5).tx_kbps == pytest.approx(25 * 128 * 8 / 0.5 / 1000)
     assert stats.snapshot(0.05).tx_kbps == 0.0  # no complete bucket yet
+
+
+def reference_kbps(sizes: list[tuple[float, int]], now: float) -> float:
+    """The bitrate by its definition: complete buckets of the window before ``now``."""
+    current = math.floor(now * BITRATE_BUCKETS_PER_S)
+    if not sizes or current <= (first := math.floor(sizes[0][0] * BITRATE_BUCKETS_PER_S)):
+        return 0.0
+    span = BITRATE_WINDOW_S * BITRATE_BUCKETS_PER_S
+    total = sum(
+        size
+        for at, size in sizes
+        if current - span <= math.floor(at * BITRATE_BUCKETS_PER_S) < current
+    )
+    return total * 8 / (min(span, current - first) / BITRATE_BUCKETS_PER_S) / 1000.0
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0.0, 0.02, 0.02, 0.02, 0.1, 1.5, 3.0]), st.integers(0, 1500)),
+        max_size=300,
+    ),
+    st.floats(0.0, 4.0),
+)
+def test_bitrate_meter_keeps_its_definition(steps, ahead):
+    # with ``now`` never going back, the running total gives the definition's sum
+    meter, sizes, now = BitrateMeter(), [], 10.0
+    for step, size in steps:
+        now += step
+        meter.add(size, now)
+        sizes.append((now, size))
+        assert meter.kbps(now) == pytest.approx(reference_kbps(sizes, now))
+    assert meter.kbps(now + ahead) == pytest.approx(reference_kbps(sizes, now + ahead))
+
+
+def test_bitrate_meter_survives_a_clock_that_went_back():
+    meter = BitrateMeter()
+    meter.add(1000, 1.05)  # bucket 10, the first
+    meter.add(1000, 0.95)  # bucket 9, after a later one
+    # both buckets are complete at 1.15 s, over the 0.1 s since the first
+    assert meter.kbps(1.15) == pytest.approx(2000 * 8 / 0.1 / 1000)
+    assert meter.kbps(1.25) == pytest.approx(2000 * 8 / 0.2 / 1000)
 
 
 def test_bitrate_overhead_is_configurable_for_ipv6():
@@ -254,6 +300,21 @@ def test_snapshot_fed_by_a_jitter_buffer():
     assert snapshot.jitter_ms == pytest.approx(0.0, abs=1e-6)
     assert snapshot.effective_loss_percent == pytest.approx(1.0)  # 1 of 100 slots
     assert 4.2 < snapshot.mos < 4.3
+
+
+def test_rating_follows_its_inputs_from_snapshot_to_snapshot():
+    stats = CallStats()
+    stats.record_pong(0.0, 0.100)
+    counters = playout(played=100, buffered_delay_ms=40.0)
+    first = stats.snapshot(1.0, playout=counters)
+    assert stats.snapshot(1.1, playout=counters).r_factor == first.r_factor
+    stats.record_pong(1.0, 1.300)  # the smoothed RTT moves: so does the delay, so does R
+    moved = stats.snapshot(1.4, playout=counters)
+    assert moved.one_way_delay_ms > first.one_way_delay_ms
+    assert moved.r_factor == emodel.r_factor(moved.one_way_delay_ms, 0.0)
+    lossy = stats.snapshot(1.5, playout=playout(played=90, concealed=10, concealment_events=5))
+    burst = emodel.burst_ratio(100, 10, 5)
+    assert lossy.r_factor == emodel.r_factor(lossy.one_way_delay_ms, 10.0, burst_ratio=burst)
 
 
 def test_perfect_conditions_give_mos_near_the_top_of_the_scale():

@@ -125,6 +125,23 @@ def _decode_field(data: bytes, pos: int, extended: bool, bits: int, field: str) 
     return value, end
 
 
+def parse_header(data: bytes) -> tuple[int, int, int]:
+    """The KID, CTR and length of the SFrame header at the start of ``data``.
+
+    :meth:`Header.parse` as plain integers, for the receive path, which needs
+    no header object per packet.
+
+    Raises:
+        DecodeError: the header is empty, truncated, or not minimally encoded.
+    """
+    if not data:
+        raise DecodeError("SFrame header is empty")
+    config = data[0]
+    kid, pos = _decode_field(data, 1, bool(config & 0x80), (config >> 4) & 0x07, "KID")
+    ctr, pos = _decode_field(data, pos, bool(config & 0x08), config & 0x07, "CTR")
+    return kid, ctr, pos
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     """The SFrame header: key id and counter (RFC 9605 section 4.3).
@@ -154,12 +171,8 @@ class Header:
         Raises:
             DecodeError: the header is empty, truncated, or not minimally encoded.
         """
-        if not data:
-            raise DecodeError("SFrame header is empty")
-        config = data[0]
-        kid, pos = _decode_field(data, 1, bool(config & 0x80), (config >> 4) & 0x07, "KID")
-        ctr, pos = _decode_field(data, pos, bool(config & 0x08), config & 0x07, "CTR")
-        return cls(kid, ctr), pos
+        kid, ctr, length = parse_header(data)
+        return cls(kid, ctr), length
 
     def serialize(self) -> bytes:
         """The minimal encoding (RFC 9605 section 4.3), 1 to 17 bytes."""
@@ -388,24 +401,25 @@ def decrypt(key: FrameKey, metadata: bytes, sframe_ciphertext: bytes) -> bytes:
         InvalidTag: the frame is for another KID, or does not authenticate
             (tampered, truncated, wrong key or wrong metadata).
     """
-    header, length = Header.parse(sframe_ciphertext)
-    return decrypt_parsed(key, metadata, sframe_ciphertext, header, length)
+    kid, ctr, length = parse_header(sframe_ciphertext)
+    return decrypt_parsed(key, metadata, sframe_ciphertext, kid, ctr, length)
 
 
 def decrypt_parsed(
-    key: FrameKey, metadata: bytes, sframe_ciphertext: bytes, header: Header, header_length: int
+    key: FrameKey, metadata: bytes, sframe_ciphertext: bytes, kid: int, ctr: int, header_length: int
 ) -> bytes:
     """:func:`decrypt`, for a caller that already parsed the header (to choose the key).
 
     Args:
-        header: ``Header.parse(sframe_ciphertext)[0]``.
-        header_length: ``Header.parse(sframe_ciphertext)[1]``.
+        kid: the header's KID, ``parse_header(sframe_ciphertext)[0]``.
+        ctr: its CTR, ``parse_header(sframe_ciphertext)[1]``.
+        header_length: its length, ``parse_header(sframe_ciphertext)[2]``.
 
     Raises:
         InvalidTag: as :func:`decrypt`.
     """
-    if header.kid != key.kid:
+    if kid != key.kid:
         raise InvalidTag
-    nonce = (key._salt_int ^ header.ctr).to_bytes(len(key._salt), "big")  # frame_nonce
+    nonce = (key._salt_int ^ ctr).to_bytes(len(key._salt), "big")  # frame_nonce
     aad = sframe_ciphertext[:header_length] + metadata
     return key._aead.decrypt(nonce, sframe_ciphertext[header_length:], aad)

@@ -58,9 +58,9 @@ from pqcall.crypto.sframe import (
     MAX_KID,
     CipherSuite,
     FrameKey,
-    Header,
     decrypt_parsed,
     encrypt,
+    parse_header,
     ratchet_base_key,
 )
 from pqcall.exceptions import DecodeError, LocalProtocolError
@@ -333,6 +333,11 @@ class SFrameReceiver:
             ratchets=self._ratchets,
         )
 
+    @property
+    def dropped(self) -> int:
+        """Packets dropped for any reason: ``stats.dropped``, without the snapshot."""
+        return self._drops.total()
+
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next be called, or None."""
         return self._previous_expiry if self._previous is not None else None
@@ -354,43 +359,50 @@ class SFrameReceiver:
             The payload, or None if the packet was dropped; the reason is
             counted in :attr:`stats`.
         """
-        result = self._open(packet, metadata, now)
-        if isinstance(result, DropReason):
-            self._drops[result] += 1
-            return None
-        self._accepted += 1
-        return result
-
-    def _open(self, packet: bytes, metadata: bytes, now: float) -> bytes | DropReason:
         self.handle_timer(now)
         # parse header
         try:
-            header, header_length = Header.parse(packet)
+            kid, ctr, header_length = parse_header(packet)
         except DecodeError:
-            return DropReason.MALFORMED
-        # select key
-        steps = self._steps_to(header.kid)
-        key = None if steps is None else self._key_for(steps)
-        if steps is None or key is None:
-            return DropReason.UNKNOWN_KID
+            self._drops[DropReason.MALFORMED] += 1
+            return None
+        # select key: the current one (nearly every packet) without a search
+        if kid == self._current.kid:
+            steps, key = 0, self._current
+        else:
+            selected = self._select_key(kid)
+            if selected is None:
+                self._drops[DropReason.UNKNOWN_KID] += 1
+                return None
+            steps, key = selected
         # decrypt
         try:
-            payload = unpad(decrypt_parsed(key, metadata, packet, header, header_length))
+            payload = unpad(decrypt_parsed(key, metadata, packet, kid, ctr, header_length))
         except InvalidTag:
-            return DropReason.AUTH_FAILED
+            self._drops[DropReason.AUTH_FAILED] += 1
+            return None
         except DecodeError:
-            return DropReason.MALFORMED
+            self._drops[DropReason.MALFORMED] += 1
+            return None
         # check replay window
-        if not self._window.update(header.ctr):
-            too_old = self._window.is_too_old(header.ctr)
-            return DropReason.TOO_OLD if too_old else DropReason.REPLAYED
+        if not self._window.update(ctr):
+            too_old = self._window.is_too_old(ctr)
+            self._drops[DropReason.TOO_OLD if too_old else DropReason.REPLAYED] += 1
+            return None
         # follow the ratchet, now that a packet of the new step authenticated
         if steps > 0:
             self._advance(steps, now)
+        self._accepted += 1
         return payload
 
     def _kid(self, step: int) -> int:
         return _kid(self._sender_id, step, self._ratchet_bits)
+
+    def _select_key(self, kid: int) -> tuple[int, FrameKey] | None:
+        """(steps from the current step, key) of ``kid``, or None if out of reach or erased."""
+        steps = self._steps_to(kid)
+        key = None if steps is None else self._key_for(steps)
+        return None if steps is None or key is None else (steps, key)
 
     def _steps_to(self, kid: int) -> int | None:
         """Steps from the current one to ``kid``'s (-1 to max ahead), or None."""

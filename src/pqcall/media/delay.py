@@ -139,8 +139,8 @@ class RelativeDelayEstimator:
 
     def _settle(self, now: float) -> None:
         ordered = self._ordered
-        # the quantile of the window: one index into the sorted delays
-        measured = ordered[max(0, math.ceil(DELAY_QUANTILE * len(ordered)) - 1)] if ordered else 0.0
+        # the quantile of the window: one index into the sorted delays (0 or more: n >= 1)
+        measured = ordered[math.ceil(DELAY_QUANTILE * len(ordered)) - 1] if ordered else 0.0
         updated_at, self._updated_at = self._updated_at, now
         if measured >= self._estimate_ms:
             # fast up: take a higher need at once

@@ -188,6 +188,43 @@ class JitterBuffer:
         LocalProtocolError: an argument is out of range.
     """
 
+    # fixed attributes, used on every packet: slots make each read a direct load
+    # (CPython 3.11 stops sharing an instance dict's keys at 30 attributes, and reads
+    # from an unshared dict are hashed lookups; the media path measured 5 % slower)
+    __slots__ = (
+        "_anchored",
+        "_ceiling_frames",
+        "_counts",
+        "_covered",
+        "_estimator",
+        "_fill_pops",
+        "_floor_frames",
+        "_frame_ms",
+        "_has_fec",
+        "_in_concealment",
+        "_last_loss_at",
+        "_level",
+        "_levels",
+        "_levels_since",
+        "_max_ahead",
+        "_max_queued",
+        "_newest_seq",
+        "_newest_ts",
+        "_next",
+        "_now",
+        "_pops_since_shrink",
+        "_probation",
+        "_queue",
+        "_redundancy_seen",
+        "_retired",
+        "_seen",
+        "_shrinks",
+        "_started",
+        "_state",
+        "_use_fec",
+        "_waited_s",
+    )
+
     def __init__(
         self,
         frame_ms: int = DEFAULT_FRAME_MS,

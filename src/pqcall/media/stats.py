@@ -188,6 +188,8 @@ class BitrateMeter:
         self._span = window_s * BITRATE_BUCKETS_PER_S  # buckets in the window
         self._window_s = window_s
         self._buckets: deque[list[int]] = deque()  # [bucket index, bytes], oldest first
+        self._total = 0  # bytes in the buckets
+        self._in_order = True  # bucket indices increase (``now`` has not gone back)
         self._first: int | None = None  # index of the first bucket ever counted
 
     def add(self, size_bytes: int, now: float) -> None:
@@ -195,10 +197,13 @@ class BitrateMeter:
         index = math.floor(now * BITRATE_BUCKETS_PER_S)
         if self._first is None:
             self._first = index
+        self._total += size_bytes
         buckets = self._buckets
         if buckets and buckets[-1][0] == index:
             buckets[-1][1] += size_bytes
             return  # the window moves on only with a new bucket
+        if buckets and index < buckets[-1][0]:
+            self._in_order = False
         buckets.append([index, size_bytes])
         self._expire(index)
 
@@ -206,7 +211,16 @@ class BitrateMeter:
         """Average rate over the window ending at the current bucket, in kbit/s."""
         current = math.floor(now * BITRATE_BUCKETS_PER_S)
         self._expire(current)
-        total = sum(size for index, size in self._buckets if index < current)
+        if self._in_order:
+            # the running total less the newest buckets, those not complete at ``now``
+            # (usually just the current one): no sum over the window per call
+            total = self._total
+            for index, size in reversed(self._buckets):
+                if index < current:
+                    break
+                total -= size
+        else:
+            total = sum(size for index, size in self._buckets if index < current)
         if self._first is None or current <= self._first:
             return 0.0
         covered_s = min(self._span, current - self._first) / BITRATE_BUCKETS_PER_S
@@ -214,7 +228,7 @@ class BitrateMeter:
 
     def _expire(self, current: int) -> None:
         while self._buckets and self._buckets[0][0] < current - self._span:
-            self._buckets.popleft()
+            self._total -= self._buckets.popleft()[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +323,8 @@ class CallStats:
         self._rtt_latest_s: float | None = None  # latest RTT sample
         self._level_dbfs: float | None = None  # latest level of the audio played
         self._input_level_dbfs: float | None = None  # latest level of the audio sent
+        # the last E-model rating and its inputs: polled snapshots mostly repeat them
+        self._rating: tuple[tuple[float, float, float], float] | None = None
 
     def record_sent(self, size_bytes: int, now: float) -> None:
         """Count a media datagram of ``size_bytes`` (UDP payload) sent at ``now``."""
@@ -392,7 +408,7 @@ class CallStats:
             if rendered:
                 heard_loss = 100.0 * playout.concealed / rendered
                 burst = emodel.burst_ratio(rendered, playout.concealed, playout.concealment_events)
-        r = emodel.r_factor(one_way_ms, heard_loss, burst_ratio=burst, codec=self._codec)
+        r = self._r_factor(one_way_ms, heard_loss, burst)
         return CallStatsSnapshot(
             packets_sent=self._sent,
             packets_received=self._received,
@@ -419,6 +435,14 @@ class CallStats:
             r_factor=r,
             mos=emodel.mos_from_r(r),
         )
+
+    def _r_factor(self, one_way_ms: float, loss_percent: float, burst: float) -> float:
+        """G.107's R for these inputs, computed again only when one of them changed."""
+        inputs = (one_way_ms, loss_percent, burst)
+        if self._rating is None or self._rating[0] != inputs:
+            r = emodel.r_factor(one_way_ms, loss_percent, burst_ratio=burst, codec=self._codec)
+            self._rating = (inputs, r)
+        return self._rating[1]
 
 
 def _dbfs(rms: float) -> float:

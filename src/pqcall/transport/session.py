@@ -52,7 +52,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 
@@ -176,8 +176,11 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
         self._session = session
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self._session._datagram_received(data, (str(addr[0]), int(addr[1])))
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if len(addr) != 2:  # IPv6: (host, port, flow info, scope id)
+            addr = (str(addr[0]), int(addr[1]))
+        # IPv4's (host, port) as it is, rather than a new tuple per datagram
+        self._session._datagram_received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (a peer that went away) must not stop the session
@@ -223,6 +226,42 @@ class MediaSession:
     Raises:
         LocalProtocolError: the source's frame length does not match the codec's.
     """
+
+    # fixed attributes, used on every packet: slots make each read a direct load
+    # (CPython 3.11 stops sharing an instance dict's keys at 30 attributes, and reads
+    # from an unshared dict are hashed lookups; the media path measured 5 % slower)
+    __slots__ = (
+        "_buffer",
+        "_datagram_protocol",
+        "_decode_errors",
+        "_decoder",
+        "_encoder",
+        "_end_reason",
+        "_ended",
+        "_errors",
+        "_foreign",
+        "_frame_s",
+        "_loop",
+        "_muted",
+        "_peer",
+        "_played_pcm",
+        "_protocol",
+        "_protocol_ended",
+        "_sent_pcm",
+        "_settings",
+        "_side_channel",
+        "_side_channel_datagrams",
+        "_sink",
+        "_skipped_ticks",
+        "_source",
+        "_stats",
+        "_tick",
+        "_timer",
+        "_timer_at",
+        "_timestamps",
+        "_trace",
+        "_transport",
+    )
 
     def __init__(
         self,
@@ -472,7 +511,7 @@ class MediaSession:
     @property
     def packets_rejected(self) -> int:
         """Every datagram dropped: by the protocol, foreign, failed, or refused by the decoder."""
-        return self._protocol.stats.dropped + self._foreign + self._errors + self._decode_errors
+        return self._protocol.dropped + self._foreign + self._errors + self._decode_errors
 
     def snapshot(self) -> CallStatsSnapshot:
         """Live call statistics (``packets_sent`` counts every datagram, control ones too)."""
@@ -546,9 +585,12 @@ class MediaSession:
             elif isinstance(event, PeerMuted):
                 logger.debug("media session: peer %s", "muted" if event.muted else "unmuted")
         self._transmit(now)
-        if self._protocol.is_ended and self._protocol_ended is not None:
+        when = protocol.get_timer() if self._end_reason is None else None
+        # an ended protocol has no timer: look for the end only then
+        if when is None and protocol.is_ended and self._protocol_ended is not None:
             self._protocol_ended.set()
-        self._arm_timer()
+        if when != self._timer_at:  # rarely: pings and reports are a second apart
+            self._arm_timer(when)
 
     def _transmit(self, now: float) -> None:
         datagrams = self._protocol.datagrams_to_send(now)
@@ -560,10 +602,8 @@ class MediaSession:
             self._transport.sendto(datagram, self._peer)
             self._stats.record_sent(len(datagram), now)
 
-    def _arm_timer(self) -> None:
-        when = self._protocol.get_timer() if self._end_reason is None else None
-        if when == self._timer_at:
-            return
+    def _arm_timer(self, when: float | None) -> None:
+        """Have :meth:`_on_timer` run at ``when`` instead (None: not at all)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
