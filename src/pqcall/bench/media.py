@@ -17,12 +17,15 @@ bursty loss (Gilbert-Elliott, mean burst 3 datagrams) and 30 ms jitter
 (normal, standard deviation 30 ms around no base delay, clipped at zero:
 packets reorder). Loss is drawn per datagram, so the same seed drops the
 same share of each system's packets, though a prototype packet carries
-64 ms of audio and a pqcall one 20 ms. More runs: pqcall at 10 ms frames
-(latency); pqcall at 10 % loss with its playout clock in phase with the
-sender's (the worst phase, see ``Scenario.phase_frames``); pqcall at 10 % and
-20 % loss with :data:`PROPOSED_SETTINGS`; and both systems with 30 ms jitter
-switched off mid-call, to time how fast the jitter-buffer delay comes back
-down.
+64 ms of audio and a pqcall one 20 ms. Every condition runs :data:`REPEATS`
+times, each time with another seed (:func:`repeat_seed`), and each figure
+is the mean over the runs: one loss pattern is a small sample (PESQ-WB at
+20 % loss moves by about 0.1 from one seed to the next, and CPU time by a few
+tenths of a percent from one run to the next on a shared machine). More
+runs, once each: pqcall at 10 ms frames (latency); pqcall at 10 % loss with
+its playout clock in phase with the sender's (the worst phase, see
+``Scenario.phase_frames``); and both systems with 30 ms jitter switched off
+mid-call, to time how fast the jitter-buffer delay comes back down.
 
 For each: PESQ-WB (:mod:`pqcall.bench.quality`: resampled to 16 kHz with
 soxr, aligned by cross-correlation, P.862.2), wire bitrate with IPv4, UDP and
@@ -31,8 +34,9 @@ complete at the source to its first sample handed to the sink (median and
 95th percentile) and CPU per call side (:mod:`pqcall.bench.call` says how
 each is measured).
 
-Runtime: every call is real time, about 22 s: 18 calls, about 3.5 minutes
-(``--quick``: 4 s of speech, no loss and 10 % loss only, about 15 s). Two
+Runtime: every call is real time, about 22 s: 40 calls, about 7.5 minutes
+(``--quick``: 4 s of speech, no loss and 10 % loss only, one run each,
+about 15 s). Two
 worker processes run two calls at a time, one per core; each measures only
 its own call's CPU time (the relay runs in a third process). With one core,
 calls run one by one.
@@ -45,9 +49,11 @@ import multiprocessing
 import os
 import statistics
 import sys
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import Final
 
 from pqcall.bench.baseline import FRAME_MS as PROTOTYPE_FRAME_MS
@@ -66,7 +72,7 @@ from pqcall.media.codec import SAMPLE_RATE_HZ, OpusEncoder, OpusSettings
 from pqcall.transport.impair import GilbertElliott, Impairment
 from pqcall.transport.session import MediaSettings
 
-__all__ = ["CONDITIONS", "QUICK_CONDITIONS", "ScoredCall", "run"]
+__all__ = ["CONDITIONS", "QUICK_CONDITIONS", "REPEATS", "Runs", "ScoredCall", "repeat_seed", "run"]
 
 PQCALL: Final = "pqcall"
 PROTOTYPE: Final = "prototype"
@@ -98,12 +104,13 @@ CONDITIONS: Final = (
 """(name, caller-to-callee impairment) of every condition of a full run."""
 QUICK_CONDITIONS: Final = (CONDITIONS[0], CONDITIONS[2])
 """The conditions of ``--quick``."""
+REPEATS: Final = 3
+"""Runs of each condition in a full run, each with its own seed (``--quick``: one)."""
+SEED_STRIDE: Final = 1000
+"""Run ``r`` of a condition uses the condition's seed plus ``r`` times this."""
 TEN_MS: Final = "no loss, 10 ms frames"
 IN_PHASE: Final = "10% random loss, clocks in phase"
 SETTLE: Final = "30 ms jitter, then none"
-PROPOSED_SETTINGS: Final = MediaSettings(opus=OpusSettings(bitrate_bps=37_200), pad_to=100)
-"""Settings this benchmark suggests as defaults: 93 Opus bytes a frame in 100-byte packets."""
-PROPOSED: Final = "37.2 kbit/s, pad 100"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +142,27 @@ class ScoredCall:
     def cpu_percent(self) -> float:
         """CPU per call side, percent of one core."""
         return self.record.cpu_percent_per_side
+
+
+@dataclass(frozen=True, slots=True)
+class Runs:
+    """The runs of one system in one condition; each figure is the mean over them."""
+
+    calls: tuple[ScoredCall, ...]
+
+    def mean(self, value: Callable[[ScoredCall], float]) -> float:
+        """The mean of ``value`` over the runs."""
+        return statistics.fmean(value(call) for call in self.calls)
+
+    def spread(self, value: Callable[[ScoredCall], float]) -> tuple[float, float]:
+        """The lowest and highest ``value`` of a run."""
+        values = [value(call) for call in self.calls]
+        return min(values), max(values)
+
+
+def repeat_seed(impairment: Impairment, repeat: int) -> Impairment:
+    """``impairment`` for run ``repeat`` of its condition: the same, with its own seed."""
+    return replace(impairment, seed=impairment.seed + repeat * SEED_STRIDE)
 
 
 def _percentile(values: Sequence[float], percent: float) -> float:
@@ -179,7 +207,8 @@ def settle_s(
 def _jobs(quick: bool, speech_s: float) -> list[tuple[str, Scenario]]:
     conditions = QUICK_CONDITIONS if quick else CONDITIONS
     jobs = [
-        (system, Scenario(name, impairment, speech_s=speech_s))
+        (system, Scenario(name, repeat_seed(impairment, repeat), speech_s=speech_s))
+        for repeat in range(1 if quick else REPEATS)
         for name, impairment in conditions
         for system in (PQCALL, PROTOTYPE)
     ]
@@ -198,10 +227,6 @@ def _jobs(quick: bool, speech_s: float) -> list[tuple[str, Scenario]]:
         (PROTOTYPE, settle),
         (PQCALL, Scenario(TEN_MS, speech_s=speech_s, settings=ten_ms)),
         (PQCALL, Scenario(IN_PHASE, CONDITIONS[2][1], speech_s=speech_s, phase_frames=0.0)),
-        *(
-            (PQCALL, Scenario(f"{name}, {PROPOSED}", impairment, speech_s, PROPOSED_SETTINGS))
-            for name, impairment in (CONDITIONS[2], CONDITIONS[3])
-        ),
     ]
 
 
@@ -220,26 +245,34 @@ def _run_all(
         return [future.result() for future in futures]
 
 
-_METRICS: Final[tuple[tuple[str, str, Callable[[ScoredCall], float]], ...]] = (
-    ("PESQ-WB", "MOS", lambda s: s.pesq),
-    ("wire bitrate", "kbit/s", lambda s: s.record.kbps),
-    ("jitter-buffer delay", "ms", lambda s: s.buffer_ms),
-    ("latency p50", "ms", lambda s: s.latency_p50_ms),
-    ("latency p95", "ms", lambda s: s.latency_p95_ms),
-    ("CPU per call side", "% core", lambda s: s.cpu_percent),
+_PESQ: Final[Callable[[ScoredCall], float]] = attrgetter("pesq")
+_KBPS: Final[Callable[[ScoredCall], float]] = attrgetter("record.kbps")
+_BUFFER: Final[Callable[[ScoredCall], float]] = attrgetter("buffer_ms")
+_LATENCY_P50: Final[Callable[[ScoredCall], float]] = attrgetter("latency_p50_ms")
+_LATENCY_P95: Final[Callable[[ScoredCall], float]] = attrgetter("latency_p95_ms")
+_CPU: Final[Callable[[ScoredCall], float]] = attrgetter("cpu_percent")
+_METRICS: Final = (
+    ("PESQ-WB", "MOS", _PESQ),
+    ("wire bitrate", "kbit/s", _KBPS),
+    ("jitter-buffer delay", "ms", _BUFFER),
+    ("latency p50", "ms", _LATENCY_P50),
+    ("latency p95", "ms", _LATENCY_P95),
+    ("CPU per call side", "% core", _CPU),
 )
 
 
-def _condition_figures(
-    names: Sequence[str], scored: dict[tuple[str, str], ScoredCall]
-) -> list[Figure]:
+Scored = dict[tuple[str, str], Runs]
+"""(system, condition) -> its runs."""
+
+
+def _condition_figures(names: Sequence[str], scored: Scored) -> list[Figure]:
     return [
         Figure(
             f"{metric}, {name}",
-            value(scored[PQCALL, name]),
+            scored[PQCALL, name].mean(value),
             unit,
             PROTOTYPE_NAME,
-            value(scored[PROTOTYPE, name]),
+            scored[PROTOTYPE, name].mean(value),
         )
         for metric, unit, value in _METRICS
         for name in names
@@ -249,25 +282,21 @@ def _condition_figures(
 _EXTRA_RUNS: Final = {
     TEN_MS: (CONDITIONS[0][0], ("PESQ-WB", "latency p50", "latency p95")),
     IN_PHASE: (CONDITIONS[2][0], ("PESQ-WB", "latency p50")),
-    f"{CONDITIONS[2][0]}, {PROPOSED}": (CONDITIONS[2][0], ("PESQ-WB", "wire bitrate")),
-    f"{CONDITIONS[3][0]}, {PROPOSED}": (CONDITIONS[3][0], ("PESQ-WB", "wire bitrate")),
 }
 """pqcall-only runs: the prototype condition each is compared with, and its figures."""
 
 
-def _extra_figures(
-    scored: dict[tuple[str, str], ScoredCall], records: Sequence[CallRecord]
-) -> list[Figure]:
+def _extra_figures(scored: Scored, records: Sequence[CallRecord]) -> list[Figure]:
     ours, theirs = scored[PQCALL, CONDITIONS[0][0]], scored[PROTOTYPE, CONDITIONS[0][0]]
     # mouth to ear, less the sound cards: framing and codec delay come before the pipeline
     lookahead_ms = 1000.0 * OpusEncoder().lookahead_samples / SAMPLE_RATE_HZ
     figures = [
         Figure(
             "frame + codec lookahead + latency p50, no loss",
-            MediaSettings().opus.frame_ms + lookahead_ms + ours.latency_p50_ms,
+            MediaSettings().opus.frame_ms + lookahead_ms + ours.mean(_LATENCY_P50),
             "ms",
             "prototype: 64 ms frame + latency p50",
-            PROTOTYPE_FRAME_MS + theirs.latency_p50_ms,
+            PROTOTYPE_FRAME_MS + theirs.mean(_LATENCY_P50),
         )
     ]
     for name, (condition, metrics) in _EXTRA_RUNS.items():
@@ -275,7 +304,9 @@ def _extra_figures(
             continue
         extra, baseline = scored[PQCALL, name], scored[PROTOTYPE, condition]
         figures += [
-            Figure(f"{metric}, {name}", value(extra), unit, PROTOTYPE_NAME, value(baseline))
+            Figure(
+                f"{metric}, {name}", extra.mean(value), unit, PROTOTYPE_NAME, baseline.mean(value)
+            )
             for metric, unit, value in _METRICS
             if metric in metrics
         ]
@@ -316,33 +347,61 @@ def _window_mean(series: Sequence[tuple[float, float]], start: float, end: float
     return statistics.fmean(values) if values else math.nan
 
 
-def _both(
-    fmt: str, value: Callable[[ScoredCall], float], ours: ScoredCall, theirs: ScoredCall | None
-) -> str:
-    text = fmt.format(value(ours))
-    return text if theirs is None else f"{text}/{fmt.format(value(theirs))}"
+def _both(fmt: str, value: Callable[[ScoredCall], float], ours: Runs, theirs: Runs | None) -> str:
+    text = fmt.format(ours.mean(value))
+    return text if theirs is None else f"{text}/{fmt.format(theirs.mean(value))}"
 
 
-def _latency(call: ScoredCall | None) -> str:
-    return "" if call is None else f"{call.latency_p50_ms:.1f}/{call.latency_p95_ms:.1f}"
+def _latency(runs: Runs | None) -> str:
+    if runs is None:
+        return ""
+    return f"{runs.mean(_LATENCY_P50):.1f}/{runs.mean(_LATENCY_P95):.1f}"
 
 
-def _summary(names: Sequence[str], scored: dict[tuple[str, str], ScoredCall]) -> str:
-    """One row per condition: pqcall / prototype for each figure."""
+def _range(value: Callable[[ScoredCall], float], runs: Runs) -> str:
+    low, high = runs.spread(value)
+    return f"{low:.2f}-{high:.2f}" if len(runs.calls) > 1 else ""
+
+
+def _summary(names: Sequence[str], scored: Scored) -> str:
+    """One row per condition: pqcall / prototype for each figure (means over the runs)."""
     rows = [
-        ("condition", "PESQ-WB", "wire kbit/s", "JB delay ms", "latency p50/p95 ms", "CPU %/side"),
-        ("", "pqcall/proto", "pqcall/proto", "pqcall/proto", "pqcall | proto", "pqcall/proto"),
+        (
+            "condition",
+            "runs",
+            "PESQ-WB",
+            "PESQ range",
+            "wire kbit/s",
+            "JB delay ms",
+            "latency p50/p95 ms",
+            "CPU %/side",
+            "CPU range",
+        ),
+        (
+            "",
+            "",
+            "pqcall/proto",
+            "pqcall",
+            "pqcall/proto",
+            "pqcall/proto",
+            "pqcall | proto",
+            "pqcall/proto",
+            "pqcall",
+        ),
     ]
     for name in names:
         ours, theirs = scored[PQCALL, name], scored.get((PROTOTYPE, name))
         rows.append(
             (
                 name,
-                _both("{:.2f}", lambda s: s.pesq, ours, theirs),
-                _both("{:.1f}", lambda s: s.record.kbps, ours, theirs),
-                _both("{:.1f}", lambda s: s.buffer_ms, ours, theirs),
+                str(len(ours.calls)),
+                _both("{:.2f}", _PESQ, ours, theirs),
+                _range(_PESQ, ours),
+                _both("{:.1f}", _KBPS, ours, theirs),
+                _both("{:.1f}", _BUFFER, ours, theirs),
                 _latency(ours) + ("" if theirs is None else " | " + _latency(theirs)),
-                _both("{:.2f}", lambda s: s.cpu_percent, ours, theirs),
+                _both("{:.2f}", _CPU, ours, theirs),
+                _range(_CPU, ours),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -363,11 +422,11 @@ def run(*, quick: bool = False) -> list[Figure]:
     jobs = _jobs(quick, len(speech) / REFERENCE_RATE_HZ)
     print(f"media bench: {len(jobs)} calls in real time...", file=sys.stderr, flush=True)
     records = _run_all(jobs, speech, reply)
-    scored = {
-        (record.system, record.scenario): _score(record, speech)
-        for record in records
-        if record.scenario != SETTLE
-    }
+    runs: defaultdict[tuple[str, str], list[ScoredCall]] = defaultdict(list)
+    for record in records:
+        if record.scenario != SETTLE:
+            runs[record.system, record.scenario].append(_score(record, speech))
+    scored = {key: Runs(tuple(calls)) for key, calls in runs.items()}
     names = [name for name, _ in (QUICK_CONDITIONS if quick else CONDITIONS)]
     extra = [name for name in _EXTRA_RUNS if (PQCALL, name) in scored]
     print("pqcall bench media: per condition\n")
