@@ -570,3 +570,43 @@ def test_misuse_and_an_absent_peer():
         assert await session.wait_ended() == "local hangup"
 
     run(main)
+
+
+@pytest.mark.parametrize(
+    ("settings", "pad_to"),
+    [
+        pytest.param(MediaSettings(), 100, id="defaults"),
+        pytest.param(MediaSettings(opus=OpusSettings(frame_ms=10)), 7 + 46, id="10ms"),
+        pytest.param(MediaSettings(opus=OpusSettings(frame_ms=40)), 7 + 186, id="40ms"),
+        pytest.param(MediaSettings(pad_to=80), 80, id="explicit"),
+        pytest.param(MediaSettings(pad_to=0), 0, id="unpadded"),
+    ],
+)
+def test_padding_follows_the_frame_unless_set(settings, pad_to):
+    assert settings.packet_pad_to == pad_to
+
+
+def test_ten_ms_frames_send_packets_of_one_frame():
+    async def main() -> None:
+        settings = MediaSettings(opus=OpusSettings(frame_ms=10))
+        sessions = [
+            MediaSession(keys, ToneSource(hz, frame_ms=10), MemorySink(), settings=settings)
+            for keys, hz in ((RUN.caller.keys, CALLER_TONE_HZ), (RUN.callee.keys, 1000.0))
+        ]
+        for session in sessions:
+            await session.open(LOOPBACK)
+        caller, callee = sessions
+        tap = Tap(caller.local_address, callee.local_address, lambda index: False)
+        await tap.start()
+        caller.connect(tap.address_a)
+        callee.connect(tap.address_b)
+        await asyncio.sleep(0.5)
+        # 1 config + 1 CTR + 2 length + 53 padded + 16 tag: half the 20 ms packet's
+        # padding, not the same 100 bytes for half the audio
+        assert {len(d) for d in tap.a_to_b[8:200]} == {73}
+        assert callee.snapshot().packets_received > 30
+        tap.close()
+        for session in sessions:
+            await session.close()
+
+    run(main)

@@ -70,6 +70,7 @@ from pqcall.media.codec import (
 from pqcall.media.jitter import JitterBuffer, JitterBufferStats, PlayoutAction, PlayoutDecision
 from pqcall.media.stats import CallStats, CallStatsSnapshot
 from pqcall.transport.media_protocol import (
+    AUDIO_HEADER_LENGTH,
     MEDIA_TIMEOUT_S,
     AdaptationChanged,
     AudioReceived,
@@ -84,7 +85,6 @@ from pqcall.transport.media_protocol import (
 )
 
 __all__ = [
-    "MEDIA_PAD_TO_BYTES",
     "MEDIA_TIMEOUT_S",
     "EndReason",
     "MediaSession",
@@ -119,19 +119,20 @@ class EndReason(enum.StrEnum):
     """The socket closed under us."""
 
 
-MEDIA_PAD_TO_BYTES: Final = 100
-"""Default SFrame padding multiple: a 7-byte media header and a 93-byte Opus frame
-(37.2 kbit/s at 20 ms) fill it exactly; every packet then has one size."""
-
-
 @dataclass(frozen=True, slots=True)
 class MediaSettings:
     """How a :class:`MediaSession` runs."""
 
     opus: OpusSettings = field(default_factory=OpusSettings)
     """Encoder settings; ``bitrate_bps`` is a ceiling (see ``MediaProtocol``)."""
-    pad_to: int = MEDIA_PAD_TO_BYTES
-    """SFrame padding multiple: every packet has the same size (0: no padding)."""
+    pad_to: int | None = None
+    """SFrame padding multiple: every packet has the same size (0: no padding).
+
+    None: one audio packet, the 7-byte media header and one frame at the
+    configured bitrate (100 bytes at the defaults: 93 Opus bytes at 37.2
+    kbit/s and 20 ms; 53 at 10 ms frames, where a fixed 100 would double the
+    bitrate on the wire).
+    """
     redundancy: bool | None = None
     """None: automatic (on when loss is reported and the encoder has no FEC); True/False force."""
     ping_interval_s: float = 1.0
@@ -140,6 +141,13 @@ class MediaSettings:
     """Seconds between receiver reports."""
     media_timeout_s: float = MEDIA_TIMEOUT_S
     """Seconds without an authenticated packet from the peer that end the call."""
+
+    @property
+    def packet_pad_to(self) -> int:
+        """The padding multiple in use: ``pad_to``, or one audio packet when it is None."""
+        if self.pad_to is not None:
+            return self.pad_to
+        return AUDIO_HEADER_LENGTH + self.opus.cbr_packet_bytes
 
 
 class MediaTrace(Protocol):
@@ -290,7 +298,7 @@ class MediaSession:
             keys,
             frame_ms=opus.frame_ms,
             frame_bytes=opus.cbr_packet_bytes,
-            pad_to=settings.pad_to,
+            pad_to=settings.packet_pad_to,
             redundancy=settings.redundancy,
             fec=opus.fec,
             base_expected_loss_percent=opus.expected_loss_percent,
