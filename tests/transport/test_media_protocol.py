@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable
 from typing import TypeVar
@@ -23,6 +24,7 @@ from pqcall.transport.media_protocol import (
     MEDIA_CIPHER_SUITE,
     MEDIA_METADATA,
     MUTE_REPEATS,
+    STARTUP_EXPECTED_LOSS_PERCENT,
     AdaptationChanged,
     AudioPacket,
     AudioReceived,
@@ -233,7 +235,7 @@ def test_control_packets_are_as_large_as_audio():
 def test_packet_budget_rounds_down_to_the_padding():
     protocol = MediaProtocol(CALLER_KEYS, frame_bytes=80, pad_to=80)
     assert protocol.packet_bytes == 80
-    assert protocol.adaptation == SenderAdaptation(False, 0, 73)
+    assert protocol.adaptation.frame_bytes == 73
     assert protocol.adaptation.bitrate_bps(20) == 29_200
     small = MediaProtocol(CALLER_KEYS, frame_ms=10, frame_bytes=40, pad_to=80)
     assert small.adaptation.frame_bytes == 40  # never above the configured bitrate
@@ -339,6 +341,33 @@ def test_loss_raises_fec_then_it_returns_to_normal():
     )
 
 
+def test_fec_is_planned_for_loss_until_the_first_report():
+    caller, callee = pair()
+    assert caller.adaptation == SenderAdaptation(False, STARTUP_EXPECTED_LOSS_PERCENT, 73)
+    drain(caller)
+    # a loss-free first second: the first report puts the plan on measurement
+    run_audio(caller, callee, 50)
+    callee.handle_timer(1.0)
+    deliver(callee, caller, 1.0)
+    assert of_type(drain(caller), ReportReceived)
+    assert caller.adaptation == SenderAdaptation(False, 0, 73)
+    # the configured expected loss is a floor the startup plan never lowers
+    assert MediaProtocol(CALLER_KEYS, base_expected_loss_percent=25).adaptation == (
+        SenderAdaptation(False, 25, 73)
+    )
+
+
+def test_startup_plan_follows_the_first_report_with_loss():
+    caller, callee = pair()
+    run_audio(caller, callee, 50, lost=range(1, 50, 3))  # a third lost
+    callee.handle_timer(1.0)
+    deliver(callee, caller, 1.0)
+    (report,) = [e.report for e in of_type(drain(caller), ReportReceived)]
+    assert report.fraction_lost > 0
+    assert caller.adaptation.expected_loss_percent == math.ceil(100 * report.loss_fraction)
+    assert caller.adaptation.expected_loss_percent > STARTUP_EXPECTED_LOSS_PERCENT
+
+
 def test_without_fec_loss_turns_on_redundancy_of_constant_size():
     caller, callee = pair(fec=False)
     assert not caller.adaptation.redundancy
@@ -365,7 +394,7 @@ def test_without_fec_loss_turns_on_redundancy_of_constant_size():
 
 def test_forced_redundancy_and_its_limits():
     caller, _ = pair(redundancy=True)
-    assert caller.adaptation == SenderAdaptation(True, 0, 34)
+    assert caller.adaptation == SenderAdaptation(True, 0, 34)  # no startup FEC alongside
     with pytest.raises(LocalProtocolError, match="two audio frames do not fit"):
         MediaProtocol(CALLER_KEYS, frame_bytes=10, pad_to=16, redundancy=True)
     never = MediaProtocol(CALLER_KEYS, redundancy=False, fec=False)

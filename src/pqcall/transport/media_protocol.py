@@ -66,6 +66,10 @@ only when the encoder has no FEC (``fec=False``), where it beats concealment
 by far. ``redundancy=True`` forces redundancy (and FEC planned for no loss,
 which measured better alongside it); ``False`` forbids it. Both go back to
 the configured state :data:`ADAPTATION_HOLD_S` after the last reported loss.
+Until the first report, FEC is planned for
+:data:`STARTUP_EXPECTED_LOSS_PERCENT`: a lossy path would otherwise lose its
+first second to concealment (20 % random loss: PESQ-WB 2.77 -> 2.93; no
+loss: 4.53 -> 4.52).
 
 Future direction: at 20 % random loss the frames still concealed are those
 whose next packet was lost too, and they cost far more than their share
@@ -109,6 +113,7 @@ __all__ = [
     "MEDIA_METADATA",
     "MEDIA_TIMEOUT_S",
     "REDUNDANCY_HEADER_LENGTH",
+    "STARTUP_EXPECTED_LOSS_PERCENT",
     "AdaptationChanged",
     "AudioPacket",
     "AudioReceived",
@@ -176,6 +181,8 @@ LOSS_WINDOW_REPORTS: Final = 4
 """The loss the adaptation plans for is the mean over this many recent reports."""
 ADAPTATION_HOLD_S: Final = 10.0
 """Loss-free time after which the adaptation returns to the configured state."""
+STARTUP_EXPECTED_LOSS_PERCENT: Final = 10
+"""Loss the encoder plans FEC for until the peer's first report says what the path does."""
 MIN_REDUNDANT_FRAME_BYTES: Final = 8
 """Smallest Opus frame worth sending twice."""
 
@@ -839,7 +846,7 @@ class MediaProtocol:
         # adaptation
         self._recent_loss: deque[float] = deque(maxlen=LOSS_WINDOW_REPORTS)
         self._last_loss_at: float | None = None  # `now` of the last report showing loss
-        self._adaptation = self._compute_adaptation(loss_percent=0.0, lossy=False)
+        self._adaptation = self._startup_adaptation()
         # counters
         self._counts: dict[str, int] = dict.fromkeys(
             (
@@ -1186,9 +1193,26 @@ class MediaProtocol:
         if report.fraction_lost > 0:
             self._last_loss_at = now
         if self._last_loss_at is None:
+            # no loss yet: the first report ends the startup plan
+            self._set_adaptation(self._compute_adaptation(loss_percent=0.0, lossy=False))
             return
         loss_percent = 100.0 * sum(self._recent_loss) / len(self._recent_loss)
         self._set_adaptation(self._compute_adaptation(loss_percent, lossy=True))
+
+    def _startup_adaptation(self) -> SenderAdaptation:
+        """The encoder settings before any report: FEC planned for some loss.
+
+        Before the peer's first report nothing is known about the path, and
+        a frame lost then is concealed unless its FEC rides in the next
+        packet; the first report (a second in) puts the plan on measurement.
+        Redundancy (encoders without FEC) is not started blind: it halves the
+        bitrate of every frame.
+        """
+        calm = self._compute_adaptation(loss_percent=0.0, lossy=False)
+        if not self._fec or calm.redundancy:
+            return calm
+        planned = max(calm.expected_loss_percent, STARTUP_EXPECTED_LOSS_PERCENT)
+        return SenderAdaptation(False, planned, calm.frame_bytes)
 
     def _compute_adaptation(self, loss_percent: float, lossy: bool) -> SenderAdaptation:
         """The encoder settings for a recent loss (``lossy``: loss within the hold time)."""
