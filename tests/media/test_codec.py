@@ -273,6 +273,17 @@ def test_expected_loss_out_of_range_is_refused():
         OpusEncoder().set_expected_loss_percent(-1)
 
 
+def test_complexity_changes_from_the_next_frame():
+    pcm = speech_like(0.5)
+    full, changed = OpusEncoder(), OpusEncoder()
+    assert changed.complexity == 10
+    changed.set_complexity(0)
+    assert changed.complexity == 0
+    assert encode_all(changed, pcm) != encode_all(full, pcm)
+    with pytest.raises(CodecError, match=r"^Opus complexity must be 0-10, got 11$"):
+        changed.set_complexity(11)
+
+
 def test_decoder_refuses_a_frame_size_opus_lacks():
     with pytest.raises(CodecError, match="got 30"):
         OpusDecoder(frame_ms=30)

@@ -19,6 +19,7 @@ from pqcall.transport.media_protocol import (
     ADAPTATION_HOLD_S,
     CALLEE_SENDER_ID,
     CALLER_SENDER_ID,
+    CALM_COMPLEXITY,
     HANGUP_REPEAT_INTERVAL_S,
     HANGUP_REPEATS,
     MEDIA_CIPHER_SUITE,
@@ -332,29 +333,37 @@ def test_loss_raises_fec_then_it_returns_to_normal():
     assert changes, "reports with loss must change the encoder"
     assert not changes[-1].redundancy  # the encoder has FEC: it gets the budget
     assert 8 <= changes[-1].expected_loss_percent <= 12
+    assert changes[-1].complexity == 10
     assert changes[-1].frame_bytes == 73  # packet size unchanged
     # no loss for ADAPTATION_HOLD_S: back to the configured state
     end = run_audio(caller, callee, int((ADAPTATION_HOLD_S + 2) / FRAME_S), start=3.0)
     assert end > 3.0 + ADAPTATION_HOLD_S
     assert of_type(drain(caller), AdaptationChanged)[-1].adaptation == SenderAdaptation(
-        False, 0, 73
+        False, 0, 73, CALM_COMPLEXITY
     )
 
 
 def test_fec_is_planned_for_loss_until_the_first_report():
     caller, callee = pair()
-    assert caller.adaptation == SenderAdaptation(False, STARTUP_EXPECTED_LOSS_PERCENT, 73)
+    # before any report: FEC planned for some loss, at the configured complexity
+    assert caller.adaptation == SenderAdaptation(False, STARTUP_EXPECTED_LOSS_PERCENT, 73, 10)
     drain(caller)
     # a loss-free first second: the first report puts the plan on measurement
     run_audio(caller, callee, 50)
     callee.handle_timer(1.0)
     deliver(callee, caller, 1.0)
     assert of_type(drain(caller), ReportReceived)
-    assert caller.adaptation == SenderAdaptation(False, 0, 73)
+    # and a clean path gets the calm complexity
+    assert caller.adaptation == SenderAdaptation(False, 0, 73, CALM_COMPLEXITY)
     # the configured expected loss is a floor the startup plan never lowers
     assert MediaProtocol(CALLER_KEYS, base_expected_loss_percent=25).adaptation == (
-        SenderAdaptation(False, 25, 73)
+        SenderAdaptation(False, 25, 73, 10)
     )
+    # a configured complexity below the calm one is kept
+    low = MediaProtocol(CALLER_KEYS, complexity=3)
+    assert low.adaptation.complexity == 3
+    with pytest.raises(LocalProtocolError, match="complexity"):
+        MediaProtocol(CALLER_KEYS, complexity=11)
 
 
 def test_startup_plan_follows_the_first_report_with_loss():
@@ -366,6 +375,7 @@ def test_startup_plan_follows_the_first_report_with_loss():
     assert report.fraction_lost > 0
     assert caller.adaptation.expected_loss_percent == math.ceil(100 * report.loss_fraction)
     assert caller.adaptation.expected_loss_percent > STARTUP_EXPECTED_LOSS_PERCENT
+    assert caller.adaptation.complexity == 10  # loss: the full complexity stays
 
 
 def test_without_fec_loss_turns_on_redundancy_of_constant_size():
@@ -394,7 +404,7 @@ def test_without_fec_loss_turns_on_redundancy_of_constant_size():
 
 def test_forced_redundancy_and_its_limits():
     caller, _ = pair(redundancy=True)
-    assert caller.adaptation == SenderAdaptation(True, 0, 34)  # no startup FEC alongside
+    assert caller.adaptation == SenderAdaptation(True, 0, 34, 10)  # no startup FEC alongside
     with pytest.raises(LocalProtocolError, match="two audio frames do not fit"):
         MediaProtocol(CALLER_KEYS, frame_bytes=10, pad_to=16, redundancy=True)
     never = MediaProtocol(CALLER_KEYS, redundancy=False, fec=False)

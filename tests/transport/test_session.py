@@ -26,6 +26,7 @@ from pqcall.media.audio import ToneSource, WavFileSink, WavFileSource
 from pqcall.media.codec import SAMPLE_RATE_HZ, OpusSettings, Pcm
 from pqcall.media.stats import MIN_AUDIO_LEVEL_DBFS
 from pqcall.transport.impair import Impairment, ImpairmentRelay
+from pqcall.transport.media_protocol import CALM_COMPLEXITY
 from pqcall.transport.session import EndReason, MediaSession, MediaSettings
 from tests.utils import handshake_pair
 
@@ -224,6 +225,10 @@ def test_tone_crosses_both_ways_with_stats_and_rtt():
             # (about 53 kbit/s), averaged over the call so far (shorter than the 2 s window)
             assert 45 < stats.tx_kbps < 64
         assert call.callee.jitter_stats.played >= 60
+        # the first report showed no loss: no FEC, and the calm encoder complexity
+        for session in (call.caller, call.callee):
+            assert session.adaptation.expected_loss_percent == 0
+            assert session.adaptation.complexity == CALM_COMPLEXITY
         assert call.caller.end_reason is None
         await call.caller.hangup()
         assert await asyncio.wait_for(call.callee.wait_ended(), SIGNAL_S) == "peer hangup"
@@ -254,6 +259,7 @@ def test_call_survives_20_percent_loss():
             assert heard.concealed_ms > 0
             # the caller raised FEC from the callee's reports, and FEC repaired frames
             assert call.caller.adaptation.expected_loss_percent >= 10
+            assert call.caller.adaptation.complexity == 10  # full effort under loss
             assert heard.fec_recovered > 0
             assert heard.rtt_ms is not None
             assert call.callee.jitter_stats.played > 80

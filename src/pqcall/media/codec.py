@@ -320,6 +320,21 @@ class OpusEncoder:
             raise CodecError(f"expected packet loss must be 0-100 %, got {percent}")
         self._encoder.packet_loss_perc = percent
 
+    @property
+    def complexity(self) -> int:
+        """The encoder's effort now, 0-10 (libopus's own setting)."""
+        return int(self._encoder.complexity)
+
+    def set_complexity(self, complexity: int) -> None:
+        """Change the encoder's effort from the next frame on.
+
+        Raises:
+            CodecError: ``complexity`` is outside 0-10.
+        """
+        if not 0 <= complexity <= MAX_COMPLEXITY:
+            raise CodecError(f"Opus complexity must be 0-{MAX_COMPLEXITY}, got {complexity}")
+        self._encoder.complexity = complexity
+
     def set_bitrate(self, bitrate_bps: int) -> None:
         """Change the target bitrate from the next frame on (with CBR, the packet size).
 

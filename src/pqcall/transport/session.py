@@ -27,7 +27,8 @@ never raised.
 
 The encoder follows :attr:`MediaProtocol.adaptation`: its constant bitrate is
 set so one frame (or, with redundancy, two) fills the same padded packet, and
-its expected loss (in-band FEC) follows the peer's reports. Packet sizes on
+its expected loss (in-band FEC) follows the peer's reports, and its
+complexity drops to ``CALM_COMPLEXITY`` while no loss is planned for. Packet sizes on
 the wire therefore never change with the mode (``docs/protocol.md#media-packets``).
 
 Example::
@@ -302,6 +303,7 @@ class MediaSession:
             redundancy=settings.redundancy,
             fec=opus.fec,
             base_expected_loss_percent=opus.expected_loss_percent,
+            complexity=opus.complexity,
             ping_interval_s=settings.ping_interval_s,
             report_interval_s=settings.report_interval_s,
             media_timeout_s=settings.media_timeout_s,
@@ -312,6 +314,7 @@ class MediaSession:
                 opus,
                 bitrate_bps=adaptation.bitrate_bps(opus.frame_ms),
                 expected_loss_percent=adaptation.expected_loss_percent,
+                complexity=adaptation.complexity,
             )
         )
         self._decoder = OpusDecoder(opus.frame_ms)
@@ -637,6 +640,7 @@ class MediaSession:
         self._encoder.set_bitrate(adaptation.bitrate_bps(frame_ms))
         if self._settings.opus.fec:
             self._encoder.set_expected_loss_percent(adaptation.expected_loss_percent)
+        self._encoder.set_complexity(adaptation.complexity)
 
     def _remember_timestamp(self, event: AudioReceived) -> None:
         timestamps = self._timestamps
