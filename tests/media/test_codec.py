@@ -82,10 +82,10 @@ def test_opus_implements_the_codec_protocols():
 
 def test_default_settings():
     settings = OpusSettings()
-    assert (settings.frame_ms, settings.bitrate_bps, settings.vbr) == (20, 37_200, False)
+    assert (settings.frame_ms, settings.bitrate_bps, settings.vbr) == (20, 39_600, False)
     assert settings.max_bandwidth is Bandwidth.WIDEBAND
     assert settings.fec is True
-    assert settings.cbr_packet_bytes == 93
+    assert settings.cbr_packet_bytes == 99
 
 
 def test_round_trip_of_a_440_hz_tone_keeps_energy_and_pitch():

@@ -22,6 +22,7 @@ from pqcall.transport.media_protocol import (
     CALM_COMPLEXITY,
     HANGUP_REPEAT_INTERVAL_S,
     HANGUP_REPEATS,
+    MAX_PONG_HOLD_S,
     MEDIA_CIPHER_SUITE,
     MEDIA_METADATA,
     MUTE_REPEATS,
@@ -32,10 +33,12 @@ from pqcall.transport.media_protocol import (
     HangupPacket,
     HangupReason,
     MediaEvent,
+    MediaPacket,
     MediaProtocol,
     MediaState,
     MediaTimedOut,
     MutePacket,
+    PacketType,
     PeerHungUp,
     PeerMuted,
     PingPacket,
@@ -44,6 +47,7 @@ from pqcall.transport.media_protocol import (
     ReportReceived,
     RttMeasured,
     SenderAdaptation,
+    parse_control_packets,
     parse_packet,
 )
 from tests.utils import handshake_pair
@@ -177,6 +181,23 @@ def test_malformed_packets_name_the_defect(data, message):
     assert str(raised.value) == message
 
 
+def test_control_packets_back_to_back():
+    packets: list[MediaPacket] = [
+        PingPacket(1, 2),
+        ReceiverReport(3, 4, 5, 6),
+        PongPacket(7, 8, 9),
+        HangupPacket(0),
+    ]
+    data = b"".join(p.serialize() for p in packets)
+    assert parse_control_packets(data) == packets
+    with pytest.raises(DecodeError, match=r"^pong packet is truncated$"):
+        parse_control_packets(data[:13] + data[27:-3])
+    with pytest.raises(DecodeError, match=r"^media packet has unknown type 0x01$"):
+        parse_control_packets(data[:13] + AudioPacket(0, 0, b"x").serialize())
+    with pytest.raises(DecodeError, match=r"^media packet is empty$"):
+        parse_control_packets(b"")
+
+
 def test_audio_packet_rejects_bad_fields():
     with pytest.raises(LocalProtocolError, match="16 bits"):
         AudioPacket(65536, 0, b"x")
@@ -259,6 +280,49 @@ def test_ping_pong_measures_rtt_without_the_hold_time():
     assert drain(caller) == []
 
 
+def test_pong_rides_in_the_next_control_datagram():
+    caller, callee = pair()
+    callee.datagrams_to_send(0.0)  # the callee's own first ping goes alone
+    deliver(caller, callee, 0.010)  # the caller's first ping
+    assert callee.datagrams_to_send(0.020) == []  # its pong waits
+    callee.handle_timer(1.0)  # a second on: ping and report are due
+    (datagram,) = callee.datagrams_to_send(1.0)
+    caller.receive_datagram(datagram, now=1.012)
+    events = drain(caller)
+    (rtt,) = of_type(events, RttMeasured)
+    assert rtt.hold_s == pytest.approx(0.990)
+    assert rtt.rtt_s == pytest.approx(0.022)
+    assert len(of_type(events, ReportReceived)) == 1
+    assert caller.stats.control_received == 3  # ping, report and pong in one datagram
+
+
+def test_a_pong_goes_alone_when_nothing_else_is_due_soon():
+    caller, callee = pair(ping_interval_s=5.0, report_interval_s=5.0)
+    callee.datagrams_to_send(0.0)
+    deliver(caller, callee, 0.5)
+    assert callee.get_timer() == pytest.approx(0.5 + MAX_PONG_HOLD_S)
+    callee.handle_timer(1.5)
+    (datagram,) = callee.datagrams_to_send(1.5)
+    caller.receive_datagram(datagram, now=1.6)
+    (rtt,) = of_type(drain(caller), RttMeasured)
+    assert rtt.hold_s == pytest.approx(MAX_PONG_HOLD_S)
+    assert rtt.rtt_s == pytest.approx(0.6)
+
+
+def test_control_packets_split_to_keep_the_packet_size():
+    caller, _ = pair(frame_bytes=13, pad_to=20)  # 20-byte packets: one ping or report each
+    caller.handle_timer(1.0)
+    caller.set_muted(True, now=1.0)
+    caller.handle_timer(1.0)
+    datagrams = caller.datagrams_to_send(1.0)
+    assert [[type(p) for p in _open(d)] for d in datagrams] == [
+        [PingPacket],
+        [PingPacket],
+        [ReceiverReport, MutePacket],
+    ]
+    assert len({len(d) for d in datagrams}) == 1
+
+
 def test_pong_for_unknown_ping_is_counted():
     caller, _ = pair()
     sender = SFrameSender(MEDIA_CIPHER_SUITE, CALLEE_KEYS.send_key, CALLEE_SENDER_ID)
@@ -273,16 +337,18 @@ def test_timers_are_drift_free():
     assert caller.get_timer() == 0.5
     caller.handle_timer(0.52)  # late by 20 ms: the next report stays on the grid
     assert caller.get_timer() == 1.0
-    kinds = [type(_open(d)) for d in caller.datagrams_to_send(0.52)]
-    assert kinds == [PingPacket, ReceiverReport]
+    (datagram,) = caller.datagrams_to_send(0.52)  # both in one datagram
+    assert [type(p) for p in _open(datagram)] == [PingPacket, ReceiverReport]
 
 
-def _open(datagram: bytes) -> object:
-    """Open a datagram the caller sent (test helper, a fresh receiver: no replay state)."""
+def _open(datagram: bytes) -> list[MediaPacket]:
+    """The packets of a datagram the caller sent (a fresh receiver: no replay state)."""
     receiver = SFrameReceiver(MEDIA_CIPHER_SUITE, CALLER_KEYS.send_key, CALLER_SENDER_ID)
     payload = receiver.unprotect(datagram, MEDIA_METADATA, now=0.0)
     assert payload is not None
-    return parse_packet(payload)
+    if payload[0] in (PacketType.AUDIO, PacketType.AUDIO_REDUNDANT):
+        return [parse_packet(payload)]
+    return list(parse_control_packets(payload))
 
 
 def run_audio(
@@ -391,7 +457,7 @@ def test_without_fec_loss_turns_on_redundancy_of_constant_size():
     caller.send_audio(frame(1001, 34), now)
     caller.send_audio(frame(1002, 34), now)
     datagrams = caller.datagrams_to_send(now)
-    packets = [_open(d) for d in datagrams]
+    packets = [p for d in datagrams for p in _open(d)]
     audio = [p for p in packets if isinstance(p, AudioPacket)]
     assert [p.redundant for p in audio] == [None, None, frame(1001, 34)]
     assert len({len(d) for d in datagrams}) == 1
@@ -472,7 +538,7 @@ def test_mute_is_repeated_and_stale_copies_do_not_undo_a_newer_change():
     assert len(muted_copy) == 1
     caller.set_muted(False, now=0.05)  # replaces the pending mute copies
     unmute = []
-    for t in (0.05, 0.15, 0.25):
+    for t in (0.05, 0.151, 0.251):
         caller.handle_timer(t)
         unmute += caller.datagrams_to_send(t)
     assert len(unmute) == MUTE_REPEATS
@@ -485,6 +551,11 @@ def test_mute_is_repeated_and_stale_copies_do_not_undo_a_newer_change():
     deliver(caller, callee, 0.4)
     assert of_type(drain(callee), PeerMuted) == [PeerMuted(True)]
     assert callee.is_peer_muted and caller.is_muted
+    # copies due at once (a late timer) go once
+    caller.set_muted(False, now=0.5)
+    caller.handle_timer(0.8)
+    (late,) = caller.datagrams_to_send(0.8)
+    assert _open(late) == [MutePacket(False, 4)]
 
 
 def test_hangup_is_sent_several_times_then_ends():

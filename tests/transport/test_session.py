@@ -221,7 +221,7 @@ def test_tone_crosses_both_ways_with_stats_and_rtt():
             assert stats.audio_level_dbfs is not None and stats.audio_level_dbfs > -15
             # the tone sent: amplitude 0.5 is -6 dBFS peak, -9 dBFS RMS
             assert stats.input_level_dbfs == pytest.approx(-9.0, abs=0.5)
-            # 100-byte datagrams + 28 of IP/UDP, 50 per second, plus pings and reports
+            # 106-byte datagrams + 28 of IP/UDP, 50 per second, plus pings and reports
             # (about 53 kbit/s), averaged over the call so far (shorter than the 2 s window)
             assert 45 < stats.tx_kbps < 64
         assert call.callee.jitter_stats.played >= 60
@@ -438,7 +438,7 @@ def test_packet_size_is_constant_when_redundancy_starts():
         await eventually(lambda: call.callee.snapshot().redundancy_recovered > 5)
         assert call.caller.protocol_stats.redundant_sent > 10
         sizes = {len(d) for d in tap.a_to_b[8:256]}  # counters 8-255: one SFrame header size
-        assert sizes == {120}  # 1 config + 1 CTR + 2 length + 100 padded + 16 tag
+        assert sizes == {126}  # 1 config + 1 CTR + 2 length + 106 padded + 16 tag
         # and the forced modes send the same size
         await call.caller.hangup()
         tap.close()
@@ -446,7 +446,7 @@ def test_packet_size_is_constant_when_redundancy_starts():
         for redundancy in (True, False):
             call, tap = await tapped_call(caller_settings=MediaSettings(redundancy=redundancy))
             await asyncio.sleep(0.4)
-            assert {len(d) for d in tap.a_to_b[8:]} == {120}
+            assert {len(d) for d in tap.a_to_b[8:]} == {126}
             assert (call.caller.protocol_stats.redundant_sent > 0) is redundancy
             tap.close()
             await call.close()
@@ -581,9 +581,9 @@ def test_misuse_and_an_absent_peer():
 @pytest.mark.parametrize(
     ("settings", "pad_to"),
     [
-        pytest.param(MediaSettings(), 100, id="defaults"),
-        pytest.param(MediaSettings(opus=OpusSettings(frame_ms=10)), 7 + 46, id="10ms"),
-        pytest.param(MediaSettings(opus=OpusSettings(frame_ms=40)), 7 + 186, id="40ms"),
+        pytest.param(MediaSettings(), 106, id="defaults"),
+        pytest.param(MediaSettings(opus=OpusSettings(frame_ms=10)), 7 + 49, id="10ms"),
+        pytest.param(MediaSettings(opus=OpusSettings(frame_ms=40)), 7 + 198, id="40ms"),
         pytest.param(MediaSettings(pad_to=80), 80, id="explicit"),
         pytest.param(MediaSettings(pad_to=0), 0, id="unpadded"),
     ],
@@ -607,9 +607,9 @@ def test_ten_ms_frames_send_packets_of_one_frame():
         caller.connect(tap.address_a)
         callee.connect(tap.address_b)
         await asyncio.sleep(0.5)
-        # 1 config + 1 CTR + 2 length + 53 padded + 16 tag: half the 20 ms packet's
-        # padding, not the same 100 bytes for half the audio
-        assert {len(d) for d in tap.a_to_b[8:200]} == {73}
+        # 1 config + 1 CTR + 2 length + 56 padded + 16 tag: half the 20 ms packet's
+        # padding, not the same 106 bytes for half the audio
+        assert {len(d) for d in tap.a_to_b[8:200]} == {76}
         assert callee.snapshot().packets_received > 30
         tap.close()
         for session in sessions:

@@ -8,11 +8,14 @@ tells its wrapper how to adapt the encoder to the loss the peer reports. No
 socket, clock or codec here: bytes and ``now`` (seconds, monotonic) in, bytes
 and events out, as aioquic's ``QuicConnection``.
 
-Every packet is one SFrame payload (RFC 9605, ``crypto/sframe_context.py``):
+Every datagram is one SFrame payload (RFC 9605, ``crypto/sframe_context.py``):
 encrypted, authenticated with the constant metadata :data:`MEDIA_METADATA`,
-replay-checked, and padded to a multiple of ``pad_to`` bytes. Control packets
-are small, so they are padded to the same size as audio and an observer
-cannot tell them apart by size. All integers are big-endian::
+replay-checked, and padded to a multiple of ``pad_to`` bytes. It holds one
+audio packet, or one or more control packets back to back (each control
+type has a fixed length, so its type byte says where the next one starts).
+Control packets are small: what is due at once (a second's ping, report and
+pong) goes out in one datagram, padded to the size of an audio packet so an
+observer cannot tell them apart by size. All integers are big-endian::
 
     AUDIO            01 | seq u16 | timestamp u32 | Opus payload
     AUDIO_REDUNDANT  02 | seq u16 | timestamp u32 | offset u16 | length u16
@@ -136,6 +139,7 @@ __all__ = [
     "ReportReceived",
     "RttMeasured",
     "SenderAdaptation",
+    "parse_control_packets",
     "parse_packet",
 ]
 
@@ -171,6 +175,8 @@ MAX_OUTSTANDING_PINGS: Final = 8
 """Pings remembered for their pong; older ones are forgotten."""
 MAX_PENDING_PONGS: Final = 4
 """Pongs waiting to be sent; a flood of pings gets no more answers."""
+MAX_PONG_HOLD_S: Final = 1.0
+"""A pong waits for the next control datagram (its ``hold`` says how long), at most this."""
 MUTE_REPEATS: Final = 3
 """Copies of a mute change, against loss."""
 MUTE_REPEAT_INTERVAL_S: Final = 0.1
@@ -533,8 +539,34 @@ _CONTROL_PARSERS: Final[dict[int, type[ControlPacket]]] = {
 }
 
 
+_CONTROL_LENGTHS: Final[dict[int, int]] = {
+    PacketType.PING: _PING.size,
+    PacketType.PONG: _PONG.size,
+    PacketType.REPORT: _REPORT.size,
+    PacketType.MUTE: _MUTE.size,
+    PacketType.HANGUP: _HANGUP.size,
+}
+
+
+def parse_control_packets(data: bytes) -> list[ControlPacket]:
+    """Parse a control datagram's payload: one or more control packets back to back.
+
+    Raises:
+        DecodeError: empty, or a packet of an unknown type, truncated or malformed.
+    """
+    if not data:
+        raise DecodeError("media packet is empty")
+    packets = []
+    offset = 0
+    while offset < len(data):
+        end = offset + _CONTROL_LENGTHS.get(data[offset], 1)
+        packets.append(_parse_control(data[offset:end]))
+        offset = end
+    return packets
+
+
 def parse_packet(data: bytes) -> MediaPacket:
-    """Parse any media packet by its type byte.
+    """Parse any one media packet by its type byte.
 
     Raises:
         DecodeError: empty, of an unknown type, or malformed for its type.
@@ -768,6 +800,7 @@ class MediaProtocol:
         "_packet_bytes",
         "_peer_mute_change",
         "_peer_muted",
+        "_pending_pongs",
         "_ping_id",
         "_ping_interval",
         "_pings",
@@ -844,7 +877,8 @@ class MediaProtocol:
         self._media_timeout = media_timeout_s
         self._state = MediaState.AWAITING_START
         self._events: deque[MediaEvent] = deque()  # for next_event
-        self._outgoing: list[MediaPacket | _PendingPong] = []  # for datagrams_to_send
+        self._outgoing: list[MediaPacket] = []  # for datagrams_to_send
+        self._pending_pongs: list[_PendingPong] = []  # for the next control datagram
         self._scheduled: list[_Scheduled] = []  # mute and hang-up copies, by due time
         # our audio
         self._seq = first_seq  # of the next audio packet
@@ -1024,47 +1058,77 @@ class MediaProtocol:
             self._receive_audio(payload, now)
             return
         try:
-            packet = _parse_control(payload)
+            packets = parse_control_packets(payload)
         except DecodeError:
             self._counts["malformed"] += 1
             return
-        self._counts["control_received"] += 1
-        if isinstance(packet, PingPacket):
-            if len([p for p in self._outgoing if isinstance(p, _PendingPong)]) < MAX_PENDING_PONGS:
-                self._outgoing.append(_PendingPong(packet, now))
-        elif isinstance(packet, PongPacket):
-            self._receive_pong(packet, now)
-        elif isinstance(packet, ReceiverReport):
-            self._events.append(ReportReceived(packet))
-            self._adapt(packet, now)
-        elif isinstance(packet, MutePacket):
-            self._receive_mute(packet)
-        else:
-            self._state = MediaState.ENDED
-            self._scheduled.clear()
-            self._events.append(PeerHungUp(packet.reason))
+        for packet in packets:
+            self._counts["control_received"] += 1
+            if isinstance(packet, PingPacket):
+                if len(self._pending_pongs) < MAX_PENDING_PONGS:
+                    self._pending_pongs.append(_PendingPong(packet, now))
+            elif isinstance(packet, PongPacket):
+                self._receive_pong(packet, now)
+            elif isinstance(packet, ReceiverReport):
+                self._events.append(ReportReceived(packet))
+                self._adapt(packet, now)
+            elif isinstance(packet, MutePacket):
+                self._receive_mute(packet)
+            else:
+                self._state = MediaState.ENDED
+                self._scheduled.clear()
+                self._pending_pongs.clear()
+                self._events.append(PeerHungUp(packet.reason))
+                return
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
-        """The protected datagrams queued since the last call, in order.
+        """The protected datagrams queued since the last call: audio, then control.
 
-        Pongs take their hold time from ``now``, so call this just before sending.
+        Control packets due together share a datagram; pongs wait for the
+        next one (at most :data:`MAX_PONG_HOLD_S`) and take their hold time
+        from ``now``, so call this just before sending.
         """
-        if not self._outgoing:
+        pongs_due = bool(self._pending_pongs) and (
+            now >= self._pending_pongs[0].received_at + MAX_PONG_HOLD_S
+        )
+        if not self._outgoing and not pongs_due:
             return []  # after nearly every received datagram
         datagrams = []
-        for item in self._outgoing:
-            if isinstance(item, AudioPacket):
+        control: list[bytes] = []
+        for packet in self._outgoing:
+            if isinstance(packet, AudioPacket):
                 self._counts["audio_sent"] += 1
-                self._counts["redundant_sent"] += item.redundant is not None
-            else:
-                if isinstance(item, _PendingPong):
-                    hold_us = round((now - item.received_at) * MICROSECONDS_PER_SECOND)
-                    ping = item.ping
-                    item = PongPacket(ping.ping_id, ping.sent_at_us, min(hold_us, U32_MAX))
-                self._counts["control_sent"] += 1
-            datagrams.append(self._sender.protect(item.serialize(), MEDIA_METADATA, now=now))
+                self._counts["redundant_sent"] += packet.redundant is not None
+                datagrams.append(self._sender.protect(packet.serialize(), MEDIA_METADATA, now=now))
+            elif (payload := packet.serialize()) not in control:
+                control.append(payload)  # a repeat due twice at once goes once
         self._outgoing.clear()
+        if control or pongs_due:
+            for pending in self._pending_pongs:
+                hold_us = round((now - pending.received_at) * MICROSECONDS_PER_SECOND)
+                ping = pending.ping
+                control.append(
+                    PongPacket(ping.ping_id, ping.sent_at_us, min(hold_us, U32_MAX)).serialize()
+                )
+            self._pending_pongs.clear()
+            self._counts["control_sent"] += len(control)
+            datagrams += [
+                self._sender.protect(payload, MEDIA_METADATA, now=now)
+                for payload in self._bundle(control)
+            ]
         return datagrams
+
+    def _bundle(self, control: list[bytes]) -> list[bytes]:
+        """Control packets joined into as few payloads as fit one audio packet's size."""
+        payloads: list[bytes] = []
+        current = b""
+        for packet in control:
+            if current and len(current) + len(packet) > self._packet_bytes:
+                payloads.append(current)
+                current = b""
+            current += packet
+        payloads.append(current)
+        return payloads
 
     def next_event(self) -> MediaEvent | None:
         """The oldest event not yet taken, or None."""
@@ -1083,6 +1147,8 @@ class MediaProtocol:
             )
             if self._last_loss_at is not None:
                 active_due = min(active_due, self._last_loss_at + ADAPTATION_HOLD_S)
+            if self._pending_pongs:
+                active_due = min(active_due, self._pending_pongs[0].received_at + MAX_PONG_HOLD_S)
             when = active_due
         elif state is MediaState.HANGING_UP:
             when = None

@@ -130,9 +130,9 @@ class MediaSettings:
     """SFrame padding multiple: every packet has the same size (0: no padding).
 
     None: one audio packet, the 7-byte media header and one frame at the
-    configured bitrate (100 bytes at the defaults: 93 Opus bytes at 37.2
-    kbit/s and 20 ms; 53 at 10 ms frames, where a fixed 100 would double the
-    bitrate on the wire).
+    configured bitrate (106 bytes at the defaults: 99 Opus bytes at 39.6
+    kbit/s and 20 ms; 56 at 10 ms frames, where a fixed 106 would nearly
+    double the bitrate on the wire).
     """
     redundancy: bool | None = None
     """None: automatic (on when loss is reported and the encoder has no FEC); True/False force."""
