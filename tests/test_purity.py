@@ -18,7 +18,8 @@ def pure_modules() -> list[Path]:
         for name in ("jitter.py", "stats.py", "delay.py", "playout.py", "emodel.py")
     ]
     files += [
-        SRC / "transport" / name for name in ("impairment.py", "media_protocol.py", "pathcheck.py")
+        SRC / "transport" / name
+        for name in ("impairment.py", "media_packets.py", "media_protocol.py", "pathcheck.py")
     ]
     files += [SRC / "signaling" / name for name in ("callstate.py", "usernames.py")]
     files += [SRC / "server" / name for name in ("relay_table.py", "ratelimit.py")]

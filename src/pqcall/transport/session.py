@@ -70,12 +70,11 @@ from pqcall.media.codec import (
 )
 from pqcall.media.jitter import JitterBuffer, JitterBufferStats, PlayoutAction, PlayoutDecision
 from pqcall.media.stats import CallStats, CallStatsSnapshot
+from pqcall.transport.media_packets import AUDIO_HEADER_LENGTH, HangupReason
 from pqcall.transport.media_protocol import (
-    AUDIO_HEADER_LENGTH,
     MEDIA_TIMEOUT_S,
     AdaptationChanged,
     AudioReceived,
-    HangupReason,
     MediaProtocol,
     MediaProtocolStats,
     MediaTimedOut,
@@ -416,7 +415,7 @@ class MediaSession:
         """Tell the peer the call is over (encrypted, sent several times), then close.
 
         Args:
-            reason: a :class:`~pqcall.transport.media_protocol.HangupReason` name:
+            reason: a :class:`~pqcall.transport.media_packets.HangupReason` name:
                 "normal", "error" or "shutdown".
 
         Raises:
