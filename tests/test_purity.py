@@ -19,7 +19,13 @@ def pure_modules() -> list[Path]:
     ]
     files += [
         SRC / "transport" / name
-        for name in ("impairment.py", "media_packets.py", "media_protocol.py", "pathcheck.py")
+        for name in (
+            "impairment.py",
+            "media_packets.py",
+            "media_protocol.py",
+            "path_messages.py",
+            "pathcheck.py",
+        )
     ]
     files += [SRC / "signaling" / name for name in ("callstate.py", "usernames.py")]
     files += [SRC / "server" / name for name in ("relay_table.py", "ratelimit.py")]

@@ -27,19 +27,21 @@ from pqcall.transport.connect import (
     resolve_candidates,
     run_path_selection,
 )
-from pqcall.transport.pathcheck import (
+from pqcall.transport.path_messages import (
     PATH_MAGIC,
     Address,
-    DropReason,
     MessageType,
+    PathMessage,
+    PathRole,
+    path_check_key,
+)
+from pqcall.transport.pathcheck import (
+    DropReason,
     PathChoice,
     PathKind,
-    PathMessage,
     PathResponder,
-    PathRole,
     PathSelection,
     RelayTarget,
-    path_check_key,
 )
 from pqcall.transport.session import MediaSession, MediaSettings
 from tests.transport.test_session import (

@@ -16,25 +16,27 @@ from hypothesis import strategies as st
 from pqcall.exceptions import DecodeError, LocalProtocolError
 from pqcall.server.relay_table import ACK_MAGIC, BIND_MAGIC, RelayTable
 from pqcall.signaling.messages import MAX_CALL_CANDIDATES
+from pqcall.transport.path_messages import (
+    MESSAGE_LENGTH,
+    PATH_MAGIC,
+    Address,
+    MessageType,
+    PathMessage,
+    PathRole,
+    path_check_key,
+)
 from pqcall.transport.pathcheck import (
     CHECK_TRANSMISSIONS,
     MAX_REMOTE_CANDIDATES,
-    MESSAGE_LENGTH,
     NOMINATE_INTERVAL_S,
     NOMINATE_TRANSMISSIONS,
-    PATH_MAGIC,
-    Address,
     DropReason,
-    MessageType,
     PathChoice,
     PathKind,
-    PathMessage,
     PathResponder,
-    PathRole,
     PathSelection,
     PathState,
     RelayTarget,
-    path_check_key,
 )
 from tests.utils import MALLORY, handshake_pair, keys_of
 

@@ -57,7 +57,8 @@ from pqcall.signaling.messages import (
     RelayGrant,
 )
 from pqcall.transport.connect import establish_path, local_candidates, open_media_socket
-from pqcall.transport.pathcheck import PathChoice, PathResponder, PathRole, RelayTarget
+from pqcall.transport.path_messages import PathRole
+from pqcall.transport.pathcheck import PathChoice, PathResponder, RelayTarget
 from pqcall.transport.session import MediaSession, MediaSettings
 
 logger = logging.getLogger(__name__)

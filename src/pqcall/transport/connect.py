@@ -35,14 +35,13 @@ import ifaddr
 from pqcall.crypto.handshake import CallKeys
 from pqcall.exceptions import CallError, LocalProtocolError, PathFailed
 from pqcall.signaling.messages import MAX_CANDIDATES, Candidate
+from pqcall.transport.path_messages import Address, PathRole
 from pqcall.transport.pathcheck import (
     DIRECT_TIMEOUT_S,
     MAX_REMOTE_CANDIDATES,
     PATH_TIMEOUT_S,
-    Address,
     PathChoice,
     PathResponder,
-    PathRole,
     PathSelection,
     RelayTarget,
 )
