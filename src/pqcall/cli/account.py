@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from pqcall.cli import runtime
@@ -90,8 +89,8 @@ async def _register(
     secret = passphrase(args, confirm=is_new)
     if is_new:
         console.say(f"creating a new identity in {home.path}")
-    config = await register(home, name, url, secret)
-    account = await asyncio.to_thread(home.unlock, secret)
+    registration = await register(home, name, url, secret)
+    config, account = registration.config, registration.account
     console.say(
         f"registered {config.username} at {config.server_url} (server {config.server_name})"
     )

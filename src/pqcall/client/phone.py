@@ -23,6 +23,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -81,6 +82,16 @@ class SecurityWarning:
         return f"SecurityWarning({self.peer!r}, {self.message!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What :func:`register` left: the account's settings and its unlocked keys."""
+
+    config: AccountConfig
+    """Name, server and the server's pinned name, as saved in the home."""
+    account: AccountSecrets = field(repr=False)
+    """The keys the registration unlocked or created (no second slow unlock to show them)."""
+
+
 async def register(
     home: Home,
     name: str,
@@ -88,7 +99,7 @@ async def register(
     passphrase: str,
     *,
     kdf_params: KdfParams = DEFAULT_KDF_PARAMS,
-) -> AccountConfig:
+) -> Registration:
     """Create the account in ``home`` if it has none, and register it as ``name``.
 
     Registering again with the same name and server is harmless (the server
@@ -122,7 +133,7 @@ async def register(
         username=username, server_url=server_url, server_name=server_name, created=int(time.time())
     )
     home.save_config(config)
-    return config
+    return Registration(config, account)
 
 
 class Phone:

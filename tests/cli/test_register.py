@@ -1,0 +1,67 @@
+"""``pqcall register`` in-process against a real in-process server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pqcall.cli import main
+from pqcall.client.home import Home
+
+from ..server.conftest import RunningServer, make_settings, run_server
+
+PASSPHRASE = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PQCALL_HOME", "PQCALL_PASSPHRASE_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PQCALL_PASSPHRASE", PASSPHRASE)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'server.db'}", tmp_path / "data")
+    with run_server(settings) as running:
+        yield running
+
+
+def count_keystore_opening(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every slow keystore operation (each runs the passphrase KDF once)."""
+    calls: list[str] = []
+    for name in ("unlock", "create_account"):
+        original: Callable[..., Any] = getattr(Home, name)
+
+        def counted(
+            self: Home, *args: Any, _original: Any = original, _name: str = name, **kwargs: Any
+        ) -> Any:
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Home, name, counted)
+    return calls
+
+
+def test_register_runs_the_passphrase_kdf_once(
+    server: RunningServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    argv = ["--home", str(tmp_path / "alice"), "register", "alice", "--server", server.base_url]
+    calls = count_keystore_opening(monkeypatch)
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert calls == ["create_account"]  # not created, then unlocked again to print
+    # registering again opens the existing keystore, once
+    calls.clear()
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert calls == ["unlock"]
+    fingerprint = Home(tmp_path / "alice").unlock(PASSPHRASE).identity.public_key()
+    line = f"identity fingerprint: {fingerprint.fingerprint_text()}"
+    assert line in first and line in again
