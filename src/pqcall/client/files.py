@@ -58,7 +58,7 @@ from pqcall.client.api import ServerApi
 from pqcall.client.contacts import Contacts
 from pqcall.client.home import Home
 from pqcall.client.peers import CheckedPeer, check_peer
-from pqcall.client.privatefile import FILE_MODE, make_private_dir, read_bounded, write_atomic
+from pqcall.client.privatefile import make_private_dir, read_bounded, write_atomic
 from pqcall.crypto.filecrypt import DEFAULT_CONTENT_TYPE, decrypt_stream, encrypt_stream
 from pqcall.crypto.fileformat import FileInfo
 from pqcall.crypto.keystore import AccountSecrets
@@ -69,6 +69,7 @@ from pqcall.exceptions import (
     ServerUnreachable,
     TransferError,
 )
+from pqcall.safefile import FILE_MODE
 from pqcall.signaling import usernames
 from pqcall.signaling.messages import FILE_ID_PATTERN, FileView
 

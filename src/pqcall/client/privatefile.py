@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pqcall.exceptions import KeystoreError
+from pqcall.safefile import FILE_MODE, replace_file, write_all
 
-FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
 LOCK_NAME = ".lock"
 
@@ -125,28 +125,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, what: str) -> None:
     Raises:
         KeystoreError: the file cannot be written.
     """
-    target = Path(path)
-    make_private_dir(target.parent)
-    temp = target.with_name(f".{target.name}.{os.urandom(8).hex()}.tmp")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    except OSError as exc:
-        raise KeystoreError(f"cannot write {what} {target}: {exc.strerror}") from None
-    try:
-        try:
-            os.fchmod(fd, FILE_MODE)  # exact mode whatever the umask
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, target)
-    except OSError as exc:
-        _remove_quietly(temp)
-        raise KeystoreError(f"cannot write {what} {target}: {exc.strerror}") from None
-    except BaseException:
-        _remove_quietly(temp)
-        raise
-    _fsync_directory(target.parent)
+    make_private_dir(Path(path).parent)
+    replace_file(path, data, what)
 
 
 def append_line(path: str | os.PathLike[str], line: bytes, what: str) -> None:
@@ -169,7 +149,7 @@ def append_line(path: str | os.PathLike[str], line: bytes, what: str) -> None:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line
-        _write_all(fd, line + b"\n")
+        write_all(fd, line + b"\n")
         os.fsync(fd)
     except OSError as exc:
         raise KeystoreError(f"cannot write {what} {target}: {exc.strerror}") from None
@@ -197,28 +177,3 @@ def read_bounded(path: str | os.PathLike[str], what: str, max_bytes: int) -> byt
     if len(data) > max_bytes:
         raise KeystoreError(f"{what} {target} is too large")
     return data
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # make the rename durable; not possible on every platform, so best effort
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

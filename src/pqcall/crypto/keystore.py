@@ -54,6 +54,7 @@ from pqcall.crypto.encoding import Kind, Reader
 from pqcall.crypto.filekey import FilePrivateKey
 from pqcall.crypto.identity import IdentityPrivateKey, sha256
 from pqcall.exceptions import DecodeError, KeystoreError, WrongPassphrase
+from pqcall.safefile import replace_file
 
 KEYSTORE_VERSION = 1
 KDF_ARGON2ID = 1
@@ -78,7 +79,6 @@ MAX_SCRYPT_MEMORY_BYTES = 2 * 1024 * 1024 * 1024  # 128 * r * N
 
 PASSPHRASE_ENV = "PQCALL_PASSPHRASE"
 PASSPHRASE_FILE_ENV = "PQCALL_PASSPHRASE_FILE"
-FILE_MODE = 0o600
 _GROUP_OTHER_BITS = 0o077
 
 
@@ -216,30 +216,7 @@ def write_keystore(
     Raises:
         KeystoreError: sealing failed, or the file cannot be written.
     """
-    target = Path(path)
-    blob = seal(payload, passphrase, params)
-    temp = target.with_name(f".{target.name}.{os.urandom(8).hex()}.tmp")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    except OSError as exc:
-        raise KeystoreError(f"cannot write keystore {target}: {exc.strerror}") from None
-    try:
-        try:
-            os.fchmod(fd, FILE_MODE)  # exact mode whatever the umask
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, target)
-    except OSError as exc:
-        _remove_quietly(temp)
-        raise KeystoreError(f"cannot write keystore {target}: {exc.strerror}") from None
-    except BaseException:
-        _remove_quietly(temp)
-        raise
-    _fsync_directory(target.parent)
+    replace_file(path, seal(payload, passphrase, params), "keystore")
 
 
 def read_keystore(path: str | os.PathLike[str], passphrase: str) -> bytes:
@@ -502,24 +479,3 @@ def _passphrase_from_file(path: Path) -> str:
     if not line:
         raise KeystoreError(f"passphrase file {path} is empty")
     return line
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _fsync_directory(directory: Path) -> None:
-    # make the rename durable; not possible on every platform, so best effort
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
