@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from pqcall.client.phone import register
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
 
-from ..server.conftest import RunningServer, make_settings, run_server
+from ..server.conftest import RunningServer
 
 PASSPHRASE = "correct horse battery staple"
 CONTENT = b"quarterly numbers\n" * 5000
@@ -30,13 +29,6 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("PQCALL_HOME", "PQCALL_PASSPHRASE_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PQCALL_PASSPHRASE", PASSPHRASE)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'server.db'}", tmp_path / "data")
-    with run_server(settings) as running:
-        yield running
 
 
 def homes(server: RunningServer, tmp_path: Path, *names: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import pytest
 from pqcall.cli import main
 from pqcall.client.home import Home
 
-from ..server.conftest import RunningServer, make_settings, run_server
+from ..server.conftest import RunningServer
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -21,13 +21,6 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("PQCALL_HOME", "PQCALL_PASSPHRASE_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PQCALL_PASSPHRASE", PASSPHRASE)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'server.db'}", tmp_path / "data")
-    with run_server(settings) as running:
-        yield running
 
 
 def count_keystore_opening(monkeypatch: pytest.MonkeyPatch) -> list[str]:
