@@ -24,6 +24,8 @@ from pqcall.server.files import (
     ABANDONED_UPLOAD_S,
     FILE_SWEEP_INTERVAL_S,
     MAX_TRANSFERS_PER_ACCOUNT,
+    ORPHAN_GRACE_S,
+    ORPHAN_SCAN_INTERVAL_S,
 )
 from pqcall.signaling.messages import EVENT_FILE_WAITING, FileView, Inbox
 
@@ -427,6 +429,24 @@ def test_abandoned_uploads_are_swept(server, account):
     wait_until(lambda: not blob(server, file_id).exists())
     assert alice.client.get(f"/files/{file_id}").status_code == 404
     assert create(alice, "bob", 1_000_000).status_code == 201
+
+
+def test_blobs_without_a_row_are_swept(server, account):
+    alice, bob = account("alice"), account("bob")
+    live = send(alice, "bob", b"x" * 300)
+    files = server.settings.data_dir / "files"
+    orphan, young_orphan, stranger = files / ("ab" * 16), files / ("cd" * 16), files / "notes"
+    now = server.clock.now
+    old = now - ORPHAN_GRACE_S - 10
+    for path, when in ((orphan, old), (young_orphan, now), (stranger, old)):
+        path.write_bytes(b"ciphertext whose row a crash deleted")
+        os.utime(path, (when, when))
+    os.utime(blob(server, live.file_id), (old, old))  # old, but it has a row
+    server.clock.advance(ORPHAN_SCAN_INTERVAL_S + 1)  # the first scan ran at startup
+    wait_until(lambda: not orphan.exists())
+    assert young_orphan.exists()  # may be a delete that is still running
+    assert stranger.exists()  # not a blob name: not ours to delete
+    assert bob.client.get(f"/files/{live.file_id}/content").content == b"x" * 300
 
 
 def test_metrics_count_files(server, account):

@@ -69,6 +69,8 @@ MAX_TRANSFERS_PER_ACCOUNT = 4  # uploads and downloads running at once, per acco
 ABANDONED_UPLOAD_S = 24 * 3600.0  # an upload without a byte for this long is deleted
 FILE_SWEEP_INTERVAL_S = 60.0  # app-clock seconds between passes of the file sweeper
 SWEEP_BATCH = 500  # files handled per sweep and kind
+ORPHAN_SCAN_INTERVAL_S = 3600.0  # app-clock seconds between scans for blobs without a row
+ORPHAN_GRACE_S = ABANDONED_UPLOAD_S  # a blob without a row is removed once unwritten this long
 
 
 # ---------------------------------------------------------------- blobs
@@ -462,15 +464,22 @@ class FileSweeper:
     - files whose expiry has passed (a stored file ``file_ttl_s`` after it was
       completed; an upload ``file_ttl_s`` after it was announced);
     - uploads whose blob received no byte for :data:`ABANDONED_UPLOAD_S` (an
-      upload writing right now holds its blob's lock and is left alone).
+      upload writing right now holds its blob's lock and is left alone);
+    - on its first pass and every :data:`ORPHAN_SCAN_INTERVAL_S` after, blobs
+      that have no row (a crash between deleting a file's row and its blob
+      leaves one) and were not written for :data:`ORPHAN_GRACE_S`.
 
     Deleting the row is a compare-and-set on the state the sweeper saw, so a
-    file that completed in between is judged again on the next pass.
+    file that completed in between is judged again on the next pass. A row is
+    always created before its blob and deleted before it, so a blob without a
+    row is never one being uploaded.
     """
 
     def __init__(self) -> None:
         self._task: asyncio.Task[None] | None = None  # the sweep loop while running
         self._swept_at = -math.inf  # app time of the last pass
+        self._orphans_scanned_at = -math.inf  # app time of the last scan for orphan blobs
+        self._orphan_cursor = ""  # the scan goes on after this blob name ("": from the start)
 
     async def start(self, context: AppContext) -> None:
         files_dir(context)
@@ -509,7 +518,47 @@ class FileSweeper:
                 last_write = record.created
             if last_write < idle_since:
                 deleted += await _remove(context, record, "abandoned")
+        if now - self._orphans_scanned_at >= ORPHAN_SCAN_INTERVAL_S:
+            self._orphans_scanned_at = now
+            removed, self._orphan_cursor = await _remove_orphans(
+                context, now - ORPHAN_GRACE_S, self._orphan_cursor
+            )
+            deleted += removed
         return deleted
+
+
+async def _remove_orphans(
+    context: AppContext, unwritten_since: float, after: str
+) -> tuple[int, str]:
+    """Delete blobs without a row, unwritten since ``unwritten_since``.
+
+    Looks up at most :data:`SWEEP_BATCH` blobs named after ``after``, in name
+    order. Returns how many were deleted, and where the next scan goes on
+    ("" once it reached the end).
+    """
+    removed = 0
+    looked_up = 0
+    for path in sorted(files_dir(context).iterdir()):
+        name = path.name
+        if name <= after or len(name) != 2 * FILE_ID_BYTES:
+            continue
+        if any(c not in "0123456789abcdef" for c in name):
+            continue  # not a blob of ours
+        if looked_up == SWEEP_BATCH:
+            return removed, after
+        try:
+            if path.stat().st_mtime >= unwritten_since:
+                continue
+        except FileNotFoundError:
+            continue
+        looked_up += 1
+        after = name
+        if await context.storage.get_file(name) is not None:
+            continue
+        path.unlink(missing_ok=True)
+        logger.info("file %s: blob without a row deleted", name)
+        removed += 1
+    return removed, ""
 
 
 async def _remove(context: AppContext, record: FileRecord, why: str) -> int:
