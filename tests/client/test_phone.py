@@ -23,6 +23,7 @@ from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
 from pqcall.exceptions import CallError, KeyChangedError, UnknownUser, WrongPassphrase
 from pqcall.server.ops import RelayComponent
+from pqcall.signaling.messages import Presence
 
 from ..server.conftest import RunningServer, make_settings, run_server
 
@@ -144,6 +145,24 @@ async def test_reject(server_with_relay: RunningServer, tmp_path: Path) -> None:
         assert incoming.state is CallState.REJECTED
         assert await wait_state(call, CallState.REJECTED) is CallState.REJECTED
         assert call.reason == "declined"
+
+
+@run_async
+async def test_presence_is_asked_and_call_partners_are_pushed(
+    server_with_relay: RunningServer, tmp_path: Path
+) -> None:
+    async with phones(server_with_relay, tmp_path, "alice", "bob") as (alice, bob):
+        (entry,) = await alice.presence(["bob", "nobody"])  # unknown names are left out
+        assert entry.username == "bob" and entry.online
+        # a call (even a declined one) makes them partners: the server pushes their changes
+        call = await alice.call("bob")
+        await (await asyncio.wait_for(bob.next_incoming(), STATE_TIMEOUT_S)).reject()
+        await wait_state(call, CallState.REJECTED)
+        pushed: asyncio.Queue[Presence] = asyncio.Queue()
+        alice.on_presence(pushed.put_nowait)
+        await bob.close()
+        gone = await asyncio.wait_for(pushed.get(), STATE_TIMEOUT_S)
+        assert gone.username == "bob" and not gone.online and gone.last_seen is not None
 
 
 @run_async

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -58,9 +58,11 @@ from pqcall.signaling.callstate import RejectReason
 from pqcall.signaling.messages import (
     EVENT_CALL_INCOMING,
     EVENT_FILE_WAITING,
+    EVENT_PRESENCE,
     CallDetail,
     Event,
     FileView,
+    Presence,
     RejectCall,
 )
 
@@ -175,6 +177,7 @@ class Phone:
         self._incoming: asyncio.Queue[Call] = asyncio.Queue()  # ringing calls for the user
         self._listeners: list[Callable[[Call], None]] = []  # state-change observers
         self._file_listeners: list[Callable[[FileView], None]] = []  # file.waiting observers
+        self._presence_listeners: list[Callable[[Presence], None]] = []  # presence observers
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -340,6 +343,32 @@ class Phone:
         """Call ``listener(view)`` when a file for us is complete on the server."""
         self._file_listeners.append(listener)
 
+    # ------------------------------------------------------------------ presence
+
+    async def presence(self, names: Iterable[str]) -> list[Presence]:
+        """Who among ``names`` is online, and when each was last seen (unknown names left out).
+
+        Raises:
+            ServerError: the server refused or is unreachable.
+        """
+        return await self._require_api().presence(names)
+
+    def on_presence(self, listener: Callable[[Presence], None]) -> None:
+        """Call ``listener(presence)`` when the server says a call partner came or went."""
+        self._presence_listeners.append(listener)
+
+    def _presence_changed(self, event: Event) -> None:
+        try:
+            presence = Presence.model_validate(event.payload)
+        except ValueError:
+            logger.info("event %s: not a valid presence payload", event.seq)
+            return
+        for listener in self._presence_listeners:
+            try:
+                listener(presence)
+            except Exception:
+                logger.exception("presence listener failed")
+
     def _file_waiting(self, event: Event) -> None:
         try:
             view = FileView.model_validate(event.payload)
@@ -410,9 +439,12 @@ class Phone:
         if event.type == EVENT_FILE_WAITING:
             self._file_waiting(event)
             return
+        if event.type == EVENT_PRESENCE:
+            self._presence_changed(event)
+            return
         call_id = event.payload.get("call_id")
         if not isinstance(call_id, str):
-            return  # presence, files: not for calls
+            return  # not for calls
         call = self._calls.get(call_id)
         if call is not None:
             call.deliver(event)

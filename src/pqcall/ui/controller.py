@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pqcall.client.api import ServerApi
 from pqcall.client.call import Call, MediaOptions
 from pqcall.client.callstate import CallState, Direction, is_terminal
 from pqcall.client.contacts import Contact
@@ -52,14 +51,15 @@ from pqcall.exceptions import (
     WrongPassphrase,
 )
 from pqcall.signaling import usernames
-from pqcall.signaling.messages import FileView
+from pqcall.signaling.messages import FileView, Presence
 
 logger = logging.getLogger(__name__)
 
 TICK_S = 1.0
 """How often subscribers get fresh state during a call (statistics, timer)."""
 PRESENCE_INTERVAL_S = 5.0
-"""How often the contacts' presence is asked of the server."""
+"""How often the contacts' presence is asked of the server (call partners' changes are
+also pushed by the server, and shown at once)."""
 HISTORY_LIMIT = 50
 """Calls listed in the state."""
 MAX_WARNINGS = 20
@@ -183,7 +183,6 @@ class Controller:
         self._find_servers = find_servers  # mDNS discovery (None: the real one)
         self._phone: Phone | None = None  # once unlocked
         self._account: AccountSecrets | None = None  # once unlocked
-        self._presence_api: ServerApi | None = None  # our own connection for presence
         self._unlocking = asyncio.Lock()  # one unlock or registration at a time
         self._subscriptions: set[Subscription] = set()  # who to wake on a change
         self._tasks: set[asyncio.Task[Any]] = set()  # background work, cancelled at close
@@ -217,9 +216,6 @@ class Controller:
         if self._phone is not None:
             await self._phone.close()
             self._phone = None
-        if self._presence_api is not None:
-            await self._presence_api.close()
-            self._presence_api = None
         self._account = None
 
     @property
@@ -450,14 +446,7 @@ class Controller:
         self._account = account
         phone.on_change(self._call_changed)
         phone.on_file(self._file_waiting)
-        config = self.home.load_config()
-        assert config is not None
-        self._presence_api = ServerApi(
-            config.server_url,
-            config.username,
-            account.identity,
-            server_name=config.server_name,
-        )
+        phone.on_presence(self._presence_pushed)
         self._spawn(self._incoming_calls(phone), "ui incoming calls")
         self._spawn(self._security_warnings(phone), "ui warnings")
         self._spawn(self._poll_presence(), "ui presence")
@@ -733,17 +722,23 @@ class Controller:
             await asyncio.sleep(PRESENCE_INTERVAL_S)
 
     async def _refresh_presence(self) -> None:
-        if self._phone is None or self._presence_api is None:
+        if self._phone is None:
             return
         names = [contact.name for contact in self._phone.contacts.list()][:100]
         try:
-            entries = await self._presence_api.presence(names)
+            entries = await self._phone.presence(names)
         except ServerError as exc:
             logger.info("presence: %s", exc)
             return
         presence = {entry.username: (entry.online, entry.last_seen) for entry in entries}
         if presence != self._presence:
             self._presence = presence
+            self.notify()
+
+    def _presence_pushed(self, presence: Presence) -> None:
+        entry = (presence.online, presence.last_seen)
+        if self._presence.get(presence.username) != entry:
+            self._presence[presence.username] = entry
             self.notify()
 
     # ------------------------------------------------------------------ devices
