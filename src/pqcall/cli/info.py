@@ -22,8 +22,9 @@ from pqcall.exceptions import LocalProtocolError
 
 if TYPE_CHECKING:
     from pqcall.client.contacts import Contact
-    from pqcall.client.home import Home
+    from pqcall.client.home import AccountConfig, Home
     from pqcall.crypto.identity import IdentityPublicKey
+    from pqcall.crypto.keystore import AccountSecrets
 
 SAFETY_GROUPS_PER_LINE = 4
 """A safety number is 12 groups of five digits: three lines of four."""
@@ -135,20 +136,25 @@ def run_verify(args: argparse.Namespace) -> int:
     console = Console()
     if contact is None:
         console.say(f"{name} is not a contact yet: fetching their key from {config.server_url}")
-        runtime.run(_pin_from_server(home, secret, name))
+        runtime.run(_pin_from_server(home, config, account, name))
         contact = home.contacts().get(name)
         if contact is None:  # the lookup pins it; this would be a library bug
             raise LocalProtocolError(f"no contact named {name}")
     return _verify(home, config.username, our_identity, contact, args, console)
 
 
-async def _pin_from_server(home: Home, secret: str, name: str) -> int:
-    """Pin ``name``'s identity from the server on first use."""
-    from pqcall.client.call import MediaOptions
-    from pqcall.client.phone import Phone
+async def _pin_from_server(
+    home: Home, config: AccountConfig, account: AccountSecrets, name: str
+) -> int:
+    """Pin ``name``'s identity from the server on first use (a login, no phone, no events)."""
+    from pqcall.client.api import ServerApi
+    from pqcall.client.peers import check_peer
 
-    async with Phone(home, passphrase=secret, media=MediaOptions()) as phone:
-        await phone.lookup(name)
+    identity = account.identity
+    async with ServerApi(
+        config.server_url, config.username, identity, server_name=config.server_name
+    ) as api:
+        await check_peer(api, home.contacts(), name)
     return runtime.EXIT_OK
 
 

@@ -1,4 +1,4 @@
-"""``pqcall register`` in-process against a real in-process server."""
+"""``pqcall register`` and a first ``verify``, in-process against a real in-process server."""
 
 from __future__ import annotations
 
@@ -58,3 +58,24 @@ def test_register_runs_the_passphrase_kdf_once(
     fingerprint = Home(tmp_path / "alice").unlock(PASSPHRASE).identity.public_key()
     line = f"identity fingerprint: {fingerprint.fingerprint_text()}"
     assert line in first and line in again
+
+
+def test_verify_of_a_stranger_pins_their_key_from_the_server(
+    server: RunningServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("alice", "bob"):
+        argv = ["--home", str(tmp_path / name), "register", name, "--server", server.base_url]
+        assert main(argv) == 0
+    capsys.readouterr()
+    calls = count_keystore_opening(monkeypatch)
+    assert main(["--home", str(tmp_path / "alice"), "verify", "bob"]) == 0
+    out = capsys.readouterr().out
+    assert f"bob is not a contact yet: fetching their key from {server.base_url}" in out
+    assert calls == ["unlock"]  # one passphrase KDF; the lookup needs no phone
+    bob = Home(tmp_path / "bob").unlock(PASSPHRASE).identity.public_key()
+    contact = Home(tmp_path / "alice").contacts().get("bob")
+    assert contact is not None and contact.identity == bob and not contact.verified
+    assert f"bob's fingerprint: {bob.fingerprint_text()}" in out
