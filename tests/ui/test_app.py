@@ -221,10 +221,14 @@ async def test_token_is_required(tmp_path: Path) -> None:
 @run_async
 async def test_call_accept_mute_and_sas_mismatch(server: RunningServer, tmp_path: Path) -> None:
     async with pair(server, tmp_path) as (alice, bob):
+        before = (await alice.state())["version"]
         response = await alice.post("/contacts", {"name": "bob"})
         assert response.status_code == 200, response.text
         assert contact(response.json(), "bob")["verified"] is False
-        await until(alice, lambda s: contact(s, "bob")["online"])
+        # every change raises the version: the page keeps the newest of socket and answers
+        assert response.json()["version"] > before
+        online = await until(alice, lambda s: contact(s, "bob")["online"])
+        assert online["version"] >= response.json()["version"]
 
         response = await alice.post("/call", {"name": "bob"})
         assert response.status_code == 200, response.text

@@ -190,6 +190,7 @@ class Controller:
         self._outputs: list[str] = []  # playback device names
         self._warnings: list[SecurityWarning] = []  # newest last
         self._presence: dict[str, tuple[bool, float | None]] = {}  # name: (online, last seen)
+        self._state_version = 0  # counts notify(); a page keeps the newest state it got
         self._inbox: list[FileView] = []  # files waiting for us
         self._transfers: dict[str, Transfer] = {}  # by our id, oldest first
         self._downloads: dict[str, tuple[Path, str]] = {}  # received, not yet downloaded
@@ -241,7 +242,8 @@ class Controller:
             subscription.close()
 
     def notify(self) -> None:
-        """Wake every subscriber (the state changed)."""
+        """Wake every subscriber (the state changed): the state's ``version`` goes up."""
+        self._state_version += 1
         for subscription in list(self._subscriptions):
             subscription.changed()
 
@@ -270,6 +272,7 @@ class Controller:
         current = phone.current_call if phone is not None else None
         state: dict[str, Any] = _finite(
             {
+                "version": self._state_version,
                 "phase": self.phase(),
                 "account": account,
                 "connected": phone is not None and phone.connected,

@@ -81,7 +81,8 @@ async function api(path, body) {
   if (!response.ok) {
     throw new ApiError(data.error || `The phone answered ${response.status} ${response.statusText}.`, response.status, data);
   }
-  if (data && typeof data.phase === "string") setState(data);
+  // an action's answer can be older than a state the socket pushed meanwhile: keep the newest
+  if (data && typeof data.phase === "string" && !(state && data.version < state.version)) setState(data);
   return data;
 }
 
