@@ -19,7 +19,7 @@ from typing import Final
 
 from pqcall.exceptions import KeystoreError
 
-__all__ = ["FILE_MODE", "replace_file", "write_all"]
+__all__ = ["FILE_MODE", "remove_quietly", "replace_file", "write_all"]
 
 FILE_MODE: Final = 0o600
 """Mode of every file written here: readable by its owner only."""
@@ -56,10 +56,10 @@ def replace_file(path: str | os.PathLike[str], data: bytes, what: str) -> None:
             os.close(fd)
         os.replace(temp, target)
     except OSError as exc:
-        _remove_quietly(temp)
+        remove_quietly(temp)
         raise KeystoreError(f"cannot write {what} {target}: {exc.strerror}") from None
     except BaseException:
-        _remove_quietly(temp)
+        remove_quietly(temp)
         raise
     _fsync_directory(target.parent)
 
@@ -71,7 +71,8 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _remove_quietly(path: Path) -> None:
+def remove_quietly(path: Path) -> None:
+    """Delete ``path`` if it exists; a failure to delete is ignored."""
     with contextlib.suppress(OSError):
         os.unlink(path)
 

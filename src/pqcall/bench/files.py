@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 
 from pqcall.bench.report import Figure, render_columns
 from pqcall.exceptions import PqcallError
+from pqcall.safefile import write_all
 
 # httpx, starlette and uvicorn are imported where they are used: ``pqcall`` loads this
 # module at every start
@@ -402,8 +403,8 @@ def _plain_app(directory: Path) -> Starlette:
                 buffer += chunk
                 if len(buffer) >= WRITE_BUFFER_BYTES:
                     data, buffer = bytes(buffer), bytearray()
-                    await asyncio.to_thread(_write_all, fd, data)
-            await asyncio.to_thread(_write_all, fd, bytes(buffer))
+                    await asyncio.to_thread(write_all, fd, data)
+            await asyncio.to_thread(write_all, fd, bytes(buffer))
             await asyncio.to_thread(os.fsync, fd)
         finally:
             os.close(fd)
@@ -422,12 +423,6 @@ def _plain_app(directory: Path) -> Starlette:
             Route("/health", health),
         ]
     )
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _serve_plain(host: str, port: int, directory: Path) -> None:

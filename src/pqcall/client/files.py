@@ -69,7 +69,7 @@ from pqcall.exceptions import (
     ServerUnreachable,
     TransferError,
 )
-from pqcall.safefile import FILE_MODE
+from pqcall.safefile import FILE_MODE, remove_quietly
 from pqcall.signaling import usernames
 from pqcall.signaling.messages import FILE_ID_PATTERN, FileView
 
@@ -331,10 +331,10 @@ class FileTransfers:
         try:
             written = await asyncio.to_thread(work)
         except OSError as exc:
-            _remove_quietly(target)
+            remove_quietly(target)
             raise TransferError(f"cannot encrypt {source}: {exc.strerror}") from None
         except BaseException:
-            _remove_quietly(target)
+            remove_quietly(target)
             raise
         upload = _Upload(
             recipient=peer.name,
@@ -455,8 +455,8 @@ class FileTransfers:
         write_atomic(self._state_path(key), json.dumps(document).encode("utf-8"), "upload state")
 
     def _forget(self, key: str) -> None:
-        _remove_quietly(self._state_path(key))
-        _remove_quietly(self._ciphertext_path(key))
+        remove_quietly(self._state_path(key))
+        remove_quietly(self._ciphertext_path(key))
 
     # ---------------------------------------------------------------- inbox
 
@@ -529,7 +529,7 @@ class FileTransfers:
                 self._decrypt, ciphertext, folder, view, peer, report
             )
         except FileCryptoError as exc:
-            _remove_quietly(ciphertext)  # a new attempt downloads it again
+            remove_quietly(ciphertext)  # a new attempt downloads it again
             raise FileCryptoError(
                 f"refused file {file_id} from {view.sender}: {exc}; nothing was saved"
                 " (the server keeps its copy)"
@@ -540,7 +540,7 @@ class FileTransfers:
         except (ApiError, ServerUnreachable) as exc:
             logger.warning("saved %s, but the server did not delete its copy: %s", saved, exc)
             deleted = False
-        _remove_quietly(ciphertext)
+        remove_quietly(ciphertext)
         return ReceivedFile(
             file_id=file_id,
             sender=view.sender,
@@ -564,7 +564,7 @@ class FileTransfers:
         except FileNotFoundError:
             have = 0
         if have > view.size:
-            _remove_quietly(target)
+            remove_quietly(target)
             have = 0
         if have < view.size:
             if have:
@@ -607,10 +607,10 @@ class FileTransfers:
                 os.fsync(dst.fileno())
             saved = place_file(temp, folder, sanitize_name(info.name))
         except OSError as exc:
-            _remove_quietly(temp)
+            remove_quietly(temp)
             raise TransferError(f"cannot write into {folder}: {exc.strerror}") from None
         except BaseException:
-            _remove_quietly(temp)
+            remove_quietly(temp)
             raise
         return saved, info
 
@@ -665,7 +665,7 @@ def place_file(temp: Path, folder: Path, name: str) -> Path:
         try:
             os.replace(temp, candidate)
         except BaseException:
-            _remove_quietly(candidate)
+            remove_quietly(candidate)
             raise
         return candidate
     raise TransferError(f"no free name for {name} in {folder}")
@@ -727,8 +727,3 @@ def _open_private(path: Path, *, exclusive: bool = False) -> Iterator[BinaryIO]:
     os.fchmod(fd, FILE_MODE)
     with os.fdopen(fd, "wb") as file:
         yield file
-
-
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)

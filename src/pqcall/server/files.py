@@ -50,6 +50,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from pqcall.safefile import write_all
 from pqcall.server.auth import account_named
 from pqcall.server.context import AppContext, api_error
 from pqcall.server.events import event_hub
@@ -110,12 +111,6 @@ def view(context: AppContext, record: FileRecord) -> FileView:
         created=record.created,
         expires=record.expires,
     )
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view_ = memoryview(data)
-    while view_:
-        view_ = view_[os.write(fd, view_) :]
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -341,7 +336,7 @@ async def _receive(
         data = bytes(buffer)
         buffer.clear()
         try:
-            await asyncio.to_thread(_write_all, fd, data)
+            await asyncio.to_thread(write_all, fd, data)
         except OSError as exc:
             os.ftruncate(fd, written)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

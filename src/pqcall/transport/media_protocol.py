@@ -182,6 +182,8 @@ full complexity comes back with the first report of loss. (8, 9 and 10 give
 bit-identical output for SILK wideband.)
 """
 MAX_COMPLEXITY: Final = 10
+"""Opus's highest complexity (``media.codec`` has it too; this pure module cannot import
+the codec, which loads libopus)."""
 MIN_REDUNDANT_FRAME_BYTES: Final = 8
 """Smallest Opus frame worth sending twice."""
 
