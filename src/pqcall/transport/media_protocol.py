@@ -174,7 +174,8 @@ STARTUP_EXPECTED_LOSS_PERCENT: Final = 10
 CALM_COMPLEXITY: Final = 7
 """Encoder complexity while no loss is planned for (at most; never above the configured one).
 
-Measured with ``pqcall bench media`` (three seeds, 20 ms frames): with no
+Measured on the benchmark's real-time call (``pqcall.bench.call``, three seeds, 20 ms
+frames; CPU from four interleaved pairs of 10 s calls): with no
 loss, complexity 7 and 10 score the same PESQ-WB (4.53) and 7 costs about
 0.5 % of a core less per side (4.8 against 5.3 %); under loss 10 scores
 0.08-0.1 higher (20 %: 2.93 against 2.86; 10 %: 3.72 against 3.62), so the
