@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pqcall.bench.quality import SAMPLES_DIR
 from pqcall.exceptions import CodecError, LocalProtocolError
+from pqcall.media.audio import WavFileSource
 from pqcall.media.codec import (
     FRAME_DURATIONS_MS,
     SAMPLE_RATE_HZ,
@@ -17,6 +19,7 @@ from pqcall.media.codec import (
     OpusSettings,
     Pcm,
     has_fec,
+    packet_bytes,
     samples_per_frame,
 )
 
@@ -82,10 +85,10 @@ def test_opus_implements_the_codec_protocols():
 
 def test_default_settings():
     settings = OpusSettings()
-    assert (settings.frame_ms, settings.bitrate_bps, settings.vbr) == (20, 39_600, False)
+    assert (settings.frame_ms, settings.bitrate_bps, settings.vbr) == (20, 39_600, True)
     assert settings.max_bandwidth is Bandwidth.WIDEBAND
     assert settings.fec is True
-    assert settings.cbr_packet_bytes == 99
+    assert settings.max_packet_bytes == 99
 
 
 def test_round_trip_of_a_440_hz_tone_keeps_energy_and_pitch():
@@ -114,16 +117,45 @@ def test_round_trip_of_a_440_hz_tone_keeps_energy_and_pitch():
 def test_constant_bitrate_packets_all_have_the_same_size(
     bitrate_bps, frame_ms, packet_bytes, signal
 ):
-    settings = OpusSettings(frame_ms=frame_ms, bitrate_bps=bitrate_bps)
+    settings = OpusSettings(frame_ms=frame_ms, bitrate_bps=bitrate_bps, vbr=False)
     pcm = speech_like(1.2) if signal == "speech" else np.zeros(57_600, dtype=np.int16)
     sizes = {len(packet) for packet in encode_all(OpusEncoder(settings), pcm)}
-    assert sizes == {packet_bytes} == {settings.cbr_packet_bytes}
+    assert sizes == {packet_bytes} == {settings.max_packet_bytes}
 
 
 def test_vbr_packet_sizes_follow_the_signal():
     encoder = OpusEncoder(OpusSettings(vbr=True))
     pcm = np.concatenate([speech_like(0.6), np.zeros(28_800, dtype=np.int16)])
     assert len({len(packet) for packet in encode_all(encoder, pcm)}) > 1
+
+
+def loud_noise(seconds: float) -> Pcm:
+    """White noise near full scale: the signal that wants the most bits."""
+    samples = round(seconds * SAMPLE_RATE_HZ)
+    noise = np.random.default_rng(7).normal(0, 12_000, samples)
+    return np.clip(noise, -32_768, 32_767).astype(np.int16)
+
+
+@pytest.mark.parametrize("frame_ms", FRAME_DURATIONS_MS, ids=lambda ms: f"{ms}ms")
+@pytest.mark.parametrize("fec", [False, True], ids=["no-fec", "fec"])
+def test_vbr_never_exceeds_the_bitrate_share_of_a_frame(frame_ms, fec):
+    settings = OpusSettings(frame_ms=frame_ms, fec=fec, expected_loss_percent=20 if fec else 0)
+    encoder = OpusEncoder(settings)
+    pcm = np.concatenate([loud_noise(1.0), speech_like(1.0)])
+    sizes = [len(packet) for packet in encode_all(encoder, pcm)]
+    cap = settings.max_packet_bytes
+    assert cap - 8 <= max(sizes) <= cap  # noise presses against the cap, never past it
+    assert min(sizes) < cap - 8  # and sizes vary below it
+
+
+def test_vbr_cap_follows_the_bitrate():
+    encoder = OpusEncoder()
+    encoder.set_bitrate(16_000)  # e.g. two frames in one packet (redundancy)
+    sizes = [len(packet) for packet in encode_all(encoder, loud_noise(0.5))]
+    assert 32 <= max(sizes) <= packet_bytes(16_000, 20) == 40
+    encoder.set_bitrate(39_600)
+    sizes = [len(packet) for packet in encode_all(encoder, loud_noise(0.5))]
+    assert 91 <= max(sizes) <= 99
 
 
 @pytest.mark.parametrize("frame_ms", FRAME_DURATIONS_MS, ids=lambda ms: f"{ms}ms")
@@ -325,4 +357,19 @@ def test_forced_bandwidth_keeps_a_low_bitrate_stream_wideband():
     )
     assert {_coded_band(packet) for packet in chosen[5:]} != {"wideband"}
     assert {_coded_band(packet) for packet in forced} == {"wideband"}
-    assert {len(packet) for packet in forced} == {20}  # still 8 kbit/s of 20 ms frames
+    assert max(len(packet) for packet in forced) <= 20  # still 8 kbit/s of 20 ms frames
+
+
+def test_complexity_6_and_7_make_the_same_wideband_packets():
+    # what lets a clean path run at 6 (media_protocol.CALM_COMPLEXITY) at no cost
+    frames: list[Pcm] = []
+    with WavFileSource(SAMPLES_DIR / "alice.wav") as source:
+        while len(frames) < 150 and (frame := source.read_frame()) is not None:
+            frames.append(frame)
+    speech = np.concatenate(frames)  # 3 s of speech
+    packets = {
+        complexity: encode_all(OpusEncoder(OpusSettings(complexity=complexity)), speech)
+        for complexity in (5, 6, 7)
+    }
+    assert packets[6] == packets[7]
+    assert packets[5] != packets[6]  # the comparison can tell encoders apart

@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
+from pqcall.bench.quality import SAMPLES_DIR
 from pqcall.crypto.sframe import Header
 from pqcall.exceptions import LocalProtocolError
 from pqcall.media.audio import ToneSource, WavFileSink, WavFileSource
-from pqcall.media.codec import SAMPLE_RATE_HZ, OpusSettings, Pcm
+from pqcall.media.codec import SAMPLE_RATE_HZ, OpusEncoder, OpusSettings, Pcm
 from pqcall.media.stats import MIN_AUDIO_LEVEL_DBFS
 from pqcall.transport.impair import Impairment, ImpairmentRelay
 from pqcall.transport.media_protocol import CALM_COMPLEXITY
@@ -450,6 +451,38 @@ def test_packet_size_is_constant_when_redundancy_starts():
             assert (call.caller.protocol_stats.redundant_sent > 0) is redundancy
             tap.close()
             await call.close()
+
+    run(main)
+
+
+def test_speech_and_pauses_cross_the_wire_in_one_packet_size():
+    # variable-bitrate Opus: speech with pauses makes packets of many sizes ...
+    speech = SAMPLES_DIR / "alice.wav"
+    encoder, opus_sizes = OpusEncoder(), set()
+    with WavFileSource(speech) as source:
+        while (frame := source.read_frame()) is not None:  # the whole sample, 20 s
+            opus_sizes.add(len(encoder.encode(frame)))
+    assert len(opus_sizes) > 10
+    assert max(opus_sizes) <= OpusSettings().max_packet_bytes
+
+    # ... and the padding inside the encryption hides every one of them
+    async def main() -> None:
+        caller = MediaSession(RUN.caller.keys, WavFileSource(speech), MemorySink())
+        callee = MediaSession(RUN.callee.keys, ToneSource(CALLEE_TONE_HZ), MemorySink())
+        await caller.open(LOOPBACK)
+        await callee.open(LOOPBACK)
+        tap = Tap(caller.local_address, callee.local_address, lambda index: False)
+        await tap.start()
+        caller.connect(tap.address_a)
+        callee.connect(tap.address_b)
+        await asyncio.sleep(2.2)  # 110 frames, with the pauses between words
+        sent = tap.a_to_b[8:256]  # counters 8-255: one SFrame header size
+        assert len(sent) > 90
+        # audio and control alike: 1 config + 1 CTR + 2 length + 106 padded + 16 tag
+        assert {len(d) for d in sent} == {126}
+        tap.close()
+        await caller.close()
+        await callee.close()
 
     run(main)
 

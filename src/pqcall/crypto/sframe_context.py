@@ -14,9 +14,10 @@ Wire format of a protected packet::
 
 The inner framing is always present, so a receiver needs no configuration.
 The sender pads the payload with zeros to a multiple of ``pad_to`` bytes (at
-least one multiple; 0 turns padding off): with constant-bitrate Opus every
-packet then has the same size, and packet sizes no longer spell out the words
-of variable-bitrate speech (Wright et al., 2008). A longer payload is rounded
+least one multiple; 0 turns padding off): with Opus capped at one multiple
+(constant bitrate, or variable under a cap) every packet then has the same
+size, and packet sizes no longer spell out the words of variable-bitrate
+speech (Wright et al., 2008). A longer payload is rounded
 up to the next multiple rather than sent at its exact length, so it shows only
 a coarse size class. The default of 80 bytes is a 20 ms frame at 32 kbit/s,
 the top of our constant-bitrate range; 40 and 60 ms frames fill whole multiples.

@@ -24,14 +24,23 @@ superwideband, 0 %       3.75                 1.64
 24 kbit/s wideband, 0 %  4.02   3.66   2.63   1.68
 =======================  =====  =====  =====  ======
 
-So: 20 ms frames, VOIP application, 32 kbit/s constant bitrate (80-byte
-packets), wideband at most (bits above 8 kHz cost more than they give at this
-rate), in-band FEC on but planned for 0 % loss, DTX off. FEC costs clean
-quality (its low-bitrate copy shares the constant budget), so it is paid for
-only once loss is seen: the session raises it from receiver reports with
-:meth:`OpusEncoder.set_expected_loss_percent`. Constant bitrate and no DTX
-because packet sizes and timing of variable-rate speech leak words (Wright et
-al., 2008).
+So: 20 ms frames, VOIP application, wideband at most (bits above 8 kHz cost
+more than they give at this rate), in-band FEC on but planned for 0 % loss,
+DTX off. FEC costs clean quality (its low-bitrate copy shares the packet), so
+it is paid for only once loss is seen: the session raises it from receiver
+reports with :meth:`OpusEncoder.set_expected_loss_percent`.
+
+Later runs of ``pqcall bench media`` moved two defaults. The bitrate is 39.6
+kbit/s (:data:`DEFAULT_BITRATE_BPS`, 99-byte frames). And the bitrate is
+variable under a hard cap of those 99 bytes, where it was constant: libopus's
+constant-bitrate mode re-quantizes a SILK frame until it fills the packet
+exactly, which doubles the encoder's time (292 against 133 us a frame at
+complexity 7), for about 0.05 PESQ-WB (4.53 against 4.48 with no loss, 3.05
+against 2.98 at 20 % random loss, three seeds). Packet sizes of
+variable-rate speech leak words (Wright et al., 2008), so the media layer
+pads every packet to the cap inside the encryption: on the wire all audio
+packets have one size either way (``docs/protocol.md``, "Constant size").
+No DTX, for the same reason: the timing of packets must not follow speech.
 
 Future direction: RFC 2198-style redundancy (the previous packet sent again
 when loss is seen) sits above this module; a redundant copy is decoded with
@@ -72,6 +81,7 @@ __all__ = [
     "Pcm",
     "check_pcm",
     "has_fec",
+    "packet_bytes",
     "samples_per_frame",
     "silence",
 ]
@@ -105,8 +115,13 @@ DEFAULT_EXPECTED_LOSS_PERCENT: Final = 0
 DEFAULT_COMPLEXITY: Final = 10
 
 _MAX_PACKET_SAMPLES: Final = SAMPLE_RATE_HZ * MAX_PACKET_DURATION_MS // 1000
-# a CBR packet is at most bitrate * 60 ms / 8 = 3825 bytes; 4000 leaves room
+# a packet is at most bitrate * 60 ms / 8 = 3825 bytes; 4000 leaves room
 _MAX_PACKET_BYTES: Final = 4_000
+
+
+def packet_bytes(bitrate_bps: int, frame_ms: int) -> int:
+    """Bytes of one frame of ``frame_ms`` at ``bitrate_bps``: the encoder's packet cap."""
+    return bitrate_bps * frame_ms // 8000
 
 
 def samples_per_frame(frame_ms: int) -> int:
@@ -176,8 +191,15 @@ class OpusSettings:
     """Frame duration in milliseconds: 10, 20, 40 or 60."""
     bitrate_bps: int = DEFAULT_BITRATE_BPS
     """Target bitrate in bit/s of the Opus payload (exact per packet when ``vbr`` is off)."""
-    vbr: bool = False
-    """Variable bitrate. Off by default: packet sizes of VBR speech leak words."""
+    vbr: bool = True
+    """Variable bitrate under a hard cap: no packet is longer than ``max_packet_bytes``.
+
+    Packet sizes of variable-bitrate speech leak words, so the media layer
+    pads every packet to that cap inside the encryption: on the wire all are
+    the same size, as with constant bitrate. Constant bitrate (off) costs
+    libopus about twice the CPU per frame for about 0.05 PESQ-WB more in the
+    same packet (the module doc).
+    """
     max_bandwidth: Bandwidth = Bandwidth.WIDEBAND
     """Highest audio bandwidth the encoder may choose."""
     bandwidth: Bandwidth | None = None
@@ -216,9 +238,9 @@ class OpusSettings:
         return samples_per_frame(self.frame_ms)
 
     @property
-    def cbr_packet_bytes(self) -> int:
-        """Size of every packet when ``vbr`` is off."""
-        return self.bitrate_bps * self.frame_ms // 8000
+    def max_packet_bytes(self) -> int:
+        """The longest packet at ``bitrate_bps`` (every packet is this long when ``vbr`` is off)."""
+        return packet_bytes(self.bitrate_bps, self.frame_ms)
 
 
 class AudioEncoder(Protocol):
@@ -300,6 +322,7 @@ class OpusEncoder:
         # the same memory as a numpy frame, so a frame is copied in with one assignment
         self._input_view: Pcm = np.frombuffer(memoryview(self._input), dtype=np.int16)
         self._output = ctypes.create_string_buffer(_MAX_PACKET_BYTES)  # the packet, reused
+        self._max_bytes = settings.max_packet_bytes  # no packet is longer (VBR's cap)
 
     @property
     def frame_samples(self) -> int:
@@ -337,7 +360,7 @@ class OpusEncoder:
         self._encoder.complexity = complexity
 
     def set_bitrate(self, bitrate_bps: int) -> None:
-        """Change the target bitrate from the next frame on (with CBR, the packet size).
+        """Change the target bitrate, and with it the packet cap, from the next frame on.
 
         Raises:
             CodecError: ``bitrate_bps`` is outside 6000-510000 bit/s.
@@ -347,6 +370,7 @@ class OpusEncoder:
                 f"Opus bitrate must be {MIN_BITRATE_BPS}-{MAX_BITRATE_BPS} bit/s, got {bitrate_bps}"
             )
         self._encoder.bitrate = bitrate_bps
+        self._max_bytes = packet_bytes(bitrate_bps, self.settings.frame_ms)
 
     def encode(self, pcm: Pcm) -> bytes:
         """Encode exactly one frame.
@@ -355,7 +379,8 @@ class OpusEncoder:
             pcm: ``frame_samples`` samples of media-layer PCM.
 
         Returns:
-            One Opus packet (``settings.cbr_packet_bytes`` long when VBR is off).
+            One Opus packet, at most the bitrate's share of a frame long
+            (exactly that long when VBR is off).
 
         Raises:
             LocalProtocolError: ``pcm`` is not one frame of int16 samples.
@@ -364,7 +389,7 @@ class OpusEncoder:
         self._input_view[:] = check_pcm(pcm, self.frame_samples)
         # libopus straight into reused buffers (the binding allocates both per call)
         length = _libopus_encode(
-            self._state, self._input, len(self._input), self._output, _MAX_PACKET_BYTES
+            self._state, self._input, len(self._input), self._output, self._max_bytes
         )
         if length < 0:
             raise CodecError(f"Opus encoder failed: {opuslib_next.OpusError(length)}")

@@ -171,16 +171,19 @@ ADAPTATION_HOLD_S: Final = 10.0
 """Loss-free time after which the adaptation returns to the configured state."""
 STARTUP_EXPECTED_LOSS_PERCENT: Final = 10
 """Loss the encoder plans FEC for until the peer's first report says what the path does."""
-CALM_COMPLEXITY: Final = 7
+CALM_COMPLEXITY: Final = 6
 """Encoder complexity while no loss is planned for (at most; never above the configured one).
 
-Measured on the benchmark's real-time call (``pqcall.bench.call``, three seeds, 20 ms
-frames; CPU from four interleaved pairs of 10 s calls): with no
-loss, complexity 7 and 10 score the same PESQ-WB (4.53) and 7 costs about
-0.5 % of a core less per side (4.8 against 5.3 %); under loss 10 scores
-0.08-0.1 higher (20 %: 2.93 against 2.86; 10 %: 3.72 against 3.62), so the
-full complexity comes back with the first report of loss. (8, 9 and 10 give
-bit-identical output for SILK wideband.)
+With the default variable bitrate and wideband cap, libopus's output at 6 and
+7 is bit-identical, and so is 8, 9 and 10 (checked frame by frame on the
+benchmark's speech, with and without FEC); 6 encodes about 8 % faster than 7
+(143 against 156 us a frame, warm). 10 against 6 scores about 0.035 PESQ-WB
+higher with no loss (4.478 against 4.443, offline on both speakers) for about
+25 % more encoder time, and 0.1 higher at 20 % random loss (2.605 against
+2.500): so the full complexity comes back with the first report of loss, and
+a clean path runs the cheaper one. Measured in ``pqcall bench media`` (three
+seeds) with complexity 7 under constant bitrate: the same PESQ-WB with no
+loss as 10 (4.53), for about 0.5 % of a core less per side.
 """
 MAX_COMPLEXITY: Final = 10
 """Opus's highest complexity (``media.codec`` has it too; this pure module cannot import
@@ -259,13 +262,13 @@ class SenderAdaptation:
     expected_loss_percent: int
     """Loss the encoder should plan in-band FEC for (``set_expected_loss_percent``)."""
     frame_bytes: int
-    """Opus bytes per frame that fit the constant packet size (the CBR target)."""
+    """Opus bytes per frame that fit the constant packet size (the encoder's cap)."""
     complexity: int
     """Encoder effort, 0-10 (``set_complexity``): the configured one while loss is
     planned for, at most :data:`CALM_COMPLEXITY` on a clean path."""
 
     def bitrate_bps(self, frame_ms: int) -> int:
-        """The constant Opus bitrate that gives ``frame_bytes`` per frame."""
+        """The Opus bitrate whose share of a frame is ``frame_bytes`` (the encoder's cap)."""
         return self.frame_bytes * 8 * 1000 // frame_ms
 
 
@@ -353,7 +356,7 @@ class MediaProtocol:
             (:data:`CALLER_SENDER_ID` for the caller's direction).
         frame_ms: audio frame duration (the timestamp advances by it per frame).
         frame_bytes: the largest Opus frame the encoder makes at its configured
-            bitrate (``OpusSettings.cbr_packet_bytes``).
+            bitrate (``OpusSettings.max_packet_bytes``).
         pad_to: SFrame padding multiple (0: no padding).
         redundancy: None for automatic (see the module doc), True to always
             send the previous frame again, False never to.

@@ -25,8 +25,9 @@ stop the session: each datagram, each tick and each decode is wrapped, and a
 failure is counted (``packets_rejected`` in :meth:`MediaSession.snapshot`),
 never raised.
 
-The encoder follows :attr:`MediaProtocol.adaptation`: its constant bitrate is
-set so one frame (or, with redundancy, two) fills the same padded packet, and
+The encoder follows :attr:`MediaProtocol.adaptation`: its bitrate, and with it
+the cap on its variable-size packets, is set so one frame (or, with
+redundancy, two) fits the same padded packet, and
 its expected loss (in-band FEC) follows the peer's reports, and its
 complexity drops to ``CALM_COMPLEXITY`` while no loss is planned for. Packet sizes on
 the wire therefore never change with the mode (``docs/protocol.md#media-packets``).
@@ -147,7 +148,7 @@ class MediaSettings:
         """The padding multiple in use: ``pad_to``, or one audio packet when it is None."""
         if self.pad_to is not None:
             return self.pad_to
-        return AUDIO_HEADER_LENGTH + self.opus.cbr_packet_bytes
+        return AUDIO_HEADER_LENGTH + self.opus.max_packet_bytes
 
 
 class MediaTrace(Protocol):
@@ -297,7 +298,7 @@ class MediaSession:
         self._protocol = MediaProtocol(
             keys,
             frame_ms=opus.frame_ms,
-            frame_bytes=opus.cbr_packet_bytes,
+            frame_bytes=opus.max_packet_bytes,
             pad_to=settings.packet_pad_to,
             redundancy=settings.redundancy,
             fec=opus.fec,
