@@ -21,7 +21,13 @@ from pqcall.client.home import Home
 from pqcall.client.phone import Phone, register
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
-from pqcall.exceptions import CallError, KeyChangedError, UnknownUser, WrongPassphrase
+from pqcall.exceptions import (
+    CallError,
+    DeviceError,
+    KeyChangedError,
+    UnknownUser,
+    WrongPassphrase,
+)
 from pqcall.server.ops import RelayComponent
 from pqcall.signaling.messages import Presence
 
@@ -120,6 +126,34 @@ async def test_call_answer_talk_hang_up(server_with_relay: RunningServer, tmp_pa
         assert bob.history.list()[0]["call_id"] == call.call_id
     assert wav_rms(tmp_path / "bob-received.wav") > 500  # alice's tone arrived
     assert wav_rms(tmp_path / "alice-received.wav") > 500
+
+
+def wav_dominant_hz(path: Path) -> float:
+    with wave.open(str(path), "rb") as wav:
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    spectrum = np.abs(np.fft.rfft(samples[4_800:].astype(np.float64)))  # past the start
+    return float(np.argmax(spectrum)) * 48_000 / len(samples[4_800:])
+
+
+@run_async
+async def test_devices_chosen_while_ringing_are_the_calls_devices(
+    server_with_relay: RunningServer, tmp_path: Path
+) -> None:
+    async with phones(server_with_relay, tmp_path, "alice", "bob") as (alice, bob):
+        call = await alice.call("bob")  # alice's audio is open while it rings
+        incoming = await asyncio.wait_for(bob.next_incoming(), STATE_TIMEOUT_S)
+        await call.set_audio("tone:880", str(tmp_path / "alice-headset.wav"))
+        with pytest.raises(DeviceError):
+            await incoming.set_audio(str(tmp_path / "missing.wav"))
+        await incoming.set_audio("tone:660")  # bob's audio opens when he answers
+        await incoming.accept()
+        await wait_state(incoming, CallState.ACTIVE)
+        await asyncio.sleep(1.0)
+        await call.hangup()
+        await wait_state(incoming, CallState.ENDED)
+    assert wav_dominant_hz(tmp_path / "bob-received.wav") == pytest.approx(880, abs=5)
+    assert wav_dominant_hz(tmp_path / "alice-headset.wav") == pytest.approx(660, abs=5)
+    assert wav_rms(tmp_path / "alice-received.wav") == 0.0  # replaced before any audio
 
 
 @run_async

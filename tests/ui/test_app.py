@@ -12,12 +12,14 @@ import contextlib
 import functools
 import json
 import os
+import wave
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import websockets
 
@@ -345,6 +347,48 @@ async def test_devices_for_the_next_call(server: RunningServer, tmp_path: Path) 
         assert alice.controller.media.audio_out == "null"
         response = await alice.post("/devices", {"audio_in": str(tmp_path / "missing.wav")})
         assert response.status_code == 400
+
+
+def wav_samples(path: Path) -> np.ndarray[Any, np.dtype[np.float64]]:
+    with wave.open(str(path), "rb") as wav:
+        frames = wav.readframes(wav.getnframes())
+        rate = wav.getframerate()
+    assert rate == 48_000
+    return np.frombuffer(frames, dtype=np.int16).astype(np.float64)
+
+
+def dominant_hz(samples: np.ndarray[Any, np.dtype[np.float64]]) -> float:
+    spectrum = np.abs(np.fft.rfft(samples))
+    return float(np.argmax(spectrum)) * 48_000 / len(samples)
+
+
+@run_async
+async def test_devices_change_during_a_call(server: RunningServer, tmp_path: Path) -> None:
+    async with pair(server, tmp_path) as (alice, bob):
+        assert (await alice.post("/call", {"name": "bob"})).status_code == 200
+        await until(bob, lambda s: call_state(s) == "incoming")
+        await bob.post("/call/accept")
+        await until(bob, lambda s: bool(s["call"] and s["call"]["stats"]))
+        await asyncio.sleep(0.5)  # bob hears alice's 440 Hz for a while
+
+        speaker = tmp_path / "headset.wav"
+        response = await alice.post("/devices", {"audio_in": "tone:880", "audio_out": str(speaker)})
+        assert response.status_code == 200, response.text
+        assert response.json()["devices"]["audio_in"] == "tone:880"
+        call = alice.controller.phone.current_call if alice.controller.phone else None
+        assert call is not None and call.state == "active"  # the call went on
+        await asyncio.sleep(0.8)
+        bad = await alice.post("/devices", {"audio_in": str(tmp_path / "missing.wav")})
+        assert bad.status_code == 400
+        await alice.post("/call/hangup")
+        await until(bob, lambda s: s["call"] is None)
+
+        heard = wav_samples(tmp_path / "bob.wav")  # bob's sink, closed with the call
+        assert dominant_hz(heard[48_000 // 10 : 48_000 // 2]) == pytest.approx(440, abs=5)
+        assert dominant_hz(heard[-24_000:]) == pytest.approx(880, abs=5)
+        # alice's first speaker was closed as a whole file; the new one got bob's 440 Hz
+        assert len(wav_samples(tmp_path / "alice.wav")) > 48_000 // 4
+        assert dominant_hz(wav_samples(speaker)[-24_000:]) == pytest.approx(440, abs=5)
 
 
 @run_async

@@ -23,8 +23,8 @@ import enum
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from pqcall.client.callstate import (
@@ -208,6 +208,7 @@ class Call:
         self._callee_hs: CalleeHandshake | None = None  # incoming handshake
         self._incoming: CallDetail | None = None  # the incoming call's offer and candidates
         self._sock: socket.socket | None = None  # media socket until the session adopts it
+        self._audio: tuple[AudioSource, AudioSink] | None = None  # until the session adopts it
         self._session: MediaSession | None = None  # media, once a path is found
         self._final_stats: CallStatsSnapshot | None = None  # last snapshot before media closed
         self._trace = _WallClockTrace()  # first capture / playout times
@@ -278,6 +279,34 @@ class Call:
         """Send silence instead of our audio (the peer is told)."""
         if self._session is not None:
             self._session.set_muted(muted)
+
+    async def set_audio(self, audio_in: str | None = None, audio_out: str | None = None) -> None:
+        """Take our audio from ``audio_in`` and play the peer's to ``audio_out`` from now on.
+
+        Specs as in :class:`MediaOptions`; None keeps the current one. During
+        media the switch happens at the next frame, without a gap; before it,
+        the call starts with the new ones. The replaced devices are closed.
+
+        Raises:
+            DeviceError: a spec cannot be opened; nothing changed.
+        """
+        if audio_in is None and audio_out is None:
+            return
+        media = replace(
+            self._media,
+            audio_in=self._media.audio_in if audio_in is None else audio_in,
+            audio_out=self._media.audio_out if audio_out is None else audio_out,
+        )
+        source, sink = await asyncio.to_thread(_open_audio, audio_in, audio_out, self._frame_ms)
+        self._media = media
+        if self._session is not None:  # closes what it replaces, or these if it ended
+            self._session.replace_audio(source, sink)
+        elif self._audio is not None:  # ringing or connecting: the session will take these
+            old_source, old_sink = self._audio
+            self._audio = (source or old_source, sink or old_sink)
+            _close_all((old_source if source else None, old_sink if sink else None))
+        else:  # audio not open yet (it opens from _media), or the call ended
+            _close_all((source, sink))
 
     @property
     def is_muted(self) -> bool:
@@ -353,7 +382,7 @@ class Call:
 
     async def _outgoing(self) -> None:
         assert self._caller_hs is not None
-        source, sink = self._open_audio()
+        self._open_audio()
         try:
             self._sock = open_media_socket(self._media.media_port)
             candidates = local_candidates(self._sock.getsockname()[1], self._media.advertise)
@@ -376,16 +405,16 @@ class Call:
             self.sas = keys.sas
             await self._context.api.confirm(ConfirmCall(call_id=self.call_id, confirm=confirm))
             await self._media_phase(
-                keys, PathRole.CONTROLLING, accepted.callee_candidates, accepted.relay, source, sink
+                keys, PathRole.CONTROLLING, accepted.callee_candidates, accepted.relay
             )
         finally:
-            self._close_unused(source, sink)
+            self._close_unused()
 
     async def _incoming_flow(self) -> None:
         assert self._callee_hs is not None and self._incoming is not None
         if not await self._wait_decision():
             raise _HungUp
-        source, sink = self._open_audio()
+        self._open_audio()
         try:
             self._sock = open_media_socket(self._media.media_port)
             candidates = local_candidates(self._sock.getsockname()[1], self._media.advertise)
@@ -406,11 +435,9 @@ class Call:
                 PathRole.CONTROLLED,
                 self._incoming.caller_candidates,
                 detail.relay,
-                source,
-                sink,
             )
         finally:
-            self._close_unused(source, sink)
+            self._close_unused()
 
     async def _media_phase(
         self,
@@ -418,8 +445,6 @@ class Call:
         role: PathRole,
         remote: list[Candidate],
         grant: RelayGrant | None,
-        source: AudioSource,
-        sink: AudioSink,
     ) -> None:
         """Find a path, run the media session until someone ends the call."""
         assert self._sock is not None
@@ -436,6 +461,8 @@ class Call:
             )
         )
         logger.info("call %s: %s path to %s", self.call_id, self.path.kind, self.path.peer)
+        assert self._audio is not None
+        source, sink = self._audio
         session = MediaSession(
             keys,
             source,
@@ -473,21 +500,20 @@ class Call:
 
     # ------------------------------------------------------------------ helpers
 
-    def _open_audio(self) -> tuple[AudioSource, AudioSink]:
-        frame_ms = self._media.settings.opus.frame_ms
-        source = open_source(self._media.audio_in, frame_ms, OnEnd.SILENCE)
-        try:
-            sink = open_sink(self._media.audio_out)
-        except Exception:
-            source.close()
-            raise
-        return source, sink
+    def _open_audio(self) -> None:
+        source, sink = _open_audio(self._media.audio_in, self._media.audio_out, self._frame_ms)
+        assert source is not None and sink is not None
+        self._audio = (source, sink)
 
-    def _close_unused(self, source: AudioSource, sink: AudioSink) -> None:
+    @property
+    def _frame_ms(self) -> int:
+        return self._media.settings.opus.frame_ms
+
+    def _close_unused(self) -> None:
         """Close the audio and socket if no media session took them over."""
-        if self._session is None:
-            source.close()
-            sink.close()
+        if self._session is None and self._audio is not None:
+            _close_all(self._audio)
+        self._audio = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -632,6 +658,33 @@ class Call:
         async with self._changed:
             self._changed.notify_all()
         self._context.on_change(self)
+
+
+def _open_audio(
+    audio_in: str | None, audio_out: str | None, frame_ms: int
+) -> tuple[AudioSource | None, AudioSink | None]:
+    """Open a call's source and sink (None: not that one); both or neither.
+
+    Raises:
+        DeviceError: a spec cannot be opened.
+    """
+    source = None if audio_in is None else open_source(audio_in, frame_ms, OnEnd.SILENCE)
+    try:
+        sink = None if audio_out is None else open_sink(audio_out)
+    except Exception:
+        _close_all((source,))
+        raise
+    return source, sink
+
+
+def _close_all(audio: Iterable[AudioSource | AudioSink | None]) -> None:
+    for closable in audio:
+        if closable is None:
+            continue
+        try:
+            closable.close()
+        except Exception:
+            logger.exception("call: failed to close %r", closable)
 
 
 def key_mismatch_reason(peer: str) -> str:

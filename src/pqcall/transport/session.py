@@ -412,6 +412,37 @@ class MediaSession:
         if self._peer is not None and self._end_reason is None:
             self._after_protocol(now)
 
+    def replace_audio(
+        self, source: AudioSource | None = None, sink: AudioSink | None = None
+    ) -> None:
+        """Use ``source`` and/or ``sink`` from the next frame on; close the ones they replace.
+
+        The session owns what it is given: after the call ended, it closes
+        them at once. The peer hears no gap: the next tick reads the new source.
+
+        Raises:
+            LocalProtocolError: ``source`` makes frames of another size.
+        """
+        if source is not None and source.frame_samples != self._encoder.frame_samples:
+            raise LocalProtocolError(
+                f"the new source makes {source.frame_samples}-sample frames, "
+                f"the call needs {self._encoder.frame_samples}"
+            )
+        retired: list[AudioSource | AudioSink] = []
+        if source is not None:
+            retired.append(self._source)
+            self._source = source
+        if sink is not None:
+            retired.append(self._sink)
+            self._sink = sink
+        if self._end_reason is not None:  # _end closed the old ones already
+            retired = [new for new in (source, sink) if new is not None]
+        for closable in retired:
+            try:
+                closable.close()
+            except Exception:
+                logger.exception("media session: failed to close %r", closable)
+
     async def hangup(self, reason: str = "normal") -> None:
         """Tell the peer the call is over (encrypted, sent several times), then close.
 

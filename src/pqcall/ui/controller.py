@@ -177,7 +177,7 @@ class Controller:
         find_servers: Callable[[], Any] | None = None,
     ) -> None:
         self.home = home  # the account's directory
-        self.media = media or MediaOptions()  # for the next call
+        self.media = media or MediaOptions()  # for the next call; set_devices changes it
         self._kdf_params = kdf_params  # for a new keystore
         self._list_devices = list_devices or sound_devices  # inputs and outputs
         self._find_servers = find_servers  # mDNS discovery (None: the real one)
@@ -747,19 +747,24 @@ class Controller:
     # ------------------------------------------------------------------ devices
 
     async def set_devices(self, audio_in: str | None, audio_out: str | None) -> None:
-        """Use these devices from the next call on (None: keep).
+        """Use these devices now, in the current call too, and for the next calls (None: keep).
 
         Raises:
-            UiError: 400 the source cannot be opened.
+            UiError: 400 a device cannot be opened (nothing changes).
         """
-        if audio_in is not None and audio_in != self.media.audio_in:
-            from pqcall.media.audio import open_source
+        audio_in = None if audio_in == self.media.audio_in else audio_in
+        audio_out = None if audio_out == self.media.audio_out else audio_out
+        call = self._phone.current_call if self._phone is not None else None
+        try:
+            if call is not None:
+                await call.set_audio(audio_in, audio_out)
+            elif audio_in is not None:
+                from pqcall.media.audio import open_source
 
-            try:
                 source = await asyncio.to_thread(open_source, audio_in)
-            except DeviceError as exc:
-                raise UiError(400, str(exc)) from None
-            source.close()
+                source.close()
+        except DeviceError as exc:
+            raise UiError(400, str(exc)) from None
         self.media = replace(
             self.media,
             audio_in=self.media.audio_in if audio_in is None else audio_in,
