@@ -19,6 +19,7 @@ from pqcall.media.audio import (
     ToneSource,
     WavFileSink,
     WavFileSource,
+    close_all,
     open_sink,
     open_source,
 )
@@ -319,3 +320,20 @@ def test_open_sink_rejects_bad_specs_clearly(spec, message):
     with pytest.raises(DeviceError) as raised:
         open_sink(spec)
     assert str(raised.value) == message
+
+
+class BrokenSink:
+    def write_frame(self, pcm: Pcm) -> None:
+        pass
+
+    def close(self) -> None:
+        raise OSError("device vanished")
+
+
+def test_close_all_closes_the_rest_when_one_fails(tmp_path, caplog):
+    wav = WavFileSink(tmp_path / "out.wav")
+    wav.write_frame(np.ones(960, dtype=np.int16))
+    close_all([BrokenSink(), None, wav])
+    with wave.open(str(tmp_path / "out.wav"), "rb") as written:  # closed: a whole file
+        assert written.getnframes() == 960
+    assert "device vanished" in caplog.text

@@ -437,12 +437,12 @@ def test_source_and_sink_are_replaced_mid_call():
 
         # the caller switches microphone, the callee switches speaker
         with pytest.raises(LocalProtocolError, match="960"):
-            caller.replace_audio(ToneSource(880.0, frame_ms=10))  # 480-sample frames
+            await caller.replace_audio(ToneSource(880.0, frame_ms=10))  # 480-sample frames
         assert not first.closed
-        caller.replace_audio(ToneSource(880.0))
+        await caller.replace_audio(ToneSource(880.0))
         assert first.closed
         new_speaker = MemorySink()
-        call.callee.replace_audio(sink=new_speaker)
+        await call.callee.replace_audio(sink=new_speaker)
         assert call.callee_hears.closed
         frames_then = len(call.callee_hears.frames)
         await asyncio.sleep(0.5)
@@ -453,7 +453,7 @@ def test_source_and_sink_are_replaced_mid_call():
         # after the call, the session closes what it is given at once
         await call.close()
         late = MemorySink()
-        call.callee.replace_audio(sink=late)
+        await call.callee.replace_audio(sink=late)
         assert late.closed
 
     run(main)

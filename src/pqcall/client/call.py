@@ -23,7 +23,7 @@ import enum
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -37,7 +37,14 @@ from pqcall.client.callstate import (
 from pqcall.crypto.handshake import CalleeHandshake, CallerHandshake, CallKeys
 from pqcall.crypto.identity import IdentityPrivateKey, IdentityPublicKey
 from pqcall.exceptions import CallError, PqcallError, ServerError
-from pqcall.media.audio import AudioSink, AudioSource, OnEnd, open_sink, open_source
+from pqcall.media.audio import (
+    AudioSink,
+    AudioSource,
+    OnEnd,
+    close_all,
+    open_sink,
+    open_source,
+)
 from pqcall.media.stats import CallStatsSnapshot
 from pqcall.signaling.messages import (
     EVENT_CALL_ACCEPTED,
@@ -300,13 +307,15 @@ class Call:
         source, sink = await asyncio.to_thread(_open_audio, audio_in, audio_out, self._frame_ms)
         self._media = media
         if self._session is not None:  # closes what it replaces, or these if it ended
-            self._session.replace_audio(source, sink)
-        elif self._audio is not None:  # ringing or connecting: the session will take these
+            await self._session.replace_audio(source, sink)
+            return
+        retired: tuple[AudioSource | AudioSink | None, ...] = (source, sink)
+        if self._audio is not None:  # ringing or connecting: the session will take these
             old_source, old_sink = self._audio
             self._audio = (source or old_source, sink or old_sink)
-            _close_all((old_source if source else None, old_sink if sink else None))
-        else:  # audio not open yet (it opens from _media), or the call ended
-            _close_all((source, sink))
+            retired = (old_source if source else None, old_sink if sink else None)
+        # else: audio not open yet (it opens from _media), or the call ended
+        await asyncio.to_thread(close_all, retired)
 
     @property
     def is_muted(self) -> bool:
@@ -512,7 +521,7 @@ class Call:
     def _close_unused(self) -> None:
         """Close the audio and socket if no media session took them over."""
         if self._session is None and self._audio is not None:
-            _close_all(self._audio)
+            close_all(self._audio)
         self._audio = None
         if self._sock is not None:
             self._sock.close()
@@ -672,19 +681,9 @@ def _open_audio(
     try:
         sink = None if audio_out is None else open_sink(audio_out)
     except Exception:
-        _close_all((source,))
+        close_all((source,))
         raise
     return source, sink
-
-
-def _close_all(audio: Iterable[AudioSource | AudioSink | None]) -> None:
-    for closable in audio:
-        if closable is None:
-            continue
-        try:
-            closable.close()
-        except Exception:
-            logger.exception("call: failed to close %r", closable)
 
 
 def key_mismatch_reason(peer: str) -> str:

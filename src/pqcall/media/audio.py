@@ -18,8 +18,10 @@ The CLI syntax, parsed by :func:`open_source` and :func:`open_sink`::
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import wave
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Final, Protocol, Self
@@ -49,9 +51,12 @@ __all__ = [
     "ToneSource",
     "WavFileSink",
     "WavFileSource",
+    "close_all",
     "open_sink",
     "open_source",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TONE_AMPLITUDE: Final = 0.5
 """Peak of a tone as a fraction of full scale."""
@@ -393,6 +398,17 @@ def _tone_frequency(spec: str) -> float:
 
 def _is_wav_path(spec: str) -> bool:
     return spec.lower().endswith(WAV_SUFFIX) or "/" in spec or Path(spec).is_file()
+
+
+def close_all(audio: Iterable[AudioSource | AudioSink | None]) -> None:
+    """Close each source or sink given (None: skip); a failure is logged, and the rest close."""
+    for closable in audio:
+        if closable is None:
+            continue
+        try:
+            closable.close()
+        except Exception:
+            logger.exception("failed to close %r", closable)
 
 
 def open_source(

@@ -60,7 +60,7 @@ import numpy as np
 
 from pqcall.crypto.handshake import CallKeys
 from pqcall.exceptions import LocalProtocolError
-from pqcall.media.audio import AudioSink, AudioSource
+from pqcall.media.audio import AudioSink, AudioSource, close_all
 from pqcall.media.codec import (
     OpusDecoder,
     OpusEncoder,
@@ -412,13 +412,15 @@ class MediaSession:
         if self._peer is not None and self._end_reason is None:
             self._after_protocol(now)
 
-    def replace_audio(
+    async def replace_audio(
         self, source: AudioSource | None = None, sink: AudioSink | None = None
     ) -> None:
         """Use ``source`` and/or ``sink`` from the next frame on; close the ones they replace.
 
+        The swap is immediate, so the peer hears no gap; the replaced ones are
+        closed in a worker thread (a sound device may take a moment to stop).
         The session owns what it is given: after the call ended, it closes
-        them at once. The peer hears no gap: the next tick reads the new source.
+        them at once.
 
         Raises:
             LocalProtocolError: ``source`` makes frames of another size.
@@ -437,11 +439,7 @@ class MediaSession:
             self._sink = sink
         if self._end_reason is not None:  # _end closed the old ones already
             retired = [new for new in (source, sink) if new is not None]
-        for closable in retired:
-            try:
-                closable.close()
-            except Exception:
-                logger.exception("media session: failed to close %r", closable)
+        await asyncio.to_thread(close_all, retired)
 
     async def hangup(self, reason: str = "normal") -> None:
         """Tell the peer the call is over (encrypted, sent several times), then close.
@@ -773,11 +771,7 @@ class MediaSession:
             self._timer = self._timer_at = None
         if self._transport is not None:
             self._transport.close()
-        for closable in (self._source, self._sink):
-            try:
-                closable.close()
-            except Exception:
-                logger.exception("media session: failed to close %r", closable)
+        close_all((self._source, self._sink))
         future = self._ended_future()
         if not future.done():
             future.set_result(reason.value)
