@@ -1,4 +1,4 @@
-"""The real device path: a tone played to PulseAudio and recorded back.
+"""The real device path: a tone played to PulseAudio and recorded back; a speaker swapped mid-call.
 
 Needs the virtual sound card of ``scripts/virtual-soundcard.sh`` (a null sink
 whose monitor is the default source) and ``PQCALL_TEST_PULSE=1``::
@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 
 import numpy as np
 import pytest
 
-from pqcall.media.audio import ToneSource
+from pqcall.media.audio import NullSink, SilenceSource, ToneSource
 from pqcall.media.codec import SAMPLE_RATE_HZ, Pcm
 from pqcall.media.devices import DeviceSink, DeviceSource, list_devices
+from pqcall.transport.session import MediaSession
+from tests.utils import handshake_pair
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("PQCALL_TEST_PULSE") != "1",
@@ -95,3 +98,49 @@ def test_tone_played_to_pulse_is_recorded_back(samplerate_hz):
     assert np.argmax(spectrum) * SAMPLE_RATE_HZ / len(pcm) == pytest.approx(TONE_HZ, abs=2)
     assert rms(pcm) == pytest.approx(TONE_RMS, rel=0.1)
     assert source.counters().frames >= RECORD_FRAMES
+
+
+async def until_level(source: DeviceSource, loud: bool) -> None:
+    """Read the monitor until a frame is loud with the tone (or quiet without it)."""
+    async with asyncio.timeout(START_TIMEOUT_S):
+        while True:
+            level = rms(await next_frame(source))
+            if (level > 0.5 * TONE_RMS) if loud else (level < 0.05 * TONE_RMS):
+                return
+
+
+def playback_streams() -> int:
+    """Streams playing into PulseAudio now (its sink inputs)."""
+    listing = subprocess.run(
+        ["pactl", "list", "short", "sink-inputs"], capture_output=True, text=True, check=True
+    )
+    return len(listing.stdout.splitlines())
+
+
+def test_speaker_replaced_mid_call_stops_playing():
+    keys = handshake_pair()
+
+    async def main() -> None:
+        speaker = DeviceSink(DEVICE)
+        caller = MediaSession(keys.caller.keys, ToneSource(TONE_HZ, TONE_AMPLITUDE), NullSink())
+        callee = MediaSession(keys.callee.keys, SilenceSource(), speaker)
+        await caller.open(("127.0.0.1", 0))
+        await callee.open(("127.0.0.1", 0))
+        try:
+            with DeviceSource(DEVICE) as monitor:  # what the null sink plays
+                caller.connect(callee.local_address)
+                callee.connect(caller.local_address)
+                await until_level(monitor, loud=True)  # the caller's tone on the speaker
+                assert playback_streams() == 1
+                await callee.replace_audio(sink=NullSink())  # the user picks another output
+                assert speaker.counters().frames > 0
+                await until_level(monitor, loud=False)  # the device stopped
+                assert playback_streams() == 0  # and PulseAudio has it back
+                await asyncio.sleep(0.3)
+                assert callee.end_reason is None  # the call goes on
+                assert callee.snapshot().packets_received > 20
+        finally:
+            await caller.close()
+            await callee.close()
+
+    asyncio.run(main())
