@@ -135,6 +135,12 @@ def contact(state: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
+async def alice_calls_and_bob_answers(alice: Ui, bob: Ui) -> None:
+    assert (await alice.post("/call", {"name": "bob"})).status_code == 200
+    await until(bob, lambda s: call_state(s) == "incoming")
+    assert (await bob.post("/call/accept")).status_code == 200
+
+
 @contextlib.asynccontextmanager
 async def pair(server: RunningServer, tmp_path: Path) -> AsyncIterator[tuple[Ui, Ui]]:
     async with running_ui(tmp_path, "alice") as alice, running_ui(tmp_path, "bob") as bob:
@@ -273,9 +279,7 @@ async def test_call_accept_mute_and_sas_mismatch(server: RunningServer, tmp_path
 @run_async
 async def test_sas_match_verifies_and_reject(server: RunningServer, tmp_path: Path) -> None:
     async with pair(server, tmp_path) as (alice, bob):
-        assert (await alice.post("/call", {"name": "bob"})).status_code == 200
-        await until(bob, lambda s: call_state(s) == "incoming")
-        await bob.post("/call/accept")
+        await alice_calls_and_bob_answers(alice, bob)
         await until(alice, lambda s: call_state(s) == "active")
         response = await alice.post("/call/sas", {"matches": True})
         state = response.json()
@@ -365,9 +369,7 @@ def dominant_hz(samples: np.ndarray[Any, np.dtype[np.float64]]) -> float:
 @run_async
 async def test_devices_change_during_a_call(server: RunningServer, tmp_path: Path) -> None:
     async with pair(server, tmp_path) as (alice, bob):
-        assert (await alice.post("/call", {"name": "bob"})).status_code == 200
-        await until(bob, lambda s: call_state(s) == "incoming")
-        await bob.post("/call/accept")
+        await alice_calls_and_bob_answers(alice, bob)
         await until(bob, lambda s: bool(s["call"] and s["call"]["stats"]))
         await asyncio.sleep(0.5)  # bob hears alice's 440 Hz for a while
 
