@@ -7,6 +7,7 @@ import io
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -18,7 +19,12 @@ from pqcall.crypto.filecrypt import decrypt_stream, encrypt_stream
 from pqcall.crypto.filekey import KeyBundle
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS, AccountSecrets
-from pqcall.exceptions import FileCryptoError, KeyChangedError, TransferError
+from pqcall.exceptions import (
+    FileCryptoError,
+    KeyChangedError,
+    ServerUnreachable,
+    TransferError,
+)
 from pqcall.signaling.messages import FileView
 
 from ..server.conftest import RunningServer, make_settings, run_server
@@ -223,6 +229,67 @@ async def test_tampered_ciphertext_is_refused(server: RunningServer, tmp_path: P
     assert list(out.iterdir()) == []  # no final name, no temporary file
     assert [item.view.file_id for item in await bob.inbox()] == [sent.file_id]
     assert not any(bob.incoming_dir.iterdir())  # a new attempt downloads it again
+
+
+class BreakingApi(ServerApi):
+    """Its first download breaks off after 100 kB, as a dropped connection would."""
+
+    offsets: ClassVar[list[int]] = []  # every download's offset, in order
+
+    async def download(self, file_id: str, offset: int = 0) -> AsyncIterator[bytes]:
+        BreakingApi.offsets.append(offset)
+        sent = 0
+        async for piece in super().download(file_id, offset):
+            if len(BreakingApi.offsets) == 1 and sent + len(piece) > 100_000:
+                yield piece[: 100_000 - sent]
+                raise ServerUnreachable("download from the server broke off: connection reset")
+            sent += len(piece)
+            yield piece
+
+
+@run_async
+async def test_interrupted_download_resumes(server: RunningServer, tmp_path: Path) -> None:
+    BreakingApi.offsets = []
+    bob = await account(server, tmp_path, "bob", BreakingApi)
+    alice = await account(server, tmp_path, "alice")
+    sent = await alice.send("bob", source(tmp_path))
+    out = tmp_path / "out"
+    with pytest.raises(ServerUnreachable, match="broke off"):
+        await bob.receive(sent.file_id, out)
+    assert not out.exists() or list(out.iterdir()) == []  # nothing saved yet
+    received = await bob.receive(sent.file_id, out)  # run again: resumes
+    assert BreakingApi.offsets == [0, 100_000]  # the second download asked for the rest
+    assert received.path.read_bytes() == CONTENT
+    assert not any(bob.incoming_dir.iterdir())
+
+
+@run_async
+async def test_short_copy_on_the_server_is_reported_damaged(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    BreakingApi.offsets = []
+    bob = await account(server, tmp_path, "bob", BreakingApi)
+    alice = await account(server, tmp_path, "alice")
+    sent = await alice.send("bob", source(tmp_path))
+    out = tmp_path / "out"
+    with pytest.raises(ServerUnreachable):
+        await bob.receive(sent.file_id, out)  # bob has the first 100 kB
+    (blob,) = stored_blobs(server)
+    blob.write_bytes(blob.read_bytes()[:100_000])  # and the server loses the rest
+    # resuming gets 416 (nothing past byte 100 000); starting over gets 100 kB and a clean end
+    for offset in (100_000, 0):
+        with pytest.raises(TransferError) as caught:
+            await bob.receive(sent.file_id, out)
+        assert BreakingApi.offsets[-1] == offset
+        message = str(caught.value)
+        assert message.startswith(
+            f"the server's copy of file {sent.file_id} from alice ends at byte 100000 of "
+        )
+        assert message.endswith(
+            "it is damaged or was tampered with; nothing was saved (ask alice to send it again)"
+        )
+        assert not any(bob.incoming_dir.iterdir())  # no use resuming it
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 @run_async

@@ -499,8 +499,9 @@ class FileTransfers:
             KeyChangedError: the sender's identity is not the one pinned.
             FileCryptoError: the file is tampered with, truncated, not signed by
                 the sender, or not for us (nothing saved; the server keeps it).
-            TransferError: not a file for us, still uploading, or the download
-                is incomplete (run it again to resume).
+            TransferError: not a file for us, still uploading, or the server's
+                copy is shorter than the size it announced (nothing saved).
+            ServerUnreachable: the download broke off (run it again to resume).
             ApiError: no such file (404).
         """
         started = time.monotonic()
@@ -571,18 +572,26 @@ class FileTransfers:
                 logger.info("resuming download of %s at byte %d", view.file_id, have)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
             with os.fdopen(fd, "ab") as file:
-                async for piece in self._api.download(view.file_id, have):
-                    if have + len(piece) > view.size:
-                        raise TransferError(f"the server sent more than {view.size} bytes")
-                    file.write(piece)
-                    have += len(piece)
-                    report("downloading", have, view.size)
+                try:
+                    async for piece in self._api.download(view.file_id, have):
+                        if have + len(piece) > view.size:
+                            raise TransferError(f"the server sent more than {view.size} bytes")
+                        file.write(piece)
+                        have += len(piece)
+                        report("downloading", have, view.size)
+                except ApiError as exc:
+                    if exc.status != 416:  # 416: its copy ends where ours does
+                        raise
                 file.flush()
                 os.fsync(file.fileno())
         if have != view.size:
+            # the server's answer ended cleanly (a broken connection raises), yet short:
+            # its copy is damaged, and asking again would only get the same bytes
+            remove_quietly(target)
             raise TransferError(
-                f"download of {view.file_id} stopped at {have} of {view.size} bytes;"
-                " run receive again to resume"
+                f"the server's copy of file {view.file_id} from {view.sender} ends at byte"
+                f" {have} of {view.size}: it is damaged or was tampered with; nothing was"
+                f" saved (ask {view.sender} to send it again)"
             )
         report("downloading", view.size, view.size)
         return target
