@@ -582,6 +582,10 @@ class FileTransfers:
                 except ApiError as exc:
                     if exc.status != 416:  # 416: its copy ends where ours does
                         raise
+                except ServerUnreachable as exc:
+                    raise ServerUnreachable(
+                        f"{exc}; {have} of {view.size} bytes are here, run receive again to resume"
+                    ) from None
                 file.flush()
                 os.fsync(file.fileno())
         if have != view.size:
