@@ -42,8 +42,9 @@ pads every packet to the cap inside the encryption: on the wire all audio
 packets have one size either way (``docs/protocol.md``, "Constant size").
 No DTX, for the same reason: the timing of packets must not follow speech.
 
-Future direction: RFC 2198-style redundancy (the previous packet sent again
-when loss is seen) sits above this module; a redundant copy is decoded with
+RFC 2198-style redundancy (the previous frame sent again when loss is seen
+and the encoder has no FEC) sits above this module, in
+:mod:`pqcall.transport.media_protocol`; a redundant copy is decoded with
 :meth:`OpusDecoder.decode` like any packet.
 """
 
