@@ -6,11 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from pqcall.bench import crypto, files, media, relay, server
+from pqcall.bench import codec, crypto, files, media, relay, server
 from pqcall.bench.report import render_table, to_json
 from pqcall.exceptions import PqcallError
 
-BENCHMARKS = {"crypto": crypto, "files": files, "media": media, "relay": relay, "server": server}
+BENCHMARKS = {
+    "codec": codec,
+    "crypto": crypto,
+    "files": files,
+    "media": media,
+    "relay": relay,
+    "server": server,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,9 +34,10 @@ Later runs of ``pqcall bench media`` moved two defaults. The bitrate is 39.6
 kbit/s (:data:`DEFAULT_BITRATE_BPS`, 99-byte frames). And the bitrate is
 variable under a hard cap of those 99 bytes, where it was constant: libopus's
 constant-bitrate mode re-quantizes a SILK frame until it fills the packet
-exactly, which doubles the encoder's time (292 against 133 us a frame at
-complexity 7), for about 0.05 PESQ-WB (4.53 against 4.48 with no loss, 3.05
-against 2.98 at 20 % random loss, three seeds). Packet sizes of
+exactly, which about doubles the encoder's time (265 against 143 us a frame
+on a clean path, ``pqcall bench codec``), for about 0.05 PESQ-WB (4.53
+against 4.48 with no loss, 3.05 against 2.98 at 20 % random loss, three
+seeds). Packet sizes of
 variable-rate speech leak words (Wright et al., 2008), so the media layer
 pads every packet to the cap inside the encryption: on the wire all audio
 packets have one size either way (``docs/protocol.md``, "Constant size").
