@@ -270,6 +270,83 @@ def test_accept_on_stdin_with_tones(world, tmp_path, listeners):
     assert rms(received) > MIN_RMS
 
 
+def heard_tones(path: Path) -> list[str]:
+    """What a WAV holds, 100 ms at a time, runs of at least 300 ms: "quiet" or "660" / "880" Hz."""
+    with wave.open(str(path), "rb") as wav:
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    window = 4_800
+    kinds = []
+    for start in range(0, len(samples) - window + 1, window):
+        chunk = samples[start : start + window].astype(np.float64)
+        if np.sqrt(np.mean(chunk**2)) < 100:
+            kinds.append("quiet")
+            continue
+        peak_hz = np.argmax(np.abs(np.fft.rfft(chunk))) * 48_000 / window
+        kinds.append(f"{round(peak_hz / 10) * 10}")
+    runs: list[str] = []
+    for index in range(len(kinds) - 2):
+        if kinds[index] == kinds[index + 1] == kinds[index + 2]:
+            if not runs or runs[-1] != kinds[index]:
+                runs.append(kinds[index])
+    return runs
+
+
+def test_mute_switch_and_hang_up_typed_during_a_call(world, tmp_path, listeners):
+    received = tmp_path / "alice-received.wav"
+    bob = Listener(
+        world,
+        "bob",
+        tmp_path,
+        *("--once", "--audio-in", "tone:660", "--audio-out", "null"),
+        answer=None,
+    )
+    listeners.append(bob)
+    bob.wait_ready()
+    alice = subprocess.Popen(
+        pqcall_command(
+            world.homes["alice"],
+            *("call", "bob", "--duration", "30", "--audio-in", "silence"),
+            *("--audio-out", str(received)),
+        ),
+        env=world.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    typed = bob.process.stdin
+    assert typed is not None
+
+    def type_and_wait(line: str, answer: str, then_s: float = 0.0) -> None:
+        typed.write(line + "\n")
+        typed.flush()
+        wait_for_text(bob.process, lambda: bob.out, answer, bob.report)
+        time.sleep(then_s)
+
+    try:
+        wait_for_text(bob.process, lambda: bob.out, "accept? [y/N]", bob.report)
+        type_and_wait("y", "SAS: read this aloud", then_s=1.0)
+        type_and_wait("in tone:880", "microphone is now tone:880", then_s=1.0)
+        type_and_wait("in missing.wav", "still using the same device")
+        type_and_wait("volume up", "type m (mute/unmute)")
+        type_and_wait("m", "muted: the peer hears silence", then_s=1.0)
+        type_and_wait("h", "hanging up")
+        bob_code = bob.wait()
+        alice_out, alice_err = alice.communicate(timeout=COMMAND_TIMEOUT_S)
+    finally:
+        if alice.poll() is None:
+            alice.kill()
+            alice.wait()
+    report = f"{alice_out}{alice_err}\n{bob.report()}"
+    assert bob_code == 0, report
+    assert alice.returncode == 0, report
+    assert "call with alice ended after" in bob.out
+    assert "call with bob ended after" in alice_out, report
+    # alice heard bob's 660 Hz, then 880 Hz after "in tone:880", then silence after "m"
+    runs = heard_tones(received)
+    assert runs[runs.index("660") :][:3] == ["660", "880", "quiet"], runs
+
+
 def test_declined(world, tmp_path, listeners):
     bob = Listener(
         world,

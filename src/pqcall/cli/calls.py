@@ -17,9 +17,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pqcall.cli import runtime
+from pqcall.cli import incall, runtime
 from pqcall.cli.account import registered_config
 from pqcall.cli.options import (
     add_json_option,
@@ -160,7 +160,7 @@ async def _take(
                 await call.accept()
             else:
                 await call.reject()
-    await follow(call, console, interrupt)
+    await follow(call, console, interrupt, commands=reader)
     return finish(call, console, json_mode=args.json, quiet_failure=True)
 
 
@@ -237,7 +237,9 @@ async def _call(
                     return runtime.EXIT_FAILED  # the warning says it all
                 if call is None:
                     return interrupt.exit_code
-                interrupted = await follow(call, console, interrupt, duration_s=args.duration)
+                interrupted = await follow(
+                    call, console, interrupt, duration_s=args.duration, commands=LineReader()
+                )
                 code = finish(call, console, json_mode=args.json, quiet_failure=False)
                 return interrupt.exit_code if interrupted else code
         finally:
@@ -248,9 +250,17 @@ async def _call(
 
 
 async def follow(
-    call: Call, console: Console, interrupt: Interrupt, *, duration_s: float | None = None
+    call: Call,
+    console: Console,
+    interrupt: Interrupt,
+    *,
+    duration_s: float | None = None,
+    commands: LineReader | None = None,
 ) -> bool:
     """Show ``call`` until it ends; hang up on Ctrl-C or after ``duration_s`` active.
+
+    While the call is active, lines from ``commands`` are carried out
+    (:mod:`pqcall.cli.incall`: mute, switch devices, hang up).
 
     Returns:
         Whether Ctrl-C ended it.
@@ -260,38 +270,57 @@ async def follow(
     loop = asyncio.get_running_loop()
     shown: set[CallState] = set()
     active_since: float | None = None  # loop time the call became active
-    while not is_terminal(call.state):
-        state = call.state
-        if state not in shown:
-            shown.add(state)
-            announce(call, console)
-        timeout: float | None = None
-        if state is CallState.ACTIVE:
-            if active_since is None:
-                active_since = loop.time()
-            timeout = STATUS_INTERVAL_S
-            if duration_s is not None:
-                remaining = active_since + duration_s - loop.time()
-                if remaining <= 0:
-                    console.clear_status()
-                    await call.hangup()
+    typed: asyncio.Future[str | None] | None = None  # the next command line, while active
+    try:
+        while not is_terminal(call.state):
+            state = call.state
+            if state not in shown:
+                shown.add(state)
+                announce(call, console)
+                if state is CallState.ACTIVE and commands is not None and commands.is_terminal:
+                    console.say(incall.HELP)
+            timeout: float | None = None
+            if state is CallState.ACTIVE:
+                if active_since is None:
+                    active_since = loop.time()
+                timeout = STATUS_INTERVAL_S
+                if duration_s is not None:
+                    remaining = active_since + duration_s - loop.time()
+                    if remaining <= 0:
+                        console.clear_status()
+                        await call.hangup()
+                        break
+                    timeout = min(timeout, remaining)
+                if typed is None and commands is not None:
+                    typed = asyncio.ensure_future(commands.readline())
+            change = asyncio.ensure_future(call.wait_for(*(s for s in CallState if s is not state)))
+            stop = asyncio.ensure_future(interrupt.wait())
+            waiting: set[asyncio.Future[Any]] = {change, stop}
+            if typed is not None:
+                waiting.add(typed)
+            try:
+                await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for future in (change, stop):
+                    future.cancel()
+                await asyncio.gather(change, stop, return_exceptions=True)
+            if interrupt.is_set:
+                console.clear_status()
+                console.say("hanging up…")
+                await call.hangup()
+                return True
+            if typed is not None and typed.done():
+                line, typed = typed.result(), None
+                if line is None:
+                    commands = None  # stdin ended: no more commands, the call goes on
+                elif await incall.run_command(call, console, line):
                     break
-                timeout = min(timeout, remaining)
-        change = asyncio.ensure_future(call.wait_for(*(s for s in CallState if s is not state)))
-        stop = asyncio.ensure_future(interrupt.wait())
-        try:
-            await asyncio.wait({change, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for future in (change, stop):
-                future.cancel()
-            await asyncio.gather(change, stop, return_exceptions=True)
-        if interrupt.is_set:
-            console.clear_status()
-            console.say("hanging up…")
-            await call.hangup()
-            return True
-        if call.state is CallState.ACTIVE and CallState.ACTIVE in shown:
-            console.status(live_status(call))
+            if call.state is CallState.ACTIVE and CallState.ACTIVE in shown:
+                console.status(live_status(call))
+    finally:
+        if typed is not None:
+            typed.cancel()
+            await asyncio.gather(typed, return_exceptions=True)
     console.clear_status()
     return False
 

@@ -146,6 +146,11 @@ class LineReader:
         self._buffer = b""  # read but not yet returned
         self._eof = self._fd is None  # nothing more will come
 
+    @property
+    def is_terminal(self) -> bool:
+        """Whether a person types the lines (stdin is a terminal)."""
+        return self._fd is not None and os.isatty(self._fd)
+
     async def readline(self) -> str | None:
         """The next line without its newline, or None at end of input."""
         while b"\n" not in self._buffer and not self._eof:
