@@ -100,6 +100,24 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         _stop(server)
 
 
+def start_pqcall(
+    world: World,
+    home: Path,
+    *args: str,
+    stdout: Any = subprocess.PIPE,
+    stderr: Any = subprocess.PIPE,
+) -> subprocess.Popen[str]:
+    """``pqcall ARGS`` started in the background, stdin closed."""
+    return subprocess.Popen(
+        pqcall_command(home, *args),
+        env=world.env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+    )
+
+
 class Listener:
     """``pqcall listen`` in the background, its output in files."""
 
@@ -302,17 +320,11 @@ def test_mute_switch_and_hang_up_typed_during_a_call(world, tmp_path, listeners)
     )
     listeners.append(bob)
     bob.wait_ready()
-    alice = subprocess.Popen(
-        pqcall_command(
-            world.homes["alice"],
-            *("call", "bob", "--duration", "30", "--audio-in", "silence"),
-            *("--audio-out", str(received)),
-        ),
-        env=world.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    alice = start_pqcall(
+        world,
+        world.homes["alice"],
+        *("call", "bob", "--duration", "30", "--audio-in", "silence"),
+        *("--audio-out", str(received)),
     )
     typed = bob.process.stdin
     assert typed is not None
@@ -394,16 +406,11 @@ def test_caller_hangs_up_with_ctrl_c(world, tmp_path, listeners):
     bob.wait_ready()
     err_path = tmp_path / "alice.err"
     with open(err_path, "w") as err:
-        alice = subprocess.Popen(
-            pqcall_command(
-                world.homes["alice"],
-                *("call", "bob", "--json", "--audio-in", "tone:440", "--audio-out", "null"),
-            ),
-            env=world.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+        alice = start_pqcall(
+            world,
+            world.homes["alice"],
+            *("call", "bob", "--json", "--audio-in", "tone:440", "--audio-out", "null"),
             stderr=err,
-            text=True,
         )
     try:
         wait_for_text(alice, err_path.read_text, "SAS: read this aloud", bob.report)
@@ -434,12 +441,9 @@ def test_busy(world, tmp_path, listeners):
     out_path = tmp_path / "alice.out"
     call_args = ["call", "bob", "--duration", "30", "--audio-in", "silence", "--audio-out", "null"]
     with open(out_path, "w") as out:
-        alice = subprocess.Popen(
-            pqcall_command(world.homes["alice"], *call_args),
-            env=world.env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,  # people's text: stdout without --json
-            stderr=subprocess.STDOUT,
+        # people's text: stdout without --json
+        alice = start_pqcall(
+            world, world.homes["alice"], *call_args, stdout=out, stderr=subprocess.STDOUT
         )
     try:
         wait_for_text(alice, out_path.read_text, "SAS: read this aloud", bob.report)
