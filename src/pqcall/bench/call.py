@@ -1,7 +1,7 @@
 """One benchmark call, pqcall's or the prototype's, in real time on loopback UDP.
 
 Scope: run a full-duplex call between two endpoints in this process, through
-an :class:`~pqcall.transport.impair.ImpairmentRelay` in a child process
+an :class:`~pqcall.netem.ImpairmentRelay` in a child process
 (:mod:`pqcall.bench.relay_process`), and record what the
 media benchmark scores: the audio the callee heard, per-frame one-way
 latency, jitter-buffer delay over time, wire bitrate and CPU time. Scoring
@@ -49,7 +49,7 @@ from pqcall.bench.relay_process import RelayProcess
 from pqcall.crypto.handshake import CalleeHandshake, CallerHandshake, CallKeys
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.media.codec import SAMPLE_RATE_HZ, Pcm, samples_per_frame, silence
-from pqcall.transport.impair import Address, Impairment
+from pqcall.netem import Address, Impairment
 from pqcall.transport.session import MediaSession, MediaSettings
 
 __all__ = [

@@ -3,7 +3,7 @@
 ``python -m pqcall.bench media [--quick] [--json PATH]`` (or ``pqcall bench
 media``) sends speech (``media/samples/alice.wav``; the callee answers with
 ``bob.wav``) through two real call pipelines, in real time, on loopback UDP,
-through the same :class:`~pqcall.transport.impair.ImpairmentRelay`:
+through the same :class:`~pqcall.netem.ImpairmentRelay`:
 
 * pqcall: two ``MediaSession`` objects at default settings: Opus encode,
   SFrame protect, UDP, relay, SFrame unprotect, jitter buffer, decode with
@@ -69,7 +69,7 @@ from pqcall.bench.quality import (
 )
 from pqcall.bench.report import Figure
 from pqcall.media.codec import SAMPLE_RATE_HZ, OpusEncoder, OpusSettings
-from pqcall.transport.impair import GilbertElliott, Impairment
+from pqcall.netem import GilbertElliott, Impairment
 from pqcall.transport.session import MediaSettings
 
 __all__ = ["CONDITIONS", "QUICK_CONDITIONS", "REPEATS", "Runs", "ScoredCall", "repeat_seed", "run"]

@@ -3,7 +3,7 @@
 The media benchmark charges a call's CPU time to its two sides, so the
 network they talk through must not run in their process: in another thread
 it would still cost them the GIL hand-offs of every datagram. This module
-runs an :class:`~pqcall.transport.impair.ImpairmentRelay` in a spawned
+runs an :class:`~pqcall.netem.ImpairmentRelay` in a spawned
 process and steers it through a pipe: switch the impairment on or off, read
 its counters, stop.
 """
@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any, Final
 
-from pqcall.transport.impair import Address, Direction, Impairment, ImpairmentRelay
+from pqcall.netem import Address, Direction, Impairment, ImpairmentRelay
 
 __all__ = ["RelayProcess"]
 

@@ -1,6 +1,6 @@
 """Seeded network impairment: loss, bursty loss, delay, jitter, duplication, reordering.
 
-The sans-I/O core of the UDP impairment relay (:mod:`pqcall.transport.impair_relay`), a
+The sans-I/O core of the UDP impairment relay (:mod:`pqcall.netem.relay`), a
 user-space stand-in for Linux netem(8). It never touches a socket or the clock: the caller
 passes ``now`` (seconds, any monotonic origin) and gets back delivery times on that clock.
 

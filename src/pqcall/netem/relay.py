@@ -4,8 +4,8 @@ Kernel netem is not available everywhere (nor without root), so this relay plays
 it owns two UDP sockets, side A and side B. Endpoint A sends to :attr:`ImpairmentRelay.address_a`
 and the relay forwards to endpoint B from :attr:`ImpairmentRelay.address_b`; B's replies go the
 other way. Each endpoint sees the relay as its peer. Each direction has its own
-:class:`~pqcall.transport.impairment.Impairment`, applied by a sans-I/O
-:class:`~pqcall.transport.impairment.ImpairedLink` with ``random.Random(impairment.seed)``;
+:class:`~pqcall.netem.model.Impairment`, applied by a sans-I/O
+:class:`~pqcall.netem.model.ImpairedLink` with ``random.Random(impairment.seed)``;
 this module is only the pump (datagram in, ``now=loop.time()``, send what is due, re-arm one
 ``loop.call_at`` timer per direction).
 
@@ -31,7 +31,7 @@ import random
 from types import TracebackType
 
 from pqcall.exceptions import LocalProtocolError
-from pqcall.transport.impairment import (
+from pqcall.netem.model import (
     QUEUE_LIMIT_DATAGRAMS,
     ImpairedLink,
     Impairment,
