@@ -38,7 +38,7 @@ from pqcall.server.ops import (
 )
 from pqcall.server.ratelimit import RateLimit
 from pqcall.server.relay import MediaRelay
-from pqcall.server.relay_table import ACK_MAGIC, ACK_PEER_BOUND, ACK_PEER_WAITING, BIND_MAGIC
+from pqcall.transport.relay_wire import ACK_MAGIC, ACK_PEER_BOUND, ACK_PEER_WAITING, BIND_MAGIC
 from pqcall.server.settings import ServerSettings
 from pqcall.signaling.messages import b64encode
 from tests.server.certs import self_signed

@@ -19,10 +19,6 @@ from hypothesis import strategies as st
 from pqcall.exceptions import LocalProtocolError
 from pqcall.server.relay import MediaRelay
 from pqcall.server.relay_table import (
-    ACK_MAGIC,
-    ACK_PEER_BOUND,
-    ACK_PEER_WAITING,
-    BIND_MAGIC,
     DropReason,
     Outgoing,
     RelayFull,
@@ -30,6 +26,7 @@ from pqcall.server.relay_table import (
     ReleaseReason,
     Role,
 )
+from pqcall.transport.relay_wire import ACK_MAGIC, ACK_PEER_BOUND, ACK_PEER_WAITING, BIND_MAGIC
 
 TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
 TIMEOUT_S = 10.0 * TIMEOUT_SCALE  # a whole socket test, start to close

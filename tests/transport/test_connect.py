@@ -27,6 +27,7 @@ from pqcall.transport.connect import (
     resolve_candidates,
     run_path_selection,
 )
+from pqcall.transport.path_choice import DropReason, PathChoice, PathKind
 from pqcall.transport.path_messages import (
     PATH_MAGIC,
     Address,
@@ -35,14 +36,9 @@ from pqcall.transport.path_messages import (
     PathRole,
     path_check_key,
 )
-from pqcall.transport.pathcheck import (
-    DropReason,
-    PathChoice,
-    PathKind,
-    PathResponder,
-    PathSelection,
-    RelayTarget,
-)
+from pqcall.transport.path_responder import PathResponder
+from pqcall.transport.pathcheck import PathSelection
+from pqcall.transport.relay_wire import RelayTarget
 from pqcall.transport.session import MediaSession, MediaSettings
 from tests.transport.test_session import (
     CALLEE_TONE_HZ,

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pqcall.exceptions import DecodeError, LocalProtocolError
-from pqcall.server.relay_table import ACK_MAGIC, BIND_MAGIC, RelayTable
+from pqcall.server.relay_table import RelayTable
 from pqcall.signaling.messages import MAX_CALL_CANDIDATES
+from pqcall.transport.path_choice import DropReason, PathChoice, PathKind
 from pqcall.transport.path_messages import (
     MESSAGE_LENGTH,
     PATH_MAGIC,
@@ -25,19 +26,16 @@ from pqcall.transport.path_messages import (
     PathRole,
     path_check_key,
 )
+from pqcall.transport.path_responder import PathResponder
 from pqcall.transport.pathcheck import (
     CHECK_TRANSMISSIONS,
     MAX_REMOTE_CANDIDATES,
     NOMINATE_INTERVAL_S,
     NOMINATE_TRANSMISSIONS,
-    DropReason,
-    PathChoice,
-    PathKind,
-    PathResponder,
     PathSelection,
     PathState,
-    RelayTarget,
 )
+from pqcall.transport.relay_wire import ACK_MAGIC, BIND_MAGIC, RelayTarget
 from tests.utils import MALLORY, handshake_pair, keys_of
 
 CALLER_KEYS, CALLEE_KEYS = keys_of(handshake_pair())

@@ -26,7 +26,7 @@ from typing import cast
 
 from pqcall.bench.report import Figure
 from pqcall.server.relay import RECEIVE_BUFFER_BYTES, MediaRelay
-from pqcall.server.relay_table import ACK_LENGTH, ACK_MAGIC, ACK_PEER_BOUND, BIND_MAGIC
+from pqcall.transport.relay_wire import ACK_LENGTH, ACK_MAGIC, ACK_PEER_BOUND, BIND_MAGIC
 
 PACKET_BYTES = 200
 SECONDS_FULL = 5.0

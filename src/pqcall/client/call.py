@@ -65,7 +65,9 @@ from pqcall.signaling.messages import (
 )
 from pqcall.transport.connect import establish_path, local_candidates, open_media_socket
 from pqcall.transport.path_messages import PathRole
-from pqcall.transport.pathcheck import PathChoice, PathResponder, RelayTarget
+from pqcall.transport.path_choice import PathChoice
+from pqcall.transport.path_responder import PathResponder
+from pqcall.transport.relay_wire import RelayTarget
 from pqcall.transport.session import MediaSession, MediaSettings
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
 """The media relay's UDP socket: one asyncio pump around :class:`RelayTable`.
 
-All decisions (tokens, bindings, who may send to whom, rate limits, expiry) and the
-bind/ack wire format live in :mod:`pqcall.server.relay_table`; read its docstring for
-the protocol. This module owns one UDP socket for every call, feeds each datagram to
-the table with ``now=loop.time()``, sends what the table returns, and runs the table's
-expiry timer.
+All decisions (tokens, bindings, who may send to whom, rate limits, expiry) live in
+:mod:`pqcall.server.relay_table`, the bind/ack wire format in
+:mod:`pqcall.transport.relay_wire`; read their docstrings for the protocol. This
+module owns one UDP socket for every call, feeds each datagram to the table with
+``now=loop.time()``, sends what the table returns, and runs the table's expiry timer.
 
 Example (what the signaling server does)::
 

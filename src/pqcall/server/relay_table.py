@@ -10,21 +10,16 @@ Allocation: the signaling server calls :meth:`RelayTable.allocate` for a call an
 hands ``caller_token`` to the caller and ``callee_token`` to the callee, over the
 authenticated signaling channel only. A token is the party's whole authorization.
 
-Wire format (UDP, to the relay's port)::
-
-    bind  (phone → relay)  b"PQRB" || token            20 bytes
-    ack   (relay → phone)  b"PQRA" || state             5 bytes
-                           state 0x00: bound, the other party is not bound yet
-                           state 0x01: bound, both parties bound (forwarding)
-    media (phone → relay)  any other datagram from a bound address, forwarded
-                           unchanged to the other party's bound address
+The bind and ack datagrams, and the phone's resend timing, are
+:mod:`pqcall.transport.relay_wire` (spoken by both sides). Any other datagram from a
+bound address is media, forwarded unchanged to the other party's bound address.
 
 Rules:
 
 - A bind with a known token records the sender's address for that party and is
   answered with an ack. Repeating it is harmless (a keepalive, and how a phone learns
-  that the other party has bound: send binds every ``BIND_RETRY_S`` until the ack says
-  0x01, and every ``KEEPALIVE_S`` after that to keep NAT bindings open).
+  that the other party has bound: send binds every ``relay_wire.BIND_RETRY_S`` until the
+  ack says 0x01, and every ``relay_wire.KEEPALIVE_S`` after that to keep NAT bindings open).
 - A bind from a new address with the same token moves the party there (NAT rebinding);
   the old address is forgotten at once.
 - Anything else from an unknown address is dropped and counted (``unknown_address``,
@@ -39,9 +34,6 @@ Rules:
 - An allocation ends at :meth:`RelayTable.release` (hang-up), after
   ``idle_timeout_s`` without any datagram from either party, or ``max_lifetime_s``
   after it was allocated.
-
-Phones tell an ack from forwarded media by length and magic: forwarded media is an
-SFrame packet, always longer than 5 bytes (its tag alone is 16).
 """
 
 from __future__ import annotations
@@ -53,20 +45,13 @@ from typing import NamedTuple
 
 from pqcall.exceptions import LocalProtocolError, ServerError
 from pqcall.server.ratelimit import RateLimit, TokenBucket
-
-# wire format
-BIND_MAGIC = b"PQRB"
-ACK_MAGIC = b"PQRA"
-MAGIC_LENGTH = 4
-TOKEN_LENGTH = 16
-BIND_LENGTH = MAGIC_LENGTH + TOKEN_LENGTH
-ACK_LENGTH = MAGIC_LENGTH + 1
-ACK_PEER_WAITING = 0x00
-ACK_PEER_BOUND = 0x01
-
-# client behaviour (for the phone side)
-BIND_RETRY_S = 0.5  # resend a bind this often until the ack says both parties are bound
-KEEPALIVE_S = 15.0  # then resend it this often, well inside NAT and relay idle timeouts
+from pqcall.transport.relay_wire import (
+    BIND_LENGTH,
+    BIND_MAGIC,
+    MAGIC_LENGTH,
+    TOKEN_LENGTH,
+    RelayAck,
+)
 
 # relay limits
 RELAY_IDLE_TIMEOUT_S = 60.0  # an allocation no party has sent on for this long is released
@@ -394,8 +379,7 @@ class RelayTable:
         allocation.last_activity = now
         self._binds += 1
         both = allocation.parties[1 - role].address is not None
-        ack = ACK_MAGIC + bytes([ACK_PEER_BOUND if both else ACK_PEER_WAITING])
-        return Outgoing(ack, addr, is_forward=False)
+        return Outgoing(RelayAck(is_peer_bound=both).serialize(), addr, is_forward=False)
 
     # timer
 

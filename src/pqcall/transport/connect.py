@@ -35,16 +35,16 @@ import ifaddr
 from pqcall.crypto.handshake import CallKeys
 from pqcall.exceptions import CallError, LocalProtocolError, PathFailed
 from pqcall.signaling.messages import MAX_CANDIDATES, Candidate
+from pqcall.transport.path_choice import PathChoice
 from pqcall.transport.path_messages import Address, PathRole
+from pqcall.transport.path_responder import PathResponder
 from pqcall.transport.pathcheck import (
     DIRECT_TIMEOUT_S,
     MAX_REMOTE_CANDIDATES,
     PATH_TIMEOUT_S,
-    PathChoice,
-    PathResponder,
     PathSelection,
-    RelayTarget,
 )
+from pqcall.transport.relay_wire import RelayTarget
 
 __all__ = [
     "MAX_DATAGRAM_BYTES",

@@ -6,13 +6,14 @@ signaling; the server adds the address it saw each phone at. Both phones then pr
 the other's candidates with small authenticated messages on that socket, the caller
 (the *controlling* side, as in ICE, RFC 8445) nominates the first pair that answered,
 and the callee (*controlled*) follows the nomination. When no pair answers, both use
-the server's media relay (``pqcall.server.relay_table`` holds its bind/ack format).
+the server's media relay (:mod:`pqcall.transport.relay_wire` holds its bind/ack format).
 No socket, clock or randomness here: bytes, addresses and ``now`` in, datagrams and a
 :class:`PathChoice` out, as aioquic's connection. :mod:`pqcall.transport.connect`
 pumps a UDP socket through it.
 
 The messages themselves (40 bytes, authenticated with a key both parties
-export from the call's handshake) are :mod:`pqcall.transport.path_messages`.
+export from the call's handshake) are :mod:`pqcall.transport.path_messages`; what a
+selection reports is :mod:`pqcall.transport.path_choice`.
 
 Calling contract::
 
@@ -26,8 +27,9 @@ Calling contract::
 
 Nothing raises out of :meth:`PathSelection.receive_datagram`: datagrams that are not
 path messages, malformed, unauthenticated, reflected or unexpected ones are dropped
-and counted (:class:`PathCheckStats`). Once media runs on the socket, a
-:class:`PathResponder` keeps answering the peer's late checks and nominations.
+and counted (:class:`~pqcall.transport.path_choice.PathCheckStats`). Once media runs
+on the socket, a :class:`~pqcall.transport.path_responder.PathResponder` keeps
+answering the peer's late checks and nominations.
 
 Future direction: full ICE (aioice) with TURN for NATs this does not traverse, and
 IPv6 candidates.
@@ -36,21 +38,18 @@ IPv6 candidates.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Final
 
 from pqcall.crypto.handshake import CallKeys
 from pqcall.exceptions import DecodeError, LocalProtocolError
-from pqcall.server.relay_table import (
-    ACK_LENGTH,
-    ACK_MAGIC,
-    ACK_PEER_BOUND,
-    ACK_PEER_WAITING,
-    BIND_MAGIC,
-    BIND_RETRY_S,
-    TOKEN_LENGTH,
+from pqcall.transport.path_choice import (
+    DropReason,
+    PathCheckStats,
+    PathChoice,
+    PathCounters,
+    PathKind,
 )
 from pqcall.transport.path_messages import (
     MAGIC_LENGTH,
@@ -65,6 +64,13 @@ from pqcall.transport.path_messages import (
     numeric_ipv4,
     path_check_key,
 )
+from pqcall.transport.relay_wire import (
+    ACK_PEER_BOUND,
+    ACK_PEER_WAITING,
+    BIND_RETRY_S,
+    RelayTarget,
+    is_relay_ack,
+)
 
 __all__ = [
     "CHECK_INTERVAL_S",
@@ -75,14 +81,8 @@ __all__ = [
     "NOMINATE_INTERVAL_S",
     "NOMINATE_TRANSMISSIONS",
     "PATH_TIMEOUT_S",
-    "DropReason",
-    "PathCheckStats",
-    "PathChoice",
-    "PathKind",
-    "PathResponder",
     "PathSelection",
     "PathState",
-    "RelayTarget",
 ]
 
 # implementation constants
@@ -108,15 +108,6 @@ MAX_TRANSACTIONS: Final = 512
 """Outstanding requests remembered for their answer; the oldest are forgotten."""
 
 
-class PathKind(enum.StrEnum):
-    """Which path the media takes."""
-
-    DIRECT = "direct"
-    """Straight to the peer."""
-    RELAY = "relay"
-    """Through the server's media relay."""
-
-
 class PathState(enum.StrEnum):
     """What a :class:`PathSelection` waits for."""
 
@@ -134,94 +125,6 @@ class PathState(enum.StrEnum):
     """No path (:attr:`PathSelection.failure`)."""
 
 
-class DropReason(enum.StrEnum):
-    """Why a datagram did not count for path selection."""
-
-    NOT_PATH_MESSAGE = "not_path_message"
-    """Neither a path message nor a relay ack (e.g. the peer's first media)."""
-    MALFORMED = "malformed"
-    """Has the magic but not the length, or a field has no meaning."""
-    UNAUTHENTICATED = "unauthenticated"
-    """The MAC does not verify: not from a party of this call."""
-    REFLECTED = "reflected"
-    """Carries our own role: one of our messages sent back to us."""
-    UNKNOWN_TRANSACTION = "unknown_transaction"
-    """An answer to no outstanding request of ours (late, repeated, or not ours)."""
-    ASYMMETRIC = "asymmetric"
-    """An answer from another address than the one its request went to."""
-    UNEXPECTED = "unexpected"
-    """Authentic but not for this role or state (e.g. a second, different nomination)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RelayTarget:
-    """The relay one party may use for a call: its address and this party's bind token."""
-
-    address: Address
-    """Where to send binds and relayed media (numeric for :class:`PathSelection`)."""
-    token: bytes
-    """This party's 16-byte bind token, from the signaling server."""
-
-    def __post_init__(self) -> None:
-        if len(self.token) != TOKEN_LENGTH:
-            raise LocalProtocolError(
-                f"relay token must be {TOKEN_LENGTH} bytes, got {len(self.token)}"
-            )
-
-    @property
-    def bind(self) -> bytes:
-        """The bind datagram (``pqcall.server.relay_table``)."""
-        return BIND_MAGIC + self.token
-
-
-@dataclass(frozen=True, slots=True)
-class PathCheckStats:
-    """Counters of one path selection (or of a :class:`PathResponder`)."""
-
-    checks_sent: int
-    """CHECK messages sent (every copy)."""
-    checks_received: int
-    """Authentic CHECKs from the peer (each answered)."""
-    responses_received: int
-    """RESPONSEs that matched a check of ours."""
-    nominations_sent: int
-    """NOMINATE copies sent (caller)."""
-    nominations_received: int
-    """Authentic NOMINATEs from the caller (callee)."""
-    binds_sent: int
-    """Relay binds sent."""
-    relay_acks_received: int
-    """Relay acks received from the relay."""
-    dropped: Mapping[DropReason, int]
-    """Datagrams that did not count, by reason."""
-
-    @property
-    def rejected(self) -> int:
-        """Every dropped datagram that looked like a path message (not other traffic)."""
-        return sum(n for r, n in self.dropped.items() if r is not DropReason.NOT_PATH_MESSAGE)
-
-
-@dataclass(frozen=True, slots=True)
-class PathChoice:
-    """The media path a selection chose: where to send media, and how it was found."""
-
-    kind: PathKind
-    """``direct`` or ``relay``."""
-    peer: Address
-    """Where media goes, and where the peer's media comes from: the peer's address
-    (direct) or the relay's (relay)."""
-    local_candidate: Address | None
-    """Direct: our address on the path as the peer addressed or saw it; relay: None."""
-    remote_candidate: Address | None
-    """Direct: the peer's address on the path (= ``peer``); relay: None."""
-    relay: Address | None
-    """The relay offered for this call, whether used or not."""
-    elapsed_ms: float
-    """From :meth:`PathSelection.start` to the choice."""
-    stats: PathCheckStats
-    """The counters at the moment of the choice."""
-
-
 @dataclass(slots=True, eq=False)
 class _Remote:
     address: Address  # the peer's candidate (numeric IPv4)
@@ -235,42 +138,6 @@ class _Remote:
 class _Transaction:
     kind: MessageType  # CHECK or NOMINATE
     address: Address  # where it was sent
-
-
-class _Counters:
-    """Counters shared by PathSelection and PathResponder."""
-
-    def __init__(self) -> None:
-        # one per PathCheckStats field, which documents each
-        self.checks_sent = 0
-        self.checks_received = 0
-        self.responses_received = 0
-        self.nominations_sent = 0
-        self.nominations_received = 0
-        self.binds_sent = 0
-        self.relay_acks_received = 0
-        self.dropped = dict.fromkeys(DropReason, 0)
-
-    def snapshot(self) -> PathCheckStats:
-        return PathCheckStats(
-            checks_sent=self.checks_sent,
-            checks_received=self.checks_received,
-            responses_received=self.responses_received,
-            nominations_sent=self.nominations_sent,
-            nominations_received=self.nominations_received,
-            binds_sent=self.binds_sent,
-            relay_acks_received=self.relay_acks_received,
-            dropped=MappingProxyType(dict(self.dropped)),
-        )
-
-
-def _is_relay_ack(data: bytes, addr: Address, relay: Address | None) -> bool:
-    return (
-        relay is not None
-        and addr == relay
-        and len(data) == ACK_LENGTH
-        and data[:MAGIC_LENGTH] == ACK_MAGIC
-    )
 
 
 class PathSelection:
@@ -343,7 +210,7 @@ class PathSelection:
         self._bind_at: float | None = None  # when the next relay bind is due
         self._relay_bound = False  # the relay acked a bind of ours
         self._outgoing: list[tuple[bytes, Address]] = []  # datagrams to send
-        self._counters = _Counters()  # see PathCheckStats
+        self._counters = PathCounters()  # see PathCheckStats
         self._choice: PathChoice | None = None  # set once chosen
         self._failure: str | None = None  # set once failed
 
@@ -413,7 +280,7 @@ class PathSelection:
         if self._started_at is None:
             raise LocalProtocolError("path selection is not started")
         addr = numeric_ipv4(addr, "source address")
-        if _is_relay_ack(data, addr, self._relay_address):
+        if is_relay_ack(data, addr, self._relay_address):
             self._receive_relay_ack(data[MAGIC_LENGTH], now)
             return
         message = self._open(data)
@@ -695,71 +562,3 @@ class PathSelection:
         else:
             relay = "the peer did not reach the relay"
         return f"{head}: {direct}; {relay}"
-
-
-class PathResponder:
-    """Answers the peer's late path messages once media runs on the socket.
-
-    The peer may still be checking or nominating when we have chosen (our answer was
-    lost); give this to :class:`~pqcall.transport.session.MediaSession` as its
-    ``side_channel``. It takes the path messages that authenticate and the relay's acks,
-    answers checks (and, for the callee, repeated nominations of the chosen path), and
-    leaves every other datagram (None) to the media session.
-
-    Args:
-        keys: the call's keys.
-        choice: the path chosen.
-    """
-
-    def __init__(self, keys: CallKeys, choice: PathChoice) -> None:
-        self._key = path_check_key(keys)  # MAC key of every message
-        self._role = PathRole.of(keys.role)  # ours
-        self._choice = choice  # what was chosen
-        self._counters = _Counters()  # what came late
-
-    @property
-    def stats(self) -> PathCheckStats:
-        """Counters of the late datagrams taken."""
-        return self._counters.snapshot()
-
-    def __call__(
-        self, data: bytes, addr: Address, now: float
-    ) -> list[tuple[bytes, Address]] | None:
-        """Take ``data`` from ``addr`` if it belongs to path selection.
-
-        Returns:
-            None when it is not a path message or relay ack (media, or garbage for the
-            media session to count); else the answers to send (maybe none).
-        """
-        if _is_relay_ack(data, addr, self._choice.relay):
-            self._counters.relay_acks_received += 1
-            return []
-        if data[:MAGIC_LENGTH] != PATH_MAGIC or len(data) != MESSAGE_LENGTH:
-            return None
-        try:
-            message = PathMessage.parse(data, self._key)
-        except DecodeError:
-            return None  # not from the peer: the media session counts it
-        if message.role is self._role:
-            self._counters.dropped[DropReason.REFLECTED] += 1
-            return []
-        if message.kind is MessageType.CHECK:
-            self._counters.checks_received += 1
-            answer = MessageType.RESPONSE
-        elif (
-            message.kind is MessageType.NOMINATE
-            and self._role is PathRole.CONTROLLED
-            and self._choice.kind is PathKind.DIRECT
-            and addr == self._choice.peer
-        ):
-            self._counters.nominations_received += 1
-            answer = MessageType.NOMINATE_ACK
-        else:
-            self._counters.dropped[DropReason.UNEXPECTED] += 1
-            return []
-        try:
-            reply = PathMessage(answer, self._role, message.transaction_id, addr)
-            return [(reply.serialize(self._key), addr)]
-        except LocalProtocolError:  # a source address that is not IPv4
-            self._counters.dropped[DropReason.UNEXPECTED] += 1
-            return []
