@@ -4,6 +4,9 @@ Scope: reorder, de-duplicate and time the playout of opaque encoded frames
 (one frame per packet, ``frame_ms`` long, RTP-style 16-bit sequence numbers
 and 48 kHz timestamps), and tell the decoder wrapper what to do for each
 frame slot. No codec, socket or clock here (sans-I/O, as ``aioquic``).
+The delay policy (target level, filtered level) is in ``media/jitter_policy.py``,
+the network's need in ``media/delay.py``, the values it returns in
+``media/playout.py``; this module re-exports the names its callers use.
 
 Calling contract::
 
@@ -19,12 +22,9 @@ How it plays (the policy, in the order :meth:`JitterBuffer.pop` applies it):
 
 * *Level* is the audio queued from the playout point to the newest queued
   frame, in frames, including the one about to be rendered. The buffer
-  steers it to the *target* from :class:`~pqcall.media.delay.RelativeDelayEstimator`:
-  one frame plus the estimated need, between ``min_target_delay_ms`` (at
-  least one frame) and ``max_target_delay_ms``. While packets are being
-  lost (in the last :data:`LOSS_MEMORY_S`) and FEC or redundancy is on, the
-  target is at least two frames, so the packet after a lost one is there in
-  time to recover it.
+  steers it to the *target* of :class:`~pqcall.media.jitter_policy.TargetDelay`
+  (one frame plus the estimated need, bounded; two frames while recovering
+  losses).
 * Grow only where audio is missing anyway: a frame missing at its playout
   time while the level is below target is waited for (rendered as CONCEAL,
   the playout point holds); an underrun does the same. When the frame
@@ -37,31 +37,13 @@ How it plays (the policy, in the order :meth:`JitterBuffer.pop` applies it):
   REDUNDANT if the next packet carries a copy, else FEC if the next packet is
   queued, else CONCEAL. Frames already rendered by waiting are skipped.
 * Shrink when the *filtered* level, its minimum over the last
-  :data:`LEVEL_WINDOW_S`, exceeds the target by a frame: first by skipping
-  a missing frame instead of concealing it (costs no received audio), else
-  by discarding one received frame, at most one in
-  :data:`MIN_FRAMES_BETWEEN_SHRINKS` (10 % time compression; the payloads
-  are opaque, so low-energy frames cannot be preferred). Starting after
-  silence, a backlog older than the target is dropped at once.
-
-  Why the minimum: the level is sampled at the playout clock's ticks, and
-  packets come on the sender's clock. When the two are nearly in phase,
-  timer noise puts each arrival on either side of a tick, so the
-  instantaneous level flickers between the true need and one frame more.
-  Shrinking on that one frame more discarded a received frame that was due
-  now, and the next packet, landing just after its tick, then found the
-  buffer short and was concealed (PESQ 1.83 instead of 3.35 at 10 % loss in
-  ``pqcall bench media``). The window's minimum is the level the buffer
-  really needed: a frame that was early once is not a frame too many (when
-  arrivals straddle the ticks, the buffer keeps that frame: the packets
-  landing just after a tick need it, and the delay is then the same as for
-  arrivals just after every tick, whatever the phase's jitter). Other
-  remedies were weighed: measuring each packet's margin to its playout time
-  would give the same answer with more state, and a phase-aware target would
-  only move the flicker. The window (25 frames at 20 ms) covers both sides
-  of any phase, yet delays a justified shrink by only half a second, and
-  levels recorded before a shrink count one frame lower for it, so one
-  window of evidence allows every shrink down to the target.
+  :data:`LEVEL_WINDOW_S` (:class:`~pqcall.media.jitter_policy.LevelWindow`),
+  exceeds the target by a frame: first by skipping a missing frame instead
+  of concealing it (costs no received audio), else by discarding one
+  received frame, at most one in :data:`MIN_FRAMES_BETWEEN_SHRINKS` (10 %
+  time compression; the payloads are opaque, so low-energy frames cannot be
+  preferred). Starting after silence, a backlog older than the target is
+  dropped at once.
 * After :data:`MAX_CONCEALMENT_MS` of underrun the buffer goes silent and,
   when packets return, refills to the target before playing (a talk spurt
   starting late costs nothing). A long silence therefore never adds delay.
@@ -91,13 +73,20 @@ shrink without dropping or inserting whole frames.
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from pqcall.exceptions import LocalProtocolError
 from pqcall.media.delay import RelativeDelayEstimator
+from pqcall.media.jitter_policy import (
+    LEVEL_WINDOW_S,
+    LOSS_MEMORY_S,
+    MAX_TARGET_DELAY_MS,
+    MIN_TARGET_DELAY_MS,
+    TARGET_ROUNDING_MS,
+    LevelWindow,
+    TargetDelay,
+)
 from pqcall.media.playout import (
     JitterBufferStats,
     PacketArrival,
@@ -119,6 +108,7 @@ __all__ = [
     "MIN_FRAMES_BETWEEN_SHRINKS",
     "MIN_TARGET_DELAY_MS",
     "SUPPORTED_FRAME_MS",
+    "TARGET_ROUNDING_MS",
     "JitterBuffer",
     "JitterBufferStats",
     "PacketArrival",
@@ -137,26 +127,14 @@ MAX_MISORDER_PACKETS: Final = 100  # RFC 3550 appendix A.1
 # implementation constants
 SUPPORTED_FRAME_MS: Final = (10, 20, 40, 60)
 DEFAULT_FRAME_MS: Final = 20
-MIN_TARGET_DELAY_MS: Final = 10
-"""Lowest target; the effective floor is never below one frame."""
-MAX_TARGET_DELAY_MS: Final = 400
-"""Highest target: ITU-T G.114 finds more than 400 ms one way unacceptable for planning."""
 MAX_QUEUED_PACKETS: Final = 128
 """Hard cap on queued packets (1.28 s of 10 ms frames: three times the maximum target)."""
 MAX_CONCEALMENT_MS: Final = 200
 """Underrun rendered as concealment before the buffer goes silent and refills."""
 MIN_FRAMES_BETWEEN_SHRINKS: Final = 10
 """At most one received frame in ten is discarded to cut delay."""
-LEVEL_WINDOW_S: Final = 0.5
-"""The buffer shrinks only when its level stayed above target this long (the window's minimum)."""
 MAX_JUMP_MS: Final = 2000
 """A sequence number this far (in frames' time) ahead of the playout point is a jump."""
-LOSS_MEMORY_S: Final = 4.0
-"""How long after a loss the target keeps a frame of look-ahead for FEC."""
-TARGET_ROUNDING_MS: Final = 5.0
-# asyncio timers jitter by 1-2 ms; with 1 ms of slack that noise held the target
-# at two frames after jitter stopped (pqcall bench media, "settle" figure).
-"""Estimated need within this of a whole number of frames rounds down (timer noise)."""
 
 
 class _Packet(NamedTuple):
@@ -193,19 +171,14 @@ class JitterBuffer:
     # from an unshared dict are hashed lookups; the media path measured 5 % slower)
     __slots__ = (
         "_anchored",
-        "_ceiling_frames",
         "_counts",
         "_covered",
         "_estimator",
         "_fill_pops",
-        "_floor_frames",
         "_frame_ms",
         "_has_fec",
         "_in_concealment",
-        "_last_loss_at",
         "_level",
-        "_levels",
-        "_levels_since",
         "_max_ahead",
         "_max_queued",
         "_newest_seq",
@@ -215,14 +188,14 @@ class JitterBuffer:
         "_pops_since_shrink",
         "_probation",
         "_queue",
-        "_redundancy_seen",
         "_retired",
         "_seen",
-        "_shrinks",
         "_started",
         "_state",
+        "_target",
         "_use_fec",
         "_waited_s",
+        "_window",
     )
 
     def __init__(
@@ -242,13 +215,19 @@ class JitterBuffer:
         if max_queued_packets < 2:
             raise LocalProtocolError("the queue must hold at least 2 packets")
         self._frame_ms = frame_ms  # frame duration, ms
-        self._floor_frames = max(1, math.ceil(min_target_delay_ms / frame_ms))
-        self._ceiling_frames = max(self._floor_frames, int(max_target_delay_ms // frame_ms))
         self._max_queued = max_queued_packets  # queue cap
         self._max_ahead = MAX_JUMP_MS // frame_ms  # forward sequence window, frames
         self._use_fec = use_fec  # the sender's packets carry in-band FEC
         self._has_fec = has_fec  # payload probe for FEC, if any
-        self._estimator = RelativeDelayEstimator()  # network need, ms
+        self._estimator = RelativeDelayEstimator()  # network need, ms; fed here
+        self._target = TargetDelay(  # the level to steer to, from the need
+            frame_ms,
+            self._estimator,
+            min_target_delay_ms=min_target_delay_ms,
+            max_target_delay_ms=max_target_delay_ms,
+            use_fec=use_fec,
+        )
+        self._window = LevelWindow()  # the filtered level, evidence for shrinking
         self._queue: dict[int, _Packet] = {}  # extended seq -> packet
         self._seen: set[int] = set()  # extended seqs behind the playout point already handled
         self._state = PlayoutState.AWAITING_PACKETS
@@ -262,16 +241,9 @@ class JitterBuffer:
         self._retired: int | None = None  # newest seq of the previous stream, for stragglers
         self._fill_pops = 0  # silent pops spent filling
         self._pops_since_shrink = 0  # pops since a received frame was discarded
-        self._last_loss_at: float | None = None  # when a frame was last lost
-        self._redundancy_seen = False  # the sender sends redundant copies
         self._in_concealment = False  # the previous decision was CONCEAL
         self._now: float | None = None  # latest ``now``
         self._level = 0  # level at the last pop, frames
-        # recent levels, for shrinking: (now, level + shrinks at the time), the window's
-        # minimum first (a monotonic queue); each shrink lowers them all by one
-        self._levels: deque[tuple[float, int]] = deque()
-        self._levels_since: float | None = None  # ``now`` of the first level in this history
-        self._shrinks = 0  # frames shrunk since the history started
         self._waited_s = 0.0  # total wait of played packets
         self._counts: dict[str, int] = dict.fromkeys(
             (
@@ -330,7 +302,7 @@ class JitterBuffer:
         self._now = now
         self._estimator.advance(now)
         if redundant is not None:
-            self._redundancy_seen = True
+            self._target.note_redundancy()
             redundant = bytes(redundant)
         packet = _Packet(bytes(payload), redundant, now)
         fate, reset = self._admit(seq, timestamp, packet, now)
@@ -362,7 +334,7 @@ class JitterBuffer:
             frame_ms=self._frame_ms,
             **self._counts,
             queued_packets=len(self._queue),
-            target_delay_ms=float(self._target_frames(self._now) * self._frame_ms),
+            target_delay_ms=float(self._target.frames(self._now) * self._frame_ms),
             buffered_delay_ms=float(self._level * self._frame_ms),
             mean_delay_ms=1000.0 * self._waited_s / played if played else 0.0,
         )
@@ -464,15 +436,6 @@ class JitterBuffer:
 
     # playout
 
-    def _target_frames(self, now: float | None) -> int:
-        need_ms = self._frame_ms + self._estimator.estimate_ms - TARGET_ROUNDING_MS
-        frames = max(self._floor_frames, math.ceil(need_ms / self._frame_ms))
-        recovering = self._use_fec or self._redundancy_seen
-        if recovering and self._last_loss_at is not None and now is not None:
-            if now - self._last_loss_at < LOSS_MEMORY_S:
-                frames = max(frames, 2)
-        return min(frames, self._ceiling_frames)
-
     def _silence(self) -> PlayoutDecision:
         if self._anchored:
             self._covered += 1  # keep the playout point moving with the sender's clock
@@ -480,7 +443,7 @@ class JitterBuffer:
         return PlayoutDecision(PlayoutAction.SILENCE)
 
     def _fill(self, now: float) -> PlayoutDecision:
-        target = self._target_frames(now)
+        target = self._target.frames(now)
         newest = max(self._queue)
         level = newest - min(self._queue) + 1
         if level < target and self._fill_pops < target - 1:
@@ -493,17 +456,15 @@ class JitterBuffer:
         self._started = True
         self._pops_since_shrink = 0
         self._level = newest - start + 1
-        self._levels.clear()
-        self._levels_since = None
-        self._shrinks = 0
-        self._filtered_level(self._level, now)
+        self._window.clear()
+        self._window.record(self._level, now)
         return self._render_present(skipped, now)
 
     def _play(self, now: float) -> PlayoutDecision:
-        target = self._target_frames(now)
+        target = self._target.frames(now)
         self._pops_since_shrink += 1
         if not self._queue:
-            self._filtered_level(0, now)
+            self._window.record(0, now)
             return self._underrun()
         first = min(self._queue)
         skipped = 0
@@ -511,21 +472,21 @@ class JitterBuffer:
             self._covered = 0  # it came while we waited: the wait was growth
         elif self._next + self._covered >= first:
             # every missing frame before ``first`` was rendered while waiting: lost
-            self._last_loss_at = now
-            target = self._target_frames(now)
+            self._target.note_loss(now)
+            target = self._target.frames(now)
             if max(self._queue) - first + 1 < target and self._can_recover(first):
                 skipped = self._pass_to(first - 1, now)
                 self._level = max(self._queue) - self._next + 1
-                self._filtered_level(self._level, now)
+                self._window.record(self._level, now)
                 return self._recover(skipped, now)  # grow by one, with real audio
             skipped = self._pass_to(first, now)
             self._covered = 0  # waiting longer than the gap was growth
         level = max(self._queue) - (self._next + self._covered) + 1
-        if self._filtered_level(level, now) - 1 >= target:
+        if self._window.record(level, now) - 1 >= target:
             if first > self._next + self._covered:
                 # shrink for free: skip a missing frame instead of concealing it
                 self._covered += 1
-                self._shrinks += 1
+                self._window.note_shrink()
                 level -= 1
                 if self._next + self._covered >= first:
                     skipped += self._pass_to(first, now)
@@ -535,7 +496,7 @@ class JitterBuffer:
             ):
                 skipped += self._pass_to(self._next + 1, now)  # discard one received frame
                 self._pops_since_shrink = 0
-                self._shrinks += 1
+                self._window.note_shrink()
                 level -= 1
                 first = self._next
         self._level = level
@@ -547,27 +508,6 @@ class JitterBuffer:
             return PlayoutDecision(PlayoutAction.CONCEAL, skipped=skipped)
         skipped += self._pass_to(self._next + self._covered, now)
         return self._recover(skipped, now)
-
-    def _filtered_level(self, level: int, now: float) -> int:
-        """Record the level at this pop; return its minimum over :data:`LEVEL_WINDOW_S`.
-
-        Before the history covers a whole window, return 0 (no evidence for a
-        shrink yet). Levels from before a shrink count one frame lower per
-        frame shrunk since (the playout point moved on under them).
-        """
-        levels = self._levels
-        stored = level + self._shrinks
-        while levels and levels[-1][1] >= stored:
-            levels.pop()
-        levels.append((now, stored))
-        horizon = now - LEVEL_WINDOW_S
-        while levels[0][0] < horizon:
-            levels.popleft()
-        if self._levels_since is None:
-            self._levels_since = now
-        if now - self._levels_since < LEVEL_WINDOW_S:
-            return 0
-        return levels[0][1] - self._shrinks
 
     def _underrun(self) -> PlayoutDecision:
         self._covered += 1
@@ -598,7 +538,7 @@ class JitterBuffer:
         self._counts["shrink_dropped"] += len(discarded)
         if passed > len(discarded):
             self._counts["skipped"] += passed - len(discarded)
-            self._last_loss_at = now
+            self._target.note_loss(now)
         self._next = ext
         self._covered = max(0, self._covered - passed)
         return passed
@@ -616,7 +556,7 @@ class JitterBuffer:
         lost = self._next
         self._next += 1
         self._covered = 0
-        self._last_loss_at = now
+        self._target.note_loss(now)
         seq = lost % SEQUENCE_MODULUS
         following = self._queue.get(lost + 1)
         if following is not None and following.redundant is not None:

@@ -1,0 +1,162 @@
+"""The jitter buffer's delay policy: the level it steers to, and the evidence to shrink.
+
+Scope: two small sans-I/O objects that :class:`~pqcall.media.jitter.JitterBuffer`
+consults once per frame slot; numbers and ``now`` in, numbers out.
+
+* :class:`TargetDelay`, the *target* level in frames: one frame plus the
+  network's need from :class:`~pqcall.media.delay.RelativeDelayEstimator`
+  (rounded down when within :data:`TARGET_ROUNDING_MS` of a whole frame),
+  between ``min_target_delay_ms`` (at least one frame) and
+  ``max_target_delay_ms``. While packets are being lost (in the last
+  :data:`LOSS_MEMORY_S`) and FEC or redundancy is on, the target is at least
+  two frames, so the packet after a lost one is there in time to recover it.
+* :class:`LevelWindow`, the *filtered* level: the minimum of the buffer level
+  over the last :data:`LEVEL_WINDOW_S`. The buffer shrinks only when this
+  minimum exceeds the target by a frame, because the instantaneous level
+  flickers by one frame when packet arrivals and playout ticks are nearly in
+  phase (docs/decisions/0101-jitter-shrink-on-window-minimum.md).
+
+Memory: the estimator's bounded history and the levels of one window (a
+monotonic queue, at most one entry per pop in the window).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Final
+
+from pqcall.media.delay import RelativeDelayEstimator
+
+__all__ = [
+    "LEVEL_WINDOW_S",
+    "LOSS_MEMORY_S",
+    "MAX_TARGET_DELAY_MS",
+    "MIN_TARGET_DELAY_MS",
+    "TARGET_ROUNDING_MS",
+    "LevelWindow",
+    "TargetDelay",
+]
+
+MIN_TARGET_DELAY_MS: Final = 10
+"""Lowest target; the effective floor is never below one frame."""
+MAX_TARGET_DELAY_MS: Final = 400
+"""Highest target: ITU-T G.114 finds more than 400 ms one way unacceptable for planning."""
+LOSS_MEMORY_S: Final = 4.0
+"""How long after a loss the target keeps a frame of look-ahead for FEC."""
+TARGET_ROUNDING_MS: Final = 5.0
+"""Estimated need within this of a whole number of frames rounds down (timer noise).
+
+See docs/decisions/0102-jitter-target-rounding.md."""
+LEVEL_WINDOW_S: Final = 0.5
+"""The buffer shrinks only when its level stayed above target this long (the window's minimum)."""
+RECOVERY_FRAMES: Final = 2
+"""Least target while recovering losses: the lost frame and the packet that carries it."""
+
+
+class TargetDelay:
+    """The level the jitter buffer steers to, in frames.
+
+    Args:
+        frame_ms: frame duration, ms (positive).
+        estimator: the network's need; the caller feeds it, this object only reads it.
+        min_target_delay_ms: lowest target (raised to one frame if lower).
+        max_target_delay_ms: highest target (never below the lowest).
+        use_fec: whether lost frames may be recovered from the next packet's FEC.
+
+    Bounds are the caller's to validate (``0 <= min <= max``).
+    """
+
+    __slots__ = (
+        "_ceiling_frames",
+        "_estimator",
+        "_floor_frames",
+        "_frame_ms",
+        "_last_loss_at",
+        "_redundancy_seen",
+        "_use_fec",
+    )
+
+    def __init__(
+        self,
+        frame_ms: int,
+        estimator: RelativeDelayEstimator,
+        *,
+        min_target_delay_ms: float,
+        max_target_delay_ms: float,
+        use_fec: bool,
+    ) -> None:
+        self._frame_ms = frame_ms  # frame duration, ms
+        self._estimator = estimator  # network need, ms
+        self._floor_frames = max(1, math.ceil(min_target_delay_ms / frame_ms))
+        self._ceiling_frames = max(self._floor_frames, int(max_target_delay_ms // frame_ms))
+        self._use_fec = use_fec  # the sender's packets carry in-band FEC
+        self._redundancy_seen = False  # the sender sends redundant copies
+        self._last_loss_at: float | None = None  # when a frame was last lost
+
+    def note_loss(self, now: float) -> None:
+        """A frame was lost (skipped, recovered or concealed) at ``now``."""
+        self._last_loss_at = now
+
+    def note_redundancy(self) -> None:
+        """The sender repeats the previous frame in its packets."""
+        self._redundancy_seen = True
+
+    def frames(self, now: float | None) -> int:
+        """The target at ``now`` (None before any packet or pop), in frames."""
+        need_ms = self._frame_ms + self._estimator.estimate_ms - TARGET_ROUNDING_MS
+        frames = max(self._floor_frames, math.ceil(need_ms / self._frame_ms))
+        recovering = self._use_fec or self._redundancy_seen
+        if recovering and self._last_loss_at is not None and now is not None:
+            if now - self._last_loss_at < LOSS_MEMORY_S:
+                frames = max(frames, RECOVERY_FRAMES)
+        return min(frames, self._ceiling_frames)
+
+
+class LevelWindow:
+    """The buffer level's minimum over the last :data:`LEVEL_WINDOW_S`, for shrinking.
+
+    The caller records the level at each pop with :meth:`record`, tells of each
+    frame shrunk with :meth:`note_shrink`, and starts afresh with :meth:`clear`
+    when playout (re)starts. Levels from before a shrink count one frame lower
+    per frame shrunk since (the playout point moved on under them), so one
+    window of evidence allows every shrink down to the target.
+    """
+
+    __slots__ = ("_levels", "_shrinks", "_since")
+
+    def __init__(self) -> None:
+        # (now, level + shrinks at the time), the window's minimum first (a monotonic queue)
+        self._levels: deque[tuple[float, int]] = deque()
+        self._since: float | None = None  # ``now`` of the first level in this history
+        self._shrinks = 0  # frames shrunk since the history started
+
+    def clear(self) -> None:
+        """Forget every level and shrink: playout starts again."""
+        self._levels.clear()
+        self._since = None
+        self._shrinks = 0
+
+    def note_shrink(self) -> None:
+        """One frame was shrunk (skipped or discarded) to cut delay."""
+        self._shrinks += 1
+
+    def record(self, level: int, now: float) -> int:
+        """Record the level at this pop; return its minimum over :data:`LEVEL_WINDOW_S`.
+
+        Before the history covers a whole window, return 0 (no evidence for a
+        shrink yet).
+        """
+        levels = self._levels
+        stored = level + self._shrinks
+        while levels and levels[-1][1] >= stored:
+            levels.pop()
+        levels.append((now, stored))
+        horizon = now - LEVEL_WINDOW_S
+        while levels[0][0] < horizon:
+            levels.popleft()
+        if self._since is None:
+            self._since = now
+        if now - self._since < LEVEL_WINDOW_S:
+            return 0
+        return levels[0][1] - self._shrinks
