@@ -12,36 +12,15 @@ Opus is reached through ``opuslib_next`` (libopus bundled in its wheel); only
 this module imports it, so another codec or binding can replace it behind
 :class:`AudioEncoder` / :class:`AudioDecoder`.
 
-Defaults (:class:`OpusSettings`), chosen by measurement (PESQ-WB of espeak-ng
-speech through encode, random loss, FEC/PLC, decode; 2 voices x 3 loss seeds):
-
-=======================  =====  =====  =====  ======
-32 kbit/s CBR, 20 ms     0 %    1 %    4 %    10 %   loss
-=======================  =====  =====  =====  ======
-wideband, FEC loss 0 %   4.37   3.94   2.76   1.72
-wideband, FEC loss 5 %   3.66   3.65   3.49   2.90
-superwideband, 0 %       3.75                 1.64
-24 kbit/s wideband, 0 %  4.02   3.66   2.63   1.68
-=======================  =====  =====  =====  ======
-
-So: 20 ms frames, VOIP application, wideband at most (bits above 8 kHz cost
-more than they give at this rate), in-band FEC on but planned for 0 % loss,
-DTX off. FEC costs clean quality (its low-bitrate copy shares the packet), so
-it is paid for only once loss is seen: the session raises it from receiver
-reports with :meth:`OpusEncoder.set_expected_loss_percent`.
-
-Later runs of ``pqcall bench media`` moved two defaults. The bitrate is 39.6
-kbit/s (:data:`DEFAULT_BITRATE_BPS`, 99-byte frames). And the bitrate is
-variable under a hard cap of those 99 bytes, where it was constant: libopus's
-constant-bitrate mode re-quantizes a SILK frame until it fills the packet
-exactly, which about doubles the encoder's time (265 against 143 us a frame
-on a clean path, ``pqcall bench codec``), for about 0.05 PESQ-WB (4.53
-against 4.48 with no loss, 3.05 against 2.98 at 20 % random loss, three
-seeds). Packet sizes of
-variable-rate speech leak words (Wright et al., 2008), so the media layer
-pads every packet to the cap inside the encryption: on the wire all audio
-packets have one size either way (``docs/protocol.md``, "Constant size").
-No DTX, for the same reason: the timing of packets must not follow speech.
+Defaults (:class:`OpusSettings`): 20 ms frames, VOIP application, wideband
+at most, :data:`DEFAULT_BITRATE_BPS` (39.6 kbit/s, 99 bytes a frame) as a
+variable bitrate under a hard cap of one frame's share of the packet,
+in-band FEC on but planned for 0 % loss (the session raises it from receiver
+reports with :meth:`OpusEncoder.set_expected_loss_percent`), no DTX. The
+media layer pads every packet to the cap inside the encryption, so all audio
+packets have one size on the wire (``docs/protocol.md``, "Constant size").
+The measurements behind these choices are in
+``docs/decisions/0100-opus-codec-defaults.md``.
 
 RFC 2198-style redundancy (the previous frame sent again when loss is seen
 and the encoder has no FEC) sits above this module, in
@@ -108,11 +87,8 @@ MAX_COMPLEXITY: Final = 10
 # our defaults
 DEFAULT_FRAME_MS: Final = 20
 DEFAULT_BITRATE_BPS: Final = 39_600
-# 99 bytes per 20 ms frame: with the 7-byte media header a 106-byte packet,
-# 63.2 kbit/s on the wire with one control datagram a second (the goal is at
-# most 64). Chosen by `pqcall bench media` (three seeds): PESQ-WB 3.82 at 10 %
-# and 3.05 at 20 % random loss, against 3.77 and 3.01 at 37.2 kbit/s (93
-# bytes), and 3.35 and 2.64 at 32 kbit/s in 80-byte packets.
+# 99 bytes per 20 ms frame: with the 7-byte media header a 106-byte packet, 63.2 kbit/s
+# on the wire (the goal is at most 64); docs/decisions/0100-opus-codec-defaults.md
 DEFAULT_EXPECTED_LOSS_PERCENT: Final = 0
 DEFAULT_COMPLEXITY: Final = 10
 
@@ -200,7 +176,7 @@ class OpusSettings:
     pads every packet to that cap inside the encryption: on the wire all are
     the same size, as with constant bitrate. Constant bitrate (off) costs
     libopus about twice the CPU per frame for about 0.05 PESQ-WB more in the
-    same packet (the module doc).
+    same packet (docs/decisions/0100-opus-codec-defaults.md).
     """
     max_bandwidth: Bandwidth = Bandwidth.WIDEBAND
     """Highest audio bandwidth the encoder may choose."""

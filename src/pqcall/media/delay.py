@@ -4,28 +4,23 @@ Scope: one number, :attr:`RelativeDelayEstimator.estimate_ms`, the extra
 delay (beyond one frame) the jitter buffer should hold so that nearly every
 packet arrives before its playout time. Pure: transit times and ``now`` in.
 
-Choice of estimator, and why:
+How it estimates:
 
-* The quantity measured is each packet's *relative delay*, as in WebRTC
-  NetEq: its transit time (arrival time minus media timestamp) minus the
-  smallest transit time seen in the last :data:`DELAY_HISTORY_S`. A packet
-  with relative delay ``d`` needs ``d`` ms of buffering to be on time. Sender
-  and receiver clocks need no synchronisation: the unknown offset cancels.
-* The need is the :data:`DELAY_QUANTILE` (95th percentile) of the relative
-  delays in that window: it covers a burst of late packets (a stall then a
-  flush) at once, yet one freak packet out of twenty is left to concealment
-  rather than adding its full delay to every packet.
-* RFC 3550's interarrival jitter (section 6.4.1) times a factor was
-  rejected: it averages consecutive transit *differences* with gain 1/16, so
-  a 200 ms stall moves it by only a few ms per packet and it lags the spike.
-  It remains the call statistic (``media/stats.py``), as RTCP defines it.
+* Each packet's *relative delay*, as in WebRTC NetEq: its transit time
+  (arrival time minus media timestamp) minus the smallest transit time seen
+  in the last :data:`DELAY_HISTORY_S`. A packet with relative delay ``d``
+  needs ``d`` ms of buffering to be on time; sender and receiver clocks need
+  no synchronisation (the unknown offset cancels).
+* The need is the :data:`DELAY_QUANTILE` of the relative delays in that
+  window.
 * Fast up, slow down: a measurement above the estimate is taken at once; a
   lower one is approached exponentially (time constant
   :data:`TARGET_DECAY_TIME_CONSTANT_S`) but never slower than
   :data:`TARGET_MIN_DECAY_MS_PER_S`, so the estimate reaches the measurement
-  in finite time. Worst case after jitter stops: the spike leaves the window
-  after 2 s, then the decay from the largest useful estimate (about 400 ms)
-  takes about 3 s; the buffer is back at its minimum well inside 10 s.
+  in finite time (back at the minimum well inside 10 s after jitter stops).
+
+Why this estimator and not RFC 3550's interarrival jitter, and why the 95th
+percentile: ``docs/decisions/0103-jitter-delay-estimator.md``.
 
 Memory is bounded by :data:`DELAY_HISTORY_MAX_SAMPLES` whatever the packet rate.
 """

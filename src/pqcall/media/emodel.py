@@ -8,18 +8,12 @@ is known), the packet loss ``Ppl`` with its burst ratio ``BurstR``, and the
 codec's ``Ie``/``Bpl``. Pure arithmetic, no state.
 
 The scale is G.107's narrowband one: R tops out at 93.2 with the default
-parameters, which maps to MOS 4.41 (MOS is capped at 4.5). A wideband codec
-like Opus can sound better than that, but G.107.1 (wideband, R up to 129) has
-no published Opus impairment values we could cite, so we report the
-narrowband scale and say so.
-
-Opus impairment values, an assumption: G.113 lists no Ie or Bpl for Opus.
-We take ``Ie = 0`` (Opus at 24-32 kbit/s is at least as clean as G.711, the
-narrowband reference with Ie = 0) and ``Bpl = 25.1``, the value G.113
-Appendix I (Table I.3) gives G.711 with packet loss concealment (G.711
-Appendix I); Opus's concealment is at least that robust. Loss that FEC or
-redundancy repaired should not be counted in ``Ppl``: callers pass the
-residual loss the listener hears (``media/stats.py`` does).
+parameters, which maps to MOS 4.41 (MOS is capped at 4.5). Opus is rated
+with :data:`OPUS` (``Ie = 0``, ``Bpl = 25.1``, G.711-with-PLC values), an
+assumption, since G.113 and G.107.1 publish none for Opus
+(``docs/decisions/0104-emodel-opus-values.md``). Callers pass the residual
+loss the listener hears, not the loss FEC or redundancy repaired
+(``media/stats.py`` does).
 
 Formulas: G.107 section 7 (7.1 R = Ro - Is - Id - Ie,eff + A, 7.2 Ro,
 7.3 Is, 7.4 Id, 7.5 Ie,eff, 7.7 Table 1 defaults) and Annex B (R to MOS).
@@ -62,7 +56,7 @@ class CodecImpairment:
 
 
 OPUS: Final = CodecImpairment(ie=0.0, bpl=25.1)
-"""Opus at 24-32 kbit/s with PLC, on the narrowband scale: an assumption (module doc)."""
+"""Opus with PLC, on the narrowband scale: an assumption (docs/decisions/0104)."""
 
 G711_PLC: Final = CodecImpairment(ie=0.0, bpl=25.1)
 """G.711 with Appendix I concealment, G.113 Appendix I Table I.3."""
