@@ -18,7 +18,7 @@ from pqcall.crypto.handshake import CallKeys
 from pqcall.exceptions import CallError, LocalProtocolError, PathFailed
 from pqcall.media.audio import ToneSource
 from pqcall.server.relay import MediaRelay
-from pqcall.signaling.messages import MAX_CANDIDATES, Candidate
+from pqcall.transport.candidates import MAX_CANDIDATES, Candidate
 from pqcall.transport.connect import (
     establish_path,
     local_candidates,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from pqcall.exceptions import DecodeError, LocalProtocolError
 from pqcall.server.relay_table import RelayTable
-from pqcall.signaling.messages import MAX_CALL_CANDIDATES
+from pqcall.transport.candidates import MAX_CALL_CANDIDATES
 from pqcall.transport.path_choice import DropReason, PathChoice, PathKind
 from pqcall.transport.path_messages import (
     MESSAGE_LENGTH,

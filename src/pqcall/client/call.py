@@ -64,8 +64,8 @@ from pqcall.signaling.messages import (
     RelayGrant,
 )
 from pqcall.transport.connect import establish_path, local_candidates, open_media_socket
-from pqcall.transport.path_messages import PathRole
 from pqcall.transport.path_choice import PathChoice
+from pqcall.transport.path_messages import PathRole
 from pqcall.transport.path_responder import PathResponder
 from pqcall.transport.relay_wire import RelayTarget
 from pqcall.transport.session import MediaSession, MediaSettings
@@ -396,7 +396,10 @@ class Call:
         self._open_audio()
         try:
             self._sock = open_media_socket(self._media.media_port)
-            candidates = local_candidates(self._sock.getsockname()[1], self._media.advertise)
+            candidates = [
+                Candidate.of(c)
+                for c in local_candidates(self._sock.getsockname()[1], self._media.advertise)
+            ]
             await self._context.api.initiate(
                 InitiateCall(
                     call_id=self.call_id,
@@ -428,7 +431,10 @@ class Call:
         self._open_audio()
         try:
             self._sock = open_media_socket(self._media.media_port)
-            candidates = local_candidates(self._sock.getsockname()[1], self._media.advertise)
+            candidates = [
+                Candidate.of(c)
+                for c in local_candidates(self._sock.getsockname()[1], self._media.advertise)
+            ]
             answer = self._callee_hs.answer()
             await self._move(CallState.CONNECTING)
             detail = await self._context.api.accept(

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -36,6 +35,13 @@ from pydantic_core import core_schema
 from pqcall.crypto import encoding
 from pqcall.signaling import usernames
 from pqcall.signaling.callstate import RejectReason, State
+from pqcall.transport.candidates import (
+    MAX_CALL_CANDIDATES,
+    MAX_CANDIDATES,
+    MAX_HOST_LENGTH,
+    HostPort,
+    check_host,
+)
 
 # sizes (bytes after base64url decoding)
 CHALLENGE_LENGTH = 32
@@ -45,12 +51,9 @@ MAX_SIGNATURE_BYTES = 4096  # a hybrid signature is 3,377 bytes
 MAX_KEY_BUNDLE_BYTES = 8192  # a key bundle is 6,610 bytes
 MAX_HANDSHAKE_BYTES = 8192  # offer 6,683, answer 6,525, confirm 68 bytes
 
-# other limits
-MAX_CANDIDATES = 8
-MAX_CALL_CANDIDATES = 2 * MAX_CANDIDATES  # a phone's own, plus the server-reflexive ones
+# other limits (the candidates' are transport's: pqcall.transport.candidates)
 MAX_RELAY_TOKEN_BYTES = 64  # the relay's bind tokens are 16 bytes
 MAX_HISTORY_CALLS = 100
-MAX_HOST_LENGTH = 253  # a DNS name
 MAX_PRESENCE_NAMES = 100
 MAX_EVENT_TYPE_LENGTH = 64
 MAX_SERVER_NAME_LENGTH = 64
@@ -73,9 +76,6 @@ EVENT_PRESENCE = "presence"
 EVENT_FILE_WAITING = "file.waiting"
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
-_HOSTNAME = re.compile(
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
 
 
 def b64encode(data: bytes) -> str:
@@ -152,15 +152,6 @@ class Base64Url:
             "minLength": -(-self.min_bytes * 4 // 3),
             "maxLength": self.max_chars,
         }
-
-
-def _check_host(host: str) -> str:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _HOSTNAME.fullmatch(host):
-            raise ValueError("host must be an IP address or a DNS name") from None
-    return host
 
 
 Username = Annotated[
@@ -293,12 +284,20 @@ class LoginResponse(Message):
 
 
 class Candidate(Message):
-    """A transport address a phone offers for the media path."""
+    """A transport address a phone offers for the media path, in JSON.
+
+    The JSON form of :class:`pqcall.transport.candidates.Candidate`, checked the same way.
+    """
 
     host: Annotated[
-        str, Field(min_length=1, max_length=MAX_HOST_LENGTH), AfterValidator(_check_host)
+        str, Field(min_length=1, max_length=MAX_HOST_LENGTH), AfterValidator(check_host)
     ]
     port: int = Field(ge=1, le=65535)
+
+    @classmethod
+    def of(cls, candidate: HostPort) -> Self:
+        """The message form of a transport candidate."""
+        return cls(host=candidate.host, port=candidate.port)
 
 
 Candidates = Annotated[list[Candidate], Field(max_length=MAX_CANDIDATES)]

@@ -34,7 +34,7 @@ import ifaddr
 
 from pqcall.crypto.handshake import CallKeys
 from pqcall.exceptions import CallError, LocalProtocolError, PathFailed
-from pqcall.signaling.messages import MAX_CANDIDATES, Candidate
+from pqcall.transport.candidates import MAX_CANDIDATES, Candidate, HostPort
 from pqcall.transport.path_choice import PathChoice
 from pqcall.transport.path_messages import Address, PathRole
 from pqcall.transport.path_responder import PathResponder
@@ -119,7 +119,7 @@ def local_candidates(port: int, advertise: tuple[str, int] | None = None) -> lis
     if advertise is not None:
         try:
             return [Candidate(host=advertise[0], port=advertise[1])]
-        except ValueError:  # pydantic's ValidationError
+        except LocalProtocolError:
             raise LocalProtocolError(
                 f"cannot advertise {advertise[0]}:{advertise[1]}: not a host and port"
             ) from None
@@ -140,7 +140,7 @@ def local_candidates(port: int, advertise: tuple[str, int] | None = None) -> lis
 
 
 async def resolve_candidates(
-    candidates: Sequence[Candidate | tuple[str, int]],
+    candidates: Sequence[HostPort | tuple[str, int]],
 ) -> list[Address]:
     """The peer's candidates as numeric IPv4 addresses, in order, without duplicates.
 
@@ -175,7 +175,7 @@ async def resolve_candidates(
             return (str(sockaddr[0]), int(sockaddr[1]))
         return None
 
-    pairs = [(c.host, c.port) if isinstance(c, Candidate) else c for c in candidates]
+    pairs = [c if isinstance(c, tuple) else (c.host, c.port) for c in candidates]
     resolved = await asyncio.gather(*(resolve(host, int(port)) for host, port in pairs))
     addresses = [a for a in resolved if a is not None and 0 < a[1] < 1 << 16]
     return list(dict.fromkeys(addresses))[:MAX_REMOTE_CANDIDATES]
@@ -193,7 +193,7 @@ async def establish_path(
     sock: socket.socket,
     keys: CallKeys,
     role: PathRole,
-    remote: Sequence[Candidate | tuple[str, int]],
+    remote: Sequence[HostPort | tuple[str, int]],
     relay: RelayTarget | None,
     *,
     direct_timeout_s: float = DIRECT_TIMEOUT_S,

@@ -44,6 +44,7 @@ from typing import Final
 
 from pqcall.crypto.handshake import CallKeys
 from pqcall.exceptions import DecodeError, LocalProtocolError
+from pqcall.transport.candidates import MAX_CALL_CANDIDATES
 from pqcall.transport.path_choice import (
     DropReason,
     PathCheckStats,
@@ -100,8 +101,8 @@ DIRECT_TIMEOUT_S: Final = 2.0
 """The caller turns to the relay when no direct path answered by then."""
 PATH_TIMEOUT_S: Final = 10.0
 """Selection fails when no path is chosen by then."""
-MAX_REMOTE_CANDIDATES: Final = 16
-"""Candidates of the peer to check at most (``signaling.messages.MAX_CALL_CANDIDATES``)."""
+MAX_REMOTE_CANDIDATES: Final = MAX_CALL_CANDIDATES
+"""Candidates of the peer to check at most: all it may offer in a call."""
 MAX_PEER_REFLEXIVE: Final = 8
 """Addresses learned from the peer's checks (not offered) that are checked too, at most."""
 MAX_TRANSACTIONS: Final = 512
