@@ -67,6 +67,7 @@ from pqcall.transport.connect import establish_path, local_candidates, open_medi
 from pqcall.transport.path_choice import PathChoice
 from pqcall.transport.path_messages import PathRole
 from pqcall.transport.path_responder import PathResponder
+from pqcall.transport.pathcheck import DIRECT_TIMEOUT_S, PATH_TIMEOUT_S
 from pqcall.transport.relay_wire import RelayTarget
 from pqcall.transport.session import MediaSession, MediaSettings
 
@@ -99,9 +100,9 @@ class MediaOptions:
     """The only address offered for the direct path (port forwarding), if set."""
     settings: MediaSettings = field(default_factory=MediaSettings)
     """Codec and media-session settings."""
-    direct_timeout_s: float = 2.0
+    direct_timeout_s: float = DIRECT_TIMEOUT_S
     """How long the caller tries the direct path before the relay."""
-    path_timeout_s: float = 10.0
+    path_timeout_s: float = PATH_TIMEOUT_S
     """How long finding any path may take."""
 
 
