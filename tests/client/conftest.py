@@ -23,7 +23,7 @@ from typing import Any
 import uvicorn
 
 from pqcall.client.api import ServerApi
-from pqcall.client.events import EventStream
+from pqcall.client.event_stream import EventStream
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.server.app import create_app
 from pqcall.signaling.messages import Event

@@ -34,7 +34,7 @@ from pqcall.client.api import ServerApi
 from pqcall.client.call import Call, CallContext, MediaOptions, PeerTrust
 from pqcall.client.callstate import CallState, Direction, is_terminal
 from pqcall.client.contacts import Contacts
-from pqcall.client.events import EventStream
+from pqcall.client.event_stream import EventStream
 from pqcall.client.files import FileTransfers
 from pqcall.client.history import History
 from pqcall.client.home import AccountConfig, Home

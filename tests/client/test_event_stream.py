@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from pqcall.client.api import ServerApi
-from pqcall.client.events import EventStream, events_url
+from pqcall.client.event_stream import EventStream, events_url
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.exceptions import ServerUnreachable
 from pqcall.signaling.messages import EVENT_CALL_INCOMING, Event, InitiateCall
