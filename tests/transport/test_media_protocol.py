@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from typing import TypeVar
+from dataclasses import replace
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,24 @@ from pqcall.crypto.handshake import CallKeys
 from pqcall.crypto.sframe import Header
 from pqcall.crypto.sframe_context import RATCHET_BITS, SFrameReceiver, SFrameSender
 from pqcall.exceptions import LocalProtocolError
+from pqcall.transport.adaptation import (
+    ADAPTATION_HOLD_S,
+    CALM_COMPLEXITY,
+    STARTUP_EXPECTED_LOSS_PERCENT,
+    SenderAdaptation,
+)
+from pqcall.transport.media_config import ProtocolSettings
+from pqcall.transport.media_events import (
+    AdaptationChanged,
+    AudioReceived,
+    MediaEvent,
+    MediaState,
+    MediaTimedOut,
+    PeerHungUp,
+    PeerMuted,
+    ReportReceived,
+    RttMeasured,
+)
 from pqcall.transport.media_packets import (
     AudioPacket,
     HangupReason,
@@ -28,28 +47,15 @@ from pqcall.transport.media_packets import (
     parse_packet,
 )
 from pqcall.transport.media_protocol import (
-    ADAPTATION_HOLD_S,
     CALLEE_SENDER_ID,
     CALLER_SENDER_ID,
-    CALM_COMPLEXITY,
     HANGUP_REPEAT_INTERVAL_S,
     HANGUP_REPEATS,
     MAX_PONG_HOLD_S,
     MEDIA_CIPHER_SUITE,
     MEDIA_METADATA,
     MUTE_REPEATS,
-    STARTUP_EXPECTED_LOSS_PERCENT,
-    AdaptationChanged,
-    AudioReceived,
-    MediaEvent,
     MediaProtocol,
-    MediaState,
-    MediaTimedOut,
-    PeerHungUp,
-    PeerMuted,
-    ReportReceived,
-    RttMeasured,
-    SenderAdaptation,
 )
 from tests.utils import handshake_pair
 
@@ -60,10 +66,24 @@ FRAME_S = 0.020
 FRAME_SAMPLES = 960
 
 
-def pair(**kwargs: object) -> tuple[MediaProtocol, MediaProtocol]:
+# the encoder these tests assume: 80-byte frames at 20 ms in 80-byte padding multiples
+BASE_SETTINGS = ProtocolSettings(
+    frame_ms=20, frame_bytes=80, pad_to=80, fec=True, base_expected_loss_percent=0, complexity=10
+)
+
+
+def make(
+    keys: CallKeys, first_seq: int = 0, first_timestamp: int = 0, **changes: Any
+) -> MediaProtocol:
+    """A protocol with :data:`BASE_SETTINGS` but for ``changes``."""
+    settings = replace(BASE_SETTINGS, **changes)
+    return MediaProtocol(keys, settings, first_seq=first_seq, first_timestamp=first_timestamp)
+
+
+def pair(**kwargs: Any) -> tuple[MediaProtocol, MediaProtocol]:
     """A started caller and callee with the same settings."""
-    caller = MediaProtocol(CALLER_KEYS, **kwargs)  # type: ignore[arg-type]
-    callee = MediaProtocol(CALLEE_KEYS, **kwargs)  # type: ignore[arg-type]
+    caller = make(CALLER_KEYS, **kwargs)
+    callee = make(CALLEE_KEYS, **kwargs)
     caller.start(now=0.0)
     callee.start(now=0.0)
     return caller, callee
@@ -133,13 +153,13 @@ def test_control_packets_are_as_large_as_audio():
 
 
 def test_packet_budget_rounds_down_to_the_padding():
-    protocol = MediaProtocol(CALLER_KEYS, frame_bytes=80, pad_to=80)
+    protocol = make(CALLER_KEYS, frame_bytes=80, pad_to=80)
     assert protocol.packet_bytes == 80
     assert protocol.adaptation.frame_bytes == 73
     assert protocol.adaptation.bitrate_bps(20) == 29_200
-    small = MediaProtocol(CALLER_KEYS, frame_ms=10, frame_bytes=40, pad_to=80)
+    small = make(CALLER_KEYS, frame_ms=10, frame_bytes=40, pad_to=80)
     assert small.adaptation.frame_bytes == 40  # never above the configured bitrate
-    unpadded = MediaProtocol(CALLER_KEYS, frame_bytes=80, pad_to=0)
+    unpadded = make(CALLER_KEYS, frame_bytes=80, pad_to=0)
     assert unpadded.packet_bytes == 87
     assert unpadded.adaptation.frame_bytes == 80
 
@@ -300,14 +320,14 @@ def test_fec_is_planned_for_loss_until_the_first_report():
     # and a clean path gets the calm complexity
     assert caller.adaptation == SenderAdaptation(False, 0, 73, CALM_COMPLEXITY)
     # the configured expected loss is a floor the startup plan never lowers
-    assert MediaProtocol(CALLER_KEYS, base_expected_loss_percent=25).adaptation == (
+    assert make(CALLER_KEYS, base_expected_loss_percent=25).adaptation == (
         SenderAdaptation(False, 25, 73, 10)
     )
     # a configured complexity below the calm one is kept
-    low = MediaProtocol(CALLER_KEYS, complexity=3)
+    low = make(CALLER_KEYS, complexity=3)
     assert low.adaptation.complexity == 3
     with pytest.raises(LocalProtocolError, match="complexity"):
-        MediaProtocol(CALLER_KEYS, complexity=11)
+        make(CALLER_KEYS, complexity=11)
 
 
 def test_startup_plan_follows_the_first_report_with_loss():
@@ -350,8 +370,8 @@ def test_forced_redundancy_and_its_limits():
     caller, _ = pair(redundancy=True)
     assert caller.adaptation == SenderAdaptation(True, 0, 34, 10)  # no startup FEC alongside
     with pytest.raises(LocalProtocolError, match="two audio frames do not fit"):
-        MediaProtocol(CALLER_KEYS, frame_bytes=10, pad_to=16, redundancy=True)
-    never = MediaProtocol(CALLER_KEYS, redundancy=False, fec=False)
+        make(CALLER_KEYS, frame_bytes=10, pad_to=16, redundancy=True)
+    never = make(CALLER_KEYS, redundancy=False, fec=False)
     never.start(0.0)
     assert not never.adaptation.redundancy
 
@@ -472,7 +492,7 @@ def test_media_timeout_ends_a_silent_call():
 
 
 def test_misuse_before_start():
-    protocol = MediaProtocol(CALLER_KEYS)
+    protocol = make(CALLER_KEYS)
     with pytest.raises(LocalProtocolError, match="awaiting start"):
         protocol.send_audio(b"x", 0.0)
     protocol.receive_datagram(b"anything", 0.0)

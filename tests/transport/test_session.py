@@ -27,7 +27,7 @@ from pqcall.media.audio import ToneSource, WavFileSink, WavFileSource
 from pqcall.media.codec import SAMPLE_RATE_HZ, OpusEncoder, OpusSettings, Pcm
 from pqcall.media.stats import MIN_AUDIO_LEVEL_DBFS
 from pqcall.netem import Impairment, ImpairmentRelay
-from pqcall.transport.media_protocol import CALM_COMPLEXITY
+from pqcall.transport.adaptation import CALM_COMPLEXITY
 from pqcall.transport.session import EndReason, MediaSession, MediaSettings
 from tests.utils import handshake_pair
 

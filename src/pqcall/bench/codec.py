@@ -28,7 +28,7 @@ import numpy as np
 from pqcall.bench.quality import REFERENCE_RATE_HZ, SAMPLES_DIR, load_reference, resample
 from pqcall.bench.report import Figure
 from pqcall.media.codec import SAMPLE_RATE_HZ, OpusEncoder, OpusSettings, Pcm
-from pqcall.transport.media_protocol import CALM_COMPLEXITY, MAX_COMPLEXITY
+from pqcall.transport.adaptation import CALM_COMPLEXITY, MAX_COMPLEXITY
 
 PASSES: Final = 3
 """Passes over the speech; the fastest counts."""

@@ -1,20 +1,17 @@
-"""The media session: one call's audio over one UDP socket (asyncio wrapper).
+"""The media session: one call's media over one UDP socket (the asyncio pump).
 
-Scope: the pump around :class:`~pqcall.transport.media_protocol.MediaProtocol`
-(which holds every protocol rule) and the media stages, as DESIGN.md draws
-the path::
-
-    source → Opus encode → MediaProtocol (SFrame protect) → UDP
-    UDP → MediaProtocol (SFrame unprotect, replay check) → JitterBuffer → Opus decode → sink
+Scope: the pump around :class:`~pqcall.transport.media_engine.MediaEngine`
+(the media protocol and the audio pipeline, sans-I/O), as aioquic's
+``asyncio/protocol.py`` around its connection: it owns the socket, the two
+timers, the source and sink, and the side channel, and nothing else. The
+media path, stage by stage, is drawn in ``docs/architecture.md``.
 
 Two timers drive it, both on ``loop.time()``: the frame tick, every
 ``frame_ms`` at ``start + n * frame`` (so it does not drift, and a late tick
-catches up), which sends our next frame and then plays the peer's next one;
-and the protocol's own timer (pings, reports, repeats, media timeout), re-armed
+catches up), which sends our next frame and then plays the peer's next one
+(one wake-up for both directions; ``docs/decisions/media-one-frame-tick.md``);
+and the engine's own timer (pings, reports, repeats, media timeout), re-armed
 only when its deadline moves. Received datagrams are handled as they come.
-One tick for both directions halves the event-loop wake-ups of two timers
-that were due at the same instants anyway; sending first puts the frame on
-the wire before the decode's work.
 
 Only datagrams from the connected peer's address are processed; others are
 counted as foreign. An optional side channel sees every datagram first and takes
@@ -24,13 +21,6 @@ started); what it takes is neither media nor rejected. Nothing a peer sends can
 stop the session: each datagram, each tick and each decode is wrapped, and a
 failure is counted (``packets_rejected`` in :meth:`MediaSession.snapshot`),
 never raised.
-
-The encoder follows :attr:`MediaProtocol.adaptation`: its bitrate, and with it
-the cap on its variable-size packets, is set so one frame (or, with
-redundancy, two) fits the same padded packet, and
-its expected loss (in-band FEC) follows the peer's reports, and its
-complexity drops to ``CALM_COMPLEXITY`` while no loss is planned for. Packet sizes on
-the wire therefore never change with the mode (``docs/protocol.md#media-packets``).
 
 Example::
 
@@ -49,41 +39,23 @@ import asyncio
 import enum
 import ipaddress
 import logging
-import math
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Final, Protocol
-
-import numpy as np
 
 from pqcall.crypto.handshake import CallKeys
 from pqcall.exceptions import LocalProtocolError
 from pqcall.media.audio import AudioSink, AudioSource, close_all
-from pqcall.media.codec import (
-    OpusDecoder,
-    OpusEncoder,
-    OpusSettings,
-    Pcm,
-    has_fec,
-    silence,
-)
-from pqcall.media.jitter import JitterBuffer, JitterBufferStats, PlayoutAction, PlayoutDecision
-from pqcall.media.stats import CallStats, CallStatsSnapshot
-from pqcall.transport.media_packets import AUDIO_HEADER_LENGTH, HangupReason
-from pqcall.transport.media_protocol import (
-    MEDIA_TIMEOUT_S,
-    AdaptationChanged,
-    AudioReceived,
-    MediaProtocol,
-    MediaProtocolStats,
-    MediaTimedOut,
-    PeerHungUp,
-    PeerMuted,
-    RttMeasured,
-    SenderAdaptation,
-)
+from pqcall.media.pipeline import AudioProcessing, MediaTrace
+from pqcall.media.playout import JitterBufferStats
+from pqcall.media.stats import CallStatsSnapshot
+from pqcall.transport.adaptation import SenderAdaptation
+from pqcall.transport.frame_clock import FrameClock
+from pqcall.transport.media_config import MEDIA_TIMEOUT_S
+from pqcall.transport.media_engine import MediaEngine, MediaSettings
+from pqcall.transport.media_events import MediaProtocolStats, MediaTimedOut, PeerHungUp, PeerMuted
+from pqcall.transport.media_packets import HangupReason
 
 __all__ = [
     "MEDIA_TIMEOUT_S",
@@ -100,11 +72,6 @@ Address = tuple[str, int]
 
 HANGUP_WAIT_S: Final = 1.0
 """Longest :meth:`MediaSession.hangup` waits for its copies to go out."""
-MAX_CATCH_UP_FRAMES: Final = 5
-"""A tick this many frames late skips ahead instead of catching up (an event-loop stall)."""
-MAX_TRACKED_TIMESTAMPS: Final = 512
-"""Sequence numbers whose timestamps are kept for :class:`MediaTrace`."""
-FULL_SCALE: Final = 32_768.0
 
 
 class EndReason(enum.StrEnum):
@@ -118,49 +85,6 @@ class EndReason(enum.StrEnum):
     """:meth:`MediaSession.close` without a hang-up."""
     SOCKET_ERROR = "socket error"
     """The socket closed under us."""
-
-
-@dataclass(frozen=True, slots=True)
-class MediaSettings:
-    """How a :class:`MediaSession` runs."""
-
-    opus: OpusSettings = field(default_factory=OpusSettings)
-    """Encoder settings; ``bitrate_bps`` is a ceiling (see ``MediaProtocol``)."""
-    pad_to: int | None = None
-    """SFrame padding multiple: every packet has the same size (0: no padding).
-
-    None: one audio packet, the 7-byte media header and one frame at the
-    configured bitrate (106 bytes at the defaults: 99 Opus bytes at 39.6
-    kbit/s and 20 ms; 56 at 10 ms frames, where a fixed 106 would nearly
-    double the bitrate on the wire).
-    """
-    redundancy: bool | None = None
-    """None: automatic (on when loss is reported and the encoder has no FEC); True/False force."""
-    ping_interval_s: float = 1.0
-    """Seconds between RTT pings."""
-    report_interval_s: float = 1.0
-    """Seconds between receiver reports."""
-    media_timeout_s: float = MEDIA_TIMEOUT_S
-    """Seconds without an authenticated packet from the peer that end the call."""
-
-    @property
-    def packet_pad_to(self) -> int:
-        """The padding multiple in use: ``pad_to``, or one audio packet when it is None."""
-        if self.pad_to is not None:
-            return self.pad_to
-        return AUDIO_HEADER_LENGTH + self.opus.max_packet_bytes
-
-
-class MediaTrace(Protocol):
-    """Optional observer for latency measurement."""
-
-    def frame_captured(self, timestamp: int, now: float) -> None:
-        """Sender: the frame with this timestamp was complete at the source (the send tick)."""
-        ...
-
-    def frame_played(self, timestamp: int, now: float) -> None:
-        """Receiver: a decoded frame with this sender timestamp went to the sink."""
-        ...
 
 
 class SideChannel(Protocol):
@@ -201,25 +125,6 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
         self._session._connection_lost()
 
 
-@dataclass
-class _Tick:
-    """A drift-free periodic callback: due at ``start + index * period``."""
-
-    start: float  # loop time of tick 0
-    period: float  # seconds between ticks
-    index: int = 0  # the next tick to run
-    handle: asyncio.TimerHandle | None = None  # its scheduled callback
-
-    @property
-    def due(self) -> float:
-        return self.start + self.index * self.period
-
-    def cancel(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-
-
 class MediaSession:
     """One side of a call's media over UDP: send, receive, play, report.
 
@@ -231,44 +136,32 @@ class MediaSession:
         trace: optional observer of capture and playout times.
         side_channel: optional taker of the datagrams of another protocol on the
             socket (a :class:`~pqcall.transport.pathcheck.PathResponder`).
+        processing: optional stage around the codec (echo cancellation...).
 
     Raises:
         LocalProtocolError: the source's frame length does not match the codec's.
     """
 
     # fixed attributes, used on every packet: slots make each read a direct load
-    # (CPython 3.11 stops sharing an instance dict's keys at 30 attributes, and reads
-    # from an unshared dict are hashed lookups; the media path measured 5 % slower)
     __slots__ = (
-        "_buffer",
         "_datagram_protocol",
-        "_decode_errors",
-        "_decoder",
-        "_encoder",
         "_end_reason",
         "_ended",
+        "_engine",
         "_errors",
         "_foreign",
         "_frame_s",
         "_loop",
-        "_muted",
         "_peer",
-        "_played_pcm",
-        "_protocol",
         "_protocol_ended",
-        "_sent_pcm",
-        "_settings",
         "_side_channel",
         "_side_channel_datagrams",
         "_sink",
-        "_skipped_ticks",
         "_source",
-        "_stats",
         "_tick",
+        "_tick_handle",
         "_timer",
         "_timer_at",
-        "_timestamps",
-        "_trace",
         "_transport",
     )
 
@@ -281,6 +174,7 @@ class MediaSession:
         settings: MediaSettings | None = None,
         trace: MediaTrace | None = None,
         side_channel: SideChannel | None = None,
+        processing: AudioProcessing | None = None,
     ) -> None:
         settings = MediaSettings() if settings is None else settings
         opus = settings.opus
@@ -289,56 +183,25 @@ class MediaSession:
                 f"audio source gives {source.frame_samples} samples per frame, "
                 f"the codec needs {opus.frame_samples}"
             )
-        self._settings = settings
+        self._engine = MediaEngine(keys, settings, processing=processing, trace=trace)
         self._source = source  # our audio
         self._sink = sink  # the peer's audio
-        self._trace = trace  # latency observer
         self._side_channel = side_channel  # sees every datagram before the media path
         self._frame_s = opus.frame_ms / 1000  # tick period
-        self._protocol = MediaProtocol(
-            keys,
-            frame_ms=opus.frame_ms,
-            frame_bytes=opus.max_packet_bytes,
-            pad_to=settings.packet_pad_to,
-            redundancy=settings.redundancy,
-            fec=opus.fec,
-            base_expected_loss_percent=opus.expected_loss_percent,
-            complexity=opus.complexity,
-            ping_interval_s=settings.ping_interval_s,
-            report_interval_s=settings.report_interval_s,
-            media_timeout_s=settings.media_timeout_s,
-        )
-        adaptation = self._protocol.adaptation
-        self._encoder = OpusEncoder(
-            replace(
-                opus,
-                bitrate_bps=adaptation.bitrate_bps(opus.frame_ms),
-                expected_loss_percent=adaptation.expected_loss_percent,
-                complexity=adaptation.complexity,
-            )
-        )
-        self._decoder = OpusDecoder(opus.frame_ms)
-        self._buffer = JitterBuffer(opus.frame_ms, use_fec=True, has_fec=has_fec)
-        self._stats = CallStats(opus.frame_ms)
         self._loop: asyncio.AbstractEventLoop | None = None  # set by open
         self._transport: asyncio.DatagramTransport | None = None  # our socket
         self._datagram_protocol: _DatagramProtocol | None = None  # its protocol, for close
         self._peer: Address | None = None  # set by connect
-        self._tick: _Tick | None = None  # the frame clock: send, then play
-        self._timer: asyncio.TimerHandle | None = None  # the protocol's timer
+        self._tick: FrameClock | None = None  # the frame clock: send, then play
+        self._tick_handle: asyncio.TimerHandle | None = None  # its next callback
+        self._timer: asyncio.TimerHandle | None = None  # the engine's timer
         self._timer_at: float | None = None  # when it fires
-        self._muted = False  # we send silence
         self._ended: asyncio.Future[str] | None = None  # resolved with the end reason
         self._end_reason: EndReason | None = None
         self._protocol_ended: asyncio.Event | None = None  # the protocol reached ENDED
-        self._timestamps: dict[int, int] = {}  # seq -> timestamp, oldest first, for trace
-        self._played_pcm: Pcm | None = None  # last frame played, for the audio level
-        self._sent_pcm: Pcm | None = None  # last frame sent, for the input level
         self._foreign = 0  # datagrams from other addresses
         self._side_channel_datagrams = 0  # datagrams the side channel took
         self._errors = 0  # datagrams or frames whose handling failed
-        self._decode_errors = 0  # packets the decoder refused (concealed instead)
-        self._skipped_ticks = 0  # frames not sent or played after an event-loop stall
 
     # lifecycle
 
@@ -399,18 +262,17 @@ class MediaSession:
             ) from None
         self._peer = (host, int(peer_addr[1]))
         now = self._loop.time()
-        self._protocol.start(now)
-        self._tick = _Tick(now, self._frame_s)
+        self._engine.start(now)
+        self._tick = FrameClock(now, self._frame_s)
         self._schedule(self._tick)
-        self._after_protocol(now)
+        self._after_engine(now)
 
     def set_muted(self, muted: bool) -> None:
         """Send silence instead of the source (still one packet per frame), and tell the peer."""
-        self._muted = muted
         now = self._loop.time() if self._loop is not None else 0.0
-        self._protocol.set_muted(muted, now)
+        self._engine.set_muted(muted, now)
         if self._peer is not None and self._end_reason is None:
-            self._after_protocol(now)
+            self._after_engine(now)
 
     async def replace_audio(
         self, source: AudioSource | None = None, sink: AudioSink | None = None
@@ -425,10 +287,11 @@ class MediaSession:
         Raises:
             LocalProtocolError: ``source`` makes frames of another size.
         """
-        if source is not None and source.frame_samples != self._encoder.frame_samples:
+        frame_samples = self._engine.frame_samples
+        if source is not None and source.frame_samples != frame_samples:
             raise LocalProtocolError(
                 f"the new source makes {source.frame_samples}-sample frames, "
-                f"the call needs {self._encoder.frame_samples}"
+                f"the call needs {frame_samples}"
             )
         retired: list[AudioSource | AudioSink] = []
         if source is not None:
@@ -461,8 +324,8 @@ class MediaSession:
         if self._end_reason is None and self._loop is not None and self._peer is not None:
             self._stop_ticks()
             now = self._loop.time()
-            self._protocol.hangup(now, code)
-            self._after_protocol(now)
+            self._engine.hangup(now, code)
+            self._after_engine(now)
             assert self._protocol_ended is not None
             try:
                 await asyncio.wait_for(self._protocol_ended.wait(), HANGUP_WAIT_S)
@@ -516,27 +379,27 @@ class MediaSession:
     @property
     def is_muted(self) -> bool:
         """Whether we send silence."""
-        return self._muted
+        return self._engine.pipeline.is_muted
 
     @property
     def is_peer_muted(self) -> bool:
         """Whether the peer said it is muted."""
-        return self._protocol.is_peer_muted
+        return self._engine.protocol.is_peer_muted
 
     @property
     def adaptation(self) -> SenderAdaptation:
         """How our encoder runs now (redundancy, expected loss, bytes per frame)."""
-        return self._protocol.adaptation
+        return self._engine.adaptation
 
     @property
     def protocol_stats(self) -> MediaProtocolStats:
         """The media protocol's counters (SFrame drops by reason, packets by kind)."""
-        return self._protocol.stats
+        return self._engine.protocol_stats
 
     @property
     def jitter_stats(self) -> JitterBufferStats:
         """The jitter buffer's counters."""
-        return self._buffer.snapshot()
+        return self._engine.jitter_stats
 
     @property
     def foreign_datagrams(self) -> int:
@@ -551,21 +414,12 @@ class MediaSession:
     @property
     def packets_rejected(self) -> int:
         """Every datagram dropped: by the protocol, foreign, failed, or refused by the decoder."""
-        return self._protocol.dropped + self._foreign + self._errors + self._decode_errors
+        return self._engine.packets_rejected + self._foreign + self._errors
 
     def snapshot(self) -> CallStatsSnapshot:
         """Live call statistics (``packets_sent`` counts every datagram, control ones too)."""
         now = self._loop.time() if self._loop is not None else 0.0
-        # the levels of the latest frames, measured when asked for rather than per frame
-        played, self._played_pcm = self._played_pcm, None
-        if played is not None:
-            self._stats.record_audio_level(_rms(played))
-        sent, self._sent_pcm = self._sent_pcm, None
-        if sent is not None:
-            self._stats.record_input_level(_rms(sent))
-        return self._stats.snapshot(
-            now, playout=self._buffer.snapshot(), packets_rejected=self.packets_rejected
-        )
+        return self._engine.snapshot(now, packets_rejected=self._foreign + self._errors)
 
     # the pump
 
@@ -580,8 +434,8 @@ class MediaSession:
             self._foreign += 1
             return
         try:
-            self._protocol.receive_datagram(data, now)
-            self._after_protocol(now, size=len(data))
+            self._engine.receive_datagram(data, now)
+            self._after_engine(now)
         except Exception:
             self._errors += 1
             logger.exception("media session: failed to handle a datagram")
@@ -603,44 +457,32 @@ class MediaSession:
                 self._transport.sendto(answer, to)
         return True
 
-    def _after_protocol(self, now: float, size: int = 0) -> None:
-        """Handle the protocol's events, send its datagrams, re-arm its timer."""
-        protocol = self._protocol
-        while (event := protocol.next_event()) is not None:
-            if isinstance(event, AudioReceived):
-                self._stats.record_received(event.seq, event.timestamp, size, now)
-                self._buffer.push(
-                    event.seq, event.timestamp, event.payload, now, redundant=event.redundant
-                )
-                if self._trace is not None:
-                    self._remember_timestamp(event)
-            elif isinstance(event, RttMeasured):
-                self._stats.record_pong(event.ping_sent_at, now, peer_hold_s=event.hold_s)
-            elif isinstance(event, AdaptationChanged):
-                self._adapt(event.adaptation)
-            elif isinstance(event, PeerHungUp):
+    def _after_engine(self, now: float) -> None:
+        """Handle the engine's events, send its datagrams, re-arm its timer."""
+        engine = self._engine
+        while (event := engine.next_event()) is not None:
+            if isinstance(event, PeerHungUp):
                 self._end(EndReason.PEER_HANGUP)
             elif isinstance(event, MediaTimedOut):
                 self._end(EndReason.TIMEOUT)
             elif isinstance(event, PeerMuted):
                 logger.debug("media session: peer %s", "muted" if event.muted else "unmuted")
         self._transmit(now)
-        when = protocol.get_timer() if self._end_reason is None else None
+        when = engine.get_timer() if self._end_reason is None else None
         # an ended protocol has no timer: look for the end only then
-        if when is None and protocol.is_ended and self._protocol_ended is not None:
+        if when is None and engine.is_ended and self._protocol_ended is not None:
             self._protocol_ended.set()
         if when != self._timer_at:  # rarely: pings and reports are a second apart
             self._arm_timer(when)
 
     def _transmit(self, now: float) -> None:
-        datagrams = self._protocol.datagrams_to_send(now)
+        datagrams = self._engine.datagrams_to_send(now)
         if not datagrams:
             return  # most received datagrams: nothing to answer
         if self._transport is None or self._peer is None or self._transport.is_closing():
             return
         for datagram in datagrams:
             self._transport.sendto(datagram, self._peer)
-            self._stats.record_sent(len(datagram), now)
 
     def _arm_timer(self, when: float | None) -> None:
         """Have :meth:`_on_timer` run at ``when`` instead (None: not at all)."""
@@ -658,107 +500,42 @@ class MediaSession:
         # call_at may fire up to the clock resolution early; never pass a now before `when`
         now = max(when, self._loop.time())
         try:
-            self._protocol.handle_timer(now)
-            self._after_protocol(now)
+            self._engine.handle_timer(now)
+            self._after_engine(now)
         except Exception:
             self._errors += 1
             logger.exception("media session: protocol timer failed")
 
-    def _adapt(self, adaptation: SenderAdaptation) -> None:
-        frame_ms = self._settings.opus.frame_ms
-        self._encoder.set_bitrate(adaptation.bitrate_bps(frame_ms))
-        if self._settings.opus.fec:
-            self._encoder.set_expected_loss_percent(adaptation.expected_loss_percent)
-        self._encoder.set_complexity(adaptation.complexity)
-
-    def _remember_timestamp(self, event: AudioReceived) -> None:
-        timestamps = self._timestamps
-        previous = (event.seq - 1) % (1 << 16)
-        if previous not in timestamps:  # for a frame recovered from this packet
-            frame = self._settings.opus.frame_samples
-            timestamps[previous] = (event.timestamp - frame) % (1 << 32)
-        timestamps.pop(event.seq, None)
-        timestamps[event.seq] = event.timestamp
-        while len(timestamps) > MAX_TRACKED_TIMESTAMPS:
-            del timestamps[next(iter(timestamps))]
-
     # ticks
 
-    def _schedule(self, tick: _Tick) -> None:
+    def _schedule(self, tick: FrameClock) -> None:
         assert self._loop is not None
-        tick.handle = self._loop.call_at(tick.due, self._on_tick)
-
-    def _catch_up(self, tick: _Tick, now: float) -> int:
-        """How many frames are due at ``now`` (at least the one this tick fired for)."""
-        if now < tick.start + (tick.index + 1) * tick.period:
-            return 1  # on time: the usual case
-        due = max(1, math.floor((now - tick.start) / tick.period) - tick.index + 1)
-        if due > MAX_CATCH_UP_FRAMES:
-            # a stall: skip the lost time rather than burst a backlog
-            self._skipped_ticks += due - 1
-            tick.index += due - 1
-            return 1
-        return due
+        self._tick_handle = self._loop.call_at(tick.due, self._on_tick)
 
     def _on_tick(self) -> None:
         tick = self._tick
         assert self._loop is not None and tick is not None
         now = self._loop.time()
-        for _ in range(self._catch_up(tick, now)):
+        for _ in range(tick.frames_due(now)):
             try:
-                self._send_frame(now)
+                self._engine.send_frame(self._source.read_frame(), now)
             except Exception:
                 self._errors += 1
                 logger.exception("media session: failed to send a frame")
             try:
-                self._play_frame(now)
+                self._sink.write_frame(self._engine.play_frame(now))
             except Exception:
                 self._errors += 1
                 logger.exception("media session: failed to play a frame")
             tick.index += 1
-        self._after_protocol(now)
+        self._after_engine(now)
         if self._end_reason is None and self._tick is tick:
             self._schedule(tick)
 
-    def _send_frame(self, now: float) -> None:
-        pcm = self._source.read_frame()
-        if pcm is None or self._muted:
-            pcm = silence(self._encoder.frame_samples)
-        self._sent_pcm = pcm
-        packet = self._protocol.send_audio(self._encoder.encode(pcm), now)
-        if self._trace is not None:
-            self._trace.frame_captured(packet.timestamp, now)
-
-    def _play_frame(self, now: float) -> None:
-        decision = self._buffer.pop(now)
-        pcm = self._render(decision)
-        self._sink.write_frame(pcm)
-        self._played_pcm = pcm
-        action = decision.action
-        if self._trace is not None and decision.seq is not None and action in _AUDIBLE:
-            timestamp = self._timestamps.get(decision.seq)
-            if timestamp is not None:
-                self._trace.frame_played(timestamp, now)
-
-    def _render(self, decision: PlayoutDecision) -> Pcm:
-        """Decode a playout decision (docs in ``media/playout.py``); a bad packet is concealed."""
-        action = decision.action
-        try:
-            if action is PlayoutAction.PLAY or action is PlayoutAction.REDUNDANT:
-                return self._decoder.decode(decision.payload)
-            if action is PlayoutAction.FEC:
-                return self._decoder.decode_fec(decision.payload)
-        except Exception:
-            self._decode_errors += 1
-            return self._decoder.conceal()
-        if action is PlayoutAction.CONCEAL:
-            return self._decoder.conceal()
-        return silence(self._decoder.frame_samples)
-
     def _stop_ticks(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
-        self._tick = None
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._tick = self._tick_handle = None
 
     def _end(self, reason: EndReason) -> None:
         """End once: stop the clocks, close socket, source and sink, resolve ``wait_ended``."""
@@ -785,14 +562,3 @@ class MediaSession:
             if self._end_reason is not None:
                 self._ended.set_result(self._end_reason.value)
         return self._ended
-
-
-_AUDIBLE: Final = (PlayoutAction.PLAY, PlayoutAction.FEC, PlayoutAction.REDUNDANT)
-
-
-def _rms(pcm: Pcm) -> float:
-    """The RMS level of a frame, 1.0 being full scale."""
-    if not len(pcm):
-        return 0.0
-    samples = pcm.astype(np.float32)
-    return math.sqrt(float(np.dot(samples, samples)) / len(samples)) / FULL_SCALE

@@ -1,0 +1,214 @@
+"""The sender's adaptation policy: how our encoder answers the loss the peer reports.
+
+Scope: :class:`AdaptationPolicy` turns the peer's receiver reports and ``now``
+into a :class:`SenderAdaptation` (in-band FEC planned for some loss,
+RFC 2198-style redundancy, Opus bytes per frame, encoder complexity). Pure:
+no socket, clock or codec; :class:`~pqcall.transport.media_protocol.MediaProtocol`
+feeds it and announces each change as an event.
+
+The rules (``docs/protocol.md#media-packets``, "Adaptation"; the measurements
+behind them in ``docs/decisions/media-adaptation-fec-over-redundancy.md`` and
+``docs/decisions/media-calm-complexity.md``):
+
+* the packet size never changes with the mode: one frame, or two frames of
+  half the size each, fill the same padded packet;
+* automatic mode (``redundancy=None``) raises the encoder's expected loss
+  (FEC) to the mean loss of the last :data:`LOSS_WINDOW_REPORTS` reports, and
+  turns redundancy on instead only when the encoder has no FEC; True / False
+  force redundancy on / off;
+* until the first report FEC is planned for :data:`STARTUP_EXPECTED_LOSS_PERCENT`;
+* while no loss is planned for, complexity is at most :data:`CALM_COMPLEXITY`;
+* :data:`ADAPTATION_HOLD_S` after the last report with loss, back to the
+  configured state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+from pqcall.exceptions import LocalProtocolError
+from pqcall.transport.media_packets import (
+    AUDIO_HEADER_LENGTH,
+    REDUNDANCY_HEADER_LENGTH,
+    ReceiverReport,
+)
+
+__all__ = [
+    "ADAPTATION_HOLD_S",
+    "CALM_COMPLEXITY",
+    "LOSS_WINDOW_REPORTS",
+    "MAX_COMPLEXITY",
+    "MIN_REDUNDANT_FRAME_BYTES",
+    "STARTUP_EXPECTED_LOSS_PERCENT",
+    "AdaptationPolicy",
+    "SenderAdaptation",
+]
+
+LOSS_WINDOW_REPORTS: Final = 4
+"""The loss the adaptation plans for is the mean over this many recent reports."""
+ADAPTATION_HOLD_S: Final = 10.0
+"""Loss-free time after which the adaptation returns to the configured state."""
+STARTUP_EXPECTED_LOSS_PERCENT: Final = 10
+"""Loss the encoder plans FEC for until the peer's first report says what the path does."""
+CALM_COMPLEXITY: Final = 6
+"""Encoder complexity while no loss is planned for (at most; never above the configured one).
+
+Measured in ``docs/decisions/media-calm-complexity.md``: 6 and 7 make the same
+packets at the default capped bitrate, 6 is cheaper, and the full complexity
+is worth its cost only under loss.
+"""
+MAX_COMPLEXITY: Final = 10
+"""Opus's highest complexity (``media.codec`` has it too; this pure module cannot import
+the codec, which loads libopus)."""
+MIN_REDUNDANT_FRAME_BYTES: Final = 8
+"""Smallest Opus frame worth sending twice."""
+
+
+@dataclass(frozen=True, slots=True)
+class SenderAdaptation:
+    """How the wrapper should run its encoder now."""
+
+    redundancy: bool
+    """Whether audio packets carry the previous frame again."""
+    expected_loss_percent: int
+    """Loss the encoder should plan in-band FEC for (``set_expected_loss_percent``)."""
+    frame_bytes: int
+    """Opus bytes per frame that fit the constant packet size (the encoder's cap)."""
+    complexity: int
+    """Encoder effort, 0-10 (``set_complexity``): the configured one while loss is
+    planned for, at most :data:`CALM_COMPLEXITY` on a clean path."""
+
+    def bitrate_bps(self, frame_ms: int) -> int:
+        """The Opus bitrate whose share of a frame is ``frame_bytes`` (the encoder's cap)."""
+        return self.frame_bytes * 8 * 1000 // frame_ms
+
+
+class AdaptationPolicy:
+    """Chooses the encoder settings from the peer's receiver reports (pure).
+
+    Args:
+        frame_bytes: the largest Opus frame at the configured bitrate.
+        packet_bytes: the constant size of an audio packet (before SFrame).
+        redundancy: None for automatic, True to always send the previous
+            frame again, False never to.
+        fec: whether the encoder has in-band FEC.
+        base_expected_loss_percent: the encoder's configured expected loss;
+            never planned below.
+        complexity: the encoder's configured complexity, used whenever loss
+            is planned for.
+
+    Raises:
+        LocalProtocolError: complexity out of range, or redundancy forced on
+            while two frames cannot fit the packet size.
+    """
+
+    __slots__ = (
+        "_adaptation",
+        "_base_loss",
+        "_calm_complexity",
+        "_complexity",
+        "_fec",
+        "_last_loss_at",
+        "_recent_loss",
+        "_redundancy_setting",
+        "_redundant_frame_bytes",
+        "_single_frame_bytes",
+    )
+
+    def __init__(
+        self,
+        *,
+        frame_bytes: int,
+        packet_bytes: int,
+        redundancy: bool | None,
+        fec: bool,
+        base_expected_loss_percent: int,
+        complexity: int,
+    ) -> None:
+        if not 0 <= base_expected_loss_percent <= 100:
+            raise LocalProtocolError("expected loss must be 0-100 %")
+        if not 0 <= complexity <= MAX_COMPLEXITY:
+            raise LocalProtocolError(f"complexity must be 0-{MAX_COMPLEXITY}")
+        self._single_frame_bytes = min(frame_bytes, packet_bytes - AUDIO_HEADER_LENGTH)
+        room = packet_bytes - AUDIO_HEADER_LENGTH - REDUNDANCY_HEADER_LENGTH
+        self._redundant_frame_bytes = room // 2  # each of two frames in redundancy mode
+        if redundancy is True and self._redundant_frame_bytes < MIN_REDUNDANT_FRAME_BYTES:
+            raise LocalProtocolError(f"two audio frames do not fit in {packet_bytes} bytes")
+        self._redundancy_setting = redundancy  # None: automatic
+        self._fec = fec  # the encoder has in-band FEC
+        self._base_loss = base_expected_loss_percent  # configured expected loss
+        self._complexity = complexity  # configured encoder complexity
+        self._calm_complexity = min(complexity, CALM_COMPLEXITY)  # while no loss is planned
+        self._recent_loss: deque[float] = deque(maxlen=LOSS_WINDOW_REPORTS)
+        self._last_loss_at: float | None = None  # `now` of the last report showing loss
+        self._adaptation = self._startup_adaptation()
+
+    @property
+    def adaptation(self) -> SenderAdaptation:
+        """How the encoder should run now."""
+        return self._adaptation
+
+    def report_received(self, report: ReceiverReport, now: float) -> bool:
+        """Take one receiver report from the peer; whether :attr:`adaptation` changed."""
+        self._recent_loss.append(report.loss_fraction)
+        if report.fraction_lost > 0:
+            self._last_loss_at = now
+        if self._last_loss_at is None:
+            # no loss yet: the first report ends the startup plan
+            return self._set(self._compute(loss_percent=0.0, lossy=False))
+        loss_percent = 100.0 * sum(self._recent_loss) / len(self._recent_loss)
+        return self._set(self._compute(loss_percent, lossy=True))
+
+    def get_timer(self) -> float | None:
+        """When the hold after the last loss ends (call :meth:`handle_timer`), or None."""
+        if self._last_loss_at is None:
+            return None
+        return self._last_loss_at + ADAPTATION_HOLD_S
+
+    def handle_timer(self, now: float) -> bool:
+        """Return to the configured state once the hold is over; whether that changed it."""
+        if self._last_loss_at is None or now < self._last_loss_at + ADAPTATION_HOLD_S:
+            return False
+        self._last_loss_at = None
+        self._recent_loss.clear()
+        return self._set(self._compute(loss_percent=0.0, lossy=False))
+
+    def _startup_adaptation(self) -> SenderAdaptation:
+        """The encoder settings before any report: FEC planned for some loss.
+
+        Before the peer's first report nothing is known about the path, and
+        a frame lost then is concealed unless its FEC rides in the next
+        packet; the first report (a second in) puts the plan on measurement.
+        Redundancy (encoders without FEC) is not started blind: it halves the
+        bitrate of every frame.
+        """
+        calm = self._compute(loss_percent=0.0, lossy=False)
+        if not self._fec or calm.redundancy:
+            return calm
+        planned = max(calm.expected_loss_percent, STARTUP_EXPECTED_LOSS_PERCENT)
+        return SenderAdaptation(False, planned, calm.frame_bytes, self._complexity)
+
+    def _compute(self, loss_percent: float, lossy: bool) -> SenderAdaptation:
+        """The encoder settings for a recent loss (``lossy``: loss within the hold time)."""
+        if self._redundancy_setting is None:
+            redundancy = lossy and not self._fec
+            redundancy = redundancy and self._redundant_frame_bytes >= MIN_REDUNDANT_FRAME_BYTES
+        else:
+            redundancy = self._redundancy_setting
+        if redundancy:
+            return SenderAdaptation(
+                True, self._base_loss, self._redundant_frame_bytes, self._complexity
+            )
+        planned = max(1, math.ceil(loss_percent)) if lossy and self._fec else 0
+        expected_loss = min(100, max(self._base_loss, planned))
+        complexity = self._complexity if lossy or expected_loss else self._calm_complexity
+        return SenderAdaptation(False, expected_loss, self._single_frame_bytes, complexity)
+
+    def _set(self, adaptation: SenderAdaptation) -> bool:
+        if adaptation == self._adaptation:
+            return False
+        self._adaptation = adaptation
+        return True
