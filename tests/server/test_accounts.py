@@ -284,7 +284,7 @@ def server_account_id(server, username):
     async def find():
         storage = await Storage.open(server.settings.db_url, migrate=False)
         try:
-            found = await storage.get_account_by_name(username)
+            found = await storage.accounts.get_account_by_name(username)
             assert found is not None
             return found.id
         finally:

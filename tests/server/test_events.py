@@ -304,14 +304,16 @@ def run_async(test):
 async def test_trim_keeps_the_newest_events_per_account(db_url):
     storage = await Storage.open(db_url)
     try:
-        alice = await storage.create_account("alice", b"i", b"b", 1, 0.0)
-        bob = await storage.create_account("bob", b"j", b"b", 1, 0.0)
-        alice_seqs = [await storage.add_event(alice.id, "t", {"n": n}, 0.0) for n in range(5)]
-        bob_seqs = [await storage.add_event(bob.id, "t", {"n": n}, 0.0) for n in range(2)]
-        assert await storage.trim_events(3) == 2
-        assert [e.seq for e in await storage.events_after(alice.id, 0)] == alice_seqs[2:]
-        assert [e.seq for e in await storage.events_after(bob.id, 0)] == bob_seqs
-        assert await storage.trim_events(3) == 0
+        alice = await storage.accounts.create_account("alice", b"i", b"b", 1, 0.0)
+        bob = await storage.accounts.create_account("bob", b"j", b"b", 1, 0.0)
+        alice_seqs = [
+            await storage.events.add_event(alice.id, "t", {"n": n}, 0.0) for n in range(5)
+        ]
+        bob_seqs = [await storage.events.add_event(bob.id, "t", {"n": n}, 0.0) for n in range(2)]
+        assert await storage.events.trim_events(3) == 2
+        assert [e.seq for e in await storage.events.events_after(alice.id, 0)] == alice_seqs[2:]
+        assert [e.seq for e in await storage.events.events_after(bob.id, 0)] == bob_seqs
+        assert await storage.events.trim_events(3) == 0
     finally:
         await storage.close()
 
@@ -331,17 +333,17 @@ async def test_event_seq_survives_the_upgrade_and_is_never_reused(db_url):
         await engine.dispose()
     storage = await Storage.open(db_url, migrate=False)
     try:
-        alice = await storage.create_account("alice", b"i", b"b", 1, 0.0)
-        seqs = [await storage.add_event(alice.id, "t", {"n": n}, 0.0) for n in range(3)]
-        await storage.delete_events_through(alice.id, seqs[0])
+        alice = await storage.accounts.create_account("alice", b"i", b"b", 1, 0.0)
+        seqs = [await storage.events.add_event(alice.id, "t", {"n": n}, 0.0) for n in range(3)]
+        await storage.events.delete_events_through(alice.id, seqs[0])
     finally:
         await storage.close()
 
     storage = await Storage.open(db_url)  # migrates to the newest schema
     try:
-        kept = await storage.events_after(alice.id, 0)
+        kept = await storage.events.events_after(alice.id, 0)
         assert [(e.seq, e.payload) for e in kept] == [(seqs[1], {"n": 1}), (seqs[2], {"n": 2})]
-        assert await storage.delete_events_through(alice.id, seqs[-1]) == 2
-        assert await storage.add_event(alice.id, "t", {}, 0.0) > seqs[-1]
+        assert await storage.events.delete_events_through(alice.id, seqs[-1]) == 2
+        assert await storage.events.add_event(alice.id, "t", {}, 0.0) > seqs[-1]
     finally:
         await storage.close()

@@ -44,8 +44,8 @@ async def _open(db_url):
 
 
 async def _two_accounts(storage):
-    alice = await storage.create_account("alice", b"alice-id", b"alice-bundle", 1, NOW)
-    bob = await storage.create_account("bob", b"bob-id", b"bob-bundle", 1, NOW + 1)
+    alice = await storage.accounts.create_account("alice", b"alice-id", b"alice-bundle", 1, NOW)
+    bob = await storage.accounts.create_account("bob", b"bob-id", b"bob-bundle", 1, NOW + 1)
     return alice, bob
 
 
@@ -147,20 +147,22 @@ def test_display_url_hides_the_password():
 async def test_data_survives_restart(db_url):
     storage = await _open(db_url)
     alice, bob = await _two_accounts(storage)
-    await storage.create_token(b"h" * 32, alice.id, NOW + 3600)
-    await storage.create_call("a" * 32, alice.id, bob.id, b"offer", CANDIDATES, "1.2.3.4:5", NOW)
-    seq = await storage.add_event(bob.id, "call.incoming", {"call_id": "a" * 32}, NOW)
+    await storage.logins.create_token(b"h" * 32, alice.id, NOW + 3600)
+    await storage.calls.create_call(
+        "a" * 32, alice.id, bob.id, b"offer", CANDIDATES, "1.2.3.4:5", NOW
+    )
+    seq = await storage.events.add_event(bob.id, "call.incoming", {"call_id": "a" * 32}, NOW)
     await storage.close()
 
     storage = await _open(db_url)
     try:
-        assert await storage.get_account_by_name("alice") == alice
-        assert (await storage.current_bundle(bob.id)).bundle == b"bob-bundle"
-        assert await storage.account_for_token(b"h" * 32) == (alice, NOW + 3600)
-        call = await storage.get_call("a" * 32)
+        assert await storage.accounts.get_account_by_name("alice") == alice
+        assert (await storage.accounts.current_bundle(bob.id)).bundle == b"bob-bundle"
+        assert await storage.logins.account_for_token(b"h" * 32) == (alice, NOW + 3600)
+        call = await storage.calls.get_call("a" * 32)
         assert call.state is State.RINGING
         assert call.caller_candidates == CANDIDATES
-        events = await storage.events_after(bob.id, 0)
+        events = await storage.events.events_after(bob.id, 0)
         assert [(e.seq, e.type, e.payload) for e in events] == [
             (seq, "call.incoming", {"call_id": "a" * 32})
         ]
@@ -180,16 +182,16 @@ async def test_accounts(db_url):
         assert alice.identity == b"alice-id"
         assert alice.created == NOW  # exact float round trip on both databases
         assert alice.last_seen is None
-        assert await storage.get_account(alice.id) == alice
-        assert await storage.get_account(10_000) is None
-        assert await storage.get_account_by_name("carol") is None
-        found = await storage.get_accounts_by_names(["bob", "carol", "alice", "bob"])
+        assert await storage.accounts.get_account(alice.id) == alice
+        assert await storage.accounts.get_account(10_000) is None
+        assert await storage.accounts.get_account_by_name("carol") is None
+        found = await storage.accounts.get_accounts_by_names(["bob", "carol", "alice", "bob"])
         assert [a.username for a in found] == ["alice", "bob"]
-        assert await storage.get_accounts_by_names([]) == []
+        assert await storage.accounts.get_accounts_by_names([]) == []
         with pytest.raises(UsernameTaken):
-            await storage.create_account("alice", b"other", b"bundle", 1, NOW)
-        await storage.touch_last_seen(alice.id, NOW + 5)
-        assert (await storage.get_account(alice.id)).last_seen == NOW + 5
+            await storage.accounts.create_account("alice", b"other", b"bundle", 1, NOW)
+        await storage.accounts.touch_last_seen(alice.id, NOW + 5)
+        assert (await storage.accounts.get_account(alice.id)).last_seen == NOW + 5
     finally:
         await storage.close()
 
@@ -199,12 +201,12 @@ async def test_bundles(db_url):
     storage = await _open(db_url)
     try:
         alice, _ = await _two_accounts(storage)
-        first = await storage.current_bundle(alice.id)
+        first = await storage.accounts.current_bundle(alice.id)
         assert (first.bundle, first.bundle_created, first.received) == (b"alice-bundle", 1, NOW)
-        await storage.put_bundle(alice.id, b"second", 2, NOW + 10)
-        second = await storage.current_bundle(alice.id)
+        await storage.accounts.put_bundle(alice.id, b"second", 2, NOW + 10)
+        second = await storage.accounts.current_bundle(alice.id)
         assert (second.bundle, second.bundle_created, second.received) == (b"second", 2, NOW + 10)
-        assert await storage.current_bundle(10_000) is None
+        assert await storage.accounts.current_bundle(10_000) is None
     finally:
         await storage.close()
 
@@ -216,12 +218,14 @@ async def test_bundles(db_url):
 async def test_challenges(db_url):
     storage = await _open(db_url)
     try:
-        await storage.create_challenge("alice", b"c" * 32, NOW + 60)
-        assert await storage.use_challenge("bob", b"c" * 32, NOW) is ChallengeUse.UNKNOWN
-        assert await storage.use_challenge("alice", b"d" * 32, NOW) is ChallengeUse.UNKNOWN
-        assert await storage.use_challenge("alice", b"c" * 32, NOW + 60) is ChallengeUse.EXPIRED
-        assert await storage.use_challenge("alice", b"c" * 32, NOW) is ChallengeUse.OK
-        assert await storage.use_challenge("alice", b"c" * 32, NOW) is ChallengeUse.USED
+        await storage.logins.create_challenge("alice", b"c" * 32, NOW + 60)
+        assert await storage.logins.use_challenge("bob", b"c" * 32, NOW) is ChallengeUse.UNKNOWN
+        assert await storage.logins.use_challenge("alice", b"d" * 32, NOW) is ChallengeUse.UNKNOWN
+        assert (
+            await storage.logins.use_challenge("alice", b"c" * 32, NOW + 60) is ChallengeUse.EXPIRED
+        )
+        assert await storage.logins.use_challenge("alice", b"c" * 32, NOW) is ChallengeUse.OK
+        assert await storage.logins.use_challenge("alice", b"c" * 32, NOW) is ChallengeUse.USED
     finally:
         await storage.close()
 
@@ -230,9 +234,9 @@ async def test_challenges(db_url):
 async def test_challenge_used_once_under_concurrency(db_url):
     storage = await _open(db_url)
     try:
-        await storage.create_challenge("alice", b"c" * 32, NOW + 60)
+        await storage.logins.create_challenge("alice", b"c" * 32, NOW + 60)
         results = await asyncio.gather(
-            *(storage.use_challenge("alice", b"c" * 32, NOW) for _ in range(8))
+            *(storage.logins.use_challenge("alice", b"c" * 32, NOW) for _ in range(8))
         )
         assert results.count(ChallengeUse.OK) == 1
         assert results.count(ChallengeUse.USED) == 7
@@ -245,15 +249,15 @@ async def test_tokens_and_purge(db_url):
     storage = await _open(db_url)
     try:
         alice, _ = await _two_accounts(storage)
-        await storage.create_token(b"a" * 32, alice.id, NOW + 10)
-        await storage.create_token(b"b" * 32, alice.id, NOW + 100)
-        await storage.create_challenge("alice", b"c" * 32, NOW + 10)
-        assert await storage.account_for_token(b"z" * 32) is None
-        assert await storage.purge_expired(NOW + 50) == 2
-        assert await storage.account_for_token(b"a" * 32) is None
-        assert await storage.account_for_token(b"b" * 32) == (alice, NOW + 100)
-        assert await storage.delete_token(b"b" * 32)
-        assert not await storage.delete_token(b"b" * 32)
+        await storage.logins.create_token(b"a" * 32, alice.id, NOW + 10)
+        await storage.logins.create_token(b"b" * 32, alice.id, NOW + 100)
+        await storage.logins.create_challenge("alice", b"c" * 32, NOW + 10)
+        assert await storage.logins.account_for_token(b"z" * 32) is None
+        assert await storage.logins.purge_expired(NOW + 50) == 2
+        assert await storage.logins.account_for_token(b"a" * 32) is None
+        assert await storage.logins.account_for_token(b"b" * 32) == (alice, NOW + 100)
+        assert await storage.logins.delete_token(b"b" * 32)
+        assert not await storage.logins.delete_token(b"b" * 32)
     finally:
         await storage.close()
 
@@ -267,7 +271,9 @@ async def test_call_lifecycle(db_url):
     try:
         alice, bob = await _two_accounts(storage)
         call_id = "0123456789abcdef" * 2
-        call = await storage.create_call(call_id, alice.id, bob.id, b"offer", CANDIDATES, None, NOW)
+        call = await storage.calls.create_call(
+            call_id, alice.id, bob.id, b"offer", CANDIDATES, None, NOW
+        )
         assert (call.caller, call.callee, call.state, call.offer) == (
             "alice",
             "bob",
@@ -277,13 +283,13 @@ async def test_call_lifecycle(db_url):
         assert (call.answer, call.confirm, call.answered, call.ended, call.ended_by) == (None,) * 5
         assert call.callee_candidates == []
         with pytest.raises(CallExists):
-            await storage.create_call(call_id, alice.id, bob.id, b"offer", [], None, NOW)
+            await storage.calls.create_call(call_id, alice.id, bob.id, b"offer", [], None, NOW)
 
-        assert [c.call_id for c in await storage.list_pending_calls_for(bob.id)] == [call_id]
-        assert await storage.list_pending_calls_for(alice.id) == []
+        assert [c.call_id for c in await storage.calls.list_pending_calls_for(bob.id)] == [call_id]
+        assert await storage.calls.list_pending_calls_for(alice.id) == []
 
         accepted = outcome(call.state, Action.ACCEPT, Party.CALLEE)
-        active = await storage.update_call_state(
+        active = await storage.calls.update_call_state(
             call_id,
             expected_state=State.RINGING,
             new_state=accepted.state,
@@ -300,23 +306,23 @@ async def test_call_lifecycle(db_url):
         )
         assert active.callee_candidates == CANDIDATES[:1]
         assert active.offer == b"offer"  # untouched
-        assert await storage.list_pending_calls_for(bob.id) == []
+        assert await storage.calls.list_pending_calls_for(bob.id) == []
 
         # a second accept loses the compare-and-set
         assert (
-            await storage.update_call_state(
+            await storage.calls.update_call_state(
                 call_id, expected_state=State.RINGING, new_state=State.ACTIVE
             )
             is None
         )
         assert (
-            await storage.update_call_state(
+            await storage.calls.update_call_state(
                 "f" * 32, expected_state=State.RINGING, new_state=State.ACTIVE
             )
             is None
         )
 
-        ended = await storage.update_call_state(
+        ended = await storage.calls.update_call_state(
             call_id,
             expected_state=State.ACTIVE,
             new_state=State.ENDED,
@@ -330,8 +336,8 @@ async def test_call_lifecycle(db_url):
             "callee",
             NOW + 60,
         )
-        assert await storage.get_call(call_id) == ended
-        assert await storage.get_call("e" * 32) is None
+        assert await storage.calls.get_call(call_id) == ended
+        assert await storage.calls.get_call("e" * 32) is None
     finally:
         await storage.close()
 
@@ -341,31 +347,34 @@ async def test_call_queries(db_url):
     storage = await _open(db_url)
     try:
         alice, bob = await _two_accounts(storage)
-        carol = await storage.create_account("carol", b"c", b"c", 1, NOW)
+        carol = await storage.accounts.create_account("carol", b"c", b"c", 1, NOW)
         ids = [f"{i:032x}" for i in range(4)]
-        await storage.create_call(ids[0], alice.id, bob.id, b"o", [], None, NOW)
-        await storage.create_call(ids[1], bob.id, alice.id, b"o", [], None, NOW + 10)
-        await storage.create_call(ids[2], carol.id, bob.id, b"o", [], None, NOW + 20)
-        await storage.create_call(ids[3], alice.id, carol.id, b"o", [], None, NOW + 30)
-        await storage.update_call_state(
+        await storage.calls.create_call(ids[0], alice.id, bob.id, b"o", [], None, NOW)
+        await storage.calls.create_call(ids[1], bob.id, alice.id, b"o", [], None, NOW + 10)
+        await storage.calls.create_call(ids[2], carol.id, bob.id, b"o", [], None, NOW + 20)
+        await storage.calls.create_call(ids[3], alice.id, carol.id, b"o", [], None, NOW + 30)
+        await storage.calls.update_call_state(
             ids[3], expected_state=State.RINGING, new_state=State.ACTIVE
         )
 
-        ringing = await storage.list_calls_in_state(State.RINGING)
+        ringing = await storage.calls.list_calls_in_state(State.RINGING)
         assert [c.call_id for c in ringing] == ids[:3]
-        old = await storage.list_calls_in_state(State.RINGING, created_before=NOW + 15)
+        old = await storage.calls.list_calls_in_state(State.RINGING, created_before=NOW + 15)
         assert [c.call_id for c in old] == ids[:2]
         assert [
-            c.call_id for c in await storage.list_calls_in_state(State.RINGING, limit=1)
+            c.call_id for c in await storage.calls.list_calls_in_state(State.RINGING, limit=1)
         ] == ids[:1]
 
-        history = await storage.list_calls_for(alice.id)
+        history = await storage.calls.list_calls_for(alice.id)
         assert [c.call_id for c in history] == [ids[3], ids[1], ids[0]]
-        active = await storage.list_calls_for(alice.id, states=[State.ACTIVE])
+        active = await storage.calls.list_calls_for(alice.id, states=[State.ACTIVE])
         assert [c.call_id for c in active] == [ids[3]]
-        assert [c.call_id for c in await storage.list_pending_calls_for(bob.id)] == [ids[0], ids[2]]
+        assert [c.call_id for c in await storage.calls.list_pending_calls_for(bob.id)] == [
+            ids[0],
+            ids[2],
+        ]
 
-        counts = await storage.count_calls_by_state()
+        counts = await storage.calls.count_calls_by_state()
         assert counts[State.RINGING] == 3
         assert counts[State.ACTIVE] == 1
         assert counts[State.FAILED] == 0
@@ -382,28 +391,28 @@ async def test_events(db_url):
     try:
         alice, bob = await _two_accounts(storage)
         seqs = [
-            await storage.add_event(
+            await storage.events.add_event(
                 alice.id, "call.incoming", {"n": i, "nested": {"ok": True}}, NOW + i
             )
             for i in range(5)
         ]
-        other = await storage.add_event(bob.id, "presence", {"online": ["alice"]}, NOW)
+        other = await storage.events.add_event(bob.id, "presence", {"online": ["alice"]}, NOW)
         assert seqs == sorted(seqs)
         assert other > seqs[-1]
 
-        everything = await storage.events_after(alice.id, 0)
+        everything = await storage.events.events_after(alice.id, 0)
         assert [e.seq for e in everything] == seqs
         assert everything[2].payload == {"n": 2, "nested": {"ok": True}}
         assert everything[2].created == NOW + 2
         assert everything[2].type == "call.incoming"
-        assert [e.seq for e in await storage.events_after(alice.id, seqs[1])] == seqs[2:]
-        assert [e.seq for e in await storage.events_after(alice.id, 0, limit=2)] == seqs[:2]
+        assert [e.seq for e in await storage.events.events_after(alice.id, seqs[1])] == seqs[2:]
+        assert [e.seq for e in await storage.events.events_after(alice.id, 0, limit=2)] == seqs[:2]
 
-        assert await storage.delete_events_through(alice.id, seqs[2]) == 3
-        assert [e.seq for e in await storage.events_after(alice.id, 0)] == seqs[3:]
-        assert await storage.delete_events_before(NOW + 4) == 2  # alice's 4th and bob's
-        assert [e.seq for e in await storage.events_after(alice.id, 0)] == seqs[4:]
-        assert await storage.events_after(bob.id, 0) == []
+        assert await storage.events.delete_events_through(alice.id, seqs[2]) == 3
+        assert [e.seq for e in await storage.events.events_after(alice.id, 0)] == seqs[3:]
+        assert await storage.events.delete_events_before(NOW + 4) == 2  # alice's 4th and bob's
+        assert [e.seq for e in await storage.events.events_after(alice.id, 0)] == seqs[4:]
+        assert await storage.events.events_after(bob.id, 0) == []
     finally:
         await storage.close()
 

@@ -183,7 +183,7 @@ class Housekeeper:
     async def _run(self, context: AppContext) -> None:
         while True:
             try:
-                await context.storage.purge_expired(context.now())
+                await context.storage.logins.purge_expired(context.now())
             except Exception:
                 logger.exception("housekeeping failed")
             await asyncio.sleep(self._interval_s)

@@ -86,7 +86,7 @@ async def authenticate_token(storage: Storage, token_text: str, now: float) -> A
         raise AuthError("bearer token is not valid") from None
     if len(token) != TOKEN_LENGTH:
         raise AuthError("bearer token is not valid")
-    found = await storage.account_for_token(hash_token(token))
+    found = await storage.logins.account_for_token(hash_token(token))
     if found is None:
         raise AuthError("bearer token is not valid")
     account, expires_at = found
@@ -128,7 +128,7 @@ CurrentAccount = Annotated[AccountRecord, Depends(current_account)]
 
 async def account_named(context: AppContext, username: str) -> AccountRecord:
     """The account called ``username`` (normalized), or 404."""
-    account = await context.storage.get_account_by_name(username)
+    account = await context.storage.accounts.get_account_by_name(username)
     if account is None:
         raise api_error(status.HTTP_404_NOT_FOUND, f"no user named {username!r}")
     return account
@@ -143,7 +143,7 @@ async def challenge(body: ChallengeRequest, context: Context) -> ChallengeRespon
     await account_named(context, body.username)
     value = secrets.token_bytes(CHALLENGE_LENGTH)
     expires = context.now() + context.settings.challenge_ttl_s
-    await context.storage.create_challenge(body.username, value, expires)
+    await context.storage.logins.create_challenge(body.username, value, expires)
     return ChallengeResponse(
         challenge=value, expires=expires, server_name=context.settings.server_name
     )
@@ -155,7 +155,7 @@ async def login(body: LoginRequest, context: Context) -> LoginResponse:
     account = await account_named(context, body.username)
     now = context.now()
     # burn the challenge first: it is single use whether or not the signature verifies
-    use = await context.storage.use_challenge(body.username, body.challenge, now)
+    use = await context.storage.logins.use_challenge(body.username, body.challenge, now)
     if use is not ChallengeUse.OK:
         raise api_error(status.HTTP_401_UNAUTHORIZED, _CHALLENGE_ERRORS[use])
     try:
@@ -170,8 +170,8 @@ async def login(body: LoginRequest, context: Context) -> LoginResponse:
         raise api_error(status.HTTP_401_UNAUTHORIZED, "login signature does not verify") from None
     token = secrets.token_bytes(TOKEN_LENGTH)
     expires = now + context.settings.token_ttl_s
-    await context.storage.create_token(hash_token(token), account.id, expires)
-    await context.storage.touch_last_seen(account.id, now)
+    await context.storage.logins.create_token(hash_token(token), account.id, expires)
+    await context.storage.accounts.touch_last_seen(account.id, now)
     logger.info("login: %s", account.username)
     return LoginResponse(token=b64encode(token), expires=expires)
 
@@ -180,6 +180,6 @@ async def login(body: LoginRequest, context: Context) -> LoginResponse:
 async def logout(request: Request, account: CurrentAccount, context: Context) -> Response:
     """Revoke the bearer token of this request."""
     token = b64decode(bearer_token(request))
-    await context.storage.delete_token(hash_token(token))
+    await context.storage.logins.delete_token(hash_token(token))
     logger.info("logout: %s", account.username)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,7 +8,7 @@ Every action takes the same path (:func:`apply`):
    (:func:`pqcall.signaling.callstate.outcome`); an action the table does not
    allow raises :class:`~pqcall.signaling.callstate.IllegalTransition` (409);
 3. write the outcome with a compare-and-set
-   (:meth:`~pqcall.server.storage.Storage.update_call_state`). If another
+   (:meth:`~pqcall.server.storage.call_store.CallStore.update_call_state`). If another
    request or process changed the call in between, re-read it and judge the
    action again against the new state, so a lost race answers 409 with the
    reason;
@@ -212,7 +212,7 @@ async def find_call(
     Raises:
         HTTPException: 404 no such call, 403 the account is not one of its parties.
     """
-    call = await context.storage.get_call(call_id)
+    call = await context.storage.calls.get_call(call_id)
     if call is None:
         raise api_error(status.HTTP_404_NOT_FOUND, "no such call")
     party = party_of(call, account.id)
@@ -233,7 +233,7 @@ async def initiate(
     if callee.id == caller.id:
         raise api_error(status.HTTP_400_BAD_REQUEST, "you cannot call yourself")
     try:
-        call = await context.storage.create_call(
+        call = await context.storage.calls.create_call(
             body.call_id,
             caller.id,
             callee.id,
@@ -275,7 +275,7 @@ async def accept(
         )
     except Exception:
         if relay is not None:
-            current = await context.storage.get_call(call.call_id)
+            current = await context.storage.calls.get_call(call.call_id)
             if current is None or current.state is not State.ACTIVE:
                 relay.release(call.call_id)  # unless another phone of the callee accepted
         raise
@@ -335,7 +335,7 @@ async def apply(
             values["reason"] = result.reason if result.reason is not None else reason
             values["ended_by"] = party.value
             values["ended_at"] = now
-        updated = await storage.update_call_state(
+        updated = await storage.calls.update_call_state(
             call.call_id, expected_state=call.state, new_state=result.state, **values
         )
         if updated is not None:
@@ -343,7 +343,7 @@ async def apply(
             await _publish_change(context, updated, action)
             return updated
         # lost a race: judge the action again against what the call is now
-        current = await storage.get_call(call.call_id)
+        current = await storage.calls.get_call(call.call_id)
         if current is None:  # pragma: no cover - calls are never deleted
             raise api_error(status.HTTP_404_NOT_FOUND, "no such call")
         call = current
@@ -424,20 +424,20 @@ class CallSweeper:
         """One pass: ring timeouts, vanished parties, event retention."""
         storage = context.storage
         now = context.now()
-        ringing = await storage.list_calls_in_state(
+        ringing = await storage.calls.list_calls_in_state(
             State.RINGING, created_before=now - context.settings.ring_timeout_s, limit=SWEEP_BATCH
         )
         for call in ringing:
             await self._end(context, call, Action.TIMEOUT)
-        for call in await storage.list_vanished_calls(now - VANISH_GRACE_S, SWEEP_BATCH):
+        for call in await storage.calls.list_vanished_calls(now - VANISH_GRACE_S, SWEEP_BATCH):
             presence = context.presence
             if presence.is_online(call.caller_id) or presence.is_online(call.callee_id):
                 continue
             await self._end(context, call, Action.VANISH)
         if now - self._retained_at >= RETENTION_INTERVAL_S:
             self._retained_at = now
-            expired = await storage.delete_events_before(now - EVENT_RETENTION_S)
-            trimmed = await storage.trim_events(MAX_PENDING_EVENTS)
+            expired = await storage.events.delete_events_before(now - EVENT_RETENTION_S)
+            trimmed = await storage.events.trim_events(MAX_PENDING_EVENTS)
             if expired or trimmed:
                 logger.info("dropped %d unacknowledged events", expired + trimmed)
 

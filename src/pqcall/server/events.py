@@ -2,7 +2,7 @@
 
 :class:`EventHub` is the :class:`~pqcall.server.context.Component` that owns
 every push connection of this process (``context.extras["events"]``). An event
-for an account is written to storage (:meth:`Storage.add_event` gives it its
+for an account is written to storage (:meth:`EventStore.add_event` gives it its
 ``seq``) and then handed to each of the account's open connections (a person
 may run several phones). A phone that was offline, or whose connection broke,
 gets what it missed when it reconnects with ``resume=<last seq it saw>``; it
@@ -179,7 +179,7 @@ class EventHub:
         context = self.context
         async with self._locks.hold(account_id):
             now = context.now()
-            seq = await context.storage.add_event(account_id, type, payload, now)
+            seq = await context.storage.events.add_event(account_id, type, payload, now)
             event = Event(seq=seq, type=type, payload=payload, created=now)
             for connection in self._connections.get(account_id, ()):
                 connection.push(event)
@@ -187,7 +187,7 @@ class EventHub:
 
     async def acknowledge(self, account_id: int, seq: int) -> None:
         """Forget the account's events through ``seq`` (the phone has them)."""
-        await self.context.storage.delete_events_through(account_id, seq)
+        await self.context.storage.events.delete_events_through(account_id, seq)
 
     def is_connected(self, account_id: int) -> bool:
         """Whether the account has an open push connection in this process."""
@@ -223,7 +223,7 @@ class EventHub:
         try:
             with tracking:
                 try:
-                    await context.storage.touch_last_seen(account.id, context.now())
+                    await context.storage.accounts.touch_last_seen(account.id, context.now())
                     if came_online:
                         await self._announce(account.id, online=True)
                     closing = await connection.run()
@@ -234,7 +234,7 @@ class EventHub:
                         self._connections.pop(account.id, None)
                     went_offline = context.presence.disconnect(account.id)
                     try:
-                        await context.storage.touch_last_seen(account.id, context.now())
+                        await context.storage.accounts.touch_last_seen(account.id, context.now())
                         if went_offline:
                             await self._announce(account.id, online=False)
                     except Exception:
@@ -248,11 +248,11 @@ class EventHub:
     async def _announce(self, account_id: int, *, online: bool) -> None:
         """Tell the account's online contacts that it came online or went offline."""
         context = self.context
-        partners = await context.storage.list_call_partners(account_id)
+        partners = await context.storage.calls.list_call_partners(account_id)
         listeners = [partner for partner in partners if self.is_connected(partner)]
         if not listeners:
             return
-        account = await context.storage.get_account(account_id)
+        account = await context.storage.accounts.get_account(account_id)
         if account is None:
             return
         presence = Presence(username=account.username, online=online, last_seen=account.last_seen)
@@ -268,7 +268,7 @@ class EventHub:
             if not online:
                 continue
             try:
-                await context.storage.touch_accounts(online, context.now())
+                await context.storage.accounts.touch_accounts(online, context.now())
             except Exception:
                 logger.exception("refreshing last_seen failed")
 
@@ -367,7 +367,7 @@ class PushConnection:
         sent: set[int] = set()
         after = self.resume
         while True:
-            page = await storage.events_after(self.account.id, after, BACKLOG_PAGE)
+            page = await storage.events.events_after(self.account.id, after, BACKLOG_PAGE)
             for record in page:
                 event = Event(
                     seq=record.seq, type=record.type, payload=record.payload, created=record.created

@@ -55,7 +55,7 @@ from pqcall.server.auth import account_named
 from pqcall.server.context import AppContext, api_error
 from pqcall.server.events import event_hub
 from pqcall.server.storage import AccountRecord, FileLimitReached, FileRecord
-from pqcall.server.storage.repository import FILE_STORED, FILE_UPLOADING
+from pqcall.server.storage.records import FILE_STORED, FILE_UPLOADING
 from pqcall.signaling.messages import EVENT_FILE_WAITING, CreateFile, FileView
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ async def find_file(context: AppContext, file_id: str, account: AccountRecord) -
     Raises:
         HTTPException: 404 no such file (or expired), 403 neither sender nor recipient.
     """
-    record = await context.storage.get_file(file_id)
+    record = await context.storage.files.get_file(file_id)
     if record is None or record.expires <= context.now():
         raise api_error(status.HTTP_404_NOT_FOUND, "no such file")
     if account.id not in (record.sender_id, record.recipient_id):
@@ -211,7 +211,7 @@ async def create(context: AppContext, sender: AccountRecord, body: CreateFile) -
     now = context.now()
     directory = files_dir(context)
     try:
-        record = await context.storage.create_file(
+        record = await context.storage.files.create_file(
             file_id,
             sender.id,
             recipient.id,
@@ -243,7 +243,7 @@ async def create(context: AppContext, sender: AccountRecord, body: CreateFile) -
         finally:
             os.close(fd)
     except OSError:
-        await context.storage.delete_file(file_id)
+        await context.storage.files.delete_file(file_id)
         raise
     logger.info(
         "file %s: %s sends %d bytes to %s", file_id, sender.username, body.size, recipient.username
@@ -298,7 +298,7 @@ async def upload(
                 await asyncio.to_thread(_fsync_dir, blob_of(context, record).parent)
         except FileNotFoundError:
             raise api_error(status.HTTP_404_NOT_FOUND, "no such file") from None
-    stored = await context.storage.complete_file(
+    stored = await context.storage.files.complete_file(
         file_id, context.now() + context.settings.file_ttl_s
     )
     if stored is None:  # deleted (cancelled, swept) while the bytes arrived
@@ -439,7 +439,7 @@ async def delete(context: AppContext, account: AccountRecord, file_id: str) -> N
         HTTPException: 403 neither sender nor recipient, 404 no such file.
     """
     record = await find_file(context, file_id, account)
-    if not await context.storage.delete_file(file_id):
+    if not await context.storage.files.delete_file(file_id):
         raise api_error(status.HTTP_404_NOT_FOUND, "no such file")
     blob_of(context, record).unlink(missing_ok=True)
     who = "recipient" if account.id == record.recipient_id else "sender"
@@ -503,10 +503,10 @@ class FileSweeper:
         self._swept_at = now
         storage = context.storage
         deleted = 0
-        for record in await storage.list_expired_files(now, SWEEP_BATCH):
+        for record in await storage.files.list_expired_files(now, SWEEP_BATCH):
             deleted += await _remove(context, record, "expired")
         idle_since = now - ABANDONED_UPLOAD_S
-        for record in await storage.list_uploading_files(idle_since, SWEEP_BATCH):
+        for record in await storage.files.list_uploading_files(idle_since, SWEEP_BATCH):
             try:
                 last_write = blob_of(context, record).stat().st_mtime
             except FileNotFoundError:
@@ -548,7 +548,7 @@ async def _remove_orphans(
             continue
         looked_up += 1
         after = name
-        if await context.storage.get_file(name) is not None:
+        if await context.storage.files.get_file(name) is not None:
             continue
         path.unlink(missing_ok=True)
         logger.info("file %s: blob without a row deleted", name)
@@ -562,11 +562,13 @@ async def _remove(context: AppContext, record: FileRecord, why: str) -> int:
         with _locked_blob(path) as fd:
             if fd is None:
                 return 0  # an upload is writing to it right now
-            if not await context.storage.delete_file(record.file_id, expected_state=record.state):
+            if not await context.storage.files.delete_file(
+                record.file_id, expected_state=record.state
+            ):
                 return 0
             path.unlink(missing_ok=True)
     except FileNotFoundError:
-        if not await context.storage.delete_file(record.file_id, expected_state=record.state):
+        if not await context.storage.files.delete_file(record.file_id, expected_state=record.state):
             return 0
     logger.info("file %s: deleted, %s", record.file_id, why)
     return 1

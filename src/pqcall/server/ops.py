@@ -357,7 +357,7 @@ class RateLimitMiddleware:
             self._accounts.move_to_end(token_hash)
             return account_id
         try:
-            found = await self.context.storage.account_for_token(token_hash)
+            found = await self.context.storage.logins.account_for_token(token_hash)
         except RuntimeError:  # storage not open: the route will answer
             return None
         if found is None:
@@ -531,9 +531,9 @@ class _CallCounts:
             now = time.monotonic()
             if now - self._read_at < self._max_age_s:
                 return
-            counts = await context.storage.count_calls_by_state()
+            counts = await context.storage.calls.count_calls_by_state()
             metrics.set_calls_by_state({state.value: counts.get(state, 0) for state in State})
-            metrics.set_file_totals(await context.storage.file_totals())
+            metrics.set_file_totals(await context.storage.files.file_totals())
             self._read_at = now
 
 

@@ -5,7 +5,7 @@ socket is authenticated and :meth:`PresenceRegistry.disconnect` when it
 closes; a phone may hold several sockets, so an account is online while it has
 at least one. The registry is per process: with several server processes the
 shared event bus carries presence (see ``docs/server.md``). The durable part,
-``last_seen``, is in the database (:meth:`Storage.touch_last_seen`).
+``last_seen``, is in the database (:meth:`AccountStore.touch_last_seen`).
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def _check_bundle(encoded: bytes, identity: IdentityPublicKey, username: str) ->
 
 
 async def _user_view(context: AppContext, account: AccountRecord) -> UserView:
-    bundle = await context.storage.current_bundle(account.id)
+    bundle = await context.storage.accounts.current_bundle(account.id)
     assert bundle is not None, "every account is created with a key bundle"
     return UserView(
         username=account.username,
@@ -72,10 +72,12 @@ async def _user_view(context: AppContext, account: AccountRecord) -> UserView:
 
 async def _refresh_bundle(context: AppContext, account: AccountRecord, bundle: KeyBundle) -> bool:
     """Store ``bundle`` if it is newer than the current one; whether it was."""
-    current = await context.storage.current_bundle(account.id)
+    current = await context.storage.accounts.current_bundle(account.id)
     if current is not None and bundle.created <= current.bundle_created:
         return False
-    await context.storage.put_bundle(account.id, bundle.encode(), bundle.created, context.now())
+    await context.storage.accounts.put_bundle(
+        account.id, bundle.encode(), bundle.created, context.now()
+    )
     return True
 
 
@@ -101,11 +103,11 @@ async def register(body: RegisterRequest, response: Response, context: Context) 
     bundle = _check_bundle(body.key_bundle, identity, body.username)
 
     try:
-        account = await context.storage.create_account(
+        account = await context.storage.accounts.create_account(
             body.username, identity.encode(), bundle.encode(), bundle.created, context.now()
         )
     except UsernameTaken:
-        existing = await context.storage.get_account_by_name(body.username)
+        existing = await context.storage.accounts.get_account_by_name(body.username)
         if existing is None or existing.identity != identity.encode():
             raise api_error(status.HTTP_409_CONFLICT, "username is taken") from None
         await _refresh_bundle(context, existing, bundle)
@@ -130,7 +132,7 @@ async def put_bundle(body: PutBundleRequest, account: CurrentAccount, context: C
     """Replace the caller's key bundle with a newer one signed by the same identity."""
     identity = IdentityPublicKey.decode(account.identity)
     bundle = _check_bundle(body.key_bundle, identity, account.username)
-    current = await context.storage.current_bundle(account.id)
+    current = await context.storage.accounts.current_bundle(account.id)
     if current is not None and bundle.encode() != current.bundle:
         if not await _refresh_bundle(context, account, bundle):
             raise api_error(
@@ -163,7 +165,7 @@ async def presence(
         wanted = {usernames.normalize(name) for name in raw}
     except usernames.InvalidUsername as exc:
         raise api_error(status.HTTP_422_UNPROCESSABLE_CONTENT, f"names: {exc}") from None
-    found = await context.storage.get_accounts_by_names(wanted)
+    found = await context.storage.accounts.get_accounts_by_names(wanted)
     return PresenceResponse(
         users=[
             Presence(

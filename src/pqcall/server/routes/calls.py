@@ -114,7 +114,7 @@ async def pending(name: str, account: CurrentAccount, context: Context) -> Pendi
         raise api_error(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     if username != account.username:
         raise api_error(status.HTTP_403_FORBIDDEN, "you can only list your own pending calls")
-    ringing = await context.storage.list_pending_calls_for(account.id)
+    ringing = await context.storage.calls.list_pending_calls_for(account.id)
     return PendingCalls(calls=[calls.detail(call, handshake=("offer",)) for call in ringing])
 
 
@@ -125,5 +125,5 @@ async def history(
     limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_CALLS)] = DEFAULT_HISTORY_CALLS,
 ) -> CallHistory:
     """The account's calls, newest first: who, when, how each ended."""
-    found = await context.storage.list_calls_for(account.id, limit=limit)
+    found = await context.storage.calls.list_calls_for(account.id, limit=limit)
     return CallHistory(calls=[calls.view(call) for call in found])

@@ -66,7 +66,7 @@ async def _authenticate(context: AppContext, websocket: WebSocket) -> tuple[Acco
         account = await authenticate_token(context.storage, token, context.now())
     except AuthError as exc:
         raise ConnectionClosing(CLOSE_UNAUTHORIZED, str(exc)) from None
-    found = await context.storage.account_for_token(hash_token(b64decode(token)))
+    found = await context.storage.logins.account_for_token(hash_token(b64decode(token)))
     if found is None:  # logged out in between
         raise ConnectionClosing(CLOSE_UNAUTHORIZED, "bearer token is not valid")
     return account, found[1]

@@ -50,7 +50,7 @@ async def create_file(body: CreateFile, account: CurrentAccount, context: Contex
 @router.get("/files")
 async def inbox(account: CurrentAccount, context: Context) -> Inbox:
     """The complete files waiting for the account, oldest first."""
-    found = await context.storage.list_inbox(account.id, context.now(), MAX_INBOX_FILES)
+    found = await context.storage.files.list_inbox(account.id, context.now(), MAX_INBOX_FILES)
     return Inbox(files=[files.view(context, record) for record in found])
 
 

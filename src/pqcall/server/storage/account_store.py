@@ -1,0 +1,154 @@
+"""Accounts and their key bundles: :class:`AccountStore`.
+
+An account is a normalized username bound to a hybrid identity key, created
+with its first key bundle; a new bundle replaces the current one (older ones
+are kept, not current). Each method is one short transaction; times are unix
+seconds passed in by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pqcall.server.storage.models import accounts, key_bundles
+from pqcall.server.storage.records import AccountRecord, BundleRecord, UsernameTaken
+
+TOUCH_BATCH = 500  # account ids per UPDATE in touch_accounts (SQLite bounds parameters)
+
+
+def account_from_row(row: Row[Any]) -> AccountRecord:
+    """The record of a row of ``accounts`` (or of a select that includes its columns)."""
+    return AccountRecord(
+        id=row.id,
+        username=row.username,
+        identity=row.identity,
+        created=row.created_at,
+        last_seen=row.last_seen_at,
+    )
+
+
+class AccountStore:
+    """Accounts and key bundles. Safe to share between tasks.
+
+    Args:
+        engine: the shared engine of :class:`~pqcall.server.storage.Storage`.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine  # shared connection pool, owned by Storage
+
+    async def create_account(
+        self, username: str, identity: bytes, bundle: bytes, bundle_created: int, now: float
+    ) -> AccountRecord:
+        """Create an account with its first key bundle.
+
+        Raises:
+            UsernameTaken: ``username`` exists (with any identity; the caller decides
+                whether that is an idempotent repeat).
+        """
+        try:
+            async with self.engine.begin() as connection:
+                result = await connection.execute(
+                    insert(accounts)
+                    .values(username=username, identity=identity, created_at=now)
+                    .returning(accounts)
+                )
+                row = result.one()
+                await connection.execute(
+                    insert(key_bundles).values(
+                        account_id=row.id,
+                        bundle=bundle,
+                        bundle_created=bundle_created,
+                        created_at=now,
+                        is_current=True,
+                    )
+                )
+        except IntegrityError:
+            raise UsernameTaken(f"username {username!r} is taken") from None
+        return account_from_row(row)
+
+    async def get_account(self, account_id: int) -> AccountRecord | None:
+        """The account with this id, if any."""
+        async with self.engine.connect() as connection:
+            result = await connection.execute(select(accounts).where(accounts.c.id == account_id))
+            row = result.one_or_none()
+        return None if row is None else account_from_row(row)
+
+    async def get_account_by_name(self, username: str) -> AccountRecord | None:
+        """The account named ``username`` (normalized), if any."""
+        async with self.engine.connect() as connection:
+            result = await connection.execute(
+                select(accounts).where(accounts.c.username == username)
+            )
+            row = result.one_or_none()
+        return None if row is None else account_from_row(row)
+
+    async def get_accounts_by_names(self, usernames: Iterable[str]) -> list[AccountRecord]:
+        """The existing accounts among ``usernames``, ordered by name."""
+        names = sorted(set(usernames))
+        if not names:
+            return []
+        async with self.engine.connect() as connection:
+            result = await connection.execute(
+                select(accounts).where(accounts.c.username.in_(names)).order_by(accounts.c.username)
+            )
+            return [account_from_row(row) for row in result]
+
+    async def touch_last_seen(self, account_id: int, now: float) -> None:
+        """Record that the account was seen (login, push connection, heartbeat)."""
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                update(accounts).where(accounts.c.id == account_id).values(last_seen_at=now)
+            )
+
+    async def touch_accounts(self, account_ids: Iterable[int], now: float) -> None:
+        """:meth:`touch_last_seen` for many accounts at once (the connected phones)."""
+        ids = sorted(set(account_ids))
+        async with self.engine.begin() as connection:
+            for start in range(0, len(ids), TOUCH_BATCH):
+                await connection.execute(
+                    update(accounts)
+                    .where(accounts.c.id.in_(ids[start : start + TOUCH_BATCH]))
+                    .values(last_seen_at=now)
+                )
+
+    # ------------------------------------------------------------ key bundles
+
+    async def put_bundle(
+        self, account_id: int, bundle: bytes, bundle_created: int, now: float
+    ) -> None:
+        """Make ``bundle`` the account's current key bundle; older ones are kept, not current."""
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                update(key_bundles)
+                .where(key_bundles.c.account_id == account_id, key_bundles.c.is_current)
+                .values(is_current=False)
+            )
+            await connection.execute(
+                insert(key_bundles).values(
+                    account_id=account_id,
+                    bundle=bundle,
+                    bundle_created=bundle_created,
+                    created_at=now,
+                    is_current=True,
+                )
+            )
+
+    async def current_bundle(self, account_id: int) -> BundleRecord | None:
+        """The account's current key bundle."""
+        async with self.engine.connect() as connection:
+            result = await connection.execute(
+                select(key_bundles)
+                .where(key_bundles.c.account_id == account_id, key_bundles.c.is_current)
+                .order_by(key_bundles.c.id.desc())
+                .limit(1)
+            )
+            row = result.one_or_none()
+        if row is None:
+            return None
+        return BundleRecord(row.bundle, row.bundle_created, row.created_at)

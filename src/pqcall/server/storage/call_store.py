@@ -1,0 +1,228 @@
+"""Call rows and their state: :class:`CallStore`.
+
+A call is a row with a state (:class:`~pqcall.signaling.callstate.State`),
+its handshake messages, candidates and timestamps, so a restart loses
+nothing. State changes are compare-and-set (:meth:`CallStore.update_call_state`),
+so they stay correct with several server processes on one PostgreSQL.
+Times are unix seconds passed in by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Row, case, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import aliased
+
+from pqcall.server.storage.models import accounts, calls
+from pqcall.server.storage.records import CallExists, CallRecord
+from pqcall.signaling.callstate import State
+
+_UNSET: Any = object()
+
+_caller = aliased(accounts, name="caller")
+_callee = aliased(accounts, name="callee")
+_CALL_SELECT = (
+    select(calls, _caller.c.username.label("caller_name"), _callee.c.username.label("callee_name"))
+    .join(_caller, _caller.c.id == calls.c.caller_id)
+    .join(_callee, _callee.c.id == calls.c.callee_id)
+)
+
+
+def _call(row: Row[Any]) -> CallRecord:
+    return CallRecord(
+        call_id=row.id,
+        caller_id=row.caller_id,
+        callee_id=row.callee_id,
+        caller=row.caller_name,
+        callee=row.callee_name,
+        state=State(row.state),
+        reason=row.reason,
+        offer=row.offer,
+        answer=row.answer,
+        confirm=row.confirm,
+        caller_candidates=list(row.caller_candidates),
+        callee_candidates=list(row.callee_candidates),
+        caller_seen_address=row.caller_seen_address,
+        callee_seen_address=row.callee_seen_address,
+        created=row.created_at,
+        answered=row.answered_at,
+        ended=row.ended_at,
+        ended_by=row.ended_by,
+    )
+
+
+class CallStore:
+    """Calls. Safe to share between tasks.
+
+    Args:
+        engine: the shared engine of :class:`~pqcall.server.storage.Storage`.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine  # shared connection pool, owned by Storage
+
+    async def create_call(
+        self,
+        call_id: str,
+        caller_id: int,
+        callee_id: int,
+        offer: bytes,
+        caller_candidates: Sequence[dict[str, Any]],
+        caller_seen_address: str | None,
+        now: float,
+    ) -> CallRecord:
+        """Insert a ringing call.
+
+        Raises:
+            CallExists: ``call_id`` is in use (by any call, ever).
+        """
+        try:
+            async with self.engine.begin() as connection:
+                await connection.execute(
+                    insert(calls).values(
+                        id=call_id,
+                        caller_id=caller_id,
+                        callee_id=callee_id,
+                        state=State.RINGING.value,
+                        offer=offer,
+                        caller_candidates=list(caller_candidates),
+                        callee_candidates=[],
+                        caller_seen_address=caller_seen_address,
+                        created_at=now,
+                    )
+                )
+        except IntegrityError:
+            raise CallExists(f"call {call_id} exists") from None
+        call = await self.get_call(call_id)
+        assert call is not None
+        return call
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        """The call with this id, if any."""
+        async with self.engine.connect() as connection:
+            result = await connection.execute(_CALL_SELECT.where(calls.c.id == call_id))
+            row = result.one_or_none()
+        return None if row is None else _call(row)
+
+    async def update_call_state(
+        self,
+        call_id: str,
+        *,
+        expected_state: State,
+        new_state: State,
+        reason: str | None = _UNSET,
+        ended_by: str | None = _UNSET,
+        answer: bytes | None = _UNSET,
+        confirm: bytes | None = _UNSET,
+        callee_candidates: Sequence[dict[str, Any]] = _UNSET,
+        callee_seen_address: str | None = _UNSET,
+        answered_at: float | None = _UNSET,
+        ended_at: float | None = _UNSET,
+    ) -> CallRecord | None:
+        """Move a call from ``expected_state`` to ``new_state``, setting the given columns.
+
+        A compare-and-set: nothing changes, and ``None`` comes back, when the
+        call is no longer in ``expected_state`` (another request or process got
+        there first) or does not exist. Columns left out are not touched.
+        Decide ``new_state`` with :func:`pqcall.signaling.callstate.outcome`.
+        """
+        optional: dict[str, Any] = {
+            "reason": reason,
+            "ended_by": ended_by,
+            "answer": answer,
+            "confirm": confirm,
+            "callee_candidates": _UNSET if callee_candidates is _UNSET else list(callee_candidates),
+            "callee_seen_address": callee_seen_address,
+            "answered_at": answered_at,
+            "ended_at": ended_at,
+        }
+        values = {column: value for column, value in optional.items() if value is not _UNSET}
+        values["state"] = new_state.value
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                update(calls)
+                .where(calls.c.id == call_id, calls.c.state == expected_state.value)
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                return None
+            row = (await connection.execute(_CALL_SELECT.where(calls.c.id == call_id))).one()
+        return _call(row)
+
+    async def list_pending_calls_for(self, account_id: int) -> list[CallRecord]:
+        """Calls ringing for ``account_id`` as callee, oldest first."""
+        return await self._calls(
+            (calls.c.callee_id == account_id, calls.c.state == State.RINGING.value),
+            calls.c.created_at.asc(),
+        )
+
+    async def list_calls_in_state(
+        self, state: State, *, created_before: float | None = None, limit: int = 1000
+    ) -> list[CallRecord]:
+        """Calls in ``state`` (optionally created before a time), oldest first: for sweepers."""
+        conditions: list[Any] = [calls.c.state == state.value]
+        if created_before is not None:
+            conditions.append(calls.c.created_at < created_before)
+        return await self._calls(conditions, calls.c.created_at.asc(), limit)
+
+    async def list_calls_for(
+        self, account_id: int, *, states: Iterable[State] | None = None, limit: int = 100
+    ) -> list[CallRecord]:
+        """Calls where ``account_id`` is a party (call history), newest first."""
+        conditions: list[Any] = [
+            (calls.c.caller_id == account_id) | (calls.c.callee_id == account_id)
+        ]
+        if states is not None:
+            conditions.append(calls.c.state.in_([s.value for s in states]))
+        return await self._calls(conditions, calls.c.created_at.desc(), limit)
+
+    async def list_vanished_calls(self, seen_before: float, limit: int = 1000) -> list[CallRecord]:
+        """Active calls answered before ``seen_before`` whose parties were both last seen before it.
+
+        The candidates for "both parties vanished"; the caller still checks who
+        is connected right now.
+        """
+        conditions = (
+            calls.c.state == State.ACTIVE.value,
+            func.coalesce(calls.c.answered_at, calls.c.created_at) < seen_before,
+            func.coalesce(_caller.c.last_seen_at, 0.0) < seen_before,
+            func.coalesce(_callee.c.last_seen_at, 0.0) < seen_before,
+        )
+        return await self._calls(conditions, calls.c.created_at.asc(), limit)
+
+    async def list_call_partners(self, account_id: int, limit: int = 1000) -> list[int]:
+        """Ids of the accounts ``account_id`` has had a call with, either way (its contacts)."""
+        partner = case(
+            (calls.c.caller_id == account_id, calls.c.callee_id), else_=calls.c.caller_id
+        ).label("partner")
+        async with self.engine.connect() as connection:
+            result = await connection.execute(
+                select(partner)
+                .where((calls.c.caller_id == account_id) | (calls.c.callee_id == account_id))
+                .distinct()
+                .order_by(partner)
+                .limit(limit)
+            )
+            return [int(row.partner) for row in result]
+
+    async def _calls(
+        self, conditions: Iterable[Any], order: Any, limit: int = 1000
+    ) -> list[CallRecord]:
+        async with self.engine.connect() as connection:
+            result = await connection.execute(
+                _CALL_SELECT.where(*conditions).order_by(order, calls.c.id).limit(limit)
+            )
+            return [_call(row) for row in result]
+
+    async def count_calls_by_state(self) -> dict[State, int]:
+        """How many calls are in each state (for metrics)."""
+        async with self.engine.connect() as connection:
+            result = await connection.execute(
+                select(calls.c.state, func.count()).group_by(calls.c.state)
+            )
+            counts = {State(state): int(n) for state, n in result}
+        return {state: counts.get(state, 0) for state in State}
