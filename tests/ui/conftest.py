@@ -52,7 +52,7 @@ START_TIMEOUT_S = 30.0 * TIMEOUT_SCALE  # until `pqcall ui` prints its URL
 STOP_TIMEOUT_S = 10.0 * TIMEOUT_SCALE  # a child's clean exit after SIGTERM
 DEFAULT_RING_TIMEOUT_S = 60.0  # the server's, unless a test parametrizes ring_timeout_s
 SAMPLES = Path(__file__).parents[2] / "src" / "pqcall" / "media" / "samples"
-URL = re.compile(r"http://127\.0\.0\.1:(\d+)/#token=[A-Za-z0-9_\-.~%]+")
+URL = re.compile(r"http://127\.0\.0\.1:(\d+)/#code=[A-Za-z0-9_\-.~%]+")
 OUTPUT_TAIL_CHARS = 6000  # of each process's output in a failure message
 
 
@@ -110,7 +110,7 @@ class Ui:
     process: subprocess.Popen[Any]
     out_path: Path  # its stdout
     err_path: Path  # its stderr
-    url: str = ""  # printed by the process: http://127.0.0.1:PORT/#token=TOKEN
+    url: str = ""  # printed by the process: http://127.0.0.1:PORT/#code=CODE (one use)
     context: BrowserContext | None = None
     page: Page | None = None
     console: list[str] = field(default_factory=list)  # the page's console messages
@@ -185,7 +185,7 @@ class UiWorld:
             )
         ui = self.uis[name] = Ui(name, process, out_path, err_path)
         ui.wait_for_url()
-        assert ui.url.startswith(f"http://127.0.0.1:{port}/#token="), ui.url
+        assert ui.url.startswith(f"http://127.0.0.1:{port}/#code="), ui.url
         width, height = viewport
         ui.context = self.browser.new_context(
             viewport={"width": width, "height": height}, device_scale_factor=device_scale_factor

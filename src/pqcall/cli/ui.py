@@ -1,10 +1,13 @@
 """``pqcall ui``: the softphone with a local web page.
 
 One process runs the phone (once the page unlocks it) and the page's web
-server (uvicorn) on the same event loop, on 127.0.0.1 only. The URL printed
-(and opened) carries a random token in its fragment; the API refuses requests
-without it. The passphrase is typed in the page, never on the command line.
-Ctrl-C hangs up and stops (exit code 130).
+server (uvicorn) on the same event loop, on 127.0.0.1 only. The API refuses requests
+without the process's random session token. The link printed (and opened)
+carries only a one-time code that the page trades for the token, once, within
+:data:`~pqcall.ui.bootstrap.LINK_LIFETIME_S` seconds: the browser's command
+line, which every local user can read, holds nothing that still works. Enter
+on stdin prints a fresh link. The passphrase is typed in the page, never on
+the command line. Ctrl-C hangs up and stops (exit code 130).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
+import time
 import webbrowser
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 
     from pqcall.client.call import MediaOptions
     from pqcall.client.home import Home
+    from pqcall.ui.bootstrap import BootstrapCodes
 
 HOST = "127.0.0.1"
 """The only interface the page is served on."""
@@ -47,7 +52,7 @@ def add_parsers(
         parents=[common],
         help="run the softphone with a web page in the browser",
         description="Run the softphone and serve its page on 127.0.0.1; open it in the"
-        " browser. The printed link carries the access token.",
+        " browser. The printed link works once, within a minute; press Enter for a new one.",
     )
     ui.add_argument(
         "--port", type=port, default=0, metavar="PORT", help="TCP port (default: any free one)"
@@ -118,30 +123,49 @@ async def _ui(
     home: Home, media: MediaOptions, sock: socket.socket, open_browser: bool, console: Console
 ) -> int:
     from pqcall.ui.app import create_app
+    from pqcall.ui.bootstrap import BootstrapCodes
     from pqcall.ui.controller import Controller
 
     token = secrets.token_urlsafe(TOKEN_BYTES)
+    codes = BootstrapCodes()
     controller = Controller(home, media=media)
     async with Interrupt() as interrupt:
         await controller.start()
-        server = make_server(create_app(controller, token))
+        server = make_server(create_app(controller, token, bootstrap=codes, clock=time.monotonic))
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="ui server")
         stop = asyncio.create_task(interrupt.wait(), name="ui interrupt")
+        links = asyncio.create_task(_new_links(codes, sock, console), name="ui links")
         try:
             while not server.started and not serving.done():
                 await asyncio.sleep(0.02)
             if serving.done():
                 serving.result()  # raises why it stopped
                 return runtime.EXIT_FAILED
-            url = f"http://{HOST}:{sock.getsockname()[1]}/#token={token}"
+            url = link(sock, codes)
             console.say(f"pqcall ui for {home.path}: open {url}")
-            console.say("Ctrl-C to stop")
+            console.say(
+                "the link works once, within a minute; Enter prints a new one; Ctrl-C to stop"
+            )
             if open_browser:
                 await asyncio.to_thread(webbrowser.open, url)
             await asyncio.wait({serving, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
+            links.cancel()
             await controller.close()
             server.should_exit = True
-            await asyncio.gather(serving, stop, return_exceptions=True)
+            await asyncio.gather(serving, stop, links, return_exceptions=True)
     return interrupt.exit_code if interrupt.is_set else runtime.EXIT_OK
+
+
+def link(sock: socket.socket, codes: BootstrapCodes) -> str:
+    """A one-time link to the page served on ``sock`` (never the session token)."""
+    code = codes.issue(now=time.monotonic())
+    return f"http://{HOST}:{sock.getsockname()[1]}/#code={code}"
+
+
+async def _new_links(codes: BootstrapCodes, sock: socket.socket, console: Console) -> None:
+    """Print a fresh link for each line typed on stdin, until it ends."""
+    lines = runtime.LineReader()
+    while await lines.readline() is not None:
+        console.say(f"open {link(sock, codes)}")

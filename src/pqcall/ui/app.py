@@ -3,9 +3,12 @@
 Every ``/api`` request carries the process's random token in the header
 ``X-Pqcall-Token`` (the WebSocket and the one-time download take it as
 ``?token=``); without it the answer is 401. The page itself (``static/``)
-loads without a token: it reads the token from the URL's fragment, which
-never reaches a server. Errors are ``{"error": "one sentence"}``. The routes
-are listed in ``docs/cli.md#ui``.
+loads without a token. It gets the token by trading the single-use code of its
+link (``#code=``, see :mod:`pqcall.ui.bootstrap`) at ``POST /api/session``, so
+the token is never in a URL given to a browser. Every answer carries a strict
+Content-Security-Policy (no inline script or style, nothing from elsewhere).
+Errors are ``{"error": "one sentence"}``. The routes are listed in
+``docs/cli.md#ui``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hmac
 import logging
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.websockets import WebSocketDisconnect
 
-from pqcall.client.files import sanitize_name
+from pqcall.client.file_names import sanitize_name
+from pqcall.ui.bootstrap import BootstrapCodes
 from pqcall.ui.controller import Controller, UiError
 
 logger = logging.getLogger(__name__)
@@ -50,7 +55,22 @@ NO_STATIC_PAGE = """<!doctype html>
 <p role="alert">The page's files are missing from this installation;
 the API at /api is running.</p></main></body></html>
 """
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",  # app.js only: no inline script, no eval
+        "style-src 'self'",  # style.css only: no inline style
+        "img-src 'self' data:",  # the empty favicon is a data: URL
+        "connect-src 'self'",  # fetch and the same-origin WebSocket
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+"""What the page may load and run (docs/threat-model.md): only its own files."""
 SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -59,6 +79,12 @@ SECURITY_HEADERS = {
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class SessionBody(_Body):
+    """``POST /api/session``: the code of a one-time link."""
+
+    code: str = Field(max_length=128)
 
 
 class UnlockBody(_Body):
@@ -104,6 +130,8 @@ def create_app(
     controller: Controller,
     token: str,
     *,
+    bootstrap: BootstrapCodes | None = None,
+    clock: Callable[[], float] = time.monotonic,
     static_dir: Path = STATIC_DIR,
     allowed_hosts: tuple[str, ...] = LOCAL_HOSTS,
 ) -> FastAPI:
@@ -112,6 +140,9 @@ def create_app(
     Args:
         controller: the softphone (started by the caller).
         token: the secret the page must present.
+        bootstrap: the codes of one-time links that ``POST /api/session``
+            trades for ``token`` (None: no link works).
+        clock: the clock ``bootstrap``'s codes were issued on.
         static_dir: where the page's files are.
         allowed_hosts: accepted ``Host`` headers (without port).
     """
@@ -157,6 +188,17 @@ def create_app(
     def require_token(request: Request) -> None:
         if not is_token(request.headers.get(TOKEN_HEADER)):
             raise UiError(401, "missing or wrong token: open the link printed by pqcall ui")
+
+    codes = bootstrap if bootstrap is not None else BootstrapCodes()
+
+    @app.post("/api/session")
+    async def session(body: SessionBody) -> dict[str, str]:
+        # the one route without the token: a link's single-use code buys it
+        if not codes.redeem(body.code, now=clock()):
+            raise UiError(
+                401, "this link was used already or has expired: get a new one from pqcall ui"
+            )
+        return {"token": token}
 
     api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 

@@ -13,16 +13,35 @@ const ACTIVE = new Set(["connecting", "active"]);
 
 // ---------------------------------------------------------------- token
 
-function takeToken() {
-  const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+/**
+ * The session token: from sessionStorage, or bought once with the one-time code
+ * of the link pqcall ui printed (`#code=`); the code is dead after this.
+ */
+async function takeToken() {
+  const match = /(?:^#|&)code=([^&]+)/.exec(location.hash);
   if (match) {
-    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
     history.replaceState(null, "", location.pathname + location.search);
+    try {
+      const response = await fetch("/api/session", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ code: decodeURIComponent(match[1]) }),
+      });
+      const data = await response.json().catch(() => ({}));
+      if (response.ok && typeof data.token === "string") {
+        sessionStorage.setItem(TOKEN_KEY, data.token);
+      } else if (!sessionStorage.getItem(TOKEN_KEY)) {
+        showError(data.error || "This link does not work: get a new one from pqcall ui.");
+      }
+    } catch {
+      showError("The phone is not reachable: is pqcall ui still running?");
+    }
   }
   return sessionStorage.getItem(TOKEN_KEY);
 }
 
-let token = takeToken();
+let token = null;
+let tokenTaken = false; // takeToken() has answered (until then the page is loading)
 
 function forgetToken() {
   sessionStorage.removeItem(TOKEN_KEY);
@@ -250,7 +269,7 @@ function contactOf(name) {
 }
 
 function render() {
-  const phase = !token ? "no-token" : state ? state.phase : "loading";
+  const phase = !tokenTaken ? "loading" : !token ? "no-token" : state ? state.phase : "loading";
   show($("no-token"), phase === "no-token");
   show($("setup"), phase === "setup");
   show($("unlock"), phase === "locked");
@@ -773,6 +792,9 @@ function wire() {
 
 async function start() {
   wire();
+  render();
+  token = await takeToken();
+  tokenTaken = true;
   render();
   if (!token) return;
   try {
