@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from pqcall.cli import main
+from pqcall.client import discovery
+from pqcall.client.discovery import DiscoveryUnavailable, FoundServer
 from pqcall.client.home import AccountConfig, Home
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
-from pqcall.server import discovery
-from pqcall.server.discovery import DiscoveryUnavailable, FoundServer
 
 PASSPHRASE = "correct horse battery staple"
 

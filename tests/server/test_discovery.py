@@ -21,15 +21,10 @@ from zeroconf import ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
 from pqcall import __version__
+from pqcall.client.discovery import FoundServer, find_servers
 from pqcall.exceptions import LocalProtocolError
-from pqcall.server.discovery import (
-    SERVICE_TYPE,
-    DiscoveryUnavailable,
-    FoundServer,
-    ServerAnnouncer,
-    find_servers,
-    local_addresses,
-)
+from pqcall.server.discovery import ServerAnnouncer, local_addresses
+from pqcall.signaling.mdns import SERVICE_TYPE, DiscoveryUnavailable
 
 TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
 FIND_S = 2.0 * TIMEOUT_SCALE  # browse time

@@ -106,7 +106,7 @@ async def discover_server(console: Console) -> str:
         ServerError: none found, several found (they are listed first), or
             mDNS cannot be used here.
     """
-    from pqcall.server.discovery import DiscoveryUnavailable, find_servers
+    from pqcall.client.discovery import DiscoveryUnavailable, find_servers
 
     console.say("looking for a pqcall server on the LAN (mDNS)…")
     try:
