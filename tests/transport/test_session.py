@@ -1,8 +1,12 @@
-"""MediaSession on real loopback UDP sockets: two sessions in one event loop.
+"""MediaSession on real loopback UDP sockets: what needs a socket and the event loop.
 
-Calls are short (1-3 s of tones). Timing bounds only ever give more slack on slow machines:
-scale them with ``PQCALL_TEST_TIMEOUT_SCALE``. A :class:`Tap` stands in the path where a
-test must see, drop, replay or inject datagrams; the ImpairmentRelay where it needs loss.
+The media path's behaviour (loss, FEC and redundancy, adaptation, mute, hang-up
+and timeout, replays and garbage, packet sizes) is tested in virtual time in
+``tests/media/test_pipeline.py``; here: a whole call end to end, foreign
+datagrams, devices replaced mid-call, the frame clock and trace, WAV files,
+misuse. Timing bounds only ever give more slack on slow machines: scale them
+with ``PQCALL_TEST_TIMEOUT_SCALE``. A :class:`Tap` stands in the path where a
+test must see or inject datagrams.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import random
 import wave
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -20,15 +23,12 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from pqcall.bench.quality import SAMPLES_DIR
 from pqcall.crypto.sframe import Header
 from pqcall.exceptions import LocalProtocolError
 from pqcall.media.audio import ToneSource, WavFileSink, WavFileSource
-from pqcall.media.codec import SAMPLE_RATE_HZ, OpusEncoder, OpusSettings, Pcm
-from pqcall.media.stats import MIN_AUDIO_LEVEL_DBFS
-from pqcall.netem import Impairment, ImpairmentRelay
+from pqcall.media.codec import SAMPLE_RATE_HZ, OpusSettings, Pcm
 from pqcall.transport.adaptation import CALM_COMPLEXITY
-from pqcall.transport.session import EndReason, MediaSession, MediaSettings
+from pqcall.transport.session import MediaSession, MediaSettings
 from tests.utils import handshake_pair
 
 TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
@@ -241,109 +241,6 @@ def test_tone_crosses_both_ways_with_stats_and_rtt():
     run(main)
 
 
-def test_call_survives_20_percent_loss():
-    async def main() -> None:
-        call = await open_call()
-        lossy = Impairment(loss=0.2, seed=11)
-        async with ImpairmentRelay(
-            a_to_b=lossy,
-            b_to_a=Impairment(loss=0.2, seed=12),
-            peer_a=call.caller.local_address,
-            peer_b=call.callee.local_address,
-        ) as relay:
-            call.caller.connect(relay.address_a)
-            call.callee.connect(relay.address_b)
-            await asyncio.sleep(3.0)
-            heard = call.callee.snapshot()
-            assert dominant_hz(call.callee_hears.tail(1.0)) == pytest.approx(CALLER_TONE_HZ, abs=4)
-            assert dominant_hz(call.caller_hears.tail(1.0)) == pytest.approx(CALLEE_TONE_HZ, abs=4)
-            assert 10 < heard.loss_percent < 30
-            assert heard.concealed_ms > 0
-            # the caller raised FEC from the callee's reports, and FEC repaired frames
-            assert call.caller.adaptation.expected_loss_percent >= 10
-            assert call.caller.adaptation.complexity == 10  # full effort under loss
-            assert heard.fec_recovered > 0
-            assert heard.rtt_ms is not None
-            assert call.callee.jitter_stats.played > 80
-            await call.caller.hangup()
-            await asyncio.wait_for(call.callee.wait_ended(), SIGNAL_S)
-        await call.close()
-
-    run(main)
-
-
-def test_garbage_burst_is_dropped_and_the_call_goes_on():
-    async def main() -> None:
-        call, tap = await tapped_call()
-        await asyncio.sleep(0.5)
-        rng = random.Random(5)
-        genuine = tap.a_to_b[-1]
-        # (asyncio does not send empty datagrams: the protocol tests cover those)
-        garbage = [rng.randbytes(rng.randrange(1, 200)) for _ in range(200)]
-        garbage += [genuine[: rng.randrange(1, len(genuine))] for _ in range(100)]
-        garbage += [  # the caller's KID, fresh counters, random ciphertext
-            Header(kid=0, ctr=10_000 + i).serialize() + rng.randbytes(len(genuine) - 4)
-            for i in range(100)
-        ]
-        flipped = bytearray(genuine)
-        garbage += [bytes(flipped[:-1]) + bytes([flipped[-1] ^ (1 + i % 255)]) for i in range(100)]
-        assert len(garbage) == 500
-        before = call.callee.jitter_stats.played
-        for index, datagram in enumerate(garbage):
-            tap.inject_to_b(datagram)
-            if index % 10 == 9:
-                await asyncio.sleep(0.002)  # stay well inside the socket buffer
-        await eventually(lambda: call.callee.packets_rejected >= 500)
-        await asyncio.sleep(0.5)
-        stats = call.callee.protocol_stats
-        assert call.callee.packets_rejected == 500
-        assert stats.dropped == 500
-        assert stats.sframe.auth_failed > 0 and stats.sframe.malformed > 0
-        assert call.callee.snapshot().packets_rejected == 500
-        assert call.callee.end_reason is None
-        assert call.callee.jitter_stats.played > before + 15  # audio kept coming
-        assert dominant_hz(call.callee_hears.tail(0.3)) == pytest.approx(CALLER_TONE_HZ, abs=4)
-        tap.close()
-        await call.close()
-
-    run(main)
-
-
-def test_replayed_packet_is_never_played_twice():
-    async def main() -> None:
-        call, tap = await tapped_call()
-        await asyncio.sleep(0.5)
-        captured = list(tap.a_to_b[-5:])
-        for datagram in captured * 4:
-            tap.inject_to_b(datagram)
-        await eventually(lambda: call.callee.protocol_stats.sframe.replayed == 20)
-        await asyncio.sleep(0.3)
-        await call.caller.hangup()
-        await asyncio.wait_for(call.callee.wait_ended(), SIGNAL_S)
-        stats = call.callee.protocol_stats
-        playout = call.callee.jitter_stats
-        assert stats.sframe.replayed == 20
-        assert stats.sframe.accepted <= len(tap.a_to_b)  # each genuine datagram at most once
-        assert playout.duplicates == 0  # no replay reached the jitter buffer
-        # every audio packet received is accounted for once (jitter.py's invariant)
-        assert stats.audio_received == sum(
-            (
-                playout.played,
-                playout.queued_packets,
-                playout.shrink_dropped,
-                playout.overflow_dropped,
-                playout.flushed,
-                playout.late_dropped,
-                playout.stray_dropped,
-            )
-        )
-        assert playout.played <= call.caller.protocol_stats.audio_sent
-        tap.close()
-        await call.close()
-
-    run(main)
-
-
 def test_datagrams_from_a_foreign_address_are_ignored():
     async def main() -> None:
         call, tap = await tapped_call()
@@ -362,51 +259,6 @@ def test_datagrams_from_a_foreign_address_are_ignored():
         assert call.callee.packets_rejected == 20
         intruder.close()
         tap.close()
-        await call.close()
-
-    run(main)
-
-
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_hangup_reaches_the_peer_through_20_percent_loss(seed):
-    async def main() -> None:
-        call = await open_call()
-        async with ImpairmentRelay(
-            a_to_b=Impairment(loss=0.2, seed=seed),
-            b_to_a=Impairment(loss=0.2, seed=seed + 100),
-            peer_a=call.caller.local_address,
-            peer_b=call.callee.local_address,
-        ) as relay:
-            call.caller.connect(relay.address_a)
-            call.callee.connect(relay.address_b)
-            await asyncio.sleep(0.3)
-            await call.callee.hangup()
-            assert await asyncio.wait_for(call.caller.wait_ended(), SIGNAL_S) == "peer hangup"
-            assert call.callee.end_reason == EndReason.LOCAL_HANGUP
-        await call.close()
-
-    run(main)
-
-
-def test_mute_is_signalled_and_silences_the_audio():
-    async def main() -> None:
-        call = await open_call()
-        connect_direct(call)
-        await asyncio.sleep(0.5)
-        assert not call.callee.is_peer_muted
-        call.caller.set_muted(True)
-        await eventually(lambda: call.callee.is_peer_muted)
-        await asyncio.sleep(0.4)
-        assert rms(call.callee_hears.tail(0.2)) < 0.001
-        assert call.caller.is_muted
-        assert call.caller.snapshot().input_level_dbfs == MIN_AUDIO_LEVEL_DBFS  # meter drops
-        packets = call.callee.snapshot().packets_received
-        await asyncio.sleep(0.2)
-        assert call.callee.snapshot().packets_received > packets + 5  # still one per frame
-        call.caller.set_muted(False)
-        await eventually(lambda: not call.callee.is_peer_muted)
-        await asyncio.sleep(0.3)
-        assert dominant_hz(call.callee_hears.tail(0.2)) == pytest.approx(CALLER_TONE_HZ, abs=6)
         await call.close()
 
     run(main)
@@ -455,82 +307,6 @@ def test_source_and_sink_are_replaced_mid_call():
         late = MemorySink()
         await call.callee.replace_audio(sink=late)
         assert late.closed
-
-    run(main)
-
-
-def test_media_timeout_ends_a_call_whose_peer_vanished():
-    async def main() -> None:
-        settings = MediaSettings(media_timeout_s=0.4)
-        call = await open_call(settings, settings)
-        connect_direct(call)
-        await asyncio.sleep(0.3)
-        await call.callee.close()  # vanishes without a hang-up
-        assert await call.callee.wait_ended() == "closed"
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        assert await asyncio.wait_for(call.caller.wait_ended(), 2 * SIGNAL_S) == "timeout"
-        assert 0.2 < loop.time() - start < 0.4 + SIGNAL_S
-        await call.close()
-
-    run(main)
-
-
-def test_packet_size_is_constant_when_redundancy_starts():
-    async def main() -> None:
-        # no FEC: automatic mode answers loss with redundancy (every 4th datagram lost)
-        settings = MediaSettings(opus=OpusSettings(fec=False))
-        call, tap = await tapped_call(
-            caller_settings=settings, drop_a_to_b=lambda index: index % 4 == 3
-        )
-        await eventually(lambda: call.caller.adaptation.redundancy, within_s=2.5 * SIGNAL_S)
-        await eventually(lambda: call.callee.snapshot().redundancy_recovered > 5)
-        assert call.caller.protocol_stats.redundant_sent > 10
-        sizes = {len(d) for d in tap.a_to_b[8:256]}  # counters 8-255: one SFrame header size
-        assert sizes == {126}  # 1 config + 1 CTR + 2 length + 106 padded + 16 tag
-        # and the forced modes send the same size
-        await call.caller.hangup()
-        tap.close()
-        await call.close()
-        for redundancy in (True, False):
-            call, tap = await tapped_call(caller_settings=MediaSettings(redundancy=redundancy))
-            await asyncio.sleep(0.4)
-            assert {len(d) for d in tap.a_to_b[8:]} == {126}
-            assert (call.caller.protocol_stats.redundant_sent > 0) is redundancy
-            tap.close()
-            await call.close()
-
-    run(main)
-
-
-def test_speech_and_pauses_cross_the_wire_in_one_packet_size():
-    # variable-bitrate Opus: speech with pauses makes packets of many sizes ...
-    speech = SAMPLES_DIR / "alice.wav"
-    encoder, opus_sizes = OpusEncoder(), set()
-    with WavFileSource(speech) as source:
-        while (frame := source.read_frame()) is not None:  # the whole sample, 20 s
-            opus_sizes.add(len(encoder.encode(frame)))
-    assert len(opus_sizes) > 10
-    assert max(opus_sizes) <= OpusSettings().max_packet_bytes
-
-    # ... and the padding inside the encryption hides every one of them
-    async def main() -> None:
-        caller = MediaSession(RUN.caller.keys, WavFileSource(speech), MemorySink())
-        callee = MediaSession(RUN.callee.keys, ToneSource(CALLEE_TONE_HZ), MemorySink())
-        await caller.open(LOOPBACK)
-        await callee.open(LOOPBACK)
-        tap = Tap(caller.local_address, callee.local_address, lambda index: False)
-        await tap.start()
-        caller.connect(tap.address_a)
-        callee.connect(tap.address_b)
-        await asyncio.sleep(2.2)  # 110 frames, with the pauses between words
-        sent = tap.a_to_b[8:256]  # counters 8-255: one SFrame header size
-        assert len(sent) > 90
-        # audio and control alike: 1 config + 1 CTR + 2 length + 106 padded + 16 tag
-        assert {len(d) for d in sent} == {126}
-        tap.close()
-        await caller.close()
-        await callee.close()
 
     run(main)
 
@@ -671,29 +447,3 @@ def test_misuse_and_an_absent_peer():
 )
 def test_padding_follows_the_frame_unless_set(settings, pad_to):
     assert settings.packet_pad_to == pad_to
-
-
-def test_ten_ms_frames_send_packets_of_one_frame():
-    async def main() -> None:
-        settings = MediaSettings(opus=OpusSettings(frame_ms=10))
-        sessions = [
-            MediaSession(keys, ToneSource(hz, frame_ms=10), MemorySink(), settings=settings)
-            for keys, hz in ((RUN.caller.keys, CALLER_TONE_HZ), (RUN.callee.keys, 1000.0))
-        ]
-        for session in sessions:
-            await session.open(LOOPBACK)
-        caller, callee = sessions
-        tap = Tap(caller.local_address, callee.local_address, lambda index: False)
-        await tap.start()
-        caller.connect(tap.address_a)
-        callee.connect(tap.address_b)
-        await asyncio.sleep(0.5)
-        # 1 config + 1 CTR + 2 length + 56 padded + 16 tag: half the 20 ms packet's
-        # padding, not the same 106 bytes for half the audio
-        assert {len(d) for d in tap.a_to_b[8:200]} == {76}
-        assert callee.snapshot().packets_received > 30
-        tap.close()
-        for session in sessions:
-            await session.close()
-
-    run(main)
