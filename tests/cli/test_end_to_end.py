@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pqcall.media.audio import open_source
+from pqcall.media.audio_spec import open_source
 from tests.cli.helpers import (
     CALL_RECORD_FIELDS,
     COMMAND_TIMEOUT_S,

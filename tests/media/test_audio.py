@@ -20,9 +20,8 @@ from pqcall.media.audio import (
     WavFileSink,
     WavFileSource,
     close_all,
-    open_sink,
-    open_source,
 )
+from pqcall.media.audio_spec import open_sink, open_source
 from pqcall.media.codec import SAMPLE_RATE_HZ, Pcm
 
 

@@ -18,7 +18,8 @@ import pytest
 
 from pqcall.exceptions import DeviceError
 from pqcall.media import devices
-from pqcall.media.audio import ToneSource, open_sink, open_source
+from pqcall.media.audio import ToneSource
+from pqcall.media.audio_spec import open_sink, open_source
 from pqcall.media.codec import SAMPLE_RATE_HZ, Pcm
 from pqcall.media.devices import (
     PORTAUDIO_MISSING,

@@ -179,7 +179,7 @@ def check_audio(options: MediaOptions) -> None:
     Raises:
         DeviceError: the source or sink cannot be opened (one line for the user).
     """
-    from pqcall.media.audio import open_sink, open_source
+    from pqcall.media.audio_spec import open_sink, open_source
 
     open_source(options.audio_in).close()
     sink = options.audio_out.strip()

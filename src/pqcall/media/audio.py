@@ -1,18 +1,14 @@
-"""Audio sources and sinks: WAV files, tones, silence, null, and the factory.
+"""Audio sources and sinks: the two protocols, and WAV files, tones, silence, null.
 
 Scope: everything that produces or consumes :data:`~pqcall.media.codec.Pcm`
 (mono 48 kHz int16 frames) at the edges of the media path. Sound devices live
-in :mod:`pqcall.media.devices` and follow the same two protocols.
+in :mod:`pqcall.media.devices` and follow the same two protocols; the factory
+that opens whichever one a CLI spec names is :mod:`pqcall.media.audio_spec`.
 
 Sources are pull-based: :meth:`AudioSource.read_frame` returns at once, and
 pacing in real time is the caller's job (the session reads one frame per
 tick of its clock; a benchmark may read as fast as it likes). A sink takes
 frames of any length as they come.
-
-The CLI syntax, parsed by :func:`open_source` and :func:`open_sink`::
-
-    SRC   default | DEVICE-NAME | DEVICE-INDEX | tone:FREQ | silence | PATH.wav
-    SINK  default | DEVICE-NAME | DEVICE-INDEX | null | PATH.wav
 """
 
 from __future__ import annotations
@@ -52,8 +48,6 @@ __all__ = [
     "WavFileSink",
     "WavFileSource",
     "close_all",
-    "open_sink",
-    "open_source",
 ]
 
 logger = logging.getLogger(__name__)
@@ -383,23 +377,6 @@ class WavFileSink(ClosingMixin):
             self._file.close()
 
 
-def _tone_frequency(spec: str) -> float:
-    text = spec.removeprefix("tone:")
-    try:
-        frequency = float(text)
-    except ValueError:
-        frequency = math.nan
-    if not math.isfinite(frequency):
-        raise DeviceError(
-            f"invalid source {spec!r}: expected tone:FREQ with FREQ in Hz, e.g. tone:440"
-        )
-    return frequency
-
-
-def _is_wav_path(spec: str) -> bool:
-    return spec.lower().endswith(WAV_SUFFIX) or "/" in spec or Path(spec).is_file()
-
-
 def close_all(audio: Iterable[AudioSource | AudioSink | None]) -> None:
     """Close each source or sink given (None: skip); a failure is logged, and the rest close."""
     for closable in audio:
@@ -409,63 +386,3 @@ def close_all(audio: Iterable[AudioSource | AudioSink | None]) -> None:
             closable.close()
         except Exception:
             logger.exception("failed to close %r", closable)
-
-
-def open_source(
-    spec: str, frame_ms: int = DEFAULT_FRAME_MS, on_end: OnEnd = OnEnd.STOP
-) -> AudioSource:
-    """Open the source the CLI syntax names.
-
-    Args:
-        spec: ``default``, a device name (a case-insensitive substring) or
-            index, ``tone:FREQ``, ``silence``, or the path of a WAV file (a
-            name ending in ``.wav``, containing ``/``, or naming a file).
-        frame_ms: frame duration of the source.
-        on_end: what a WAV source does after its end.
-
-    Raises:
-        DeviceError: an empty or invalid spec, a missing file, no such
-            device, or no PortAudio library; the message is one line for the user.
-    """
-    spec = spec.strip()
-    if not spec:
-        raise DeviceError(
-            "empty audio source: use default, a device, tone:FREQ, silence or a WAV file"
-        )
-    if spec.startswith("tone:"):
-        return ToneSource(_tone_frequency(spec), frame_ms=frame_ms)
-    if spec == "silence":
-        return SilenceSource(frame_ms)
-    if _is_wav_path(spec):
-        return WavFileSource(spec, frame_ms, on_end)
-    from pqcall.media.devices import DeviceSource  # loads PortAudio: only when needed
-
-    return DeviceSource(spec, frame_ms)
-
-
-def open_sink(spec: str) -> AudioSink:
-    """Open the sink the CLI syntax names.
-
-    Args:
-        spec: ``default``, a device name (a case-insensitive substring) or
-            index, ``null``, or the path of a WAV file to write (a name
-            ending in ``.wav`` or containing ``/``).
-
-    Raises:
-        DeviceError: an empty or invalid spec, an unwritable file, no such
-            device, or no PortAudio library; the message is one line for the user.
-    """
-    spec = spec.strip()
-    if not spec:
-        raise DeviceError("empty audio sink: use default, a device, null or a WAV file")
-    if spec == "null":
-        return NullSink()
-    if spec == "silence" or spec.startswith("tone:"):
-        raise DeviceError(
-            f"{spec!r} is a source, not a sink: use default, a device, null or a WAV file"
-        )
-    if spec.lower().endswith(WAV_SUFFIX) or "/" in spec:
-        return WavFileSink(spec)
-    from pqcall.media.devices import DeviceSink  # loads PortAudio: only when needed
-
-    return DeviceSink(spec)
