@@ -4,9 +4,11 @@ Scope: reorder, de-duplicate and time the playout of opaque encoded frames
 (one frame per packet, ``frame_ms`` long, RTP-style 16-bit sequence numbers
 and 48 kHz timestamps), and tell the decoder wrapper what to do for each
 frame slot. No codec, socket or clock here (sans-I/O, as ``aioquic``).
-The delay policy (target level, filtered level) is in ``media/jitter_policy.py``,
-the network's need in ``media/delay.py``, the values it returns in
-``media/playout.py``; this module re-exports the names its callers use.
+This module is the playout side; the arrival side (sequence windows,
+duplicates, stream resets, the queue) is ``media/jitter_arrival.py``, the
+delay policy (target level, filtered level) ``media/jitter_policy.py``, the
+network's need ``media/delay.py``, and the values it returns
+``media/playout.py``. The names its callers use are re-exported here.
 
 Calling contract::
 
@@ -47,10 +49,9 @@ How it plays (the policy, in the order :meth:`JitterBuffer.pop` applies it):
 * After :data:`MAX_CONCEALMENT_MS` of underrun the buffer goes silent and,
   when packets return, refills to the target before playing (a talk spurt
   starting late costs nothing). A long silence therefore never adds delay.
-* A sender restart or clock jump starts a new stream (a *reset*): two
-  consecutive packets outside the window (RFC 3550 appendix A.1 probation),
-  or a newer sequence number with an older timestamp. The queue is flushed;
-  stragglers of the old stream are dropped as late.
+* A sender restart or clock jump starts a new stream (a *reset*, see
+  :class:`~pqcall.media.jitter_arrival.ArrivalQueue`): the queue is flushed
+  and the buffer fills again.
 
 Memory: at most ``max_queued_packets`` queued (when full, the frame farthest
 in the future is dropped), a sequence number window of
@@ -74,10 +75,18 @@ shrink without dropping or inserting whole frames.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import Final
 
 from pqcall.exceptions import LocalProtocolError
 from pqcall.media.delay import RelativeDelayEstimator
+from pqcall.media.jitter_arrival import (
+    MAX_JUMP_MS,
+    MAX_MISORDER_PACKETS,
+    SEQUENCE_MODULUS,
+    TIMESTAMP_MODULUS,
+    ArrivalQueue,
+    QueuedPacket,
+)
 from pqcall.media.jitter_policy import (
     LEVEL_WINDOW_S,
     LOSS_MEMORY_S,
@@ -118,13 +127,6 @@ __all__ = [
     "PlayoutState",
 ]
 
-# specification constants
-SAMPLE_RATE_HZ: Final = 48_000
-SEQUENCE_MODULUS: Final = 1 << 16  # RTP sequence numbers, RFC 3550 section 5.1
-TIMESTAMP_MODULUS: Final = 1 << 32  # RTP timestamps, RFC 3550 section 5.1
-MAX_MISORDER_PACKETS: Final = 100  # RFC 3550 appendix A.1
-
-# implementation constants
 SUPPORTED_FRAME_MS: Final = (10, 20, 40, 60)
 DEFAULT_FRAME_MS: Final = 20
 MAX_QUEUED_PACKETS: Final = 128
@@ -133,19 +135,6 @@ MAX_CONCEALMENT_MS: Final = 200
 """Underrun rendered as concealment before the buffer goes silent and refills."""
 MIN_FRAMES_BETWEEN_SHRINKS: Final = 10
 """At most one received frame in ten is discarded to cut delay."""
-MAX_JUMP_MS: Final = 2000
-"""A sequence number this far (in frames' time) ahead of the playout point is a jump."""
-
-
-class _Packet(NamedTuple):
-    payload: bytes
-    redundant: bytes | None
-    arrival: float  # ``now`` when pushed
-
-
-def _signed(delta: int, modulus: int) -> int:
-    """``delta`` reduced to [-modulus/2, modulus/2): serial number arithmetic."""
-    return (delta + modulus // 2) % modulus - modulus // 2
 
 
 class JitterBuffer:
@@ -170,7 +159,7 @@ class JitterBuffer:
     # (CPython 3.11 stops sharing an instance dict's keys at 30 attributes, and reads
     # from an unshared dict are hashed lookups; the media path measured 5 % slower)
     __slots__ = (
-        "_anchored",
+        "_arrivals",
         "_counts",
         "_covered",
         "_estimator",
@@ -179,17 +168,10 @@ class JitterBuffer:
         "_has_fec",
         "_in_concealment",
         "_level",
-        "_max_ahead",
-        "_max_queued",
-        "_newest_seq",
-        "_newest_ts",
         "_next",
         "_now",
         "_pops_since_shrink",
-        "_probation",
         "_queue",
-        "_retired",
-        "_seen",
         "_started",
         "_state",
         "_target",
@@ -215,8 +197,6 @@ class JitterBuffer:
         if max_queued_packets < 2:
             raise LocalProtocolError("the queue must hold at least 2 packets")
         self._frame_ms = frame_ms  # frame duration, ms
-        self._max_queued = max_queued_packets  # queue cap
-        self._max_ahead = MAX_JUMP_MS // frame_ms  # forward sequence window, frames
         self._use_fec = use_fec  # the sender's packets carry in-band FEC
         self._has_fec = has_fec  # payload probe for FEC, if any
         self._estimator = RelativeDelayEstimator()  # network need, ms; fed here
@@ -228,17 +208,10 @@ class JitterBuffer:
             use_fec=use_fec,
         )
         self._window = LevelWindow()  # the filtered level, evidence for shrinking
-        self._queue: dict[int, _Packet] = {}  # extended seq -> packet
-        self._seen: set[int] = set()  # extended seqs behind the playout point already handled
         self._state = PlayoutState.AWAITING_PACKETS
-        self._anchored = False  # a stream has started
         self._started = False  # this stream has rendered a frame
         self._next = 0  # extended seq of the next frame to render (the playout point)
         self._covered = 0  # frames from ``_next`` on already rendered by waiting, or skipped
-        self._newest_seq = 0  # highest extended seq accepted
-        self._newest_ts = 0  # its extended timestamp
-        self._probation: int | None = None  # seq that would confirm a new stream
-        self._retired: int | None = None  # newest seq of the previous stream, for stragglers
         self._fill_pops = 0  # silent pops spent filling
         self._pops_since_shrink = 0  # pops since a received frame was discarded
         self._in_concealment = False  # the previous decision was CONCEAL
@@ -253,6 +226,10 @@ class JitterBuffer:
             ).split(),
             0,
         )
+        self._arrivals = ArrivalQueue(  # the queue, sequence windows and stream resets
+            frame_ms, max_queued_packets, self._estimator, self._counts
+        )
+        self._queue = self._arrivals.queue  # extended seq -> packet (the same dict)
 
     @property
     def frame_ms(self) -> int:
@@ -304,9 +281,30 @@ class JitterBuffer:
         if redundant is not None:
             self._target.note_redundancy()
             redundant = bytes(redundant)
-        packet = _Packet(bytes(payload), redundant, now)
-        fate, reset = self._admit(seq, timestamp, packet, now)
-        return PacketArrival(seq, timestamp, now, fate, reset)
+        packet = QueuedPacket(bytes(payload), redundant, now)
+        admission = self._arrivals.admit(
+            seq,
+            timestamp,
+            packet,
+            now,
+            next_seq=self._next,
+            position=self._next + self._covered,
+            is_started=self._started,
+        )
+        if admission.stream_start is not None:
+            self._started = False
+            self._next = admission.stream_start
+            self._covered = 0
+            self._state = PlayoutState.FILLING
+            self._fill_pops = 0
+        else:
+            if admission.earliest is not None:
+                self._next = admission.earliest
+            queued = admission.fate is PacketFate.QUEUED
+            if queued and self._state is PlayoutState.AWAITING_PACKETS:
+                self._state = PlayoutState.FILLING
+                self._fill_pops = 0
+        return PacketArrival(seq, timestamp, now, admission.fate, admission.is_reset)
 
     def pop(self, now: float) -> PlayoutDecision:
         """Decide how to render the next frame slot; call once per frame.
@@ -339,105 +337,10 @@ class JitterBuffer:
             mean_delay_ms=1000.0 * self._waited_s / played if played else 0.0,
         )
 
-    # arrival
-
-    def _admit(
-        self, seq: int, timestamp: int, packet: _Packet, now: float
-    ) -> tuple[PacketFate, bool]:
-        if not self._anchored:
-            self._start_stream(seq, timestamp, packet, now)
-            return PacketFate.QUEUED, False
-        # unwrap around the playout point (RFC 3550 appendix A.1 windows)
-        position = self._next + self._covered
-        ext = position + _signed(seq - position, SEQUENCE_MODULUS)
-        if ext - self._next < -MAX_MISORDER_PACKETS or ext - position >= self._max_ahead:
-            return self._admit_stray(seq, timestamp, packet, now)
-        self._probation = None
-        if ext in self._queue or ext in self._seen:
-            self._counts["duplicates"] += 1
-            return PacketFate.DUPLICATE, False
-        ts = self._newest_ts + _signed(timestamp - self._newest_ts, TIMESTAMP_MODULUS)
-        if ext > self._newest_seq:
-            if ts < self._newest_ts:
-                # a newer frame with an older timestamp: the sender's clock restarted
-                self._reset(seq, timestamp, packet, now)
-                return PacketFate.QUEUED, True
-            self._newest_seq, self._newest_ts = ext, ts
-        elif ts > self._newest_ts:
-            # an older frame with a newer timestamp: from another clock (a straggler
-            # across a restart); its transit time would poison the delay estimate
-            self._counts["stray_dropped"] += 1
-            return PacketFate.STRAY, False
-        self._estimator.observe(now - ts / SAMPLE_RATE_HZ, now)
-        if ext < self._next:
-            if not self._started:
-                self._next = ext  # an earlier first frame, reordered
-            else:
-                self._counts["late_dropped"] += 1
-                self._remember(ext)
-                return PacketFate.LATE, False
-        fate = self._enqueue(ext, packet)
-        if fate is PacketFate.QUEUED and self._state is PlayoutState.AWAITING_PACKETS:
-            self._state = PlayoutState.FILLING
-            self._fill_pops = 0
-        return fate, False
-
-    def _admit_stray(
-        self, seq: int, timestamp: int, packet: _Packet, now: float
-    ) -> tuple[PacketFate, bool]:
-        if self._retired is not None:
-            behind = _signed(seq - self._retired, SEQUENCE_MODULUS)
-            if -MAX_MISORDER_PACKETS <= behind <= 0:
-                self._counts["late_dropped"] += 1  # straggler of the previous stream
-                return PacketFate.LATE, False
-        if seq == self._probation:
-            self._reset(seq, timestamp, packet, now)
-            return PacketFate.QUEUED, True
-        self._probation = (seq + 1) % SEQUENCE_MODULUS
-        self._counts["stray_dropped"] += 1
-        return PacketFate.STRAY, False
-
-    def _reset(self, seq: int, timestamp: int, packet: _Packet, now: float) -> None:
-        self._counts["resets"] += 1
-        self._counts["flushed"] += len(self._queue)
-        self._retired = self._newest_seq % SEQUENCE_MODULUS
-        self._queue.clear()
-        self._seen.clear()
-        self._estimator.forget_history()
-        self._start_stream(seq, timestamp, packet, now)
-
-    def _start_stream(self, seq: int, timestamp: int, packet: _Packet, now: float) -> None:
-        self._anchored = True
-        self._started = False
-        self._next = self._newest_seq = seq
-        self._newest_ts = timestamp
-        self._covered = 0
-        self._probation = None
-        self._state = PlayoutState.FILLING
-        self._fill_pops = 0
-        self._queue[seq] = packet
-        self._estimator.observe(now - timestamp / SAMPLE_RATE_HZ, now)
-
-    def _enqueue(self, ext: int, packet: _Packet) -> PacketFate:
-        if len(self._queue) >= self._max_queued:
-            farthest = max(self._queue)
-            self._counts["overflow_dropped"] += 1
-            if ext > farthest:
-                return PacketFate.OVERFLOW
-            del self._queue[farthest]
-        self._queue[ext] = packet
-        return PacketFate.QUEUED
-
-    def _remember(self, ext: int) -> None:
-        self._seen.add(ext)
-        if len(self._seen) > 2 * MAX_MISORDER_PACKETS:
-            horizon = self._next - MAX_MISORDER_PACKETS
-            self._seen = {seen for seen in self._seen if seen >= horizon}
-
     # playout
 
     def _silence(self) -> PlayoutDecision:
-        if self._anchored:
+        if self._arrivals.is_anchored:
             self._covered += 1  # keep the playout point moving with the sender's clock
         self._level = 0
         return PlayoutDecision(PlayoutAction.SILENCE)
@@ -521,7 +424,7 @@ class JitterBuffer:
         packet = self._queue[ext]
         return packet.redundant is not None or self._fec_in(packet)
 
-    def _fec_in(self, packet: _Packet) -> bool:
+    def _fec_in(self, packet: QueuedPacket) -> bool:
         if not self._use_fec:
             return False
         return self._has_fec is None or self._has_fec(packet.payload)
@@ -534,7 +437,7 @@ class JitterBuffer:
         discarded = [queued for queued in self._queue if queued < ext]
         for queued in discarded:
             del self._queue[queued]
-            self._remember(queued)
+            self._arrivals.remember(queued, self._next)
         self._counts["shrink_dropped"] += len(discarded)
         if passed > len(discarded):
             self._counts["skipped"] += passed - len(discarded)
@@ -546,7 +449,7 @@ class JitterBuffer:
     def _render_present(self, skipped: int, now: float) -> PlayoutDecision:
         ext = self._next
         packet = self._queue.pop(ext)
-        self._remember(ext)
+        self._arrivals.remember(ext, self._next)
         self._next += 1
         self._covered = 0
         self._waited_s += now - packet.arrival
