@@ -200,9 +200,9 @@ def render(runs: Sequence[FileRun]) -> str:
 
 
 async def _measure(sizes_mib: Sequence[int]) -> list[FileRun]:
-    from pqcall.cli.files import transfers
     from pqcall.client.home import Home
     from pqcall.client.phone import register
+    from pqcall.client.transfers import open_transfers
     from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
 
     runs = []
@@ -217,9 +217,11 @@ async def _measure(sizes_mib: Sequence[int]) -> list[FileRun]:
                 await register(
                     home, name, pqcall_url, PASSPHRASE, kdf_params=INSECURE_TEST_KDF_PARAMS
                 )
+            configs = {name: home.load_config() for name, home in homes.items()}
+            assert configs["alice"] is not None and configs["bob"] is not None
             async with (
-                transfers(homes["alice"], PASSPHRASE) as alice,
-                transfers(homes["bob"], PASSPHRASE) as bob,
+                open_transfers(homes["alice"], PASSPHRASE, configs["alice"]) as alice,
+                open_transfers(homes["bob"], PASSPHRASE, configs["bob"]) as bob,
             ):
                 import httpx
 

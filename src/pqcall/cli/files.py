@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from pqcall.cli import runtime
@@ -186,20 +186,15 @@ async def _receive(args: argparse.Namespace, home: Home, secret: str, console: C
 # ---------------------------------------------------------------- both
 
 
-@contextlib.asynccontextmanager
-async def transfers(home: Home, secret: str) -> AsyncIterator[FileTransfers]:
-    """The account's :class:`~pqcall.client.files.FileTransfers`, with its own server connection."""
-    import asyncio
+def transfers(home: Home, secret: str) -> contextlib.AbstractAsyncContextManager[FileTransfers]:
+    """The registered account's file transfers, with their own server connection.
 
-    from pqcall.client.api import ServerApi
-    from pqcall.client.files import FileTransfers
+    Raises:
+        NoAccount: no registered account in ``home`` (before any passphrase work).
+    """
+    from pqcall.client.transfers import open_transfers
 
-    config = registered_config(home)
-    account = await asyncio.to_thread(home.unlock, secret)
-    async with ServerApi(
-        config.server_url, config.username, account.identity, server_name=config.server_name
-    ) as api:
-        yield FileTransfers(home, api, account, home.contacts())
+    return open_transfers(home, secret, registered_config(home))
 
 
 class Meter:
