@@ -15,14 +15,20 @@ def pure_modules() -> list[Path]:
     files = sorted((SRC / "crypto").glob("*.py"))
     files += [
         SRC / "media" / name
-        for name in ("jitter.py", "stats.py", "delay.py", "playout.py", "emodel.py")
+        for name in ("jitter.py", "stats.py", "delay.py", "playout.py", "emodel.py", "pipeline.py")
     ]
     files += [
         SRC / "transport" / name
         for name in (
             "impairment.py",
+            "adaptation.py",
+            "frame_clock.py",
+            "media_config.py",
+            "media_engine.py",
+            "media_events.py",
             "media_packets.py",
             "media_protocol.py",
+            "reception.py",
             "path_messages.py",
             "pathcheck.py",
         )

@@ -7,8 +7,8 @@ no socket, clock or codec; :class:`~pqcall.transport.media_protocol.MediaProtoco
 feeds it and announces each change as an event.
 
 The rules (``docs/protocol.md#media-packets``, "Adaptation"; the measurements
-behind them in ``docs/decisions/media-adaptation-fec-over-redundancy.md`` and
-``docs/decisions/media-calm-complexity.md``):
+behind them in ``docs/decisions/0120-media-adaptation-fec-over-redundancy.md`` and
+``docs/decisions/0121-media-calm-complexity.md``):
 
 * the packet size never changes with the mode: one frame, or two frames of
   half the size each, fill the same padded packet;
@@ -20,6 +20,9 @@ behind them in ``docs/decisions/media-adaptation-fec-over-redundancy.md`` and
 * while no loss is planned for, complexity is at most :data:`CALM_COMPLEXITY`;
 * :data:`ADAPTATION_HOLD_S` after the last report with loss, back to the
   configured state.
+
+A tried and shelved mode (backup copies of frame n-2, for bursty loss) is
+recorded in ``docs/decisions/0122-media-backup-copies.md``.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ STARTUP_EXPECTED_LOSS_PERCENT: Final = 10
 CALM_COMPLEXITY: Final = 6
 """Encoder complexity while no loss is planned for (at most; never above the configured one).
 
-Measured in ``docs/decisions/media-calm-complexity.md``: 6 and 7 make the same
+Measured in ``docs/decisions/0121-media-calm-complexity.md``: 6 and 7 make the same
 packets at the default capped bitrate, 6 is cheaper, and the full complexity
 is worth its cost only under loss.
 """
