@@ -28,7 +28,7 @@ from pqcall.exceptions import (
     UnknownUser,
     WrongPassphrase,
 )
-from pqcall.server.ops import RelayComponent
+from pqcall.server.components import RelayComponent
 from pqcall.signaling.messages import Presence
 
 from ..server.conftest import RunningServer, make_settings, run_server

@@ -28,7 +28,7 @@ from pqcall.client.call import MediaOptions
 from pqcall.client.home import Home
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
-from pqcall.server.ops import RelayComponent
+from pqcall.server.components import RelayComponent
 from pqcall.ui.app import TOKEN_HEADER, create_app
 from pqcall.ui.controller import Controller
 

@@ -9,13 +9,15 @@ in later:
 - ``routers``: more ``APIRouter`` objects;
 - ``middleware``: ASGI middleware classes with keyword options, outermost first.
 
-Always installed (:mod:`pqcall.server.ops`): the media relay and, if enabled,
-the mDNS announcer as the first components; ``GET /metrics``; the access log,
-request metrics and rate limits as the outermost middleware, inside the body
-limit. Also always installed: the call routes, ``GET /events`` and the file
-routes (:mod:`pqcall.server.routes.calls`, :mod:`pqcall.server.routes.events`,
-:mod:`pqcall.server.routes.files`), with the event hub, the call sweeper and
-the file sweeper as components after the relay.
+Always installed: the media relay and, if enabled, the mDNS announcer as the
+first components (:mod:`pqcall.server.components`); ``GET /metrics``
+(:mod:`pqcall.server.routes.metrics`); the access log, request metrics and rate
+limits as the outermost middleware, inside the body limit
+(:mod:`pqcall.server.middleware`). Also always installed: the call routes,
+``GET /events`` and the file routes (:mod:`pqcall.server.routes.calls`,
+:mod:`pqcall.server.routes.events`, :mod:`pqcall.server.routes.files`), with
+the event hub, the call sweeper and the file sweeper as components after the
+relay.
 
 Every error the API returns is ``{"error": "<one sentence>"}`` with a 4xx
 status for bad input (422 for a body or parameter that fails its schema, 413
@@ -38,12 +40,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pqcall import __version__
-from pqcall.server import auth, ops
+from pqcall.server import auth
 from pqcall.server.calls import CallSweeper
+from pqcall.server.components import default_components
 from pqcall.server.context import AppContext, Clock, Component
 from pqcall.server.events import EventHub
 from pqcall.server.files import FileSweeper
-from pqcall.server.routes import accounts, calls, events, files
+from pqcall.server.middleware import default_middleware
+from pqcall.server.routes import accounts, calls, events, files, metrics
 from pqcall.server.settings import ServerSettings
 from pqcall.server.storage import Storage
 from pqcall.signaling.callstate import IllegalTransition
@@ -89,9 +93,9 @@ def create_app(
     context = AppContext(settings=settings)
     if clock is not None:
         context.clock = clock
-    metrics = ops.install_metrics(context)
+    server_metrics = metrics.install_metrics(context)
     context.components.append(Housekeeper())
-    context.components.extend(ops.default_components(settings))
+    context.components.extend(default_components(settings))
     context.components.extend([EventHub(), CallSweeper(), FileSweeper()])
     context.components.extend(components)
 
@@ -112,10 +116,10 @@ def create_app(
     for router in routers:
         app.include_router(router)
     app.add_api_route("/health", health, methods=["GET"], tags=["operations"])
-    app.include_router(ops.router)
+    app.include_router(metrics.router)
 
     _install_error_handlers(app)
-    for cls, options in reversed([*ops.default_middleware(context, metrics), *middleware]):
+    for cls, options in reversed([*default_middleware(context, server_metrics), *middleware]):
         app.add_middleware(cls, **options)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_request_bytes, streamed=files.STREAMED_PATHS

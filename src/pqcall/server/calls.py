@@ -48,9 +48,9 @@ from pydantic import ValidationError
 
 from pqcall.exceptions import LocalProtocolError
 from pqcall.server.auth import account_named
+from pqcall.server.components import RELAY_EXTRA, relay_endpoint
 from pqcall.server.context import AppContext, api_error
 from pqcall.server.events import event_hub
-from pqcall.server.ops import RELAY_EXTRA, relay_endpoint
 from pqcall.server.relay import MediaRelay
 from pqcall.server.relay_table import RelayFull
 from pqcall.server.storage import AccountRecord, CallExists, CallRecord

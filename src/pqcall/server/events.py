@@ -51,14 +51,13 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from pqcall.server.context import AppContext
-from pqcall.server.metrics import ServerMetrics
+from pqcall.server.metrics import METRICS_EXTRA, ServerMetrics
 from pqcall.server.storage import AccountRecord
 from pqcall.signaling.messages import EVENT_PRESENCE, Event, Presence
 
 logger = logging.getLogger(__name__)
 
 EVENTS_EXTRA = "events"  # context.extras key of the EventHub
-METRICS_EXTRA = "metrics"  # context.extras key of the ServerMetrics (pqcall.server.ops)
 
 # WebSocket close codes (RFC 6455 section 7.4; 4000-4999 are the application's)
 CLOSE_BAD_MESSAGE = 4400  # a query parameter or message the server cannot use

@@ -40,6 +40,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from pqcall.server.relay_table import DropReason, RelayStats, ReleaseReason
 
+METRICS_EXTRA = "metrics"  # context.extras key of the ServerMetrics
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNMATCHED_ROUTE = "<unmatched>"  # the route label of a request no route matched (404)
 OTHER_METHOD = "OTHER"  # the method label of a method outside KNOWN_METHODS

@@ -68,6 +68,7 @@ PER_IP_LIMIT = RateLimit(rate_per_s=20.0, burst=40.0)
 PER_ACCOUNT_LIMIT = RateLimit(rate_per_s=10.0, burst=20.0)
 LOGIN_PER_USERNAME_LIMIT = RateLimit(rate_per_s=5.0 / 60.0, burst=5.0)  # 5 attempts a minute
 MAX_KEYS = 100_000  # about 10 MB of buckets at most
+UNKNOWN_CLIENT = "unknown"  # the key of a request without a peer address
 
 
 @dataclass(frozen=True, slots=True)

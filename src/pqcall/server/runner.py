@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from pqcall.server import ops
+    from pqcall.server import logs
     from pqcall.server.app import create_app
     from pqcall.server.storage.database import display_url, run_migrations
 
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         server_header=False,
         access_log=False,  # pqcall.server.access logs requests, without paths or queries
     )
-    ops.install_log_redaction()  # uvicorn.Config has just configured its loggers
+    logs.install_log_redaction()  # uvicorn.Config has just configured its loggers
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
