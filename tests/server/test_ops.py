@@ -26,16 +26,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.exceptions import ServerError
 from pqcall.server import discovery
-from pqcall.server.context import AppContext
-from pqcall.server.discovery import DiscoveryUnavailable, find_servers
-from pqcall.server.ops import (
+from pqcall.server.components import (
     AnnouncerComponent,
-    RateLimitMiddleware,
     RelayComponent,
-    RequestLimits,
     instance_name,
     relay_endpoint,
 )
+from pqcall.server.context import AppContext
+from pqcall.server.discovery import DiscoveryUnavailable, find_servers
+from pqcall.server.middleware import RateLimitMiddleware, RequestLimits
 from pqcall.server.ratelimit import RateLimit
 from pqcall.server.relay import MediaRelay
 from pqcall.transport.relay_wire import ACK_MAGIC, ACK_PEER_BOUND, ACK_PEER_WAITING, BIND_MAGIC
@@ -333,14 +332,14 @@ def test_the_server_runs_on_when_mdns_fails(start_server, monkeypatch, caplog):
         raise DiscoveryUnavailable("mDNS is not available here: no multicast")
 
     monkeypatch.setattr(discovery.ServerAnnouncer, "start", unavailable)
-    caplog.set_level(logging.WARNING, logger="pqcall.server.ops")
+    caplog.set_level(logging.WARNING, logger="pqcall.server.components")
     # host and port are what would be announced (the test server listens on its own socket)
     with (
         start_server(announce_mdns=True, host="0.0.0.0", port=free_port()) as server,
         server.client() as client,
     ):
         assert client.get("/health").json()["status"] == "ok"
-    warnings = [r for r in caplog.records if r.name == "pqcall.server.ops"]
+    warnings = [r for r in caplog.records if r.name == "pqcall.server.components"]
     assert [r.getMessage() for r in warnings] == [
         "not announcing the server on the LAN (mDNS): mDNS is not available here: no multicast"
     ]
@@ -450,7 +449,7 @@ def test_command_line_relay_flags_over_tls_with_a_pinned_certificate(tmp_path):
 def test_tokens_in_uvicorn_websocket_lines_are_redacted():
     import logging
 
-    from pqcall.server.ops import RedactSecretsFilter, install_log_redaction
+    from pqcall.server.logs import RedactSecretsFilter, install_log_redaction
 
     record = logging.LogRecord(
         "uvicorn.error",
