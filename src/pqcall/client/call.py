@@ -1,5 +1,8 @@
 """One call on a softphone: handshake through the server, media path, media session.
 
+Its media options (devices, ports, path timeouts, codec and session settings)
+are :class:`~pqcall.client.media_options.MediaOptions`.
+
 A :class:`Call` is made by :class:`~pqcall.client.phone.Phone` (``phone.call(name)``
 or an incoming ``call.incoming`` event) and runs its whole life in one task:
 
@@ -24,7 +27,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from pqcall.client.callstate import (
@@ -34,17 +37,11 @@ from pqcall.client.callstate import (
     initial_state,
     is_terminal,
 )
+from pqcall.client.media_options import MediaOptions, WallClockTrace, open_call_audio
 from pqcall.crypto.handshake import CalleeHandshake, CallerHandshake, CallKeys
 from pqcall.crypto.identity import IdentityPrivateKey, IdentityPublicKey
 from pqcall.exceptions import CallError, PqcallError, ServerError
-from pqcall.media.audio import (
-    AudioSink,
-    AudioSource,
-    OnEnd,
-    close_all,
-    open_sink,
-    open_source,
-)
+from pqcall.media.audio import AudioSink, AudioSource, close_all
 from pqcall.media.stats import CallStatsSnapshot
 from pqcall.signaling.messages import (
     EVENT_CALL_ACCEPTED,
@@ -67,9 +64,8 @@ from pqcall.transport.connect import establish_path, local_candidates, open_medi
 from pqcall.transport.path_choice import PathChoice
 from pqcall.transport.path_messages import PathRole
 from pqcall.transport.path_responder import PathResponder
-from pqcall.transport.pathcheck import DIRECT_TIMEOUT_S, PATH_TIMEOUT_S
 from pqcall.transport.relay_wire import RelayTarget
-from pqcall.transport.session import MediaSession, MediaSettings
+from pqcall.transport.session import MediaSession
 
 logger = logging.getLogger(__name__)
 
@@ -84,26 +80,6 @@ HANGUP_TIMEOUT_S = 5.0
 PEER_HANGUP_REPORT_S = 2.0
 """After the peer hung up in the media channel, how long we wait for the server to say so
 before we tell it ourselves."""
-
-
-@dataclass(frozen=True, slots=True)
-class MediaOptions:
-    """How a phone's calls carry audio."""
-
-    audio_in: str = "default"
-    """Source spec: ``default``, a device, ``tone:FREQ``, ``silence`` or a WAV path."""
-    audio_out: str = "default"
-    """Sink spec: ``default``, a device, ``null`` or a WAV path."""
-    media_port: int = 0
-    """Local UDP port for media (0: any free port)."""
-    advertise: tuple[str, int] | None = None
-    """The only address offered for the direct path (port forwarding), if set."""
-    settings: MediaSettings = field(default_factory=MediaSettings)
-    """Codec and media-session settings."""
-    direct_timeout_s: float = DIRECT_TIMEOUT_S
-    """How long the caller tries the direct path before the relay."""
-    path_timeout_s: float = PATH_TIMEOUT_S
-    """How long finding any path may take."""
 
 
 class PeerTrust(enum.StrEnum):
@@ -141,27 +117,6 @@ class CallContext:
     """The host we reach the server at (where the relay is when a grant names no host)."""
     on_change: Callable[[Call], None]
     """Called after every state change (the phone records history on terminal ones)."""
-
-
-class _WallClockTrace:
-    """Remembers the wall-clock times of the first captured and first played frame."""
-
-    def __init__(self) -> None:
-        self.first_capture_unix: float | None = None  # when our first frame was captured
-        self.first_playout_unix: float | None = None  # when the peer's first frame played
-
-    def frame_captured(self, timestamp: int, now: float) -> None:
-        if self.first_capture_unix is None:
-            self.first_capture_unix = _wall_clock(now)
-
-    def frame_played(self, timestamp: int, now: float) -> None:
-        if self.first_playout_unix is None:
-            self.first_playout_unix = _wall_clock(now)
-
-
-def _wall_clock(loop_time: float) -> float:
-    """``loop_time`` (the event loop's clock) as unix time."""
-    return time.time() - (asyncio.get_running_loop().time() - loop_time)
 
 
 class _HungUp(Exception):
@@ -221,7 +176,7 @@ class Call:
         self._audio: tuple[AudioSource, AudioSink] | None = None  # until the session adopts it
         self._session: MediaSession | None = None  # media, once a path is found
         self._final_stats: CallStatsSnapshot | None = None  # last snapshot before media closed
-        self._trace = _WallClockTrace()  # first capture / playout times
+        self._trace = WallClockTrace()  # first capture / playout times
         self._task: asyncio.Task[None] | None = None  # the call's life
 
     # ------------------------------------------------------------------ for the phone
@@ -307,7 +262,7 @@ class Call:
             audio_in=self._media.audio_in if audio_in is None else audio_in,
             audio_out=self._media.audio_out if audio_out is None else audio_out,
         )
-        source, sink = await asyncio.to_thread(_open_audio, audio_in, audio_out, self._frame_ms)
+        source, sink = await asyncio.to_thread(open_call_audio, audio_in, audio_out, self._frame_ms)
         self._media = media
         if self._session is not None:  # closes what it replaces, or these if it ended
             await self._session.replace_audio(source, sink)
@@ -519,7 +474,7 @@ class Call:
     # ------------------------------------------------------------------ helpers
 
     def _open_audio(self) -> None:
-        source, sink = _open_audio(self._media.audio_in, self._media.audio_out, self._frame_ms)
+        source, sink = open_call_audio(self._media.audio_in, self._media.audio_out, self._frame_ms)
         assert source is not None and sink is not None
         self._audio = (source, sink)
 
@@ -676,23 +631,6 @@ class Call:
         async with self._changed:
             self._changed.notify_all()
         self._context.on_change(self)
-
-
-def _open_audio(
-    audio_in: str | None, audio_out: str | None, frame_ms: int
-) -> tuple[AudioSource | None, AudioSink | None]:
-    """Open a call's source and sink (None: not that one); both or neither.
-
-    Raises:
-        DeviceError: a spec cannot be opened.
-    """
-    source = None if audio_in is None else open_source(audio_in, frame_ms, OnEnd.SILENCE)
-    try:
-        sink = None if audio_out is None else open_sink(audio_out)
-    except Exception:
-        close_all((source,))
-        raise
-    return source, sink
 
 
 def key_mismatch_reason(peer: str) -> str:
