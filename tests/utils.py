@@ -38,8 +38,8 @@ def handshake_pair(
         their_identity=callee_identity.public_key(),
     )
     callee = CalleeHandshake(call_id=call_id, our_name=callee_name, our_identity=callee_identity)
-    offer = caller.offer()
-    callee.receive_offer(offer)
+    offer = caller.offer(now=0.0)
+    callee.receive_offer(offer, now=0.0)
     answer = callee.answer()
     confirm = caller.receive_answer(answer)
     callee.receive_confirm(confirm)

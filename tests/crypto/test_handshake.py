@@ -8,11 +8,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pqcall.crypto import encoding
-from pqcall.crypto.handshake import CalleeHandshake, CallerHandshake, Role, State
-from pqcall.crypto.handshake_messages import Answer, Confirm, Offer
+from pqcall.crypto.handshake import (
+    CLOCK_SKEW_S,
+    OFFER_MAX_AGE_S,
+    CalleeHandshake,
+    CallerHandshake,
+    Role,
+    State,
+)
+from pqcall.crypto.handshake_messages import HANDSHAKE_VERSION, Answer, Confirm, Offer
 from pqcall.crypto.pinning import KeyChanged, MemoryPinStorage, PinStore
 from pqcall.exceptions import DecodeError, HandshakeFailed, LocalProtocolError, PqcallError
 from tests.utils import ALICE, BOB, MALLORY, handshake_pair, keys_of
+
+NOW = 0.0  # the fake clock of both sides, Unix seconds (tests/utils.py's handshake_pair too)
 
 
 def caller_for(their_identity=BOB, **kw):
@@ -63,7 +72,7 @@ def test_secrets_not_in_repr():
 def test_callee_sees_caller_before_answering():
     caller = caller_for()
     callee = callee_for()
-    offer = callee.receive_offer(caller.offer())
+    offer = callee.receive_offer(caller.offer(now=NOW), now=NOW)
     assert offer.caller_name == "alice"
     assert offer.caller_identity == ALICE.public_key()
     assert callee.state is State.CALLEE_EXPECT_DECISION
@@ -76,7 +85,7 @@ def test_substituted_callee_key_is_detected_by_the_real_callee():
     # the server gave Alice Mallory's key for "bob" and relays Alice's offer to Bob
     caller = caller_for(their_identity=MALLORY)
     with pytest.raises(HandshakeFailed, match="alice was given a different identity key for you"):
-        callee_for().receive_offer(caller.offer())
+        callee_for().receive_offer(caller.offer(now=NOW), now=NOW)
 
 
 def test_full_mitm_with_swapped_keys_gives_different_sas():
@@ -94,11 +103,11 @@ def test_full_mitm_with_swapped_keys_gives_different_sas():
 def test_answer_from_a_substituted_callee_is_refused():
     # Mallory answers Alice's offer with her own identity
     caller = caller_for()
-    offer = caller.offer()
+    offer = caller.offer(now=NOW)
     mallory = callee_for(identity=MALLORY)
     # Mallory cannot even accept the offer (made for Bob's key) ...
     with pytest.raises(HandshakeFailed):
-        mallory.receive_offer(offer)
+        mallory.receive_offer(offer, now=NOW)
     # ... and an answer made for another offer is refused by Alice
     other = handshake_pair(caller_identity=ALICE, callee_identity=MALLORY)
     with pytest.raises(HandshakeFailed, match="bob answered with an unexpected identity key"):
@@ -115,13 +124,14 @@ OFFER_FIELDS: dict[str, Any] = {
     "x25519_public": bytes(range(32)),
     "mlkem_public": bytes(1184),
     "sas_commitment": bytes(32),
+    "offered_at_ms": 1,
 }
 
 
 @pytest.mark.parametrize("field", sorted(OFFER_FIELDS))
 def test_any_substituted_offer_field_breaks_the_offer(field):
     caller = caller_for()
-    offer = Offer.parse(caller.offer())
+    offer = Offer.parse(caller.offer(now=NOW))
     tampered = replace(offer, **{field: OFFER_FIELDS[field]}).serialize()
     callee = CalleeHandshake(
         call_id=OFFER_FIELDS["call_id"] if field == "call_id" else b"call-1",
@@ -129,18 +139,18 @@ def test_any_substituted_offer_field_breaks_the_offer(field):
         our_identity=BOB,
     )
     with pytest.raises(HandshakeFailed):
-        callee.receive_offer(tampered)
+        callee.receive_offer(tampered, now=NOW)
     assert callee.state is State.FAILED
 
 
 def test_substituted_caller_ephemeral_with_valid_resignature_is_caught_by_pin():
     # Mallory replaces Alice's keys and signs with her own identity
-    honest = Offer.parse(caller_for().offer())
+    honest = Offer.parse(caller_for().offer(now=NOW))
     mallory_caller = caller_for(our_identity=MALLORY)
-    forged = Offer.parse(mallory_caller.offer())
+    forged = Offer.parse(mallory_caller.offer(now=NOW))
     assert forged.caller_name == honest.caller_name == "alice"
     callee = callee_for()
-    received = callee.receive_offer(forged.serialize())
+    received = callee.receive_offer(forged.serialize(), now=NOW)
     pins = PinStore(MemoryPinStorage())
     pins.check("alice", ALICE.public_key())
     assert isinstance(pins.check("alice", received.caller_identity), KeyChanged)
@@ -159,7 +169,7 @@ ANSWER_FIELDS: dict[str, Any] = {
 def test_any_substituted_answer_field_is_refused(field):
     caller = caller_for()
     callee = callee_for()
-    callee.receive_offer(caller.offer())
+    callee.receive_offer(caller.offer(now=NOW), now=NOW)
     answer = Answer.parse(callee.answer())
     tampered = replace(answer, **{field: ANSWER_FIELDS[field]}).serialize()
     with pytest.raises(HandshakeFailed):
@@ -169,7 +179,7 @@ def test_any_substituted_answer_field_is_refused(field):
 
 def test_confirm_with_another_nonce_is_refused():
     caller, callee = caller_for(), callee_for()
-    callee.receive_offer(caller.offer())
+    callee.receive_offer(caller.offer(now=NOW), now=NOW)
     confirm = Confirm.parse(caller.receive_answer(callee.answer()))
     tampered = replace(confirm, sas_nonce=bytes(32)).serialize()
     with pytest.raises(HandshakeFailed, match="SAS nonce does not match its commitment"):
@@ -178,7 +188,7 @@ def test_confirm_with_another_nonce_is_refused():
 
 def test_confirm_with_bad_mac_is_refused():
     caller, callee = caller_for(), callee_for()
-    callee.receive_offer(caller.offer())
+    callee.receive_offer(caller.offer(now=NOW), now=NOW)
     confirm = Confirm.parse(caller.receive_answer(callee.answer()))
     tampered = replace(confirm, confirm_mac=bytes(32)).serialize()
     with pytest.raises(HandshakeFailed, match="confirm key confirmation failed"):
@@ -188,7 +198,7 @@ def test_confirm_with_bad_mac_is_refused():
 def test_confirm_from_another_call_is_refused():
     old = handshake_pair()
     caller, callee = caller_for(), callee_for()
-    callee.receive_offer(caller.offer())
+    callee.receive_offer(caller.offer(now=NOW), now=NOW)
     callee.answer()
     with pytest.raises(HandshakeFailed):
         callee.receive_confirm(old.confirm)
@@ -197,25 +207,25 @@ def test_confirm_from_another_call_is_refused():
 def test_replayed_answer_is_refused():
     old = handshake_pair()
     caller = caller_for()
-    caller.offer()
+    caller.offer(now=NOW)
     with pytest.raises(HandshakeFailed, match="answer signature does not verify"):
         caller.receive_answer(old.answer)
 
 
 def test_offer_for_another_call_or_user():
-    offer = caller_for().offer()
+    offer = caller_for().offer(now=NOW)
     with pytest.raises(HandshakeFailed, match="offer is for another call"):
-        callee_for(call_id=b"call-9").receive_offer(offer)
+        callee_for(call_id=b"call-9").receive_offer(offer, now=NOW)
     with pytest.raises(HandshakeFailed, match="offer is for another user"):
-        callee_for(name="bobby").receive_offer(offer)
+        callee_for(name="bobby").receive_offer(offer, now=NOW)
 
 
 def test_reflected_messages_are_refused():
     caller, callee = caller_for(), callee_for()
-    offer = caller.offer()
+    offer = caller.offer(now=NOW)
     with pytest.raises(HandshakeFailed, match="malformed answer: expected handshake answer"):
         caller.receive_answer(offer)
-    callee.receive_offer(offer)
+    callee.receive_offer(offer, now=NOW)
     answer = callee.answer()
     with pytest.raises(HandshakeFailed, match="malformed confirm"):
         callee.receive_confirm(answer)
@@ -227,7 +237,7 @@ def test_reflected_messages_are_refused():
 def test_state_machine_refuses_misuse():
     run = handshake_pair()
     with pytest.raises(LocalProtocolError, match="cannot send an offer in state ESTABLISHED"):
-        run.caller.offer()
+        run.caller.offer(now=NOW)
     with pytest.raises(LocalProtocolError):
         run.caller.receive_answer(run.answer)
     with pytest.raises(LocalProtocolError):
@@ -241,7 +251,7 @@ def test_state_machine_refuses_misuse():
 
 def test_rejected_call_cannot_be_answered():
     caller, callee = caller_for(), callee_for()
-    callee.receive_offer(caller.offer())
+    callee.receive_offer(caller.offer(now=NOW), now=NOW)
     callee.reject()
     with pytest.raises(LocalProtocolError):
         callee.answer()
@@ -302,9 +312,9 @@ def test_handshake_objects_raise_only_pqcall_errors_on_garbage(data):
     index = data.draw(st.integers(0, len(message) - 1))
     garbled = message[:index] + bytes([message[index] ^ 0xFF]) + message[index + 1 :]
     caller, callee = caller_for(), callee_for()
-    offer = caller.offer()
+    offer = caller.offer(now=NOW)
     try:
-        callee.receive_offer(garbled)
+        callee.receive_offer(garbled, now=NOW)
     except PqcallError:
         pass
     try:
@@ -312,3 +322,47 @@ def test_handshake_objects_raise_only_pqcall_errors_on_garbage(data):
     except PqcallError:
         pass
     del offer
+
+
+# ---------------------------------------------------------------- freshness (issue 20, finding 6)
+
+
+def test_an_offer_within_the_ring_window_is_accepted():
+    offer = caller_for().offer(now=1000.0)
+    late = 1000.0 + OFFER_MAX_AGE_S
+    assert callee_for().receive_offer(offer, now=late).offered_at_ms == 1_000_000
+    early = 1000.0 - CLOCK_SKEW_S  # the callee's clock is behind
+    assert callee_for().receive_offer(offer, now=early).caller_name == "alice"
+
+
+def test_a_stale_offer_is_refused_as_a_replay():
+    offer = caller_for().offer(now=1000.0)
+    callee = callee_for()
+    with pytest.raises(HandshakeFailed) as refused:
+        callee.receive_offer(offer, now=1000.0 + 3600)
+    assert str(refused.value) == "stale offer: made 3600 s ago (at most 720 s): a replay"
+    assert callee.state is State.FAILED
+
+
+def test_an_offer_from_the_future_is_refused():
+    offer = caller_for().offer(now=1000.0)
+    with pytest.raises(HandshakeFailed) as refused:
+        callee_for().receive_offer(offer, now=1000.0 - CLOCK_SKEW_S - 1)
+    assert str(refused.value) == (
+        "offer dated 121 s ahead of our clock (at most 120 s): check the clocks"
+    )
+
+
+def test_the_offer_time_is_signed():
+    offer = Offer.parse(caller_for().offer(now=0.0))
+    refreshed = replace(offer, offered_at_ms=3_600_000).serialize()
+    with pytest.raises(HandshakeFailed, match="offer signature does not verify"):
+        callee_for().receive_offer(refreshed, now=3600.0)
+
+
+def test_a_version_1_offer_is_refused_by_its_version():
+    body = encoding.decode(encoding.Kind.HANDSHAKE_OFFER, caller_for().offer(now=NOW))
+    old = encoding.encode(encoding.Kind.HANDSHAKE_OFFER, bytes([1]) + body[1:])
+    with pytest.raises(DecodeError, match="unsupported handshake version 1"):
+        Offer.parse(old)
+    assert HANDSHAKE_VERSION == 2

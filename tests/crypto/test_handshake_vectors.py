@@ -1,4 +1,4 @@
-"""Frozen transcript of our own handshake (tests/vectors/handshake-v1.json).
+"""Frozen transcript of our own handshake (tests/vectors/handshake-v2.json).
 
 These fail if the wire format or the key schedule changes by accident: a
 deliberate change needs a new protocol version and new vectors.
@@ -9,10 +9,10 @@ from pathlib import Path
 
 from pqcall.crypto import keyschedule
 from pqcall.crypto.handshake import CalleeHandshake
-from pqcall.crypto.handshake_messages import Answer, Confirm
+from pqcall.crypto.handshake_messages import HANDSHAKE_VERSION, Answer, Confirm
 from pqcall.crypto.identity import IdentityPrivateKey
 
-VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "handshake-v1.json").read_text())
+VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "handshake-v2.json").read_text())
 
 
 def identity(field: str) -> IdentityPrivateKey:
@@ -24,7 +24,9 @@ def test_recorded_offer_is_accepted():
     callee = CalleeHandshake(
         call_id=VECTORS["call_id"].encode(), our_name="bob", our_identity=identity("bob_seeds")
     )
-    offer = callee.receive_offer(bytes.fromhex(VECTORS["offer"]))
+    offer = callee.receive_offer(bytes.fromhex(VECTORS["offer"]), now=VECTORS["offered_at"])
+    assert VECTORS["handshake_version"] == HANDSHAKE_VERSION
+    assert offer.offered_at_ms == VECTORS["offered_at"] * 1000
     assert offer.caller_name == "alice"
     assert offer.caller_identity == identity("alice_seeds").public_key()
 

@@ -1,7 +1,8 @@
-"""Regenerate handshake-v1.json: a frozen transcript of our own handshake.
+"""Regenerate handshake-v2.json: a frozen transcript of our own handshake.
 
 Run only when the wire format or key schedule changes on purpose (and bump
-the version): `python tests/vectors/make_handshake_vectors.py`.
+HANDSHAKE_VERSION and this file's name): `python tests/vectors/make_handshake_vectors.py`.
+Version 2 added the caller's clock reading to the offer (issue 20, finding 6).
 """
 
 import json
@@ -9,8 +10,10 @@ from pathlib import Path
 
 from pqcall.crypto import keyschedule
 from pqcall.crypto.handshake import CalleeHandshake, CallerHandshake
+from pqcall.crypto.handshake_messages import HANDSHAKE_VERSION
 from pqcall.crypto.identity import IdentityPrivateKey
 
+OFFERED_AT = 1_800_000_000.0  # the caller's clock, Unix seconds (2027-01-15)
 alice = IdentityPrivateKey(bytes([1]) * 32, bytes([2]) * 32)
 bob = IdentityPrivateKey(bytes([3]) * 32, bytes([4]) * 32)
 caller = CallerHandshake(
@@ -21,8 +24,8 @@ caller = CallerHandshake(
     their_identity=bob.public_key(),
 )
 callee = CalleeHandshake(call_id=b"frozen-call", our_name="bob", our_identity=bob)
-offer = caller.offer()
-callee.receive_offer(offer)
+offer = caller.offer(now=OFFERED_AT)
+callee.receive_offer(offer, now=OFFERED_AT)
 answer = callee.answer()
 confirm = caller.receive_answer(answer)
 keys = callee.receive_confirm(confirm)
@@ -40,7 +43,9 @@ vectors = {
     "source": "pqcall, docs/protocol.md#handshake; regenerate with make_handshake_vectors.py",
     "alice_seeds": (bytes([1]) * 32).hex() + (bytes([2]) * 32).hex(),
     "bob_seeds": (bytes([3]) * 32).hex() + (bytes([4]) * 32).hex(),
+    "handshake_version": HANDSHAKE_VERSION,
     "call_id": "frozen-call",
+    "offered_at": OFFERED_AT,
     "offer": offer.hex(),
     "answer": answer.hex(),
     "confirm": confirm.hex(),
@@ -55,6 +60,6 @@ vectors = {
         ).hex(),
     },
 }
-path = Path(__file__).with_name("handshake-v1.json")
+path = Path(__file__).with_name(f"handshake-v{HANDSHAKE_VERSION}.json")
 path.write_text(json.dumps(vectors, indent=1) + "\n")
 print(f"wrote {path}")  # noqa: T201

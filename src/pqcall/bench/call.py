@@ -190,7 +190,7 @@ def call_keys() -> tuple[CallKeys, CallKeys]:
         their_identity=bob.public_key(),
     )
     callee = CalleeHandshake(call_id=b"bench-media", our_name="bob", our_identity=bob)
-    callee.receive_offer(caller.offer())
+    callee.receive_offer(caller.offer(now=time.time()), now=time.time())
     callee.receive_confirm(caller.receive_answer(callee.answer()))
     return caller.keys, callee.keys
 

@@ -59,8 +59,8 @@ def _handshake_figures(repeat: int) -> list[Figure]:
             their_identity=bob.public_key(),
         )
         callee = CalleeHandshake(call_id=b"bench", our_name="bob", our_identity=bob)
-        offer = timed("caller", caller.offer)
-        timed("callee", lambda: callee.receive_offer(offer))
+        offer = timed("caller", lambda: caller.offer(now=time.time()))
+        timed("callee", lambda: callee.receive_offer(offer, now=time.time()))
         answer = timed("callee", callee.answer)
         confirm = timed("caller", lambda: caller.receive_answer(answer))
         timed("callee", lambda: callee.receive_confirm(confirm))

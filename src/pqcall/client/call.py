@@ -360,7 +360,7 @@ class Call:
                 InitiateCall(
                     call_id=self.call_id,
                     callee=self.peer,
-                    offer=self._caller_hs.offer(),
+                    offer=self._caller_hs.offer(now=time.time()),
                     candidates=candidates,
                 )
             )

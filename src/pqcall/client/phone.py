@@ -38,6 +38,7 @@ from pqcall.client.event_stream import EventStream
 from pqcall.client.files import FileTransfers
 from pqcall.client.history import History
 from pqcall.client.home import AccountConfig, Home
+from pqcall.client.offers import SEEN_OFFERS_NAME, SeenOffers
 from pqcall.client.peers import check_peer, key_change_message
 from pqcall.crypto.filekey import KeyBundle
 from pqcall.crypto.handshake import CalleeHandshake
@@ -165,6 +166,7 @@ class Phone:
         self.auto_answer = auto_answer  # answer incoming calls at once
         self.contacts: Contacts = self.home.contacts()  # pinned identities
         self.history: History = self.home.history()  # finished calls
+        self.seen_offers = SeenOffers(self.home.path / SEEN_OFFERS_NAME)  # replays refused
         self.warnings: asyncio.Queue[SecurityWarning] = asyncio.Queue()  # for the user to see
         self._passphrase = passphrase  # opens the keystore at start
         self._account = account  # our private keys, once unlocked
@@ -473,7 +475,7 @@ class Phone:
         try:
             if detail.offer is None:
                 raise HandshakeFailed("the incoming call carries no offer")
-            offer = handshake.receive_offer(detail.offer)
+            offer = handshake.receive_offer(detail.offer, now=time.time())
             if offer.caller_name != detail.caller:
                 raise HandshakeFailed(
                     f"the offer is signed as {offer.caller_name}, the server says {detail.caller}"
@@ -486,6 +488,12 @@ class Phone:
             )
             await self._refuse(detail.call_id, reason)
             self._record_refused(detail, CallState.FAILED, str(exc))
+            return
+        if not await asyncio.to_thread(
+            self.seen_offers.check_and_add, detail.call_id, offer.offered_at_ms, now=time.time()
+        ):
+            logger.warning("refused call %s: its offer was seen before (a replay)", detail.call_id)
+            await self._refuse(detail.call_id, "failed")
             return
         result = self.contacts.check(detail.caller, offer.caller_identity)
         if isinstance(result, KeyChanged):

@@ -3,7 +3,7 @@
 Three messages, carried opaquely by the signaling server (docs/protocol.md#handshake)::
 
     caller                                                  callee
-    Offer    = call id, both names, caller identity,
+    Offer    = version, call id, offer time, both names, caller identity,
                callee fingerprint, ephemeral X25519 + ML-KEM-768 keys,
                commitment to a SAS nonce, signature  ------>
                                                             verify, encapsulate
@@ -25,8 +25,15 @@ ZRTP's hash commitment: a man in the middle must fix its answer before it
 learns the nonce, so it cannot grind its keys until the two SAS values of its
 two handshakes match.
 
+The offer carries the caller's clock reading under its signature; the callee
+refuses one older than :data:`OFFER_MAX_AGE_S` (or from too far in the
+future), so a server cannot make a phone ring with an offer it recorded long
+ago. Within that window the callee's phone must refuse a call id it has seen
+before (``pqcall.client.offers``): this module has no memory across calls.
+
 This module is sans-I/O: objects take and return bytes, and never touch a
-socket or a clock.
+socket or a clock (``now`` is a parameter: Unix seconds of the wall clock,
+since the two ends compare their readings).
 """
 
 from __future__ import annotations
@@ -56,6 +63,16 @@ from pqcall.exceptions import (
 MAX_CALL_ID_LENGTH = 64
 MAX_USERNAME_LENGTH = 64
 SAS_DIGITS = 6
+MAX_RING_S = 600.0
+"""The longest a server lets a call ring (``pqcall server --ring-timeout`` is at most this).
+
+A callee that comes online while a call rings gets its offer then, so an offer
+this old can still be a live call."""
+CLOCK_SKEW_S = 120.0
+"""How far the caller's and callee's wall clocks may disagree."""
+OFFER_MAX_AGE_S = MAX_RING_S + CLOCK_SKEW_S
+"""An offer made longer ago than this (by the caller's clock) is refused as stale."""
+MS_PER_S = 1000
 
 CONTEXT_OFFER = b"pqcall call offer"
 CONTEXT_ANSWER = b"pqcall call answer"
@@ -92,6 +109,20 @@ def _check_name(name: str) -> None:
 
 def _commitment(nonce: bytes) -> bytes:
     return keyschedule.transcript_hash(keyschedule.LABEL_SAS_COMMIT, nonce)[:COMMITMENT_LENGTH]
+
+
+def _check_fresh(offer: Offer, now: float) -> None:
+    """Refuse an offer made too long ago or too far ahead by the caller's clock."""
+    age_s = now - offer.offered_at_ms / MS_PER_S
+    if age_s > OFFER_MAX_AGE_S:
+        raise HandshakeFailed(
+            f"stale offer: made {age_s:.0f} s ago (at most {OFFER_MAX_AGE_S:.0f} s): a replay"
+        )
+    if -age_s > CLOCK_SKEW_S:
+        raise HandshakeFailed(
+            f"offer dated {-age_s:.0f} s ahead of our clock (at most {CLOCK_SKEW_S:.0f} s):"
+            " check the clocks"
+        )
 
 
 def format_sas(value: int) -> str:
@@ -293,8 +324,8 @@ class CallerHandshake(_Handshake):
         self._offer_bytes = b""  # its exact bytes, for the transcript
         self._keys: CallKeys | None = None  # result once established
 
-    def offer(self) -> bytes:
-        """Build the offer. Must be called once, first."""
+    def offer(self, *, now: float) -> bytes:
+        """Build the offer, stamped with ``now`` (Unix seconds). Must be called once, first."""
         if self.state is not State.CALLER_START or self._ephemeral is None:
             raise LocalProtocolError(f"cannot send an offer in state {self.state.name}")
         eph = self._ephemeral
@@ -302,6 +333,7 @@ class CallerHandshake(_Handshake):
         kem_pub = mlkem.MLKEM768PrivateKey.from_seed_bytes(eph.mlkem_seed).public_key()
         unsigned = Offer(
             call_id=self._call_id,
+            offered_at_ms=round(now * MS_PER_S),
             caller_name=self._our_name,
             callee_name=self._their_name,
             caller_identity=self._our_identity.public_key(),
@@ -421,21 +453,29 @@ class CalleeHandshake(_Handshake):
         self._secrets: _Secrets | None = None  # derived when answering
         self._keys: CallKeys | None = None  # result once established
 
-    def receive_offer(self, data: bytes) -> Offer:
+    def receive_offer(self, data: bytes, *, now: float) -> Offer:
         """Check an offer and return it (the caller's name and identity are verified).
 
         The caller's identity is proven by its signature; whether it is the
         identity *expected* for that name (the pinned one) is for the caller
-        of this method to decide before answering.
+        of this method to decide before answering, and so is whether this
+        call id was seen before (a replay within :data:`OFFER_MAX_AGE_S`).
+
+        Args:
+            data: the offer's bytes.
+            now: our wall clock, Unix seconds.
 
         Raises:
             HandshakeFailed: malformed, for another call or user, signed badly,
-                or made for a different key of ours (a sign of key substitution).
+                made for a different key of ours (a sign of key substitution),
+                stale (older than :data:`OFFER_MAX_AGE_S`) or made more than
+                :data:`CLOCK_SKEW_S` in our future.
         """
         if self.state is not State.CALLEE_EXPECT_OFFER:
             raise LocalProtocolError(f"cannot receive an offer in state {self.state.name}")
         try:
             offer = self._check_offer(data)
+            _check_fresh(offer, now)
         except HandshakeFailed:
             self._fail()
             raise

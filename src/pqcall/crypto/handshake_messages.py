@@ -3,6 +3,10 @@
 Each message is a frozen dataclass with ``parse`` (strict: any defect raises
 :class:`~pqcall.exceptions.DecodeError` naming it) and ``serialize``. What the
 fields mean and how they are checked is in :mod:`pqcall.crypto.handshake`.
+
+The offer opens with the handshake version (:data:`HANDSHAKE_VERSION`, under
+the caller's signature, so it cannot be downgraded); version 2 added the
+caller's clock reading ``offered_at_ms`` so a replayed old offer is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 from pqcall.crypto import encoding, keyschedule
 from pqcall.crypto.encoding import Kind, Reader
 from pqcall.crypto.identity import FINGERPRINT_LENGTH, IdentityPublicKey
+from pqcall.exceptions import DecodeError
 
 X25519_PUBLIC_LENGTH = 32
 X25519_PRIVATE_LENGTH = 32
@@ -20,6 +25,8 @@ MLKEM768_SEED_LENGTH = 64
 MLKEM768_CIPHERTEXT_LENGTH = 1088
 NONCE_LENGTH = 32
 COMMITMENT_LENGTH = 32
+HANDSHAKE_VERSION = 2
+"""Version of the handshake messages; 1 had no ``offered_at_ms`` in the offer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +35,8 @@ class Offer:
 
     call_id: bytes
     """Server-assigned id of the call."""
+    offered_at_ms: int
+    """The caller's wall clock when it made the offer, in Unix milliseconds."""
     caller_name: str
     """Username of the caller."""
     callee_name: str
@@ -48,7 +57,9 @@ class Offer:
     def signed_part(self) -> bytes:
         """The bytes the caller signs."""
         return (
-            encoding.vec16(self.call_id)
+            encoding.u8(HANDSHAKE_VERSION)
+            + encoding.vec16(self.call_id)
+            + encoding.u64(self.offered_at_ms)
             + encoding.text(self.caller_name)
             + encoding.text(self.callee_name)
             + encoding.vec16(self.caller_identity.encode())
@@ -68,8 +79,12 @@ class Offer:
     def parse(cls, data: bytes) -> Offer:
         """Parse an offer. Raises DecodeError if malformed."""
         reader = Reader(encoding.decode(Kind.HANDSHAKE_OFFER, data), "handshake offer")
+        version = reader.u8("handshake version")
+        if version != HANDSHAKE_VERSION:
+            raise DecodeError(f"unsupported handshake version {version}")
         offer = cls(
             call_id=reader.vec16("call id"),
+            offered_at_ms=reader.u64("offer time"),
             caller_name=reader.text("caller name"),
             callee_name=reader.text("callee name"),
             caller_identity=IdentityPublicKey.decode(reader.vec16("caller identity")),
