@@ -12,7 +12,8 @@ from typing import ClassVar
 import pytest
 
 from pqcall.client.api import ServerApi
-from pqcall.client.files import FALLBACK_NAME, FileTransfers, place_file, sanitize_name
+from pqcall.client.file_names import FALLBACK_NAME, place_file, sanitize_name
+from pqcall.client.files import FileTransfers
 from pqcall.client.home import Home
 from pqcall.client.phone import Phone, register
 from pqcall.crypto.filecrypt import decrypt_stream, encrypt_stream
