@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from pqcall.client.call import Call, MediaOptions
-from pqcall.client.callstate import CallState
 from pqcall.client.home import Home
 from pqcall.client.phone import Phone, register
+from pqcall.client.phone_callstate import CallState
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
 from pqcall.exceptions import (

@@ -1,7 +1,7 @@
 """``pqcall listen`` and ``pqcall call``: a phone in the terminal.
 
 Both run one :class:`~pqcall.client.phone.Phone` on one event loop and follow
-each call through its states (:mod:`pqcall.client.callstate`) with a line per
+each call through its states (:mod:`pqcall.client.phone_callstate`) with a line per
 step, the SAS to read aloud, a live status line while audio flows, and one
 summary line (or, with ``--json``, the call's summary object) at the end.
 
@@ -150,7 +150,7 @@ async def _take(
     reader: LineReader,
 ) -> int:
     """Ring, ask, and follow one incoming call; return its exit code."""
-    from pqcall.client.callstate import CallState
+    from pqcall.client.phone_callstate import CallState
 
     console.ring(f"incoming call from {call.peer} ({trust(call)})")
     if not args.auto_answer and call.state is CallState.INCOMING:
@@ -173,7 +173,7 @@ def trust(call: Call) -> str:
 
 async def ask(call: Call, console: Console, interrupt: Interrupt, reader: LineReader) -> bool:
     """Ask whether to accept; False when declined, stdin ends, or the call stops ringing."""
-    from pqcall.client.callstate import CallState
+    from pqcall.client.phone_callstate import CallState
 
     console.prompt("accept? [y/N] ")
     line = asyncio.ensure_future(reader.readline())
@@ -265,7 +265,7 @@ async def follow(
     Returns:
         Whether Ctrl-C ended it.
     """
-    from pqcall.client.callstate import CallState, is_terminal
+    from pqcall.client.phone_callstate import CallState, is_terminal
 
     loop = asyncio.get_running_loop()
     shown: set[CallState] = set()
@@ -327,7 +327,7 @@ async def follow(
 
 def announce(call: Call, console: Console) -> None:
     """The line for the state ``call`` just entered."""
-    from pqcall.client.callstate import CallState, Direction
+    from pqcall.client.phone_callstate import CallState, Direction
 
     state = call.state
     if state is CallState.OUTGOING:
@@ -361,7 +361,7 @@ def finish(call: Call, console: Console, *, json_mode: bool, quiet_failure: bool
         quiet_failure: a call that was not answered is news, not an error
             (``listen``); otherwise its line goes to stderr.
     """
-    from pqcall.client.callstate import CallState
+    from pqcall.client.phone_callstate import CallState
 
     summary = call.summary()
     is_ok = call.state is CallState.ENDED and call.answered is not None

@@ -96,9 +96,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 async def _demo(duration_s: float, out: Path, console: Console) -> int:
     from pqcall.client.call import MediaOptions
-    from pqcall.client.callstate import CallState
     from pqcall.client.home import Home
     from pqcall.client.phone import Phone, register
+    from pqcall.client.phone_callstate import CallState
 
     received = {"alice": out / "alice-received.wav", "bob": out / "bob-received.wav"}
     with (
@@ -171,7 +171,7 @@ def _show_sas(ours: Call, theirs: Call, console: Console) -> None:
 
 async def _talk(call: Call, duration_s: float, console: Console, interrupt: Interrupt) -> bool:
     """Let the call run ``duration_s`` (status line on a terminal); True if Ctrl-C cut it short."""
-    from pqcall.client.callstate import CallState
+    from pqcall.client.phone_callstate import CallState
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + duration_s

@@ -30,14 +30,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
-from pqcall.client.callstate import (
+from pqcall.client.media_options import MediaOptions, WallClockTrace, open_call_audio
+from pqcall.client.phone_callstate import (
     CallState,
     Direction,
     check_move,
     initial_state,
     is_terminal,
 )
-from pqcall.client.media_options import MediaOptions, WallClockTrace, open_call_audio
 from pqcall.crypto.handshake import CalleeHandshake, CallerHandshake, CallKeys
 from pqcall.crypto.identity import IdentityPrivateKey, IdentityPublicKey
 from pqcall.exceptions import CallError, PqcallError, ServerError

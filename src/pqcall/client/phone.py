@@ -32,7 +32,6 @@ import httpx
 
 from pqcall.client.api import ServerApi
 from pqcall.client.call import Call, CallContext, MediaOptions, PeerTrust
-from pqcall.client.callstate import CallState, Direction, is_terminal
 from pqcall.client.contacts import Contacts
 from pqcall.client.event_stream import EventStream
 from pqcall.client.files import FileTransfers
@@ -40,6 +39,7 @@ from pqcall.client.history import History
 from pqcall.client.home import AccountConfig, Home
 from pqcall.client.offers import SEEN_OFFERS_NAME, SeenOffers
 from pqcall.client.peers import check_peer, key_change_message
+from pqcall.client.phone_callstate import CallState, Direction, is_terminal
 from pqcall.crypto.filekey import KeyBundle
 from pqcall.crypto.handshake import CalleeHandshake
 from pqcall.crypto.handshake_messages import Offer

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from pqcall.client.call import Call, MediaOptions
-from pqcall.client.callstate import CallState, Direction, is_terminal
 from pqcall.client.contacts import Contact
 from pqcall.client.home import Home
 from pqcall.client.phone import Phone, SecurityWarning, register
+from pqcall.client.phone_callstate import CallState, Direction, is_terminal
 from pqcall.client.privatefile import LOCK_NAME, FileLock, read_bounded, write_atomic
 from pqcall.crypto.keystore import DEFAULT_KDF_PARAMS, AccountSecrets, KdfParams
 from pqcall.exceptions import (
