@@ -1,23 +1,20 @@
-"""``python -m pqcall.bench NAME [--quick] [--json PATH] [--db URL] [--sizes MIB,...]``."""
+"""``python -m pqcall.bench NAME [--quick] [--json PATH] [--db URL] [--sizes MIB,...]``.
+
+Importing this module is cheap (``pqcall --help`` builds its parser): a benchmark's
+module, with numpy, Opus or the server behind it, loads only when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
-from pqcall.bench import codec, crypto, files, media, relay, server
 from pqcall.bench.report import render_table, to_json
 from pqcall.exceptions import PqcallError
 
-BENCHMARKS = {
-    "codec": codec,
-    "crypto": crypto,
-    "files": files,
-    "media": media,
-    "relay": relay,
-    "server": server,
-}
+BENCHMARKS = ("codec", "crypto", "files", "media", "relay", "server")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,13 +48,14 @@ def run(args: argparse.Namespace) -> int:
         raise PqcallError("--db applies only to the server benchmark")
     if args.sizes and args.name != "files":
         raise PqcallError("--sizes applies only to the files benchmark")
+    benchmark = importlib.import_module(f"pqcall.bench.{args.name}")  # only the one run
     if args.name == "files":
-        runs = files.measure(files.parse_sizes(args.sizes, args.quick))
-        figures = files.figures(runs)
-        print(files.render(runs))
+        runs = benchmark.measure(benchmark.parse_sizes(args.sizes, args.quick))
+        figures = benchmark.figures(runs)
+        print(benchmark.render(runs))
     else:
         options = {"db_url": args.db} if args.name == "server" else {}
-        figures = BENCHMARKS[args.name].run(quick=args.quick, **options)
+        figures = benchmark.run(quick=args.quick, **options)
         print(render_table(f"pqcall bench {args.name}", figures))
     if args.json:
         args.json.write_text(to_json(figures) + "\n")
