@@ -35,7 +35,7 @@ def pure_modules() -> list[Path]:
     ]
     files += [SRC / "signaling" / name for name in ("callstate.py", "usernames.py")]
     files += [SRC / "server" / name for name in ("relay_table.py", "ratelimit.py")]
-    files += [SRC / "client" / "callstate.py"]
+    files += [SRC / "client" / "phone_callstate.py"]
     return [f for f in files if f.exists() and f.name not in IMPURE_ALLOWED]
 
 

@@ -8,8 +8,8 @@ Its layout::
     contacts.json   pinned contacts (pqcall.client.contacts)
     history.jsonl   finished calls, one JSON object per line (pqcall.client.history)
     received/       received audio and files
-    outgoing/       pending uploads: ciphertext and state (pqcall.client.files)
-    incoming/       ciphertexts being downloaded (pqcall.client.files)
+    outgoing/       pending uploads: ciphertext and state (pqcall.client.upload)
+    incoming/       ciphertexts being downloaded (pqcall.client.download)
     .lock           the advisory lock every write holds
 
 The directory is created 0700 on first write and every file 0600. Two
