@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pqcall.client.call import Call, MediaOptions
+from pqcall.client.call import Call
 from pqcall.client.home import Home
+from pqcall.client.media_options import MediaOptions
 from pqcall.client.phone import Phone, register
 from pqcall.client.phone_callstate import CallState
 from pqcall.crypto.identity import IdentityPrivateKey

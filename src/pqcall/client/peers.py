@@ -6,14 +6,19 @@ bundle) is decoded, the bundle must be signed by that identity for that name,
 and the identity must match the pin (pinned now on first use). A changed key
 raises :class:`~pqcall.exceptions.KeyChangedError` with the warning to show;
 nothing is sent or accepted.
+
+:class:`SecurityWarning` is such a warning as the phone queues it for the user;
+:func:`trust_of` says how far a pin check lets a call trust the peer.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from pqcall.client.api import ServerApi
+from pqcall.client.call import PeerTrust
 from pqcall.client.contacts import Contacts
 from pqcall.crypto.filekey import KeyBundle
 from pqcall.crypto.identity import IdentityPublicKey
@@ -21,6 +26,18 @@ from pqcall.crypto.pinning import KeyChanged, PinCreated, PinResult
 from pqcall.exceptions import BadSignature, CallError, DecodeError, KeyChangedError
 
 logger = logging.getLogger(__name__)
+
+
+class SecurityWarning:
+    """Something the user must see: a refused call because of a key problem."""
+
+    def __init__(self, peer: str, message: str) -> None:
+        self.peer = peer  # who it is about
+        self.message = message  # one line for the user
+        self.when = time.time()  # when it happened
+
+    def __repr__(self) -> str:
+        return f"SecurityWarning({self.peer!r}, {self.message!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +99,10 @@ def key_change_message(peer: str) -> str:
         f" in person or by another channel (pqcall verify {peer}), and only then accept the"
         f" new key (pqcall verify {peer} --accept-new-key)."
     )
+
+
+def trust_of(result: PinResult) -> PeerTrust:
+    """How far a pin check lets us trust the peer (a key change never gets this far)."""
+    if isinstance(result, PinCreated):
+        return PeerTrust.NEW
+    return PeerTrust.VERIFIED if result.pin.verified else PeerTrust.PINNED

@@ -11,9 +11,14 @@
         call = await phone.next_incoming()      # rings here
         await call.accept()
 
-One call at a time: a second incoming call is refused as *busy*, a second
-outgoing one with :class:`~pqcall.exceptions.CallError`. The server connection
-(push events) reconnects by itself; a call in progress does not depend on it.
+One call at a time, but a ringing call does not block (``docs/cli.md#waiting-calls``):
+a second incoming call also rings (:attr:`Phone.ringing_calls`); answering one, or
+placing a call, declines the others as *busy*. While in a call (placed, answering or
+active), a new incoming call is refused as *busy*, a new outgoing one raises
+:class:`~pqcall.exceptions.CallError`. Before a call rings it is screened
+(:mod:`pqcall.client.screening`): blocked callers, callers who rang unanswered too
+often, and (if asked) strangers do not ring. The push connection reconnects by
+itself; a call in progress does not depend on it.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,21 +36,26 @@ from typing import Any
 import httpx
 
 from pqcall.client.api import ServerApi
-from pqcall.client.call import Call, CallContext, MediaOptions, PeerTrust
+from pqcall.client.call import Call, CallContext, PeerTrust
 from pqcall.client.contacts import Contacts
 from pqcall.client.event_stream import EventStream
 from pqcall.client.files import FileTransfers
 from pqcall.client.history import History
 from pqcall.client.home import AccountConfig, Home
+from pqcall.client.media_options import MediaOptions
 from pqcall.client.offers import SEEN_OFFERS_NAME, SeenOffers
-from pqcall.client.peers import check_peer, key_change_message
+from pqcall.client.peers import SecurityWarning as SecurityWarning
+from pqcall.client.peers import check_peer, key_change_message, trust_of
 from pqcall.client.phone_callstate import CallState, Direction, is_terminal
-from pqcall.crypto.filekey import KeyBundle
+from pqcall.client.registration import Registration as Registration
+from pqcall.client.registration import register as register
+from pqcall.client.ringlimit import RingLimiter
+from pqcall.client.screening import SCREENING_NAME, CallScreen, Screening, TurnAway
 from pqcall.crypto.handshake import CalleeHandshake
 from pqcall.crypto.handshake_messages import Offer
 from pqcall.crypto.identity import IdentityPublicKey
-from pqcall.crypto.keystore import DEFAULT_KDF_PARAMS, AccountSecrets, KdfParams
-from pqcall.crypto.pinning import KeyChanged, PinCreated, PinResult
+from pqcall.crypto.keystore import AccountSecrets
+from pqcall.crypto.pinning import KeyChanged
 from pqcall.exceptions import (
     CallError,
     DecodeError,
@@ -71,72 +81,10 @@ logger = logging.getLogger(__name__)
 
 STALE_RING_S = 5.0
 """An incoming-call event older than this is checked with the server before ringing."""
-
-
-class SecurityWarning:
-    """Something the user must see: a refused call because of a key problem."""
-
-    def __init__(self, peer: str, message: str) -> None:
-        self.peer = peer  # who it is about
-        self.message = message  # one line for the user
-        self.when = time.time()  # when it happened
-
-    def __repr__(self) -> str:
-        return f"SecurityWarning({self.peer!r}, {self.message!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class Registration:
-    """What :func:`register` left: the account's settings and its unlocked keys."""
-
-    config: AccountConfig
-    """Name, server and the server's pinned name, as saved in the home."""
-    account: AccountSecrets = field(repr=False)
-    """The keys the registration unlocked or created (no second slow unlock to show them)."""
-
-
-async def register(
-    home: Home,
-    name: str,
-    server_url: str,
-    passphrase: str,
-    *,
-    kdf_params: KdfParams = DEFAULT_KDF_PARAMS,
-) -> Registration:
-    """Create the account in ``home`` if it has none, and register it as ``name``.
-
-    Registering again with the same name and server is harmless (the server
-    answers with the stored entry when the identity matches).
-
-    Raises:
-        CallError: ``home`` is already registered under another name or server.
-        ServerError: the server refused (name taken, bad request) or is unreachable.
-        WrongPassphrase: the existing keystore does not open with ``passphrase``.
-    """
-    username = usernames.normalize(name)
-    config = home.load_config()
-    if config is not None and (config.username, config.server_url) != (username, server_url):
-        raise CallError(
-            f"{home.path} is already registered as {config.username} at {config.server_url};"
-            " use another --home for another account"
-        )
-    if home.has_account():
-        account = await asyncio.to_thread(home.unlock, passphrase)
-    else:
-        account = await asyncio.to_thread(home.create_account, passphrase, kdf_params=kdf_params)
-    bundle = KeyBundle.create(
-        account.identity, username, account.file_key.public_key(), int(time.time())
-    ).encode()
-    pinned = config.server_name if config is not None else None
-    async with ServerApi(server_url, username, account.identity, server_name=pinned) as api:
-        await api.register(bundle)
-        server_name = api.server_name
-    assert server_name is not None
-    config = AccountConfig(
-        username=username, server_url=server_url, server_name=server_name, created=int(time.time())
-    )
-    home.save_config(config)
-    return Registration(config, account)
+MAX_RINGING_CALLS = 4
+"""Incoming calls that may ring at once; another one is answered *busy*."""
+MAX_SCREENED_CALL_IDS = 256
+"""Call ids of calls left unanswered on purpose, remembered so a repeated event is ignored."""
 
 
 class Phone:
@@ -147,7 +95,8 @@ class Phone:
         passphrase: opens the keystore (or pass ``account`` already unlocked).
         account: the unlocked secrets, instead of ``passphrase``.
         media: sources, sinks and ports for calls.
-        auto_answer: accept every incoming call at once.
+        auto_answer: accept every incoming call at once (one at a time: no waiting calls).
+        silence_strangers: silence callers not in the contacts, whatever the home's setting.
     """
 
     def __init__(
@@ -158,12 +107,18 @@ class Phone:
         account: AccountSecrets | None = None,
         media: MediaOptions | None = None,
         auto_answer: bool = False,
+        silence_strangers: bool = False,
     ) -> None:
         if passphrase is None and account is None:
             raise CallError("a phone needs the passphrase or the unlocked account")
         self.home = home if isinstance(home, Home) else Home(Path(home))  # where it all lives
         self.media = media or MediaOptions()  # how calls carry audio
         self.auto_answer = auto_answer  # answer incoming calls at once
+        self.screening = Screening(self.home.path / SCREENING_NAME)  # block list, settings
+        self.ring_limiter = RingLimiter()  # callers whose calls went unanswered too often
+        self.screen = CallScreen(
+            self.screening, self.ring_limiter, silence_strangers=silence_strangers
+        )  # which incoming calls ring
         self.contacts: Contacts = self.home.contacts()  # pinned identities
         self.history: History = self.home.history()  # finished calls
         self.seen_offers = SeenOffers(self.home.path / SEEN_OFFERS_NAME)  # replays refused
@@ -174,8 +129,10 @@ class Phone:
         self._api: ServerApi | None = None  # the signaling server
         self._events: EventStream | None = None  # its push events
         self._pump: asyncio.Task[None] | None = None  # reads the events
-        self._calls: dict[str, Call] = {}  # calls not yet ended, by id
-        self._current: Call | None = None  # the one call we are in
+        self._calls: dict[str, Call] = {}  # calls not yet ended, by id, oldest first
+        self._busy_declined: set[str] = set()  # ringing calls we declined as busy
+        self._screened: OrderedDict[str, None] = OrderedDict()  # left unanswered on purpose
+        self._tasks: set[asyncio.Task[None]] = set()  # declines and hang-ups under way
         self._incoming: asyncio.Queue[Call] = asyncio.Queue()  # ringing calls for the user
         self._listeners: list[Callable[[Call], None]] = []  # state-change observers
         self._file_listeners: list[Callable[[FileView], None]] = []  # file.waiting observers
@@ -272,8 +229,13 @@ class Phone:
 
     @property
     def current_call(self) -> Call | None:
-        """The call we are in (ringing, connecting or active), if any."""
-        return self._current
+        """The call we are in (placed, connecting or active), else the longest-ringing one."""
+        return self._engaged() or next(iter(self.ringing_calls), None)
+
+    @property
+    def ringing_calls(self) -> list[Call]:
+        """Incoming calls ringing now (the user may answer any of them), oldest first."""
+        return [call for call in self._calls.values() if _rings_here(call)]
 
     def safety_number(self, name: str) -> str:
         """The safety number with contact ``name`` (compare it out of band)."""
@@ -299,8 +261,9 @@ class Phone:
         peer = usernames.normalize(name)
         if peer == self.username:
             raise CallError("you cannot call yourself")
-        if self._current is not None:
-            raise CallError(f"already in a call with {self._current.peer}")
+        engaged = self._engaged()
+        if engaged is not None:
+            raise CallError(f"already in a call with {engaged.peer}")
         identity, trust = await self._peer_identity(peer)
         presence = await api.presence([peer])
         if not any(entry.online for entry in presence):
@@ -316,6 +279,8 @@ class Phone:
         )
         self._adopt(call)
         call.start_outgoing(identity)
+        # placing a call stops the ringing: the ringing calls are declined as busy
+        await asyncio.gather(*(self._decline_busy(ringing) for ringing in self.ringing_calls))
         return call
 
     async def next_incoming(self) -> Call:
@@ -365,11 +330,7 @@ class Phone:
         except ValueError:
             logger.info("event %s: not a valid presence payload", event.seq)
             return
-        for listener in self._presence_listeners:
-            try:
-                listener(presence)
-            except Exception:
-                logger.exception("presence listener failed")
+        _tell(self._presence_listeners, presence, "presence")
 
     def _file_waiting(self, event: Event) -> None:
         try:
@@ -377,11 +338,7 @@ class Phone:
         except ValueError:
             logger.info("event %s: not a valid file.waiting payload", event.seq)
             return
-        for listener in self._file_listeners:
-            try:
-                listener(view)
-            except Exception:
-                logger.exception("file listener failed")
+        _tell(self._file_listeners, view, "file")
 
     # ------------------------------------------------------------------ internals
 
@@ -405,20 +362,24 @@ class Phone:
 
     def _adopt(self, call: Call) -> None:
         self._calls[call.call_id] = call
-        self._current = call
+
+    def _engaged(self) -> Call | None:
+        """The call we are in: placed by us or answered (not one that only rings)."""
+        return next((call for call in self._calls.values() if not _rings_here(call)), None)
 
     def _call_changed(self, call: Call) -> None:
         if is_terminal(call.state):
             self._calls.pop(call.call_id, None)
-            if self._current is call:
-                self._current = None
-            if call.state is not CallState.BUSY or call.direction is Direction.OUTGOING:
+            declined = call.call_id in self._busy_declined
+            self._busy_declined.discard(call.call_id)
+            if call.state is not CallState.BUSY or call.direction is Direction.OUTGOING or declined:
                 self._record(call)
-        for listener in self._listeners:
-            try:
-                listener(call)
-            except Exception:
-                logger.exception("call listener failed")
+            if call.direction is Direction.INCOMING and call.answered is None:
+                if call.state in (CallState.MISSED, CallState.REJECTED):
+                    self.ring_limiter.call_unanswered(call.peer, time.time())
+        elif call.direction is Direction.INCOMING and call.state is CallState.CONNECTING:
+            self._answered(call)
+        _tell(self._listeners, call, "call")
 
     def _record(self, call: Call) -> None:
         record = call.summary()
@@ -456,6 +417,8 @@ class Phone:
     async def _incoming_call(self, event: Event) -> None:
         api = self._require_api()
         detail = CallDetail.model_validate(event.payload)
+        if detail.call_id in self._screened:
+            return  # left unanswered on purpose already (the event came again)
         if time.time() - event.created > STALE_RING_S:
             try:
                 current = await api.status(detail.call_id)
@@ -463,9 +426,7 @@ class Phone:
                 return
             if str(current.state) != "ringing":
                 return  # an old event replayed after a reconnect
-        if self._current is not None:
-            await self._refuse(detail.call_id, "busy")
-            self._record_refused(detail, CallState.BUSY, "busy: already in a call")
+        if await self._screen_caller(detail):
             return
         handshake = CalleeHandshake(
             call_id=bytes.fromhex(detail.call_id),
@@ -495,6 +456,11 @@ class Phone:
             logger.warning("refused call %s: its offer was seen before (a replay)", detail.call_id)
             await self._refuse(detail.call_id, "failed")
             return
+        is_contact = self.contacts.get(detail.caller) is not None
+        silenced = self.screen.for_stranger(detail.caller, is_contact=is_contact)
+        if silenced is not None:
+            await self._turn_away(detail, silenced)
+            return
         result = self.contacts.check(detail.caller, offer.caller_identity)
         if isinstance(result, KeyChanged):
             message = "refused a call: " + key_change_message(detail.caller)
@@ -517,6 +483,52 @@ class Phone:
             await call.accept()
         self._incoming.put_nowait(call)
 
+    async def _screen_caller(self, detail: CallDetail) -> bool:
+        """Turn the call away if it must not ring now; True when it was."""
+        turned_away = self.screen.before_offer(detail.caller, time.time())
+        ringing = self.ringing_calls
+        if turned_away is not None:
+            await self._turn_away(detail, turned_away)
+        elif self._engaged() is not None or (self.auto_answer and self._calls):
+            await self._turn_away(detail, TurnAway("busy", "busy: already in a call", True))
+        elif len(ringing) >= MAX_RINGING_CALLS or detail.caller in {c.peer for c in ringing}:
+            await self._turn_away(detail, TurnAway("busy", "busy: too many calls ringing", True))
+        else:
+            return False
+        return True
+
+    async def _turn_away(self, detail: CallDetail, turned_away: TurnAway) -> None:
+        """Answer busy, or leave unanswered (it rings there until the server's timeout)."""
+        if turned_away.answer_busy:
+            await self._refuse(detail.call_id, "busy")
+        else:
+            self._screened[detail.call_id] = None
+            while len(self._screened) > MAX_SCREENED_CALL_IDS:
+                self._screened.popitem(last=False)
+        self._record_refused(detail, turned_away.result, turned_away.reason)
+
+    def _answered(self, call: Call) -> None:
+        """``call`` was answered: decline the other ringing calls; a second answer hangs up."""
+        self.ring_limiter.call_answered(call.peer)
+        for other in list(self._calls.values()):
+            if other is call:
+                continue
+            if _rings_here(other):
+                self._spawn(self._decline_busy(other))
+            else:  # two answers at once: the first one wins
+                self._spawn(call.hangup())
+                return
+
+    async def _decline_busy(self, call: Call) -> None:
+        """Decline a ringing call as busy (the server's answer ends it here)."""
+        self._busy_declined.add(call.call_id)
+        await self._refuse(call.call_id, "busy")
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(_quietly(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _made_for_another_key(self, offer: bytes | None) -> bool:
         """Whether an offer names another identity than ours (key substitution)."""
         try:
@@ -531,12 +543,12 @@ class Phone:
         except ServerError as exc:
             logger.info("could not refuse call %s: %s", call_id, exc)
 
-    def _record_refused(self, detail: CallDetail, state: CallState, reason: str) -> None:
+    def _record_refused(self, detail: CallDetail, result: str, reason: str) -> None:
         record: dict[str, Any] = {
             "call_id": detail.call_id,
             "peer": detail.caller,
             "direction": str(Direction.INCOMING),
-            "result": str(state),
+            "result": str(result),
             "reason": reason,
             "started_unix": detail.created,
             "ended_unix": time.time(),
@@ -563,8 +575,23 @@ class Phone:
         return self._account
 
 
-def trust_of(result: PinResult) -> PeerTrust:
-    """How far a pin check lets us trust the peer (a key change never gets this far)."""
-    if isinstance(result, PinCreated):
-        return PeerTrust.NEW
-    return PeerTrust.VERIFIED if result.pin.verified else PeerTrust.PINNED
+def _tell(listeners: list[Callable[[Any], None]], value: object, what: str) -> None:
+    """Call every listener with ``value``; a failing listener is logged, the others still run."""
+    for listener in listeners:
+        try:
+            listener(value)
+        except Exception:
+            logger.exception("%s listener failed", what)
+
+
+def _rings_here(call: Call) -> bool:
+    """Whether ``call`` is an incoming call that rings (not answered yet)."""
+    return call.direction is Direction.INCOMING and call.state is CallState.INCOMING
+
+
+async def _quietly(work: Coroutine[Any, Any, Any]) -> None:
+    """Run ``work`` in the background; a failure is logged, never lost in a task."""
+    try:
+        await work
+    except Exception:
+        logger.exception("background call work failed")
