@@ -9,7 +9,7 @@ media path, stage by stage, is drawn in ``docs/architecture.md``.
 Two timers drive it, both on ``loop.time()``: the frame tick, every
 ``frame_ms`` at ``start + n * frame`` (so it does not drift, and a late tick
 catches up), which sends our next frame and then plays the peer's next one
-(one wake-up for both directions; ``docs/decisions/media-one-frame-tick.md``);
+(one wake-up for both directions; ``docs/decisions/0123-media-one-frame-tick.md``);
 and the engine's own timer (pings, reports, repeats, media timeout), re-armed
 only when its deadline moves. Received datagrams are handled as they come.
 
