@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from pqcall.server.files import (
+from pqcall.server.file_service import MAX_TRANSFERS_PER_ACCOUNT
+from pqcall.server.file_sweeper import (
     ABANDONED_UPLOAD_S,
     FILE_SWEEP_INTERVAL_S,
-    MAX_TRANSFERS_PER_ACCOUNT,
     ORPHAN_GRACE_S,
     ORPHAN_SCAN_INTERVAL_S,
 )

@@ -41,12 +41,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pqcall import __version__
 from pqcall.server import auth
-from pqcall.server.calls import CallSweeper
+from pqcall.server.call_sweeper import CallSweeper
 from pqcall.server.components import default_components
 from pqcall.server.context import AppContext, Clock, Component
-from pqcall.server.events import EventHub
-from pqcall.server.files import FileSweeper
+from pqcall.server.file_sweeper import FileSweeper
 from pqcall.server.middleware import default_middleware
+from pqcall.server.push import EventHub
 from pqcall.server.routes import accounts, calls, events, files, metrics
 from pqcall.server.settings import ServerSettings
 from pqcall.server.storage import Storage

@@ -1,7 +1,7 @@
 """The call routes: ``/call/initiate|accept|confirm|reject|hangup``, status, pending, history.
 
 Thin: each route authenticates (401), validates its body (422) and hands over
-to :mod:`pqcall.server.calls`, which decides 403 (not a party), 404 (no such
+to :mod:`pqcall.server.call_service`, which decides 403 (not a party), 404 (no such
 call or user), 409 (the state table forbids the action, or a lost race) and
 pushes the events. The flow, for a phone::
 
@@ -18,7 +18,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
 
-from pqcall.server import calls
+from pqcall.server import call_service
 from pqcall.server.auth import CurrentAccount
 from pqcall.server.context import Context, api_error, seen_address
 from pqcall.signaling import usernames
@@ -51,8 +51,8 @@ async def initiate(
     body: InitiateCall, request: Request, account: CurrentAccount, context: Context
 ) -> CallView:
     """Call ``callee`` with a handshake offer; the callee's phones get ``call.incoming``."""
-    call = await calls.initiate(context, account, body, seen_address(request))
-    return calls.view(call)
+    call = await call_service.initiate(context, account, body, seen_address(request))
+    return call_service.view(call)
 
 
 @router.post("/call/accept")
@@ -63,21 +63,21 @@ async def accept(
 
     The answer carries the callee's own relay grant (if the server relays this call).
     """
-    call = await calls.accept(context, account, body, seen_address(request))
-    grant = calls.relay_grant(context, call, Party.CALLEE, request.url.hostname)
-    return calls.detail(call, handshake=(), relay=grant)
+    call = await call_service.accept(context, account, body, seen_address(request))
+    grant = call_service.relay_grant(context, call, Party.CALLEE, request.url.hostname)
+    return call_service.detail(call, handshake=(), relay=grant)
 
 
 @router.post("/call/confirm")
 async def confirm(body: ConfirmCall, account: CurrentAccount, context: Context) -> CallView:
     """The caller's handshake confirmation; the callee gets ``call.confirmed``."""
-    return calls.view(await calls.confirm(context, account, body))
+    return call_service.view(await call_service.confirm(context, account, body))
 
 
 @router.post("/call/reject")
 async def reject(body: RejectCall, account: CurrentAccount, context: Context) -> CallView:
     """The callee refuses a ringing call; both parties get ``call.rejected``."""
-    return calls.view(await calls.reject(context, account, body))
+    return call_service.view(await call_service.reject(context, account, body))
 
 
 @router.post("/call/hangup")
@@ -87,7 +87,7 @@ async def hangup(body: HangupCall, account: CurrentAccount, context: Context) ->
     Both parties get ``call.ended``, ``call.missed`` (caller cancelled),
     ``call.rejected`` (callee declined) or ``call.failed`` (reason ``failed``).
     """
-    return calls.view(await calls.hangup(context, account, body))
+    return call_service.view(await call_service.hangup(context, account, body))
 
 
 @router.get("/call/status/{call_id}")
@@ -98,8 +98,10 @@ async def call_status(
     context: Context,
 ) -> CallDetail:
     """Everything about a call, for one of its parties (with that party's own relay grant)."""
-    call, party = await calls.find_call(context, call_id, account)
-    return calls.detail(call, relay=calls.relay_grant(context, call, party, request.url.hostname))
+    call, party = await call_service.find_call(context, call_id, account)
+    return call_service.detail(
+        call, relay=call_service.relay_grant(context, call, party, request.url.hostname)
+    )
 
 
 @router.get("/call/pending/{name}")
@@ -115,7 +117,7 @@ async def pending(name: str, account: CurrentAccount, context: Context) -> Pendi
     if username != account.username:
         raise api_error(status.HTTP_403_FORBIDDEN, "you can only list your own pending calls")
     ringing = await context.storage.calls.list_pending_calls_for(account.id)
-    return PendingCalls(calls=[calls.detail(call, handshake=("offer",)) for call in ringing])
+    return PendingCalls(calls=[call_service.detail(call, handshake=("offer",)) for call in ringing])
 
 
 @router.get("/calls/history")
@@ -126,4 +128,4 @@ async def history(
 ) -> CallHistory:
     """The account's calls, newest first: who, when, how each ended."""
     found = await context.storage.calls.list_calls_for(account.id, limit=limit)
-    return CallHistory(calls=[calls.view(call) for call in found])
+    return CallHistory(calls=[call_service.view(call) for call in found])

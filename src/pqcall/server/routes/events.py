@@ -5,7 +5,7 @@ cannot set headers on a WebSocket), the ``token`` query parameter. The
 handshake is always accepted, so that a refusal can carry a reason a browser
 can read: a missing, invalid or expired token closes the socket with code 4401
 and the reason, a bad ``resume`` with 4400. What follows is
-:class:`pqcall.server.events.PushConnection`'s protocol.
+:class:`pqcall.server.push.PushConnection`'s protocol.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fastapi import APIRouter, WebSocket
 
 from pqcall.server.auth import AuthError, authenticate_token, hash_token
 from pqcall.server.context import AppContext
-from pqcall.server.events import (
+from pqcall.server.push import (
     CLOSE_BAD_MESSAGE,
     CLOSE_UNAUTHORIZED,
     ConnectionClosing,

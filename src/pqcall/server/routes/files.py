@@ -1,7 +1,7 @@
 """The file routes: ``/files`` (create, inbox), ``/files/{file_id}`` and its ``/content``.
 
 Thin: each route authenticates (401), validates (422) and hands over to
-:mod:`pqcall.server.files`, which decides 403 (not the sender or recipient,
+:mod:`pqcall.server.file_service`, which decides 403 (not the sender or recipient,
 or the wrong one of them), 404, 409, 413 and streams the bytes. The content
 routes are the only ones whose bodies are not held in memory and are exempt
 from the small request limit (:data:`STREAMED_PATHS`); an upload is bounded by
@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from pqcall.server import files
+from pqcall.server import file_service
 from pqcall.server.auth import CurrentAccount
 from pqcall.server.context import Context
 from pqcall.signaling.messages import (
@@ -44,20 +44,20 @@ async def create_file(body: CreateFile, account: CurrentAccount, context: Contex
 
     413 when ``size`` is over the server's file limit or the sender's quota.
     """
-    return files.view(context, await files.create(context, account, body))
+    return file_service.view(context, await file_service.create(context, account, body))
 
 
 @router.get("/files")
 async def inbox(account: CurrentAccount, context: Context) -> Inbox:
     """The complete files waiting for the account, oldest first."""
     found = await context.storage.files.list_inbox(account.id, context.now(), MAX_INBOX_FILES)
-    return Inbox(files=[files.view(context, record) for record in found])
+    return Inbox(files=[file_service.view(context, record) for record in found])
 
 
 @router.get("/files/{file_id}")
 async def file_status(file_id: FileIdPath, account: CurrentAccount, context: Context) -> FileView:
     """A file's state for its sender or recipient; ``received`` is where an upload resumes."""
-    return files.view(context, await files.find_file(context, file_id, account))
+    return file_service.view(context, await file_service.find_file(context, file_id, account))
 
 
 @router.put(
@@ -84,8 +84,8 @@ async def upload(
     413 when the body would pass the announced size (nothing of it is kept).
     When the last byte arrives the file is stored and the recipient gets ``file.waiting``.
     """
-    record = await files.upload(context, account, file_id, offset, request)
-    return files.view(context, record)
+    record = await file_service.upload(context, account, file_id, offset, request)
+    return file_service.view(context, record)
 
 
 @router.get(
@@ -99,11 +99,11 @@ async def upload(
 )
 async def download(file_id: FileIdPath, account: CurrentAccount, context: Context) -> Response:
     """The ciphertext (the recipient only, once stored); ``Range: bytes=N-`` resumes with 206."""
-    return await files.download(context, account, file_id)
+    return await file_service.download(context, account, file_id)
 
 
 @router.delete("/files/{file_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_file(file_id: FileIdPath, account: CurrentAccount, context: Context) -> Response:
     """Delete the file: its recipient once received, or its sender to cancel."""
-    await files.delete(context, account, file_id)
+    await file_service.delete(context, account, file_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

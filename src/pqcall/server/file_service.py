@@ -14,13 +14,9 @@ check or alter what it stores. A file's life::
                                                             (Range: bytes=N- resumes)
                                    <-  blob and row gone  <-  DELETE /files/{id}
 
-Blobs live in ``data_dir/files/``, named by file id only (32 random hex
-digits: no user-supplied name reaches the disk), mode 0600. How many bytes an
-upload holds is the blob's size on disk, and when it last received a byte is
-the blob's modification time, which the server sets to its own clock at each
-write; so the database needs no column for either. An upload holds an
-exclusive ``flock`` on its blob while it writes, so two uploads of one file
-(from any process on the machine) cannot interleave; the second gets 409.
+Blobs live in ``data_dir/files/`` (:mod:`pqcall.server.blob_store`); an
+upload holds an exclusive lock on its blob while it writes, so a second
+upload of the same file at once gets 409.
 
 Limits (:class:`~pqcall.server.settings.ServerSettings`): ``max_file_bytes``
 per file, ``file_quota_bytes`` per sender over its files not yet deleted
@@ -28,7 +24,8 @@ per file, ``file_quota_bytes`` per sender over its files not yet deleted
 :data:`MAX_TRANSFERS_PER_ACCOUNT` uploads and downloads at once per account
 (in this process). A complete file is deleted ``file_ttl_s`` after it was
 completed if the recipient has not deleted it; an upload that receives no
-byte for :data:`ABANDONED_UPLOAD_S` is deleted. :class:`FileSweeper` does both.
+byte for :data:`~pqcall.server.file_sweeper.ABANDONED_UPLOAD_S` is deleted;
+:class:`~pqcall.server.file_sweeper.FileSweeper` does both.
 """
 
 from __future__ import annotations
@@ -36,13 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import logging
-import math
 import os
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import Request, status
@@ -52,51 +47,32 @@ from starlette.types import Receive, Scope, Send
 
 from pqcall.safefile import write_all
 from pqcall.server.auth import account_named
+from pqcall.server.blob_store import (
+    BLOB_MODE,
+    FILE_ID_BYTES,
+    FILES_DIR,
+    blob_of,
+    files_dir,
+    fsync_dir,
+    locked_blob,
+    received_bytes,
+)
 from pqcall.server.context import AppContext, api_error
-from pqcall.server.events import event_hub
-from pqcall.server.storage import AccountRecord, FileLimitReached, FileRecord
-from pqcall.server.storage.records import FILE_STORED, FILE_UPLOADING
+from pqcall.server.push import event_hub
+from pqcall.server.storage import (
+    FILE_STORED,
+    FILE_UPLOADING,
+    AccountRecord,
+    FileLimitReached,
+    FileRecord,
+)
 from pqcall.signaling.messages import EVENT_FILE_WAITING, CreateFile, FileView
 
 logger = logging.getLogger(__name__)
 
-FILES_DIR = "files"  # under the data directory
-BLOB_MODE = 0o600
-FILES_DIR_MODE = 0o700
-FILE_ID_BYTES = 16  # 32 hex digits
 WRITE_BUFFER_BYTES = 1024 * 1024  # bytes gathered from the request before one disk write
 MAX_FILES_PER_SENDER = 1000  # files not yet deleted, uploading or stored
 MAX_TRANSFERS_PER_ACCOUNT = 4  # uploads and downloads running at once, per account
-ABANDONED_UPLOAD_S = 24 * 3600.0  # an upload without a byte for this long is deleted
-FILE_SWEEP_INTERVAL_S = 60.0  # app-clock seconds between passes of the file sweeper
-SWEEP_BATCH = 500  # files handled per sweep and kind
-ORPHAN_SCAN_INTERVAL_S = 3600.0  # app-clock seconds between scans for blobs without a row
-ORPHAN_GRACE_S = ABANDONED_UPLOAD_S  # a blob without a row is removed once unwritten this long
-
-
-# ---------------------------------------------------------------- blobs
-
-
-def files_dir(context: AppContext) -> Path:
-    """Where blobs are: ``data_dir/files`` (created 0700 when missing)."""
-    directory = context.settings.data_dir / FILES_DIR
-    directory.mkdir(mode=FILES_DIR_MODE, parents=True, exist_ok=True)
-    return directory
-
-
-def blob_of(context: AppContext, record: FileRecord) -> Path:
-    """The absolute path of a file's blob."""
-    return context.settings.data_dir / record.blob_path
-
-
-def received_bytes(context: AppContext, record: FileRecord) -> int:
-    """How many bytes of the file the server holds."""
-    if record.state == FILE_STORED:
-        return record.size
-    try:
-        return min(record.size, blob_of(context, record).stat().st_size)
-    except FileNotFoundError:
-        return 0
 
 
 def view(context: AppContext, record: FileRecord) -> FileView:
@@ -111,33 +87,6 @@ def view(context: AppContext, record: FileRecord) -> FileView:
         created=record.created,
         expires=record.expires,
     )
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _locked_blob(path: Path) -> Iterator[int | None]:
-    """The blob opened for writing under an exclusive ``flock``; ``None`` if another holds it.
-
-    Raises:
-        FileNotFoundError: the blob is gone.
-    """
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield None
-            return
-        yield fd
-    finally:
-        os.close(fd)  # releases the lock
 
 
 # ---------------------------------------------------------------- transfers at once
@@ -276,7 +225,7 @@ async def upload(
     declared = request.headers.get("content-length")
     async with _transfers(context).slot(account.id):
         try:
-            with _locked_blob(blob_of(context, record)) as fd:
+            with locked_blob(blob_of(context, record)) as fd:
                 if fd is None:
                     raise api_error(
                         status.HTTP_409_CONFLICT, "another upload of this file is in progress"
@@ -295,7 +244,7 @@ async def upload(
                 if written < record.size:
                     return record
                 await asyncio.to_thread(os.fsync, fd)
-                await asyncio.to_thread(_fsync_dir, blob_of(context, record).parent)
+                await asyncio.to_thread(fsync_dir, blob_of(context, record).parent)
         except FileNotFoundError:
             raise api_error(status.HTTP_404_NOT_FOUND, "no such file") from None
     stored = await context.storage.files.complete_file(
@@ -444,131 +393,3 @@ async def delete(context: AppContext, account: AccountRecord, file_id: str) -> N
     blob_of(context, record).unlink(missing_ok=True)
     who = "recipient" if account.id == record.recipient_id else "sender"
     logger.info("file %s: deleted by its %s", file_id, who)
-
-
-# ---------------------------------------------------------------- sweeper
-
-
-class FileSweeper:
-    """Deletes expired files and abandoned uploads, blob and row; nobody is told.
-
-    A :class:`~pqcall.server.context.Component`. It wakes every
-    ``settings.sweep_interval_s`` (real time) and, at most every
-    :data:`FILE_SWEEP_INTERVAL_S` of the app clock, deletes
-
-    - files whose expiry has passed (a stored file ``file_ttl_s`` after it was
-      completed; an upload ``file_ttl_s`` after it was announced);
-    - uploads whose blob received no byte for :data:`ABANDONED_UPLOAD_S` (an
-      upload writing right now holds its blob's lock and is left alone);
-    - on its first pass and every :data:`ORPHAN_SCAN_INTERVAL_S` after, blobs
-      that have no row (a crash between deleting a file's row and its blob
-      leaves one) and were not written for :data:`ORPHAN_GRACE_S`.
-
-    Deleting the row is a compare-and-set on the state the sweeper saw, so a
-    file that completed in between is judged again on the next pass. A row is
-    always created before its blob and deleted before it, so a blob without a
-    row is never one being uploaded.
-    """
-
-    def __init__(self) -> None:
-        self._task: asyncio.Task[None] | None = None  # the sweep loop while running
-        self._swept_at = -math.inf  # app time of the last pass
-        self._orphans_scanned_at = -math.inf  # app time of the last scan for orphan blobs
-        self._orphan_cursor = ""  # the scan goes on after this blob name ("": from the start)
-
-    async def start(self, context: AppContext) -> None:
-        files_dir(context)
-        self._task = asyncio.create_task(self._run(context), name="pqcall-file-sweeper")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self, context: AppContext) -> None:
-        while True:
-            try:
-                await self.sweep(context)
-            except Exception:
-                logger.exception("file sweep failed")
-            await asyncio.sleep(context.settings.sweep_interval_s)
-
-    async def sweep(self, context: AppContext) -> int:
-        """One pass, if :data:`FILE_SWEEP_INTERVAL_S` has passed since the last; files deleted."""
-        now = context.now()
-        if now - self._swept_at < FILE_SWEEP_INTERVAL_S:
-            return 0
-        self._swept_at = now
-        storage = context.storage
-        deleted = 0
-        for record in await storage.files.list_expired_files(now, SWEEP_BATCH):
-            deleted += await _remove(context, record, "expired")
-        idle_since = now - ABANDONED_UPLOAD_S
-        for record in await storage.files.list_uploading_files(idle_since, SWEEP_BATCH):
-            try:
-                last_write = blob_of(context, record).stat().st_mtime
-            except FileNotFoundError:
-                last_write = record.created
-            if last_write < idle_since:
-                deleted += await _remove(context, record, "abandoned")
-        if now - self._orphans_scanned_at >= ORPHAN_SCAN_INTERVAL_S:
-            self._orphans_scanned_at = now
-            removed, self._orphan_cursor = await _remove_orphans(
-                context, now - ORPHAN_GRACE_S, self._orphan_cursor
-            )
-            deleted += removed
-        return deleted
-
-
-async def _remove_orphans(
-    context: AppContext, unwritten_since: float, after: str
-) -> tuple[int, str]:
-    """Delete blobs without a row, unwritten since ``unwritten_since``.
-
-    Looks up at most :data:`SWEEP_BATCH` blobs named after ``after``, in name
-    order. Returns how many were deleted, and where the next scan goes on
-    ("" once it reached the end).
-    """
-    removed = 0
-    looked_up = 0
-    for path in sorted(files_dir(context).iterdir()):
-        name = path.name
-        if name <= after or len(name) != 2 * FILE_ID_BYTES:
-            continue
-        if any(c not in "0123456789abcdef" for c in name):
-            continue  # not a blob of ours
-        if looked_up == SWEEP_BATCH:
-            return removed, after
-        try:
-            if path.stat().st_mtime >= unwritten_since:
-                continue
-        except FileNotFoundError:
-            continue
-        looked_up += 1
-        after = name
-        if await context.storage.files.get_file(name) is not None:
-            continue
-        path.unlink(missing_ok=True)
-        logger.info("file %s: blob without a row deleted", name)
-        removed += 1
-    return removed, ""
-
-
-async def _remove(context: AppContext, record: FileRecord, why: str) -> int:
-    path = blob_of(context, record)
-    try:
-        with _locked_blob(path) as fd:
-            if fd is None:
-                return 0  # an upload is writing to it right now
-            if not await context.storage.files.delete_file(
-                record.file_id, expected_state=record.state
-            ):
-                return 0
-            path.unlink(missing_ok=True)
-    except FileNotFoundError:
-        if not await context.storage.files.delete_file(record.file_id, expected_state=record.state):
-            return 0
-    logger.info("file %s: deleted, %s", record.file_id, why)
-    return 1

@@ -12,7 +12,7 @@ Every action takes the same path (:func:`apply`):
    request or process changed the call in between, re-read it and judge the
    action again against the new state, so a lost race answers 409 with the
    reason;
-4. push the change (:class:`~pqcall.server.events.EventHub`) and allocate or
+4. push the change (:class:`~pqcall.server.push.EventHub`) and allocate or
    release the media relay.
 
 Who is told what (event payloads are call views, see ``docs/server.md``):
@@ -30,31 +30,28 @@ rejected/ended/missed/     both ``call.<state>``                ``CallView`` (wh
 failed
 =========================  ===================================  ================================
 
-:class:`CallSweeper` is the component that times out ringing calls, ends calls
-whose parties both vanished, and enforces the event retention limits.
+Timeouts and vanished parties go through :func:`apply` too, from
+:class:`~pqcall.server.call_sweeper.CallSweeper`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import math
 from collections.abc import Collection
 from typing import Any
 
-from fastapi import HTTPException, status
+from fastapi import status
 from pydantic import ValidationError
 
 from pqcall.exceptions import LocalProtocolError
 from pqcall.server.auth import account_named
 from pqcall.server.components import RELAY_EXTRA, relay_endpoint
 from pqcall.server.context import AppContext, api_error
-from pqcall.server.events import event_hub
+from pqcall.server.push import event_hub
 from pqcall.server.relay import MediaRelay
 from pqcall.server.relay_table import RelayFull
 from pqcall.server.storage import AccountRecord, CallExists, CallRecord
-from pqcall.signaling.callstate import Action, IllegalTransition, Party, State, outcome
+from pqcall.signaling.callstate import Action, Party, State, outcome
 from pqcall.signaling.messages import (
     EVENT_CALL_ACCEPTED,
     EVENT_CALL_CONFIRMED,
@@ -76,12 +73,7 @@ from pqcall.signaling.messages import (
 
 logger = logging.getLogger(__name__)
 
-VANISH_GRACE_S = 60.0  # an active call ends when both parties were offline this long
-EVENT_RETENTION_S = 7 * 24 * 3600.0  # unacknowledged events older than this are dropped
-MAX_PENDING_EVENTS = 1000  # unacknowledged events kept per account (the newest)
-RETENTION_INTERVAL_S = 60.0  # how often (app clock) the sweeper applies the two limits
 MAX_RACE_RETRIES = 3  # compare-and-set attempts before a request gives up with 409
-SWEEP_BATCH = 500  # calls handled per sweep and kind
 
 HANDSHAKE_FIELDS = ("offer", "answer", "confirm")
 
@@ -370,79 +362,3 @@ async def _publish_change(context: AppContext, call: CallRecord, action: Action)
         payload = view(call).model_dump(mode="json")
         for account_id in (call.caller_id, call.callee_id):
             await hub.publish(account_id, EVENT_FOR_END[call.state], payload)
-
-
-# ---------------------------------------------------------------- sweeper
-
-
-class CallSweeper:
-    """Ends calls nobody will end: ringing too long, or both parties gone.
-
-    A :class:`~pqcall.server.context.Component`. Every
-    ``settings.sweep_interval_s`` it
-
-    - times out calls ringing longer than ``settings.ring_timeout_s`` (missed,
-      reason ``timeout``, pushed to both parties);
-    - ends active calls whose parties have both been offline (no push
-      connection, ``last_seen`` older) for :data:`VANISH_GRACE_S` (ended,
-      reason ``lost``);
-    - every :data:`RETENTION_INTERVAL_S`, drops unacknowledged events older
-      than :data:`EVENT_RETENTION_S` and all but the newest
-      :data:`MAX_PENDING_EVENTS` of each account.
-
-    Times are the app clock (``context.now()``), so tests move a fake clock;
-    the pause between passes is real time. With several processes each runs
-    its sweeper; the compare-and-set lets exactly one end each call.
-    """
-
-    def __init__(self) -> None:
-        self._context: AppContext | None = None  # set by start
-        self._task: asyncio.Task[None] | None = None  # the sweep loop while running
-        self._retained_at = -math.inf  # app time of the last retention pass
-
-    async def start(self, context: AppContext) -> None:
-        self._context = context
-        self._task = asyncio.create_task(self._run(context), name="pqcall-call-sweeper")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        self._context = None
-
-    async def _run(self, context: AppContext) -> None:
-        while True:
-            try:
-                await self.sweep(context)
-            except Exception:
-                logger.exception("call sweep failed")
-            await asyncio.sleep(context.settings.sweep_interval_s)
-
-    async def sweep(self, context: AppContext) -> None:
-        """One pass: ring timeouts, vanished parties, event retention."""
-        storage = context.storage
-        now = context.now()
-        ringing = await storage.calls.list_calls_in_state(
-            State.RINGING, created_before=now - context.settings.ring_timeout_s, limit=SWEEP_BATCH
-        )
-        for call in ringing:
-            await self._end(context, call, Action.TIMEOUT)
-        for call in await storage.calls.list_vanished_calls(now - VANISH_GRACE_S, SWEEP_BATCH):
-            presence = context.presence
-            if presence.is_online(call.caller_id) or presence.is_online(call.callee_id):
-                continue
-            await self._end(context, call, Action.VANISH)
-        if now - self._retained_at >= RETENTION_INTERVAL_S:
-            self._retained_at = now
-            expired = await storage.events.delete_events_before(now - EVENT_RETENTION_S)
-            trimmed = await storage.events.trim_events(MAX_PENDING_EVENTS)
-            if expired or trimmed:
-                logger.info("dropped %d unacknowledged events", expired + trimmed)
-
-    @staticmethod
-    async def _end(context: AppContext, call: CallRecord, action: Action) -> None:
-        # a party or another process got there first
-        with contextlib.suppress(IllegalTransition, HTTPException):
-            await apply(context, call, Party.SYSTEM, action)
