@@ -11,6 +11,7 @@ package it must never import; a failure names the whole chain.
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from collections import deque
@@ -80,8 +81,14 @@ def imported_names(tree: ast.AST, name: str, is_package: bool) -> set[str]:
     return found
 
 
-def project_graph(root: Path = SRC) -> dict[str, set[str]]:
-    """Module -> the project modules it imports (parent packages included)."""
+@functools.cache
+def project_graph(root: Path = SRC, *, packages: bool = True) -> Mapping[str, Set[str]]:
+    """Module -> the project modules it imports.
+
+    With ``packages``, as Python runs them: importing ``a.b.c`` runs ``a`` and
+    ``a.b`` (their ``__init__``) too, and a module is loaded with its package.
+    Without, only the modules an import statement names.
+    """
     trees = {}
     for path in sorted(root.rglob("*.py")):
         trees[module_name(path, root)] = (ast.parse(path.read_text()), path.name == "__init__.py")
@@ -90,14 +97,10 @@ def project_graph(root: Path = SRC) -> dict[str, set[str]]:
         edges: set[str] = set()
         for imported in imported_names(tree, name, is_package):
             parts = imported.split(".")
-            # importing a.b.c runs a, a.b and a.b.c
-            edges.update(
-                ".".join(parts[:i])
-                for i in range(1, len(parts) + 1)
-                if ".".join(parts[:i]) in trees
-            )
+            prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+            edges.update(p for p in (prefixes if packages else prefixes[-1:]) if p in trees)
         parent = name.rpartition(".")[0]
-        if parent:
+        if parent and packages:
             edges.add(parent)
         edges.discard(name)
         graph[name] = edges

@@ -1,54 +1,108 @@
-"""The pure core imports no I/O, clock or randomness module (see STYLE.md)."""
+"""The pure core imports no I/O, clock or randomness module (see STYLE.md), not even indirectly.
+
+The pure modules are declared once, in :data:`PURE`. Each one, and every project
+module it reaches through imports (parsed with :mod:`ast`, imports in functions
+included; see ``tests/test_layers.py``), must not import a :data:`FORBIDDEN`
+module; a failure names the chain of imports that reached it.
+"""
+
+from __future__ import annotations
 
 import ast
-from pathlib import Path
+from collections.abc import Mapping, Set
 
 import pytest
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "pqcall"
-FORBIDDEN = {"asyncio", "socket", "time", "random", "select", "selectors"}
-# modules that must stay sans-I/O; keystore touches the file system on purpose
-IMPURE_ALLOWED = {"keystore.py"}
+from tests.test_layers import SRC, chains, module_name, project_graph
+
+FORBIDDEN = frozenset({"asyncio", "socket", "time", "random", "select", "selectors", "threading"})
+
+PURE = (
+    "pqcall.crypto",  # a package: each of its modules
+    "pqcall.media.jitter",
+    "pqcall.media.stats",
+    "pqcall.media.delay",
+    "pqcall.media.playout",
+    "pqcall.media.emodel",
+    "pqcall.media.pipeline",
+    "pqcall.netem.model",
+    "pqcall.transport.adaptation",
+    "pqcall.transport.frame_clock",
+    "pqcall.transport.media_config",
+    "pqcall.transport.media_engine",
+    "pqcall.transport.media_events",
+    "pqcall.transport.media_packets",
+    "pqcall.transport.media_protocol",
+    "pqcall.transport.reception",
+    "pqcall.transport.path_messages",
+    "pqcall.transport.pathcheck",
+    "pqcall.transport.path_responder",
+    "pqcall.transport.relay_wire",
+    "pqcall.signaling.callstate",
+    "pqcall.signaling.usernames",
+    "pqcall.server.relay_table",
+    "pqcall.server.ratelimit",
+    "pqcall.client.phone_callstate",
+)
+"""Modules that must stay sans-I/O; a package stands for every module in it."""
+IMPURE_ALLOWED = frozenset({"pqcall.crypto.keystore"})
+"""Inside a pure package, but touching the file system on purpose."""
 
 
-def pure_modules() -> list[Path]:
-    files = sorted((SRC / "crypto").glob("*.py"))
-    files += [
-        SRC / "media" / name
-        for name in ("jitter.py", "stats.py", "delay.py", "playout.py", "emodel.py", "pipeline.py")
+def external_imports() -> dict[str, set[str]]:
+    """Module -> the top-level names of the libraries it imports (absolute imports)."""
+    found: dict[str, set[str]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        roots: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                roots.add(node.module.split(".")[0])
+        found[module_name(path)] = roots - {"pqcall"}
+    return found
+
+
+def pure_modules(graph: Mapping[str, Set[str]]) -> list[str]:
+    """Every module :data:`PURE` names, packages expanded; a name that is gone fails."""
+    missing = [name for name in PURE if name not in graph]
+    assert missing == [], f"PURE names modules that do not exist (moved?): {missing}"
+    modules = {
+        module
+        for name in PURE
+        for module in graph
+        if module == name or module.startswith(name + ".")
+    }
+    return sorted(modules - IMPURE_ALLOWED)
+
+
+def impurities(
+    module: str, graph: Mapping[str, Set[str]], libraries: Mapping[str, Set[str]]
+) -> list[str]:
+    """One line per forbidden import that ``module`` reaches, naming the chain."""
+    found = []
+    for reached, chain in sorted(chains(graph, module).items()):
+        for library in sorted(libraries.get(reached, set()) & FORBIDDEN):
+            found.append(" -> ".join([*chain, library]))
+    return found
+
+
+GRAPH = project_graph(packages=False)  # a package facade is no dependency of the logic
+LIBRARIES = external_imports()
+
+
+@pytest.mark.parametrize("module", pure_modules(GRAPH))
+def test_pure_module_imports_no_io(module):
+    assert impurities(module, GRAPH, LIBRARIES) == []
+
+
+def test_an_indirect_import_is_found():
+    # a synthetic house: the jitter buffer reaches time through a helper
+    graph = {
+        "pqcall.media.jitter": {"pqcall.media.helper"},
+        "pqcall.media.helper": set(),
+    }
+    libraries = {"pqcall.media.jitter": {"math"}, "pqcall.media.helper": {"time", "enum"}}
+    assert impurities("pqcall.media.jitter", graph, libraries) == [
+        "pqcall.media.jitter -> pqcall.media.helper -> time"
     ]
-    files += [
-        SRC / "transport" / name
-        for name in (
-            "impairment.py",
-            "adaptation.py",
-            "frame_clock.py",
-            "media_config.py",
-            "media_engine.py",
-            "media_events.py",
-            "media_packets.py",
-            "media_protocol.py",
-            "reception.py",
-            "path_messages.py",
-            "pathcheck.py",
-        )
-    ]
-    files += [SRC / "signaling" / name for name in ("callstate.py", "usernames.py")]
-    files += [SRC / "server" / name for name in ("relay_table.py", "ratelimit.py")]
-    files += [SRC / "client" / "phone_callstate.py"]
-    return [f for f in files if f.exists() and f.name not in IMPURE_ALLOWED]
-
-
-def imported_roots(path: Path) -> set[str]:
-    roots: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    return roots
-
-
-@pytest.mark.parametrize("path", pure_modules(), ids=lambda p: p.name)
-def test_pure_module_imports_no_io(path):
-    assert imported_roots(path) & FORBIDDEN == set()
