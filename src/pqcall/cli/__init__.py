@@ -6,6 +6,7 @@ One module per group of commands, each with ``add_parsers(commands, common)``:
 - :mod:`~pqcall.cli.calls`: ``listen``, ``call``
 - :mod:`~pqcall.cli.files`: ``send-file``, ``inbox``, ``receive``
 - :mod:`~pqcall.cli.info`: ``contacts``, ``verify``, ``history``, ``devices``
+- :mod:`~pqcall.cli.block`: ``block``, ``unblock``, ``blocked``
 - :mod:`~pqcall.cli.demo`: ``demo``
 - :mod:`~pqcall.cli.ui`: ``ui`` (the softphone with a web page)
 - ``server`` (:mod:`pqcall.server.runner`) and ``bench`` (:mod:`pqcall.bench`)
@@ -25,7 +26,7 @@ import sys
 
 from pqcall import __version__
 from pqcall.bench import __main__ as bench
-from pqcall.cli import account, calls, demo, files, info, ui
+from pqcall.cli import account, block, calls, demo, files, info, ui
 from pqcall.cli.options import add_global_options
 from pqcall.exceptions import PqcallError
 from pqcall.server import runner as server
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     calls.add_parsers(commands, common)
     files.add_parsers(commands, common)
     info.add_parsers(commands, common)
+    block.add_parsers(commands, common)
     demo.add_parsers(commands, common)
     ui.add_parsers(commands, common)
     bench_parser = commands.add_parser("bench", help="run a benchmark and print its figures")

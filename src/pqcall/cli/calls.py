@@ -35,8 +35,9 @@ from pqcall.cli.output import Console, call_outcome, status_text
 from pqcall.cli.runtime import Interrupt, LineReader, race
 
 if TYPE_CHECKING:
-    from pqcall.client.call import Call, MediaOptions
+    from pqcall.client.call import Call
     from pqcall.client.home import Home
+    from pqcall.client.media_options import MediaOptions
     from pqcall.client.phone import Phone
 
 CONNECT_TIMEOUT_S = 10.0
@@ -61,6 +62,12 @@ def add_parsers(
     )
     listen.add_argument(
         "--auto-answer", action="store_true", help="accept every incoming call at once"
+    )
+    listen.add_argument(
+        "--silence-strangers",
+        action="store_true",
+        help="calls from callers not in your contacts do not ring (recorded as missed);"
+        " pqcall blocked --silence-strangers on makes it the home's setting",
     )
     listen.add_argument(
         "--once",
@@ -113,7 +120,13 @@ async def _listen(
 
     reader = LineReader()
     async with Interrupt() as interrupt:
-        phone = Phone(home, passphrase=secret, media=media, auto_answer=args.auto_answer)
+        phone = Phone(
+            home,
+            passphrase=secret,
+            media=media,
+            auto_answer=args.auto_answer,
+            silence_strangers=args.silence_strangers,
+        )
         try:
             await race(interrupt, phone.start())
             if interrupt.is_set:
@@ -150,8 +163,11 @@ async def _take(
     reader: LineReader,
 ) -> int:
     """Ring, ask, and follow one incoming call; return its exit code."""
-    from pqcall.client.phone_callstate import CallState
+    from pqcall.client.phone_callstate import CallState, is_terminal
 
+    if is_terminal(call.state):  # a waiting call that ended while we were in another one
+        console.say(f"missed call from {call.peer} ({call.reason or call.state})")
+        return 1
     console.ring(f"incoming call from {call.peer} ({trust(call)})")
     if not args.auto_answer and call.state is CallState.INCOMING:
         answer = await ask(call, console, interrupt, reader)
