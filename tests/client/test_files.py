@@ -1,4 +1,4 @@
-"""Encrypted file transfer: the client against a real in-process server, plus the pure parts."""
+"""Encrypted file transfer: the client against a real in-process server, plus the format alone."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import ClassVar
 import pytest
 
 from pqcall.client.api import ServerApi
-from pqcall.client.file_names import FALLBACK_NAME, place_file, sanitize_name
 from pqcall.client.files import FileTransfers
 from pqcall.client.home import Home
 from pqcall.client.phone import Phone, register
@@ -339,36 +338,3 @@ def test_wrong_recipient_cannot_decrypt() -> None:
             carol.identity.public_key(),
             carol.file_keys(),
         )
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        pytest.param("report.pdf", "report.pdf", id="plain"),
-        pytest.param("../../etc/passwd", "_.._etc_passwd", id="traversal"),
-        pytest.param("..", FALLBACK_NAME, id="dotdot"),
-        pytest.param("", FALLBACK_NAME, id="empty"),
-        pytest.param(".bashrc", "bashrc", id="hidden"),
-        pytest.param("a\\b/c", "a_b_c", id="separators"),
-        pytest.param("evil\u202etxt.exe", "evil_txt.exe", id="bidi-override"),
-        pytest.param("line\nbreak\x00.txt", "line_break_.txt", id="control"),
-        pytest.param("  spaced  ", "spaced", id="spaces"),
-    ],
-)
-def test_sanitize_name(name: str, expected: str) -> None:
-    assert sanitize_name(name) == expected
-
-
-def test_sanitize_long_name_keeps_extension() -> None:
-    cleaned = sanitize_name("é" * 300 + ".pdf")
-    assert cleaned.endswith(".pdf") and len(cleaned.encode("utf-8")) <= 200
-
-
-def test_place_file_never_overwrites(tmp_path: Path) -> None:
-    (tmp_path / "a.txt").write_bytes(b"old")
-    (tmp_path / "a (1).txt").write_bytes(b"older")
-    temp = tmp_path / ".part"
-    temp.write_bytes(b"new")
-    placed = place_file(temp, tmp_path, "a.txt")
-    assert placed == tmp_path / "a (2).txt" and placed.read_bytes() == b"new"
-    assert (tmp_path / "a.txt").read_bytes() == b"old" and not temp.exists()
