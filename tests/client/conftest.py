@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,13 @@ from pqcall.client.event_stream import EventStream
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.server.app import create_app
 from pqcall.signaling.messages import Event
+from tests.harness import (  # noqa: F401  (for the tests here)
+    EVENT_TIMEOUT_S,
+    TEST_TIMEOUT_S,
+    free_port,
+    run_async,
+    scaled,
+)
 
 from ..server.conftest import (  # noqa: F401  (fixtures)
     FakeClock,
@@ -34,29 +39,14 @@ from ..server.conftest import (  # noqa: F401  (fixtures)
     bundle_for,
     db_url,
     make_settings,
+    migrated_sqlite,
     pg_session_url,
     server,
+    server_db_url,
     start_server,
 )
 
-TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
-EVENT_TIMEOUT_S = 10.0 * TIMEOUT_SCALE  # for an event that must come
-QUIET_S = 0.3 * TIMEOUT_SCALE  # listening to show that nothing comes
-TEST_TIMEOUT_S = 60.0 * TIMEOUT_SCALE  # a whole test
-
-
-def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test in a fresh event loop, bounded in time."""
-
-    async def bounded(*args: Any, **kwargs: Any) -> None:
-        async with asyncio.timeout(TEST_TIMEOUT_S):  # in the test's own task: no extra task
-            await test(*args, **kwargs)
-
-    @functools.wraps(test)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(bounded(*args, **kwargs))
-
-    return wrapper
+QUIET_S = scaled(0.3)  # listening to show that nothing comes
 
 
 async def new_account(
@@ -78,14 +68,6 @@ async def next_event(stream: EventStream, timeout: float = EVENT_TIMEOUT_S) -> E
 def new_call_id() -> str:
     """A fresh call id (32 hex digits)."""
     return secrets.token_hex(16)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (just now)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

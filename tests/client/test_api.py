@@ -1,4 +1,4 @@
-"""ServerApi against the real server (SQLite and PostgreSQL): accounts, login, errors, calls."""
+"""ServerApi against the real server (on SQLite): accounts, login, errors, calls."""
 
 from __future__ import annotations
 

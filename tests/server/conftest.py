@@ -1,25 +1,33 @@
 """Fixtures for server tests: databases, a real server on loopback, accounts.
 
 - ``db_url``: every test that uses it runs twice, on a SQLite file and on
-  PostgreSQL. The PostgreSQL run needs ``PQCALL_TEST_DATABASE_URL`` (e.g.
+  PostgreSQL (marked ``postgres``): the storage tests, and the restart tests
+  that ask for it. The PostgreSQL run needs ``PQCALL_TEST_DATABASE_URL`` (e.g.
   ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``) and is otherwise
   skipped with that reason. The session creates a database of its own next to
   the given one (so concurrent runs do not meet) and empties its schema before
   each test.
 - ``server``: the real app under uvicorn on 127.0.0.1 and a free port, in a
-  background thread, with a :class:`FakeClock`; ``start_server`` runs more.
+  background thread, with a :class:`FakeClock`, on a SQLite database of its
+  own (on ``db_url`` instead where the test asks for ``db_url``);
+  ``start_server`` runs more. Each starts from a copy of one database migrated
+  once per session, so a start does not run the migrations again.
+- ``shared_server``: one such server for a whole test module, for tests that
+  need no isolation; they make accounts with :func:`unique_name`.
 - ``account``: a factory that makes an identity and key bundle, registers,
   logs in and returns an authenticated :class:`Phone`.
 
-Timeouts are multiplied by ``PQCALL_TEST_TIMEOUT_SCALE`` (default 1).
+Timeouts are multiplied by ``PQCALL_TEST_TIMEOUT_SCALE`` (default 1; ``tests/harness.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -39,6 +47,7 @@ from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.server.app import create_app
 from pqcall.server.context import Component
 from pqcall.server.settings import ServerSettings
+from pqcall.server.storage import Storage
 from pqcall.signaling import usernames
 from pqcall.signaling.messages import (
     LOGIN_CONTEXT,
@@ -48,10 +57,10 @@ from pqcall.signaling.messages import (
     login_signed_data,
     register_signed_data,
 )
+from tests.harness import scaled
 
 PG_ENV = "PQCALL_TEST_DATABASE_URL"
-TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
-START_TIMEOUT_S = 10.0 * TIMEOUT_SCALE
+START_TIMEOUT_S = scaled(10.0)
 SERVER_NAME = "test.pqcall"
 BUNDLE_CREATED = 1_700_000_000
 
@@ -98,6 +107,32 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_session_url: str |
         pytest.skip(f"{PG_ENV} not set")
     reset_postgresql(pg_session_url)
     return pg_session_url
+
+
+def sqlite_url(path: Path) -> str:
+    """The URL of a SQLite database file at ``path``."""
+    return f"sqlite+aiosqlite:///{path}"
+
+
+async def _migrate(url: str) -> None:
+    storage = await Storage.open(url)
+    await storage.close()
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database file migrated to the newest schema, to copy (never to use)."""
+    path = tmp_path_factory.mktemp("template") / "pqcall.db"
+    asyncio.run(_migrate(sqlite_url(path)))
+    return path
+
+
+def copy_database(template: Path, directory: Path) -> str:
+    """A fresh copy of the migrated ``template`` in ``directory``; its URL."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for part in template.parent.glob(template.name + "*"):  # with -wal/-shm, if any
+        shutil.copyfile(part, directory / part.name)
+    return sqlite_url(directory / template.name)
 
 
 # ---------------------------------------------------------------- a running server
@@ -181,15 +216,25 @@ def make_settings(db_url: str, data_dir: Path, **overrides: Any) -> ServerSettin
 
 
 @pytest.fixture
+def server_db_url(request: pytest.FixtureRequest, tmp_path: Path, migrated_sqlite: Path) -> str:
+    """The test's database: ``db_url`` (both kinds) if the test asks for it, else a SQLite copy."""
+    if "db_url" in request.fixturenames:
+        url: str = request.getfixturevalue("db_url")
+        return url
+    return copy_database(migrated_sqlite, tmp_path / "db")
+
+
+@pytest.fixture
 def start_server(
-    db_url: str, tmp_path: Path
+    server_db_url: str, tmp_path: Path
 ) -> Callable[..., contextlib.AbstractContextManager[RunningServer]]:
     """``with start_server(**settings_overrides) as server:`` on the test's database."""
 
     def start(
         clock: FakeClock | None = None, components: tuple[Component, ...] = (), **overrides: Any
     ) -> contextlib.AbstractContextManager[RunningServer]:
-        return run_server(make_settings(db_url, tmp_path / "data", **overrides), clock, components)
+        settings = make_settings(server_db_url, tmp_path / "data", **overrides)
+        return run_server(settings, clock, components)
 
     return start
 
@@ -198,9 +243,28 @@ def start_server(
 def server(
     start_server: Callable[..., contextlib.AbstractContextManager[RunningServer]],
 ) -> Iterator[RunningServer]:
-    """A running server on an empty database (SQLite and PostgreSQL)."""
+    """A running server on an empty database of its own."""
     with start_server() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory, migrated_sqlite: Path
+) -> Iterator[RunningServer]:
+    """One running server for the whole module: its tests must use :func:`unique_name`."""
+    directory = tmp_path_factory.mktemp("shared-server")
+    settings = make_settings(copy_database(migrated_sqlite, directory / "db"), directory / "data")
+    with run_server(settings) as running:
+        yield running
+
+
+_NAME_NUMBERS = itertools.count(1)
+
+
+def unique_name(prefix: str) -> str:
+    """A username no other test in this process has: ``prefix-N``."""
+    return f"{prefix}-{next(_NAME_NUMBERS)}"
 
 
 # ---------------------------------------------------------------- accounts

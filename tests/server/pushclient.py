@@ -15,8 +15,9 @@ from websockets.sync.client import ClientConnection, connect
 from pqcall.crypto.filekey import FilePrivateKey, KeyBundle
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.signaling.messages import b64encode
+from tests.harness import TIMEOUT_SCALE
 
-from .conftest import BUNDLE_CREATED, TIMEOUT_SCALE, RunningServer, login, registration
+from .conftest import BUNDLE_CREATED, RunningServer, login, registration
 
 EVENT_TIMEOUT_S = 5.0 * TIMEOUT_SCALE  # how long a test waits for an event that must come
 QUIET_S = 0.3 * TIMEOUT_SCALE  # how long a test listens to show that nothing comes

@@ -181,7 +181,7 @@ def test_components_start_in_order_and_stop_in_reverse(start_server):
     assert log == ["start relay", "start events", "stop events", "stop relay"]
 
 
-def test_extra_routers_and_error_mapping(db_url, tmp_path):
+def test_extra_routers_and_error_mapping(server_db_url, tmp_path):
     router = APIRouter()
 
     @router.post("/call/illegal")
@@ -193,7 +193,7 @@ def test_extra_routers_and_error_mapping(db_url, tmp_path):
     async def bug() -> dict[str, str]:
         raise RuntimeError("secret internal detail")
 
-    settings = make_settings(db_url, tmp_path / "data")
+    settings = make_settings(server_db_url, tmp_path / "data")
     app = create_app(settings, routers=[router])
 
     async def exercise():

@@ -1,4 +1,4 @@
-"""Challenge-response login and bearer tokens, on SQLite and PostgreSQL."""
+"""Challenge-response login and bearer tokens (on SQLite; storage is tested on both databases)."""
 
 import asyncio
 import hashlib

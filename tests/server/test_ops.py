@@ -1,6 +1,6 @@
 """Operations wired into the running server: rate limits, /metrics, the relay, mDNS, logs, TLS.
 
-Real HTTP against the ``start_server`` fixture (SQLite and PostgreSQL) and, for the
+Real HTTP against the ``start_server`` fixture (SQLite) and, for the
 command-line flags and TLS, a ``pqcall server`` subprocess.
 """
 
@@ -23,6 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pqcall.client.discovery import DiscoveryUnavailable, find_servers
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.exceptions import ServerError
 from pqcall.server import discovery
@@ -33,16 +34,16 @@ from pqcall.server.components import (
     relay_endpoint,
 )
 from pqcall.server.context import AppContext
-from pqcall.server.discovery import DiscoveryUnavailable, find_servers
 from pqcall.server.middleware import RateLimitMiddleware, RequestLimits
 from pqcall.server.ratelimit import RateLimit
 from pqcall.server.relay import MediaRelay
-from pqcall.transport.relay_wire import ACK_MAGIC, ACK_PEER_BOUND, ACK_PEER_WAITING, BIND_MAGIC
 from pqcall.server.settings import ServerSettings
 from pqcall.signaling.messages import b64encode
+from pqcall.transport.relay_wire import ACK_MAGIC, ACK_PEER_BOUND, ACK_PEER_WAITING, BIND_MAGIC
+from tests.harness import TIMEOUT_SCALE, free_port
 from tests.server.certs import self_signed
 
-from .conftest import TIMEOUT_SCALE, login, registration
+from .conftest import login, registration
 
 START_TIMEOUT_S = 10.0 * TIMEOUT_SCALE
 UDP_TIMEOUT_S = 2.0 * TIMEOUT_SCALE
@@ -100,12 +101,6 @@ def udp_socket() -> socket.socket:
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(UDP_TIMEOUT_S)
     return sock
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------- rate limits

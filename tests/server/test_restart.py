@@ -6,6 +6,8 @@ Each test stops the uvicorn server and starts a new one on the same database
 
 from __future__ import annotations
 
+import pytest
+
 from .conftest import FakeClock
 from .pushclient import (
     EventSocket,
@@ -15,6 +17,9 @@ from .pushclient import (
     initiate,
     register_and_login,
 )
+
+# persistence end to end: on both databases (db_url), where the other server tests use SQLite
+pytestmark = pytest.mark.usefixtures("db_url")
 
 
 def test_restart_mid_ring(start_server):

@@ -3,7 +3,6 @@
 import argparse
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -15,9 +14,8 @@ import pytest
 from pqcall.cli import main
 from pqcall.server.runner import add_arguments, settings_from_args
 from pqcall.server.settings import MIB
+from tests.harness import TIMEOUT_SCALE, free_port
 from tests.server.certs import self_signed
-
-from .conftest import TIMEOUT_SCALE
 
 START_TIMEOUT_S = 10.0 * TIMEOUT_SCALE
 
@@ -88,10 +86,7 @@ def test_file_limits_from_options(tmp_path):
     assert given.file_ttl_s == 1800.0
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+_free_port = free_port  # the name tests/cli, tests/ui and tests/security import from here
 
 
 def _start(tmp_path, port, *options):
