@@ -10,6 +10,7 @@ Modules, in the order audio flows on the receive side::
     stats.py     call statistics as RTCP reports them, and a MOS (pure)
     emodel.py    the ITU-T G.107 E-model behind that MOS (pure)
     audio.py, devices.py   sources and sinks: files, tones, sound devices
+    audio_spec.py          the CLI spec (tone:440, a WAV path, a device) opened
 
 The pure modules import no clock, socket, randomness or event loop: the
 media session feeds them and acts on what they return.
