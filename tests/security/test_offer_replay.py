@@ -29,9 +29,9 @@ from tests.client.test_phone import (
     STATE_TIMEOUT_S,
     new_phone,
     phones,
-    run_async,
     server_with_relay,
 )
+from tests.harness import run_async
 from tests.server.conftest import RunningServer
 
 QUIET_S = 1.0  # how long a phone that must not ring is watched

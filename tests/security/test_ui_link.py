@@ -20,7 +20,8 @@ from pqcall.client.home import Home
 from pqcall.ui.app import TOKEN_HEADER, create_app
 from pqcall.ui.bootstrap import LINK_LIFETIME_S, BootstrapCodes
 from pqcall.ui.controller import Controller
-from tests.cli.helpers import TIMEOUT_SCALE, pqcall_command
+from tests.cli.helpers import pqcall_command
+from tests.harness import TIMEOUT_SCALE
 from tests.server.test_runner import _free_port
 from tests.ui.conftest import URL
 

@@ -40,6 +40,11 @@ def add_parsers(
         help="the signaling server, e.g. http://192.168.1.20:5001 (default: find one on the LAN)",
     )
     add_passphrase_option(register)
+    register.add_argument(
+        "--weak-passphrase",
+        action="store_true",
+        help="accept a new passphrase that is easy to guess (refused by default)",
+    )
     register.set_defaults(handler=run_register)
 
     whoami = commands.add_parser(
@@ -82,12 +87,15 @@ async def _register(
     args: argparse.Namespace, home: Home, name: str, url: str | None, console: Console
 ) -> int:
     from pqcall.client.phone import register
+    from pqcall.crypto.keystore import check_passphrase_strength
 
     if url is None:
         url = await discover_server(console)
     is_new = not home.has_account()
     secret = passphrase(args, confirm=is_new)
     if is_new:
+        if not args.weak_passphrase:
+            check_passphrase_strength(secret, user_inputs=(name,), override="--weak-passphrase")
         console.say(f"creating a new identity in {home.path}")
     registration = await register(home, name, url, secret)
     config, account = registration.config, registration.account

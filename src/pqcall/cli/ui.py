@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
-    from pqcall.client.call import MediaOptions
     from pqcall.client.home import Home
+    from pqcall.client.media_options import MediaOptions
     from pqcall.ui.bootstrap import BootstrapCodes
 
 HOST = "127.0.0.1"
@@ -78,7 +78,7 @@ def port(text: str) -> int:
 
 def run_ui(args: argparse.Namespace) -> int:
     """``pqcall ui``."""
-    from pqcall.client.call import MediaOptions
+    from pqcall.client.media_options import MediaOptions
 
     runtime.setup_logging(args.verbose)
     home = open_home(args)

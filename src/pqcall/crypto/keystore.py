@@ -31,6 +31,12 @@ fixed once (``chmod 600``) where a warning is ignored forever.
 This is the one crypto module allowed file I/O (``tests/test_purity.py``):
 :func:`seal` and :func:`unseal` are pure, the ``*_keystore`` functions and
 :func:`passphrase_from_env` are the thin I/O wrappers.
+
+A new passphrase must pass :func:`check_passphrase_strength` (the zxcvbn
+estimate, Dropbox's well-kept guess counter): ``pqcall register`` and the
+page's account creation call it, and skip it only when told to
+(``--weak-passphrase``). The slow KDF multiplies each guess's cost; it cannot
+save a passphrase that is among the first million an attacker tries.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import os
 import stat
 import threading
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -48,6 +54,7 @@ from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from zxcvbn import zxcvbn
 
 from pqcall.crypto import encoding
 from pqcall.crypto.encoding import Kind, Reader
@@ -76,6 +83,11 @@ MAX_SCRYPT_LOG2_N = 22
 MAX_SCRYPT_R = 32
 MAX_SCRYPT_P = 16
 MAX_SCRYPT_MEMORY_BYTES = 2 * 1024 * 1024 * 1024  # 128 * r * N
+
+MIN_PASSPHRASE_SCORE = 3
+"""zxcvbn score (0-4) a new passphrase needs: 3 is at least 10^8 guesses."""
+MAX_ESTIMATED_CHARS = 72
+"""zxcvbn's input limit; a longer passphrase is judged by its first 72 characters."""
 
 PASSPHRASE_ENV = "PQCALL_PASSPHRASE"
 PASSPHRASE_FILE_ENV = "PQCALL_PASSPHRASE_FILE"
@@ -228,6 +240,40 @@ def read_keystore(path: str | os.PathLike[str], passphrase: str) -> bytes:
             too large, corrupt, truncated, or of an unknown version.
     """
     return unseal(_read_private_file(Path(path), "keystore", MAX_KEYSTORE_BYTES), passphrase)
+
+
+class WeakPassphrase(KeystoreError):
+    """A new passphrase is too easy to guess (:func:`check_passphrase_strength`)."""
+
+
+def check_passphrase_strength(
+    passphrase: str, *, user_inputs: Sequence[str] = (), override: str = ""
+) -> None:
+    """Refuse a new passphrase that zxcvbn scores below :data:`MIN_PASSPHRASE_SCORE`.
+
+    Args:
+        passphrase: the new passphrase.
+        user_inputs: words an attacker knows (the username), which count as guessed.
+        override: how to skip this check where the caller offers one, named
+            at the end of the error ("--weak-passphrase").
+
+    Raises:
+        WeakPassphrase: one line saying why and what to do.
+    """
+    if not passphrase:  # zxcvbn fails on ""
+        reason, guesses = "it is empty; ", "1 guess"
+    else:
+        estimate = zxcvbn(passphrase[:MAX_ESTIMATED_CHARS], user_inputs=list(user_inputs))
+        if estimate["score"] >= MIN_PASSPHRASE_SCORE:
+            return
+        warning = str(estimate["feedback"]["warning"] or "").rstrip(".")
+        reason = f"{warning.lower()}; " if warning else ""
+        guesses = f"about 10^{int(estimate['guesses_log10'])} guesses"
+    message = (
+        f"weak passphrase: {reason}it would fall to {guesses} (at least 10^8 needed):"
+        " use four or more uncommon words"
+    )
+    raise WeakPassphrase(message + (f", or {override} to keep it" if override else ""))
 
 
 def passphrase_from_env(

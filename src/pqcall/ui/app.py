@@ -34,8 +34,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.websockets import WebSocketDisconnect
 
 from pqcall.client.file_names import sanitize_name
+from pqcall.crypto.keystore import WeakPassphrase, check_passphrase_strength
 from pqcall.ui.bootstrap import BootstrapCodes
 from pqcall.ui.controller import Controller, UiError
+from pqcall.ui.screening import add_routes as add_screening_routes
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ class RegisterBody(_Body):
     name: str = Field(max_length=64)
     server_url: str = Field(default="", max_length=2048)
     passphrase: str = Field(max_length=1024)
+    weak_passphrase: bool = False
+    """Keep a new passphrase that fails the strength check."""
 
 
 class NameBody(_Body):
@@ -201,6 +205,7 @@ def create_app(
         return {"token": token}
 
     api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+    add_screening_routes(api, controller)  # waiting calls, block list, strangers
 
     # ---------------------------------------------------------------- state and account
 
@@ -215,6 +220,13 @@ def create_app(
 
     @api.post("/register")
     async def register(body: RegisterBody) -> dict[str, Any]:
+        if not body.weak_passphrase and not controller.home.has_account():
+            try:
+                check_passphrase_strength(
+                    body.passphrase, user_inputs=(body.name,), override="tick 'keep it'"
+                )
+            except WeakPassphrase as exc:
+                raise UiError(400, str(exc)) from None
         await controller.register(body.name, body.server_url, body.passphrase)
         return controller.state()
 

@@ -287,6 +287,7 @@ function render() {
   renderIncoming(state.call);
   renderCall(state.call);
   renderContacts();
+  renderScreening();
   renderSafety(target);
   renderHistory();
   renderFiles();
@@ -319,6 +320,28 @@ function renderIncoming(call) {
   if (!ringing) return;
   text($("incoming-peer"), call.peer);
   text($("incoming-trust"), trustText(call, contactOf(call.peer)));
+  renderWaiting(state.screening?.waiting ?? []);
+}
+
+// other calls ringing at the same time: each can be answered, declined or blocked
+function renderWaiting(waiting) {
+  show($("waiting"), waiting.length > 0);
+  replaceIfChanged($("waiting"), JSON.stringify(waiting), () =>
+    waiting.map((w) => h("li", { testid: `waiting-${w.peer}` }, h("strong", {}, w.peer), " is calling too ",
+      h("button", { type: "button", class: "primary", onclick: (e) => act(e.currentTarget, () => api("/api/call/answer", { call_id: w.call_id })) }, "Answer"),
+      h("button", { type: "button", class: "danger", onclick: (e) => act(e.currentTarget, () => api("/api/call/decline", { call_id: w.call_id })) }, "Decline"),
+      h("button", { type: "button", class: "quiet", onclick: (e) => act(e.currentTarget, () => api("/api/block", { name: w.peer })) }, "Block"))));
+}
+
+function renderScreening() {
+  const screening = state.screening ?? { blocked: [], silence_strangers: false };
+  $("silence-strangers").checked = screening.silence_strangers;
+  show($("blocked"), screening.blocked.length > 0);
+  text($("blocked"), `Blocked: ${screening.blocked.join(", ")}`);
+}
+
+function isBlocked(name) {
+  return (state?.screening?.blocked ?? []).includes(name);
 }
 
 function renderCall(call) {
@@ -389,6 +412,7 @@ function renderContacts() {
     b.className = `badge ${badge(contact).replace(" ", "-").toLowerCase()}`;
     li.querySelector(".call").disabled = inCall;
     show(li, !filter || contact.name.toLowerCase().includes(filter));
+    text(li.querySelector(".block"), isBlocked(contact.name) ? "Unblock" : "Block");
   });
   show($("contacts-empty"), state.contacts.length === 0);
   replaceIfChanged($("contact-names"), wanted.join("\n"), () => wanted.map((name) => h("option", { value: name })));
@@ -405,7 +429,9 @@ function contactRow(name) {
       h("button", { type: "button", class: "call primary", testid: `call-${name}`, "aria-label": `Call ${name}`,
         onclick: (e) => callContact(name, e.currentTarget) }, "Call"),
       h("button", { type: "button", class: "quiet", testid: `safety-${name}`, "aria-label": `Safety number with ${name}`,
-        onclick: () => openSafety(name) }, "Safety number")),
+        onclick: () => openSafety(name) }, "Safety number"),
+      h("button", { type: "button", class: "quiet block", testid: `block-${name}`,
+        onclick: (e) => act(e.currentTarget, () => api(isBlocked(name) ? "/api/unblock" : "/api/block", { name })) }, "Block")),
   );
   li.dataset.name = name;
   addDropTarget(li, () => name);
@@ -704,7 +730,12 @@ function wire() {
     if (!passphrase) return showError("Choose a passphrase.");
     if (!same) return showError("The two passphrases are not the same.");
     act(form.querySelector("button"), () =>
-      api("/api/register", { name, server_url: $("setup-server").value.trim(), passphrase }));
+      api("/api/register", {
+        name,
+        server_url: $("setup-server").value.trim(),
+        passphrase,
+        weak_passphrase: $("setup-weak").checked,
+      }));
   });
   $("unlock-form").addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -728,6 +759,12 @@ function wire() {
   const post = (path, body) => (e) => act(e.currentTarget, () => api(path, body ?? {}));
   $("accept").addEventListener("click", post("/api/call/accept"));
   $("reject").addEventListener("click", post("/api/call/reject"));
+  $("block-caller").addEventListener("click", (e) => {
+    const peer = state?.call?.peer;
+    if (peer) act(e.currentTarget, () => api("/api/block", { name: peer }));
+  });
+  $("silence-strangers").addEventListener("change", (e) =>
+    act(null, () => api("/api/silence-strangers", { on: e.currentTarget.checked })));
   $("hangup").addEventListener("click", post("/api/call/hangup"));
   $("cancel").addEventListener("click", post("/api/call/hangup"));
   $("sas-match").addEventListener("click", post("/api/call/sas", { matches: true }));
