@@ -44,6 +44,7 @@ from pqcall.ui.errors import UiError
 from pqcall.ui.hub import Hub, Subscription
 from pqcall.ui.notes import UiNotes
 from pqcall.ui.presence import PresenceTracker
+from pqcall.ui.screening import screening_view
 from pqcall.ui.transfers import Transfer, Transfers
 from pqcall.ui.trust import Trust
 
@@ -157,6 +158,7 @@ class Controller:
                 "phase": self.phase(),
                 "account": view.account_view(phone),
                 "connected": phone is not None and phone.connected,
+                "screening": screening_view(phone),
                 "contacts": view.contacts_view(
                     phone, self._presence.entries, notes.get("suspicious", [])
                 ),
