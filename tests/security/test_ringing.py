@@ -23,10 +23,10 @@ from pqcall.exceptions import CallError
 from tests.client.test_phone import (
     STATE_TIMEOUT_S,
     phones,
-    run_async,
     server_with_relay,
     wait_state,
 )
+from tests.harness import run_async
 from tests.server.conftest import RunningServer
 
 QUIET_S = 1.0  # how long a phone that must not ring is watched
