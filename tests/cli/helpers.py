@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
-COMMAND_TIMEOUT_S = 60.0 * TIMEOUT_SCALE  # one pqcall command, start to exit
+from tests.harness import scaled
+
+COMMAND_TIMEOUT_S = scaled(60.0)  # one pqcall command, start to exit
 PASSPHRASE = "correct horse battery staple"
 
 

@@ -28,11 +28,11 @@ from pqcall.media.audio_spec import open_source
 from tests.cli.helpers import (
     CALL_RECORD_FIELDS,
     COMMAND_TIMEOUT_S,
-    TIMEOUT_SCALE,
     child_env,
     one_json,
     pqcall_command,
 )
+from tests.harness import TIMEOUT_SCALE
 from tests.server.test_runner import _free_port, _start, _stop, _wait_for_health
 
 READY_TIMEOUT_S = 20.0 * TIMEOUT_SCALE  # until a listener says it is listening

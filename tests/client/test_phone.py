@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import os
 import wave
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,23 +29,12 @@ from pqcall.exceptions import (
 )
 from pqcall.server.components import RelayComponent
 from pqcall.signaling.messages import Presence
+from tests.harness import run_async, scaled
 
 from ..server.conftest import RunningServer, make_settings, run_server
 
 PASSPHRASE = "correct horse battery staple"
-TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
-STATE_TIMEOUT_S = 10.0 * TIMEOUT_SCALE  # for a call to reach a state
-TEST_TIMEOUT_S = 60.0 * TIMEOUT_SCALE  # a whole test
-
-
-def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test in a fresh event loop, bounded in time."""
-
-    @functools.wraps(test)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(test(*args, **kwargs), TEST_TIMEOUT_S))
-
-    return wrapper
+STATE_TIMEOUT_S = scaled(10.0)  # for a call to reach a state
 
 
 @pytest.fixture

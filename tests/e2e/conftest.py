@@ -14,10 +14,8 @@ Timeouts are multiplied by ``PQCALL_TEST_TIMEOUT_SCALE`` (default 1).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +23,11 @@ from typing import Any
 
 import pytest
 
+from tests import harness
+from tests.harness import TIMEOUT_SCALE, scaled
 from tests.netns import Host, Network, Unavailable, is_required
 
-TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
-START_TIMEOUT_S = 20.0 * TIMEOUT_SCALE  # a server process starts (imports, migrations)
+START_TIMEOUT_S = scaled(20.0)  # a server process starts (imports, migrations)
 SERVER_PORT = 5001  # each network has its own ports: a fixed number never clashes
 SERVER_NAME = "twohost.test"
 PYTHON = sys.executable  # the test's interpreter, so the namespaces run this pqcall
@@ -282,11 +281,6 @@ def wait_until(
         AssertionError: ``timeout_s`` (scaled) passed; the message says ``what``
             and has ``report()``.
     """
-    deadline = time.monotonic() + timeout_s * TIMEOUT_SCALE
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{report()}")
-        time.sleep(POLL_INTERVAL_S)
+    return harness.wait_until(
+        condition, what, timeout_s=scaled(timeout_s), interval_s=POLL_INTERVAL_S, report=report
+    )

@@ -22,6 +22,7 @@ from pqcall.media.audio import NullSink, SilenceSource, ToneSource
 from pqcall.media.codec import SAMPLE_RATE_HZ, Pcm
 from pqcall.media.devices import DeviceSink, DeviceSource, list_devices
 from pqcall.transport.session import MediaSession
+from tests.harness import TIMEOUT_SCALE
 from tests.utils import handshake_pair
 
 pytestmark = pytest.mark.skipif(
@@ -29,7 +30,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs PulseAudio: run scripts/virtual-soundcard.sh and set PQCALL_TEST_PULSE=1",
 )
 
-TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
 DEVICE = "pulse"
 TONE_HZ = 1_000
 TONE_AMPLITUDE = 0.5

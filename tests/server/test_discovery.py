@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import socket
 import struct
 from collections.abc import Coroutine
@@ -25,8 +24,8 @@ from pqcall.client.discovery import FoundServer, find_servers
 from pqcall.exceptions import LocalProtocolError
 from pqcall.server.discovery import ServerAnnouncer, local_addresses
 from pqcall.signaling.mdns import SERVICE_TYPE, DiscoveryUnavailable
+from tests.harness import TIMEOUT_SCALE, run_bounded
 
-TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
 FIND_S = 2.0 * TIMEOUT_SCALE  # browse time
 TEST_TIMEOUT_S = 30.0 * TIMEOUT_SCALE  # a whole test
 MDNS_GROUP = "224.0.0.251"
@@ -85,7 +84,7 @@ needs_multicast_beyond_loopback = pytest.mark.skipif(
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(main, TEST_TIMEOUT_S))
+    return run_bounded(main, TEST_TIMEOUT_S)
 
 
 @needs_multicast

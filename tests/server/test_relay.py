@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -27,8 +26,10 @@ from pqcall.server.relay_table import (
     Role,
 )
 from pqcall.transport.relay_wire import ACK_MAGIC, ACK_PEER_BOUND, ACK_PEER_WAITING, BIND_MAGIC
+from tests.harness import TIMEOUT_SCALE, eventually, run_bounded
+from tests.harness import UdpPeer as Phone  # a UDP endpoint that keeps what it receives
+from tests.harness import open_udp_peer as open_phone
 
-TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
 TIMEOUT_S = 10.0 * TIMEOUT_SCALE  # a whole socket test, start to close
 QUIET_S = 0.1 * TIMEOUT_SCALE  # how long to wait for a datagram that must not arrive
 POLL_S = 0.001
@@ -315,45 +316,11 @@ def test_forwarding_only_ever_joins_the_two_bound_parties(steps):
 
 def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run one socket test in a fresh event loop, bounded by the scaled timeout."""
-
-    async def bounded() -> T:
-        return await asyncio.wait_for(main(), TIMEOUT_S)
-
-    return asyncio.run(bounded())
-
-
-class Phone(asyncio.DatagramProtocol):
-    """A UDP endpoint that keeps what it receives."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.received: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.received.append(data)
-
-    def send(self, data: bytes, to: tuple[str, int]) -> None:
-        assert self.transport is not None
-        self.transport.sendto(data, to)
-
-    def close(self) -> None:
-        assert self.transport is not None
-        self.transport.close()
-
-
-async def open_phone() -> Phone:
-    _, phone = await asyncio.get_running_loop().create_datagram_endpoint(
-        Phone, local_addr=("127.0.0.1", 0)
-    )
-    return phone
+    return run_bounded(main(), TIMEOUT_S)
 
 
 async def wait_until(predicate: Callable[[], bool]) -> None:
-    while not predicate():
-        await asyncio.sleep(POLL_S)
+    await eventually(predicate, interval_s=POLL_S)
 
 
 async def bound_phones(relay: MediaRelay, call_id: str = "c1") -> tuple[Phone, Phone]:

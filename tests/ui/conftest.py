@@ -39,7 +39,8 @@ import pytest
 from pqcall.client.home import Home
 from pqcall.client.phone import register
 from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
-from tests.cli.helpers import PASSPHRASE, TIMEOUT_SCALE, pqcall_command
+from tests.cli.helpers import PASSPHRASE, pqcall_command
+from tests.harness import TIMEOUT_SCALE
 from tests.server.test_runner import _free_port, _wait_for_health
 
 if TYPE_CHECKING:

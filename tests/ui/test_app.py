@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import wave
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,24 +30,13 @@ from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
 from pqcall.server.components import RelayComponent
 from pqcall.ui.app import TOKEN_HEADER, create_app
 from pqcall.ui.controller import Controller
+from tests.harness import run_async, scaled
 
 from ..server.conftest import RunningServer, make_settings, run_server
 
 PASSPHRASE = "correct horse battery staple"
-TIMEOUT_SCALE = float(os.environ.get("PQCALL_TEST_TIMEOUT_SCALE", "1"))
-STATE_TIMEOUT_S = 10.0 * TIMEOUT_SCALE  # for the state to show something
-TEST_TIMEOUT_S = 60.0 * TIMEOUT_SCALE  # a whole test
+STATE_TIMEOUT_S = scaled(10.0)  # for the state to show something
 TOKEN = "test-token"
-
-
-def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test in a fresh event loop, bounded in time."""
-
-    @functools.wraps(test)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(test(*args, **kwargs), TEST_TIMEOUT_S))
-
-    return wrapper
 
 
 @pytest.fixture

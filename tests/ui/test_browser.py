@@ -25,7 +25,7 @@ from playwright.sync_api import Page, expect
 from pqcall.client.contacts import Contacts
 from pqcall.client.home import Home
 from pqcall.crypto.identity import IdentityPrivateKey
-from tests.cli.helpers import TIMEOUT_SCALE
+from tests.harness import TIMEOUT_SCALE
 
 from .conftest import UiWorld
 
