@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint types bench demo clean
+.PHONY: test test-fast lint types bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,14 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(VENV)/bin/mypy
 
+# everything: CI runs this through .ci/run (with PostgreSQL, the PulseAudio card, Chromium, netns)
 test: lint types
 	PYTHONASYNCIODEBUG=1 $(PY) -m pytest
+
+# the quick lane while working: unit and in-process tests (markers: tests/conftest.py)
+FAST_MARKERS := not slow and not e2e and not browser and not netns and not pulse
+test-fast: lint types
+	PYTHONASYNCIODEBUG=1 $(PY) -m pytest -q -m "$(FAST_MARKERS)"
 
 bench: $(STAMP)
 	$(PY) -m pqcall.bench crypto

@@ -18,7 +18,13 @@ from pqcall.server.context import AppContext
 from pqcall.server.settings import ServerSettings, default_data_dir
 from pqcall.signaling.callstate import Action, Party, State, transition
 
-from .conftest import SERVER_NAME, make_settings
+from .conftest import SERVER_NAME, RunningServer, make_settings
+
+
+@pytest.fixture
+def server(shared_server: RunningServer) -> RunningServer:
+    """One server for the module: its tests only send requests that change nothing."""
+    return shared_server
 
 
 def test_health(server):
