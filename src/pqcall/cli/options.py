@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pqcall.exceptions import DeviceError
 
 if TYPE_CHECKING:
-    from pqcall.client.call import MediaOptions
+    from pqcall.client.media_options import MediaOptions
     from pqcall.client.home import Home
 
 MAX_PORT = 65535
@@ -160,7 +160,7 @@ def passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
 
 def media_options(args: argparse.Namespace) -> MediaOptions:
     """The media options of ``listen`` and ``call``."""
-    from pqcall.client.call import MediaOptions
+    from pqcall.client.media_options import MediaOptions
 
     return MediaOptions(
         audio_in=args.audio_in,

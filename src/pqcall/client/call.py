@@ -22,14 +22,19 @@ comes first; the media channel alone is enough, so a call outlives a server rest
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable
+from dataclasses import replace
+from typing import Any, TypeVar
 
+from pqcall.client.call_context import (
+    CallContext,
+    PeerTrust,
+    call_record,
+    key_mismatch_reason,
+)
 from pqcall.client.media_options import MediaOptions, WallClockTrace, open_call_audio
 from pqcall.client.phone_callstate import (
     CallState,
@@ -39,7 +44,7 @@ from pqcall.client.phone_callstate import (
     is_terminal,
 )
 from pqcall.crypto.handshake import CalleeHandshake, CallerHandshake, CallKeys
-from pqcall.crypto.identity import IdentityPrivateKey, IdentityPublicKey
+from pqcall.crypto.identity import IdentityPublicKey
 from pqcall.exceptions import CallError, PqcallError, ServerError
 from pqcall.media.audio import AudioSink, AudioSource, close_all
 from pqcall.media.stats import CallStatsSnapshot
@@ -80,43 +85,6 @@ HANGUP_TIMEOUT_S = 5.0
 PEER_HANGUP_REPORT_S = 2.0
 """After the peer hung up in the media channel, how long we wait for the server to say so
 before we tell it ourselves."""
-
-
-class PeerTrust(enum.StrEnum):
-    """What we knew of the peer's identity key when the call started."""
-
-    NEW = "new"
-    """First contact: pinned now (trust on first use); compare the SAS."""
-    PINNED = "pinned"
-    """The key we pinned before."""
-    VERIFIED = "verified"
-    """The pinned key, and the user once compared the safety number or a SAS."""
-
-
-class CallApi(Protocol):
-    """The server requests a call makes (:class:`~pqcall.client.api.ServerApi` has them)."""
-
-    async def initiate(self, body: InitiateCall) -> Any: ...
-    async def accept(self, body: AcceptCall) -> CallDetail: ...
-    async def confirm(self, body: ConfirmCall) -> Any: ...
-    async def reject(self, body: RejectCall) -> Any: ...
-    async def hangup(self, body: HangupCall) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class CallContext:
-    """What a call needs from its phone."""
-
-    username: str
-    """Our username."""
-    identity: IdentityPrivateKey
-    """Our identity key (signs the handshake)."""
-    api: CallApi
-    """The signaling server."""
-    server_host: str
-    """The host we reach the server at (where the relay is when a grant names no host)."""
-    on_change: Callable[[Call], None]
-    """Called after every state change (the phone records history on terminal ones)."""
 
 
 class _HungUp(Exception):
@@ -298,34 +266,7 @@ class Call:
 
     def summary(self) -> dict[str, Any]:
         """The call as one JSON-ready dict (what ``--json`` prints and history keeps)."""
-        settings = self._media.settings
-        duration = (self.ended or time.time()) - self.answered if self.answered else 0.0
-        record: dict[str, Any] = {
-            "call_id": self.call_id,
-            "peer": self.peer,
-            "direction": str(self.direction),
-            "result": str(self.state),
-            "reason": self.reason,
-            "sas": self.sas,
-            "peer_fingerprint": self.peer_identity.fingerprint().hex(),
-            "peer_trust": str(self.peer_trust),
-            "path": self.path.kind if self.path else None,
-            "path_address": _format_address(self.path.peer) if self.path else None,
-            "path_setup_ms": round(self.path.elapsed_ms, 1) if self.path else None,
-            "setup_ms": round((self.answered - self.created) * 1000, 1) if self.answered else None,
-            "started_unix": self.created,
-            "answered_unix": self.answered,
-            "ended_unix": self.ended,
-            "duration_s": round(duration, 3),
-            "codec": "opus",
-            "frame_ms": settings.opus.frame_ms,
-            "first_capture_unix": self._trace.first_capture_unix,
-            "first_playout_unix": self._trace.first_playout_unix,
-        }
-        stats = self.stats()
-        if stats is not None:
-            record.update(stats.as_dict())
-        return record
+        return call_record(self, frame_ms=self._media.settings.opus.frame_ms, trace=self._trace)
 
     # ------------------------------------------------------------------ the flows
 
@@ -631,16 +572,3 @@ class Call:
         async with self._changed:
             self._changed.notify_all()
         self._context.on_change(self)
-
-
-def key_mismatch_reason(peer: str) -> str:
-    """Why a call refused by the callee's key check failed, for the caller."""
-    return (
-        f"{peer}'s phone refused the call because the identity keys do not match: the"
-        f" server gave you a key for {peer} that is not theirs, or {peer} pinned another"
-        f" key for you. Compare safety numbers with {peer} (pqcall verify {peer})."
-    )
-
-
-def _format_address(address: tuple[str, int]) -> str:
-    return f"{address[0]}:{address[1]}"

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from pqcall.client.api import ServerApi
-from pqcall.client.call import PeerTrust
+from pqcall.client.call_context import PeerTrust
 from pqcall.client.contacts import Contacts
 from pqcall.crypto.filekey import KeyBundle
 from pqcall.crypto.identity import IdentityPublicKey

@@ -36,7 +36,8 @@ from typing import Any
 import httpx
 
 from pqcall.client.api import ServerApi
-from pqcall.client.call import Call, CallContext, PeerTrust
+from pqcall.client.call import Call
+from pqcall.client.call_context import CallContext, PeerTrust
 from pqcall.client.contacts import Contacts
 from pqcall.client.event_stream import EventStream
 from pqcall.client.files import FileTransfers
