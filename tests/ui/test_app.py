@@ -23,8 +23,8 @@ import pytest
 import websockets
 
 from pqcall.cli.ui import bound_socket, make_server
-from pqcall.client.media_options import MediaOptions
 from pqcall.client.home import Home
+from pqcall.client.media_options import MediaOptions
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
 from pqcall.server.components import RelayComponent

@@ -95,8 +95,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 async def _demo(duration_s: float, out: Path, console: Console) -> int:
-    from pqcall.client.media_options import MediaOptions
     from pqcall.client.home import Home
+    from pqcall.client.media_options import MediaOptions
     from pqcall.client.phone import Phone, register
     from pqcall.client.phone_callstate import CallState
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from pqcall.exceptions import DeviceError
 
 if TYPE_CHECKING:
-    from pqcall.client.media_options import MediaOptions
     from pqcall.client.home import Home
+    from pqcall.client.media_options import MediaOptions
 
 MAX_PORT = 65535
 AUDIO_IN_HELP = "audio source: default, a device name or index, tone:FREQ, silence, or a WAV file"
