@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pqcall.exceptions import LocalProtocolError
 from pqcall.server.ratelimit import (
-    LOGIN_PER_USERNAME_LIMIT,
+    LOGIN_FAILURES_PER_ADDRESS_LIMIT,
     PER_ACCOUNT_LIMIT,
     PER_IP_LIMIT,
     RateDecision,
@@ -26,8 +26,8 @@ LIMIT = RateLimit(rate_per_s=4.0, burst=8.0)  # binary-exact numbers keep the ar
 def test_defaults_are_the_documented_ones():
     assert (PER_IP_LIMIT.rate_per_s, PER_IP_LIMIT.burst) == (20.0, 40.0)
     assert (PER_ACCOUNT_LIMIT.rate_per_s, PER_ACCOUNT_LIMIT.burst) == (10.0, 20.0)
-    assert LOGIN_PER_USERNAME_LIMIT.burst == 5
-    assert LOGIN_PER_USERNAME_LIMIT.rate_per_s * 60 == pytest.approx(5.0)
+    assert LOGIN_FAILURES_PER_ADDRESS_LIMIT.burst == 5
+    assert LOGIN_FAILURES_PER_ADDRESS_LIMIT.rate_per_s * 60 == pytest.approx(5.0)
 
 
 def test_a_new_key_gets_the_whole_burst_then_is_refused():
@@ -206,3 +206,17 @@ def test_never_allows_more_than_burst_plus_rate_times_elapsed(rate, burst, steps
             allowed += decision.allowed
             assert decision.allowed == (decision.retry_after_s == 0.0)
         assert allowed <= burst + rate * (now - start) + 1e-6
+
+
+def test_peek_takes_nothing():
+    limiter = RateLimiter(RateLimit(rate_per_s=1.0, burst=2.0))
+    assert limiter.peek("a", now=0.0) == RateDecision(allowed=True, retry_after_s=0.0)
+    assert "a" not in limiter  # a key never seen is not remembered by a peek
+    limiter.check("a", now=0.0)
+    limiter.check("a", now=0.0)
+    assert limiter.peek("a", now=0.0) == RateDecision(allowed=False, retry_after_s=1.0)
+    assert limiter.peek("a", now=0.5).retry_after_s == pytest.approx(0.5)
+    assert limiter.peek("a", now=1.0).allowed
+    assert limiter.check("a", now=1.0).allowed  # the peek took nothing
+    with pytest.raises(LocalProtocolError):
+        limiter.peek("a", now=1.0, cost=3.0)

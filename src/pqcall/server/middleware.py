@@ -4,15 +4,17 @@
 outermost first: the access log (:class:`~pqcall.server.logs.AccessLogMiddleware`),
 request metrics (:class:`~pqcall.server.metrics.RequestMetricsMiddleware`), then
 :class:`RateLimitMiddleware`: per client IP on every request, per account on
-requests with a bearer token, per username on ``POST /auth/login``; a refusal is
-429 with ``Retry-After`` and ``{"error": "too many requests, retry in N s"}``.
+requests with a bearer token, and failed ``POST /auth/login`` attempts per client
+IP; a refusal is 429 with ``Retry-After`` and ``{"error": "too many requests,
+retry in N s"}``. Nothing is counted per username: a login cannot be guessed (it
+is a signature over a single-use challenge), so a flood of bad logins naming an
+account slows only the addresses it comes from, never the account's owner.
 The token buckets themselves are :mod:`pqcall.server.ratelimit` (sans-I/O).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import status
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,7 +29,7 @@ from pqcall.server.context import AppContext
 from pqcall.server.logs import AccessLogMiddleware
 from pqcall.server.metrics import METRICS_EXTRA, RequestMetricsMiddleware, ServerMetrics
 from pqcall.server.ratelimit import (
-    LOGIN_PER_USERNAME_LIMIT,
+    LOGIN_FAILURES_PER_ADDRESS_LIMIT,
     PER_ACCOUNT_LIMIT,
     PER_IP_LIMIT,
     UNKNOWN_CLIENT,
@@ -37,7 +38,6 @@ from pqcall.server.ratelimit import (
     client_key,
     retry_after_header,
 )
-from pqcall.signaling import usernames
 from pqcall.signaling.messages import b64decode
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ class RequestLimits:
     """Every request and WebSocket handshake, by client address (IPv6 by /64)."""
     per_account: RateLimit | None = PER_ACCOUNT_LIMIT
     """Every request with a valid bearer token, by account."""
-    login: RateLimit | None = LOGIN_PER_USERNAME_LIMIT
-    """``POST /auth/login`` attempts by username; a successful login refills the bucket."""
+    login: RateLimit | None = LOGIN_FAILURES_PER_ADDRESS_LIMIT
+    """Failed ``POST /auth/login`` attempts by client address (a login answered 200 is free)."""
 
     @classmethod
     def scaled(cls, scale: float) -> RequestLimits:
@@ -80,7 +80,9 @@ class RequestLimits:
         def times(limit: RateLimit) -> RateLimit:
             return RateLimit(limit.rate_per_s * scale, max(1.0, limit.burst * scale))
 
-        return cls(times(PER_IP_LIMIT), times(PER_ACCOUNT_LIMIT), times(LOGIN_PER_USERNAME_LIMIT))
+        return cls(
+            times(PER_IP_LIMIT), times(PER_ACCOUNT_LIMIT), times(LOGIN_FAILURES_PER_ADDRESS_LIMIT)
+        )
 
     @property
     def is_off(self) -> bool:
@@ -103,9 +105,10 @@ class RateLimitMiddleware:
 
     Order of checks: client address (every HTTP request and WebSocket handshake),
     then account (HTTP requests with ``Authorization: Bearer``; the token is mapped
-    to its account once, with one storage lookup, and cached), then username (``POST
-    /auth/login``, read from the body). A request refused by one limit takes nothing
-    from the later ones. A refused WebSocket handshake gets an HTTP 429 if the server
+    to its account once, with one storage lookup, and cached), then failed logins
+    (``POST /auth/login``: refused while the address's failure bucket is empty; a
+    login not answered 200 takes one token from it). A request refused by one limit
+    takes nothing from the later ones. A refused WebSocket handshake gets an HTTP 429 if the server
     supports the ASGI denial response, else a close with code 1013 (try again later).
 
     Args:
@@ -138,11 +141,11 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         now = self.clock()
+        client = scope.get("client")
+        address = client_key(client[0]) if client else UNKNOWN_CLIENT
         # per client address
         if self.per_ip is not None:
-            client = scope.get("client")
-            key = client_key(client[0]) if client else UNKNOWN_CLIENT
-            decision = self.per_ip.check(key, now)
+            decision = self.per_ip.check(address, now)
             if not decision.allowed:
                 await self._refuse(scope, receive, send, "ip", decision.retry_after_s)
                 return
@@ -157,35 +160,22 @@ class RateLimitMiddleware:
                 if not decision.allowed:
                     await self._refuse(scope, receive, send, "account", decision.retry_after_s)
                     return
-        # per username, for login attempts
+        # failed logins, per client address
         if self.login is not None and scope["method"] == "POST" and scope["path"] == LOGIN_PATH:
-            await self._login(scope, receive, send, now)
+            await self._login(scope, receive, send, address, now)
             return
         await self.app(scope, receive, send)
 
-    async def _login(self, scope: Scope, receive: Receive, send: Send, now: float) -> None:
+    async def _login(
+        self, scope: Scope, receive: Receive, send: Send, address: str, now: float
+    ) -> None:
+        """Run a login; refuse it first if its address has failed too often, charge a failure."""
         assert self.login is not None
-        try:
-            body = await _read_body(receive)
-        except StarletteHTTPException as exc:  # the body limit, raised by BodyLimit's receive
-            reply = JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
-            await reply(scope, receive, send)
+        key = f"login-failures:{address}"
+        decision = self.login.peek(key, now)
+        if not decision.allowed:
+            await self._refuse(scope, receive, send, "login", decision.retry_after_s)
             return
-        username = _username_in(body)
-        if username is not None:
-            decision = self.login.check(f"login:{username}", now)
-            if not decision.allowed:
-                await self._refuse(scope, receive, send, "login", decision.retry_after_s)
-                return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
         status_code = 0
 
         async def note_status(message: Message) -> None:
@@ -194,9 +184,11 @@ class RateLimitMiddleware:
                 status_code = int(message["status"])
             await send(message)
 
-        await self.app(scope, replay, note_status)
-        if username is not None and status_code == status.HTTP_200_OK:
-            self.login.reset(f"login:{username}")
+        try:
+            await self.app(scope, receive, note_status)
+        finally:
+            if status_code != status.HTTP_200_OK:  # junk, a bad signature, a used challenge
+                self.login.check(key, self.clock())
 
     async def _account_of(self, scope: Scope) -> int | None:
         token = _bearer_token(scope)
@@ -242,33 +234,6 @@ class RateLimitMiddleware:
             await send({"type": "websocket.http.response.body", "body": reply.body})
         else:
             await send({"type": "websocket.close", "code": 1013})
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _username_in(body: bytes) -> str | None:
-    """The normalized ``username`` of a JSON login body, or None (the route will refuse it)."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
-    name = document.get("username") if isinstance(document, dict) else None
-    if not isinstance(name, str):
-        return None
-    try:
-        return usernames.normalize(name)
-    except usernames.InvalidUsername:
-        return None
 
 
 def _bearer_token(scope: Scope) -> bytes | None:

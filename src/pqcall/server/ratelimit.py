@@ -66,7 +66,8 @@ class RateLimit:
 # defaults (sustained rate, burst)
 PER_IP_LIMIT = RateLimit(rate_per_s=20.0, burst=40.0)
 PER_ACCOUNT_LIMIT = RateLimit(rate_per_s=10.0, burst=20.0)
-LOGIN_PER_USERNAME_LIMIT = RateLimit(rate_per_s=5.0 / 60.0, burst=5.0)  # 5 attempts a minute
+# failed logins per client address: 5 a minute (a valid signature is never refused by it)
+LOGIN_FAILURES_PER_ADDRESS_LIMIT = RateLimit(rate_per_s=5.0 / 60.0, burst=5.0)
 MAX_KEYS = 100_000  # about 10 MB of buckets at most
 UNKNOWN_CLIENT = "unknown"  # the key of a request without a peer address
 
@@ -170,6 +171,21 @@ class RateLimiter:
         if wait_s == 0.0:
             bucket.take(cost)
         self._evict(now)
+        return RateDecision(allowed=wait_s == 0.0, retry_after_s=wait_s)
+
+    def peek(self, key: str, now: float, cost: float = 1.0) -> RateDecision:
+        """Whether :meth:`check` would allow ``cost`` now, taking nothing.
+
+        For limits that charge only some outcomes (failed logins): peek before the
+        request runs, :meth:`check` after it failed. A key never seen is allowed.
+        """
+        if not 0 < cost <= self.limit.burst:
+            raise LocalProtocolError(f"cost must be in (0, {self.limit.burst}], not {cost}")
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return RateDecision(allowed=True, retry_after_s=0.0)
+        bucket.refill(now)
+        wait_s = bucket.wait_s(cost)
         return RateDecision(allowed=wait_s == 0.0, retry_after_s=wait_s)
 
     def sweep(self, now: float) -> int:
