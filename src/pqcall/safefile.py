@@ -4,7 +4,9 @@ Scope: the one way pqcall replaces a file that must survive a crash with
 either its old content or its new one, never a mix: the keystore
 (:mod:`pqcall.crypto.keystore`) and the home's private files
 (:mod:`pqcall.client.privatefile`). It lives apart from both because neither
-layer may import the other.
+layer may import the other. :func:`shared_access` is the one check that a
+private file or directory is not open to group or others (the keystore, the
+server's data directory).
 
 Failures are reported as :class:`~pqcall.exceptions.KeystoreError` with one
 line naming the file.
@@ -14,15 +16,45 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 from typing import Final
 
 from pqcall.exceptions import KeystoreError
 
-__all__ = ["FILE_MODE", "remove_quietly", "replace_file", "write_all"]
+__all__ = [
+    "DIRECTORY_MODE",
+    "FILE_MODE",
+    "GROUP_OTHER_BITS",
+    "remove_quietly",
+    "replace_file",
+    "shared_access",
+    "write_all",
+]
 
 FILE_MODE: Final = 0o600
 """Mode of every file written here: readable by its owner only."""
+DIRECTORY_MODE: Final = 0o700
+"""Mode of a private directory: only its owner may list or enter it."""
+GROUP_OTHER_BITS: Final = 0o077
+"""Permission bits that let anyone but the owner in."""
+
+
+def shared_access(info: os.stat_result, path: str | os.PathLike[str], what: str) -> str | None:
+    """One line saying that group or others may access ``path``, or ``None`` if only its owner may.
+
+    ``info`` is the path's ``stat`` (or ``fstat`` of an open descriptor, to
+    check exactly what was opened). Always ``None`` off POSIX. The line ends
+    with the ``chmod`` that fixes it: 600 for a file, 700 for a directory.
+    """
+    if os.name != "posix" or not info.st_mode & GROUP_OTHER_BITS:
+        return None
+    mode = stat.S_IMODE(info.st_mode)
+    private = DIRECTORY_MODE if stat.S_ISDIR(info.st_mode) else FILE_MODE
+    return (
+        f"{what} {os.fspath(path)} is accessible by others (mode {mode:04o});"
+        f" run: chmod {private:o} {os.fspath(path)}"
+    )
 
 
 def replace_file(path: str | os.PathLike[str], data: bytes, what: str) -> None:

@@ -1,21 +1,36 @@
 """``pqcall server``: command-line options, and running the app under uvicorn.
 
 Importing this module is cheap; the server's dependencies load in :func:`run`.
+Before serving, :func:`run` makes the process's files private (umask 077; the
+data directory 0700, a group- or world-accessible one refused), raises the
+open-file limit to its hard limit, and warns in one line when it serves plain
+HTTP beyond loopback. :func:`uvicorn_config` is the one uvicorn configuration
+(timeouts and connection limits of :mod:`pqcall.server.connections`), shared
+with the tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pqcall.exceptions import ServerError
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from pqcall.server.settings import ServerSettings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+PRIVATE_UMASK = 0o077  # every file the server creates is 0600, every directory 0700
+FILES_RESERVED = 64  # descriptors kept for the database, stored files, the relay and logs
+MAX_HEADER_BYTES = 16 * 1024  # h11's largest request line plus headers (uvicorn's default)
+
+logger = logging.getLogger("pqcall.server")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate"
     )
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    parser.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="serve HTTPS with a self-signed certificate made once and kept in the data"
+        " directory (phones pin it on first use)",
+    )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument(
         "--name", help="server name that logins are bound to (default: this machine's host name)"
@@ -96,6 +117,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="hours a complete file waits for its recipient before it is deleted (default: 168)",
     )
     parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close a connection that has not sent a complete request line and headers"
+        " in this time (default: 10)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="open connections, WebSockets included, above which new ones are closed"
+        " (default: 4096, lowered to fit the open-file limit)",
+    )
+    parser.add_argument(
         "--rate-limit-scale",
         type=float,
         default=1.0,
@@ -127,6 +164,12 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     }
     if args.data_dir is not None:
         options["data_dir"] = args.data_dir
+    if args.tls_self_signed and (args.tls_cert is not None or args.tls_key is not None):
+        raise ServerError("--tls-self-signed and --tls-cert/--tls-key exclude each other")
+    if args.header_timeout is not None:
+        options["header_timeout_s"] = args.header_timeout
+    if args.max_connections is not None:
+        options["max_connections"] = args.max_connections
     if args.name is not None:
         options["server_name"] = args.name
     if args.ring_timeout is not None:
@@ -161,8 +204,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the server until SIGINT or SIGTERM.
 
     Raises:
-        ServerError: bad options, TLS files missing, or the database cannot be
-            opened or migrated (one line, no traceback).
+        ServerError: bad options, TLS files missing, a data directory others
+            may read, or the database cannot be opened or migrated (one line,
+            no traceback).
     """
     import asyncio
 
@@ -173,16 +217,17 @@ def run(args: argparse.Namespace) -> int:
     from pqcall.server.storage.database import display_url, run_migrations
 
     settings = settings_from_args(args)
+    os.umask(PRIVATE_UMASK)  # the database, its -wal and -shm, stored files: owner only
+    prepare_data_dir(settings.data_dir)
+    if args.tls_self_signed:
+        from pqcall.server.tls import self_signed_certificate
+
+        cert, key = self_signed_certificate(settings.data_dir, settings.host)
+        settings = dataclasses.replace(settings, tls_cert=cert, tls_key=key)
     for path in (settings.tls_cert, settings.tls_key):
         if path is not None and not path.is_file():
             raise ServerError(f"TLS file not found: {path}")
 
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ServerError(
-            f"cannot create data directory {settings.data_dir}: {exc.strerror}"
-        ) from None
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
     )
@@ -191,8 +236,9 @@ def run(args: argparse.Namespace) -> int:
     # open and migrate once here, so a bad database is one line, not a traceback
     asyncio.run(run_migrations(settings.db_url))
     _check_relay_port(settings)
+    settings = _fit_open_file_limit(settings)
     scheme = "https" if settings.uses_tls else "http"
-    logging.getLogger("pqcall.server").info(
+    logger.info(
         "pqcall server %r on %s://%s:%d, media relay on UDP port %d, database %s",
         settings.server_name,
         scheme,
@@ -201,21 +247,118 @@ def run(args: argparse.Namespace) -> int:
         settings.relay_udp_port,
         display_url(settings.db_url),
     )
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        ssl_certfile=settings.tls_cert,
-        ssl_keyfile=settings.tls_key,
-        lifespan="on",
-        server_header=False,
-        access_log=False,  # pqcall.server.access logs requests, without paths or queries
-    )
+    warn_if_plain_http(settings)
+    if args.tls_self_signed and settings.tls_cert is not None:
+        from pqcall.server.tls import fingerprint
+
+        logger.info(
+            "self-signed TLS certificate %s, SHA-256 %s: phones pin it on first use;"
+            " compare this fingerprint by another channel",
+            settings.tls_cert,
+            fingerprint(settings.tls_cert),
+        )
+    config = uvicorn_config(settings, create_app(settings), log_level=settings.log_level)
     logs.install_log_redaction()  # uvicorn.Config has just configured its loggers
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
+
+
+def uvicorn_config(settings: ServerSettings, app: Any, **options: Any) -> uvicorn.Config:
+    """The uvicorn configuration for ``app``: TLS, timeouts and connection limits.
+
+    ``options`` are passed on to ``uvicorn.Config`` (tests set ``log_level``).
+    The limits are documented in docs/server.md ("Connection limits").
+    """
+    import uvicorn
+
+    from pqcall.server.connections import guarded_protocol
+
+    protocol = guarded_protocol(
+        header_timeout_s=settings.header_timeout_s,
+        max_pending_per_address=settings.max_pending_per_address,
+        max_connections=settings.max_connections,
+    )
+    return uvicorn.Config(
+        app,
+        **{
+            "host": settings.host,
+            "port": settings.port,
+            "ssl_certfile": settings.tls_cert,
+            "ssl_keyfile": settings.tls_key,
+            "lifespan": "on",
+            "server_header": False,
+            "access_log": False,  # pqcall.server.access logs requests, without paths or queries
+            "http": protocol,
+            "timeout_keep_alive": int(settings.keep_alive_timeout_s),
+            "limit_concurrency": settings.max_connections,
+            "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+            **options,
+        },
+    )
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create ``data_dir`` 0700 if missing; refuse one that group or others may access.
+
+    Raises:
+        ServerError: it cannot be created, is not a directory, or is shared
+            (one line ending with the ``chmod`` that fixes it, as the keystore's).
+    """
+    from pqcall.safefile import DIRECTORY_MODE, shared_access
+
+    try:
+        data_dir.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+        info = data_dir.stat()
+    except OSError as exc:
+        raise ServerError(f"cannot create data directory {data_dir}: {exc.strerror}") from None
+    if not data_dir.is_dir():
+        raise ServerError(f"data directory {data_dir} is not a directory")
+    problem = shared_access(info, data_dir, "data directory")
+    if problem is not None:
+        raise ServerError(problem)
+
+
+def warn_if_plain_http(settings: ServerSettings) -> bool:
+    """Log one warning when the API is served without TLS beyond loopback; whether it did."""
+    if settings.uses_tls or settings.is_loopback_only:
+        return False
+    logger.warning(
+        "serving plain HTTP on %s: logins, tokens and call metadata cross the network"
+        " unencrypted; use --tls-self-signed, --tls-cert/--tls-key or a TLS reverse proxy"
+        " (docs/server.md)",
+        settings.host,
+    )
+    return True
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's open-file limit (soft) to its hard limit; the soft limit after."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError):
+        return soft
+    return wanted
+
+
+def _fit_open_file_limit(settings: ServerSettings) -> ServerSettings:
+    """``settings`` with ``max_connections`` lowered to fit the (raised) open-file limit."""
+    limit = raise_open_file_limit() - FILES_RESERVED
+    if limit >= settings.max_connections:
+        return settings
+    fitted = max(1, limit)
+    logger.warning(
+        "open-file limit allows %d connections, not %d: raise it (ulimit -n) for more",
+        fitted,
+        settings.max_connections,
+    )
+    return dataclasses.replace(settings, max_connections=fitted)
 
 
 def _check_relay_port(settings: ServerSettings) -> None:

@@ -1,4 +1,10 @@
-"""The server's settings: one frozen object, filled from the command line."""
+"""The server's settings: one frozen object, filled from the command line.
+
+The connection limits (``header_timeout_s``, ``keep_alive_timeout_s``,
+``max_connections``, ``max_pending_per_address``) bound what a client that
+opens connections and never finishes a request can hold; docs/server.md
+("Connection limits") gives the numbers and why.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,11 @@ MIB = 1024 * 1024
 DEFAULT_MAX_FILE_BYTES = 2048 * MIB
 DEFAULT_FILE_QUOTA_BYTES = 4096 * MIB
 DEFAULT_FILE_TTL_S = 168 * 3600.0
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5.0
+DEFAULT_MAX_CONNECTIONS = 4096
+DEFAULT_MAX_PENDING_PER_ADDRESS = 64
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 def default_data_dir() -> Path:
@@ -80,6 +91,14 @@ class ServerSettings:
     """Bytes one sender may have stored or uploading at once, in files not yet deleted."""
     file_ttl_s: float = DEFAULT_FILE_TTL_S
     """How long a complete file waits for its recipient before it is deleted."""
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    """Seconds a connection may take to send a request's line and headers, then it is closed."""
+    keep_alive_timeout_s: float = DEFAULT_KEEP_ALIVE_TIMEOUT_S
+    """Seconds an idle keep-alive connection stays open between requests."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Open connections (WebSockets included) above which new ones are closed at once."""
+    max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS
+    """Connections one client address may have that have not finished their headers yet."""
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -96,6 +115,10 @@ class ServerSettings:
             raise ValueError("the file size limit and the file quota must be at least 1 byte")
         if not 0 < self.file_ttl_s < float("inf"):
             raise ValueError("the file lifetime must be a positive number of seconds")
+        if not (0 < self.header_timeout_s <= 600 and 0 < self.keep_alive_timeout_s <= 600):
+            raise ValueError("the header and keep-alive timeouts must be between 0 and 600 seconds")
+        if self.max_connections < 1 or self.max_pending_per_address < 1:
+            raise ValueError("the connection limits must be at least 1")
 
     @property
     def relay_udp_port(self) -> int:
@@ -106,3 +129,8 @@ class ServerSettings:
     def uses_tls(self) -> bool:
         """Whether the API is served over HTTPS."""
         return self.tls_cert is not None
+
+    @property
+    def is_loopback_only(self) -> bool:
+        """Whether only this machine can reach the API (``host`` is a loopback address)."""
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")

@@ -63,7 +63,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
     SQLite gets foreign keys enforced (as PostgreSQL does), write-ahead logging
     so readers do not block the writer, and a busy timeout instead of
-    immediate "database is locked" errors. Its parent directory is created.
+    immediate "database is locked" errors. Its parent directory is created
+    0700; the file, its ``-wal`` and ``-shm`` get 0600 from the process umask
+    that ``pqcall server`` sets (:mod:`pqcall.server.runner`).
 
     Raises:
         ServerError: the URL is invalid or of an unsupported kind.
@@ -74,7 +76,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         if parsed.database != ":memory:":
             directory = Path(parsed.database).parent
             try:
-                directory.mkdir(parents=True, exist_ok=True)
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:
                 raise ServerError(f"cannot create {directory}: {exc.strerror}") from None
         engine = create_async_engine(parsed, **kwargs)
