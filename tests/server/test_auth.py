@@ -61,18 +61,21 @@ def test_login_with_other_case_name(server, alice):
 
 
 def test_challenge_for_unknown_user(server):
+    # answered like a known name, so it tells nobody who has an account (issue 20, finding 11)
     with server.client() as client:
         answer = client.post("/auth/challenge", json={"username": "nobody"})
-    assert answer.status_code == 404
-    assert answer.json() == {"error": "no user named 'nobody'"}
+    assert answer.status_code == 200
+    assert len(b64decode(answer.json()["challenge"])) == 32
 
 
 def test_login_for_unknown_user(server):
     with server.client() as client:
+        challenge = b64decode(_challenge(client, "nobody")["challenge"])
         answer = client.post(
-            "/auth/login", json=_login_body(IdentityPrivateKey.generate(), bytes(32), "nobody")
+            "/auth/login", json=_login_body(IdentityPrivateKey.generate(), challenge, "nobody")
         )
-    assert answer.status_code == 404
+    assert answer.status_code == 401
+    assert answer.json() == {"error": "login signature does not verify"}
 
 
 def test_challenge_is_single_use(server, alice):

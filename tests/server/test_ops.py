@@ -159,7 +159,7 @@ def test_failed_logins_are_limited_per_address_and_good_logins_are_free(start_se
         other = bogus | {"username": "bob"}
         assert client.post("/auth/login", json=other).status_code == 429
         server.clock.advance(12)
-        assert client.post("/auth/login", json=other).status_code == 404
+        assert client.post("/auth/login", json=other).status_code == 401
         metrics = scrape(client)
         assert metrics[("pqcall_http_rate_limited_total", (("limit", "login"),))] == 2
 

@@ -11,7 +11,9 @@ The signature is the account identity's hybrid signature, context
 :data:`~pqcall.signaling.messages.LOGIN_CONTEXT`, over
 :func:`~pqcall.signaling.messages.login_signed_data` (server name, username,
 challenge): a challenge signed for one server cannot be replayed at another,
-and each challenge can be used once, whatever the outcome. The server stores
+and each challenge can be used once, whatever the outcome. Neither route tells
+whether a name has an account: an unknown name gets a challenge too, and its
+login fails like a bad signature (checked against :func:`decoy_identity`). The server stores
 only the SHA-256 of a token, with its expiry, so a stolen database yields no
 usable token and tokens survive a restart.
 
@@ -21,6 +23,7 @@ Every other authenticated request sends ``Authorization: Bearer <token>``;
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
@@ -29,7 +32,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import HTTPBearer
 
-from pqcall.crypto.identity import IdentityPublicKey
+from pqcall.crypto.identity import IdentityPrivateKey, IdentityPublicKey
 from pqcall.exceptions import BadSignature, DecodeError, ServerError
 from pqcall.server.context import AppContext, Context, api_error
 from pqcall.server.storage import AccountRecord, ChallengeUse, Storage
@@ -126,6 +129,15 @@ CurrentAccount = Annotated[AccountRecord, Depends(current_account)]
 """Route parameter type that receives the authenticated account."""
 
 
+@functools.cache
+def decoy_identity() -> IdentityPublicKey:
+    """A public identity whose private key was dropped at once: no signature verifies under it.
+
+    Logins for names without an account are checked against it (made once per process).
+    """
+    return IdentityPrivateKey.generate().public_key()
+
+
 async def account_named(context: AppContext, username: str) -> AccountRecord:
     """The account called ``username`` (normalized), or 404."""
     account = await context.storage.accounts.get_account_by_name(username)
@@ -139,8 +151,12 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 @router.post("/challenge")
 async def challenge(body: ChallengeRequest, context: Context) -> ChallengeResponse:
-    """A single-use login challenge for ``username``."""
-    await account_named(context, body.username)
+    """A single-use login challenge for ``username``, whether or not it is an account's.
+
+    An unknown name gets a challenge like any other (same shape, same work: one
+    insert), and the login that follows fails as a wrong signature does, so the
+    two routes do not tell who has an account.
+    """
     value = secrets.token_bytes(CHALLENGE_LENGTH)
     expires = context.now() + context.settings.challenge_ttl_s
     await context.storage.logins.create_challenge(body.username, value, expires)
@@ -152,22 +168,27 @@ async def challenge(body: ChallengeRequest, context: Context) -> ChallengeRespon
 @router.post("/login")
 async def login(body: LoginRequest, context: Context) -> LoginResponse:
     """Trade a signed challenge for a bearer token."""
-    account = await account_named(context, body.username)
     now = context.now()
     # burn the challenge first: it is single use whether or not the signature verifies
     use = await context.storage.logins.use_challenge(body.username, body.challenge, now)
     if use is not ChallengeUse.OK:
         raise api_error(status.HTTP_401_UNAUTHORIZED, _CHALLENGE_ERRORS[use])
+    account = await context.storage.accounts.get_account_by_name(body.username)
     try:
-        identity = IdentityPublicKey.decode(account.identity)
+        # an unknown name is checked against a key nobody holds: same work, same failure
+        identity = (
+            decoy_identity() if account is None else IdentityPublicKey.decode(account.identity)
+        )
         identity.verify(
             body.signature,
             login_signed_data(context.settings.server_name, body.username, body.challenge),
             context=LOGIN_CONTEXT,
         )
     except (BadSignature, DecodeError):
-        logger.info("login refused: bad signature for %s", account.username)
+        logger.info("login refused: bad signature for %s", body.username)
         raise api_error(status.HTTP_401_UNAUTHORIZED, "login signature does not verify") from None
+    if account is None:  # only if someone forged a signature by the decoy key
+        raise api_error(status.HTTP_401_UNAUTHORIZED, "login signature does not verify")
     token = secrets.token_bytes(TOKEN_LENGTH)
     expires = now + context.settings.token_ttl_s
     await context.storage.logins.create_token(hash_token(token), account.id, expires)
