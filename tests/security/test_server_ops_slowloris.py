@@ -123,9 +123,7 @@ def test_one_address_cannot_hold_more_than_its_share(tmp_path):
             for conn in attackers:
                 conn.close()
         # once they are gone, the address is served again
-        wait_until(
-            lambda: _health(url) == 200, "a request from that address to be served again"
-        )
+        wait_until(lambda: _health(url) == 200, "a request from that address to be served again")
 
 
 def test_total_connections_are_capped(tmp_path):

@@ -208,6 +208,15 @@ def run(args: argparse.Namespace) -> int:
             may read, or the database cannot be opened or migrated (one line,
             no traceback).
     """
+    settings = settings_from_args(args)
+    previous_umask = os.umask(PRIVATE_UMASK)  # the database, -wal, -shm, stored files: owner only
+    try:
+        return _serve(args, settings)
+    finally:
+        os.umask(previous_umask)  # a caller in the same process (tests) gets its own back
+
+
+def _serve(args: argparse.Namespace, settings: ServerSettings) -> int:
     import asyncio
 
     import uvicorn
@@ -216,8 +225,6 @@ def run(args: argparse.Namespace) -> int:
     from pqcall.server.app import create_app
     from pqcall.server.storage.database import display_url, run_migrations
 
-    settings = settings_from_args(args)
-    os.umask(PRIVATE_UMASK)  # the database, its -wal and -shm, stored files: owner only
     prepare_data_dir(settings.data_dir)
     if args.tls_self_signed:
         from pqcall.server.tls import self_signed_certificate
