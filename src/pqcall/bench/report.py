@@ -1,10 +1,17 @@
-"""A figure, its baseline measured in the same run, and how to print both."""
+"""A figure, its baseline measured in the same run, and how to print both.
+
+Figures measured on several voices (:func:`voice_figures`) come three ways:
+one per voice (``"<name>, voice <voice>"``), over all voices (``"<name>"``,
+the mean unless said otherwise) and the worst voice's (``"<name>, worst
+voice"``: pqcall's worst against the baseline's worst).
+"""
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 
@@ -27,6 +34,44 @@ class Figure:
     def ratio(self) -> float:
         """``value / baseline``."""
         return self.value / self.baseline if self.baseline else float("inf")
+
+
+def voice_figures(
+    name: str,
+    unit: str,
+    baseline_name: str,
+    per_voice: Mapping[str, tuple[float, float]],
+    *,
+    higher_is_better: bool,
+    overall: Callable[[Sequence[float]], float] = statistics.fmean,
+) -> list[Figure]:
+    """One figure per voice, then the figure over all voices, then the worst voice's.
+
+    Args:
+        name: what was measured.
+        unit: its unit.
+        baseline_name: what the baseline is.
+        per_voice: voice -> (pqcall's value, the baseline's value).
+        higher_is_better: the worst voice is the lowest value (PESQ) or the highest (CPU).
+        overall: how the voices' values combine into the figure over all voices.
+    """
+    ours = [value for value, _ in per_voice.values()]
+    theirs = [baseline for _, baseline in per_voice.values()]
+    worst = min if higher_is_better else max
+    return [
+        *(
+            Figure(f"{name}, voice {voice}", value, unit, baseline_name, baseline)
+            for voice, (value, baseline) in per_voice.items()
+        ),
+        Figure(name, overall(ours), unit, baseline_name, overall(theirs)),
+        Figure(f"{name}, worst voice", worst(ours), unit, baseline_name, worst(theirs)),
+    ]
+
+
+def worst_voice(per_voice: Mapping[str, float], *, higher_is_better: bool) -> str:
+    """The voice with the worst value."""
+    pick = min if higher_is_better else max
+    return pick(per_voice, key=lambda voice: per_voice[voice])
 
 
 def cpu_seconds_per_call(work: Callable[[], object], repeat: int) -> float:
