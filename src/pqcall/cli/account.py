@@ -41,6 +41,12 @@ def add_parsers(
     )
     add_passphrase_option(register)
     register.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain http:// to a server beyond this machine and private networks"
+        " (refused by default: logins and call metadata would travel unencrypted)",
+    )
+    register.add_argument(
         "--weak-passphrase",
         action="store_true",
         help="accept a new passphrase that is easy to guess (refused by default)",
@@ -80,6 +86,10 @@ def run_register(args: argparse.Namespace) -> int:
     name = normalize(args.name)
     home = open_home(args)
     url = server_url(args.server) if args.server else None
+    if url is not None:
+        from pqcall.client.http import refuse_plain_http
+
+        refuse_plain_http(url, insecure=args.insecure)  # before any prompt or connection
     return runtime.run(_register(args, home, name, url, Console()))
 
 
@@ -97,7 +107,7 @@ async def _register(
         if not args.weak_passphrase:
             check_passphrase_strength(secret, user_inputs=(name,), override="--weak-passphrase")
         console.say(f"creating a new identity in {home.path}")
-    registration = await register(home, name, url, secret)
+    registration = await register(home, name, url, secret, insecure=args.insecure)
     config, account = registration.config, registration.account
     console.say(
         f"registered {config.username} at {config.server_url} (server {config.server_name})"

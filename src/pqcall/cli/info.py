@@ -149,10 +149,15 @@ async def _pin_from_server(
     """Pin ``name``'s identity from the server on first use (a login, no phone, no events)."""
     from pqcall.client.api import ServerApi
     from pqcall.client.peers import check_peer
+    from pqcall.client.server_cert import server_verify
 
     identity = account.identity
     async with ServerApi(
-        config.server_url, config.username, identity, server_name=config.server_name
+        config.server_url,
+        config.username,
+        identity,
+        server_name=config.server_name,
+        verify=server_verify(home),
     ) as api:
         await check_peer(api, home.contacts(), name)
     return runtime.EXIT_OK

@@ -17,17 +17,28 @@ the token, :mod:`pqcall.client.api` the routes):
 A GET whose connection fails (not one that times out) is repeated up to
 :data:`GET_RETRIES` times; other methods are never repeated here. Tokens
 never appear in messages or logs.
+
+Transport security (issue 20, finding 10): :func:`refuse_plain_http` refuses
+an ``http://`` URL to an address beyond loopback and private networks unless
+the person said ``--insecure``, before any connection; a
+:class:`PinnedCertificate` trusts exactly one server certificate (pinned on
+first use, :mod:`pqcall.client.server_cert`), and a server presenting another
+is refused with one loud line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import logging
 import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -44,21 +55,85 @@ DEFAULT_TIMEOUT_S = 10.0
 GET_RETRIES = 2  # repeats of a GET whose connection failed
 GET_RETRY_DELAYS_S = (0.2, 0.5)  # pause before each repeat
 MAX_REASON_CHARS = 300  # of an error text quoted into an exception
+LOCAL_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "10.0.0.0/8",  # RFC 1918
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",  # link-local
+        "fc00::/7",  # RFC 4193 unique local
+        "fe80::/10",  # link-local
+    )
+)  # where plain http:// is accepted (with loopback); ipaddress's is_private is wider
 
 _Model = TypeVar("_Model", bound=pydantic.BaseModel)
 
 
-def tls_context(verify: bool | str) -> ssl.SSLContext:
+@dataclass(frozen=True, slots=True)
+class PinnedCertificate:
+    """Trust exactly the server certificate in ``path``, whatever name the server was reached by.
+
+    Only the holder of that certificate's private key can complete the TLS
+    handshake, so the host name adds nothing (and a LAN server's address may
+    change); the certificate's validity period is still checked.
+    """
+
+    path: Path
+    """The PEM file of the pinned certificate (in the home, 0600)."""
+
+
+Verify = bool | str | PinnedCertificate
+"""TLS verification of the server, as :func:`tls_context` takes it."""
+
+
+def tls_context(verify: Verify) -> ssl.SSLContext:
     """The TLS context for ``verify``: the default trust store, a pinned certificate, or none.
 
     Args:
         verify: ``True`` for the usual certificate authorities, a path to a PEM
-            file to trust that certificate (or CA) and nothing else, ``False``
-            to check nothing (tests only).
+            file to trust that certificate (or CA) and nothing else, a
+            :class:`PinnedCertificate`, ``False`` to check nothing (tests only).
     """
+    if isinstance(verify, PinnedCertificate):
+        context = ssl.create_default_context(cafile=str(verify.path))
+        context.check_hostname = False  # the certificate itself is the pin
+        return context
     if isinstance(verify, str):
         return ssl.create_default_context(cafile=verify)
     return httpx.create_ssl_context(verify=verify)
+
+
+def refuse_plain_http(url: str, *, insecure: bool) -> None:
+    """Refuse ``http://`` to a public address unless ``insecure``; checked before any connection.
+
+    Plain HTTP is accepted to loopback, private (RFC 1918, RFC 4193) and
+    link-local addresses, ``localhost``, ``.local`` (mDNS) names and names
+    without a dot (a LAN's own), where the network is the person's own; any
+    other host name is not resolved here, so it counts as public.
+
+    Raises:
+        ServerError: one line naming the URL and the two ways out.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    if insecure or parsed.scheme.lower() != "http":
+        return
+    host = (parsed.hostname or "").lower()
+    if ("." not in host and ":" not in host) or host.endswith((".localhost", ".local")):
+        return
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and (
+        address.is_loopback or any(address in network for network in LOCAL_NETWORKS)
+    ):
+        return
+    raise ServerError(
+        f"refusing plain http:// to {host or url}, which is not on this machine or a private"
+        " network: logins and call metadata would cross the internet unencrypted; use https://,"
+        " or --insecure if you accept that"
+    )
 
 
 class HttpSession:
@@ -71,10 +146,11 @@ class HttpSession:
     """
 
     def __init__(
-        self, base_url: str, *, verify: bool | str = True, timeout_s: float = DEFAULT_TIMEOUT_S
+        self, base_url: str, *, verify: Verify = True, timeout_s: float = DEFAULT_TIMEOUT_S
     ) -> None:
         self.base_url = base_url.rstrip("/")  # where the server is, as given
         self.ssl_context = tls_context(verify)  # shared with the event stream (wss://)
+        self.pinned = verify if isinstance(verify, PinnedCertificate) else None  # for messages
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             verify=self.ssl_context,
@@ -183,7 +259,15 @@ class HttpSession:
             raise self.unreachable(exc) from None
 
     def unreachable(self, exc: httpx.TransportError) -> ServerUnreachable:
-        """The error for a request that got no answer."""
+        """The error for a request that got no answer; loud when a pinned certificate changed."""
+        if self.pinned is not None and _certificate_refused(exc):
+            path = self.pinned.path
+            return ServerUnreachable(
+                f"the server at {self.base_url} presents a TLS certificate other than the one"
+                f" pinned in {path}: someone may be intercepting the connection. If its operator"
+                " replaced the certificate, compare its fingerprint by another channel, then"
+                f" delete {path} to pin the new one"
+            )
         return ServerUnreachable(f"cannot reach the server at {self.base_url}: {describe(exc)}")
 
     def error(self, response: httpx.Response, *, user: str | None = None) -> ApiError:
@@ -256,6 +340,15 @@ def describe(exc: httpx.TransportError) -> str:
             return "host name not found"
         cause = cause.__cause__ or cause.__context__
     return one_line(str(exc)) or type(exc).__name__
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _authorization(token: str | None) -> dict[str, str]:

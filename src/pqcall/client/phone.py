@@ -52,6 +52,7 @@ from pqcall.client.registration import Registration as Registration
 from pqcall.client.registration import register as register
 from pqcall.client.ringlimit import RingLimiter
 from pqcall.client.screening import SCREENING_NAME, CallScreen, Screening, TurnAway
+from pqcall.client.server_cert import server_verify
 from pqcall.crypto.handshake import CalleeHandshake
 from pqcall.crypto.handshake_messages import Offer
 from pqcall.crypto.identity import IdentityPublicKey
@@ -163,6 +164,7 @@ class Phone:
             config.username,
             self._account.identity,
             server_name=config.server_name,
+            verify=server_verify(self.home),
         )
         await self._api.login()
         self._events = self._api.events()

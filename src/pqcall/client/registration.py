@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from pqcall.client.api import ServerApi
 from pqcall.client.home import AccountConfig, Home
+from pqcall.client.http import refuse_plain_http
+from pqcall.client.server_cert import pin_on_first_use
 from pqcall.crypto.filekey import KeyBundle
 from pqcall.crypto.keystore import DEFAULT_KDF_PARAMS, AccountSecrets, KdfParams
 from pqcall.exceptions import CallError
@@ -36,17 +38,23 @@ async def register(
     passphrase: str,
     *,
     kdf_params: KdfParams = DEFAULT_KDF_PARAMS,
+    insecure: bool = False,
 ) -> Registration:
     """Create the account in ``home`` if it has none, and register it as ``name``.
 
     Registering again with the same name and server is harmless (the server
-    answers with the stored entry when the identity matches).
+    answers with the stored entry when the identity matches). Plain
+    ``http://`` beyond private networks is refused first unless ``insecure``;
+    a self-signed ``https://`` server's certificate is pinned in the home
+    (:mod:`pqcall.client.server_cert`).
 
     Raises:
         CallError: ``home`` is already registered under another name or server.
-        ServerError: the server refused (name taken, bad request) or is unreachable.
+        ServerError: plain HTTP to a public address, the server refused (name
+            taken, bad request) or is unreachable.
         WrongPassphrase: the existing keystore does not open with ``passphrase``.
     """
+    refuse_plain_http(server_url, insecure=insecure)  # before any file or connection
     username = usernames.normalize(name)
     config = home.load_config()
     if config is not None and (config.username, config.server_url) != (username, server_url):
@@ -62,7 +70,10 @@ async def register(
         account.identity, username, account.file_key.public_key(), int(time.time())
     ).encode()
     pinned = config.server_name if config is not None else None
-    async with ServerApi(server_url, username, account.identity, server_name=pinned) as api:
+    verify = await pin_on_first_use(home, server_url)
+    async with ServerApi(
+        server_url, username, account.identity, server_name=pinned, verify=verify
+    ) as api:
         await api.register(bundle)
         server_name = api.server_name
     assert server_name is not None

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pqcall.client.api import ServerApi
 from pqcall.client.files import FileTransfers
 from pqcall.client.home import AccountConfig, Home
+from pqcall.client.server_cert import server_verify
 
 __all__ = ["open_transfers"]
 
@@ -33,6 +34,10 @@ async def open_transfers(
     """
     account = await asyncio.to_thread(home.unlock, secret)
     async with ServerApi(
-        config.server_url, config.username, account.identity, server_name=config.server_name
+        config.server_url,
+        config.username,
+        account.identity,
+        server_name=config.server_name,
+        verify=server_verify(home),
     ) as api:
         yield FileTransfers(home, api, account, home.contacts())
