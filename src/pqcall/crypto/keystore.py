@@ -61,7 +61,7 @@ from pqcall.crypto.encoding import Kind, Reader
 from pqcall.crypto.filekey import FilePrivateKey
 from pqcall.crypto.identity import IdentityPrivateKey, sha256
 from pqcall.exceptions import DecodeError, KeystoreError, WrongPassphrase
-from pqcall.safefile import replace_file
+from pqcall.safefile import replace_file, shared_access
 
 KEYSTORE_VERSION = 1
 KDF_ARGON2ID = 1
@@ -91,7 +91,6 @@ MAX_ESTIMATED_CHARS = 72
 
 PASSPHRASE_ENV = "PQCALL_PASSPHRASE"
 PASSPHRASE_FILE_ENV = "PQCALL_PASSPHRASE_FILE"
-_GROUP_OTHER_BITS = 0o077
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -490,11 +489,9 @@ def _read_private_file(path: Path, what: str, max_bytes: int) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise KeystoreError(f"{what} {path} is not a regular file")
-        if os.name == "posix" and info.st_mode & _GROUP_OTHER_BITS:
-            mode = stat.S_IMODE(info.st_mode)
-            raise KeystoreError(
-                f"{what} {path} is accessible by others (mode {mode:04o}); run: chmod 600 {path}"
-            )
+        problem = shared_access(info, path, what)
+        if problem is not None:
+            raise KeystoreError(problem)
         if info.st_size > max_bytes:
             raise KeystoreError(f"{what} {path} is too large")
         chunks: list[bytes] = []
