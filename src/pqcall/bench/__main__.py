@@ -1,4 +1,4 @@
-"""``python -m pqcall.bench NAME [--quick] [--json PATH] [--db URL] [--sizes MIB,...]``.
+"""``python -m pqcall.bench NAME [--quick] [--json PATH] [--db URL] [--sizes MIB,...] [--corpus]``.
 
 Importing this module is cheap (``pqcall --help`` builds its parser): a benchmark's
 module, with numpy, Opus or the server behind it, loads only when it runs.
@@ -14,7 +14,7 @@ from pathlib import Path
 from pqcall.bench.report import render_table, to_json
 from pqcall.exceptions import PqcallError
 
-BENCHMARKS = ("codec", "crypto", "files", "media", "relay", "server")
+BENCHMARKS = ("audio", "codec", "crypto", "files", "media", "relay", "server")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MIB,...",
         help="files benchmark: file sizes in MiB (default: 1,100,1024; --quick: 1,100)",
     )
+    parser.add_argument(
+        "--corpus",
+        action=argparse.BooleanOptionalAction,
+        help="codec and media benchmarks: play the speech corpus's voices"
+        " (default: if espeak-ng can build it, else the two samples)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,13 +54,17 @@ def run(args: argparse.Namespace) -> int:
         raise PqcallError("--db applies only to the server benchmark")
     if args.sizes and args.name != "files":
         raise PqcallError("--sizes applies only to the files benchmark")
+    if args.corpus is not None and args.name not in ("codec", "media"):
+        raise PqcallError("--corpus applies only to the codec and media benchmarks")
     benchmark = importlib.import_module(f"pqcall.bench.{args.name}")  # only the one run
     if args.name == "files":
         runs = benchmark.measure(benchmark.parse_sizes(args.sizes, args.quick))
         figures = benchmark.figures(runs)
         print(benchmark.render(runs))
     else:
-        options = {"db_url": args.db} if args.name == "server" else {}
+        options: dict[str, object] = {"db_url": args.db} if args.name == "server" else {}
+        if args.name in ("codec", "media"):
+            options["corpus"] = args.corpus
         figures = benchmark.run(quick=args.quick, **options)
         print(render_table(f"pqcall bench {args.name}", figures))
     if args.json:

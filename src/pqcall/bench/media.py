@@ -1,8 +1,10 @@
 """Media quality benchmark: pqcall's call pipeline against the prototype's, side by side.
 
-``python -m pqcall.bench media [--quick] [--json PATH]`` (or ``pqcall bench
-media``) sends speech (``media/samples/alice.wav``; the callee answers with
-``bob.wav``) through two real call pipelines, in real time, on loopback UDP,
+``python -m pqcall.bench media [--quick] [--json PATH] [--corpus | --no-corpus]``
+(or ``pqcall bench media``) sends speech, voice by voice
+(:mod:`pqcall.bench.speech`: each of the speech corpus's ten voices, answered
+by the next one; without the corpus ``media/samples/alice.wav``, answered with
+``bob.wav``), through two real call pipelines, in real time, on loopback UDP,
 through the same :class:`~pqcall.netem.ImpairmentRelay`:
 
 * pqcall: two ``MediaSession`` objects at default settings: Opus encode,
@@ -18,25 +20,30 @@ bursty loss (Gilbert-Elliott, mean burst 3 datagrams) and 30 ms jitter
 packets reorder). Loss is drawn per datagram, so the same seed drops the
 same share of each system's packets, though a prototype packet carries
 64 ms of audio and a pqcall one 20 ms. Every condition runs :data:`REPEATS`
-times, each time with another seed (:func:`repeat_seed`), and each figure
-is the mean over the runs: one loss pattern is a small sample (PESQ-WB at
-20 % loss moves by about 0.1 from one seed to the next, and CPU time by a few
-tenths of a percent from one run to the next on a shared machine). More
-runs, once each: pqcall at 10 ms frames (latency); pqcall at 10 % loss with
-its playout clock in phase with the sender's (the worst phase, see
-``Scenario.phase_frames``); and both systems with 30 ms jitter switched off
-mid-call, to time how fast the jitter-buffer delay comes back down.
+times for each voice, each time with another seed (:func:`repeat_seed`; the
+voices share the seeds), and each figure is the mean over the runs: one loss
+pattern is a small sample (PESQ-WB at 20 % loss moves by about 0.1 from one
+seed to the next, and CPU time by a few tenths of a percent from one run to
+the next on a shared machine). More
+runs, once each and on the first voice only: pqcall at 10 ms frames
+(latency); pqcall at 10 % loss with its playout clock in phase with the
+sender's (the worst phase, see ``Scenario.phase_frames``); and both systems
+with 30 ms jitter switched off mid-call, to time how fast the jitter-buffer
+delay comes back down.
 
 For each: PESQ-WB (:mod:`pqcall.bench.quality`: resampled to 16 kHz with
 soxr, aligned by cross-correlation, P.862.2), wire bitrate with IPv4, UDP and
 SFrame overhead, mean jitter-buffer delay, one-way latency from a frame
 complete at the source to its first sample handed to the sink (median and
 95th percentile) and CPU per call side (:mod:`pqcall.bench.call` says how
-each is measured).
+each is measured). Every condition's figures come per voice, over all
+voices (the mean) and for the worst voice (:func:`pqcall.bench.report.voice_figures`);
+a table of PESQ-WB per voice and condition, and the worst voice, are printed.
 
-Runtime: every call is real time, about 22 s: 40 calls, about 7.5 minutes
-(``--quick``: 4 s of speech, no loss and 10 % loss only, one run each,
-about 15 s). Two
+Runtime: every call is real time, the speech and a second: on the corpus
+(about 10 s a voice) 364 calls, about 35 minutes; on the samples (21 s)
+40 calls, about 7.5 minutes (``--quick``: 4 s of speech of two voices, no
+loss and 10 % loss only, one run each, about 30 s). Two
 worker processes run two calls at a time, one per core; each measures only
 its own call's CPU time (the relay runs in a third process). With one core,
 calls run one by one.
@@ -58,16 +65,9 @@ from typing import Final
 
 from pqcall.bench.baseline import FRAME_MS as PROTOTYPE_FRAME_MS
 from pqcall.bench.call import CallRecord, Scenario, run_call
-from pqcall.bench.quality import (
-    REFERENCE_RATE_HZ,
-    SAMPLES_DIR,
-    Samples,
-    align,
-    check_pesq,
-    load_reference,
-    pesq_wb,
-)
-from pqcall.bench.report import Figure
+from pqcall.bench.quality import REFERENCE_RATE_HZ, Samples, align, check_pesq, pesq_wb
+from pqcall.bench.report import Figure, render_columns, voice_figures, worst_voice
+from pqcall.bench.speech import Talker, call_pairs, select_speech
 from pqcall.media.codec import SAMPLE_RATE_HZ, OpusEncoder, OpusSettings
 from pqcall.netem import GilbertElliott, Impairment
 from pqcall.transport.session import MediaSettings
@@ -204,16 +204,28 @@ def settle_s(
     return later[0] - stop_s
 
 
-def _jobs(quick: bool, speech_s: float) -> list[tuple[str, Scenario]]:
+Job = tuple[str, Scenario, Talker, Talker]
+"""(system, scenario, the caller's voice, the callee's voice)."""
+
+
+def _jobs(quick: bool, pairs: Sequence[tuple[Talker, Talker]]) -> list[Job]:
     conditions = QUICK_CONDITIONS if quick else CONDITIONS
     jobs = [
-        (system, Scenario(name, repeat_seed(impairment, repeat), speech_s=speech_s))
+        (
+            system,
+            Scenario(name, repeat_seed(impairment, repeat), speech_s=caller.seconds),
+            caller,
+            reply,
+        )
         for repeat in range(1 if quick else REPEATS)
+        for caller, reply in pairs
         for name, impairment in conditions
         for system in (PQCALL, PROTOTYPE)
     ]
     if quick:
         return jobs
+    caller, reply = pairs[0]
+    speech_s = caller.seconds
     ten_ms = MediaSettings(opus=OpusSettings(frame_ms=10))
     settle = Scenario(
         SETTLE,
@@ -221,26 +233,26 @@ def _jobs(quick: bool, speech_s: float) -> list[tuple[str, Scenario]]:
         speech_s=SETTLE_CALM_S + SETTLE_JITTER_S + SETTLE_WINDOW_S,
         impaired_between_s=(SETTLE_CALM_S, SETTLE_CALM_S + SETTLE_JITTER_S),
     )
-    return [
-        *jobs,
+    extras = [
         (PQCALL, settle),
         (PROTOTYPE, settle),
         (PQCALL, Scenario(TEN_MS, speech_s=speech_s, settings=ten_ms)),
         (PQCALL, Scenario(IN_PHASE, CONDITIONS[2][1], speech_s=speech_s, phase_frames=0.0)),
     ]
+    return jobs + [(system, scenario, caller, reply) for system, scenario in extras]
 
 
-def _run_all(
-    jobs: Sequence[tuple[str, Scenario]], speech: Samples, reply: Samples
-) -> list[CallRecord]:
+def _run_all(jobs: Sequence[Job]) -> list[CallRecord]:
+    """Every job's call record, in job order."""
     workers = min(WORKERS, os.cpu_count() or 1)
     if workers < 2:
-        return [run_call(system, scenario, speech, reply) for system, scenario in jobs]
+        return [run_call(sys_, sc, caller.speech, reply.speech) for sys_, sc, caller, reply in jobs]
     # spawn: fresh interpreters (forking a process that runs threads is unsafe)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = [
-            pool.submit(run_call, system, scenario, speech, reply) for system, scenario in jobs
+            pool.submit(run_call, system, scenario, caller.speech, reply.speech)
+            for system, scenario, caller, reply in jobs
         ]
         return [future.result() for future in futures]
 
@@ -259,24 +271,37 @@ _METRICS: Final = (
     ("latency p95", "ms", _LATENCY_P95),
     ("CPU per call side", "% core", _CPU),
 )
+_HIGHER_IS_BETTER: Final = frozenset({"PESQ-WB"})
+"""Metrics whose worst voice is the lowest value (the others: the highest)."""
 
 
 Scored = dict[tuple[str, str], Runs]
-"""(system, condition) -> its runs."""
+"""(system, condition) -> its runs, all voices."""
+ByVoice = dict[tuple[str, str, str], Runs]
+"""(system, condition, voice) -> its runs."""
 
 
-def _condition_figures(names: Sequence[str], scored: Scored) -> list[Figure]:
-    return [
-        Figure(
-            f"{metric}, {name}",
-            scored[PQCALL, name].mean(value),
-            unit,
-            PROTOTYPE_NAME,
-            scored[PROTOTYPE, name].mean(value),
-        )
-        for metric, unit, value in _METRICS
-        for name in names
-    ]
+def _condition_figures(
+    names: Sequence[str], voices: Sequence[str], by_voice: ByVoice
+) -> list[Figure]:
+    figures: list[Figure] = []
+    for metric, unit, value in _METRICS:
+        for name in names:
+            per_voice = {
+                voice: (
+                    by_voice[PQCALL, name, voice].mean(value),
+                    by_voice[PROTOTYPE, name, voice].mean(value),
+                )
+                for voice in voices
+            }
+            figures += voice_figures(
+                f"{metric}, {name}",
+                unit,
+                PROTOTYPE_NAME,
+                per_voice,
+                higher_is_better=metric in _HIGHER_IS_BETTER,
+            )
+    return figures
 
 
 _EXTRA_RUNS: Final = {
@@ -286,7 +311,9 @@ _EXTRA_RUNS: Final = {
 """pqcall-only runs: the prototype condition each is compared with, and its figures."""
 
 
-def _extra_figures(scored: Scored, records: Sequence[CallRecord]) -> list[Figure]:
+def _extra_figures(
+    scored: Scored, by_voice: ByVoice, first_voice: str, records: Sequence[CallRecord]
+) -> list[Figure]:
     ours, theirs = scored[PQCALL, CONDITIONS[0][0]], scored[PROTOTYPE, CONDITIONS[0][0]]
     # mouth to ear, less the sound cards: framing and codec delay come before the pipeline
     lookahead_ms = 1000.0 * OpusEncoder().lookahead_samples / SAMPLE_RATE_HZ
@@ -302,7 +329,8 @@ def _extra_figures(scored: Scored, records: Sequence[CallRecord]) -> list[Figure
     for name, (condition, metrics) in _EXTRA_RUNS.items():
         if (PQCALL, name) not in scored:
             continue
-        extra, baseline = scored[PQCALL, name], scored[PROTOTYPE, condition]
+        # the extra runs play the first voice: compared with the prototype on that voice
+        extra, baseline = scored[PQCALL, name], by_voice[PROTOTYPE, condition, first_voice]
         figures += [
             Figure(
                 f"{metric}, {name}", extra.mean(value), unit, PROTOTYPE_NAME, baseline.mean(value)
@@ -410,26 +438,86 @@ def _summary(names: Sequence[str], scored: Scored) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def run(*, quick: bool = False) -> list[Figure]:
-    """Run every call, print a summary with one row per condition, return the figures.
+def _voice_summary(names: Sequence[str], talkers: Sequence[Talker], by_voice: ByVoice) -> str:
+    """PESQ-WB per voice and condition (pqcall/prototype, means over the runs), mean, worst."""
+    header = ["voice", "who", *names]
+    pairs = {
+        t.name: [
+            (
+                by_voice[PQCALL, name, t.name].mean(_PESQ),
+                by_voice[PROTOTYPE, name, t.name].mean(_PESQ),
+            )
+            for name in names
+        ]
+        for t in talkers
+    }
+    rows = [
+        [t.name, t.description, *(f"{a:.2f}/{b:.2f}" for a, b in pairs[t.name])] for t in talkers
+    ]
+    for label, combine in (("mean", statistics.fmean), ("worst voice", min)):
+        cells = []
+        for index in range(len(names)):
+            ours = combine(pairs[t.name][index][0] for t in talkers)
+            theirs = combine(pairs[t.name][index][1] for t in talkers)
+            cells.append(f"{ours:.2f}/{theirs:.2f}")
+        rows.append([label, "", *cells])
+    worst = {
+        name: worst_voice({t.name: pairs[t.name][index][0] for t in talkers}, higher_is_better=True)
+        for index, name in enumerate(names)
+    }
+    line = "; ".join(
+        f"{name}: {voice} ({pairs[voice][names.index(name)][0]:.2f})"
+        for name, voice in worst.items()
+    )
+    return (
+        render_columns("PESQ-WB per voice, pqcall/prototype", header, rows)
+        + f"\nworst voice by PESQ-WB: {line}"
+    )
+
+
+def run(*, quick: bool = False, corpus: bool | None = None) -> list[Figure]:
+    """Run every call, print a summary per condition and per voice, return the figures.
+
+    Args:
+        quick: a short run (see the module docstring).
+        corpus: the speech corpus (True), the two samples (False), or the
+            corpus if it can be built (None).
 
     Raises:
         PqcallError: the ``pesq`` package is missing.
+        CorpusUnavailable: ``corpus`` is True and the corpus cannot be built.
     """
     check_pesq()
-    speech = load_reference(SAMPLES_DIR / "alice.wav", QUICK_SPEECH_S if quick else None)
-    reply = load_reference(SAMPLES_DIR / "bob.wav")
-    jobs = _jobs(quick, len(speech) / REFERENCE_RATE_HZ)
-    print(f"media bench: {len(jobs)} calls in real time...", file=sys.stderr, flush=True)
-    records = _run_all(jobs, speech, reply)
+    talkers = select_speech(corpus, quick=quick)
+    if quick:
+        limit = round(QUICK_SPEECH_S * REFERENCE_RATE_HZ)
+        talkers = tuple(replace(t, speech=t.speech[:limit]) for t in talkers)
+    pairs = call_pairs(talkers)
+    callers = [caller for caller, _ in pairs]
+    jobs = _jobs(quick, pairs)
+    print(
+        f"media bench: {len(jobs)} calls in real time, {len(callers)} voice(s)...",
+        file=sys.stderr,
+        flush=True,
+    )
+    records = _run_all(jobs)
     runs: defaultdict[tuple[str, str], list[ScoredCall]] = defaultdict(list)
-    for record in records:
+    voice_runs: defaultdict[tuple[str, str, str], list[ScoredCall]] = defaultdict(list)
+    for (system, _, caller, _), record in zip(jobs, records, strict=True):
         if record.scenario != SETTLE:
-            runs[record.system, record.scenario].append(_score(record, speech))
+            call = _score(record, caller.speech)
+            runs[system, record.scenario].append(call)
+            voice_runs[system, record.scenario, caller.name].append(call)
     scored = {key: Runs(tuple(calls)) for key, calls in runs.items()}
+    by_voice = {key: Runs(tuple(calls)) for key, calls in voice_runs.items()}
     names = [name for name, _ in (QUICK_CONDITIONS if quick else CONDITIONS)]
     extra = [name for name in _EXTRA_RUNS if (PQCALL, name) in scored]
-    print("pqcall bench media: per condition\n")
+    print("pqcall bench media: per condition, all voices\n")
     print(_summary(names + extra, scored))
     print()
-    return _condition_figures(names, scored) + _extra_figures(scored, records)
+    print(_voice_summary(names, callers, by_voice))
+    print()
+    voices = [caller.name for caller in callers]
+    return _condition_figures(names, voices, by_voice) + _extra_figures(
+        scored, by_voice, voices[0], records
+    )

@@ -6,19 +6,21 @@ None (the default of ``--corpus``) it takes the corpus
 (:mod:`pqcall.bench.corpus`) when it can be built and otherwise falls back to
 ``media/samples/alice.wav`` and ``bob.wav``, printing one line that says so;
 True insists on the corpus, False takes the samples. ``quick`` keeps
-:data:`QUICK_VOICES` of the corpus.
+:data:`QUICK_VOICES` of the corpus. :func:`call_pairs` says who answers whom
+in a benchmark call.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from pqcall.bench.corpus import CorpusUnavailable, build_corpus
 from pqcall.bench.quality import REFERENCE_RATE_HZ, SAMPLES_DIR, Samples, load_reference
 
-__all__ = ["QUICK_VOICES", "SAMPLE_TALKERS", "Talker", "select_speech"]
+__all__ = ["QUICK_VOICES", "SAMPLE_TALKERS", "Talker", "call_pairs", "select_speech"]
 
 QUICK_VOICES: Final = ("en-us-male-low", "de-female-high")
 """The corpus voices of ``--quick``: the lowest and one of the highest pitches."""
@@ -39,6 +41,8 @@ class Talker:
     """Language, sex, pitch: a table cell."""
     speech: Samples
     """The speech at 16 kHz."""
+    is_sample: bool = False
+    """One of the shipped samples, not a corpus voice."""
 
     @property
     def seconds(self) -> float:
@@ -74,6 +78,17 @@ def select_speech(use_corpus: bool | None = None, *, quick: bool = False) -> tup
 
 def _samples() -> tuple[Talker, ...]:
     return tuple(
-        Talker(name, description, load_reference(SAMPLES_DIR / file))
+        Talker(name, description, load_reference(SAMPLES_DIR / file), is_sample=True)
         for name, file, description in SAMPLE_TALKERS
     )
+
+
+def call_pairs(talkers: Sequence[Talker]) -> list[tuple[Talker, Talker]]:
+    """(caller's voice, callee's voice) of each benchmark call.
+
+    Corpus voices each call once, answered by the next voice (the last by the
+    first); the samples make one pair, alice answered by bob, as before the corpus.
+    """
+    if all(talker.is_sample for talker in talkers):
+        return [(talkers[0], talkers[-1])]
+    return [(talker, talkers[(i + 1) % len(talkers)]) for i, talker in enumerate(talkers)]
