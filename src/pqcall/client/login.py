@@ -148,13 +148,19 @@ class Login:
         if token == self._token:
             self._token = None
 
-    async def logout(self) -> None:
-        """Revoke the current token on the server (if there is one) and forget it."""
-        token = self._token
+    async def logout(self, *, everywhere: bool = False) -> None:
+        """Revoke the current token on the server (if there is one) and forget it.
+
+        With ``everywhere``, revoke every token of the account (other phones and
+        browser sessions; their push sockets close at once), logging in first if
+        needed. A device that holds the identity key can log in again.
+        """
+        token = await self.token() if everywhere else self._token
         if token is None:
             return
         self._token = None
-        response = await self._http.send("POST", "/auth/logout", token=token)
+        path = "/auth/logout/everywhere" if everywhere else "/auth/logout"
+        response = await self._http.send("POST", path, token=token)
         if response.status_code not in (204, 401):  # 401: it was no longer valid anyway
             raise self._http.error(response)
 

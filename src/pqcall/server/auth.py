@@ -19,14 +19,24 @@ usable token and tokens survive a restart.
 
 Every other authenticated request sends ``Authorization: Bearer <token>``;
 :func:`current_account` is the dependency that checks it.
+
+Logging out revokes the request's token (``POST /auth/logout``) or every token
+of the account (``POST /auth/logout/everywhere``): :func:`revoke` and
+:func:`revoke_account` delete them from storage, then announce a
+:class:`Revocation` on the process's :class:`Revocations`, which the push hub
+honours by closing the WebSockets opened with those tokens (4401), so a
+logged-out phone stops receiving calls at once, not when its token expires.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
@@ -52,6 +62,7 @@ from pqcall.signaling.messages import (
 logger = logging.getLogger(__name__)
 
 AUTHENTICATE = {"WWW-Authenticate": "Bearer"}
+REVOCATIONS_EXTRA = "revocations"  # context.extras key of the Revocations
 
 _CHALLENGE_ERRORS = {
     ChallengeUse.UNKNOWN: "challenge is unknown; request a new one",
@@ -199,8 +210,90 @@ async def login(body: LoginRequest, context: Context) -> LoginResponse:
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(request: Request, account: CurrentAccount, context: Context) -> Response:
-    """Revoke the bearer token of this request."""
+    """Revoke the bearer token of this request; push sockets opened with it are closed."""
     token = b64decode(bearer_token(request))
-    await context.storage.logins.delete_token(hash_token(token))
+    await revoke(context, hash_token(token))
     logger.info("logout: %s", account.username)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/logout/everywhere", status_code=status.HTTP_204_NO_CONTENT)
+async def logout_everywhere(account: CurrentAccount, context: Context) -> Response:
+    """Revoke every token of this account (every phone and browser); their sockets close."""
+    count = await revoke_account(context, account.id)
+    logger.info("logout everywhere: %s (%d tokens)", account.username, count)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# ---------------------------------------------------------------- revocation
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """Tokens that stopped being valid: what a push connection opened with them must drop."""
+
+    token_hashes: frozenset[bytes] = frozenset()
+    """SHA-256 of each revoked token (:func:`hash_token`)."""
+    account_id: int | None = None
+    """Set when every token of this account was revoked ("log out everywhere")."""
+
+    def covers(self, token_hash: bytes, account_id: int) -> bool:
+        """Whether a connection of ``account_id`` opened with ``token_hash`` is revoked."""
+        return account_id == self.account_id or token_hash in self.token_hashes
+
+
+RevocationListener = Callable[[Revocation], None]
+"""Called at once, on the event loop, for each revocation (it must not block)."""
+
+
+class Revocations:
+    """Where revocations are announced, after storage has forgotten the tokens.
+
+    The push hub subscribes and closes the sockets a revocation covers. On one
+    process, :meth:`publish` calls the listeners directly; a multi-process bus
+    would carry each :class:`Revocation` to the other processes and call
+    :meth:`publish` there (it is plain data). Storage is the truth either way: a
+    token deleted there is refused by every later request and WebSocket handshake.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[RevocationListener] = []  # the push hub, in practice
+
+    def subscribe(self, listener: RevocationListener) -> None:
+        """Call ``listener`` for every later revocation."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: RevocationListener) -> None:
+        """Stop calling ``listener`` (no-op if it was not subscribed)."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def publish(self, revocation: Revocation) -> None:
+        """Tell every listener; one that raises is logged and the others still run."""
+        for listener in list(self._listeners):
+            try:
+                listener(revocation)
+            except Exception:
+                logger.exception("revocation listener %r failed", listener)
+
+
+def revocations(context: AppContext) -> Revocations:
+    """The process's :class:`Revocations` (``context.extras["revocations"]``, made on first use)."""
+    found = context.extras.get(REVOCATIONS_EXTRA)
+    if not isinstance(found, Revocations):
+        found = Revocations()
+        context.extras[REVOCATIONS_EXTRA] = found
+    return found
+
+
+async def revoke(context: AppContext, token_hash: bytes) -> None:
+    """Revoke one token: forget it in storage, then announce it (its sockets close)."""
+    await context.storage.logins.delete_token(token_hash)
+    revocations(context).publish(Revocation(token_hashes=frozenset({token_hash})))
+
+
+async def revoke_account(context: AppContext, account_id: int) -> int:
+    """Revoke every token of an account, then announce it; how many tokens there were."""
+    count = await context.storage.logins.delete_account_tokens(account_id)
+    revocations(context).publish(Revocation(account_id=account_id))
+    return count

@@ -22,8 +22,10 @@ One connection, as :class:`PushConnection` runs it::
 Messages with a ``seq`` are events (:class:`~pqcall.signaling.messages.Event`);
 ``ready`` and ``ping`` are the only others. A connection that sends nothing
 through two pings in a row is closed (4408), as is one whose token expires
-(4401) or that falls :data:`MAX_QUEUED_EVENTS` behind (1013; it resumes on
-reconnect, nothing is lost).
+(4401, at the next ping) or is revoked (4401 "logged out", at once: the hub
+listens to :class:`~pqcall.server.auth.Revocations`), or that falls
+:data:`MAX_QUEUED_EVENTS` behind (1013; it resumes on reconnect, nothing is
+lost).
 
 Presence: when an account's first connection opens or its last one closes,
 ``last_seen`` is updated and a ``presence`` event goes to its *contacts*, the
@@ -50,6 +52,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from pqcall.server.auth import Revocation, revocations
 from pqcall.server.context import AppContext
 from pqcall.server.metrics import METRICS_EXTRA, ServerMetrics
 from pqcall.server.storage import AccountRecord
@@ -136,9 +139,12 @@ class EventHub:
     async def start(self, context: AppContext) -> None:
         self._context = context
         context.extras[EVENTS_EXTRA] = self
+        revocations(context).subscribe(self.revoked)
         self._refresher = asyncio.create_task(self._refresh_last_seen(), name="pqcall-last-seen")
 
     async def stop(self) -> None:
+        if self._context is not None:
+            revocations(self._context).unsubscribe(self.revoked)
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -194,8 +200,19 @@ class EventHub:
 
     # ------------------------------------------------------------ connections
 
+    def revoked(self, revocation: Revocation) -> None:
+        """Close every connection opened with a token ``revocation`` covers (4401)."""
+        for connection in list(self._all_connections()):
+            if revocation.covers(connection.token_hash, connection.account.id):
+                connection.close(CLOSE_UNAUTHORIZED, "logged out")
+
     async def serve(
-        self, websocket: WebSocket, account: AccountRecord, resume: int, expires_at: float
+        self,
+        websocket: WebSocket,
+        account: AccountRecord,
+        resume: int,
+        expires_at: float,
+        token_hash: bytes,
     ) -> None:
         """Run one accepted, authenticated push connection until it closes.
 
@@ -204,13 +221,23 @@ class EventHub:
             account: whose events it carries.
             resume: the last ``seq`` the phone saw (0: none).
             expires_at: when the connection's token expires (app clock).
+            token_hash: the hash of the token it authenticated with (for revocation).
         """
         context = self.context
         connection = PushConnection(
-            self, websocket, account, resume, expires_at, context.settings.heartbeat_interval_s
+            self,
+            websocket,
+            account,
+            resume,
+            expires_at,
+            context.settings.heartbeat_interval_s,
+            token_hash,
         )
         # register before reading the backlog, so no event falls between the two
         self._connections.setdefault(account.id, set()).add(connection)
+        # a logout between the handshake's check and now was announced before we listened
+        if await context.storage.logins.account_for_token(token_hash) is None:
+            connection.close(CLOSE_UNAUTHORIZED, "logged out")
         came_online = context.presence.connect(account.id)
         metrics = context.extras.get(METRICS_EXTRA)
         tracking = (
@@ -291,6 +318,7 @@ class PushConnection:
         resume: int,
         expires_at: float,
         heartbeat_s: float,
+        token_hash: bytes,
     ) -> None:
         self.hub = hub  # storage, acks
         self.websocket = websocket  # accepted
@@ -298,6 +326,7 @@ class PushConnection:
         self.resume = resume  # the last seq the phone had when it connected
         self.expires_at = expires_at  # token expiry, app clock
         self.heartbeat_s = heartbeat_s  # seconds between pings
+        self.token_hash = token_hash  # the token it opened with; revoking it closes us
         self.finished = asyncio.Event()  # set when serve() is done with this connection
         self._queue: asyncio.Queue[Event] = asyncio.Queue(MAX_QUEUED_EVENTS)  # live events
         self._closing: asyncio.Future[ConnectionClosing] = (

@@ -4,7 +4,8 @@ The token comes in ``Authorization: Bearer <token>`` or, for browsers (which
 cannot set headers on a WebSocket), the ``token`` query parameter. The
 handshake is always accepted, so that a refusal can carry a reason a browser
 can read: a missing, invalid or expired token closes the socket with code 4401
-and the reason, a bad ``resume`` with 4400. What follows is
+and the reason, a bad ``resume`` with 4400. Logging out (the token, or every
+token of the account) closes the socket at once with 4401 "logged out". What follows is
 :class:`pqcall.server.push.PushConnection`'s protocol.
 """
 
@@ -38,16 +39,18 @@ async def events(websocket: WebSocket) -> None:
     context: AppContext = websocket.app.state.context
     await websocket.accept()
     try:
-        account, expires_at = await _authenticate(context, websocket)
+        account, expires_at, token_hash = await _authenticate(context, websocket)
         resume = _resume(websocket.query_params.get("resume"))
     except ConnectionClosing as refusal:
         await websocket.close(refusal.code, refusal.reason)
         return
-    await event_hub(context).serve(websocket, account, resume, expires_at)
+    await event_hub(context).serve(websocket, account, resume, expires_at, token_hash)
 
 
-async def _authenticate(context: AppContext, websocket: WebSocket) -> tuple[AccountRecord, float]:
-    """The account and its token's expiry, from the header or the ``token`` parameter."""
+async def _authenticate(
+    context: AppContext, websocket: WebSocket
+) -> tuple[AccountRecord, float, bytes]:
+    """The account, its token's expiry and the token's hash, from the header or ``token``."""
     header = websocket.headers.get("authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
@@ -66,10 +69,11 @@ async def _authenticate(context: AppContext, websocket: WebSocket) -> tuple[Acco
         account = await authenticate_token(context.storage, token, context.now())
     except AuthError as exc:
         raise ConnectionClosing(CLOSE_UNAUTHORIZED, str(exc)) from None
-    found = await context.storage.logins.account_for_token(hash_token(b64decode(token)))
+    token_hash = hash_token(b64decode(token))
+    found = await context.storage.logins.account_for_token(token_hash)
     if found is None:  # logged out in between
         raise ConnectionClosing(CLOSE_UNAUTHORIZED, "bearer token is not valid")
-    return account, found[1]
+    return account, found[1], token_hash
 
 
 def _resume(text: str | None) -> int:

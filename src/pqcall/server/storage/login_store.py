@@ -90,6 +90,14 @@ class LoginStore:
             )
         return bool(result.rowcount)
 
+    async def delete_account_tokens(self, account_id: int) -> int:
+        """Revoke every token of an account ("log out everywhere"); how many there were."""
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                delete(tokens).where(tokens.c.account_id == account_id)
+            )
+        return int(result.rowcount)
+
     async def purge_expired(self, now: float) -> int:
         """Delete expired tokens and challenges; how many rows went."""
         async with self.engine.begin() as connection:
