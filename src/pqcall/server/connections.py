@@ -11,7 +11,9 @@ protocol to close, from the transport up:
 - a connection whose request line and headers are not complete within
   ``header_timeout_s`` of its opening, or of the end of its previous response;
 - a new connection while its address already has ``max_pending_per_address``
-  connections that have not finished their headers;
+  new connections that have not finished their first request's headers (a
+  kept-alive connection is not counted: it got there through a complete
+  request, which the rate limiter counted);
 - a new connection while ``max_connections`` are open (WebSockets included).
 
 A request whose headers arrived is the app's from then on (body size and the
@@ -64,7 +66,7 @@ def guarded_protocol(
                 )
                 transport.abort()
                 return
-            self._await_headers()
+            self._await_headers(count=True)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._headers_done()
@@ -78,12 +80,12 @@ def guarded_protocol(
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                self._await_headers()  # the next request on this keep-alive connection
+                self._await_headers(count=False)  # the next request on this connection
 
-        def _await_headers(self) -> None:
+        def _await_headers(self, *, count: bool) -> None:
             if self._header_timer is None:
                 self._header_timer = self.loop.call_later(header_timeout_s, self._headers_late)
-            if self._pending_address is None:
+            if count and self._pending_address is None:
                 self._pending_address = self.client[0] if self.client else ""
                 pending[self._pending_address] += 1
 
