@@ -24,7 +24,9 @@ from pqcall.media.audio import ToneSource, WavFileSource
 from pqcall.media.codec import SAMPLE_RATE_HZ, OpusEncoder, OpusSettings, Pcm, silence
 from pqcall.media.pipeline import PEER_STREAM, MediaPipeline, mix
 from pqcall.media.stats import MIN_AUDIO_LEVEL_DBFS
-from pqcall.transport.adaptation import CALM_COMPLEXITY
+from pqcall.transport.adaptation import ADAPTATION_HOLD_S, CALM_COMPLEXITY
+from pqcall.transport.frame_clock import FrameClock
+from pqcall.transport.media_config import DEFAULT_REPORT_INTERVAL_S
 from pqcall.transport.media_engine import MediaEngine, MediaSettings
 from pqcall.transport.media_events import (
     MediaEvent,
@@ -33,6 +35,7 @@ from pqcall.transport.media_events import (
     PeerHungUp,
     PeerMuted,
 )
+from pqcall.transport.reception import LOSS_GRACE_S
 from tests.utils import DatagramPair, FakeClock, handshake_pair
 
 RUN = handshake_pair()
@@ -518,3 +521,167 @@ def test_a_frame_the_decoder_refuses_is_concealed_and_counted():
         assert len(out) == 960
     assert pipeline.decode_errors == 1
     assert len(silence(960)) == 960
+
+
+# a clean path that stays clean (issue 15): a busy machine is not a lossy network
+
+
+class StallingCall(VirtualCall):
+    """A :class:`VirtualCall` whose sides run as the asyncio pump does, and can be descheduled.
+
+    Each side has the session's :class:`FrameClock` (catch-up, skips, owed plays).
+    After a stall the pump reads one datagram per loop iteration and runs its due
+    timers and tick after the first, as asyncio's loop does; the other datagrams
+    follow, each letting the owed plays go on.
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.clocks = {name: FrameClock(0.0, self.frame_s) for name in "ab"}
+        self.stalls: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
+
+    def stall(self, name: str, at: float, seconds: float) -> None:
+        """Deschedule ``name`` from ``at`` for ``seconds``: no ticks, timers or reads."""
+        self.stalls[name].append((at, at + seconds))
+
+    def _resume_at(self, name: str, when: float) -> float:
+        for start, end in self.stalls[name]:
+            if start <= when < end:
+                return end
+        return when
+
+    def run(self, seconds: float) -> None:
+        end = self.clock.now + seconds
+        while True:
+            due = []
+            for name in "ab":
+                timer = self.side(name).engine.get_timer()
+                for when in (self.clocks[name].due, timer):
+                    if when is not None:
+                        due.append(self._resume_at(name, when))
+            due += [self._resume_at(to, arrival) for arrival, _, to, _ in self._in_flight]
+            now = min(due)
+            if now > end:
+                self.clock.now = end
+                return
+            self.clock.now = now = max(self.clock.now, now)
+            for name in "ab":
+                if self._resume_at(name, now) != now:
+                    continue  # descheduled
+                arrived = sorted(item for item in self._in_flight if item[2] == name)
+                arrived = [item for item in arrived if item[0] <= now]
+                for item in arrived:
+                    self._in_flight.remove(item)
+                heapq.heapify(self._in_flight)
+                for index, (_, _, _, data) in enumerate(arrived):
+                    self._receive(name, data, now)
+                    if index == 0:
+                        self._timers_and_tick(name, now)
+                if not arrived:
+                    self._timers_and_tick(name, now)
+            self._flush()
+
+    def _receive(self, name: str, data: bytes, now: float) -> None:
+        side, clock = self.side(name), self.clocks[name]
+        side.engine.receive_datagram(data, now)
+        while clock.may_play(side.engine.has_next_frame()):
+            side.heard.append(side.engine.play_frame(now))
+
+    def _timers_and_tick(self, name: str, now: float) -> None:
+        side, clock = self.side(name), self.clocks[name]
+        timer = side.engine.get_timer()
+        if timer is not None and timer <= now:
+            side.engine.handle_timer(now)
+        if clock.due > now:
+            return
+        frames = clock.frames_due(now)
+        for _ in range(frames):
+            side.engine.send_frame(side.source.read_frame(), now)
+            clock.index += 1
+        clock.owe_plays(frames)
+        while clock.may_play(side.engine.has_next_frame()):
+            side.heard.append(side.engine.play_frame(now))
+
+
+def test_clean_call_reports_the_clean_mode_and_no_planned_loss():
+    call = VirtualCall()
+    call.run(1.5)
+    for side in (call.a, call.b):
+        record = side.engine.snapshot(call.clock.now).as_dict()
+        assert record["encoder_mode"] == "clean"
+        assert record["planned_loss_percent"] == 0
+    # under loss the record says so
+    lossy = VirtualCall(link=DatagramPair(a_to_b_loss=random_loss(0.1, 3)))
+    lossy.run(2.5)
+    record = lossy.a.engine.snapshot(lossy.clock.now).as_dict()
+    assert record["encoder_mode"] == "fec"
+    assert record["planned_loss_percent"] > 0
+
+
+@pytest.mark.parametrize("stall_s", [0.04, 0.06, 0.1, 0.2], ids=lambda s: f"{s * 1000:.0f}ms")
+def test_a_descheduled_receiver_keeps_the_sender_clean(stall_s):
+    call = StallingCall()
+    call.run(2.0)
+    concealed = call.b.engine.jitter_stats.concealed
+    for k in range(3):
+        call.stall("b", 2.0 + 2 * k + 0.007, stall_s)
+    call.run(6.5)
+    for side in (call.a, call.b):
+        stats = side.engine.snapshot(call.clock.now)
+        assert stats.packets_lost == 0
+        assert side.engine.adaptation.mode == "clean"
+        assert side.engine.adaptation.expected_loss_percent == 0
+    # the receiver's late ticks found their packets in the socket: nothing concealed
+    assert call.b.engine.jitter_stats.concealed == concealed
+    assert call.b.engine.jitter_stats.late_dropped == 0
+
+
+def test_late_packets_are_not_reported_lost():
+    # every 25th audio packet a -> b arrives 60 ms late, after the next ones
+    call = VirtualCall()
+    delayed = []
+    send = call.link.send
+
+    def late_send(side, datagrams):
+        delivered = send(side, datagrams)
+        if side != "a":
+            return delivered
+        kept = []
+        for datagram in delivered:
+            if len(call.link.a_to_b) % 25 == 0 and len(call.link.a_to_b) > 10:
+                delayed.append((call.clock.now + 0.06, datagram))
+            else:
+                kept.append(datagram)
+        return kept
+
+    call.link.send = late_send  # type: ignore[method-assign]
+    end = 0.0
+    while end < 4.0:
+        end += 0.02
+        call.run(0.02)
+        for when, datagram in [d for d in delayed if d[0] <= call.clock.now]:
+            delayed.remove((when, datagram))
+            call.inject("b", datagram)
+    assert call.b.engine.snapshot(call.clock.now).packets_lost == 0
+    assert call.a.engine.adaptation.mode == "clean"
+    reports = [e for e in call.a.events if type(e).__name__ == "ReportReceived"]
+    assert all(e.report.fraction_lost == 0 for e in reports)
+
+
+def test_sender_is_clean_again_within_the_hold_after_loss_stops():
+    loss = random_loss(0.1, 21)
+    stop_at = [10**9]
+
+    def lossy(index: int) -> bool:
+        return index < stop_at[0] and loss(index)
+
+    call = VirtualCall(link=DatagramPair(a_to_b_loss=lossy))
+    call.run(3.0)
+    assert call.a.engine.adaptation.mode == "fec"
+    stop_at[0] = len(call.link.a_to_b)
+    stopped = call.clock.now
+    bound = ADAPTATION_HOLD_S + DEFAULT_REPORT_INTERVAL_S + LOSS_GRACE_S + FRAME_S
+    assert bound <= 4.2  # "within a few seconds"
+    call.run(bound)
+    assert call.a.engine.adaptation.mode == "clean", f"still lossy {bound} s after {stopped}"
+    assert call.a.engine.adaptation.complexity == CALM_COMPLEXITY

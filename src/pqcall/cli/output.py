@@ -130,6 +130,7 @@ def status_text(elapsed_s: float, path: str | None, stats: Mapping[str, Any] | N
     """The live status line of an active call.
 
     ``00:12  direct  rtt 3 ms  loss 0.0%  jitter 1.2 ms  jb 40 ms  tx 45 rx 45 kbit/s  MOS 4.4``
+    and ``enc clean 0%``: our encoder's mode and the loss it plans FEC for.
     """
     parts = [clock(elapsed_s), path or MISSING]
     if stats is not None:
@@ -142,6 +143,9 @@ def status_text(elapsed_s: float, path: str | None, stats: Mapping[str, Any] | N
             " kbit/s",
             f"MOS {number(stats.get('mos'))}",
         ]
+        if "encoder_mode" in stats:
+            planned = number(stats.get("planned_loss_percent"), "%", 0)
+            parts.append(f"enc {stats['encoder_mode']} {planned}")
     return "  ".join(parts)
 
 

@@ -241,6 +241,16 @@ class JitterBuffer:
         """What the buffer waits for now."""
         return self._state
 
+    def has_next_frame(self) -> bool:
+        """Whether :meth:`pop` would render a received frame (or nothing is awaited).
+
+        False while playing and the frame at the playout point is missing: a
+        pump whose tick came late (its process was descheduled) may hold such a
+        catch-up pop until the datagrams already in its socket are pushed,
+        rather than conceal audio that is there (``transport/frame_clock.py``).
+        """
+        return self._state is not PlayoutState.PLAYING or self._next in self._queue
+
     def push(
         self,
         seq: int,

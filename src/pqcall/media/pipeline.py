@@ -153,6 +153,10 @@ class ReceiveStream:
         if self._timestamps is not None:
             self._remember_timestamp(seq, timestamp)
 
+    def has_next_frame(self) -> bool:
+        """Whether the next frame slot has its frame (see ``JitterBuffer.has_next_frame``)."""
+        return self._buffer.has_next_frame()
+
     def play(self, now: float) -> tuple[Pcm, int | None]:
         """Render the next frame slot; also the sender timestamp of an audible frame, or None."""
         decision = self._buffer.pop(now)
@@ -309,6 +313,10 @@ class MediaPipeline:
             LocalProtocolError: no such stream, or a field out of range.
         """
         self.stream(stream).receive(seq, timestamp, payload, now, redundant=redundant, size=size)
+
+    def has_next_frame(self) -> bool:
+        """Whether every stream has its next frame (a late tick may wait for them)."""
+        return all(receive_stream.has_next_frame() for receive_stream in self._streams.values())
 
     def play(self, now: float) -> Pcm:
         """The next frame for the sink: every stream rendered, mixed, shown to processing."""

@@ -283,8 +283,12 @@ class CallStatsSnapshot:
     """G.107 transmission rating."""
     mos: float
     """G.107 Annex B MOS, narrowband scale 1-4.5."""
+    encoder_mode: str = "clean"
+    """Our encoder's mode: clean, fec or redundancy (the sender's adaptation; the engine's)."""
+    planned_loss_percent: int = 0
+    """Loss our encoder plans in-band FEC for (the sender's adaptation; the engine's)."""
 
-    def as_dict(self) -> dict[str, int | float | None]:
+    def as_dict(self) -> dict[str, int | float | str | None]:
         """The snapshot as a JSON-ready dict."""
         return asdict(self)
 

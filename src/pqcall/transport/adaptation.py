@@ -19,7 +19,10 @@ behind them in ``docs/decisions/0120-media-adaptation-fec-over-redundancy.md`` a
 * until the first report FEC is planned for :data:`STARTUP_EXPECTED_LOSS_PERCENT`;
 * while no loss is planned for, complexity is at most :data:`CALM_COMPLEXITY`;
 * :data:`ADAPTATION_HOLD_S` after the last report with loss, back to the
-  configured state.
+  configured state (the clean mode, unless configured otherwise); the loss
+  planned for is the peer's reports of packets that never arrived
+  (:mod:`~pqcall.transport.reception` does not count a packet late by less
+  than its grace as lost), never our own concealment or late packets.
 
 A tried and shelved mode (backup copies of frame n-2, for bursty loss) is
 recorded in ``docs/decisions/0122-media-backup-copies.md``.
@@ -27,6 +30,7 @@ recorded in ``docs/decisions/0122-media-backup-copies.md``.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -47,13 +51,18 @@ __all__ = [
     "MIN_REDUNDANT_FRAME_BYTES",
     "STARTUP_EXPECTED_LOSS_PERCENT",
     "AdaptationPolicy",
+    "EncoderMode",
     "SenderAdaptation",
 ]
 
 LOSS_WINDOW_REPORTS: Final = 4
 """The loss the adaptation plans for is the mean over this many recent reports."""
-ADAPTATION_HOLD_S: Final = 10.0
-"""Loss-free time after which the adaptation returns to the configured state."""
+ADAPTATION_HOLD_S: Final = 3.0
+"""Loss-free time after which the adaptation returns to the configured state.
+
+Three reports at the default interval: one loss-free report is not proof the loss
+stopped, but a lossy mode must not outlive the loss by long (it costs up to
+0.7 PESQ-WB on some voices; ``docs/decisions/0210-clean-path.md``). Was 10 s."""
 STARTUP_EXPECTED_LOSS_PERCENT: Final = 10
 """Loss the encoder plans FEC for until the peer's first report says what the path does."""
 CALM_COMPLEXITY: Final = 6
@@ -70,6 +79,17 @@ MIN_REDUNDANT_FRAME_BYTES: Final = 8
 """Smallest Opus frame worth sending twice."""
 
 
+class EncoderMode(enum.StrEnum):
+    """The sender's mode, as the call's statistics show it."""
+
+    CLEAN = "clean"
+    """No loss planned for: no FEC, no redundancy."""
+    FEC = "fec"
+    """In-band FEC planned for some loss."""
+    REDUNDANCY = "redundancy"
+    """The previous frame again in each packet."""
+
+
 @dataclass(frozen=True, slots=True)
 class SenderAdaptation:
     """How the wrapper should run its encoder now."""
@@ -83,6 +103,13 @@ class SenderAdaptation:
     complexity: int
     """Encoder effort, 0-10 (``set_complexity``): the configured one while loss is
     planned for, at most :data:`CALM_COMPLEXITY` on a clean path."""
+
+    @property
+    def mode(self) -> EncoderMode:
+        """The mode in one word: redundancy, FEC planned for loss, or clean."""
+        if self.redundancy:
+            return EncoderMode.REDUNDANCY
+        return EncoderMode.FEC if self.expected_loss_percent else EncoderMode.CLEAN
 
     def bitrate_bps(self, frame_ms: int) -> int:
         """The Opus bitrate whose share of a frame is ``frame_bytes`` (the encoder's cap)."""

@@ -176,7 +176,12 @@ class MediaEngine:
     def snapshot(self, now: float, *, packets_rejected: int = 0) -> CallStatsSnapshot:
         """Live call statistics; ``packets_rejected`` adds the pump's own drops."""
         rejected = self.packets_rejected + packets_rejected
-        return self._pipeline.snapshot(now, packets_rejected=rejected)
+        adaptation = self._protocol.adaptation
+        return replace(
+            self._pipeline.snapshot(now, packets_rejected=rejected),
+            encoder_mode=adaptation.mode.value,
+            planned_loss_percent=adaptation.expected_loss_percent,
+        )
 
     # API
 
@@ -195,6 +200,10 @@ class MediaEngine:
         packet = self._protocol.send_audio(self._pipeline.capture(pcm, now), now)
         if self._trace is not None:
             self._trace.frame_captured(packet.timestamp, now)
+
+    def has_next_frame(self) -> bool:
+        """Whether the peer's next frame is here (a late tick may wait for it; see FrameClock)."""
+        return self._pipeline.has_next_frame()
 
     def play_frame(self, now: float) -> Pcm:
         """The peer's next frame for the sink (decoded, recovered, concealed or silence)."""

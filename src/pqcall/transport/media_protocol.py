@@ -525,7 +525,7 @@ class MediaProtocol:
             self._send_ping(now)
             self._next_ping_at = self._next_time(self._next_ping_at, self._ping_interval, now)
         if now >= self._next_report_at:
-            self._outgoing.append(self._reception.report())
+            self._outgoing.append(self._reception.report(now))
             self._next_report_at = self._next_time(self._next_report_at, self._report_interval, now)
         if self._policy.handle_timer(now):
             self._events.append(AdaptationChanged(self._policy.adaptation))

@@ -435,6 +435,8 @@ class MediaSession:
             return
         try:
             self._engine.receive_datagram(data, now)
+            if self._tick is not None and self._tick.owed:
+                self._play_owed(self._tick, now)  # a late tick waited for this
             self._after_engine(now)
         except Exception:
             self._errors += 1
@@ -516,21 +518,28 @@ class MediaSession:
         tick = self._tick
         assert self._loop is not None and tick is not None
         now = self._loop.time()
-        for _ in range(tick.frames_due(now)):
+        frames = tick.frames_due(now)
+        for _ in range(frames):
             try:
                 self._engine.send_frame(self._source.read_frame(), now)
             except Exception:
                 self._errors += 1
                 logger.exception("media session: failed to send a frame")
+            tick.index += 1
+        # a late tick's plays wait for the datagrams still in the socket (frame_clock.py)
+        tick.owe_plays(frames)
+        self._play_owed(tick, now)
+        self._after_engine(now)
+        if self._end_reason is None and self._tick is tick:
+            self._schedule(tick)
+
+    def _play_owed(self, tick: FrameClock, now: float) -> None:
+        while tick.may_play(self._engine.has_next_frame()):
             try:
                 self._sink.write_frame(self._engine.play_frame(now))
             except Exception:
                 self._errors += 1
                 logger.exception("media session: failed to play a frame")
-            tick.index += 1
-        self._after_engine(now)
-        if self._end_reason is None and self._tick is tick:
-            self._schedule(tick)
 
     def _stop_ticks(self) -> None:
         if self._tick_handle is not None:
