@@ -61,7 +61,10 @@ def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def add_media_options(parser: argparse.ArgumentParser) -> None:
-    """``--audio-in``, ``--audio-out``, ``--media-port``, ``--advertise``."""
+    """``--audio-in``, ``--audio-out``, ``--media-port``, ``--advertise``, ``--no-echo-cancel``...
+
+    Echo cancellation, noise suppression and gain control run only for a sound-device source.
+    """
     parser.add_argument("--audio-in", metavar="SRC", default="default", help=AUDIO_IN_HELP)
     parser.add_argument("--audio-out", metavar="SINK", default="default", help=AUDIO_OUT_HELP)
     parser.add_argument(
@@ -78,6 +81,14 @@ def add_media_options(parser: argparse.ArgumentParser) -> None:
         help="the only address offered to the peer for the direct path"
         " (a forwarded port, or a relay in front of this phone)",
     )
+    for flag, what in (
+        ("--no-echo-cancel", "echo cancellation"),
+        ("--no-noise-suppression", "noise suppression"),
+        ("--no-auto-gain", "automatic gain control"),
+    ):
+        parser.add_argument(
+            flag, action="store_true", help=f"no {what} (on by default for a sound device)"
+        )
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -167,6 +178,9 @@ def media_options(args: argparse.Namespace) -> MediaOptions:
         audio_out=args.audio_out,
         media_port=args.media_port,
         advertise=args.advertise,
+        echo_cancel=not args.no_echo_cancel,
+        noise_suppression=not args.no_noise_suppression,
+        auto_gain=not args.no_auto_gain,
     )
 
 

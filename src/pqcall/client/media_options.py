@@ -4,7 +4,8 @@ Scope: :class:`MediaOptions`, the one configuration of a call's media from
 the client's side (device specs, ports, path timeouts, and the
 :class:`~pqcall.transport.session.MediaSettings` that flow on to the codec and
 the media protocol); :func:`open_call_audio`, which opens a call's source and
-sink from their specs; and :class:`WallClockTrace`, which remembers when the
+sink from their specs; :func:`open_processing`, the send side's echo/noise/gain
+stage for them; and :class:`WallClockTrace`, which remembers when the
 first frame was captured and played. Defaults are the lower layers' named
 constants, never repeated here.
 """
@@ -17,10 +18,18 @@ from dataclasses import dataclass, field
 
 from pqcall.media.audio import AudioSink, AudioSource, OnEnd, close_all
 from pqcall.media.audio_spec import open_sink, open_source
+from pqcall.media.devices import DeviceSink, DeviceSource
+from pqcall.media.processing import ProcessingOptions, WebRtcProcessing, create_processing
 from pqcall.transport.pathcheck import DIRECT_TIMEOUT_S, PATH_TIMEOUT_S
 from pqcall.transport.session import MediaSettings
 
-__all__ = ["MediaOptions", "WallClockTrace", "open_call_audio"]
+__all__ = [
+    "MediaOptions",
+    "WallClockTrace",
+    "device_delay_ms",
+    "open_call_audio",
+    "open_processing",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +50,12 @@ class MediaOptions:
     """How long the caller tries the direct path before the relay."""
     path_timeout_s: float = PATH_TIMEOUT_S
     """How long finding any path may take."""
+    echo_cancel: bool = True
+    """Cancel the speaker's echo in the microphone (a sound-device source only)."""
+    noise_suppression: bool = True
+    """Suppress background noise (a sound-device source only)."""
+    auto_gain: bool = True
+    """Automatic gain control (a sound-device source only)."""
 
 
 class WallClockTrace:
@@ -62,6 +77,35 @@ class WallClockTrace:
 def _wall_clock(loop_time: float) -> float:
     """``loop_time`` (the event loop's clock) as unix time."""
     return time.time() - (asyncio.get_running_loop().time() - loop_time)
+
+
+def open_processing(
+    options: MediaOptions, source: AudioSource, sink: AudioSink
+) -> WebRtcProcessing | None:
+    """The send side's processing stage for a call: on for a sound-device source only.
+
+    Echo cancellation, noise suppression and gain control as ``options`` say
+    (WAV files, tones and silence get none, so codec benchmarks stay comparable);
+    AEC3's delay hint is the devices' reported output and input latency.
+    None when nothing is on, or the binding is missing (logged once).
+    """
+    if not isinstance(source, DeviceSource):
+        return None
+    processing = ProcessingOptions(
+        echo_cancel=options.echo_cancel,
+        noise_suppression=options.noise_suppression,
+        auto_gain=options.auto_gain,
+    )
+    return create_processing(processing, stream_delay_ms=device_delay_ms(source, sink))
+
+
+def device_delay_ms(source: AudioSource, sink: AudioSink) -> float:
+    """The devices' reported latency, capture plus playback (0 for what is not a device)."""
+    total = 0.0
+    for end in (source, sink):
+        if isinstance(end, (DeviceSource, DeviceSink)):
+            total += end.latency_s * 1000
+    return total
 
 
 def open_call_audio(

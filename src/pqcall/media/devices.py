@@ -266,6 +266,11 @@ class DeviceSource(ClosingMixin):
             raise _open_error("input", self.device, error) from None
 
     @property
+    def latency_s(self) -> float:
+        """The input latency PortAudio reports for the stream (an echo canceller's delay hint)."""
+        return float(self._stream.latency)
+
+    @property
     def frame_samples(self) -> int:
         """Samples in every frame."""
         return self._frame_samples
@@ -414,6 +419,11 @@ class DeviceSink(ClosingMixin):
             self._stream.start()
         except (sd.PortAudioError, ValueError) as error:
             raise _open_error("output", self.device, error) from None
+
+    @property
+    def latency_s(self) -> float:
+        """The output latency PortAudio reports for the stream (an echo canceller's delay hint)."""
+        return float(self._stream.latency)
 
     @property
     def queued_samples(self) -> int:
