@@ -42,6 +42,7 @@ PURE = (
     "pqcall.transport.media_events",
     "pqcall.transport.media_packets",
     "pqcall.transport.media_protocol",
+    "pqcall.transport.liveness",
     "pqcall.transport.reception",
     "pqcall.transport.path_choice",
     "pqcall.transport.path_messages",

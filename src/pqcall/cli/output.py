@@ -126,13 +126,18 @@ def number(value: Any, unit: str = "", digits: int = 1) -> str:
     return f"{text} {unit}" if unit and unit != "%" else f"{text}{unit}"
 
 
-def status_text(elapsed_s: float, path: str | None, stats: Mapping[str, Any] | None) -> str:
+def status_text(
+    elapsed_s: float, path: str | None, stats: Mapping[str, Any] | None, *, peer: str = "the peer"
+) -> str:
     """The live status line of an active call.
 
     ``00:12  direct  rtt 3 ms  loss 0.0%  jitter 1.2 ms  jb 40 ms  tx 45 rx 45 kbit/s  MOS 4.4``
-    and ``enc clean 0%``: our encoder's mode and the loss it plans FEC for.
+    and ``enc clean 0%``: our encoder's mode and the loss it plans FEC for. When nothing came
+    from ``peer`` for a second, :func:`reconnecting_text` and the seconds follow the path.
     """
     parts = [clock(elapsed_s), path or MISSING]
+    if stats is not None and stats.get("reconnecting"):
+        parts.append(f"{reconnecting_text(peer)} {number(stats.get('peer_silent_s'), 's', 0)}")
     if stats is not None:
         parts += [
             f"rtt {number(stats.get('rtt_ms'), 'ms', 0)}",
@@ -147,6 +152,11 @@ def status_text(elapsed_s: float, path: str | None, stats: Mapping[str, Any] | N
             planned = number(stats.get("planned_loss_percent"), "%", 0)
             parts.append(f"enc {stats['encoder_mode']} {planned}")
     return "  ".join(parts)
+
+
+def reconnecting_text(peer: str) -> str:
+    """What a call shows while nothing comes from ``peer``."""
+    return f"no audio from {peer} \N{EN DASH} reconnecting…"
 
 
 def render_table(
@@ -205,6 +215,10 @@ def statistics_table(sides: Mapping[str, Mapping[str, Any]]) -> str:
     return render_table(["", *names], rows, right=range(1, len(names) + 1))
 
 
+LOST_REASONS = frozenset({"peer unreachable", "media timeout"})
+"""Reasons of a call that ended because nothing came from the peer ("media timeout": older)."""
+
+
 def call_outcome(summary: Mapping[str, Any]) -> str:
     """One line saying how a finished call went, from :meth:`Call.summary`."""
     peer = summary.get("peer", "?")
@@ -224,6 +238,11 @@ def call_outcome(summary: Mapping[str, Any]) -> str:
         return f"{peer} is busy" if outgoing else f"{peer} called while you were busy"
     if result == "missed":
         return f"{peer} did not answer" if outgoing else f"missed call from {peer}"
+    if result == "failed" and reason in LOST_REASONS:
+        return (
+            f"connection to {peer} lost after {clock(float(summary.get('duration_s') or 0))}"
+            " (peer unreachable)"
+        )
     if result == "failed":
         return f"call failed: {reason or 'unknown reason'}"
     if result == "ended":

@@ -17,7 +17,11 @@ Calling contract::
 What each figure is:
 
 * loss: RFC 3550 appendix A.1 sequence tracking (wraparound, restarts) and
-  A.3 arithmetic, cumulative: expected minus received, never below 0.
+  A.3 arithmetic, cumulative: expected minus received, never below 0. A
+  silent sender makes no sequence gap, so once nothing has arrived for
+  :data:`OVERDUE_AFTER_S`, every frame due since the last arrival counts as
+  expected and lost too (10 s of silence at 20 ms frames: 500 lost); when
+  packets come again, their sequence numbers take over.
 * jitter: RFC 3550 section 6.4.1 interarrival jitter (gain 1/16), in ms.
 * RTT: the latest round trip and a smoothed one (gain 1/8, as RFC 6298).
 * bitrate: bytes on the wire over the last complete :data:`BITRATE_WINDOW_S`,
@@ -25,8 +29,9 @@ What each figure is:
 * MOS: the ITU-T G.107 E-model (``media/emodel.py``) with the one-way delay
   RTT/2 + jitter-buffer delay + one frame, and the loss the listener hears:
   frames concealed out of frames rendered once the jitter buffer has played
-  (FEC and redundancy repairs are not losses), with G.107's burst ratio from
-  the concealment runs; before that, the network loss.
+  (FEC and redundancy repairs are not losses), plus the frames of each
+  silence counted by time (one run each), with G.107's burst ratio from the
+  runs; before that, the network loss.
 """
 
 from __future__ import annotations
@@ -60,6 +65,13 @@ RTT_GAIN: Final = 1 / 8
 """Smoothing gain of the RTT estimate (RFC 6298's alpha)."""
 MIN_AUDIO_LEVEL_DBFS: Final = -127.0
 """Level reported for digital silence (RFC 6464's floor)."""
+OVERDUE_AFTER_S: Final = 1.0
+"""Nothing received this long: the frames due since the last arrival count as lost.
+
+The media protocol's ``PEER_SILENT_AFTER_S``: loss counts the silence from the
+moment the call shows "reconnecting". Far above the jitter buffer's largest
+target delay (400 ms), so packets merely late (a burst after a stall) never count.
+"""
 
 
 def _signed(delta: int, modulus: int) -> int:
@@ -240,7 +252,8 @@ class CallStatsSnapshot:
     packets_received: int
     """Media datagrams received (authenticated)."""
     packets_lost: int
-    """Expected minus received, from sequence numbers (RFC 3550 A.3)."""
+    """Expected minus received, from sequence numbers (RFC 3550 A.3) and, while
+    nothing arrives, from the time elapsed (see :data:`OVERDUE_AFTER_S`)."""
     packets_late: int
     """Received after their playout time."""
     packets_duplicate: int
@@ -283,6 +296,10 @@ class CallStatsSnapshot:
     """G.107 transmission rating."""
     mos: float
     """G.107 Annex B MOS, narrowband scale 1-4.5."""
+    reconnecting: bool = False
+    """Nothing from the peer for ``PEER_SILENT_AFTER_S`` (set by the media engine)."""
+    peer_silent_s: float = 0.0
+    """Seconds since the peer was last heard while reconnecting, else 0 (the media engine's)."""
     encoder_mode: str = "clean"
     """Our encoder's mode: clean, fec or redundancy (the sender's adaptation; the engine's)."""
     planned_loss_percent: int = 0
@@ -323,6 +340,10 @@ class CallStats:
         self._rx = BitrateMeter()
         self._sent = 0  # datagrams sent
         self._received = 0  # datagrams received
+        self._frame_s = frame_ms / 1000
+        self._last_arrival: float | None = None  # `now` of the last datagram received
+        self._silences = 0  # past gaps of OVERDUE_AFTER_S or more
+        self._silent_frames = 0  # frames due during them
         self._rtt_s: float | None = None  # smoothed RTT
         self._rtt_latest_s: float | None = None  # latest RTT sample
         self._level_dbfs: float | None = None  # latest level of the audio played
@@ -349,6 +370,11 @@ class CallStats:
             raise LocalProtocolError("sequence number or timestamp out of range")
         self._received += 1
         self._rx.add(size_bytes + self._overhead, now)
+        last = self._last_arrival
+        if last is not None and now - last >= OVERDUE_AFTER_S:  # the end of a silence
+            self._silences += 1
+            self._silent_frames += self.overdue_frames(now)
+        self._last_arrival = now
         sequence = self._sequence
         restarts = sequence.restarts
         if not sequence.update(seq):
@@ -356,6 +382,16 @@ class CallStats:
         if sequence.restarts != restarts:
             self._jitter.restart()  # a new stream has its own timestamp origin
         self._jitter.update(timestamp, now)
+
+    def overdue_frames(self, now: float) -> int:
+        """Frames due since the last arrival, once nothing came for :data:`OVERDUE_AFTER_S`.
+
+        0 before the first packet: nothing is expected of a stream not yet heard.
+        """
+        if self._last_arrival is None:
+            return 0
+        gap = now - self._last_arrival
+        return int(gap / self._frame_s) if gap >= OVERDUE_AFTER_S else 0
 
     def record_pong(self, ping_sent_at: float, now: float, *, peer_hold_s: float = 0.0) -> None:
         """Take a round-trip sample from a ping sent at ``ping_sent_at``.
@@ -395,8 +431,9 @@ class CallStats:
             playout: the jitter buffer's counters, if it runs.
             packets_rejected: datagrams the session dropped before the buffer.
         """
-        expected = self._sequence.expected
-        lost = self._sequence.lost
+        overdue = self.overdue_frames(now)  # a silence going on now
+        expected = self._sequence.expected + overdue
+        lost = self._sequence.lost + overdue
         loss_percent = 100.0 * lost / expected if expected else 0.0
         buffer_ms = playout.buffered_delay_ms if playout else 0.0
         rtt_ms = None if self._rtt_s is None else self._rtt_s * 1000.0
@@ -409,9 +446,15 @@ class CallStats:
                 + playout.redundancy_recovered
                 + playout.concealed
             )
+            # each silence is one run of lost frames (its first ones were concealed,
+            # so up to MAX_CONCEALMENT_MS of it may count twice)
+            silent = self._silent_frames + overdue
+            rendered += silent
+            concealed = playout.concealed + silent
+            runs = playout.concealment_events + self._silences + (overdue > 0)
             if rendered:
-                heard_loss = 100.0 * playout.concealed / rendered
-                burst = emodel.burst_ratio(rendered, playout.concealed, playout.concealment_events)
+                heard_loss = 100.0 * concealed / rendered
+                burst = emodel.burst_ratio(rendered, concealed, runs)
         r = self._r_factor(one_way_ms, heard_loss, burst)
         return CallStatsSnapshot(
             packets_sent=self._sent,

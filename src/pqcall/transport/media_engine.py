@@ -6,7 +6,7 @@ received audio goes to the jitter buffer, round trips to the statistics,
 :class:`~pqcall.transport.media_events.AdaptationChanged` to the encoder, and
 each frame tick captures, encodes and queues our frame, then plays the peer's.
 No socket, clock or event loop: ``now`` comes in, as in the protocol. The
-other events (hang-up, timeout, mute) go on to the pump
+other events (hang-up, timeout, mute, the peer silent or back) go on to the pump
 (:mod:`pqcall.transport.session`), which owns the socket and the timers.
 
 :class:`MediaSettings` is the one configuration of the media path: the codec's
@@ -174,13 +174,19 @@ class MediaEngine:
         return self._protocol.dropped + self._pipeline.decode_errors
 
     def snapshot(self, now: float, *, packets_rejected: int = 0) -> CallStatsSnapshot:
-        """Live call statistics; ``packets_rejected`` adds the pump's own drops."""
+        """Live call statistics; ``packets_rejected`` adds the pump's own drops.
+
+        ``reconnecting`` and ``peer_silent_s`` come from the protocol's liveness.
+        """
         rejected = self.packets_rejected + packets_rejected
         adaptation = self._protocol.adaptation
+        liveness = self._protocol.liveness
         return replace(
             self._pipeline.snapshot(now, packets_rejected=rejected),
             encoder_mode=adaptation.mode.value,
             planned_loss_percent=adaptation.expected_loss_percent,
+            reconnecting=liveness.is_silent,
+            peer_silent_s=liveness.idle_s(now) if liveness.is_silent else 0.0,
         )
 
     # API
@@ -247,7 +253,7 @@ class MediaEngine:
         return datagrams
 
     def next_event(self) -> MediaEvent | None:
-        """The oldest event for the pump (hang-up, timeout, mute, report), or None.
+        """The oldest event for the pump (hang-up, timeout, silence, mute, report), or None.
 
         Audio, round trips and adaptation changes are handled on the way.
         """

@@ -22,8 +22,10 @@ __all__ = [
     "MediaProtocolStats",
     "MediaState",
     "MediaTimedOut",
+    "PeerBack",
     "PeerHungUp",
     "PeerMuted",
+    "PeerSilent",
     "ReportReceived",
     "RttMeasured",
 ]
@@ -81,10 +83,29 @@ class PeerHungUp:
 
 @dataclass(frozen=True, slots=True)
 class MediaTimedOut:
-    """Nothing from the peer authenticated for the media timeout; the protocol has ended."""
+    """Nothing from the peer authenticated for the media timeout; the protocol has ended.
+
+    The pump ends the call with the reason "peer unreachable".
+    """
 
     idle_s: float
     """Seconds since the last authenticated packet (or the start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSilent:
+    """Nothing from the peer authenticated for ``PEER_SILENT_AFTER_S``: the call is reconnecting."""
+
+    idle_s: float
+    """Seconds since the last authenticated packet (or the start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBack:
+    """An authenticated packet came from a silent peer: the call is no longer reconnecting."""
+
+    silent_s: float
+    """Seconds the peer was silent (since its previous authenticated packet, or the start)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +123,8 @@ MediaEvent: TypeAlias = (
     | PeerMuted
     | PeerHungUp
     | MediaTimedOut
+    | PeerSilent
+    | PeerBack
     | AdaptationChanged
 )
 

@@ -29,10 +29,10 @@ Nothing raises out of :meth:`MediaProtocol.receive_datagram`: malformed,
 unauthenticated, replayed or unexpected datagrams are dropped and counted in
 :attr:`MediaProtocol.stats`.
 
-Beside it: its settings (:mod:`~pqcall.transport.media_config`), its events and
-counters (:mod:`~pqcall.transport.media_events`), the encoder's adaptation
-policy it feeds the peer's reports (:mod:`~pqcall.transport.adaptation`), and
-the figures of our own reports (:mod:`~pqcall.transport.reception`).
+Beside it: its settings (``media_config``), events and counters
+(``media_events``), the encoder's adaptation to the peer's reports
+(``adaptation``), the figures of our reports (``reception``), and whether the
+peer is heard (``liveness``: "reconnecting", then the media timeout).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from pqcall.crypto.sframe import CipherSuite
 from pqcall.crypto.sframe_context import SFrameReceiver, SFrameSender
 from pqcall.exceptions import DecodeError, LocalProtocolError
 from pqcall.transport.adaptation import MAX_COMPLEXITY, AdaptationPolicy, SenderAdaptation
+from pqcall.transport.liveness import PeerLiveness
 from pqcall.transport.media_config import ProtocolSettings
 from pqcall.transport.media_events import (
     AdaptationChanged,
@@ -154,8 +155,7 @@ class MediaProtocol:
         "_counts",
         "_events",
         "_frame_samples",
-        "_last_received_at",
-        "_media_timeout",
+        "_liveness",
         "_mute_changes",
         "_muted",
         "_next_ping_at",
@@ -225,7 +225,6 @@ class MediaProtocol:
         )
         self._ping_interval = settings.ping_interval_s
         self._report_interval = settings.report_interval_s
-        self._media_timeout = settings.media_timeout_s
         self._state = MediaState.AWAITING_START
         self._events: deque[MediaEvent] = deque()  # for next_event
         self._outgoing: list[MediaPacket] = []  # for datagrams_to_send
@@ -246,7 +245,7 @@ class MediaProtocol:
         self._peer_muted = False
         self._peer_mute_change: int | None = None  # newest change number applied
         self._reception = ReceptionReporter()  # their audio, for our reports
-        self._last_received_at = 0.0  # `now` of the last authenticated packet (or start)
+        self._liveness = PeerLiveness(settings.media_timeout_s)  # silent, then unreachable
         # counters
         self._counts: dict[str, int] = dict.fromkeys(
             (
@@ -289,6 +288,11 @@ class MediaProtocol:
         return self._peer_muted
 
     @property
+    def liveness(self) -> PeerLiveness:
+        """Whether the peer is heard: ``is_silent``, ``idle_s`` (the protocol drives it)."""
+        return self._liveness
+
+    @property
     def stats(self) -> MediaProtocolStats:
         """A snapshot of the counters."""
         return MediaProtocolStats(sframe=self._receiver.stats, **self._counts)
@@ -313,7 +317,7 @@ class MediaProtocol:
         if self._state is not MediaState.AWAITING_START:
             raise LocalProtocolError("media protocol already started")
         self._state = MediaState.ACTIVE
-        self._last_received_at = now
+        self._liveness.start(now)
         self._next_ping_at = now
         self._next_report_at = now + self._report_interval
         if self._muted:
@@ -395,7 +399,8 @@ class MediaProtocol:
         payload = self._receiver.unprotect(data, MEDIA_METADATA, now=now)
         if payload is None:
             return
-        self._last_received_at = now
+        if (back := self._liveness.heard(now)) is not None:
+            self._events.append(back)
         if payload and payload[0] in AUDIO_TYPES:  # nearly every packet
             self._receive_audio(payload, now)
             return
@@ -486,7 +491,7 @@ class MediaProtocol:
             active_due = min(
                 self._next_ping_at,
                 self._next_report_at,
-                self._last_received_at + self._media_timeout,
+                self._liveness.get_timer(),
             )
             hold_due = self._policy.get_timer()
             if hold_due is not None:
@@ -507,7 +512,7 @@ class MediaProtocol:
         return when
 
     def handle_timer(self, now: float) -> None:
-        """Do what is due at ``now``: pings, reports, repeats, timeout, adaptation."""
+        """Do what is due at ``now``: pings, reports, repeats, silence and timeout, adaptation."""
         self._receiver.handle_timer(now)
         while self._scheduled and self._scheduled[0].due <= now:
             self._outgoing.append(self._scheduled.pop(0).packet)
@@ -515,12 +520,12 @@ class MediaProtocol:
             self._state = MediaState.ENDED
         if self._state is not MediaState.ACTIVE:
             return
-        idle = now - self._last_received_at
-        if idle >= self._media_timeout:
-            self._state = MediaState.ENDED
-            self._scheduled.clear()
-            self._events.append(MediaTimedOut(idle))
-            return
+        if (liveness := self._liveness.handle_timer(now)) is not None:
+            self._events.append(liveness)
+            if isinstance(liveness, MediaTimedOut):
+                self._state = MediaState.ENDED
+                self._scheduled.clear()
+                return
         if now >= self._next_ping_at:
             self._send_ping(now)
             self._next_ping_at = self._next_time(self._next_ping_at, self._ping_interval, now)

@@ -10,7 +10,7 @@ Two timers drive it, both on ``loop.time()``: the frame tick, every
 ``frame_ms`` at ``start + n * frame`` (so it does not drift, and a late tick
 catches up), which sends our next frame and then plays the peer's next one
 (one wake-up for both directions; ``docs/decisions/0123-media-one-frame-tick.md``);
-and the engine's own timer (pings, reports, repeats, media timeout), re-armed
+and the engine's own timer (pings, reports, repeats, silence, media timeout), re-armed
 only when its deadline moves. Received datagrams are handled as they come.
 
 Only datagrams from the connected peer's address are processed; others are
@@ -54,7 +54,14 @@ from pqcall.transport.adaptation import SenderAdaptation
 from pqcall.transport.frame_clock import FrameClock
 from pqcall.transport.media_config import MEDIA_TIMEOUT_S
 from pqcall.transport.media_engine import MediaEngine, MediaSettings
-from pqcall.transport.media_events import MediaProtocolStats, MediaTimedOut, PeerHungUp, PeerMuted
+from pqcall.transport.media_events import (
+    MediaProtocolStats,
+    MediaTimedOut,
+    PeerBack,
+    PeerHungUp,
+    PeerMuted,
+    PeerSilent,
+)
 from pqcall.transport.media_packets import HangupReason
 
 __all__ = [
@@ -79,8 +86,8 @@ class EndReason(enum.StrEnum):
 
     LOCAL_HANGUP = "local hangup"
     PEER_HANGUP = "peer hangup"
-    TIMEOUT = "timeout"
-    """Nothing authenticated from the peer for ``media_timeout_s``."""
+    PEER_UNREACHABLE = "peer unreachable"
+    """Nothing authenticated from the peer for ``media_timeout_s`` (was "timeout")."""
     CLOSED = "closed"
     """:meth:`MediaSession.close` without a hang-up."""
     SOCKET_ERROR = "socket error"
@@ -387,6 +394,11 @@ class MediaSession:
         return self._engine.protocol.is_peer_muted
 
     @property
+    def is_reconnecting(self) -> bool:
+        """Whether nothing came from the peer for ``PEER_SILENT_AFTER_S`` (the call goes on)."""
+        return self._engine.protocol.liveness.is_silent
+
+    @property
     def adaptation(self) -> SenderAdaptation:
         """How our encoder runs now (redundancy, expected loss, bytes per frame)."""
         return self._engine.adaptation
@@ -466,7 +478,11 @@ class MediaSession:
             if isinstance(event, PeerHungUp):
                 self._end(EndReason.PEER_HANGUP)
             elif isinstance(event, MediaTimedOut):
-                self._end(EndReason.TIMEOUT)
+                self._end(EndReason.PEER_UNREACHABLE)
+            elif isinstance(event, PeerSilent):
+                logger.info("media session: nothing from the peer for %.1f s", event.idle_s)
+            elif isinstance(event, PeerBack):
+                logger.info("media session: the peer is back after %.1f s", event.silent_s)
             elif isinstance(event, PeerMuted):
                 logger.debug("media session: peer %s", "muted" if event.muted else "unmuted")
         self._transmit(now)

@@ -37,6 +37,8 @@ STATS_KEYS = (
     "input_level_dbfs",
     "packets_received",
     "packets_lost",
+    "reconnecting",
+    "peer_silent_s",
 )
 """The statistics the page shows, from :class:`~pqcall.media.stats.CallStatsSnapshot`."""
 

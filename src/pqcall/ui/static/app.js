@@ -186,7 +186,10 @@ function quality(mos) {
 }
 
 /** A history entry's result as a person says it (the library says "ended" for answered calls). */
+const LOST_REASONS = new Set(["peer unreachable", "media timeout"]); // "media timeout": older calls
+
 function callResult(summary) {
+  if (summary.result === "failed" && LOST_REASONS.has(summary.reason)) return "connection lost";
   if (summary.result !== "ended") return summary.result;
   if (summary.answered_unix) return "answered";
   return summary.direction === "incoming" ? "missed" : "cancelled";
@@ -366,6 +369,9 @@ function renderCall(call) {
   $("mute").setAttribute("aria-pressed", String(Boolean(call.muted)));
   show($("hangup"), live);
   show($("cancel"), call.state === "outgoing");
+  const silent = live && Boolean(call.stats?.reconnecting);
+  show($("reconnecting"), silent);
+  if (silent) text($("reconnecting"), `No audio from ${call.peer} – reconnecting… ${Math.round(call.stats.peer_silent_s ?? 0)} s`);
   renderStats(call.stats);
 }
 
