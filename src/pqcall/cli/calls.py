@@ -365,9 +365,13 @@ def live_status(call: Call) -> str:
     """The status line of an active call."""
     stats = call.stats()
     elapsed = time.time() - call.answered if call.answered else 0.0
-    return status_text(
+    line = status_text(
         elapsed, call.path.kind if call.path else None, stats.as_dict() if stats else None
     )
+    processing = call.processing_report()
+    if processing is not None and processing.echo_cancelled:
+        line += f"  echo cancelled {processing.erle_db:.0f} dB"
+    return line
 
 
 def finish(call: Call, console: Console, *, json_mode: bool, quiet_failure: bool) -> int:

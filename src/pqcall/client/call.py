@@ -35,7 +35,12 @@ from pqcall.client.call_context import (
     call_record,
     key_mismatch_reason,
 )
-from pqcall.client.media_options import MediaOptions, WallClockTrace, open_call_audio
+from pqcall.client.media_options import (
+    MediaOptions,
+    WallClockTrace,
+    open_call_audio,
+    open_processing,
+)
 from pqcall.client.phone_callstate import (
     CallState,
     Direction,
@@ -47,6 +52,7 @@ from pqcall.crypto.handshake import CalleeHandshake, CallerHandshake, CallKeys
 from pqcall.crypto.identity import IdentityPublicKey
 from pqcall.exceptions import CallError, PqcallError, ServerError
 from pqcall.media.audio import AudioSink, AudioSource, close_all
+from pqcall.media.processing import ProcessingReport, WebRtcProcessing
 from pqcall.media.stats import CallStatsSnapshot
 from pqcall.signaling.messages import (
     EVENT_CALL_ACCEPTED,
@@ -144,6 +150,7 @@ class Call:
         self._audio: tuple[AudioSource, AudioSink] | None = None  # until the session adopts it
         self._session: MediaSession | None = None  # media, once a path is found
         self._final_stats: CallStatsSnapshot | None = None  # last snapshot before media closed
+        self._processing: WebRtcProcessing | None = None  # echo/noise/gain, a device source only
         self._trace = WallClockTrace()  # first capture / playout times
         self._task: asyncio.Task[None] | None = None  # the call's life
 
@@ -234,6 +241,8 @@ class Call:
         self._media = media
         if self._session is not None:  # closes what it replaces, or these if it ended
             await self._session.replace_audio(source, sink)
+            if sink is not None and self._processing is not None:
+                self._processing.reset()  # a new echo path
             return
         retired: tuple[AudioSource | AudioSink | None, ...] = (source, sink)
         if self._audio is not None:  # ringing or connecting: the session will take these
@@ -247,6 +256,10 @@ class Call:
     def is_muted(self) -> bool:
         """Whether we send silence."""
         return self._session is not None and self._session.is_muted
+
+    def processing_report(self) -> ProcessingReport | None:
+        """What the send side's processing does and the echo it removed (None: no processing)."""
+        return None if self._processing is None else self._processing.report()
 
     def stats(self) -> CallStatsSnapshot | None:
         """Live media statistics (the last ones once the call ended; None before media)."""
@@ -377,11 +390,13 @@ class Call:
         logger.info("call %s: %s path to %s", self.call_id, self.path.kind, self.path.peer)
         assert self._audio is not None
         source, sink = self._audio
+        self._processing = open_processing(self._media, source, sink)
         session = MediaSession(
             keys,
             source,
             sink,
             settings=self._media.settings,
+            processing=self._processing,
             trace=self._trace,
             side_channel=PathResponder(keys, self.path),
         )

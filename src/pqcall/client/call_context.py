@@ -105,6 +105,9 @@ def call_record(call: Call, *, frame_ms: int, trace: WallClockTrace) -> dict[str
     stats = call.stats()
     if stats is not None:
         record.update(stats.as_dict())
+    processing = call.processing_report()
+    if processing is not None:
+        record.update(processing.as_dict())
     return record
 
 
