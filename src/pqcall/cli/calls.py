@@ -31,7 +31,7 @@ from pqcall.cli.options import (
     passphrase,
     seconds,
 )
-from pqcall.cli.output import Console, call_outcome, status_text
+from pqcall.cli.output import Console, call_outcome, reconnecting_text, status_text
 from pqcall.cli.runtime import Interrupt, LineReader, race
 
 if TYPE_CHECKING:
@@ -287,6 +287,7 @@ async def follow(
     shown: set[CallState] = set()
     active_since: float | None = None  # loop time the call became active
     typed: asyncio.Future[str | None] | None = None  # the next command line, while active
+    reconnecting = False  # whether the last line said nothing comes from the peer
     try:
         while not is_terminal(call.state):
             state = call.state
@@ -332,6 +333,13 @@ async def follow(
                 elif await incall.run_command(call, console, line):
                     break
             if call.state is CallState.ACTIVE and CallState.ACTIVE in shown:
+                if call.is_reconnecting != reconnecting:  # a line, also when not on a terminal
+                    reconnecting = call.is_reconnecting
+                    console.say(
+                        reconnecting_text(call.peer)
+                        if reconnecting
+                        else f"audio from {call.peer} is back"
+                    )
                 console.status(live_status(call))
     finally:
         if typed is not None:
@@ -366,7 +374,10 @@ def live_status(call: Call) -> str:
     stats = call.stats()
     elapsed = time.time() - call.answered if call.answered else 0.0
     line = status_text(
-        elapsed, call.path.kind if call.path else None, stats.as_dict() if stats else None
+        elapsed,
+        call.path.kind if call.path else None,
+        stats.as_dict() if stats else None,
+        peer=call.peer,
     )
     processing = call.processing_report()
     if processing is not None and processing.echo_cancelled:

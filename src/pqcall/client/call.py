@@ -257,6 +257,12 @@ class Call:
         """Whether we send silence."""
         return self._session is not None and self._session.is_muted
 
+    @property
+    def is_reconnecting(self) -> bool:
+        """Whether the call is active but nothing came from the peer for a second or more."""
+        session = self._session
+        return session is not None and session.end_reason is None and session.is_reconnecting
+
     def processing_report(self) -> ProcessingReport | None:
         """What the send side's processing does and the echo it removed (None: no processing)."""
         return None if self._processing is None else self._processing.report()
@@ -424,6 +430,8 @@ class Call:
             # (the peer could not reach it), so the server records who really hung up
             told = await self._server_ends_within(PEER_HANGUP_REPORT_S)
             await self._end(CallState.ENDED, "peer hung up", tell_server=None if told else "hangup")
+        elif reason == "peer unreachable":  # the media timeout: nothing from the peer
+            await self._end(CallState.FAILED, reason, tell_server="failed")
         else:
             await self._end(CallState.FAILED, f"media {reason}", tell_server="failed")
 
