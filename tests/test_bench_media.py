@@ -2,12 +2,14 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from pqcall.bench import media
+from pqcall.bench import media, speech
 from pqcall.bench.baseline import PlaybackTimeline
+from pqcall.bench.corpus import CORPUS_DIR_ENV
 from pqcall.bench.quality import PESQ_WB_MAX, PESQ_WB_MIN, SAMPLES_DIR, align, load_reference
 from pqcall.cli import main
 
@@ -17,7 +19,9 @@ QUICK_CONDITIONS = ("no loss", "10% random loss")
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "media.json"
-    assert main(["bench", "media", "--quick", "--json", str(out)]) == 0
+    with pytest.MonkeyPatch.context() as patch:  # the corpus, if espeak-ng is here, not in ~/.cache
+        patch.setenv(CORPUS_DIR_ENV, str(tmp_path_factory.mktemp("corpus")))
+        assert main(["bench", "media", "--quick", "--json", str(out)]) == 0
     return {figure["name"]: figure for figure in json.loads(out.read_text())}
 
 
@@ -32,6 +36,23 @@ def test_quick_run_has_every_figure_of_each_condition(quick_run):
             "CPU per call side",
         ):
             assert f"{metric}, {condition}" in quick_run
+
+
+def test_quick_run_reports_the_worst_voice_of_each_condition(quick_run):
+    for condition in QUICK_CONDITIONS:
+        worst = quick_run[f"PESQ-WB, {condition}, worst voice"]
+        mean = quick_run[f"PESQ-WB, {condition}"]
+        assert worst["value"] <= mean["value"]
+        assert worst["baseline"] <= mean["baseline"]
+        voices = [name for name in quick_run if name.startswith(f"PESQ-WB, {condition}, voice ")]
+        assert min(quick_run[name]["value"] for name in voices) == worst["value"]
+
+
+def test_samples_make_one_call_and_corpus_voices_answer_each_other():
+    alice, bob = speech.select_speech(False)
+    assert speech.call_pairs([alice, bob]) == [(alice, bob)]
+    one, two, three = (replace(alice, name=name, is_sample=False) for name in "abc")
+    assert speech.call_pairs([one, two, three]) == [(one, two), (two, three), (three, one)]
 
 
 def test_quick_run_scores_are_pesq_scores(quick_run):
