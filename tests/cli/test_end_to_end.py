@@ -554,3 +554,37 @@ def test_samples_are_speech():
     for name in ("alice.wav", "bob.wav"):
         assert rms(SAMPLES / name) > MIN_RMS
         open_source(str(SAMPLES / name)).close()
+
+
+def test_dead_peer_shows_reconnecting_then_connection_lost(world, tmp_path, listeners):
+    bob = Listener(world, "bob", tmp_path, "--auto-answer", "--once", *QUIET)
+    listeners.append(bob)
+    bob.wait_ready()
+    err_path = tmp_path / "alice.err"
+    with open(err_path, "w") as err:
+        alice = start_pqcall(
+            world, world.homes["alice"], "call", "bob", "--duration", "60", "--json", *QUIET,
+            stderr=err,
+        )  # fmt: skip
+    try:
+        wait_for_text(alice, err_path.read_text, "SAS: read this aloud", bob.report)
+        time.sleep(1.0)
+        bob.process.kill()  # the peer's process dies: no hang-up, nothing more on the wire
+        killed_at = time.monotonic()
+        shown = "no audio from bob \N{EN DASH} reconnecting…"
+        wait_for_text(alice, err_path.read_text, shown, bob.report)
+        shown_s = time.monotonic() - killed_at
+        out, _ = alice.communicate(timeout=COMMAND_TIMEOUT_S)
+        ended_s = time.monotonic() - killed_at
+    finally:
+        if alice.poll() is None:
+            alice.kill()
+            alice.wait()
+    report = f"{out}{err_path.read_text()}"
+    assert shown_s <= 2.0 * TIMEOUT_SCALE, report
+    assert alice.returncode == 1, report
+    assert "connection to bob lost after" in err_path.read_text(), report
+    record = one_json(out)
+    assert (record["result"], record["reason"]) == ("failed", "peer unreachable"), report
+    assert 9.0 <= ended_s <= 10.0 + 5.0 * TIMEOUT_SCALE, report  # the media timeout, 10 s
+    assert record["packets_lost"] >= 400, report  # ~500 frames of 20 ms did not come
