@@ -42,7 +42,7 @@ from types import TracebackType
 import httpx
 
 from pqcall.client.event_stream import ConnectionCallback, EventStream
-from pqcall.client.http import DEFAULT_TIMEOUT_S, HttpSession, describe
+from pqcall.client.http import DEFAULT_TIMEOUT_S, HttpSession, Verify, describe
 from pqcall.client.login import Login
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.exceptions import ServerUnreachable
@@ -100,7 +100,7 @@ class ServerApi:
         identity: IdentityPrivateKey,
         *,
         server_name: str | None = None,
-        verify: bool | str = True,
+        verify: Verify = True,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.username = usernames.normalize(username)  # the normalized account name
