@@ -18,7 +18,7 @@ protocol to close, from the transport up:
 
 A request whose headers arrived is the app's from then on (body size and the
 rate limits apply). The protocol is always h11: httptools, if installed, would
-not have these guards.
+not have these guards (why a subclass: docs/decisions/0420-server-header-timeout.md).
 """
 
 from __future__ import annotations
