@@ -20,7 +20,7 @@ Every figure comes per voice, over all voices (mean; largest for the largest
 packet) and for the worst voice (:func:`pqcall.bench.report.voice_figures`);
 a table per voice and the worst voice by PESQ-WB are printed first.
 
-Runtime: about half a minute on the corpus (``--quick``: two voices, one
+Runtime: about 40 s of CPU on the corpus (``--quick``: two voices, one
 pass over 5 s of speech each, a few seconds).
 """
 
