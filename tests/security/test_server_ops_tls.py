@@ -27,6 +27,7 @@ from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
 from pqcall.exceptions import ServerError, ServerUnreachable
 from pqcall.server.runner import warn_if_plain_http
 from pqcall.server.settings import ServerSettings
+from pqcall.server.tls import fingerprint
 from tests.harness import free_port
 from tests.security.server_process import running_server
 
@@ -155,3 +156,15 @@ def test_a_self_signed_certificate_is_pinned_and_another_refused(tmp_path):
         f" delete {pinned} to pin the new one"
     )
     assert pinned.read_bytes() == (first / "tls-cert.pem").read_bytes()  # the pin stays
+
+
+def test_register_prints_the_fingerprint_the_server_logs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PQCALL_PASSPHRASE", PASSPHRASE)
+    Home(tmp_path / "a").create_account(PASSPHRASE, kdf_params=INSECURE_TEST_KDF_PARAMS)
+    data_dir = tmp_path / "server"
+    with running_server(data_dir, "--tls-self-signed", tls=True) as server:
+        code = main(["register", "alice", "--server", server.url, "--home", str(tmp_path / "a")])
+    assert code == 0
+    expected = fingerprint(data_dir / "tls-cert.pem")
+    assert f"server certificate pinned, SHA-256 {expected}" in capsys.readouterr().out
+    assert f"SHA-256 {expected}: phones pin it on first use" in server.log

@@ -97,6 +97,7 @@ async def _register(
     args: argparse.Namespace, home: Home, name: str, url: str | None, console: Console
 ) -> int:
     from pqcall.client.phone import register
+    from pqcall.client.server_cert import pinned_fingerprint
     from pqcall.crypto.keystore import check_passphrase_strength
 
     if url is None:
@@ -113,6 +114,11 @@ async def _register(
         f"registered {config.username} at {config.server_url} (server {config.server_name})"
     )
     console.say(f"identity fingerprint: {account.identity.public_key().fingerprint_text()}")
+    pinned = pinned_fingerprint(home)
+    if pinned is not None:
+        console.say(
+            f"server certificate pinned, SHA-256 {pinned}: compare it with the server's log"
+        )
     console.say(f"home: {home.path}")
     return runtime.EXIT_OK
 

@@ -10,7 +10,8 @@ is refused loudly. A certificate that the system's authorities vouch for (a
 reverse proxy with Let's Encrypt) is not pinned, so its renewals pass.
 
 :func:`server_verify` is what every connection of a registered home uses;
-:func:`pin_on_first_use` runs once, before registering.
+:func:`pin_on_first_use` runs once, before registering; ``pqcall register``
+prints :func:`pinned_fingerprint` to compare with the one the server logs.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def server_verify(home: Home) -> Verify:
     """The TLS verification for ``home``'s server: its pinned certificate, else the usual CAs."""
     path = pin_path(home)
     return PinnedCertificate(path) if path.is_file() else True
+
+
+def pinned_fingerprint(home: Home) -> str | None:
+    """The SHA-256 fingerprint (``AB:CD:...``) of ``home``'s pinned certificate, if it has one."""
+    path = pin_path(home)
+    if not path.is_file():
+        return None
+    return _fingerprint(x509.load_pem_x509_certificate(path.read_bytes()))
 
 
 async def pin_on_first_use(home: Home, url: str) -> Verify:
@@ -81,10 +90,14 @@ async def pin_on_first_use(home: Home, url: str) -> Verify:
     logger.warning(
         "pinned the server's TLS certificate, SHA-256 %s, in %s: compare it with the"
         " fingerprint the server logged at start",
-        certificate.fingerprint(hashes.SHA256()).hex(":").upper(),
+        _fingerprint(certificate),
         path,
     )
     return PinnedCertificate(path)
+
+
+def _fingerprint(certificate: x509.Certificate) -> str:
+    return certificate.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
 async def _handshake(host: str, port: int, context: ssl.SSLContext) -> bytes:
