@@ -1,7 +1,10 @@
 """The media benchmark runs end to end and reports sane figures (no timing asserts)."""
 
+import contextlib
+import io
 import json
 import math
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -19,10 +22,54 @@ QUICK_CONDITIONS = ("no loss", "10% random loss")
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "media.json"
+    printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch:  # the corpus, if espeak-ng is here, not in ~/.cache
         patch.setenv(CORPUS_DIR_ENV, str(tmp_path_factory.mktemp("corpus")))
-        assert main(["bench", "media", "--quick", "--json", str(out)]) == 0
-    return {figure["name"]: figure for figure in json.loads(out.read_text())}
+        with contextlib.redirect_stdout(printed):
+            assert main(["bench", "media", "--quick", "--json", str(out)]) == 0
+    figures = {figure["name"]: figure for figure in json.loads(out.read_text())}
+    return figures | {"stdout": printed.getvalue()}
+
+
+def test_quick_run_prints_what_a_user_hears_per_condition(quick_run):
+    table = quick_run["stdout"].split("What a user hears")[1]
+    for column in (
+        "worst voice",
+        "worst run",
+        "concealed ms caller",
+        "concealed ms callee",
+        "caller enc % clean/fec/redundancy",
+        "late caller/callee",
+    ):
+        assert column in table
+    rows = {line.split("  ")[0]: line for line in table.splitlines()}
+    assert set(QUICK_CONDITIONS) <= set(rows)
+    # the clean path: no loss, so the encoder is clean once the first report is in
+    shares = rows["no loss"].split()[-2]
+    assert int(shares.split("/")[0]) > 50
+    for condition in QUICK_CONDITIONS:
+        worst = quick_run[f"PESQ-WB, {condition}, worst run"]
+        assert worst["value"] <= quick_run[f"PESQ-WB, {condition}, worst voice"]["value"]
+
+
+def test_cpu_hog_runs_beside_the_calls_and_is_stopped(capsys):
+    before = set(_children())
+    assert main(["bench", "media", "--quick", "--no-corpus", "--cpu-hog", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 CPU hog(s) ('while True: pass') ran beside the calls and were stopped" in out
+    assert "load average 1/5/15 min:" in out
+    assert "caller enc % clean/fec/redundancy" in out
+    assert set(_children()) <= before  # the hog is gone
+
+
+def _children() -> list[int]:
+    """This process's child processes (Linux), to see that no hog is left behind."""
+    path = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
+    try:
+        with open(path) as file:
+            return [int(pid) for pid in file.read().split()]
+    except OSError:
+        return []
 
 
 def test_quick_run_has_every_figure_of_each_condition(quick_run):

@@ -1,4 +1,5 @@
-"""``python -m pqcall.bench NAME [--quick] [--json PATH] [--db URL] [--sizes MIB,...] [--corpus]``.
+"""``python -m pqcall.bench NAME [--quick] [--json PATH] [--db URL] [--sizes MIB,...] [--corpus]
+[--cpu-hog N]``.
 
 Importing this module is cheap (``pqcall --help`` builds its parser): a benchmark's
 module, with numpy, Opus or the server behind it, loads only when it runs.
@@ -46,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="codec and media benchmarks: play the speech corpus's voices"
         " (default: if espeak-ng can build it, else the two samples)",
     )
+    parser.add_argument(
+        "--cpu-hog",
+        type=int,
+        default=0,
+        metavar="N",
+        help="media benchmark: run N busy processes beside the calls (a busy machine)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         raise PqcallError("--sizes applies only to the files benchmark")
     if args.corpus is not None and args.name not in ("codec", "media"):
         raise PqcallError("--corpus applies only to the codec and media benchmarks")
+    if args.cpu_hog and args.name != "media":
+        raise PqcallError("--cpu-hog applies only to the media benchmark")
+    if args.cpu_hog < 0:
+        raise PqcallError("--cpu-hog must be 0 or more")
     benchmark = importlib.import_module(f"pqcall.bench.{args.name}")  # only the one run
     if args.name == "files":
         runs = benchmark.measure(benchmark.parse_sizes(args.sizes, args.quick))
@@ -65,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         options: dict[str, object] = {"db_url": args.db} if args.name == "server" else {}
         if args.name in ("codec", "media"):
             options["corpus"] = args.corpus
+        if args.name == "media":
+            options["cpu_hogs"] = args.cpu_hog
         figures = benchmark.run(quick=args.quick, **options)
         print(render_table(f"pqcall bench {args.name}", figures))
     if args.json:

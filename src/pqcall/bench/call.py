@@ -29,6 +29,10 @@ How each figure is measured:
   :data:`SAMPLE_INTERVAL_S`; the prototype has no jitter buffer, so its
   figure is, per frame, how long it queued in the sound device behind
   late frames (beyond the device's own buffer, see ``baseline``).
+* What a user hears beyond the score (pqcall only): each side's concealed
+  ms and late packets from its statistics at the end, and the caller's
+  encoder mode (clean / fec / redundancy, the impaired direction's sender)
+  sampled with the delay: its share of the samples is the mode's time share.
 """
 
 from __future__ import annotations
@@ -126,6 +130,18 @@ class CallRecord:
     """Of those, dropped by the impairment."""
     playout: dict[str, int | float] = field(default_factory=dict)
     """The callee's jitter-buffer counters at the end (pqcall only)."""
+    concealed_ms: tuple[float, float] = (0.0, 0.0)
+    """Audio made up by concealment at the end: (caller side, callee side) (pqcall only)."""
+    late_packets: tuple[int, int] = (0, 0)
+    """Packets that came after their playout time: (caller side, callee side) (pqcall only)."""
+    encoder_modes: list[str] = field(default_factory=list)
+    """The caller's encoder mode at each sample (pqcall only): clean, fec or redundancy."""
+
+    def mode_share(self, mode: str) -> float:
+        """The share of the samples, 0-1, in which the caller's encoder was in ``mode``."""
+        if not self.encoder_modes:
+            return 0.0
+        return self.encoder_modes.count(mode) / len(self.encoder_modes)
 
     @property
     def cpu_percent_per_side(self) -> float:
@@ -235,6 +251,7 @@ async def _pqcall_call(scenario: Scenario, speech: Pcm, reply: Pcm) -> CallRecor
     callee_addr = await callee.open((LOOPBACK, 0))
     buffer_ms: list[tuple[float, float]] = []
     kbps: list[float] = []
+    modes: list[str] = []
     try:
         with _relay(scenario, caller_addr, callee_addr) as relay:
             cpu0 = time.process_time()
@@ -250,13 +267,16 @@ async def _pqcall_call(scenario: Scenario, speech: Pcm, reply: Pcm) -> CallRecor
                 await asyncio.sleep(max(0.0, start + tick * SAMPLE_INTERVAL_S - now))
                 elapsed = loop.time() - start
                 buffer_ms.append((elapsed, callee.snapshot().jitter_buffer_ms))
+                ours = caller.snapshot()
+                modes.append(ours.encoder_mode)
                 if BITRATE_WARMUP_S <= elapsed <= scenario.speech_s:
-                    kbps.append(caller.snapshot().tx_kbps)
+                    kbps.append(ours.tx_kbps)
             wall = loop.time() - start
             cpu = time.process_time() - cpu0
             await switch
             received, dropped = relay.counts()
             playout = callee.jitter_stats.as_dict()
+            ends = caller.snapshot(), callee.snapshot()
             await caller.hangup()
             await asyncio.wait_for(callee.wait_ended(), HANGUP_TIMEOUT_S)
     finally:
@@ -274,6 +294,9 @@ async def _pqcall_call(scenario: Scenario, speech: Pcm, reply: Pcm) -> CallRecor
         relay_sent=received,
         relay_dropped=dropped,
         playout=playout,
+        concealed_ms=(ends[0].concealed_ms, ends[1].concealed_ms),
+        late_packets=(ends[0].packets_late, ends[1].packets_late),
+        encoder_modes=modes,
     )
 
 

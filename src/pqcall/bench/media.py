@@ -1,6 +1,7 @@
 """Media quality benchmark: pqcall's call pipeline against the prototype's, side by side.
 
-``python -m pqcall.bench media [--quick] [--json PATH] [--corpus | --no-corpus]``
+``python -m pqcall.bench media [--quick] [--json PATH] [--corpus | --no-corpus]
+[--cpu-hog N]``
 (or ``pqcall bench media``) sends speech, voice by voice
 (:mod:`pqcall.bench.speech`: each of the speech corpus's ten voices, answered
 by the next one; without the corpus ``media/samples/alice.wav``, answered with
@@ -38,7 +39,11 @@ complete at the source to its first sample handed to the sink (median and
 95th percentile) and CPU per call side (:mod:`pqcall.bench.call` says how
 each is measured). Every condition's figures come per voice, over all
 voices (the mean) and for the worst voice (:func:`pqcall.bench.report.voice_figures`);
-a table of PESQ-WB per voice and condition, and the worst voice, are printed.
+a table of PESQ-WB per voice and condition, and the worst voice, are printed,
+then what a user hears per condition (:mod:`pqcall.bench.media_heard`: the
+worst voice, the worst run, concealed ms per side, the encoder's mode time
+share, late packets). ``--cpu-hog N`` runs N busy processes
+(:mod:`pqcall.bench.hog`) beside the calls, to measure a busy machine.
 
 Runtime: every call is real time, the speech and a second: on the corpus
 (about 10 s a voice) 364 calls, about 35 minutes; on the samples (21 s)
@@ -65,6 +70,8 @@ from typing import Final
 
 from pqcall.bench.baseline import FRAME_MS as PROTOTYPE_FRAME_MS
 from pqcall.bench.call import CallRecord, Scenario, run_call
+from pqcall.bench.hog import CpuHogs
+from pqcall.bench.media_heard import heard_table, worst_run_figures
 from pqcall.bench.quality import REFERENCE_RATE_HZ, Samples, align, check_pesq, pesq_wb
 from pqcall.bench.report import Figure, render_columns, voice_figures, worst_voice
 from pqcall.bench.speech import Talker, call_pairs, select_speech
@@ -475,13 +482,14 @@ def _voice_summary(names: Sequence[str], talkers: Sequence[Talker], by_voice: By
     )
 
 
-def run(*, quick: bool = False, corpus: bool | None = None) -> list[Figure]:
+def run(*, quick: bool = False, corpus: bool | None = None, cpu_hogs: int = 0) -> list[Figure]:
     """Run every call, print a summary per condition and per voice, return the figures.
 
     Args:
         quick: a short run (see the module docstring).
         corpus: the speech corpus (True), the two samples (False), or the
             corpus if it can be built (None).
+        cpu_hogs: busy processes to run beside the calls (stopped after).
 
     Raises:
         PqcallError: the ``pesq`` package is missing.
@@ -500,14 +508,19 @@ def run(*, quick: bool = False, corpus: bool | None = None) -> list[Figure]:
         file=sys.stderr,
         flush=True,
     )
-    records = _run_all(jobs)
+    with CpuHogs(cpu_hogs) as hogs:
+        records = _run_all(jobs)
+    if cpu_hogs:
+        print(hogs.describe(), file=sys.stderr, flush=True)
     runs: defaultdict[tuple[str, str], list[ScoredCall]] = defaultdict(list)
     voice_runs: defaultdict[tuple[str, str, str], list[ScoredCall]] = defaultdict(list)
+    heard: defaultdict[tuple[str, str, str], list[tuple[float, CallRecord]]] = defaultdict(list)
     for (system, _, caller, _), record in zip(jobs, records, strict=True):
         if record.scenario != SETTLE:
             call = _score(record, caller.speech)
             runs[system, record.scenario].append(call)
             voice_runs[system, record.scenario, caller.name].append(call)
+            heard[system, record.scenario, caller.name].append((call.pesq, record))
     scored = {key: Runs(tuple(calls)) for key, calls in runs.items()}
     by_voice = {key: Runs(tuple(calls)) for key, calls in voice_runs.items()}
     names = [name for name, _ in (QUICK_CONDITIONS if quick else CONDITIONS)]
@@ -517,7 +530,13 @@ def run(*, quick: bool = False, corpus: bool | None = None) -> list[Figure]:
     print()
     print(_voice_summary(names, callers, by_voice))
     print()
+    if cpu_hogs:
+        print(hogs.describe())
+    print(heard_table(names, heard, PQCALL, PROTOTYPE))
+    print()
     voices = [caller.name for caller in callers]
-    return _condition_figures(names, voices, by_voice) + _extra_figures(
-        scored, by_voice, voices[0], records
+    return (
+        _condition_figures(names, voices, by_voice)
+        + worst_run_figures(names, heard, PQCALL, PROTOTYPE, PROTOTYPE_NAME)
+        + _extra_figures(scored, by_voice, voices[0], records)
     )
