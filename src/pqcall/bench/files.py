@@ -347,7 +347,7 @@ def _child(data_dir: Path, command: Callable[[int, Path], list[str]]) -> Iterato
     """Run a server child process on a free port until the block ends; its base URL."""
     import httpx
 
-    data_dir.mkdir()
+    data_dir.mkdir(mode=0o700)  # pqcall server refuses a data directory others can read
     port = _free_port(socket.SOCK_STREAM)
     url = f"http://{HOST}:{port}"
     log_path = data_dir.parent / f"{data_dir.name}.log"

@@ -6,6 +6,16 @@ metadata record and the zero padding, and only in :meth:`FileDecryptor.finish`
 checks that the file is complete and signed by its sender. The format and the
 caller's contract (write to a temporary file, rename after ``finish()``) are
 in :mod:`pqcall.crypto.filecrypt`.
+
+Resuming a download: :meth:`FileDecryptor.checkpoint` is what a receiver keeps
+(the header, the metadata record, how many chunks were opened, the ciphertext
+received after them: under two chunks). :meth:`FileDecryptor.resume` builds a
+decryptor from it that first takes back the plaintext the earlier one returned
+(:meth:`FileDecryptor.replay`): it seals that plaintext again with the same
+key and nonces to rebuild the hash of the chunks the signature covers, so only
+the ciphertext after the checkpoint is downloaded again and nothing but the
+plaintext is kept on disk. Replayed plaintext that differs from what was
+received (a damaged or altered partial file) makes :meth:`finish` fail.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from pqcall.crypto.fileformat import (
     HPKE_SUITE,
     MAX_HEADER_BODY_LENGTH,
     SIGNATURE_CONTEXT,
+    TAG_LENGTH,
     FileHeader,
     FileInfo,
     hpke_info,
@@ -51,11 +62,26 @@ MAX_PROBED_CHUNKS = 1024  # how far a failed chunk is looked for elsewhere, for 
 
 
 class _State(enum.Enum):
+    EXPECT_REPLAY = enum.auto()
     EXPECT_HEADER = enum.auto()
     EXPECT_CHUNK = enum.auto()
     EXPECT_SIGNATURE = enum.auto()
     VERIFIED = enum.auto()
     FAILED = enum.auto()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DecryptionCheckpoint:
+    """Where a decryptor stands, to build it again with :meth:`FileDecryptor.resume`."""
+
+    header: bytes
+    """The file's serialized header."""
+    metadata: bytes
+    """The metadata record that opens chunk 0 (empty while chunk 0 is not opened)."""
+    chunks: int
+    """Chunks opened so far."""
+    pending: bytes
+    """Ciphertext received after those chunks (part of a chunk, or of the signature)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -104,7 +130,134 @@ class FileDecryptor:
         self._chunks_hash = hashes.Hash(hashes.SHA256())  # over every chunk ciphertext
         self._index = 0  # next chunk to open
         self._metadata: _Metadata | None = None  # from chunk 0
+        self._metadata_record = b""  # its bytes, for checkpoints
         self._stream_offset = 0  # plaintext stream bytes opened so far
+        self._consumed = 0  # ciphertext bytes fed and processed or buffered
+        self._delivered = 0  # file data bytes returned so far
+        self._replay_chunks = 0  # chunks to seal again from replayed plaintext
+        self._replay_pending = b""  # checkpoint's pending ciphertext, fed after the replay
+        self._replay_stream = bytearray()  # plaintext stream being replayed
+
+    @classmethod
+    def resume(
+        cls,
+        checkpoint: DecryptionCheckpoint,
+        our_identity: IdentityPublicKey,
+        our_file_keys: Sequence[FilePrivateKey],
+        *,
+        expected_sender: IdentityPublicKey | None = None,
+    ) -> FileDecryptor:
+        """A decryptor at ``checkpoint``; give it :attr:`replay_length` bytes with :meth:`replay`.
+
+        Raises:
+            FileCryptoError: the checkpoint's header or metadata is not for us
+                or malformed (start the download over).
+        """
+        decryptor = cls(our_identity, our_file_keys, expected_sender=expected_sender)
+        decryptor._buffer += checkpoint.header
+        if not decryptor._open_header() or decryptor._buffer:
+            raise FileCryptoError("saved download state is malformed")
+        header = decryptor._header
+        assert header is not None
+        if not 0 <= checkpoint.chunks <= header.chunk_count or (
+            checkpoint.chunks > 0 and not checkpoint.metadata
+        ):
+            raise FileCryptoError("saved download state is malformed")
+        if checkpoint.metadata:
+            decryptor._metadata = decryptor._open_metadata(checkpoint.metadata)
+            decryptor._metadata_record = checkpoint.metadata
+        decryptor._consumed = len(checkpoint.header) + sum(
+            header.chunk_ciphertext_length(index) for index in range(checkpoint.chunks)
+        )
+        decryptor._replay_chunks = checkpoint.chunks
+        decryptor._replay_pending = checkpoint.pending
+        decryptor._replay_stream += checkpoint.metadata
+        decryptor._state = _State.EXPECT_REPLAY
+        decryptor._advance_replay()
+        return decryptor
+
+    @property
+    def replay_length(self) -> int:
+        """File data bytes :meth:`replay` still expects (0 when not resuming)."""
+        if self._state is not _State.EXPECT_REPLAY:
+            return 0
+        return self._data_length(self._replay_chunks) - self._delivered
+
+    @property
+    def consumed(self) -> int:
+        """Ciphertext bytes taken so far: where a download resumes."""
+        return self._consumed
+
+    @property
+    def delivered(self) -> int:
+        """File data bytes returned (or replayed) so far."""
+        return self._delivered
+
+    def checkpoint(self) -> DecryptionCheckpoint | None:
+        """Where this decryptor stands, or None before the header (start over then)."""
+        if self._header is None or self._state not in (
+            _State.EXPECT_CHUNK,
+            _State.EXPECT_SIGNATURE,
+        ):
+            return None
+        return DecryptionCheckpoint(
+            header=self._header.serialize(),
+            metadata=self._metadata_record,
+            chunks=self._index,
+            pending=bytes(self._buffer),
+        )
+
+    def replay(self, data: bytes) -> None:
+        """Take back plaintext an earlier decryptor returned, in order, in any pieces.
+
+        Raises:
+            LocalProtocolError: not resuming, or more than :attr:`replay_length` bytes.
+        """
+        if self._state is not _State.EXPECT_REPLAY:
+            raise LocalProtocolError("decryptor is not replaying")
+        if len(data) > self.replay_length:
+            raise LocalProtocolError("replayed more than was delivered")
+        self._delivered += len(data)
+        self._replay_stream += data
+        self._advance_replay()
+
+    def _advance_replay(self) -> None:
+        # seal every whole chunk of the replayed stream; padding follows the data
+        header = self._header
+        assert header is not None and self._aead is not None
+        if self.replay_length == 0:
+            end = min(self._replay_chunks * header.chunk_length, header.padded_length)
+            self._replay_stream += bytes(
+                max(0, end - self._stream_offset - len(self._replay_stream))
+            )
+        while self._index < self._replay_chunks:
+            length = header.chunk_ciphertext_length(self._index) - TAG_LENGTH
+            if len(self._replay_stream) < length:
+                return
+            is_last = self._index == header.chunk_count - 1
+            nonce = chunk_nonce(self._nonce_prefix, self._index, is_last)
+            chunk = self._aead.encrypt(
+                nonce, bytes(self._replay_stream[:length]), self._header_hash
+            )
+            del self._replay_stream[:length]
+            self._chunks_hash.update(chunk)
+            self._stream_offset += length
+            self._index += 1
+        # replay done: continue with the pending ciphertext
+        last = self._index == header.chunk_count
+        self._state = _State.EXPECT_SIGNATURE if last else _State.EXPECT_CHUNK
+        self._replay_stream.clear()
+        pending, self._replay_pending = self._replay_pending, b""
+        if self.feed(pending):
+            raise FileCryptoError("saved download state is malformed")
+
+    def _data_length(self, chunks: int) -> int:
+        # file data bytes inside the first ``chunks`` chunks
+        if self._metadata is None or self._header is None:
+            return 0
+        stream = min(chunks * self._header.chunk_length, self._header.padded_length)
+        start = self._metadata.record_length
+        return max(0, min(stream, start + self._metadata.size) - start)
 
     @property
     def sender(self) -> IdentityPublicKey | None:
@@ -129,14 +282,17 @@ class FileDecryptor:
                 The decryptor is then unusable.
             LocalProtocolError: called after :meth:`finish` or after a failure.
         """
-        if self._state in (_State.VERIFIED, _State.FAILED):
+        if self._state in (_State.VERIFIED, _State.FAILED, _State.EXPECT_REPLAY):
             raise LocalProtocolError(f"decryptor is {self._state.name.lower()}")
         self._buffer += data
+        self._consumed += len(data)
         try:
-            return self._process()
+            plaintext = self._process()
         except FileCryptoError:
             self._fail()
             raise
+        self._delivered += len(plaintext)
+        return plaintext
 
     def finish(self) -> FileInfo:
         """Check the file is complete and signed by its sender.
@@ -149,7 +305,7 @@ class FileDecryptor:
                 signature does not match the sender.
             LocalProtocolError: called twice or after a failure.
         """
-        if self._state in (_State.VERIFIED, _State.FAILED):
+        if self._state in (_State.VERIFIED, _State.FAILED, _State.EXPECT_REPLAY):
             raise LocalProtocolError(f"decryptor is {self._state.name.lower()}")
         try:
             info = self._verify()
@@ -271,6 +427,7 @@ class FileDecryptor:
         self._stream_offset += len(plaintext)
         if self._metadata is None:
             self._metadata = self._open_metadata(plaintext)
+            self._metadata_record = plaintext[: self._metadata.record_length]
         metadata = self._metadata
         data_start = metadata.record_length
         data_end = data_start + metadata.size
