@@ -29,12 +29,8 @@ from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from pqcall.client.call_context import (
-    CallContext,
-    PeerTrust,
-    call_record,
-    key_mismatch_reason,
-)
+from pqcall.client.call_context import CallContext, PeerTrust, call_record
+from pqcall.client.call_outcome import AudioOpenFailed, failure_detail, outcome_of_end_event
 from pqcall.client.media_options import (
     MediaOptions,
     WallClockTrace,
@@ -50,7 +46,7 @@ from pqcall.client.phone_callstate import (
 )
 from pqcall.crypto.handshake import CalleeHandshake, CallerHandshake, CallKeys
 from pqcall.crypto.identity import IdentityPublicKey
-from pqcall.exceptions import CallError, PqcallError, ServerError
+from pqcall.exceptions import CallError, DeviceError, PqcallError, ServerError
 from pqcall.media.audio import AudioSink, AudioSource, close_all
 from pqcall.media.processing import ProcessingReport, WebRtcProcessing
 from pqcall.media.stats import CallStatsSnapshot
@@ -130,6 +126,7 @@ class Call:
         self.peer_trust = peer_trust  # new, pinned or verified
         self.state = initial_state(direction)  # where it is now
         self.reason: str | None = None  # why it ended
+        self.peer_offline = False  # the server showed the callee offline when we placed it
         self.sas: str | None = None  # short authentication string, once keys exist
         self.path: PathChoice | None = None  # the media path, once found
         self.created = time.time()  # when it started ringing
@@ -299,7 +296,8 @@ class Call:
             await self._finish_from_server(ended.event)
         except PqcallError as exc:
             logger.warning("call %s failed: %s", self.call_id, exc)
-            await self._end(CallState.FAILED, str(exc), tell_server="failed")
+            detail = failure_detail(self._context.username, exc)
+            await self._end(CallState.FAILED, str(exc), tell_server="failed", detail=detail)
         except asyncio.CancelledError:
             await asyncio.shield(self._end(CallState.ENDED, "phone closed", tell_server="hangup"))
             raise
@@ -438,7 +436,15 @@ class Call:
     # ------------------------------------------------------------------ helpers
 
     def _open_audio(self) -> None:
-        source, sink = open_call_audio(self._media.audio_in, self._media.audio_out, self._frame_ms)
+        try:
+            source, _ = open_call_audio(self._media.audio_in, None, self._frame_ms)
+        except DeviceError as exc:
+            raise AudioOpenFailed("microphone", exc) from exc
+        try:
+            _, sink = open_call_audio(None, self._media.audio_out, self._frame_ms)
+        except DeviceError as exc:
+            close_all((source,))
+            raise AudioOpenFailed("speaker", exc) from exc
         assert source is not None and sink is not None
         self._audio = (source, sink)
 
@@ -541,26 +547,18 @@ class Call:
 
     async def _finish_from_server(self, event: Event) -> None:
         await self._stop_media(hangup=False)
-        reason = event.payload.get("reason")
-        ended_by = event.payload.get("ended_by")
-        ours = "caller" if self.direction is Direction.OUTGOING else "callee"
-        if event.type == EVENT_CALL_REJECTED and reason == "key_mismatch":
-            await self._end(CallState.FAILED, key_mismatch_reason(self.peer), tell_server=None)
-        elif event.type == EVENT_CALL_REJECTED:
-            state = {"busy": CallState.BUSY, "failed": CallState.FAILED}.get(
-                str(reason), CallState.REJECTED
-            )
-            await self._end(state, str(reason or "declined"), tell_server=None)
-        elif event.type == EVENT_CALL_MISSED:
-            await self._end(CallState.MISSED, str(reason or "not answered"), tell_server=None)
-        elif event.type == EVENT_CALL_FAILED:
-            await self._end(CallState.FAILED, str(reason or "failed"), tell_server=None)
-        elif ended_by == ours:
-            await self._end(CallState.ENDED, "ended by another phone of ours", tell_server=None)
-        else:
-            await self._end(CallState.ENDED, "peer hung up", tell_server=None)
+        state, reason = outcome_of_end_event(
+            event.type,
+            event.payload,
+            direction=self.direction,
+            peer=self.peer,
+            peer_offline=self.peer_offline,
+        )
+        await self._end(state, reason, tell_server=None)
 
-    async def _end(self, state: CallState, reason: str, *, tell_server: str | None) -> None:
+    async def _end(
+        self, state: CallState, reason: str, *, tell_server: str | None, detail: str | None = None
+    ) -> None:
         """Move to terminal ``state``; tell the server unless it told us."""
         if is_terminal(self.state):
             return
@@ -570,19 +568,21 @@ class Call:
             self._sock.close()
             self._sock = None
         if tell_server is not None:
-            await self._tell_server(tell_server)
+            await self._tell_server(tell_server, detail)
         self.reason = reason
         self.ended = time.time()
         await self._move(state)
 
-    async def _tell_server(self, action: str) -> None:
+    async def _tell_server(self, action: str, detail: str | None = None) -> None:
         api = self._context.api
         try:
             async with asyncio.timeout(HANGUP_TIMEOUT_S):
                 if action == "reject":
                     await api.reject(RejectCall(call_id=self.call_id, reason="declined"))
                 elif action == "failed":
-                    await api.hangup(HangupCall(call_id=self.call_id, reason="failed"))
+                    await api.hangup(
+                        HangupCall(call_id=self.call_id, reason="failed", detail=detail)
+                    )
                 else:
                     await api.hangup(HangupCall(call_id=self.call_id, reason="hangup"))
         except (ServerError, TimeoutError) as exc:

@@ -19,6 +19,9 @@ active), a new incoming call is refused as *busy*, a new outgoing one raises
 (:mod:`pqcall.client.screening`): blocked callers, callers who rang unanswered too
 often, and (if asked) strangers do not ring. The push connection reconnects by
 itself; a call in progress does not depend on it.
+
+An offline callee is still called: it rings if its phone comes back within the server's
+ring timeout; a call that rang out while we were away is recorded (:meth:`Phone.on_missed`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from pqcall.client.files import FileTransfers
 from pqcall.client.history import History
 from pqcall.client.home import AccountConfig, Home
 from pqcall.client.media_options import MediaOptions
+from pqcall.client.missed_calls import CallLog, MissedCall
 from pqcall.client.offers import SEEN_OFFERS_NAME, SeenOffers
 from pqcall.client.peers import SecurityWarning as SecurityWarning
 from pqcall.client.peers import check_peer, key_change_message, trust_of
@@ -123,6 +127,7 @@ class Phone:
         )  # which incoming calls ring
         self.contacts: Contacts = self.home.contacts()  # pinned identities
         self.history: History = self.home.history()  # finished calls
+        self.call_log = CallLog(self.history)  # records calls that never rang here
         self.seen_offers = SeenOffers(self.home.path / SEEN_OFFERS_NAME)  # replays refused
         self.warnings: asyncio.Queue[SecurityWarning] = asyncio.Queue()  # for the user to see
         self._passphrase = passphrase  # opens the keystore at start
@@ -139,6 +144,7 @@ class Phone:
         self._listeners: list[Callable[[Call], None]] = []  # state-change observers
         self._file_listeners: list[Callable[[FileView], None]] = []  # file.waiting observers
         self._presence_listeners: list[Callable[[Presence], None]] = []  # presence observers
+        self._missed_listeners: list[Callable[[MissedCall], None]] = []  # missed while away
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -251,7 +257,9 @@ class Phone:
     # ------------------------------------------------------------------ calls
 
     async def call(self, name: str, *, media: MediaOptions | None = None) -> Call:
-        """Call ``name``; returns once the peer's phone rings (watch the call's state).
+        """Call ``name``; returns once the call rings on the server (watch the call's state).
+
+        An offline callee rings if it comes back in time (``call.peer_offline``: we know it).
 
         Raises:
             CallError: already in a call, or ``name`` is ourselves.
@@ -268,9 +276,7 @@ class Phone:
         if engaged is not None:
             raise CallError(f"already in a call with {engaged.peer}")
         identity, trust = await self._peer_identity(peer)
-        presence = await api.presence([peer])
-        if not any(entry.online for entry in presence):
-            raise CallError(f"{peer} is offline: their phone is not connected to the server")
+        presence = await api.presence([peer])  # empty: not shown to us (docs/server.md#presence)
         call = Call(
             call_id=secrets.token_hex(16),
             peer=peer,
@@ -280,6 +286,7 @@ class Phone:
             media=media or self.media,
             peer_trust=trust,
         )
+        call.peer_offline = bool(presence) and not any(entry.online for entry in presence)
         self._adopt(call)
         call.start_outgoing(identity)
         # placing a call stops the ringing: the ringing calls are declined as busy
@@ -326,6 +333,10 @@ class Phone:
     def on_presence(self, listener: Callable[[Presence], None]) -> None:
         """Call ``listener(presence)`` when the server says a call partner came or went."""
         self._presence_listeners.append(listener)
+
+    def on_missed(self, listener: Callable[[MissedCall], None]) -> None:
+        """Call ``listener(missed)`` for each call that rang out while this phone was away."""
+        self._missed_listeners.append(listener)
 
     def _presence_changed(self, event: Event) -> None:
         try:
@@ -416,6 +427,10 @@ class Phone:
             call.deliver(event)
         elif event.type == EVENT_CALL_INCOMING:
             await self._incoming_call(event)
+        elif call_id not in self._screened:
+            missed = self.call_log.missed_while_away(event, self.username)
+            if missed is not None:
+                _tell(self._missed_listeners, missed, "missed call")
 
     async def _incoming_call(self, event: Event) -> None:
         api = self._require_api()
@@ -451,7 +466,7 @@ class Phone:
                 "key_mismatch" if self._made_for_another_key(detail.offer) else "failed"
             )
             await self._refuse(detail.call_id, reason)
-            self._record_refused(detail, CallState.FAILED, str(exc))
+            self.call_log.record_refused(detail, CallState.FAILED, str(exc))
             return
         if not await asyncio.to_thread(
             self.seen_offers.check_and_add, detail.call_id, offer.offered_at_ms, now=time.time()
@@ -469,7 +484,7 @@ class Phone:
             message = "refused a call: " + key_change_message(detail.caller)
             self.warnings.put_nowait(SecurityWarning(detail.caller, message))
             await self._refuse(detail.call_id, "key_mismatch")
-            self._record_refused(detail, CallState.FAILED, "caller's key changed")
+            self.call_log.record_refused(detail, CallState.FAILED, "caller's key changed")
             return
         call = Call(
             call_id=detail.call_id,
@@ -508,7 +523,7 @@ class Phone:
             self._screened[detail.call_id] = None
             while len(self._screened) > MAX_SCREENED_CALL_IDS:
                 self._screened.popitem(last=False)
-        self._record_refused(detail, turned_away.result, turned_away.reason)
+        self.call_log.record_refused(detail, turned_away.result, turned_away.reason)
 
     def _answered(self, call: Call) -> None:
         """``call`` was answered: decline the other ringing calls; a second answer hangs up."""
@@ -545,22 +560,6 @@ class Phone:
             await self._require_api().reject(RejectCall(call_id=call_id, reason=reason))
         except ServerError as exc:
             logger.info("could not refuse call %s: %s", call_id, exc)
-
-    def _record_refused(self, detail: CallDetail, result: str, reason: str) -> None:
-        record: dict[str, Any] = {
-            "call_id": detail.call_id,
-            "peer": detail.caller,
-            "direction": str(Direction.INCOMING),
-            "result": str(result),
-            "reason": reason,
-            "started_unix": detail.created,
-            "ended_unix": time.time(),
-            "duration_s": 0.0,
-        }
-        try:
-            self.history.append(record)
-        except Exception:
-            logger.exception("could not record call %s", detail.call_id)
 
     def _require_api(self) -> ServerApi:
         if self._api is None:

@@ -26,9 +26,15 @@ accept                     caller ``call.accepted``             ``CallDetail`` w
                            callee ``call.accepted``             ``CallView`` (its other phones
                                                                 stop ringing)
 confirm                    callee ``call.confirmed``            ``CallDetail`` with ``confirm``
-rejected/ended/missed/     both ``call.<state>``                ``CallView`` (who ended it, why)
-failed
+rejected/ended/missed/     both ``call.<state>``                ``CallView`` (who ended it, why,
+failed                                                          and the ``detail`` the ending
+                                                                party gave, if any)
 =========================  ===================================  ================================
+
+A call rings whether or not the callee is online: ``call.incoming`` is stored
+and replayed when the callee's phone connects (``docs/server.md``), so a phone
+that comes back within the ring timeout rings; after it, the sweeper marks the
+call missed and both parties get ``call.missed`` (the callee on reconnect).
 
 Timeouts and vanished parties go through :func:`apply` too, from
 :class:`~pqcall.server.call_sweeper.CallSweeper`.
@@ -282,14 +288,16 @@ async def confirm(context: AppContext, account: AccountRecord, body: ConfirmCall
 async def reject(context: AppContext, account: AccountRecord, body: RejectCall) -> CallRecord:
     """The callee refuses a ringing call (declined, busy or failed)."""
     call, party = await find_call(context, body.call_id, account)
-    return await apply(context, call, party, Action.REJECT, reason=body.reason)
+    return await apply(
+        context, call, party, Action.REJECT, reason=body.reason, reason_detail=body.detail
+    )
 
 
 async def hangup(context: AppContext, account: AccountRecord, body: HangupCall) -> CallRecord:
     """Either party ends (or, ringing, cancels or declines) a call; ``failed`` fails it."""
     call, party = await find_call(context, body.call_id, account)
     action = Action.HANGUP if body.reason == "hangup" else Action.FAIL
-    return await apply(context, call, party, action)
+    return await apply(context, call, party, action, reason_detail=body.detail)
 
 
 async def apply(
@@ -299,6 +307,7 @@ async def apply(
     action: Action,
     *,
     reason: str | None = None,
+    reason_detail: str | None = None,
     **columns: Any,
 ) -> CallRecord:
     """Apply ``action`` by ``party`` to ``call`` as the state table says, then push it.
@@ -309,6 +318,7 @@ async def apply(
         party: who acts.
         action: what they do.
         reason: recorded when the table fixes none (a callee's reject reason).
+        reason_detail: the acting party's reason for people, passed on in the end event only.
         columns: what the action brings (``answer``, ``confirm``, candidates...).
 
     Raises:
@@ -332,7 +342,7 @@ async def apply(
         )
         if updated is not None:
             logger.info("call %s: %s %s -> %s", call.call_id, party, action, updated.state)
-            await _publish_change(context, updated, action)
+            await _publish_change(context, updated, action, reason_detail)
             return updated
         # lost a race: judge the action again against what the call is now
         current = await storage.calls.get_call(call.call_id)
@@ -344,7 +354,9 @@ async def apply(
     )
 
 
-async def _publish_change(context: AppContext, call: CallRecord, action: Action) -> None:
+async def _publish_change(
+    context: AppContext, call: CallRecord, action: Action, reason_detail: str | None = None
+) -> None:
     hub = event_hub(context)
     if action is Action.ACCEPT:
         grant = relay_grant(context, call, Party.CALLER)
@@ -359,6 +371,7 @@ async def _publish_change(context: AppContext, call: CallRecord, action: Action)
         relay = _relay(context)
         if relay is not None:
             relay.release(call.call_id)
-        payload = view(call).model_dump(mode="json")
+        ended = view(call).model_copy(update={"detail": reason_detail})
+        payload = ended.model_dump(mode="json")
         for account_id in (call.caller_id, call.callee_id):
             await hub.publish(account_id, EVENT_FOR_END[call.state], payload)

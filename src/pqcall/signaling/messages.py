@@ -313,6 +313,27 @@ CallCandidates = Annotated[
 HangupReason = Literal["hangup", "failed"]
 """``hangup``: the user hung up; ``failed``: the phone gives up (handshake or media failure)."""
 
+MAX_REASON_DETAIL_LENGTH = 200
+"""Characters in a failure's reason for people (``detail`` of reject, hangup and call views)."""
+
+
+def _printable(text: str) -> str:
+    if not text.isprintable():
+        raise ValueError("detail must be printable text on one line")
+    return text
+
+
+ReasonDetail = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_REASON_DETAIL_LENGTH,
+        description="why the call failed, for people (\"bob's phone could not open its"
+        " microphone: ...\"); the server passes it to the other party's end event",
+    ),
+    AfterValidator(_printable),
+]
+
 
 class InitiateCall(Message):
     """``POST /call/initiate``: the caller's handshake offer for ``callee``."""
@@ -343,6 +364,7 @@ class RejectCall(Message):
 
     call_id: CallId
     reason: RejectReason = "declined"
+    detail: ReasonDetail | None = None
 
 
 class HangupCall(Message):
@@ -350,6 +372,7 @@ class HangupCall(Message):
 
     call_id: CallId
     reason: HangupReason = "hangup"
+    detail: ReasonDetail | None = None
 
 
 class CallView(Message):
@@ -364,6 +387,8 @@ class CallView(Message):
     answered: Timestamp | None
     ended: Timestamp | None
     ended_by: Literal["caller", "callee", "system"] | None
+    detail: ReasonDetail | None = None
+    """Only in end events: the reason the ending party gave, for people (not stored)."""
 
 
 class RelayGrant(Message):
