@@ -2,9 +2,10 @@
 
 The :data:`Progress` callback the caller passes in, a reader that reports
 how far :mod:`pqcall.crypto.filecrypt` has read (:class:`CountingReader`), and
-the private (0600) files the ciphertexts and plaintexts are written to
-(:func:`open_private`). Reads are at most :data:`READ_BLOCK_BYTES`, so memory
-use is constant whatever the file's size.
+the private (0600) files the plaintexts are written to (:func:`open_private`),
+and checkpoints of a transfer's state written often and cheaply
+(:func:`replace_quickly`). Reads are at most :data:`READ_BLOCK_BYTES`, so
+memory use is constant whatever the file's size.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pqcall.safefile import FILE_MODE
+from pqcall.safefile import FILE_MODE, remove_quietly, write_all
 
 READ_BLOCK_BYTES = 256 * 1024  # plaintext/ciphertext bytes read per step of encrypt/decrypt
 
@@ -62,3 +63,27 @@ def open_private(path: Path, *, exclusive: bool = False) -> Iterator[BinaryIO]:
     os.fchmod(fd, FILE_MODE)
     with os.fdopen(fd, "wb") as file:
         yield file
+
+
+def replace_quickly(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (0600) by a rename, without fsync.
+
+    For checkpoints written many times a second: a crash of the process keeps
+    the last one whole; a power cut may bring back an earlier one, which
+    callers must accept (an older checkpoint, never a torn one).
+
+    Raises:
+        OSError: it cannot be written.
+    """
+    temp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        try:
+            os.fchmod(fd, FILE_MODE)
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        remove_quietly(temp)
+        raise

@@ -1,21 +1,28 @@
-"""Sending a file: encrypt it to the recipient, upload it, resume an upload that broke off.
+"""Sending a file: encrypt it to the recipient while uploading it, resume an upload that broke off.
 
 The sending half of :class:`~pqcall.client.files.FileTransfers`::
 
     sender                                  server
       check NAME's identity against the pin
-      encrypt PATH -> outgoing/<key>.pqf
+      new file key and header -> outgoing/<key>.json (0600, fsynced)
       POST /files {recipient, size}    ->   201 {file_id}
       PUT /files/<id>/content?offset=N ->   stored (the recipient gets file.waiting)
+          (read, encrypt, send: no ciphertext on disk)
 
-Resuming. An upload's state (recipient, source path, size and mtime, file id)
-is kept in ``outgoing/<key>.json`` next to its ciphertext, ``<key>`` naming
-the pair (recipient, absolute path): sending the same path to the same user
-again asks the server how many bytes it holds and continues from there. A
-source that changed since is encrypted again and the stale upload cancelled.
-One run tries :data:`UPLOAD_ATTEMPTS` times before giving up (run it again to
-resume). Memory use is constant: the ciphertext is read in pieces of at most
-:data:`UPLOAD_BLOCK_BYTES`.
+Resuming. An upload's state is kept in ``outgoing/<key>.json``, ``<key>``
+naming the pair (recipient, absolute path): the source's size, mtime, ctime
+and inode, the file id, the encryption secrets (file key and header, so the
+same plaintext encrypts to the same bytes), the last checkpoint and, once made,
+the signature (:mod:`pqcall.client.upload_stream`). Sending the same path to
+the same user again asks the server how many bytes it holds, encrypts again
+from the start, checks the checkpoint's digest and sends the rest. A source
+whose stat differs, or whose digest at the checkpoint differs, is never
+resumed: the stale upload is cancelled and the file sent afresh under a new
+key. One run tries :data:`UPLOAD_ATTEMPTS` times before giving up (run it
+again to resume). Disk use is the state file; memory use is bounded
+(:data:`~pqcall.client.upload_stream.MAX_HELD_BYTES` when resuming, two
+batches otherwise). The state holds the file key until the upload is
+complete: it is as private as the source itself (0600 in a 0700 home).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import mimetypes
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,13 +43,20 @@ from typing import Any
 from pqcall.client.api import ServerApi
 from pqcall.client.contacts import Contacts
 from pqcall.client.file_names import CIPHERTEXT_SUFFIX, is_file_id
-from pqcall.client.file_stream import CountingReader, Progress, no_progress, open_private
+from pqcall.client.file_stream import Progress, no_progress, replace_quickly
 from pqcall.client.home import Home
 from pqcall.client.peers import CheckedPeer, check_peer
 from pqcall.client.privatefile import make_private_dir, read_bounded, write_atomic
-from pqcall.crypto.filecrypt import DEFAULT_CONTENT_TYPE, encrypt_stream
+from pqcall.client.upload_stream import CannotResume, Checkpoint, CipherStream, SourceChanged
+from pqcall.crypto.fileencryptor import DEFAULT_CONTENT_TYPE, EncryptionSecrets, FileEncryptor
 from pqcall.crypto.keystore import AccountSecrets
-from pqcall.exceptions import ApiError, KeystoreError, ServerUnreachable, TransferError
+from pqcall.exceptions import (
+    ApiError,
+    KeystoreError,
+    LocalProtocolError,
+    ServerUnreachable,
+    TransferError,
+)
 from pqcall.safefile import remove_quietly
 from pqcall.signaling import usernames
 
@@ -51,10 +65,9 @@ logger = logging.getLogger(__name__)
 OUTGOING_NAME = "outgoing"  # the home's folder of pending uploads
 STATE_SUFFIX = ".json"
 STATE_FORMAT = "pqcall upload"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: streamed (secrets and checkpoint); 1 kept a ciphertext file
 MAX_STATE_BYTES = 64 * 1024
 
-UPLOAD_BLOCK_BYTES = 256 * 1024  # ciphertext bytes read per piece of an upload
 UPLOAD_ATTEMPTS = 4  # tries of one upload run before giving up (rerun to resume)
 RETRY_DELAYS_S = (0.5, 1.0, 2.0)  # pause before the 2nd, 3rd, 4th try
 RETRYABLE_STATUSES = frozenset({401, 404, 409})  # refused token, upload gone, wrong offset
@@ -78,6 +91,8 @@ class SentFile:
     """Ciphertext bytes the server already held when this run started uploading."""
     seconds: float
     """Wall time of this run, encryption included."""
+    restarted: bool = False
+    """Whether a pending upload could not be resumed and was sent again under a new key."""
 
     def to_json(self) -> dict[str, Any]:
         """The object ``pqcall send-file --json`` prints."""
@@ -101,9 +116,35 @@ class _Upload:
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int
+    inode: int
     name: str
+    content_type: str
+    created: int
     ciphertext_size: int
     file_id: str | None
+    file_key: str  # hex: the secrets that make the same ciphertext again
+    header: str  # hex
+    checkpoint: int  # ciphertext bytes that may have left
+    digest: str  # hex: the chunks' digest there
+    signature: str | None  # hex, once made
+
+    @property
+    def secrets(self) -> EncryptionSecrets:
+        return EncryptionSecrets(bytes.fromhex(self.file_key), bytes.fromhex(self.header))
+
+    def at(self, checkpoint: Checkpoint) -> _Upload:
+        signature = checkpoint.signature.hex() if checkpoint.signature is not None else None
+        return replace(
+            self,
+            checkpoint=checkpoint.position,
+            digest=checkpoint.digest.hex(),
+            signature=signature,
+        )
+
+    def last_checkpoint(self) -> Checkpoint:
+        signature = bytes.fromhex(self.signature) if self.signature is not None else None
+        return Checkpoint(self.checkpoint, bytes.fromhex(self.digest), signature)
 
 
 class FileSender:
@@ -157,12 +198,26 @@ class FileSender:
         peer = await check_peer(self._api, self._contacts, recipient)
         key = _upload_key(recipient, source)
         upload = self._load_upload(key)
-        if upload is not None and not self._is_resumable(upload, key, info):
+        if upload is not None and not _is_resumable(upload, info):
             await self._abandon(upload, key)
             upload = None
-        if upload is None:
-            upload = await self._encrypt(key, peer, source, info, report)
-        upload, resumed_from = await self._upload(key, upload, report)
+        restarted = False
+        while True:
+            if upload is None:
+                upload = await self._start(key, peer, source, info)
+            try:
+                upload, resumed_from = await self._upload(key, upload, peer, source, report)
+                break
+            except (SourceChanged, CannotResume) as exc:
+                if restarted:
+                    await self._abandon(upload, key)
+                    raise TransferError(
+                        f"{source} changed while it was being sent; nothing was sent, try again"
+                    ) from None
+                logger.info("not resuming the upload of %s (%s): new key", source, exc)
+                await self._abandon(upload, key)
+                upload, restarted = None, True
+                info = _source_stat(source)
         self._forget(key)
         return SentFile(
             file_id=upload.file_id or "",
@@ -172,74 +227,58 @@ class FileSender:
             ciphertext_size=upload.ciphertext_size,
             resumed_from=resumed_from,
             seconds=time.monotonic() - started,
+            restarted=restarted,
         )
 
-    def _is_resumable(self, upload: _Upload, key: str, info: os.stat_result) -> bool:
-        ciphertext = self._ciphertext_path(key)
-        try:
-            length = ciphertext.stat().st_size
-        except OSError:
-            return False
-        return (upload.size, upload.mtime_ns, upload.ciphertext_size) == (
-            info.st_size,
-            info.st_mtime_ns,
-            length,
-        )
-
-    async def _encrypt(
-        self,
-        key: str,
-        peer: CheckedPeer,
-        source: Path,
-        info: os.stat_result,
-        report: Progress,
+    async def _start(
+        self, key: str, peer: CheckedPeer, source: Path, info: os.stat_result
     ) -> _Upload:
+        """A new upload of ``source``: fresh secrets, saved (fsynced) before any byte leaves."""
         name = source.name
         content_type = mimetypes.guess_type(name)[0] or DEFAULT_CONTENT_TYPE
-        target = self._ciphertext_path(key)
-        make_private_dir(self.home.path)
-        make_private_dir(self.outgoing_dir)
-
-        def work() -> int:
-            with open(source, "rb") as src, open_private(target) as dst:
-                reader = CountingReader(src, lambda done: report("encrypting", done, info.st_size))
-                written = encrypt_stream(
-                    reader,
-                    dst,
-                    self._account.identity,
-                    peer.identity,
-                    peer.bundle,
-                    name=name,
-                    created=int(self._clock()),
-                    size=info.st_size,
-                    content_type=content_type,
-                )
-                dst.flush()
-                os.fsync(dst.fileno())
-                return written
-
-        try:
-            written = await asyncio.to_thread(work)
-        except OSError as exc:
-            remove_quietly(target)
-            raise TransferError(f"cannot encrypt {source}: {exc.strerror}") from None
-        except BaseException:
-            remove_quietly(target)
-            raise
+        created = int(self._clock())
+        encryptor = await asyncio.to_thread(
+            FileEncryptor,
+            self._account.identity,
+            peer.identity,
+            peer.bundle,
+            name=name,
+            size=info.st_size,
+            created=created,
+            content_type=content_type,
+        )
+        secrets = encryptor.secrets
         upload = _Upload(
             recipient=peer.name,
             path=str(source),
             size=info.st_size,
             mtime_ns=info.st_mtime_ns,
+            ctime_ns=info.st_ctime_ns,
+            inode=info.st_ino,
             name=name,
-            ciphertext_size=written,
+            content_type=content_type,
+            created=created,
+            ciphertext_size=encryptor.ciphertext_length,
             file_id=None,
+            file_key=secrets.file_key.hex(),
+            header=secrets.header.hex(),
+            checkpoint=0,
+            digest=encryptor.chunks_digest().hex(),
+            signature=None,
         )
+        make_private_dir(self.home.path)
+        make_private_dir(self.outgoing_dir)
         self._save_upload(key, upload)
         return upload
 
-    async def _upload(self, key: str, upload: _Upload, report: Progress) -> tuple[_Upload, int]:
-        """Bring the upload to ``stored``; returns the state and where this run started."""
+    async def _upload(
+        self, key: str, upload: _Upload, peer: CheckedPeer, source: Path, report: Progress
+    ) -> tuple[_Upload, int]:
+        """Bring the upload to ``stored``; returns the state and where this run started.
+
+        Raises:
+            SourceChanged, CannotResume: start over under a new key.
+        """
         total = upload.ciphertext_size
         resumed_from: int | None = None
         failures = 0
@@ -272,13 +311,11 @@ class FileSender:
                 return upload, resumed_from
             # send the rest
             offset = view.received
+            latest = [upload]  # the state with its newest checkpoint (saved from the thread)
+            stream = await asyncio.to_thread(self._open_stream, key, latest, peer, source, offset)
+            pieces = _pieces(stream, offset, report)
             try:
-                view = await self._api.upload(
-                    view.file_id,
-                    offset,
-                    self._pieces(key, offset, total, report),
-                    total - offset,
-                )
+                view = await self._api.upload(view.file_id, offset, pieces, total - offset)
             except (ServerUnreachable, ApiError) as exc:
                 if isinstance(exc, ApiError) and exc.status not in RETRYABLE_STATUSES:
                     raise
@@ -288,22 +325,53 @@ class FileSender:
                 logger.info("upload interrupted (%s); asking the server where it is", exc)
                 await asyncio.sleep(RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S)) - 1])
                 continue
+            finally:
+                await pieces.aclose()  # its worker thread is done before the source closes
+                stream.close()
+                upload = latest[0]
             if view.state == "stored":
                 return upload, resumed_from
 
-    async def _pieces(
-        self, key: str, offset: int, total: int, report: Progress
-    ) -> AsyncIterator[bytes]:
-        with open(self._ciphertext_path(key), "rb") as file:
-            file.seek(offset)
-            done = offset
-            while done < total:
-                piece = file.read(min(UPLOAD_BLOCK_BYTES, total - done))
-                if not piece:
-                    raise TransferError("the pending ciphertext is shorter than recorded")
-                done += len(piece)
-                yield piece
-                report("uploading", done, total)
+    def _open_stream(
+        self, key: str, latest: list[_Upload], peer: CheckedPeer, source: Path, offset: int
+    ) -> CipherStream:
+        """The upload's ciphertext from ``offset``, checked against its checkpoint (blocking)."""
+        upload = latest[0]
+
+        def save(checkpoint: Checkpoint) -> None:
+            latest[0] = latest[0].at(checkpoint)
+            if checkpoint.signature is not None:  # randomized: it must survive a power cut
+                self._save_upload(key, latest[0])
+            else:
+                document = _state_document(latest[0])
+                replace_quickly(self._state_path(key), document)
+
+        try:
+            encryptor = FileEncryptor(
+                self._account.identity,
+                peer.identity,
+                peer.bundle,
+                name=upload.name,
+                size=upload.size,
+                created=upload.created,
+                content_type=upload.content_type,
+                secrets=upload.secrets,
+            )
+        except (LocalProtocolError, ValueError) as exc:  # e.g. the recipient's key rotated
+            raise CannotResume(str(exc)) from None
+        try:
+            file = open(source, "rb")
+        except OSError as exc:
+            raise TransferError(f"cannot read {source}: {exc.strerror}") from None
+        stream = CipherStream(
+            file, encryptor, offset=offset, checkpoint=upload.last_checkpoint(), save=save
+        )
+        try:
+            stream.prime()
+        except BaseException:
+            stream.close()
+            raise
+        return stream
 
     async def _abandon(self, upload: _Upload, key: str) -> None:
         """Drop a pending upload whose source changed, cancelling it on the server."""
@@ -341,12 +409,44 @@ class FileSender:
         return upload
 
     def _save_upload(self, key: str, upload: _Upload) -> None:
-        document = {"format": STATE_FORMAT, "version": STATE_VERSION, "upload": asdict(upload)}
-        write_atomic(self._state_path(key), json.dumps(document).encode("utf-8"), "upload state")
+        write_atomic(self._state_path(key), _state_document(upload), "upload state")
 
     def _forget(self, key: str) -> None:
         remove_quietly(self._state_path(key))
-        remove_quietly(self._ciphertext_path(key))
+        remove_quietly(self._ciphertext_path(key))  # left by a version-1 upload
+
+
+async def _pieces(stream: CipherStream, offset: int, report: Progress) -> AsyncGenerator[bytes]:
+    """The stream's batches, the next one encrypted in a worker thread while this one is sent."""
+    done = offset
+    pending = asyncio.ensure_future(asyncio.to_thread(stream.next_batch))
+    try:
+        while batch := await pending:
+            pending = asyncio.ensure_future(asyncio.to_thread(stream.next_batch))
+            for piece in batch:
+                yield piece
+                done += len(piece)
+                report("uploading", done, stream.total)
+    finally:
+        if not pending.done():
+            await asyncio.wait([pending])
+        if not pending.cancelled():
+            pending.exception()  # retrieved: the upload's own error is the one to report
+
+
+def _state_document(upload: _Upload) -> bytes:
+    document = {"format": STATE_FORMAT, "version": STATE_VERSION, "upload": asdict(upload)}
+    return json.dumps(document).encode("utf-8")
+
+
+def _is_resumable(upload: _Upload, info: os.stat_result) -> bool:
+    # ctime cannot be set back by the owner: any write or replacement shows
+    return (upload.size, upload.mtime_ns, upload.ctime_ns, upload.inode) == (
+        info.st_size,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+        info.st_ino,
+    )
 
 
 def _source_stat(source: Path) -> os.stat_result:

@@ -248,7 +248,7 @@ class FileEncryptor:
         self._buffer += bytes(final_length - len(self._buffer))
         yield self._seal(bytes(self._buffer), is_last=True)
         self._buffer.clear()
-        signed = self._header_hash + self._chunks_hash.finalize()
+        signed = self._header_hash + self.chunks_digest()
         if signature is None:
             yield self._identity.sign(signed, context=SIGNATURE_CONTEXT)
             return
