@@ -256,7 +256,8 @@ async def test_interrupted_download_resumes(server: RunningServer, tmp_path: Pat
     out = tmp_path / "out"
     with pytest.raises(ServerUnreachable, match=r"broke off.*; 100000 of .* run receive again"):
         await bob.receive(sent.file_id, out)
-    assert not out.exists() or list(out.iterdir()) == []  # nothing saved yet
+    # nothing under the file's name: only the hidden partial plaintext (streamed)
+    assert [path.name for path in out.iterdir()] == [f".{sent.file_id}.part"]
     received = await bob.receive(sent.file_id, out)  # run again: resumes
     assert BreakingApi.offsets == [0, 100_000]  # the second download asked for the rest
     assert received.path.read_bytes() == CONTENT

@@ -1,25 +1,24 @@
-"""Receiving files: the inbox, and download, verify, decrypt and save one file.
+"""Receiving files: the inbox, and download, decrypt, verify and save one file.
 
 The receiving half of :class:`~pqcall.client.files.FileTransfers`::
 
     server                                       recipient
       GET /files                            ->   inbox, each sender's trust
-      GET /files/<id>/content (Range: N-)   ->   incoming/<id>.pqf
-                                                 check the sender's pin,
-                                                 decrypt to OUT/.<id>.part,
+      GET /files/<id>/content (Range: N-)   ->   check the sender's pin,
+                                                 decrypt while downloading to OUT/.<id>.part,
                                                  finish(), rename
       DELETE /files/<id>                    <-
 
-A download appends to ``incoming/<file id>.pqf`` and continues with a
-``Range`` request after a break. Atomic receive: plaintext goes to a hidden
-temporary file in the output folder and is renamed to the (sanitized) name
-inside the encrypted file only after
+Atomic receive: plaintext goes to a hidden file in the output folder and is
+renamed to the (sanitized) name inside the encrypted file only after
 :meth:`~pqcall.crypto.filecrypt.FileDecryptor.finish` verified the whole file
 and the sender's signature; an existing file is never overwritten
 (:func:`~pqcall.client.file_names.place_file`). A file that fails any check
-leaves nothing under a final name, its local ciphertext is dropped (so a new
-attempt downloads it again) and the server keeps its copy. Memory use is
-constant: pieces of at most :data:`~pqcall.client.api.DOWNLOAD_CHUNK_BYTES`.
+leaves nothing under a final name, its partial file and state are dropped (so
+a new attempt downloads it again) and the server keeps its copy. A download
+that breaks off keeps its partial plaintext and a checkpoint, and continues
+with a ``Range`` request (:mod:`pqcall.client.download_stream`). Memory use is
+bounded: two batches of about :data:`DECRYPT_BATCH_BYTES`.
 """
 
 from __future__ import annotations
@@ -34,21 +33,22 @@ from typing import Any
 
 from pqcall.client.api import ServerApi
 from pqcall.client.contacts import Contacts
-from pqcall.client.file_names import CIPHERTEXT_SUFFIX, is_file_id, place_file, sanitize_name
-from pqcall.client.file_stream import CountingReader, Progress, no_progress, open_private
+from pqcall.client.download_stream import PartialDownload
+from pqcall.client.file_names import CIPHERTEXT_SUFFIX, is_file_id
+from pqcall.client.file_stream import Progress, no_progress
 from pqcall.client.home import Home
 from pqcall.client.peers import CheckedPeer, check_peer
 from pqcall.client.privatefile import make_private_dir
-from pqcall.crypto.filecrypt import decrypt_stream
 from pqcall.crypto.fileformat import FileInfo
 from pqcall.crypto.keystore import AccountSecrets
 from pqcall.exceptions import ApiError, FileCryptoError, ServerUnreachable, TransferError
-from pqcall.safefile import FILE_MODE, remove_quietly
+from pqcall.safefile import remove_quietly
 from pqcall.signaling.messages import FileView
 
 logger = logging.getLogger(__name__)
 
 INCOMING_NAME = "incoming"  # the home's folder of downloads not yet complete
+DECRYPT_BATCH_BYTES = 1024 * 1024  # ciphertext handed to the decrypting thread at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +134,7 @@ class FileReceiver:
 
     @property
     def incoming_dir(self) -> Path:
-        """Ciphertexts being downloaded."""
+        """States of downloads not yet complete."""
         return self.home.path / INCOMING_NAME
 
     async def inbox(self) -> list[WaitingFile]:
@@ -194,18 +194,14 @@ class FileReceiver:
         if view.state != "stored":
             raise TransferError(f"file {file_id} from {view.sender} is still being uploaded")
         peer = await check_peer(self._api, self._contacts, view.sender)
-        ciphertext = await self._download(view, report)
         folder = Path(out_dir) if out_dir is not None else self.home.received_dir()
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TransferError(f"cannot create {folder}: {exc.strerror}") from None
         try:
-            saved, info = await asyncio.to_thread(
-                self._decrypt, ciphertext, folder, view, peer, report
-            )
+            saved, info = await self._download(view, peer, folder, report)
         except FileCryptoError as exc:
-            remove_quietly(ciphertext)  # a new attempt downloads it again
             raise FileCryptoError(
                 f"refused file {file_id} from {view.sender}: {exc}; nothing was saved"
                 " (the server keeps its copy)"
@@ -216,7 +212,6 @@ class FileReceiver:
         except (ApiError, ServerUnreachable) as exc:
             logger.warning("saved %s, but the server did not delete its copy: %s", saved, exc)
             deleted = False
-        remove_quietly(ciphertext)
         return ReceivedFile(
             file_id=file_id,
             sender=view.sender,
@@ -230,74 +225,103 @@ class FileReceiver:
             seconds=time.monotonic() - started,
         )
 
-    async def _download(self, view: FileView, report: Progress) -> Path:
-        """The complete ciphertext of ``view`` in ``incoming/``, resuming a partial one."""
+    async def _download(
+        self, view: FileView, peer: CheckedPeer, folder: Path, report: Progress
+    ) -> tuple[Path, FileInfo]:
+        """Download, decrypt and verify ``view`` into ``folder``, resuming a partial one."""
         make_private_dir(self.home.path)
         make_private_dir(self.incoming_dir)
-        target = self.incoming_dir / f"{view.file_id}{CIPHERTEXT_SUFFIX}"
+        remove_quietly(self.incoming_dir / f"{view.file_id}{CIPHERTEXT_SUFFIX}")  # version 1's
+        part = folder / f".{view.file_id}.part"
+        state = self.incoming_dir / f"{view.file_id}.json"
         try:
-            have = target.stat().st_size
-        except FileNotFoundError:
-            have = 0
-        if have > view.size:
-            remove_quietly(target)
-            have = 0
-        if have < view.size:
+            download = await asyncio.to_thread(
+                PartialDownload.open,
+                part,
+                state,
+                self._account.identity.public_key(),
+                list(self._account.file_keys()),
+                peer.identity,
+            )
+        except OSError as exc:
+            raise TransferError(f"cannot write into {folder}: {exc.strerror}") from None
+        try:
+            have = download.consumed
+            if have > view.size:
+                raise TransferError(f"the server sent more than {view.size} bytes")
             if have:
                 logger.info("resuming download of %s at byte %d", view.file_id, have)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
-            with os.fdopen(fd, "ab") as file:
-                try:
-                    async for piece in self._api.download(view.file_id, have):
-                        if have + len(piece) > view.size:
-                            raise TransferError(f"the server sent more than {view.size} bytes")
-                        file.write(piece)
-                        have += len(piece)
-                        report("downloading", have, view.size)
-                except ApiError as exc:
-                    if exc.status != 416:  # 416: its copy ends where ours does
-                        raise
-                except ServerUnreachable as exc:
-                    raise ServerUnreachable(
-                        f"{exc}; {have} of {view.size} bytes are here, run receive again to resume"
-                    ) from None
-                file.flush()
-                os.fsync(file.fileno())
-        if have != view.size:
-            # the server's answer ended cleanly (a broken connection raises), yet short:
-            # its copy is damaged, and asking again would only get the same bytes
-            remove_quietly(target)
-            raise TransferError(
-                f"the server's copy of file {view.file_id} from {view.sender} ends at byte"
-                f" {have} of {view.size}: it is damaged or was tampered with; nothing was"
-                f" saved (ask {view.sender} to send it again)"
-            )
-        report("downloading", view.size, view.size)
-        return target
-
-    def _decrypt(
-        self, ciphertext: Path, folder: Path, view: FileView, peer: CheckedPeer, report: Progress
-    ) -> tuple[Path, FileInfo]:
-        temp = folder / f".{view.file_id}.{os.urandom(4).hex()}.part"
-        try:
-            with open(ciphertext, "rb") as src, open_private(temp, exclusive=True) as dst:
-                reader = CountingReader(src, lambda done: report("decrypting", done, view.size))
-                info = decrypt_stream(
-                    reader,
-                    dst,
-                    self._account.identity.public_key(),
-                    self._account.file_keys(),
-                    expected_sender=peer.identity,
+            await self._stream(view, download, report)
+            have = download.consumed
+            if have != view.size:
+                # the server's answer ended cleanly (a broken connection raises), yet short:
+                # its copy is damaged, and asking again would only get the same bytes
+                raise TransferError(
+                    f"the server's copy of file {view.file_id} from {view.sender} ends at byte"
+                    f" {have} of {view.size}: it is damaged or was tampered with; nothing was"
+                    f" saved (ask {view.sender} to send it again)"
                 )
-                if info.sender != peer.identity:  # expected_sender already enforced it
-                    raise FileCryptoError("file is not from the expected sender")
-                dst.flush()
-                os.fsync(dst.fileno())
-            saved = place_file(temp, folder, sanitize_name(info.name))
+            saved, info = await asyncio.to_thread(download.finish, folder)
+        except ServerUnreachable:
+            await asyncio.to_thread(_keep, download)
+            raise
         except OSError as exc:
-            remove_quietly(temp)
+            download.discard()
             raise TransferError(f"cannot write into {folder}: {exc.strerror}") from None
         except BaseException:
-            remove_quietly(temp)
+            download.discard()
             raise
+        if info.sender != peer.identity:  # expected_sender already enforced it
+            raise FileCryptoError("file is not from the expected sender")
+        report("downloading", view.size, view.size)
         return saved, info
+
+    async def _stream(self, view: FileView, download: PartialDownload, report: Progress) -> None:
+        """Feed the rest of the ciphertext to ``download``, decrypting in a worker thread."""
+        have = download.consumed
+        batch: list[bytes] = []
+        batched = 0
+        pending: asyncio.Future[None] | None = None
+        try:
+            try:
+                async for piece in self._api.download(view.file_id, have):
+                    if have + len(piece) > view.size:
+                        raise TransferError(f"the server sent more than {view.size} bytes")
+                    batch.append(piece)
+                    batched += len(piece)
+                    have += len(piece)
+                    if batched >= DECRYPT_BATCH_BYTES:
+                        if pending is not None:
+                            await pending
+                        data, batch, batched = b"".join(batch), [], 0
+                        pending = asyncio.ensure_future(asyncio.to_thread(download.absorb, data))
+                    report("downloading", have, view.size)
+            except ApiError as exc:
+                if exc.status != 416:  # 416: its copy ends where ours does
+                    raise
+            except ServerUnreachable as exc:
+                if pending is not None:
+                    await pending
+                    pending = None
+                await asyncio.to_thread(download.absorb, b"".join(batch))
+                raise ServerUnreachable(
+                    f"{exc}; {download.consumed} of {view.size} bytes are here, run receive"
+                    " again to resume"
+                ) from None
+            if pending is not None:
+                await pending
+                pending = None
+            await asyncio.to_thread(download.absorb, b"".join(batch))
+        finally:
+            if pending is not None and not pending.done():
+                await asyncio.wait([pending])
+            if pending is not None and not pending.cancelled():
+                pending.exception()  # retrieved: the first error is the one reported
+
+
+def _keep(download: PartialDownload) -> None:
+    """Record where a broken-off download stands and close it, for the next run."""
+    try:
+        download.record()
+    finally:
+        download.close()
