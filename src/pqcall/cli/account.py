@@ -97,11 +97,13 @@ async def _register(
     args: argparse.Namespace, home: Home, name: str, url: str | None, console: Console
 ) -> int:
     from pqcall.client.phone import register
+    from pqcall.client.registration import check_server
     from pqcall.client.server_cert import pinned_fingerprint
     from pqcall.crypto.keystore import check_passphrase_strength
 
     if url is None:
         url = await discover_server(console)
+    await check_server(home, url)  # before any passphrase or key: nothing to undo
     is_new = not home.has_account()
     secret = passphrase(args, confirm=is_new)
     if is_new:

@@ -32,6 +32,9 @@ REDRAW_INTERVAL_S = 0.1
 
 FileCommand = Callable[[argparse.Namespace, "Home", str, Console], Coroutine[Any, Any, int]]
 """What ``send-file``, ``inbox`` and ``receive`` run once the account is open."""
+FILE_ID_DIGITS = 32
+"""A file id's length in hex digits (``FILE_ID_PATTERN`` in :mod:`pqcall.signaling.messages`)."""
+HEX_DIGITS = "0123456789abcdef"
 
 
 def add_parsers(
@@ -71,7 +74,11 @@ def add_parsers(
         " in --out under the name the sender gave (never overwriting), and delete it on"
         " the server. Run it again after an interruption to resume.",
     )
-    receive.add_argument("file_id", metavar="ID", help="the file id from pqcall inbox")
+    receive.add_argument(
+        "file_id",
+        metavar="ID",
+        help="the file id from pqcall inbox, or its first digits if no other id starts so",
+    )
     receive.add_argument(
         "--out", metavar="DIR", help="where to save it (default: received/ in the home)"
     )
@@ -158,15 +165,49 @@ async def _inbox(args: argparse.Namespace, home: Home, secret: str, console: Con
 
 def run_receive(args: argparse.Namespace) -> int:
     """``pqcall receive ID``."""
+    args.file_id = file_id_prefix(args.file_id)
     return _run(args, _receive)
+
+
+def file_id_prefix(text: str) -> str:
+    """Check ``receive``'s ID: a whole file id or its first hex digits; lowercased.
+
+    Raises:
+        TransferError: not 1 to 32 hex digits (checked before any passphrase).
+    """
+    from pqcall.exceptions import TransferError
+
+    prefix = text.strip().lower()
+    if not 0 < len(prefix) <= FILE_ID_DIGITS or prefix.strip(HEX_DIGITS):
+        raise TransferError(f"{text!r} is not a file id (32 hex digits, from pqcall inbox)")
+    return prefix
+
+
+def pick_file_id(prefix: str, waiting: list[str]) -> str:
+    """The one id in ``waiting`` that starts with ``prefix`` (like a short git hash).
+
+    Raises:
+        TransferError: none or several start so (one line, the candidates listed).
+    """
+    from pqcall.exceptions import TransferError
+
+    found = sorted(file_id for file_id in waiting if file_id.startswith(prefix))
+    if not found:
+        raise TransferError(f"no waiting file has an id starting with {prefix} (pqcall inbox)")
+    if len(found) > 1:
+        raise TransferError(f"{prefix} is ambiguous: it starts {', '.join(found)}")
+    return found[0]
 
 
 async def _receive(args: argparse.Namespace, home: Home, secret: str, console: Console) -> int:
     from pqcall.exceptions import KeyChangedError
 
     async with transfers(home, secret) as files:
+        file_id = args.file_id
+        if len(file_id) < FILE_ID_DIGITS:
+            file_id = pick_file_id(file_id, [item.view.file_id for item in await files.inbox()])
         try:
-            received = await files.receive(args.file_id, args.out, progress=Meter(console))
+            received = await files.receive(file_id, args.out, progress=Meter(console))
         except KeyChangedError as exc:
             console.warn(f"refused a file: {exc}")
             return runtime.EXIT_FAILED

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pqcall.exceptions import DeviceError
+from pqcall.exceptions import DeviceError, NoAccount
 
 if TYPE_CHECKING:
     from pqcall.client.home import Home
@@ -152,10 +152,18 @@ def positive_int(text: str) -> int:
 
 
 def open_home(args: argparse.Namespace) -> Home:
-    """The home directory ``--home`` (or ``$PQCALL_HOME``, or ``~/.pqcall``) names."""
+    """The home directory ``--home`` (or ``$PQCALL_HOME``, or ``~/.pqcall``) names.
+
+    Raises:
+        NoAccount: that path is a file, not a folder.
+    """
     from pqcall.client.home import Home, resolve_home
 
-    return Home(resolve_home(args.home))
+    path = resolve_home(args.home)
+    if path.exists() and not path.is_dir():
+        given = args.home if args.home else str(path)
+        raise NoAccount(f"--home {given} is a file, not a folder")
+    return Home(path)
 
 
 def passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:

@@ -2,23 +2,33 @@
 
 :func:`register` is what ``pqcall register`` and the UI's first page call;
 :class:`~pqcall.client.phone.Phone` then logs in with the account it left.
-(:mod:`pqcall.client.phone` re-exports both names.)
+(:mod:`pqcall.client.phone` re-exports both names.) A registration that fails
+leaves no file behind that it created (no stray ``account.key``);
+:func:`check_server` lets a caller find an unreachable server before it asks
+for a passphrase.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pqcall.client.api import ServerApi
 from pqcall.client.home import AccountConfig, Home
-from pqcall.client.http import refuse_plain_http
-from pqcall.client.server_cert import pin_on_first_use
+from pqcall.client.http import HttpSession, refuse_plain_http
+from pqcall.client.privatefile import LOCK_NAME
+from pqcall.client.server_cert import pin_on_first_use, pin_path, server_verify
 from pqcall.crypto.filekey import KeyBundle
 from pqcall.crypto.keystore import DEFAULT_KDF_PARAMS, AccountSecrets, KdfParams
-from pqcall.exceptions import CallError
+from pqcall.exceptions import CallError, ServerUnreachable
 from pqcall.signaling import usernames
+
+SERVER_START_WAIT_S = 15.0
+"""How long :func:`check_server` waits for a server that refuses connections (just started)."""
+SERVER_RETRY_INTERVAL_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,64 @@ async def register(
             f"{home.path} is already registered as {config.username} at {config.server_url};"
             " use another --home for another account"
         )
+    ours = (home.path, home.keystore_path, home.path / LOCK_NAME, pin_path(home))
+    created = [path for path in ours if not path.exists()]
+    try:
+        return await _register(home, username, server_url, passphrase, config, kdf_params)
+    except BaseException:
+        _remove_created(created)
+        raise
+
+
+async def check_server(home: Home, server_url: str, *, wait_s: float | None = None) -> None:
+    """``GET /health`` on ``server_url``; a refused connection is retried for ``wait_s``.
+
+    Pins nothing and writes nothing (a self-signed server's certificate is not
+    checked here, only whether something answers).
+
+    Raises:
+        ServerUnreachable: still no answer after ``wait_s`` (default
+            :data:`SERVER_START_WAIT_S`).
+    """
+    if wait_s is None:
+        wait_s = SERVER_START_WAIT_S
+    verify = server_verify(home)
+    if server_url.lower().startswith("https://") and verify is True:
+        verify = False  # only "does it answer": register pins or checks the certificate
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    session = HttpSession(server_url, verify=verify)
+    try:
+        while True:
+            try:
+                await session.send("GET", "/health", token=None)
+                return
+            except ServerUnreachable:
+                if loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(SERVER_RETRY_INTERVAL_S)
+    finally:
+        await session.close()
+
+
+def _remove_created(paths: list[Path]) -> None:
+    """Remove what a failed registration created: files first, then the home if left empty."""
+    for path in sorted(paths, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()
+
+
+async def _register(
+    home: Home,
+    username: str,
+    server_url: str,
+    passphrase: str,
+    config: AccountConfig | None,
+    kdf_params: KdfParams,
+) -> Registration:
     if home.has_account():
         account = await asyncio.to_thread(home.unlock, passphrase)
     else:

@@ -7,6 +7,8 @@
 - :class:`RedactSecretsFilter` on uvicorn's own loggers
   (:func:`install_log_redaction`): a ``?token=`` in a logged WebSocket path shows
   as ``[redacted]``.
+- :func:`quiet_access_log`: without ``pqcall server --access-log``, neither the
+  access lines nor uvicorn's per-WebSocket chatter are written.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ access_logger = logging.getLogger("pqcall.server.access")
 
 SECRET_QUERY_PATTERN = re.compile(r"([?&](?:token|access_token)=)[^&\s\"']+")
 REDACTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+# what uvicorn logs at INFO for every WebSocket: per-connection chatter, like an access log
+WEBSOCKET_CHATTER = re.compile(r'"WebSocket .*" \[accepted\]|^connection (?:open|closed)$')
 
 
 class RedactSecretsFilter(logging.Filter):
@@ -49,6 +53,22 @@ def install_log_redaction() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactSecretsFilter) for f in logger.filters):
             logger.addFilter(RedactSecretsFilter())
+
+
+class DropWebSocketChatter(logging.Filter):
+    """Drops uvicorn's ``"WebSocket /events" [accepted]`` and ``connection open/closed`` lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a per-connection line, True for everything else."""
+        return WEBSOCKET_CHATTER.search(record.getMessage()) is None
+
+
+def quiet_access_log() -> None:
+    """No access lines and no per-WebSocket lines; warnings and errors still show."""
+    access_logger.setLevel(logging.WARNING)
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DropWebSocketChatter) for f in logger.filters):
+        logger.addFilter(DropWebSocketChatter())
 
 
 class AccessLogMiddleware:

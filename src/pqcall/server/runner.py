@@ -4,9 +4,12 @@ Importing this module is cheap; the server's dependencies load in :func:`run`.
 Before serving, :func:`run` makes the process's files private (umask 077; the
 data directory 0700, a group- or world-accessible one refused), raises the
 open-file limit to its hard limit, and warns in one line when it serves plain
-HTTP beyond loopback. :func:`uvicorn_config` is the one uvicorn configuration
-(timeouts and connection limits of :mod:`pqcall.server.connections`), shared
-with the tests.
+HTTP beyond loopback. It refuses, in one line, a SQLite database another
+server uses (a lock file held for the process life), an empty or damaged one
+(:mod:`pqcall.server.storage.database`), and logs storage failures one line
+per change of state (:mod:`pqcall.server.faults`). :func:`uvicorn_config` is
+the one uvicorn configuration (timeouts and connection limits of
+:mod:`pqcall.server.connections`), shared with the tests.
 """
 
 from __future__ import annotations
@@ -60,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " directory (phones pin it on first use)",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request and WebSocket session (off by default: a server"
+        " started with & in a terminal would print over the phones' prompts)",
+    )
     parser.add_argument(
         "--name", help="server name that logins are bound to (default: this machine's host name)"
     )
@@ -221,11 +230,12 @@ def _serve(args: argparse.Namespace, settings: ServerSettings) -> int:
 
     import uvicorn
 
-    from pqcall.server import logs
+    from pqcall.server import faults, logs
     from pqcall.server.app import create_app
-    from pqcall.server.storage.database import display_url, run_migrations
+    from pqcall.server.storage.database import display_url, hold_sqlite_lock, run_migrations
 
     prepare_data_dir(settings.data_dir)
+    lock = hold_sqlite_lock(settings.db_url)  # a second server on this SQLite file is refused
     if args.tls_self_signed:
         from pqcall.server.tls import self_signed_certificate
 
@@ -264,10 +274,18 @@ def _serve(args: argparse.Namespace, settings: ServerSettings) -> int:
             settings.tls_cert,
             fingerprint(settings.tls_cert),
         )
-    config = uvicorn_config(settings, create_app(settings), log_level=settings.log_level)
+    app = create_app(settings)
+    config = uvicorn_config(settings, app, log_level=settings.log_level)
     logs.install_log_redaction()  # uvicorn.Config has just configured its loggers
+    faults.install_log_filter(app.state.context.storage_status)
+    if not args.access_log:
+        logs.quiet_access_log()
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    finally:
+        if lock is not None:
+            lock.close()
     return 0 if server.started else 1
 
 
