@@ -326,6 +326,8 @@ async def test_presence(server: RunningServer) -> None:
         await new_account(server.base_url, "bob") as bob,
     ):
         assert await alice.presence([]) == []
+        assert await alice.presence(["Bob"]) == []  # bob has not called alice yet
+        await bob.initiate(InitiateCall(call_id=new_call_id(), callee="alice", offer=OFFER))
         [entry] = await alice.presence(["Bob", "nobody"])
         assert (entry.username, entry.online) == ("bob", False)
         async with bob.events() as stream:

@@ -4,6 +4,7 @@ import pytest
 
 from pqcall.crypto.filekey import FilePrivateKey, KeyBundle
 from pqcall.crypto.identity import IdentityPrivateKey
+from pqcall.server.presence import rounded_last_seen
 from pqcall.signaling.messages import b64decode, b64encode
 
 from .conftest import BUNDLE_CREATED, bundle_for, login, registration
@@ -257,18 +258,22 @@ def test_presence(server, account):
     alice = account("alice")
     bob = account("bob")
     context = server.app.state.context
+    # only those who called alice (or answered her) show her their presence
+    assert alice.client.get("/presence", params={"names": "bob"}).json() == {"users": []}
+    call = {"call_id": "ab" * 16, "callee": "alice", "offer": b64encode(b"offer")}
+    assert bob.client.post("/call/initiate", json=call).status_code == 201
     answer = alice.client.get("/presence", params={"names": "bob, alice,nobody,BOB"})
     assert answer.status_code == 200
     users = answer.json()["users"]
     assert [user["username"] for user in users] == ["alice", "bob"]
     assert all(user["online"] is False for user in users)
-    assert users[1]["last_seen"] == pytest.approx(server.clock.now)
+    assert users[1]["last_seen"] == rounded_last_seen(server.clock.now)
 
     bob_id = server_account_id(server, "bob")
     assert context.presence.connect(bob_id)
     online = alice.client.get("/presence", params={"names": "bob"}).json()["users"]
     assert online == [
-        {"username": "bob", "online": True, "last_seen": pytest.approx(server.clock.now)}
+        {"username": "bob", "online": True, "last_seen": rounded_last_seen(server.clock.now)}
     ]
     assert context.presence.disconnect(bob_id)
     assert (

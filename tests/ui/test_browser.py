@@ -49,12 +49,15 @@ def screenshot(page: Page, name: str) -> None:
 
 
 def add_contact(page: Page, name: str) -> None:
-    """Search for ``name`` and add them; their row shows them online and pinned."""
+    """Search for ``name`` and add them; their row shows them pinned.
+
+    (Not online: the server shows someone's presence only after they called us
+    or answered our call, issue 20 finding 8; a call rings whatever it shows.)
+    """
     page.get_by_test_id("contact-search").fill(name)
     page.get_by_test_id("contact-add").click()
     row = page.get_by_test_id(f"contact-{name}")
     expect(row).to_be_visible()
-    expect(row.get_by_test_id(f"presence-{name}")).to_have_text("online")
     expect(row.get_by_test_id(f"badge-{name}")).to_have_text("pinned")
 
 
@@ -188,8 +191,6 @@ def test_key_change_blocks_the_call(world: UiWorld) -> None:
     alice = world.open("alice")
     bob = world.open("bob")
     expect(alice.get_by_test_id("contact-bob")).to_be_visible()
-    # bob came online after alice's page loaded: her page learns it by itself
-    expect(alice.get_by_test_id("presence-bob")).to_have_text("online")
 
     warning = alice.get_by_test_id("key-warning")
     if not warning.is_visible():  # shown on load, or when alice tries to call

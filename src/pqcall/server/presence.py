@@ -5,10 +5,27 @@ socket is authenticated and :meth:`PresenceRegistry.disconnect` when it
 closes; a phone may hold several sockets, so an account is online while it has
 at least one. The registry is per process: with several server processes the
 shared event bus carries presence (see ``docs/server.md``). The durable part,
-``last_seen``, is in the database (:meth:`AccountStore.touch_last_seen`).
+``last_seen``, is in the database (:meth:`AccountStore.touch_last_seen`), and
+is shown to others only rounded (:func:`rounded_last_seen`).
+
+Who may see whose presence (``docs/server.md#presence``): an account sees its
+own, and that of the accounts that have called it or answered its call
+(:meth:`CallStore.presence_granted`, :meth:`CallStore.list_presence_watchers`).
 """
 
 from __future__ import annotations
+
+import math
+
+LAST_SEEN_ROUNDING_S = 300.0
+"""``last_seen`` is shown rounded down to this (5 minutes), never to the second."""
+
+
+def rounded_last_seen(last_seen: float | None) -> float | None:
+    """``last_seen`` as others may see it: rounded down to :data:`LAST_SEEN_ROUNDING_S`."""
+    if last_seen is None:
+        return None
+    return math.floor(last_seen / LAST_SEEN_ROUNDING_S) * LAST_SEEN_ROUNDING_S
 
 
 class PresenceRegistry:

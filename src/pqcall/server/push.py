@@ -28,8 +28,10 @@ listens to :class:`~pqcall.server.auth.Revocations`), or that falls
 lost).
 
 Presence: when an account's first connection opens or its last one closes,
-``last_seen`` is updated and a ``presence`` event goes to its *contacts*, the
-accounts it has had a call with (either way), that are online right now. An
+``last_seen`` is updated and a ``presence`` event (``last_seen`` rounded to 5
+minutes) goes to the accounts that may see its presence, those it has called
+or whose call it answered, that are online right now; a stranger who only
+rang it gets nothing. An
 offline contact learns presence from ``GET /presence`` when it comes back, so
 presence events never pile up for absent phones. While connected, accounts'
 ``last_seen`` is refreshed every heartbeat interval, which is what the call
@@ -55,6 +57,7 @@ from starlette.websockets import WebSocket
 from pqcall.server.auth import Revocation, revocations
 from pqcall.server.context import AppContext
 from pqcall.server.metrics import METRICS_EXTRA, ServerMetrics
+from pqcall.server.presence import rounded_last_seen
 from pqcall.server.storage import AccountRecord
 from pqcall.signaling.messages import EVENT_PRESENCE, Event, Presence
 
@@ -272,16 +275,18 @@ class EventHub:
             connection.finished.set()
 
     async def _announce(self, account_id: int, *, online: bool) -> None:
-        """Tell the account's online contacts that it came online or went offline."""
+        """Tell the online accounts that may see its presence that it came or went."""
         context = self.context
-        partners = await context.storage.calls.list_call_partners(account_id)
-        listeners = [partner for partner in partners if self.is_connected(partner)]
+        watchers = await context.storage.calls.list_presence_watchers(account_id)
+        listeners = [watcher for watcher in watchers if self.is_connected(watcher)]
         if not listeners:
             return
         account = await context.storage.accounts.get_account(account_id)
         if account is None:
             return
-        presence = Presence(username=account.username, online=online, last_seen=account.last_seen)
+        presence = Presence(
+            username=account.username, online=online, last_seen=rounded_last_seen(account.last_seen)
+        )
         payload = presence.model_dump(mode="json")
         for partner in listeners:
             await self.publish(partner, EVENT_PRESENCE, payload)

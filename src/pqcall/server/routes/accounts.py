@@ -1,5 +1,9 @@
 """Registration, the directory, key-bundle rotation and presence.
 
+Presence answers only for users who let the asker see it (they called the
+asker, or answered the asker's call), with ``last_seen`` rounded to 5 minutes;
+anyone else is left out like an unknown name (``docs/server.md#presence``).
+
 Registration is proof of possession: the request is signed by the identity it
 registers (context :data:`~pqcall.signaling.messages.REGISTER_CONTEXT`, over
 :func:`~pqcall.signaling.messages.register_signed_data`), and the key bundle
@@ -20,6 +24,7 @@ from pqcall.crypto.identity import IdentityPublicKey
 from pqcall.exceptions import BadSignature, DecodeError
 from pqcall.server.auth import CurrentAccount, account_named
 from pqcall.server.context import AppContext, Context, api_error
+from pqcall.server.presence import rounded_last_seen
 from pqcall.server.storage import AccountRecord, UsernameTaken
 from pqcall.signaling import usernames
 from pqcall.signaling.messages import (
@@ -154,7 +159,13 @@ async def presence(
         ),
     ],
 ) -> PresenceResponse:
-    """Online/offline and last-seen time of the named users; unknown names are left out."""
+    """Online/offline and last-seen time (rounded) of the named users who let the asker see it.
+
+    A user lets the asker see their presence by having called the asker or
+    answered the asker's call (and everyone sees their own). Everyone else is
+    left out, exactly like a name without an account, so a stranger learns
+    nothing, not even whether the name exists.
+    """
     raw = [part.strip() for part in names.split(",") if part.strip()]
     if len(raw) > MAX_PRESENCE_NAMES:
         raise api_error(
@@ -166,13 +177,16 @@ async def presence(
     except usernames.InvalidUsername as exc:
         raise api_error(status.HTTP_422_UNPROCESSABLE_CONTENT, f"names: {exc}") from None
     found = await context.storage.accounts.get_accounts_by_names(wanted)
+    granted = await context.storage.calls.presence_granted(account.id, [u.id for u in found])
+    granted.add(account.id)
     return PresenceResponse(
         users=[
             Presence(
                 username=user.username,
                 online=context.presence.is_online(user.id),
-                last_seen=user.last_seen,
+                last_seen=rounded_last_seen(user.last_seen),
             )
             for user in found
+            if user.id in granted
         ]
     )

@@ -209,6 +209,42 @@ class CallStore:
             )
             return [int(row.partner) for row in result]
 
+    async def list_presence_watchers(self, account_id: int, limit: int = 1000) -> list[int]:
+        """Ids of the accounts ``account_id`` lets see its presence (docs/server.md#presence).
+
+        Those it has called (answered or not), and those whose call it answered.
+        """
+        called = select(calls.c.callee_id.label("watcher")).where(calls.c.caller_id == account_id)
+        answered = select(calls.c.caller_id.label("watcher")).where(
+            calls.c.callee_id == account_id, calls.c.answered_at.is_not(None)
+        )
+        union = called.union(answered).subquery()
+        async with self.engine.connect() as connection:
+            result = await connection.execute(
+                select(union.c.watcher).order_by(union.c.watcher).limit(limit)
+            )
+            return [int(row.watcher) for row in result]
+
+    async def presence_granted(self, asker_id: int, target_ids: Iterable[int]) -> set[int]:
+        """Which of ``target_ids`` let ``asker_id`` see their presence.
+
+        A target has called the asker, or answered a call from the asker.
+        """
+        targets = list(target_ids)
+        if not targets:
+            return set()
+        called = select(calls.c.caller_id.label("target")).where(
+            calls.c.callee_id == asker_id, calls.c.caller_id.in_(targets)
+        )
+        answered = select(calls.c.callee_id.label("target")).where(
+            calls.c.caller_id == asker_id,
+            calls.c.callee_id.in_(targets),
+            calls.c.answered_at.is_not(None),
+        )
+        async with self.engine.connect() as connection:
+            result = await connection.execute(called.union(answered))
+            return {int(row.target) for row in result}
+
     async def _calls(
         self, conditions: Iterable[Any], order: Any, limit: int = 1000
     ) -> list[CallRecord]:
