@@ -21,7 +21,11 @@ relay.
 
 Every error the API returns is ``{"error": "<one sentence>"}`` with a 4xx
 status for bad input (422 for a body or parameter that fails its schema, 413
-for an oversized body) and 500 only for a bug in the server.
+for an oversized body), 503 or 507 with ``Retry-After`` when storage fails
+(the database unreachable, the disk full: :mod:`pqcall.server.faults`, one
+handler for every route), and 500 only for a bug in the server. ``GET /health``
+answers 200 when the database answers and the data disk has room, else 503
+with the reason.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pqcall import __version__
-from pqcall.server import auth
+from pqcall.server import auth, faults
 from pqcall.server.call_sweeper import CallSweeper
 from pqcall.server.components import default_components
 from pqcall.server.context import AppContext, Clock, Component
@@ -67,6 +71,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (409, "conflict with the current state"),
         (413, "request body too large, or a file over its limit or quota"),
         (422, "the request does not match its schema"),
+        (503, "the server cannot reach its database (or it is damaged); see Retry-After"),
+        (507, "the server's disk is full; see Retry-After"),
     )
 }
 
@@ -94,7 +100,7 @@ def create_app(
     if clock is not None:
         context.clock = clock
     server_metrics = metrics.install_metrics(context)
-    context.components.append(Housekeeper())
+    context.components.extend([faults.StorageWatch(), Housekeeper()])
     context.components.extend(default_components(settings))
     context.components.extend([EventHub(), CallSweeper(), FileSweeper()])
     context.components.extend(components)
@@ -115,7 +121,9 @@ def create_app(
     app.include_router(files.router)
     for router in routers:
         app.include_router(router)
-    app.add_api_route("/health", health, methods=["GET"], tags=["operations"])
+    app.add_api_route(
+        "/health", health, methods=["GET"], tags=["operations"], response_model=HealthResponse
+    )
     app.include_router(metrics.router)
 
     _install_error_handlers(app)
@@ -156,14 +164,19 @@ def _lifespan(
     return lifespan
 
 
-async def health(request: Request) -> HealthResponse:
-    """Whether the server and its database answer."""
+async def health(request: Request) -> HealthResponse | JSONResponse:
+    """200 when the database answers and the data disk has room; else 503 saying why."""
     context: AppContext = request.app.state.context
-    ok = await context.storage.ping()
+    problem = await faults.check_storage(context)
+    if problem is not None:
+        fault, detail = problem
+        return error_response(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"{fault.name}: {detail}",
+            {"Retry-After": str(fault.retry_after_s)},
+        )
     return HealthResponse(
-        status="ok" if ok else "unavailable",
-        version=__version__,
-        server_name=context.settings.server_name,
+        status="ok", version=__version__, server_name=context.settings.server_name
     )
 
 
@@ -228,6 +241,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
 
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        fault = faults.classify(exc)
+        if fault is not None:  # storage failed: not a bug; one log line per change of state
+            context: AppContext = request.app.state.context
+            context.storage_status.failed(fault, faults.describe(exc))
+            return faults.fault_response(fault)
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
 
@@ -235,6 +253,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(IllegalTransition, on_illegal_transition)
     app.add_exception_handler(InvalidUsername, on_invalid_username)
+    for storage_error in faults.STORAGE_ERRORS:  # handled here, not re-raised to uvicorn
+        app.add_exception_handler(storage_error, on_bug)
     app.add_exception_handler(Exception, on_bug)
 
 

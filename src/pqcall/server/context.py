@@ -17,6 +17,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request
 
+from pqcall.server.faults import StorageStatus
 from pqcall.server.presence import PresenceRegistry
 from pqcall.server.settings import ServerSettings
 from pqcall.server.storage import Storage
@@ -45,6 +46,8 @@ class AppContext:
     """Unix seconds; the only clock routes may read."""
     presence: PresenceRegistry = field(default_factory=PresenceRegistry)
     """Live push connections of this process."""
+    storage_status: StorageStatus = field(default_factory=StorageStatus)
+    """The storage fault on record (database down, disk full), logged once per change."""
     components: list[Component] = field(default_factory=list)
     """Started after storage opens, stopped before it closes."""
     extras: dict[str, Any] = field(default_factory=dict)

@@ -6,12 +6,22 @@ brings either to the newest schema with Alembic; the scripts live in
 ``pqcall/server/storage/migrations`` so an installed pqcall can migrate
 without a checkout. A database already at :data:`HEAD_REVISION` is recognized
 with one query, without loading Alembic, which keeps the server's start fast.
+
+Before migrating, a SQLite file is checked (:func:`check_sqlite_file`): a
+0-byte file (truncated: every account would be gone) and a file that fails
+``PRAGMA quick_check`` are refused with one line instead of served.
+:func:`hold_sqlite_lock` keeps a second server off a SQLite file for the life of
+the process (``<file>.lock``, ``fcntl.flock``, the holder's pid inside).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, event, inspect, make_url, text
 from sqlalchemy.engine import URL
@@ -28,6 +38,7 @@ SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 HEAD_REVISION = "0002"  # the newest file in migrations/versions (a test keeps them equal)
 MIGRATION_LOCK_KEY = 0x7071_6361_6C6C  # "pqcall": PostgreSQL advisory lock held while migrating
+LOCK_SUFFIX = ".lock"  # next to a SQLite file: held by the server using it
 
 
 def parse_url(url: str) -> URL:
@@ -124,6 +135,8 @@ async def migrate(engine: AsyncEngine) -> None:
     Raises:
         ServerError: the database cannot be reached or migrated; one line says why.
     """
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (None, ":memory:"):
+        check_sqlite_file(Path(engine.url.database or ""))
     try:
         if await current_revision(engine) == HEAD_REVISION:
             return
@@ -162,6 +175,77 @@ async def run_migrations(url: str) -> None:
         await migrate(engine)
     finally:
         await engine.dispose()
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a SQLite file that is empty (0 bytes) or fails ``PRAGMA quick_check``.
+
+    A missing file is fine (a new database). SQLite itself would take a 0-byte
+    file for a new, empty database, silently; pqcall never leaves one behind
+    (its first statement writes the header), so one means a truncated file.
+
+    Raises:
+        ServerError: one line naming the file, what is wrong and what to do.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ServerError(f"cannot read database file {path}: {exc.strerror}") from None
+    wal = path.with_name(path.name + "-wal")
+    if size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+        raise ServerError(
+            f"database file {path} is empty (0 bytes): its accounts are gone or it was"
+            " truncated; restore it from a backup, or delete it to start a new empty database"
+        )
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as connection:
+            rows = [str(row[0]) for row in connection.execute("PRAGMA quick_check")]
+    except sqlite3.Error as exc:
+        rows = [str(exc)]
+    if rows != ["ok"]:
+        raise ServerError(
+            f"database file {path} is damaged (PRAGMA quick_check: {rows[0]});"
+            " restore it from a backup"
+        )
+
+
+def hold_sqlite_lock(url: str) -> IO[str] | None:
+    """Lock the SQLite file of ``url`` for this process; the open lock file (keep it open).
+
+    ``None`` for PostgreSQL (several servers may share it). The lock is released
+    when the returned file is closed or the process ends.
+
+    Raises:
+        ServerError: another process holds it (one line, with its pid when known).
+    """
+    parsed = parse_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, ":memory:"):
+        return None
+    database = Path(parsed.database or "")
+    path = database.with_name(database.name + LOCK_SUFFIX)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = path.open("a+")
+    except OSError as exc:
+        raise ServerError(f"cannot open lock file {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip()
+        lock.close()
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise ServerError(
+            f"another pqcall server{who} is using the database {database};"
+            " stop it first, or give this one its own --data-dir"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def _describe(exc: BaseException) -> str:
