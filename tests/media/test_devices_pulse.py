@@ -144,3 +144,73 @@ def test_speaker_replaced_mid_call_stops_playing():
             await callee.close()
 
     asyncio.run(main())
+
+
+def _pactl(*args: str) -> str:
+    return subprocess.run(["pactl", *args], capture_output=True, text=True, check=True).stdout
+
+
+def _index(kind: str, name: str) -> str:
+    """PulseAudio's index of the sink or source ``name``."""
+    for line in _pactl("list", "short", kind).splitlines():
+        fields = line.split("\t")
+        if fields[1] == name:
+            return fields[0]
+    raise AssertionError(f"no {name} in {kind}")
+
+
+def _used_by(streams: str) -> list[str]:
+    """The sinks (or sources) that PulseAudio's playback (or record) streams go to."""
+    return [line.split("\t")[1] for line in _pactl("list", "short", streams).splitlines()]
+
+
+def test_headset_plugged_in_mid_call_is_listed_and_chosen():
+    """A sink loaded while streams are open: listed as pulse:NAME, played to, recorded back."""
+    from pqcall.media.devices import open_streams, rescan_devices
+    from pqcall.media.pulse_devices import pulse_specs
+
+    async def main() -> None:
+        with DeviceSource(DEVICE) as microphone, DeviceSink(DEVICE) as speaker:
+            assert microphone.device.name == speaker.device.name == DEVICE
+            assert open_streams() >= 2
+            assert not rescan_devices()  # PortAudio cannot restart under open streams
+            module = _pactl(
+                "load-module", "module-null-sink", "sink_name=headset", "rate=48000", "channels=1"
+            ).strip()
+            try:
+                assert "pulse:headset" in pulse_specs("output")
+                assert "pulse:headset.monitor" in pulse_specs("input")
+                with (
+                    DeviceSink("pulse:headset") as headset,
+                    DeviceSource("pulse:headset.monitor") as monitor,
+                ):
+                    tone = ToneSource(TONE_HZ, TONE_AMPLITUDE)
+                    loop = asyncio.get_running_loop()
+
+                    async def play() -> None:
+                        next_tick = loop.time()
+                        while True:
+                            headset.write_frame(tone.read_frame())
+                            next_tick += FRAME_S
+                            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+
+                    player = asyncio.create_task(play())
+                    try:
+                        await until_level(monitor, loud=True)  # the tone went to the headset
+                    finally:
+                        player.cancel()
+                    assert _index("sinks", "headset") in _used_by("sink-inputs")
+                    assert _index("sources", "headset.monitor") in _used_by("source-outputs")
+            finally:
+                _pactl("unload-module", module)
+            assert "pulse:headset" not in pulse_specs("output")  # unplugged: gone from the list
+
+    asyncio.run(main())
+
+
+def test_rescan_with_no_stream_open_restarts_portaudio():
+    from pqcall.media.devices import open_streams, rescan_devices
+
+    assert open_streams() == 0
+    assert rescan_devices()
+    assert DEVICE in [device.name for device in list_devices()]

@@ -11,6 +11,12 @@ asyncio task through ``loop.call_soon_threadsafe``.
 
 When a device does not run at 48 kHz, its audio is converted with soxr.
 
+Devices plugged in later: :func:`rescan_devices` restarts PortAudio so it
+sees them, but only while no stream is open (a restart would stop them); a
+spec ``pulse:NAME`` names a PulseAudio sink or source, listed live with
+``pactl`` (:mod:`pqcall.media.pulse_devices`), so during a call a new
+headset can be chosen when PulseAudio is the sound server.
+
 ``sounddevice`` is imported lazily, on the first use of a device: it raises
 ``OSError`` at import when libportaudio2 is missing, and files, tones and the
 null sink must work without it.
@@ -37,6 +43,7 @@ from pqcall.media.codec import (
     samples_per_frame,
     silence,
 )
+from pqcall.media.pulse_devices import PULSE_DEVICE, pulse_target, split_pulse_spec
 
 __all__ = [
     "DEFAULT_MAX_QUEUED_FRAMES",
@@ -46,6 +53,8 @@ __all__ = [
     "DeviceSource",
     "find_device",
     "list_devices",
+    "open_streams",
+    "rescan_devices",
 ]
 
 DEFAULT_MAX_QUEUED_FRAMES: Final = 10
@@ -115,6 +124,40 @@ def _default_index(sd: Any, kind: Kind) -> int | None:
     return index if index >= 0 else None
 
 
+_open_streams = 0  # DeviceSource/DeviceSink streams open now (PortAudio must not restart)
+
+
+def open_streams() -> int:
+    """How many device streams are open now."""
+    return _open_streams
+
+
+def _count_stream(change: int) -> None:
+    global _open_streams
+    _open_streams += change
+
+
+def rescan_devices() -> bool:
+    """Restart PortAudio so :func:`list_devices` sees new devices; only if no stream is open.
+
+    Returns:
+        Whether PortAudio was restarted (False: a stream is open; PulseAudio's
+        ``pulse:NAME`` specs still show new devices then).
+
+    Raises:
+        DeviceError: the PortAudio library is missing or fails.
+    """
+    sd = _sounddevice()
+    if _open_streams:
+        return False
+    try:
+        sd._terminate()
+        sd._initialize()
+    except sd.PortAudioError as error:
+        raise DeviceError(f"cannot rescan audio devices: {error}") from None
+    return True
+
+
 def list_devices() -> list[DeviceInfo]:
     """Every device PortAudio sees; an empty list on a machine with none.
 
@@ -148,14 +191,17 @@ def find_device(spec: str, kind: Kind) -> DeviceInfo:
     """The device ``spec`` names for capture (``input``) or playback (``output``).
 
     Args:
-        spec: ``default``; an index; or a case-insensitive substring of the
-            name (an exact name wins over substrings).
+        spec: ``default``; an index; ``pulse:NAME`` (PortAudio's ``pulse``
+            device, connected to PulseAudio's NAME when opened); or a
+            case-insensitive substring of the name (an exact name wins).
 
     Raises:
         DeviceError: no such device, no device of that kind, or the name is
             ambiguous (the message lists the candidates with their indices).
     """
     usable = [device for device in list_devices() if device.channels(kind) > 0]
+    if split_pulse_spec(spec) is not None:
+        spec = PULSE_DEVICE
     if spec == "default":
         for device in usable:
             if device.is_default_input if kind == "input" else device.is_default_output:
@@ -252,18 +298,20 @@ class DeviceSource(ClosingMixin):
         self._ready: asyncio.Event | None = None
         self._is_closed = False
         try:
-            self._stream = sd.InputStream(
-                device=self.device.index,
-                samplerate=self.samplerate_hz,
-                channels=channels,
-                dtype="int16",
-                blocksize=self.samplerate_hz * frame_ms // 1000,
-                latency="low",
-                callback=self._on_capture,
-            )
-            self._stream.start()
+            with pulse_target(split_pulse_spec(spec), "input"):
+                self._stream = sd.InputStream(
+                    device=self.device.index,
+                    samplerate=self.samplerate_hz,
+                    channels=channels,
+                    dtype="int16",
+                    blocksize=self.samplerate_hz * frame_ms // 1000,
+                    latency="low",
+                    callback=self._on_capture,
+                )
+                self._stream.start()
         except (sd.PortAudioError, ValueError) as error:
             raise _open_error("input", self.device, error) from None
+        _count_stream(1)
 
     @property
     def latency_s(self) -> float:
@@ -319,6 +367,7 @@ class DeviceSource(ClosingMixin):
         self._loop = None
         self._stream.abort(ignore_errors=True)
         self._stream.close(ignore_errors=True)
+        _count_stream(-1)
         if self._ready is not None:
             self._ready.set()
 
@@ -407,18 +456,20 @@ class DeviceSink(ClosingMixin):
         )
         self._is_closed = False
         try:
-            self._stream = sd.OutputStream(
-                device=self.device.index,
-                samplerate=self.samplerate_hz,
-                channels=channels,
-                dtype="int16",
-                blocksize=self.samplerate_hz * frame_ms // 1000,
-                latency="low",
-                callback=self._on_playback,
-            )
-            self._stream.start()
+            with pulse_target(split_pulse_spec(spec), "output"):
+                self._stream = sd.OutputStream(
+                    device=self.device.index,
+                    samplerate=self.samplerate_hz,
+                    channels=channels,
+                    dtype="int16",
+                    blocksize=self.samplerate_hz * frame_ms // 1000,
+                    latency="low",
+                    callback=self._on_playback,
+                )
+                self._stream.start()
         except (sd.PortAudioError, ValueError) as error:
             raise _open_error("output", self.device, error) from None
+        _count_stream(1)
 
     @property
     def latency_s(self) -> float:
@@ -463,6 +514,7 @@ class DeviceSink(ClosingMixin):
         self._is_closed = True
         self._stream.stop(ignore_errors=True)
         self._stream.close(ignore_errors=True)
+        _count_stream(-1)
 
     def _on_playback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
         # PortAudio's thread: fill from the queue, pad with silence; never block
