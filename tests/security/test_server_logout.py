@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pqcall.client.http import HttpSession
-from pqcall.client.login import Login
+from pqcall.client.api import ServerApi
 from pqcall.signaling.messages import EVENT_CALL_INCOMING
 from tests.harness import TIMEOUT_SCALE
 from tests.server.conftest import (
@@ -80,12 +79,10 @@ def test_the_client_logs_out_everywhere(server, account):
     phone = EventSocket(server, alice.token)
 
     async def main() -> None:
-        http = HttpSession(server.base_url)
-        try:
-            login = Login(http, "alice", alice.identity, server.settings.server_name)
-            await login.logout(everywhere=True)  # logs in for a token, then revokes them all
-        finally:
-            await http.close()
+        async with ServerApi(
+            server.base_url, "alice", alice.identity, server_name=server.settings.server_name
+        ) as api:
+            await api.logout(everywhere=True)  # logs in for a token, then revokes them all
 
     asyncio.run(main())
     assert phone.wait_closed(timeout=PROMPTLY_S) == (4401, "logged out")

@@ -189,9 +189,12 @@ class ServerApi:
         """
         self._login.discard_token(token)
 
-    async def logout(self) -> None:
-        """Revoke the current token on the server (if there is one) and forget it."""
-        await self._login.logout()
+    async def logout(self, *, everywhere: bool = False) -> None:
+        """Revoke the current token on the server (if there is one) and forget it.
+
+        ``everywhere``: revoke every token of this account, on every device.
+        """
+        await self._login.logout(everywhere=everywhere)
 
     async def put_bundle(self, key_bundle: bytes) -> UserView:
         """Replace this account's key bundle by a newer one (same identity).
