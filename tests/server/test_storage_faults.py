@@ -28,6 +28,7 @@ import pytest
 from sqlalchemy import make_url
 
 from pqcall.cli import main
+from pqcall.client.http import HttpSession
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.server.context import AppContext
 from pqcall.server.faults import DISK_FULL, UNREACHABLE
@@ -296,3 +297,47 @@ def test_empty_sqlite_file_is_refused(tmp_path, migrated_sqlite, capsys):
         " truncated; restore it from a backup, or delete it to start a new empty database"
     )
     assert database.stat().st_size == 0  # left as it was
+
+
+def test_second_server_on_one_data_dir_is_refused(tmp_path, capsys):
+    port = free_port()
+    first = _start(tmp_path, port, "--no-mdns")
+    try:
+        assert _wait_for_health(f"http://127.0.0.1:{port}/health").status_code == 200
+        database = tmp_path / "server" / "pqcall.db"
+        assert _refused(tmp_path / "server", capsys) == (
+            f"pqcall: another pqcall server (pid {first.pid}) is using the database {database};"
+            " stop it first, or give this one its own --data-dir"
+        )
+    finally:
+        _stop(first)
+
+
+# ---------------------------------------------------------------- what a phone prints
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "line"),
+    [
+        pytest.param(
+            503, b'{"error": "' + UNREACHABLE_LINE.encode() + b'"}', UNREACHABLE_LINE, id="503"
+        ),
+        pytest.param(
+            507, b'{"error": "' + DISK_FULL.message.encode() + b'"}', DISK_FULL.message, id="507"
+        ),
+        pytest.param(
+            503,
+            b"<html>Bad Gateway</html>",
+            "the server is unavailable, try again shortly",
+            id="proxy-503",
+        ),
+        pytest.param(507, b"", "the server's disk is full, try again later", id="proxy-507"),
+    ],
+)
+def test_phone_says_one_clear_line(status: int, body: bytes, line: str) -> None:
+    session = HttpSession("http://127.0.0.1:1")
+    try:
+        error = session.error(httpx.Response(status, content=body))
+    finally:
+        asyncio.run(session.close())
+    assert (error.status, str(error)) == (status, line)

@@ -10,7 +10,8 @@ the token, :mod:`pqcall.client.api` the routes):
   http://10.0.0.5:5001: connection refused``.
 - :class:`UnknownUser`: a 404 about a user the caller names.
 - :class:`ApiError`: any other error status, with the server's reason as the
-  message and the status in ``status``; a 429 says how long to wait.
+  message and the status in ``status``; a 429 says how long to wait; a 503 or
+  507 without a reason of the server's (a proxy's page) gets one clear line.
 - :class:`ServerError`: a success status whose body does not match its schema
   (:meth:`HttpSession.parse`).
 
@@ -277,6 +278,7 @@ class HttpSession:
             reason = ErrorResponse.model_validate_json(response.content).error
         except pydantic.ValidationError:
             reason = f"the server answered {status} {response.reason_phrase}".rstrip()
+            reason = _STORAGE_REASONS.get(status, reason)  # e.g. a proxy's HTML page
         reason = one_line(reason)
         if status == 404 and user is not None:
             return UnknownUser(404, f"no user named {user} on this server")
@@ -301,6 +303,12 @@ class HttpSession:
             raise ServerError(
                 f"the server's answer to {what} is not valid: {where}: {first['msg']}"
             ) from None
+
+
+_STORAGE_REASONS = {
+    503: "the server is unavailable, try again shortly",
+    507: "the server's disk is full, try again later",
+}
 
 
 def server_time(response: httpx.Response) -> float:
