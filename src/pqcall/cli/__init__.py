@@ -1,6 +1,7 @@
 """The ``pqcall`` command. Thin: every subcommand calls the library.
 
-One module per group of commands, each with ``add_parsers(commands, common)``:
+One module per group of commands, each with ``add_parsers(commands, common)``
+(:mod:`~pqcall.cli.examples` adds every EXAMPLES epilog and the typo suggestion):
 
 - :mod:`~pqcall.cli.account`: ``register``, ``whoami``
 - :mod:`~pqcall.cli.calls`: ``listen``, ``call``
@@ -23,27 +24,48 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from pqcall import __version__
-from pqcall.bench import __main__ as bench
-from pqcall.cli import account, block, calls, demo, files, info, ui
-from pqcall.cli.options import add_global_options
 from pqcall.exceptions import PqcallError
-from pqcall.server import runner as server
+
+EXIT_USAGE = 2
+"""argparse's exit code for a command line it cannot parse."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that answers an unknown command with the closest one."""
+
+    def error(self, message: str) -> NoReturn:
+        from pqcall.cli.examples import suggest
+
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and "invalid choice" in message:
+                word = message.split("invalid choice: ", 1)[1].split(" (choose", 1)[0]
+                print(suggest(word.strip("'\""), list(action.choices)), file=sys.stderr)
+                sys.exit(EXIT_USAGE)
+        super().error(message)
+
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pqcall``."""
-    parser = argparse.ArgumentParser(
-        prog="pqcall", description="Post-quantum, end-to-end encrypted voice calls."
-    )
+    from pqcall.bench import __main__ as bench
+    from pqcall.cli import account, block, calls, demo, files, info, ui
+    from pqcall.cli.examples import add_examples
+    from pqcall.cli.options import add_global_options
+    from pqcall.server import runner as server
+
+    parser = _Parser(prog="pqcall", description="Post-quantum, end-to-end encrypted voice calls.")
     parser.add_argument("--version", action="version", version=f"pqcall {__version__}")
     add_global_options(parser, top=True)
     common = argparse.ArgumentParser(add_help=False)
     add_global_options(common, top=False)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser
+    )
     account.add_parsers(commands, common)
     calls.add_parsers(commands, common)
     files.add_parsers(commands, common)
@@ -57,11 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     server_parser = commands.add_parser("server", help="run the signaling server")
     server.add_arguments(server_parser)
     server_parser.set_defaults(handler=server.run)
+    add_examples(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code. User errors print one line, no traceback."""
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:
+        print(f"pqcall {__version__}")  # without building the parser: instant
+        sys.exit(0)  # as argparse's version action does
     args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)
