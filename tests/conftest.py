@@ -26,7 +26,7 @@ import pytest
 
 TESTS = Path(__file__).parent
 
-# path under tests/ (a directory, a file, or file::test name prefix) -> markers
+# path under tests/ (a directory, a file, file::test name prefix, or any prefix* ) -> markers
 MARKERS_BY_PLACE: dict[str, tuple[str, ...]] = {
     "e2e/": ("e2e", "netns", "slow"),
     "ui/test_browser.py": ("browser", "slow"),
@@ -36,10 +36,11 @@ MARKERS_BY_PLACE: dict[str, tuple[str, ...]] = {
     "cli/test_files_processes.py": ("e2e", "slow"),
     # slow: benchmarks, real-time calls, restarts, mDNS, child processes, the real KDF,
     # long property runs (seconds each in `--durations=120` of a full run)
-    "test_bench.py": ("slow",),
-    "test_bench_files.py": ("slow",),
-    "test_bench_media.py": ("slow",),
-    "test_bench_server.py": ("slow",),
+    "test_bench*": ("slow",),  # every tests/test_bench*.py
+    "security/test_ui_browser.py": ("browser", "slow"),
+    "security/test_ui_link.py": ("e2e", "slow"),
+    "security/test_server_ops_tls.py::test_a_self_signed_certificate_is_pinned": ("slow",),
+    "ui/test_app.py": ("slow",),  # real calls between two in-process UIs
     "client/test_phone.py": ("slow",),
     "transport/test_session.py": ("slow",),
     "server/test_restart.py": ("slow",),
@@ -75,7 +76,11 @@ def _place(item: pytest.Item) -> str:
 def _markers_for(place: str) -> set[str]:
     names: set[str] = set()
     for prefix, markers in MARKERS_BY_PLACE.items():
-        if place.startswith(prefix if prefix.endswith("/") or "::" in prefix else prefix + "::"):
+        if prefix.endswith("*"):
+            prefix = prefix[:-1]
+        elif not prefix.endswith("/") and "::" not in prefix:
+            prefix += "::"  # a whole file
+        if place.startswith(prefix):
             names.update(markers)
     return names
 
