@@ -18,6 +18,16 @@ behind them in ``docs/decisions/0120-media-adaptation-fec-over-redundancy.md`` a
   force redundancy on / off;
 * until the first report FEC is planned for :data:`STARTUP_EXPECTED_LOSS_PERCENT`;
 * while no loss is planned for, complexity is at most :data:`CALM_COMPLEXITY`;
+* bursts (the peer's :class:`~pqcall.transport.media_packets.BurstReport`,
+  mean run of lost packets over the same window at least
+  :data:`BURSTY_MEAN_PACKETS`) call for copies of earlier frames, which FEC's one
+  frame cannot replace: with ``backup_bytes`` set (the sender can carry them),
+  the backup mode adds :data:`BACKUP_COPIES` low-rate copies of frames n-1..n-3
+  to each packet, a mode of its own, larger packet size, and drops FEC (the
+  copies repair a single loss too, and FEC at the same bytes costs the main
+  frame 0.6 PESQ-WB on the worst voice; ``docs/decisions/0220-bursts.md``);
+  it is left only when the window's bursts fall below :data:`UNBURSTY_MEAN_PACKETS`
+  or the hold ends;
 * :data:`ADAPTATION_HOLD_S` after the last report with loss, back to the
   configured state (the clean mode, unless configured otherwise); the loss
   planned for is the peer's reports of packets that never arrived
@@ -34,22 +44,30 @@ import enum
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pqcall.exceptions import LocalProtocolError
 from pqcall.transport.media_packets import (
     AUDIO_HEADER_LENGTH,
     REDUNDANCY_HEADER_LENGTH,
+    BurstReport,
+    ControlPacket,
     ReceiverReport,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing.TypeIs from Python 3.13; only for mypy
+
 __all__ = [
     "ADAPTATION_HOLD_S",
+    "BACKUP_COPIES",
+    "BURSTY_MEAN_PACKETS",
     "CALM_COMPLEXITY",
     "LOSS_WINDOW_REPORTS",
     "MAX_COMPLEXITY",
     "MIN_REDUNDANT_FRAME_BYTES",
     "STARTUP_EXPECTED_LOSS_PERCENT",
+    "UNBURSTY_MEAN_PACKETS",
     "AdaptationPolicy",
     "EncoderMode",
     "SenderAdaptation",
@@ -77,6 +95,14 @@ MAX_COMPLEXITY: Final = 10
 the codec, which loads libopus)."""
 MIN_REDUNDANT_FRAME_BYTES: Final = 8
 """Smallest Opus frame worth sending twice."""
+BACKUP_COPIES: Final = 3
+"""Earlier frames (n-1, n-2, n-3) a packet carries again in the backup mode: a burst of
+three lost packets is repaired from the fourth (offline, 10 % loss in bursts of 3 on
+the worst voice: PESQ-WB 2.2 with FEC, 3.0 with three 30-byte copies; decision 0220)."""
+BURSTY_MEAN_PACKETS: Final = 1.8
+"""Mean run of lost packets from which the backup mode is chosen (random 10 % loss: 1.1)."""
+UNBURSTY_MEAN_PACKETS: Final = 1.4
+"""Below this mean run the backup mode ends (hysteresis: decision 0122's mode flapped)."""
 
 
 class EncoderMode(enum.StrEnum):
@@ -88,6 +114,8 @@ class EncoderMode(enum.StrEnum):
     """In-band FEC planned for some loss."""
     REDUNDANCY = "redundancy"
     """The previous frame again in each packet."""
+    BACKUP = "backup"
+    """Low-rate copies of the :data:`BACKUP_COPIES` previous frames in each (larger) packet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +131,16 @@ class SenderAdaptation:
     complexity: int
     """Encoder effort, 0-10 (``set_complexity``): the configured one while loss is
     planned for, at most :data:`CALM_COMPLEXITY` on a clean path."""
+    backup_copies: int = 0
+    """Earlier frames each packet carries again as low-rate copies (0 outside the backup mode)."""
+    backup_bytes: int = 0
+    """Opus bytes of each backup copy (the backup encoder's cap; 0 outside the backup mode)."""
 
     @property
     def mode(self) -> EncoderMode:
-        """The mode in one word: redundancy, FEC planned for loss, or clean."""
+        """The mode in one word: backup, redundancy, FEC planned for loss, or clean."""
+        if self.backup_copies:
+            return EncoderMode.BACKUP
         if self.redundancy:
             return EncoderMode.REDUNDANCY
         return EncoderMode.FEC if self.expected_loss_percent else EncoderMode.CLEAN
@@ -129,6 +163,8 @@ class AdaptationPolicy:
             never planned below.
         complexity: the encoder's configured complexity, used whenever loss
             is planned for.
+        backup_bytes: Opus bytes of each backup copy when bursts are reported;
+            0 (the default) never to enter the backup mode.
 
     Raises:
         LocalProtocolError: complexity out of range, or redundancy forced on
@@ -137,11 +173,14 @@ class AdaptationPolicy:
 
     __slots__ = (
         "_adaptation",
+        "_backup_bytes",
         "_base_loss",
         "_calm_complexity",
         "_complexity",
         "_fec",
+        "_is_bursty",
         "_last_loss_at",
+        "_recent_bursts",
         "_recent_loss",
         "_redundancy_setting",
         "_redundant_frame_bytes",
@@ -157,6 +196,7 @@ class AdaptationPolicy:
         fec: bool,
         base_expected_loss_percent: int,
         complexity: int,
+        backup_bytes: int = 0,
     ) -> None:
         if not 0 <= base_expected_loss_percent <= 100:
             raise LocalProtocolError("expected loss must be 0-100 %")
@@ -174,6 +214,9 @@ class AdaptationPolicy:
         self._calm_complexity = min(complexity, CALM_COMPLEXITY)  # while no loss is planned
         self._recent_loss: deque[float] = deque(maxlen=LOSS_WINDOW_REPORTS)
         self._last_loss_at: float | None = None  # `now` of the last report showing loss
+        self._backup_bytes = backup_bytes  # each backup copy; 0: no backup mode
+        self._recent_bursts: deque[BurstReport] = deque(maxlen=LOSS_WINDOW_REPORTS)
+        self._is_bursty = False  # the backup mode's hysteresis state
         self._adaptation = self._startup_adaptation()
 
     @property
@@ -181,8 +224,30 @@ class AdaptationPolicy:
         """How the encoder should run now."""
         return self._adaptation
 
+    @property
+    def mean_burst_packets(self) -> float:
+        """Mean run of lost packets over the recent burst reports (0 without loss)."""
+        bursts = sum(report.bursts for report in self._recent_bursts)
+        return sum(report.lost for report in self._recent_bursts) / bursts if bursts else 0.0
+
+    def take_bursts(self, packet: ControlPacket) -> TypeIs[BurstReport]:
+        """Keep ``packet`` if it is a burst report (acted on with the receiver report after it).
+
+        Returns:
+            Whether it was one (the protocol's control loop skips it then).
+        """
+        if not isinstance(packet, BurstReport):
+            return False
+        self._recent_bursts.append(packet)
+        return True
+
     def report_received(self, report: ReceiverReport, now: float) -> bool:
         """Take one receiver report from the peer; whether :attr:`adaptation` changed."""
+        mean_burst = self.mean_burst_packets
+        if mean_burst >= BURSTY_MEAN_PACKETS:
+            self._is_bursty = True
+        elif mean_burst < UNBURSTY_MEAN_PACKETS:
+            self._is_bursty = False
         self._recent_loss.append(report.loss_fraction)
         if report.fraction_lost > 0:
             self._last_loss_at = now
@@ -204,6 +269,8 @@ class AdaptationPolicy:
             return False
         self._last_loss_at = None
         self._recent_loss.clear()
+        self._recent_bursts.clear()
+        self._is_bursty = False
         return self._set(self._compute(loss_percent=0.0, lossy=False))
 
     def _startup_adaptation(self) -> SenderAdaptation:
@@ -228,6 +295,15 @@ class AdaptationPolicy:
             redundancy = redundancy and self._redundant_frame_bytes >= MIN_REDUNDANT_FRAME_BYTES
         else:
             redundancy = self._redundancy_setting
+        if lossy and self._is_bursty and self._backup_bytes and self._redundancy_setting is None:
+            return SenderAdaptation(
+                False,
+                self._base_loss,
+                self._single_frame_bytes,
+                self._complexity,
+                BACKUP_COPIES,
+                self._backup_bytes,
+            )
         if redundancy:
             return SenderAdaptation(
                 True, self._base_loss, self._redundant_frame_bytes, self._complexity

@@ -156,7 +156,7 @@ class MediaProtocolStats:
     audio_received: int
     """Audio packets received."""
     control_received: int
-    """Control packets received."""
+    """Control packets received (not a burst report: it rides with a receiver report)."""
     redundant_sent: int
     """Audio packets sent with a redundant copy."""
     redundant_discarded: int

@@ -24,10 +24,17 @@ observer cannot tell them apart by size. All integers are big-endian::
                         | jitter u32 (48 kHz units) | fraction lost u8 (1/256)
     MUTE             13 | muted u8 (0 or 1) | change number u16
     HANGUP           14 | reason u8
+    BURSTS           15 | bursts u16 | lost u16
 
 The redundant payload of ``AUDIO_REDUNDANT`` is the previous frame again, as
 RFC 2198 carries it: ``offset`` is how far its timestamp lies before the
 packet's (one frame when it is the previous one).
+
+``BURSTS`` travels just before a ``REPORT`` whose interval had loss, and covers it:
+how many runs of consecutive lost packets were judged, and how many packets
+they held, so the sender sees the mean burst length (one packet each for
+random loss, about three for the bursts Opus in-band FEC cannot repair;
+``docs/decisions/0220-bursts.md``).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ __all__ = [
     "U64_MODULUS",
     "AudioFields",
     "AudioPacket",
+    "BurstReport",
     "ControlPacket",
     "HangupPacket",
     "HangupReason",
@@ -88,6 +96,7 @@ _PONG = struct.Struct("!BIQI")
 _REPORT = struct.Struct("!BIIIB")
 _MUTE = struct.Struct("!BBH")
 _HANGUP = struct.Struct("!BB")
+_BURSTS = struct.Struct("!BHH")
 
 
 def serial_delta(delta: int, modulus: int) -> int:
@@ -112,6 +121,7 @@ class PacketType(enum.IntEnum):
     REPORT = 0x12
     MUTE = 0x13
     HANGUP = 0x14
+    BURSTS = 0x15
 
 
 class HangupReason(enum.IntEnum):
@@ -396,11 +406,53 @@ class HangupPacket:
         return _HANGUP.pack(self.TYPE, self.reason)
 
 
+@dataclass(frozen=True, slots=True)
+class BurstReport:
+    """How the loss of a report's interval came: in how many runs (sent before the REPORT)."""
+
+    TYPE: ClassVar[PacketType] = PacketType.BURSTS
+
+    bursts: int
+    """Runs of consecutive lost packets judged since the previous report (u16, capped)."""
+    lost: int
+    """Packets in those runs (u16, capped)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.bursts <= U16_MAX or not 0 <= self.lost <= U16_MAX:
+            raise LocalProtocolError("burst counts must fit in 16 bits")
+        if self.lost < self.bursts:
+            raise LocalProtocolError("a burst holds at least one lost packet")
+
+    @property
+    def mean_burst_packets(self) -> float:
+        """Mean run length of the loss, in packets (0 without loss)."""
+        return self.lost / self.bursts if self.bursts else 0.0
+
+    @classmethod
+    def parse(cls, data: bytes) -> Self:
+        """Parse a BURSTS packet.
+
+        Raises:
+            DecodeError: wrong type or length, or fewer packets than runs.
+        """
+        _check_length(data, _BURSTS, "bursts")
+        _, bursts, lost = _BURSTS.unpack(data)
+        if lost < bursts:
+            raise DecodeError("bursts packet has fewer lost packets than bursts")
+        return cls(bursts, lost)
+
+    def serialize(self) -> bytes:
+        """The packet's bytes."""
+        return _BURSTS.pack(self.TYPE, self.bursts, self.lost)
+
+
 MediaPacket: TypeAlias = (
-    AudioPacket | PingPacket | PongPacket | ReceiverReport | MutePacket | HangupPacket
+    AudioPacket | PingPacket | PongPacket | ReceiverReport | MutePacket | HangupPacket | BurstReport
 )
 
-ControlPacket: TypeAlias = PingPacket | PongPacket | ReceiverReport | MutePacket | HangupPacket
+ControlPacket: TypeAlias = (
+    PingPacket | PongPacket | ReceiverReport | MutePacket | HangupPacket | BurstReport
+)
 
 AUDIO_TYPES: Final = (PacketType.AUDIO, PacketType.AUDIO_REDUNDANT)
 
@@ -410,6 +462,7 @@ _CONTROL_PARSERS: Final[dict[int, type[ControlPacket]]] = {
     PacketType.REPORT: ReceiverReport,
     PacketType.MUTE: MutePacket,
     PacketType.HANGUP: HangupPacket,
+    PacketType.BURSTS: BurstReport,
 }
 
 
@@ -419,6 +472,7 @@ _CONTROL_LENGTHS: Final[dict[int, int]] = {
     PacketType.REPORT: _REPORT.size,
     PacketType.MUTE: _MUTE.size,
     PacketType.HANGUP: _HANGUP.size,
+    PacketType.BURSTS: _BURSTS.size,
 }
 
 

@@ -29,10 +29,9 @@ Nothing raises out of :meth:`MediaProtocol.receive_datagram`: malformed,
 unauthenticated, replayed or unexpected datagrams are dropped and counted in
 :attr:`MediaProtocol.stats`.
 
-Beside it: its settings (``media_config``), events and counters
-(``media_events``), the encoder's adaptation to the peer's reports
-(``adaptation``), the figures of our reports (``reception``), and whether the
-peer is heard (``liveness``: "reconnecting", then the media timeout).
+Beside it: its settings (``media_config``), events and counters (``media_events``), the
+encoder's adaptation to the peer's reports and bursts (``adaptation``), the figures of our
+reports (``reception``), whether the peer is heard (``liveness``: "reconnecting", then timeout).
 """
 
 from __future__ import annotations
@@ -410,6 +409,8 @@ class MediaProtocol:
             self._counts["malformed"] += 1
             return
         for packet in packets:
+            if self._policy.take_bursts(packet):  # not counted: it rides with a report
+                continue
             self._counts["control_received"] += 1
             if isinstance(packet, PingPacket):
                 if len(self._pending_pongs) < MAX_PENDING_PONGS:
@@ -530,7 +531,7 @@ class MediaProtocol:
             self._send_ping(now)
             self._next_ping_at = self._next_time(self._next_ping_at, self._ping_interval, now)
         if now >= self._next_report_at:
-            self._outgoing.append(self._reception.report(now))
+            self._outgoing.extend(self._reception.reports(now))  # bursts, then the report
             self._next_report_at = self._next_time(self._next_report_at, self._report_interval, now)
         if self._policy.handle_timer(now):
             self._events.append(AdaptationChanged(self._policy.adaptation))

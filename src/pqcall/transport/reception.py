@@ -12,6 +12,14 @@ packet reordered or late by less (a busy machine, a stalled process: the
 adaptation must not plan FEC for them) is never counted; one later than that
 is taken off the next report's count. The denominator is RFC 3550's, the
 packets expected since the previous report.
+
+:meth:`ReceptionReporter.reports` adds a
+:class:`~pqcall.transport.media_packets.BurstReport` for the same interval,
+when any loss was judged in it (none is sent for a loss-free one):
+the runs of consecutive judged-lost packets and the packets in them (a run
+that goes on across a report counts in the report where it began, its
+packets where they were judged). A packet judged lost that comes after all
+does not shorten a run already counted.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ from pqcall.transport.media_packets import (
     FRACTION_LOST_SCALE,
     SAMPLE_RATE_HZ,
     SEQUENCE_MODULUS,
+    U16_MAX,
     U32_MAX,
+    BurstReport,
     ReceiverReport,
     serial_delta,
 )
@@ -45,7 +55,10 @@ class ReceptionReporter:
 
     __slots__ = (
         "_arrivals",
+        "_burst_lost",
+        "_bursts",
         "_highest_seq",
+        "_in_burst",
         "_jitter",
         "_late_found",
         "_received",
@@ -65,6 +78,9 @@ class ReceptionReporter:
         self._settled = 0  # extended seqs up to here are judged (arrived or lost)
         self._settled_lost = 0  # judged lost since the previous report
         self._late_found = 0  # judged lost before, arrived since the previous report
+        self._bursts = 0  # runs of judged-lost packets begun since the previous report
+        self._burst_lost = 0  # judged lost since the previous report, late ones not taken off
+        self._in_burst = False  # the last judged sequence number was lost
 
     def update(self, seq: int, timestamp: int, now: float) -> None:
         """Count an authenticated audio packet that arrived at ``now``."""
@@ -85,6 +101,13 @@ class ReceptionReporter:
         elif ext > self._settled - MAX_JUDGED_GAP_PACKETS:
             self._late_found += 1  # judged lost, came after all
         self._arrivals.append((now, self._highest_seq))
+
+    def reports(self, now: float) -> list[BurstReport | ReceiverReport]:
+        """The interval's burst report (only if a loss was judged) and receiver report, in order."""
+        receiver = self.report(now)
+        bursts, lost = min(self._bursts, U16_MAX), min(self._burst_lost, U16_MAX)
+        self._bursts = self._burst_lost = 0
+        return [BurstReport(bursts, lost), receiver] if bursts else [receiver]
 
     def report(self, now: float) -> ReceiverReport:
         """The report to send at ``now``; the next one's fraction lost counts from here."""
@@ -119,6 +142,10 @@ class ReceptionReporter:
         for ext in range(self._settled + 1, boundary + 1):
             if ext in received:
                 received.discard(ext)
+                self._in_burst = False
             else:
                 self._settled_lost += 1
+                self._burst_lost += 1
+                self._bursts += not self._in_burst
+                self._in_burst = True
         self._settled = boundary
