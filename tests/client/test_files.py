@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
@@ -339,3 +340,63 @@ def test_wrong_recipient_cannot_decrypt() -> None:
             carol.identity.public_key(),
             carol.file_keys(),
         )
+
+
+# ---------------------------------------------------------------- streamed resume
+
+
+def _blob_start(server: RunningServer) -> bytes:
+    (blob,) = stored_blobs(server)
+    return blob.read_bytes()[:4096]  # the clear header: file id and wrapped key
+
+
+@run_async
+async def test_same_stat_changed_source_restarts_with_a_fresh_key(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    bob = await account(server, tmp_path, "bob")
+    alice = await account(server, tmp_path, "alice", CrashingApi)
+    path = source(tmp_path)
+    with pytest.raises(Crash):
+        await alice.send("bob", path)
+    first_header = _blob_start(server)
+    # same size, same mtime; the state is made to match the new stat (a change stat misses)
+    before = path.stat()
+    changed = bytes(len(CONTENT) - 1) + b"!"
+    path.write_bytes(changed)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (state,) = alice.outgoing_dir.glob("*.json")
+    document = json.loads(state.read_text())
+    document["upload"].update(ctime_ns=path.stat().st_ctime_ns, inode=path.stat().st_ino)
+    state.write_text(json.dumps(document))
+    CrashingApi.crash = False
+    try:
+        sent = await alice.send("bob", path)
+    finally:
+        CrashingApi.crash = True
+    assert sent.restarted and sent.resumed_from == 0
+    assert _blob_start(server) != first_header  # a new file key and file id
+    assert (await bob.receive(sent.file_id, tmp_path / "out")).path.read_bytes() == changed
+
+
+@run_async
+async def test_altered_partial_download_saves_nothing(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    BreakingApi.offsets = []
+    bob = await account(server, tmp_path, "bob", BreakingApi)
+    alice = await account(server, tmp_path, "alice")
+    sent = await alice.send("bob", source(tmp_path))
+    out = tmp_path / "out"
+    with pytest.raises(ServerUnreachable):
+        await bob.receive(sent.file_id, out)
+    part = out / f".{sent.file_id}.part"
+    data = bytearray(part.read_bytes())
+    data[10] ^= 0x01  # the plaintext kept for the resume is changed on disk
+    part.write_bytes(bytes(data))
+    with pytest.raises(FileCryptoError, match="signature does not match the sender; nothing"):
+        await bob.receive(sent.file_id, out)
+    assert BreakingApi.offsets == [0, 100_000]
+    assert list(out.iterdir()) == [] and not any(bob.incoming_dir.iterdir())
+    received = await bob.receive(sent.file_id, out)  # a new attempt starts over
+    assert received.path.read_bytes() == CONTENT

@@ -621,3 +621,71 @@ def test_recipient_file_key_that_cannot_be_encrypted_to():
     bundle = KeyBundle.create(BOB, "bob", low_order, 1)
     with pytest.raises(FileCryptoError, match=r"^recipient file key is invalid$"):
         FileEncryptor(ALICE, BOB.public_key(), bundle, name=NAME, size=0, created=1)
+
+
+# ---------------------------------------------------------------- resuming
+
+
+def _encryptor(size, **extra):
+    return FileEncryptor(
+        ALICE, BOB.public_key(), BOB_BUNDLE, name=NAME, size=size, created=1, **extra
+    )
+
+
+def test_encryptor_from_secrets_repeats_the_ciphertext_and_keeps_the_signature():
+    data = os.urandom(200_000)
+    first = _encryptor(len(data))
+    ciphertext = first.feed(data) + b"".join(first.finish())
+    signature = ciphertext[-SIGNATURE_ENCODED_LENGTH:]
+    again = _encryptor(len(data), secrets=first.secrets)
+    assert again.feed(data) + b"".join(again.finish(signature=signature)) == ciphertext
+    assert again.position == len(ciphertext) == first.ciphertext_length
+    assert again.chunks_digest() == first.chunks_digest()
+    # another plaintext under the same secrets: a different digest, the old signature refused
+    other = _encryptor(len(data), secrets=first.secrets)
+    other.feed(bytes(len(data)))
+    assert other.chunks_digest() != first.chunks_digest()
+    with pytest.raises(LocalProtocolError, match="the saved signature does not sign these chunks"):
+        b"".join(other.finish(signature=signature))
+
+
+def test_secrets_of_another_file_are_refused():
+    secrets = _encryptor(10).secrets
+    with pytest.raises(LocalProtocolError, match="saved encryption secrets belong to another file"):
+        _encryptor(10_000_000, secrets=secrets)
+
+
+@pytest.mark.parametrize("size", [0, 70_000, 300_000])
+def test_decryptor_resumes_at_any_byte(size):
+    data = os.urandom(size)
+    encryptor = _encryptor(size)
+    ciphertext = encryptor.feed(data) + b"".join(encryptor.finish())
+    for cut in range(0, len(ciphertext) + 1, 9_973):
+        decryptor = FileDecryptor(BOB.public_key(), [BOB_FILE_KEY])
+        delivered = decryptor.feed(ciphertext[:cut])
+        checkpoint = decryptor.checkpoint()
+        if checkpoint is None:  # before the header: start over
+            assert cut < 4096
+            continue
+        resumed = FileDecryptor.resume(checkpoint, BOB.public_key(), [BOB_FILE_KEY])
+        assert resumed.replay_length == len(delivered)
+        resumed.replay(delivered)
+        assert resumed.consumed == cut
+        assert delivered + resumed.feed(ciphertext[cut:]) == data
+        assert resumed.finish().size == size
+
+
+def test_replayed_plaintext_that_differs_fails_the_signature():
+    data = os.urandom(200_000)
+    encryptor = _encryptor(len(data))
+    ciphertext = encryptor.feed(data) + b"".join(encryptor.finish())
+    decryptor = FileDecryptor(BOB.public_key(), [BOB_FILE_KEY])
+    delivered = bytearray(decryptor.feed(ciphertext[:150_000]))
+    checkpoint = decryptor.checkpoint()
+    assert checkpoint is not None
+    delivered[0] ^= 1
+    resumed = FileDecryptor.resume(checkpoint, BOB.public_key(), [BOB_FILE_KEY])
+    resumed.replay(bytes(delivered))
+    resumed.feed(ciphertext[150_000:])
+    with pytest.raises(FileCryptoError, match="signature does not match the sender"):
+        resumed.finish()

@@ -213,6 +213,8 @@ class FileDecryptor:
         Raises:
             LocalProtocolError: not resuming, or more than :attr:`replay_length` bytes.
         """
+        if not data:
+            return
         if self._state is not _State.EXPECT_REPLAY:
             raise LocalProtocolError("decryptor is not replaying")
         if len(data) > self.replay_length:
