@@ -4,13 +4,13 @@ For each size (MiB) a file of random bytes is made in a temporary directory and
 moved four ways on 127.0.0.1, one after the other, in the same run:
 
 - **pqcall send**: :meth:`FileTransfers.send <pqcall.client.files.FileTransfers.send>`
-  as alice to bob: check bob's key, encrypt and sign to a local ciphertext (fsync),
-  upload it to a real ``pqcall server`` child process, which writes it to its data
-  directory and fsyncs it.
+  as alice to bob: check bob's key, encrypt and sign while uploading to a real
+  ``pqcall server`` child process, which writes it to its data directory and
+  fsyncs it.
 - **pqcall receive**: :meth:`FileTransfers.receive
-  <pqcall.client.files.FileTransfers.receive>` as bob: download the ciphertext
-  (fsync), verify every chunk and alice's signature while decrypting to the output
-  folder, rename, delete it on the server. The result is checked against the
+  <pqcall.client.files.FileTransfers.receive>` as bob: decrypt and verify every
+  chunk while downloading into the output folder (fsync), check alice's
+  signature, rename, delete it on the server. The result is checked against the
   source's SHA-256 (outside the timing).
 - **plain HTTP**: the same bytes uploaded (streaming ``PUT``, written in the same
   1 MiB pieces and fsynced) to and downloaded (``FileResponse``, written to a file

@@ -5,17 +5,21 @@ it wraps :mod:`pqcall.crypto.filecrypt` (the format) with the server's file
 routes (``docs/server.md``) and the home directory::
 
     sender                                  server                     recipient
-      encrypt PATH -> outgoing/<key>.pqf
+      new file key -> outgoing/<key>.json
       POST /files, PUT .../content     ->   stored                ->  push event file.waiting
-                                            GET /files            <-  inbox
-                                            GET .../content       ->  incoming/<id>.pqf,
-                                                                      verify, decrypt, rename
+        (encrypted while sent)              GET /files            <-  inbox
+                                            GET .../content       ->  decrypted while received
+                                                                      into OUT/.<id>.part,
+                                                                      verify, rename
                                             DELETE /files/<id>    <-
 
-The work is done in three modules: :mod:`pqcall.client.upload` (encrypt,
-upload, resume), :mod:`pqcall.client.download` (inbox, download, verify,
-save atomically) and :mod:`pqcall.client.file_names` (what a received file
-is saved as). Each states its own contract; memory use is constant in all.
+The work is done in :mod:`pqcall.client.upload` (encrypt while uploading,
+resume; the stream in :mod:`pqcall.client.upload_stream`),
+:mod:`pqcall.client.download` (inbox, decrypt while downloading, verify, save
+atomically; the partial file in :mod:`pqcall.client.download_stream`) and
+:mod:`pqcall.client.file_names` (what a received file is saved as). No
+ciphertext is written to disk on either side. Each states its own contract;
+memory use is bounded in all.
 """
 
 from __future__ import annotations
@@ -63,12 +67,12 @@ class FileTransfers:
 
     @property
     def outgoing_dir(self) -> Path:
-        """Ciphertexts and states of uploads not yet complete."""
+        """States of uploads not yet complete."""
         return self._sender.outgoing_dir
 
     @property
     def incoming_dir(self) -> Path:
-        """Ciphertexts being downloaded."""
+        """States of downloads not yet complete."""
         return self._receiver.incoming_dir
 
     async def send(
