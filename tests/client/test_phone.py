@@ -174,12 +174,14 @@ async def test_presence_is_asked_and_call_partners_are_pushed(
     server_with_relay: RunningServer, tmp_path: Path
 ) -> None:
     async with phones(server_with_relay, tmp_path, "alice", "bob") as (alice, bob):
-        (entry,) = await alice.presence(["bob", "nobody"])  # unknown names are left out
-        assert entry.username == "bob" and entry.online
-        # a call (even a declined one) makes them partners: the server pushes their changes
-        call = await alice.call("bob")
-        await (await asyncio.wait_for(bob.next_incoming(), STATE_TIMEOUT_S)).reject()
+        # only who called alice (or answered her) shows her presence; unknown names are left out
+        assert await alice.presence(["bob", "nobody"]) == []
+        # bob calls (even a call alice declines): the server shows bob to her and pushes changes
+        call = await bob.call("alice")
+        await (await asyncio.wait_for(alice.next_incoming(), STATE_TIMEOUT_S)).reject()
         await wait_state(call, CallState.REJECTED)
+        (entry,) = await alice.presence(["bob", "nobody"])
+        assert entry.username == "bob" and entry.online
         pushed: asyncio.Queue[Presence] = asyncio.Queue()
         alice.on_presence(pushed.put_nowait)
         await bob.close()
@@ -224,8 +226,11 @@ async def test_offline_and_unknown_callee(server_with_relay: RunningServer, tmp_
         kdf_params=INSECURE_TEST_KDF_PARAMS,
     )
     async with phones(server_with_relay, tmp_path, "alice") as (alice,):
-        with pytest.raises(CallError, match="dave is offline"):
-            await alice.call("dave")
+        # an offline callee is still called (issue 21): the server rings dave if he comes back
+        offline = await alice.call("dave")
+        assert offline.state is CallState.OUTGOING
+        await offline.hangup()
+        assert (offline.state, offline.reason) == (CallState.ENDED, "cancelled")
         with pytest.raises(UnknownUser):
             await alice.call("nobody")
         with pytest.raises(CallError, match="yourself"):

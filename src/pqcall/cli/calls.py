@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from pqcall.client.call import Call
     from pqcall.client.home import Home
     from pqcall.client.media_options import MediaOptions
+    from pqcall.client.missed_calls import MissedCall
     from pqcall.client.phone import Phone
 
 CONNECT_TIMEOUT_S = 10.0
@@ -127,6 +128,8 @@ async def _listen(
             auto_answer=args.auto_answer,
             silence_strangers=args.silence_strangers,
         )
+        # before start: calls missed while away are told as soon as the events come in
+        phone.on_missed(lambda missed: console.say(missed_call_line(missed)))
         try:
             await race(interrupt, phone.start())
             if interrupt.is_set:
@@ -178,6 +181,15 @@ async def _take(
                 await call.reject()
     await follow(call, console, interrupt, commands=reader)
     return finish(call, console, json_mode=args.json, quiet_failure=True)
+
+
+def missed_call_line(missed: MissedCall) -> str:
+    """``missed call from alice at 14:03`` (local time; the date too if not today)."""
+    when = time.localtime(missed.created)
+    today = time.localtime()
+    same_day = (when.tm_year, when.tm_yday) == (today.tm_year, today.tm_yday)
+    stamp = time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", when)
+    return f"missed call from {missed.caller} at {stamp}"
 
 
 def trust(call: Call) -> str:
@@ -354,7 +366,9 @@ def announce(call: Call, console: Console) -> None:
     from pqcall.client.phone_callstate import CallState, Direction
 
     state = call.state
-    if state is CallState.OUTGOING:
+    if state is CallState.OUTGOING and call.peer_offline:
+        console.say(f"{call.peer} is offline; ringing in case they come back…")
+    elif state is CallState.OUTGOING:
         console.say(f"ringing {call.peer}…")
     elif state is CallState.CONNECTING:
         who = f"{call.peer} answered" if call.direction is Direction.OUTGOING else "accepted"
@@ -397,6 +411,8 @@ def finish(call: Call, console: Console, *, json_mode: bool, quiet_failure: bool
     summary = call.summary()
     is_ok = call.state is CallState.ENDED and call.answered is not None
     line = call_outcome(summary)
+    if call.state is CallState.MISSED and call.peer_offline:
+        line += f" ({call.peer} was offline)"  # the reason: "no answer: bob was offline"
     if is_ok or quiet_failure:
         console.say(line)
     else:
