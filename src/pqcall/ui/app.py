@@ -128,6 +128,11 @@ class DevicesBody(_Body):
 
     audio_in: str | None = Field(default=None, max_length=4096)
     audio_out: str | None = Field(default=None, max_length=4096)
+    echo_cancel: bool | None = None
+    noise_suppression: bool | None = None
+    auto_gain: bool | None = None
+    rescan: bool = False
+    """List the devices again (a headset plugged in since)."""
 
 
 def create_app(
@@ -297,7 +302,14 @@ def create_app(
 
     @api.post("/devices")
     async def devices(body: DevicesBody) -> dict[str, Any]:
+        if body.rescan:
+            await controller.rescan_devices()
         await controller.set_devices(body.audio_in, body.audio_out)
+        controller.set_processing(
+            echo_cancel=body.echo_cancel,
+            noise_suppression=body.noise_suppression,
+            auto_gain=body.auto_gain,
+        )
         return controller.state()
 
     # ---------------------------------------------------------------- files

@@ -311,6 +311,32 @@ class Controller:
             phone.media = self.media
         self._hub.notify()
 
+    async def rescan_devices(self) -> None:
+        """List the sound devices again (a headset plugged in or removed since)."""
+        self._inputs, self._outputs = await asyncio.to_thread(self._list_devices)
+        self._hub.notify()
+
+    def set_processing(
+        self,
+        *,
+        echo_cancel: bool | None = None,
+        noise_suppression: bool | None = None,
+        auto_gain: bool | None = None,
+    ) -> None:
+        """Switch echo cancellation, noise suppression, auto gain for the next call (None: keep)."""
+        self.media = replace(
+            self.media,
+            echo_cancel=self.media.echo_cancel if echo_cancel is None else echo_cancel,
+            noise_suppression=(
+                self.media.noise_suppression if noise_suppression is None else noise_suppression
+            ),
+            auto_gain=self.media.auto_gain if auto_gain is None else auto_gain,
+        )
+        phone = self._hub.phone
+        if phone is not None:
+            phone.media = self.media
+        self._hub.notify()
+
     # ------------------------------------------------------------------ files
 
     async def send_file(self, to: str, path: Path, *, cleanup: Path | None = None) -> str:
@@ -343,17 +369,23 @@ class Controller:
 
 
 def sound_devices() -> tuple[list[str], list[str]]:
-    """Names of the capture and playback devices (none when PortAudio is missing)."""
-    from pqcall.media.devices import list_devices
+    """Names of the capture and playback devices (none when PortAudio is missing).
+
+    PortAudio is restarted to see new devices when no stream is open; PulseAudio's
+    sinks and sources (``pulse:NAME``) are listed live, in a call too.
+    """
+    from pqcall.media.devices import list_devices, rescan_devices
+    from pqcall.media.pulse_devices import pulse_specs
 
     try:
+        rescan_devices()
         devices = list_devices()
     except DeviceError as exc:
         logger.info("no sound devices: %s", exc)
         return [], []
     inputs = [device.name for device in devices if device.input_channels > 0]
     outputs = [device.name for device in devices if device.output_channels > 0]
-    return inputs, outputs
+    return inputs + pulse_specs("input"), outputs + pulse_specs("output")
 
 
 __all__ = ["Controller", "Subscription", "Transfer", "UiError", "sound_devices"]

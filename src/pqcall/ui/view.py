@@ -147,6 +147,9 @@ def devices_view(inputs: list[str], outputs: list[str], media: MediaOptions) -> 
         "outputs": list(outputs),
         "audio_in": media.audio_in,
         "audio_out": media.audio_out,
+        "echo_cancel": media.echo_cancel,
+        "noise_suppression": media.noise_suppression,
+        "auto_gain": media.auto_gain,
     }
 
 

@@ -552,6 +552,10 @@ function renderDevices(devices) {
     replaceIfChanged(select, JSON.stringify(values), () => values.map((v) => h("option", { value: v }, v)));
     if (select.value !== chosen && document.activeElement !== select) select.value = chosen;
   }
+  for (const [id, on] of [["echo-cancel", devices?.echo_cancel], ["noise-suppression", devices?.noise_suppression],
+    ["auto-gain", devices?.auto_gain]]) {
+    if (document.activeElement !== $(id)) $(id).checked = on !== false;
+  }
 }
 
 // ---------------------------------------------------------------- effects
@@ -823,6 +827,11 @@ function wire() {
   const devices = () => act(null, () => api("/api/devices", { audio_in: $("audio-in").value, audio_out: $("audio-out").value }));
   $("audio-in").addEventListener("change", devices);
   $("audio-out").addEventListener("change", devices);
+  const processing = () => act(null, () => api("/api/devices", {
+    echo_cancel: $("echo-cancel").checked, noise_suppression: $("noise-suppression").checked, auto_gain: $("auto-gain").checked,
+  }));
+  for (const id of ["echo-cancel", "noise-suppression", "auto-gain"]) $(id).addEventListener("change", processing);
+  $("devices-rescan").addEventListener("click", () => act(null, () => api("/api/devices", { rescan: true })));
   $("notify-enable").addEventListener("click", () => Notification.requestPermission().then(render));
   // Browsers let a page make sound only after a gesture: prepare the ringer on the first one.
   const unlockAudio = () => ringer.audio();
