@@ -332,6 +332,55 @@ def test_every_transition_through_the_api(server, account):
     assert allowed_seen == reachable
 
 
+# ---------------------------------------------------------------- reasons (issue 21)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/call/hangup", {"reason": "failed"}, id="hangup-failed"),
+        pytest.param("/call/reject", {"reason": "failed"}, id="reject-failed"),
+    ],
+)
+def test_a_failure_reason_reaches_the_other_party(server, account, path, body):
+    alice, bob = account("alice"), account("bob")
+    alice_events, bob_events = EventSocket(server, alice.token), EventSocket(server, bob.token)
+    call_id, _ = initiate(alice.client, "bob")
+    bob_events.expect(EVENT_CALL_INCOMING)
+    why = "bob's phone could not open its microphone: no such device"
+    answer = bob.client.post(path, json={"call_id": call_id, **body, "detail": why})
+    assert answer.status_code == 200, answer.text
+    for events in (alice_events, bob_events):
+        event = events.expect(EVENT_CALL_FAILED if path == "/call/hangup" else EVENT_CALL_REJECTED)
+        assert (event["payload"]["reason"], event["payload"]["detail"]) == ("failed", why)
+    # the history keeps the state reason only
+    (view,) = alice.client.get("/calls/history").json()["calls"]
+    assert (view["state"], view["reason"], view["detail"]) == (
+        "failed" if path == "/call/hangup" else "rejected",
+        "failed",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        pytest.param("x" * 201, id="too-long"),
+        pytest.param("", id="empty"),
+        pytest.param("two\nlines", id="newline"),
+        pytest.param("bell\x07", id="control"),
+    ],
+)
+def test_a_failure_reason_must_be_a_short_printable_line(server, account, detail):
+    alice, _bob = account("alice"), account("bob")
+    call_id, _ = initiate(alice.client, "bob")
+    answer = alice.client.post(
+        "/call/hangup", json={"call_id": call_id, "reason": "failed", "detail": detail}
+    )
+    assert answer.status_code == 422, answer.text
+    assert alice.client.get(f"/call/status/{call_id}").json()["state"] == "ringing"
+
+
 # ---------------------------------------------------------------- the sweeper
 
 
