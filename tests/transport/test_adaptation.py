@@ -2,6 +2,7 @@
 
 import pytest
 
+from pqcall.crypto.sframe_context import SFrameReceiver
 from pqcall.exceptions import DecodeError, LocalProtocolError
 from pqcall.transport.adaptation import (
     ADAPTATION_HOLD_S,
@@ -9,8 +10,15 @@ from pqcall.transport.adaptation import (
     AdaptationPolicy,
     EncoderMode,
 )
-from pqcall.transport.media_packets import BurstReport, ReceiverReport, parse_control_packets
+from pqcall.transport.media_packets import (
+    BurstReport,
+    PingPacket,
+    ReceiverReport,
+    parse_control_packets,
+)
+from pqcall.transport.media_protocol import CALLEE_SENDER_ID, MEDIA_CIPHER_SUITE, MEDIA_METADATA
 from pqcall.transport.reception import LOSS_GRACE_S, ReceptionReporter
+from tests.transport.test_media_protocol import CALLEE_KEYS, deliver, pair
 
 FRAME_S = 0.02
 SAMPLES = 960
@@ -156,3 +164,26 @@ def test_forced_redundancy_is_not_overridden_by_bursts():
     )
     feed(ours, BurstReport(bursts=2, lost=6), now=1.0)
     assert mode_of(ours) is EncoderMode.REDUNDANCY
+
+
+def test_protocol_sends_the_burst_report_just_before_its_receiver_report():
+    caller, callee = pair()
+    deliver(caller, callee, 0.0)
+    deliver(callee, caller, 0.0)  # the first pings
+    for seq in range(40):
+        caller.send_audio(bytes([seq]) * 60, now=seq * FRAME_S)
+        datagrams = caller.datagrams_to_send(seq * FRAME_S)
+        if seq not in (10, 11, 12):
+            for datagram in datagrams:
+                callee.receive_datagram(datagram, now=seq * FRAME_S)
+    callee.handle_timer(1.0)
+    (datagram,) = callee.datagrams_to_send(1.0)
+    receiver = SFrameReceiver(MEDIA_CIPHER_SUITE, CALLEE_KEYS.send_key, CALLEE_SENDER_ID)
+    payload = receiver.unprotect(datagram, MEDIA_METADATA, now=1.0)
+    assert payload is not None
+    packets = parse_control_packets(payload)
+    assert [type(p) for p in packets] == [PingPacket, BurstReport, ReceiverReport]
+    assert packets[1] == BurstReport(bursts=1, lost=3)
+    before = caller.stats.control_received
+    caller.receive_datagram(datagram, now=1.01)
+    assert caller.stats.control_received == before + 2  # the burst report rides with its report
