@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import time
+import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from ..server.conftest import FakeClock, RunningServer, make_settings, run_serve
 from .test_phone import PASSPHRASE, STATE_TIMEOUT_S, new_phone, phones, wait_state
 
 RING_TIMEOUT_S = 30.0  # the server's, on its fake clock
+QUIET = ("--audio-in", "silence", "--audio-out", "null")  # no sound card needed
 
 
 @pytest.fixture
@@ -301,3 +304,57 @@ async def test_yourself_and_unknown_fail_before_any_device_opens(
         assert alice.current_call is None and alice.history.list() == []
     finally:
         await alice.close()
+
+
+def test_cli_shows_a_failure_reason_on_both_sides(server: RunningServer, tmp_path: Path) -> None:
+    homes = {
+        name: asyncio.run(registered(server.base_url, tmp_path, name)) for name in ("alice", "bob")
+    }
+    microphone = tmp_path / "mic.wav"
+    with wave.open(str(microphone), "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(48000)
+        file.writeframes(b"\0\0" * 4800)
+    out_path = tmp_path / "bob.out"
+    err_path = tmp_path / "bob.err"
+    listen = pqcall_command(
+        homes["bob"].path, "listen", "--auto-answer", "--once", "--json", "--audio-out", "null"
+    )
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        bob = subprocess.Popen(
+            [*listen, "--audio-in", str(microphone)],
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            text=True,
+        )
+    try:
+        asyncio.run(
+            eventually(
+                lambda: "listening as bob" in err_path.read_text(),
+                "bob listens",
+                report=err_path.read_text,
+            )
+        )
+        microphone.unlink()  # bob's microphone is gone when the call comes
+        alice = subprocess.run(
+            pqcall_command(homes["alice"].path, "call", "bob", "--json", *QUIET),
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=scaled(60.0),
+        )
+        bob.wait(timeout=scaled(30.0))
+    finally:
+        if bob.poll() is None:
+            bob.kill()
+            bob.wait()
+    report = f"{alice.stdout}{alice.stderr}\nbob:\n{out_path.read_text()}{err_path.read_text()}"
+    why = "bob's phone could not open its microphone: "
+    assert f"call failed: {why}" in alice.stderr, report
+    assert json.loads(alice.stdout)["reason"].startswith(why), report
+    assert "call failed: could not open the microphone: " in err_path.read_text(), report
+    bob_json = json.loads(out_path.read_text().splitlines()[-1])
+    assert bob_json["reason"].startswith("could not open the microphone: "), report
