@@ -126,6 +126,7 @@ def test_whoami(capsys, home):
         "server_name": "test",
         "fingerprint": identity.fingerprint_text(),
         "home": str(home.path),
+        "registered": "2023-11-14T22:13:20.000Z",  # issue 21: ISO-8601 beside unix times
         "registered_unix": 1_700_000_000,
     }
 

@@ -17,7 +17,7 @@ from pqcall.cli.options import (
     passphrase,
     positive_int,
 )
-from pqcall.cli.output import MISSING, Console, clock, render_table
+from pqcall.cli.output import MISSING, Console, clock, render_table, to_json
 from pqcall.exceptions import LocalProtocolError
 
 if TYPE_CHECKING:
@@ -279,9 +279,8 @@ def run_devices(args: argparse.Namespace) -> int:
     runtime.setup_logging(args.verbose)
     devices = list_devices()
     console = Console(json_mode=args.json)
-    if args.json:
-        for device in devices:
-            console.emit_json(dataclasses.asdict(device))
+    if args.json:  # one array, so "none" is ``[]`` rather than nothing
+        print(to_json([dataclasses.asdict(device) for device in devices]), file=console.out)
         return runtime.EXIT_OK
     if not devices:
         console.say("no sound devices")

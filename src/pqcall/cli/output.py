@@ -9,6 +9,7 @@ log file it would be noise.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import sys
@@ -16,6 +17,10 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TextIO
 
 MISSING = "-"
+SIGNIFICANT_DIGITS = 4
+"""Of a float in JSON output (``rtt_ms`` 3.212, ``mos`` 4.367, ``r_factor`` 91.21)."""
+UNIX_SUFFIX = "_unix"
+"""A JSON key ending so holds a unix time, and gets an ISO-8601 twin without it."""
 """Shown for a figure not measured (yet)."""
 
 
@@ -84,17 +89,46 @@ class Console:
 
 
 def to_json(value: Any) -> str:
-    """``value`` as one line of standard JSON (NaN and infinities become ``null``)."""
-    return json.dumps(_finite(value), ensure_ascii=False, allow_nan=False, sort_keys=False)
+    """``value`` as one line of standard JSON, as docs/cli.md ("JSON output") describes.
+
+    NaN and infinities become ``null``; floats are rounded to about four
+    significant digits (at least one decimal); each ``NAME_unix`` time is
+    rounded to the millisecond and gets an ISO-8601 UTC twin ``NAME`` beside it.
+    """
+    return json.dumps(_clean(value), ensure_ascii=False, allow_nan=False, sort_keys=False)
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+def round_float(value: float) -> float:
+    """``value`` to about four significant digits, never fewer than one decimal."""
+    if value == 0:
+        return 0.0
+    digits_before_point = math.floor(math.log10(abs(value))) + 1
+    return round(value, max(1, SIGNIFICANT_DIGITS - digits_before_point))
+
+
+def iso_time(unix: float) -> str:
+    """A unix time as ISO-8601 in UTC, to the millisecond: ``2026-05-04T10:00:00.123Z``."""
+    moment = datetime.datetime.fromtimestamp(unix, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return round_float(value) if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(key): _finite(item) for key, item in value.items()}
+        cleaned: dict[str, Any] = {}
+        for key, item in value.items():
+            name = str(key)
+            if name.endswith(UNIX_SUFFIX) and isinstance(item, int | float):
+                stem = name.removesuffix(UNIX_SUFFIX)
+                if stem not in value and math.isfinite(item):
+                    cleaned[stem] = iso_time(item)
+                cleaned[name] = round(item, 3) if math.isfinite(item) else None
+            else:
+                cleaned[name] = _clean(item)
+        return cleaned
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [_clean(item) for item in value]
     return value
 
 
