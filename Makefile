@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: test test-fast lint types bench demo clean
 
 $(STAMP): pyproject.toml
+	@echo "installing dependencies into $(VENV), about a minute (once)…"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -396,7 +396,7 @@ def live_status(call: Call) -> str:
     processing = call.processing_report()
     if processing is not None and processing.echo_cancelled:
         line += f"  echo cancelled {processing.erle_db:.0f} dB"
-    return line
+    return f"MUTED  {line}" if call.is_muted else line
 
 
 def finish(call: Call, console: Console, *, json_mode: bool, quiet_failure: bool) -> int:
