@@ -64,7 +64,7 @@ ERLE_SMOOTHING: Final = 0.05
 ECHO_SEEN_DB: Final = 6.0
 """An ERLE estimate at least this high means echo was there and was removed."""
 NS_LEVEL: Final = 2
-"""WebRTC noise suppression level, 0-3 (6, 12, 18, 21 dB); 2 measured in decision 0300."""
+"""WebRTC noise suppression level, 0-3 (6, 12, 18, 21 dB); 3 gains nothing (decision 0300)."""
 _FULL_SCALE_POWER: Final = 32_768.0**2
 
 
@@ -80,6 +80,8 @@ class ProcessingOptions:
     """Automatic gain control (AGC2, adaptive digital)."""
     high_pass: bool = True
     """High-pass filter (always on with echo cancellation)."""
+    ns_level: int = NS_LEVEL
+    """Noise suppression level, 0-3 (the benchmark compares them)."""
 
     @property
     def any(self) -> bool:
@@ -140,7 +142,7 @@ class WebRtcProcessing:
             noise_suppression=options.noise_suppression,
             high_pass_filter=options.high_pass,
             auto_gain_control=options.auto_gain,
-            ns_level=NS_LEVEL,
+            ns_level=options.ns_level,
         )
         self._reference = silence(0)  # played samples not yet paired with capture
         self._max_reference = SAMPLE_RATE_HZ * MAX_REFERENCE_MS // 1000
