@@ -4,8 +4,11 @@ Scope: :func:`open_source` and :func:`open_sink` turn a spec typed by a user (or
 set in a config) into a source or sink of :mod:`pqcall.media.audio` or
 :mod:`pqcall.media.devices`; both of those stay free of each other's names::
 
-    SRC   default | DEVICE-NAME | DEVICE-INDEX | tone:FREQ | silence | PATH.wav
-    SINK  default | DEVICE-NAME | DEVICE-INDEX | null | PATH.wav
+    SRC   default | DEVICE-NAME | DEVICE-INDEX | pulse:SOURCE | tone:FREQ | silence | PATH.wav
+    SINK  default | DEVICE-NAME | DEVICE-INDEX | pulse:SINK | null | PATH.wav
+
+(``pulse:NAME``: a PulseAudio source or sink, including ones plugged in
+after start; :mod:`pqcall.media.pulse_devices`.)
 
 Every bad spec is a :class:`~pqcall.exceptions.DeviceError` with one line for the
 user. PortAudio is loaded only when a device is opened.
