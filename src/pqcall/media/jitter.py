@@ -135,6 +135,9 @@ MAX_CONCEALMENT_MS: Final = 200
 """Underrun rendered as concealment before the buffer goes silent and refills."""
 MIN_FRAMES_BETWEEN_SHRINKS: Final = 10
 """At most one received frame in ten is discarded to cut delay."""
+MAX_COPY_LOOKAHEAD_FRAMES: Final = 3
+"""A lost frame's copy is looked for up to this many packets on (n+1's redundant copy,
+then the older copies of n+2 and n+3: the sender's backup mode, decision 0220)."""
 
 
 class JitterBuffer:
@@ -259,6 +262,7 @@ class JitterBuffer:
         now: float,
         *,
         redundant: bytes | None = None,
+        older: tuple[bytes, ...] = (),
     ) -> PacketArrival:
         """Offer a received packet.
 
@@ -268,6 +272,8 @@ class JitterBuffer:
             payload: the encoded frame (opaque, non-empty).
             now: arrival time, seconds on a monotonic clock.
             redundant: the encoded previous frame, if the sender repeats it.
+            older: low-rate copies of frames ``seq - 2``, ``seq - 3``... (the
+                sender's backup mode, decision 0220), used like ``redundant``.
 
         Returns:
             What happened to the packet. Failures (late, duplicate...) are
@@ -282,7 +288,7 @@ class JitterBuffer:
             raise LocalProtocolError("timestamp must fit in 32 bits")
         if not payload:
             raise LocalProtocolError("payload must not be empty")
-        if redundant is not None and not redundant:
+        if (redundant is not None and not redundant) or not all(older):
             raise LocalProtocolError("redundant data must be None or non-empty")
         if self._now is not None and now < self._now:
             raise LocalProtocolError("now must not go back")
@@ -291,7 +297,10 @@ class JitterBuffer:
         if redundant is not None:
             self._target.note_redundancy()
             redundant = bytes(redundant)
-        packet = QueuedPacket(bytes(payload), redundant, now)
+        if older:
+            self._target.note_copies(len(older))
+            older = tuple(bytes(copy) for copy in older)
+        packet = QueuedPacket(bytes(payload), redundant, now, older)
         admission = self._arrivals.admit(
             seq,
             timestamp,
@@ -388,7 +397,7 @@ class JitterBuffer:
             self._target.note_loss(now)
             target = self._target.frames(now)
             if max(self._queue) - first + 1 < target and self._can_recover(first):
-                skipped = self._pass_to(first - 1, now)
+                skipped = self._pass_to(self._earliest_copy(first), now)
                 self._level = max(self._queue) - self._next + 1
                 self._window.record(self._level, now)
                 return self._recover(skipped, now)  # grow by one, with real audio
@@ -434,6 +443,10 @@ class JitterBuffer:
         packet = self._queue[ext]
         return packet.redundant is not None or self._fec_in(packet)
 
+    def _earliest_copy(self, ext: int) -> int:
+        """The earliest missing frame packet ``ext`` holds a copy of (``ext - 1`` without older)."""
+        return max(self._next, ext - 1 - len(self._queue[ext].older))
+
     def _fec_in(self, packet: QueuedPacket) -> bool:
         if not self._use_fec:
             return False
@@ -476,6 +489,11 @@ class JitterBuffer:
             return PlayoutDecision(PlayoutAction.REDUNDANT, following.redundant, seq, skipped)
         if following is not None and self._fec_in(following):
             return PlayoutDecision(PlayoutAction.FEC, following.payload, seq, skipped)
+        for ahead in range(2, MAX_COPY_LOOKAHEAD_FRAMES + 1):  # older copies, nearest first
+            carrier = self._queue.get(lost + ahead)
+            if carrier is not None and len(carrier.older) >= ahead - 1:
+                copy = carrier.older[ahead - 2]
+                return PlayoutDecision(PlayoutAction.REDUNDANT, copy, seq, skipped)
         return PlayoutDecision(PlayoutAction.CONCEAL, seq=seq, skipped=skipped)
 
     def _count(self, decision: PlayoutDecision) -> None:

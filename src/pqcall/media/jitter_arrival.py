@@ -54,6 +54,8 @@ class QueuedPacket(NamedTuple):
     """The encoded previous frame, if the sender repeated it."""
     arrival: float
     """``now`` when pushed."""
+    older: tuple[bytes, ...] = ()
+    """Low-rate copies of the frames before the previous one: seq - 2, seq - 3, ..."""
 
 
 class Admission(NamedTuple):

@@ -69,6 +69,7 @@ class TargetDelay:
 
     __slots__ = (
         "_ceiling_frames",
+        "_copy_depth",
         "_estimator",
         "_floor_frames",
         "_frame_ms",
@@ -92,6 +93,7 @@ class TargetDelay:
         self._ceiling_frames = max(self._floor_frames, int(max_target_delay_ms // frame_ms))
         self._use_fec = use_fec  # the sender's packets carry in-band FEC
         self._redundancy_seen = False  # the sender sends redundant copies
+        self._copy_depth = 0  # copies of frames before the previous one, per packet
         self._last_loss_at: float | None = None  # when a frame was last lost
 
     def note_loss(self, now: float) -> None:
@@ -102,6 +104,14 @@ class TargetDelay:
         """The sender repeats the previous frame in its packets."""
         self._redundancy_seen = True
 
+    def note_copies(self, depth: int) -> None:
+        """The sender's packets carry copies of ``depth`` frames before the previous one.
+
+        While loss is recent the target then holds the packets that carry them
+        (decision 0220: a burst of three is repaired from the fourth packet).
+        """
+        self._copy_depth = max(self._copy_depth, depth)
+
     def frames(self, now: float | None) -> int:
         """The target at ``now`` (None before any packet or pop), in frames."""
         need_ms = self._frame_ms + self._estimator.estimate_ms - TARGET_ROUNDING_MS
@@ -109,7 +119,7 @@ class TargetDelay:
         recovering = self._use_fec or self._redundancy_seen
         if recovering and self._last_loss_at is not None and now is not None:
             if now - self._last_loss_at < LOSS_MEMORY_S:
-                frames = max(frames, RECOVERY_FRAMES)
+                frames = max(frames, RECOVERY_FRAMES + self._copy_depth)
         return min(frames, self._ceiling_frames)
 
 

@@ -145,11 +145,12 @@ class ReceiveStream:
         now: float,
         *,
         redundant: bytes | None = None,
+        older: tuple[bytes, ...] = (),
         size: int = 0,
     ) -> None:
         """Take one received frame (``size``: its datagram's bytes, for the bitrate)."""
         self._stats.record_received(seq, timestamp, size, now)
-        self._buffer.push(seq, timestamp, payload, now, redundant=redundant)
+        self._buffer.push(seq, timestamp, payload, now, redundant=redundant, older=older)
         if self._timestamps is not None:
             self._remember_timestamp(seq, timestamp)
 
@@ -304,15 +305,17 @@ class MediaPipeline:
         now: float,
         *,
         redundant: bytes | None = None,
+        older: tuple[bytes, ...] = (),
         size: int = 0,
         stream: StreamId = PEER_STREAM,
     ) -> None:
-        """Hand a received frame to its stream's jitter buffer.
+        """Hand a received frame to its stream's jitter buffer (``older``: see ``JitterBuffer``).
 
         Raises:
             LocalProtocolError: no such stream, or a field out of range.
         """
-        self.stream(stream).receive(seq, timestamp, payload, now, redundant=redundant, size=size)
+        stream_ = self.stream(stream)
+        stream_.receive(seq, timestamp, payload, now, redundant=redundant, older=older, size=size)
 
     def has_next_frame(self) -> bool:
         """Whether every stream has its next frame (a late tick may wait for them)."""
