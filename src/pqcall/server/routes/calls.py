@@ -76,7 +76,7 @@ async def confirm(body: ConfirmCall, account: CurrentAccount, context: Context) 
 
 @router.post("/call/reject")
 async def reject(body: RejectCall, account: CurrentAccount, context: Context) -> CallView:
-    """The callee refuses a ringing call; both parties get ``call.rejected``."""
+    """The callee refuses a ringing call; both parties get ``call.rejected`` (with ``detail``)."""
     return call_service.view(await call_service.reject(context, account, body))
 
 
@@ -85,7 +85,8 @@ async def hangup(body: HangupCall, account: CurrentAccount, context: Context) ->
     """Either party ends a call (or cancels or declines it while it rings).
 
     Both parties get ``call.ended``, ``call.missed`` (caller cancelled),
-    ``call.rejected`` (callee declined) or ``call.failed`` (reason ``failed``).
+    ``call.rejected`` (callee declined) or ``call.failed`` (reason ``failed``, with
+    the ``detail`` the failing phone gave, if any).
     """
     return call_service.view(await call_service.hangup(context, account, body))
 
