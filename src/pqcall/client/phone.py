@@ -257,7 +257,7 @@ class Phone:
     # ------------------------------------------------------------------ calls
 
     async def call(self, name: str, *, media: MediaOptions | None = None) -> Call:
-        """Call ``name``; returns once the call rings on the server (watch the call's state).
+        """Call ``name``; returns at once, while the call is placed (watch the call's state).
 
         An offline callee rings if it comes back in time (``call.peer_offline``: we know it).
 
