@@ -11,6 +11,7 @@ record. :func:`failure_detail` is the other direction: what we tell the peer
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pqcall.client.call_context import key_mismatch_reason
@@ -27,6 +28,8 @@ NO_ANSWER = "no answer"
 """The caller's reason when the callee's phone rang out (the server's ring timeout)."""
 MISSED_WHILE_OFFLINE = "missed while offline"
 """The callee's reason for a call that rang out while its phone was not connected."""
+_FOLDERS = re.compile(r"(?:[A-Za-z]:)?(?:[^\s/\\]*[/\\])+")
+"""The folders of a path in an error text (``/home/bob/x.wav`` → ``x.wav``)."""
 
 
 class AudioOpenFailed(DeviceError):
@@ -47,13 +50,14 @@ def failure_detail(our_name: str, error: Exception | str) -> str:
     """What the peer hears when our side fails: ``bob's phone could not open its microphone: …``.
 
     One printable line of at most :data:`MAX_REASON_DETAIL_LENGTH` characters, as the
-    server requires.
+    server requires. The detail crosses the server in clear, so the folders of any
+    path in it are dropped (a device's file name stays; where it lives does not).
     """
     if isinstance(error, AudioOpenFailed):
         text = f"{our_name}'s phone could not open its {error.device}: {error.cause}"
     else:
         text = f"{our_name}'s phone failed: {error}"
-    return one_line(text)
+    return one_line(_FOLDERS.sub("", text))
 
 
 def one_line(text: str) -> str:
