@@ -83,7 +83,7 @@ for rate in (48_000, 32_000, 16_000):
         int(np.argmax(np.abs(np.correlate(out[s : s + 4800 + 240].astype(float), click, "valid"))))
         for s in starts
     ]
-    print(
+    print(  # noqa: T201  (a measurement script)
         f"{rate} Hz: stage + resampling {100 * cpu / 10:.2f} % of a core, "
         f"click delay {1000 * float(np.median(lags)) / RATE:.1f} ms"
     )
