@@ -13,6 +13,7 @@ class MutedCall:
     """What :func:`live_status` reads of a call, before any statistics."""
 
     is_muted: bool
+    is_peer_muted: bool = False
     peer: str = "bob"
     answered: float | None = None
     path: Any = None
@@ -27,3 +28,8 @@ class MutedCall:
 def test_muted_marker_leads_the_status_line() -> None:
     assert live_status(cast(Any, MutedCall(is_muted=True))).startswith("MUTED  00:00")
     assert not live_status(cast(Any, MutedCall(is_muted=False))).startswith("MUTED")
+
+
+def test_peer_muted_shows_in_the_status_line() -> None:
+    line = live_status(cast(Any, MutedCall(is_muted=False, is_peer_muted=True)))
+    assert line.startswith("bob MUTED  00:00")

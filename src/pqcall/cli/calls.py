@@ -5,6 +5,12 @@ each call through its states (:mod:`pqcall.client.phone_callstate`) with a line 
 step, the SAS to read aloud, a live status line while audio flows, and one
 summary line (or, with ``--json``, the call's summary object) at the end.
 
+On a terminal in the foreground, single keys act during a call
+(:mod:`pqcall.cli.incall`); an incoming call rings the bell every
+:data:`RING_BELL_INTERVAL_S` until it is answered or stops ringing. Ctrl-C
+during a call hangs up; ``call`` then exits, ``listen`` keeps listening (Ctrl-C
+while idle, or twice within :data:`SECOND_INTERRUPT_S`, quits).
+
 Exit codes: 0 when the call was answered and ended normally, 1 when it was
 declined, busy, missed or failed (or for any error), 130 after Ctrl-C (which
 hangs up first).
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -45,7 +52,10 @@ CONNECT_TIMEOUT_S = 10.0
 """How long ``listen`` waits for the push connection before saying it is still trying."""
 STATUS_INTERVAL_S = 0.5
 """How often the status line is redrawn."""
-"""A contact first pinned this shortly before the call rang is announced as new."""
+RING_BELL_INTERVAL_S = 2.0
+"""How often the terminal bell rings while an incoming call waits for an answer."""
+SECOND_INTERRUPT_S = 2.0
+"""A Ctrl-C this soon after the one that hung up a call quits ``listen``."""
 YES = frozenset({"y", "yes"})
 
 
@@ -110,7 +120,7 @@ def run_listen(args: argparse.Namespace) -> int:
     registered_config(home)
     media = media_options(args)
     check_audio(media)
-    secret = passphrase(args)
+    secret = passphrase(args, home=home)
     return runtime.run(_listen(args, home, secret, media, Console(json_mode=args.json)))
 
 
@@ -143,6 +153,8 @@ async def _listen(
             )
             mode = "answering every call" if args.auto_answer else "Ctrl-C to stop"
             console.say(f"listening as {phone.username} on {phone.server_url} ({mode})")
+            loop = asyncio.get_running_loop()
+            hung_up_at = -SECOND_INTERRUPT_S  # loop time Ctrl-C last hung up a call
             async with show_warnings(phone, console):
                 while True:
                     call = await race(interrupt, phone.next_incoming())
@@ -150,7 +162,13 @@ async def _listen(
                         return interrupt.exit_code
                     code = await _take(phone, call, args, console, interrupt, reader)
                     if interrupt.is_set:
-                        return interrupt.exit_code
+                        again = loop.time() - hung_up_at < SECOND_INTERRUPT_S
+                        if args.once or again or interrupt.signum != signal.SIGINT:
+                            return interrupt.exit_code
+                        hung_up_at = loop.time()
+                        interrupt.clear()  # Ctrl-C ended the call, not the phone
+                        console.say(f"still listening as {phone.username} (Ctrl-C again to quit)")
+                        continue
                     if args.once:
                         return code
         finally:
@@ -204,15 +222,16 @@ async def ask(call: Call, console: Console, interrupt: Interrupt, reader: LineRe
     from pqcall.client.phone_callstate import CallState
 
     console.prompt("accept? [y/N] ")
-    line = asyncio.ensure_future(reader.readline())
+    line = asyncio.ensure_future(_answer(reader))
     stopped = asyncio.ensure_future(call.wait_for(CallState.CONNECTING))
     stop = asyncio.ensure_future(interrupt.wait())
+    bell = asyncio.ensure_future(_ring_bell(console))
     try:
         await asyncio.wait({line, stopped, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for future in (line, stopped, stop):
+        for future in (line, stopped, stop, bell):
             future.cancel()
-        await asyncio.gather(line, stopped, stop, return_exceptions=True)
+        await asyncio.gather(line, stopped, stop, bell, return_exceptions=True)
     if not line.done() or line.cancelled():
         console.say("")  # end the prompt's line
         return False
@@ -222,6 +241,20 @@ async def ask(call: Call, console: Console, interrupt: Interrupt, reader: LineRe
         console.say("no answer on stdin: declining")
         return False
     return answer.strip().lower() in YES
+
+
+async def _answer(reader: LineReader) -> str | None:
+    """The answer line; a terminal is read only once we are its foreground job."""
+    if reader.is_terminal and reader.fd is not None:
+        await incall.wait_foreground(reader.fd)
+    return await reader.readline()
+
+
+async def _ring_bell(console: Console) -> None:
+    """The terminal bell every :data:`RING_BELL_INTERVAL_S` (the first rang with the line)."""
+    while True:
+        await asyncio.sleep(RING_BELL_INTERVAL_S)
+        console.bell()
 
 
 # ---------------------------------------------------------------- call
@@ -237,7 +270,7 @@ def run_call(args: argparse.Namespace) -> int:
     registered_config(home)
     media = media_options(args)
     check_audio(media)
-    secret = passphrase(args)
+    secret = passphrase(args, home=home)
     return runtime.run(_call(args, name, home, secret, media, Console(json_mode=args.json)))
 
 
@@ -287,8 +320,9 @@ async def follow(
 ) -> bool:
     """Show ``call`` until it ends; hang up on Ctrl-C or after ``duration_s`` active.
 
-    While the call is active, lines from ``commands`` are carried out
-    (:mod:`pqcall.cli.incall`: mute, switch devices, hang up).
+    While the call is active, commands from ``commands`` are carried out
+    (:mod:`pqcall.cli.incall`: mute, switch devices, hang up): single keys when
+    it is a terminal (in cbreak mode, restored before returning), else lines.
 
     Returns:
         Whether Ctrl-C ended it.
@@ -300,14 +334,24 @@ async def follow(
     active_since: float | None = None  # loop time the call became active
     typed: asyncio.Future[str | None] | None = None  # the next command line, while active
     reconnecting = False  # whether the last line said nothing comes from the peer
+    peer_muted = False  # whether the last line said the peer muted
+    keyboard = (
+        incall.Keyboard(commands.fd, commands)
+        if commands is not None and commands.is_terminal and commands.fd is not None
+        else None
+    )
     try:
         while not is_terminal(call.state):
             state = call.state
             if state not in shown:
                 shown.add(state)
                 announce(call, console)
-                if state is CallState.ACTIVE and commands is not None and commands.is_terminal:
-                    console.say(incall.HELP)
+                if (
+                    state is CallState.ACTIVE
+                    and commands is not None
+                    and incall.is_foreground_terminal(commands.fd)
+                ):
+                    console.say(incall.KEYS_HELP)
             timeout: float | None = None
             if state is CallState.ACTIVE:
                 if active_since is None:
@@ -321,7 +365,11 @@ async def follow(
                         break
                     timeout = min(timeout, remaining)
                 if typed is None and commands is not None:
-                    typed = asyncio.ensure_future(commands.readline())
+                    typed = asyncio.ensure_future(
+                        commands.readline()
+                        if keyboard is None
+                        else incall.next_command(keyboard, console)
+                    )
             change = asyncio.ensure_future(call.wait_for(*(s for s in CallState if s is not state)))
             stop = asyncio.ensure_future(interrupt.wait())
             waiting: set[asyncio.Future[Any]] = {change, stop}
@@ -342,9 +390,12 @@ async def follow(
                 line, typed = typed.result(), None
                 if line is None:
                     commands = None  # stdin ended: no more commands, the call goes on
-                elif await incall.run_command(call, console, line):
+                elif await incall.run_command(call, console, line, keys=keyboard is not None):
                     break
             if call.state is CallState.ACTIVE and CallState.ACTIVE in shown:
+                if call.is_peer_muted != peer_muted:
+                    peer_muted = call.is_peer_muted
+                    console.say(f"{call.peer} {'muted' if peer_muted else 'unmuted'}")
                 if call.is_reconnecting != reconnecting:  # a line, also when not on a terminal
                     reconnecting = call.is_reconnecting
                     console.say(
@@ -357,6 +408,8 @@ async def follow(
         if typed is not None:
             typed.cancel()
             await asyncio.gather(typed, return_exceptions=True)
+        if keyboard is not None:
+            keyboard.close()  # the terminal as it was, also on errors and cancellation
     console.clear_status()
     return False
 
@@ -396,6 +449,8 @@ def live_status(call: Call) -> str:
     processing = call.processing_report()
     if processing is not None and processing.echo_cancelled:
         line += f"  echo cancelled {processing.erle_db:.0f} dB"
+    if call.is_peer_muted:
+        line = f"{call.peer} MUTED  {line}"
     return f"MUTED  {line}" if call.is_muted else line
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
 MAX_PORT = 65535
 AUDIO_IN_HELP = "audio source: default, a device name or index, tone:FREQ, silence, or a WAV file"
 AUDIO_OUT_HELP = "audio sink: default, a device name or index, null, or a WAV file to write"
+PASSPHRASE_TRIES = 3
+"""Passphrases typed at the prompt before giving up (as ssh); one from a file or the environment."""
 
 
 def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -166,15 +170,53 @@ def open_home(args: argparse.Namespace) -> Home:
     return Home(path)
 
 
-def passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
+def passphrase(args: argparse.Namespace, *, confirm: bool = False, home: Home | None = None) -> str:
     """The passphrase from ``--passphrase-file``, the environment, or a prompt.
 
+    With ``home``, a passphrase typed at the prompt is checked against its
+    keystore: a wrong one says "wrong passphrase, try again", up to
+    :data:`PASSPHRASE_TRIES` tries. One from a file or the environment gets
+    one try (the caller's unlock fails with one line). Ctrl-C at the prompt
+    ends the prompt's line before ``KeyboardInterrupt`` goes on (exit 130).
+
     Raises:
-        KeystoreError: a source is set but unusable, or nowhere to get one from.
+        KeystoreError: a source is set but unusable, nowhere to get one from,
+            or (``WrongPassphrase``) every try was wrong.
     """
     from pqcall.client.home import read_passphrase
+    from pqcall.crypto.keystore import passphrase_from_env
 
-    return read_passphrase(passphrase_file=args.passphrase_file, confirm=confirm)
+    given = passphrase_from_env(passphrase_file=args.passphrase_file)
+    if given is not None:
+        return given
+    if home is None or confirm or not home.has_account():
+        return _at_prompt(lambda: read_passphrase(passphrase_file=None, confirm=confirm))
+    return _tries(home, lambda: read_passphrase(passphrase_file=None, confirm=False))
+
+
+def _tries(home: Home, ask: Callable[[], str]) -> str:
+    from pqcall.exceptions import WrongPassphrase
+
+    for attempt in range(1, PASSPHRASE_TRIES + 1):
+        secret = _at_prompt(ask)
+        try:
+            home.unlock(secret)
+        except WrongPassphrase as exc:
+            if attempt == PASSPHRASE_TRIES:
+                raise WrongPassphrase(f"{exc} ({PASSPHRASE_TRIES} tries)") from None
+            print("wrong passphrase, try again", file=sys.stderr, flush=True)
+            continue
+        return secret
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _at_prompt(ask: Callable[[], str]) -> str:
+    try:
+        return ask()
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)  # getpass leaves the cursor after "Passphrase: "
+        print("pqcall: interrupted", file=sys.stderr, flush=True)
+        raise
 
 
 def media_options(args: argparse.Namespace) -> MediaOptions:

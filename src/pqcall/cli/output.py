@@ -60,6 +60,12 @@ class Console:
             self.human.write("\a")
         print(text, file=self.human, flush=True)
 
+    def bell(self) -> None:
+        """The terminal bell alone (on a terminal; elsewhere nothing)."""
+        if self.is_tty:
+            self.human.write("\a")
+            self.human.flush()
+
     def prompt(self, text: str) -> None:
         """A question whose answer is read from stdin (no newline after it)."""
         self.clear_status()

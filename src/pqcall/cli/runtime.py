@@ -89,6 +89,10 @@ class Interrupt:
         """Return once a signal came."""
         await self._event.wait()
 
+    def clear(self) -> None:
+        """Forget the signal that came (``listen`` goes on after Ctrl-C hung up a call)."""
+        self._event.clear()
+
     async def __aenter__(self) -> Interrupt:
         self._task = asyncio.current_task()
         loop = asyncio.get_running_loop()
@@ -145,6 +149,11 @@ class LineReader:
         self._fd = fd if fd is not None else _stdin_fd()  # None: no stdin at all
         self._buffer = b""  # read but not yet returned
         self._eof = self._fd is None  # nothing more will come
+
+    @property
+    def fd(self) -> int | None:
+        """The descriptor read (None: no stdin)."""
+        return self._fd
 
     @property
     def is_terminal(self) -> bool:

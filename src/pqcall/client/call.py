@@ -255,6 +255,12 @@ class Call:
         return self._session is not None and self._session.is_muted
 
     @property
+    def is_peer_muted(self) -> bool:
+        """Whether the peer told us (in the media channel) that it sends silence."""
+        session = self._session
+        return session is not None and session.end_reason is None and session.is_peer_muted
+
+    @property
     def is_reconnecting(self) -> bool:
         """Whether the call is active but nothing came from the peer for a second or more."""
         session = self._session
