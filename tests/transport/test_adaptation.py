@@ -10,6 +10,7 @@ from pqcall.transport.adaptation import (
     AdaptationPolicy,
     EncoderMode,
 )
+from pqcall.transport.audio_framer import backup_packet_bytes
 from pqcall.transport.media_packets import (
     BurstReport,
     PingPacket,
@@ -113,7 +114,8 @@ def test_bursty_loss_turns_backup_copies_on():
     adaptation = ours.adaptation
     assert adaptation.mode is EncoderMode.BACKUP
     assert adaptation.backup_copies == BACKUP_COPIES
-    assert adaptation.backup_bytes == 30
+    assert adaptation.backup_bytes == 67  # three copies fill three packet sizes
+    assert backup_packet_bytes(adaptation) <= 3 * 106
     assert adaptation.frame_bytes == 99  # the main frame keeps its bytes
     assert adaptation.expected_loss_percent == 0  # the copies replace FEC
     assert adaptation.complexity == 10

@@ -100,6 +100,7 @@ SCHEMES: Final = (
     Scheme("n-1, n-2 at 40 B, packet grows", fec=False, copies=2, copy_bytes=40, grow=True),
     Scheme("n-1..n-3 at 30 B, packet grows", fec=False, copies=3, copy_bytes=30, grow=True),
     Scheme("n-1..n-3 at 40 B, packet grows", fec=False, copies=3, copy_bytes=40, grow=True),
+    Scheme("n-1..n-3 at 65 B, packet grows", fec=False, copies=3, copy_bytes=65, grow=True),
 )
 
 

@@ -37,6 +37,7 @@ import numpy as np
 from pqcall.exceptions import LocalProtocolError
 from pqcall.media.codec import (
     AudioDecoder,
+    Bandwidth,
     OpusDecoder,
     OpusEncoder,
     OpusSettings,
@@ -207,6 +208,7 @@ class MediaPipeline:
     """
 
     __slots__ = (
+        "_backup",
         "_encoder",
         "_fec",
         "_frame_ms",
@@ -217,6 +219,7 @@ class MediaPipeline:
         "_stats",
         "_streams",
         "_trace",
+        "backup_frame",
     )
 
     def __init__(
@@ -229,6 +232,9 @@ class MediaPipeline:
         self._frame_ms = opus.frame_ms
         self._fec = opus.fec  # whether expected loss means anything to the encoder
         self._encoder = OpusEncoder(opus)
+        self._backup: OpusEncoder | None = None  # low-rate copies, in the backup mode only
+        self.backup_frame: bytes | None = None
+        """The last captured frame's low-rate copy (None outside the backup mode)."""
         self._processing = processing  # None: no stage (the common case, no calls)
         self._trace = trace
         self._stats = CallStats(opus.frame_ms)  # what we send, and the levels
@@ -263,6 +269,15 @@ class MediaPipeline:
             self._encoder.set_expected_loss_percent(expected_loss_percent)
         self._encoder.set_complexity(complexity)
 
+    def configure_backup(self, backup_bytes: int) -> None:
+        """Also encode each frame at ``backup_bytes`` (wideband, no FEC; 0: stop; decision 0220)."""
+        if not backup_bytes:
+            self._backup = self.backup_frame = None
+        elif self._backup is None:
+            bitrate_bps = backup_bytes * 8 * 1000 // self._frame_ms
+            settings = OpusSettings(self._frame_ms, bitrate_bps, bandwidth=Bandwidth.WIDEBAND)
+            self._backup = OpusEncoder(replace(settings, fec=False, complexity=10))
+
     def add_stream(self, stream: StreamId, decoder: AudioDecoder | None = None) -> ReceiveStream:
         """Start receiving another sender's audio (a group call); played mixed with the others.
 
@@ -295,6 +310,8 @@ class MediaPipeline:
         elif self._processing is not None:
             pcm = self._processing.process_capture(pcm)
         self._sent_pcm = pcm
+        if self._backup is not None:
+            self.backup_frame = self._backup.encode(pcm)
         return self._encoder.encode(pcm)
 
     def receive(

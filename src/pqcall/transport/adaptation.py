@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Final
 from pqcall.exceptions import LocalProtocolError
 from pqcall.transport.media_packets import (
     AUDIO_HEADER_LENGTH,
+    BACKUP_HEADER_LENGTH,
     REDUNDANCY_HEADER_LENGTH,
     BurstReport,
     ControlPacket,
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADAPTATION_HOLD_S",
     "BACKUP_COPIES",
+    "BACKUP_PACKET_MULTIPLE",
     "BURSTY_MEAN_PACKETS",
     "CALM_COMPLEXITY",
     "LOSS_WINDOW_REPORTS",
@@ -100,6 +102,10 @@ BACKUP_COPIES: Final = 3
 three lost packets is repaired from the fourth (offline, 10 % loss in bursts of 3 on
 the worst voice: PESQ-WB 2.2 with FEC, 2.9 with three 30-byte copies, 3.1 with 40-byte
 ones; decision 0220)."""
+BACKUP_PACKET_MULTIPLE: Final = 3
+"""The backup mode's packet is this many constant packet sizes (padding multiples): the copies
+grow to fill it (67 bytes each at the default 99-byte frames), as the padding would cost the
+same wire bytes anyway."""
 BURSTY_MEAN_PACKETS: Final = 1.8
 """Mean run of lost packets from which the backup mode is chosen (random 10 % loss: 1.1)."""
 UNBURSTY_MEAN_PACKETS: Final = 1.4
@@ -164,7 +170,8 @@ class AdaptationPolicy:
             never planned below.
         complexity: the encoder's configured complexity, used whenever loss
             is planned for.
-        backup_bytes: Opus bytes of each backup copy when bursts are reported;
+        backup_bytes: the least Opus bytes of each backup copy when bursts are
+            reported (they grow to fill :data:`BACKUP_PACKET_MULTIPLE` packets);
             0 (the default) never to enter the backup mode.
 
     Raises:
@@ -215,7 +222,9 @@ class AdaptationPolicy:
         self._calm_complexity = min(complexity, CALM_COMPLEXITY)  # while no loss is planned
         self._recent_loss: deque[float] = deque(maxlen=LOSS_WINDOW_REPORTS)
         self._last_loss_at: float | None = None  # `now` of the last report showing loss
-        self._backup_bytes = backup_bytes  # each backup copy; 0: no backup mode
+        room = BACKUP_PACKET_MULTIPLE * packet_bytes - AUDIO_HEADER_LENGTH - BACKUP_HEADER_LENGTH
+        fill = (room - self._single_frame_bytes) // BACKUP_COPIES - 2  # 2: its length field
+        self._backup_bytes = max(backup_bytes, fill) if backup_bytes else 0  # 0: no backup
         self._recent_bursts: deque[BurstReport] = deque(maxlen=LOSS_WINDOW_REPORTS)
         self._is_bursty = False  # the backup mode's hysteresis state
         self._adaptation = self._startup_adaptation()

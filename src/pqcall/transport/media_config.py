@@ -15,6 +15,7 @@ from typing import Final
 from pqcall.transport.media_packets import AUDIO_HEADER_LENGTH
 
 __all__ = [
+    "DEFAULT_BACKUP_BYTES",
     "DEFAULT_PING_INTERVAL_S",
     "DEFAULT_REPORT_INTERVAL_S",
     "MEDIA_TIMEOUT_S",
@@ -27,6 +28,8 @@ DEFAULT_PING_INTERVAL_S: Final = 1.0
 """Seconds between RTT pings."""
 DEFAULT_REPORT_INTERVAL_S: Final = 1.0
 """Seconds between receiver reports."""
+DEFAULT_BACKUP_BYTES: Final = 40
+"""Opus bytes of each backup copy in the backup mode (16 kbit/s at 20 ms; decision 0220)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,9 @@ class ProtocolSettings:
     """SFrame padding multiple (0: no padding; None: one audio packet, :attr:`packet_pad_to`)."""
     redundancy: bool | None = None
     """None: automatic (on when loss is reported and the encoder has no FEC); True/False force."""
+    backup_bytes: int = 0
+    """Opus bytes of each backup copy when the peer reports bursts (0: no backup mode;
+    the wrapper must then pass each frame's copy to ``send_audio``; decision 0220)."""
     ping_interval_s: float = DEFAULT_PING_INTERVAL_S
     """Seconds between RTT pings."""
     report_interval_s: float = DEFAULT_REPORT_INTERVAL_S

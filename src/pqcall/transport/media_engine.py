@@ -39,6 +39,7 @@ from pqcall.media.pipeline import AudioProcessing, MediaPipeline, MediaTrace
 from pqcall.media.stats import CallStatsSnapshot
 from pqcall.transport.adaptation import SenderAdaptation
 from pqcall.transport.media_config import (
+    DEFAULT_BACKUP_BYTES,
     DEFAULT_PING_INTERVAL_S,
     DEFAULT_REPORT_INTERVAL_S,
     MEDIA_TIMEOUT_S,
@@ -71,6 +72,8 @@ class MediaSettings:
     """
     redundancy: bool | None = None
     """None: automatic (on when loss is reported and the encoder has no FEC); True/False force."""
+    backup_bytes: int = DEFAULT_BACKUP_BYTES
+    """Opus bytes of each backup copy when the peer reports bursts (0: never; decision 0220)."""
     ping_interval_s: float = DEFAULT_PING_INTERVAL_S
     """Seconds between RTT pings."""
     report_interval_s: float = DEFAULT_REPORT_INTERVAL_S
@@ -90,6 +93,7 @@ class MediaSettings:
             complexity=opus.complexity,
             pad_to=self.pad_to,
             redundancy=self.redundancy,
+            backup_bytes=self.backup_bytes,
             ping_interval_s=self.ping_interval_s,
             report_interval_s=self.report_interval_s,
             media_timeout_s=self.media_timeout_s,
@@ -203,7 +207,8 @@ class MediaEngine:
 
     def send_frame(self, pcm: Pcm | None, now: float) -> None:
         """Encode and queue one captured frame (None: the source had none, silence)."""
-        packet = self._protocol.send_audio(self._pipeline.capture(pcm, now), now)
+        payload = self._pipeline.capture(pcm, now)
+        packet = self._protocol.send_audio(payload, now, self._pipeline.backup_frame)
         if self._trace is not None:
             self._trace.frame_captured(packet.timestamp, now)
 
@@ -270,6 +275,7 @@ class MediaEngine:
                     event.payload,
                     now,
                     redundant=event.redundant,
+                    older=event.older,
                     size=size,
                 )
             elif isinstance(event, RttMeasured):
@@ -285,3 +291,4 @@ class MediaEngine:
             expected_loss_percent=adaptation.expected_loss_percent,
             complexity=adaptation.complexity,
         )
+        self._pipeline.configure_backup(adaptation.backup_bytes)

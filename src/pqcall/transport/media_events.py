@@ -43,6 +43,8 @@ class AudioReceived:
     """The Opus frame."""
     redundant: bytes | None
     """The previous frame (seq - 1) again, or None."""
+    older: tuple[bytes, ...] = ()
+    """Backup copies of seq - 2, seq - 3... (the peer's backup mode; ``redundant`` is seq - 1's)."""
 
 
 @dataclass(frozen=True, slots=True)

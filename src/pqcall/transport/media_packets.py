@@ -18,6 +18,8 @@ observer cannot tell them apart by size. All integers are big-endian::
     AUDIO            01 | seq u16 | timestamp u32 | Opus payload
     AUDIO_REDUNDANT  02 | seq u16 | timestamp u32 | offset u16 | length u16
                         | redundant payload (length bytes) | Opus payload
+    AUDIO_BACKUP     03 | seq u16 | timestamp u32 | frame u16 | count u8 | length u16
+                        | count x copy length u16 | copies | Opus payload | zeros
     PING             10 | ping id u32 | sent at u64 (microseconds, sender's clock)
     PONG             11 | ping id u32 | sent at u64 (echoed) | hold u32 (microseconds)
     REPORT           12 | cumulative lost u32 | highest seq u32 (extended)
@@ -30,11 +32,14 @@ The redundant payload of ``AUDIO_REDUNDANT`` is the previous frame again, as
 RFC 2198 carries it: ``offset`` is how far its timestamp lies before the
 packet's (one frame when it is the previous one).
 
-``BURSTS`` travels just before a ``REPORT`` whose interval had loss, and covers it:
-how many runs of consecutive lost packets were judged, and how many packets
-they held, so the sender sees the mean burst length (one packet each for
-random loss, about three for the bursts Opus in-band FEC cannot repair;
-``docs/decisions/0220-bursts.md``).
+``AUDIO_BACKUP`` is the backup mode's packet (``docs/decisions/0220-bursts.md``):
+``count`` (at most :data:`MAX_BACKUP_COPIES`) low-rate copies of the frames
+``seq - 1``, ``seq - 2``, ... in that order, ``frame`` the samples per frame
+(the first copy's offset), ``length`` the Opus payload's, then zeros up to the
+mode's constant size (the sender's: every packet of the mode is that long).
+
+``BURSTS`` goes just before a ``REPORT`` whose interval had loss: the runs of lost
+packets judged in it and the packets they held (the mean burst length, decision 0220).
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ from pqcall.exceptions import DecodeError, LocalProtocolError
 __all__ = [
     "AUDIO_HEADER_LENGTH",
     "AUDIO_TYPES",
+    "BACKUP_HEADER_LENGTH",
     "FRACTION_LOST_SCALE",
+    "MAX_BACKUP_COPIES",
     "REDUNDANCY_HEADER_LENGTH",
     "SAMPLE_RATE_HZ",
     "SEQUENCE_MODULUS",
@@ -86,11 +93,16 @@ AUDIO_HEADER_LENGTH: Final = 7
 """Type, sequence number and timestamp in front of every audio payload."""
 REDUNDANCY_HEADER_LENGTH: Final = 4
 """Timestamp offset and length of a redundant copy."""
+BACKUP_HEADER_LENGTH: Final = 5
+"""Frame size, copy count and payload length after an AUDIO_BACKUP's audio header."""
+MAX_BACKUP_COPIES: Final = 3
+"""The most earlier frames an AUDIO_BACKUP packet carries copies of."""
 FRACTION_LOST_SCALE: Final = 256
 """A report's fraction lost is in 1/256 (RFC 3550 section 6.4.1)."""
 
 _AUDIO = struct.Struct("!BHI")
 _REDUNDANCY = struct.Struct("!HH")
+_BACKUP = struct.Struct("!HBH")
 _PING = struct.Struct("!BIQ")
 _PONG = struct.Struct("!BIQI")
 _REPORT = struct.Struct("!BIIIB")
@@ -116,6 +128,7 @@ class PacketType(enum.IntEnum):
 
     AUDIO = 0x01
     AUDIO_REDUNDANT = 0x02
+    AUDIO_BACKUP = 0x03
     PING = 0x10
     PONG = 0x11
     REPORT = 0x12
@@ -135,8 +148,8 @@ class HangupReason(enum.IntEnum):
     """The softphone is quitting."""
 
 
-AudioFields: TypeAlias = tuple[int, int, bytes, bytes | None, int]
-"""An audio packet's seq, timestamp, payload, redundant payload and its offset."""
+AudioFields: TypeAlias = tuple[int, int, bytes, bytes | None, int, tuple[bytes, ...]]
+"""An audio packet's seq, timestamp, payload, redundant payload, its offset, older copies."""
 
 
 def parse_audio_fields(data: bytes) -> AudioFields:
@@ -152,7 +165,9 @@ def parse_audio_fields(data: bytes) -> AudioFields:
         payload = data[AUDIO_HEADER_LENGTH:]
         if not payload:
             raise DecodeError("audio packet has empty payload")
-        return seq, timestamp, bytes(payload), None, 0
+        return seq, timestamp, bytes(payload), None, 0, ()
+    if kind == PacketType.AUDIO_BACKUP:
+        return _parse_backup(data, seq, timestamp)
     if kind != PacketType.AUDIO_REDUNDANT:
         raise DecodeError(f"media packet type 0x{kind:02x} is not audio")
     start = AUDIO_HEADER_LENGTH + REDUNDANCY_HEADER_LENGTH
@@ -168,7 +183,36 @@ def parse_audio_fields(data: bytes) -> AudioFields:
     payload = data[start + length :]
     if not payload:
         raise DecodeError("audio packet has empty payload")
-    return seq, timestamp, bytes(payload), bytes(data[start : start + length]), offset
+    return seq, timestamp, bytes(payload), bytes(data[start : start + length]), offset, ()
+
+
+def _parse_backup(data: bytes, seq: int, timestamp: int) -> AudioFields:
+    start = AUDIO_HEADER_LENGTH + BACKUP_HEADER_LENGTH
+    if len(data) < start:
+        raise DecodeError("audio packet has truncated backup header")
+    frame, count, length = _BACKUP.unpack_from(data, AUDIO_HEADER_LENGTH)
+    if frame == 0:
+        raise DecodeError("audio packet has zero frame size")
+    if count > MAX_BACKUP_COPIES:
+        raise DecodeError("audio packet has too many backup copies")
+    end = start + 2 * count
+    if len(data) < end:
+        raise DecodeError("audio packet has truncated backup lengths")
+    lengths = struct.unpack_from(f"!{count}H", data, start)
+    copies = []
+    for size in lengths:
+        if size == 0:
+            raise DecodeError("audio packet has empty backup copy")
+        copies.append(bytes(data[end : end + size]))
+        end += size
+    if length == 0:
+        raise DecodeError("audio packet has empty payload")
+    if len(data) < end + length:
+        raise DecodeError("audio packet has truncated payload")
+    payload = bytes(data[end : end + length])
+    if not copies:
+        return seq, timestamp, payload, None, 0, ()
+    return seq, timestamp, payload, copies[0], frame, tuple(copies[1:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +229,10 @@ class AudioPacket:
     """The previous frame's Opus packet, or None."""
     redundant_offset: int = 0
     """How many 48 kHz units the redundant frame's timestamp lies before ``timestamp``."""
+    older: tuple[bytes, ...] = ()
+    """Copies of the frames before the redundant one (``seq - 2``, ...): the backup form."""
+    backup_size: int = 0
+    """Nonzero: the AUDIO_BACKUP form, padded with zeros to this many bytes (the mode's size)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.seq < SEQUENCE_MODULUS:
@@ -198,10 +246,26 @@ class AudioPacket:
                 raise LocalProtocolError("redundant payload must be 1 to 65535 bytes")
             if not 0 < self.redundant_offset <= U16_MAX:
                 raise LocalProtocolError("redundant timestamp offset must be 1 to 65535")
+        if self.backup_size:
+            if len(self.older) + (self.redundant is not None) > MAX_BACKUP_COPIES:
+                raise LocalProtocolError(f"at most {MAX_BACKUP_COPIES} backup copies")
+            if (self.older and self.redundant is None) or not all(self.older):
+                raise LocalProtocolError("backup copies must be consecutive and not empty")
+            if self._backup_length() > self.backup_size:
+                raise LocalProtocolError("backup packet is longer than its size")
+        elif self.older:
+            raise LocalProtocolError("older copies need the backup form")
+
+    def _backup_length(self) -> int:
+        copies = () if self.redundant is None else (self.redundant, *self.older)
+        header = AUDIO_HEADER_LENGTH + BACKUP_HEADER_LENGTH + 2 * len(copies)
+        return header + sum(map(len, copies)) + len(self.payload)
 
     @property
     def size(self) -> int:
         """Length of :meth:`serialize`'s result."""
+        if self.backup_size:
+            return self.backup_size
         extra = 0 if self.redundant is None else REDUNDANCY_HEADER_LENGTH + len(self.redundant)
         return AUDIO_HEADER_LENGTH + extra + len(self.payload)
 
@@ -216,6 +280,8 @@ class AudioPacket:
 
     def serialize(self) -> bytes:
         """The packet's bytes."""
+        if self.backup_size:
+            return self._serialize_backup()
         if self.redundant is None:
             return _AUDIO.pack(PacketType.AUDIO, self.seq, self.timestamp) + self.payload
         return b"".join(
@@ -226,6 +292,20 @@ class AudioPacket:
                 self.payload,
             )
         )
+
+    def _serialize_backup(self) -> bytes:
+        copies = () if self.redundant is None else (self.redundant, *self.older)
+        frame = self.redundant_offset if copies else 0
+        packet = b"".join(
+            (
+                _AUDIO.pack(PacketType.AUDIO_BACKUP, self.seq, self.timestamp),
+                _BACKUP.pack(frame, len(copies), len(self.payload)),
+                struct.pack(f"!{len(copies)}H", *map(len, copies)),
+                *copies,
+                self.payload,
+            )
+        )
+        return packet + bytes(self.backup_size - len(packet))
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,7 +534,7 @@ ControlPacket: TypeAlias = (
     PingPacket | PongPacket | ReceiverReport | MutePacket | HangupPacket | BurstReport
 )
 
-AUDIO_TYPES: Final = (PacketType.AUDIO, PacketType.AUDIO_REDUNDANT)
+AUDIO_TYPES: Final = (PacketType.AUDIO, PacketType.AUDIO_REDUNDANT, PacketType.AUDIO_BACKUP)
 
 _CONTROL_PARSERS: Final[dict[int, type[ControlPacket]]] = {
     PacketType.PING: PingPacket,

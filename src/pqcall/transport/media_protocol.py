@@ -45,6 +45,7 @@ from pqcall.crypto.sframe import CipherSuite
 from pqcall.crypto.sframe_context import SFrameReceiver, SFrameSender
 from pqcall.exceptions import DecodeError, LocalProtocolError
 from pqcall.transport.adaptation import MAX_COMPLEXITY, AdaptationPolicy, SenderAdaptation
+from pqcall.transport.audio_framer import AudioFramer
 from pqcall.transport.liveness import PeerLiveness
 from pqcall.transport.media_config import ProtocolSettings
 from pqcall.transport.media_events import (
@@ -62,7 +63,6 @@ from pqcall.transport.media_events import (
 from pqcall.transport.media_packets import (
     AUDIO_HEADER_LENGTH,
     AUDIO_TYPES,
-    REDUNDANCY_HEADER_LENGTH,
     SAMPLE_RATE_HZ,
     SEQUENCE_MODULUS,
     TIMESTAMP_MODULUS,
@@ -154,6 +154,7 @@ class MediaProtocol:
         "_counts",
         "_events",
         "_frame_samples",
+        "_framer",
         "_liveness",
         "_mute_changes",
         "_muted",
@@ -168,7 +169,6 @@ class MediaProtocol:
         "_ping_interval",
         "_pings",
         "_policy",
-        "_previous",
         "_receiver",
         "_reception",
         "_report_interval",
@@ -221,6 +221,7 @@ class MediaProtocol:
             fec=settings.fec,
             base_expected_loss_percent=settings.base_expected_loss_percent,
             complexity=settings.complexity,
+            backup_bytes=settings.backup_bytes,
         )
         self._ping_interval = settings.ping_interval_s
         self._report_interval = settings.report_interval_s
@@ -232,7 +233,7 @@ class MediaProtocol:
         # our audio
         self._seq = first_seq  # of the next audio packet
         self._timestamp = first_timestamp  # of the next audio packet
-        self._previous: bytes | None = None  # last frame sent, for redundancy
+        self._framer = AudioFramer(self._frame_samples, self._packet_bytes)  # our packets
         # pings and reports
         self._next_ping_at = 0.0
         self._next_report_at = 0.0
@@ -323,11 +324,11 @@ class MediaProtocol:
             self._announce_mute(now)
         self.handle_timer(now)
 
-    def send_audio(self, payload: bytes, now: float) -> AudioPacket:
+    def send_audio(self, payload: bytes, now: float, backup: bytes | None = None) -> AudioPacket:
         """Queue one encoded frame; the next frame's timestamp is one frame later.
 
-        The previous frame rides along when redundancy is on and both fit the
-        packet size (so the size never changes when the mode does).
+        Earlier frames ride along as the mode says (:mod:`~pqcall.transport.audio_framer`;
+        ``backup``: this frame's low-rate copy, for the backup mode).
 
         Returns:
             The packet queued (its ``seq`` and ``timestamp``).
@@ -339,20 +340,9 @@ class MediaProtocol:
             raise LocalProtocolError(f"cannot send audio while {self._state.value}")
         if not payload:
             raise LocalProtocolError("audio payload must not be empty")
-        payload = bytes(payload)
-        redundant = self._previous if self._policy.adaptation.redundancy else None
-        room = self._packet_bytes - AUDIO_HEADER_LENGTH - REDUNDANCY_HEADER_LENGTH
-        if redundant is not None and len(redundant) + len(payload) > room:
-            redundant = None  # the frame before a switch was a full one
-        packet = AudioPacket(
-            self._seq,
-            self._timestamp,
-            payload,
-            redundant,
-            self._frame_samples if redundant is not None else 0,
-        )
+        adaptation = self._policy.adaptation
+        packet = self._framer.frame(self._seq, self._timestamp, bytes(payload), adaptation, backup)
         self._outgoing.append(packet)
-        self._previous = payload
         self._seq = (self._seq + 1) % SEQUENCE_MODULUS
         self._timestamp = (self._timestamp + self._frame_samples) % TIMESTAMP_MODULUS
         return packet
@@ -545,7 +535,7 @@ class MediaProtocol:
         object a received frame needs.
         """
         try:
-            seq, timestamp, payload, redundant, offset = parse_audio_fields(data)
+            seq, timestamp, payload, redundant, offset, older = parse_audio_fields(data)
         except DecodeError:
             self._counts["malformed"] += 1
             return
@@ -553,8 +543,8 @@ class MediaProtocol:
         self._reception.update(seq, timestamp, now)
         if redundant is not None and offset != self._frame_samples:
             self._counts["redundant_discarded"] += 1
-            redundant = None
-        self._events.append(AudioReceived(seq, timestamp, payload, redundant))
+            redundant, older = None, ()
+        self._events.append(AudioReceived(seq, timestamp, payload, redundant, older))
 
     def _receive_pong(self, pong: PongPacket, now: float) -> None:
         sent = self._pings.get(pong.ping_id)
