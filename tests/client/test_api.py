@@ -26,16 +26,10 @@ from pqcall.signaling.messages import (
     InitiateCall,
     RejectCall,
 )
+from tests.harness import EVENT_TIMEOUT_S, free_port, run_async
 
 from ..server.conftest import FakeClock, RunningServer, bundle_for
-from .conftest import (
-    EVENT_TIMEOUT_S,
-    free_port,
-    new_account,
-    new_call_id,
-    next_event,
-    run_async,
-)
+from .conftest import new_account, new_call_id, next_event
 
 SERVER_NAME = "test.pqcall"  # what tests/server/conftest.py names its servers
 TOKEN_TTL_S = 3600.0

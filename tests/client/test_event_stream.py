@@ -25,18 +25,16 @@ from pqcall.client.event_stream import EventStream, events_url
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.exceptions import ServerUnreachable
 from pqcall.signaling.messages import EVENT_CALL_INCOMING, Event, InitiateCall
+from tests.harness import EVENT_TIMEOUT_S, free_port, run_async
 
 from ..server.certs import self_signed
 from ..server.conftest import FakeClock, RunningServer
 from .conftest import (
-    EVENT_TIMEOUT_S,
     QUIET_S,
     RestartableServer,
-    free_port,
     new_account,
     new_call_id,
     next_event,
-    run_async,
 )
 
 TOKEN_TTL_S = 3600.0

@@ -27,9 +27,9 @@ from pqcall.exceptions import (
     TransferError,
 )
 from pqcall.signaling.messages import FileView
+from tests.harness import EVENT_TIMEOUT_S, run_async
 
 from ..server.conftest import RunningServer, make_settings, run_server
-from .conftest import EVENT_TIMEOUT_S, run_async
 
 PASSPHRASE = "correct horse battery staple"
 CONTENT = os.urandom(300_000) + b"the plaintext marker: attack at dawn"

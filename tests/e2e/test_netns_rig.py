@@ -13,15 +13,10 @@ import time
 
 import pytest
 
+from tests.harness import TIMEOUT_SCALE
 from tests.netns import NAMESPACE_PREFIX, Host, Network
 
-from .conftest import (
-    PYTHON,
-    SERVER_NAME,
-    TIMEOUT_SCALE,
-    network_or_skip,
-    start_server,
-)
+from .conftest import PYTHON, SERVER_NAME, network_or_skip, start_server
 
 ECHO_PORT = 9999
 REPLY_TIMEOUT_S = 3.0 * TIMEOUT_SCALE

@@ -43,9 +43,10 @@ import pytest
 
 from pqcall.crypto.filekey import FilePrivateKey, KeyBundle
 from pqcall.crypto.identity import IdentityPrivateKey
+from tests.harness import TIMEOUT_SCALE
 from tests.netns import Host, Network
 
-from .conftest import TIMEOUT_SCALE, PqcallServer, Processes, start_server, wait_until
+from .conftest import PqcallServer, Processes, start_server, wait_until
 from .helpers import UNANSWERED_FIELDS, Phone, call_record, json_records
 
 ONLINE_TIMEOUT_S = 30.0  # until phones are connected to the server (push events)

@@ -28,8 +28,9 @@ import numpy.typing as npt
 import pytest
 
 from pqcall.bench.quality import REFERENCE_RATE_HZ, SAMPLES_DIR, load_reference, resample
+from tests.harness import TIMEOUT_SCALE
 
-from .conftest import TIMEOUT_SCALE, start_server, wait_until
+from .conftest import start_server, wait_until
 from .helpers import Phone, call_record
 
 CALL_DURATION_S = 6

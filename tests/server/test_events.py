@@ -3,8 +3,6 @@ retention; and the storage underneath (a seq is never reused)."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -23,10 +21,10 @@ from pqcall.signaling.messages import (
     EVENT_PRESENCE,
     Event,
 )
+from tests.harness import run_async, wait_until
 
 from .conftest import RunningServer
 from .pushclient import (
-    EVENT_TIMEOUT_S,
     QUIET_S,
     EventSocket,
     accept,
@@ -60,13 +58,6 @@ def backlog(server: RunningServer, token: str, resume: int | None = None) -> lis
     socket = EventSocket(server, token, resume=resume)
     socket.close()
     return socket.backlog
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 # ---------------------------------------------------------------- connecting
@@ -301,14 +292,6 @@ def test_unacknowledged_events_expire_after_a_week(server, account):
     kept = backlog(server, token)
     assert [e["type"] for e in kept] == [EVENT_CALL_INCOMING, EVENT_CALL_MISSED]
     assert {e["payload"]["call_id"] for e in kept} == {recent}
-
-
-def run_async(test):
-    @functools.wraps(test)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(test(*args, **kwargs))
-
-    return wrapper
 
 
 @run_async

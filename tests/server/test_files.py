@@ -28,6 +28,7 @@ from pqcall.server.file_sweeper import (
     ORPHAN_SCAN_INTERVAL_S,
 )
 from pqcall.signaling.messages import EVENT_FILE_WAITING, FileView, Inbox
+from tests.harness import wait_until
 
 from .conftest import Phone, RunningServer
 from .pushclient import EVENT_TIMEOUT_S, QUIET_S, EventSocket
@@ -74,13 +75,6 @@ def send(phone: Phone, recipient: str, data: bytes) -> FileView:
 
 def blob(server: RunningServer, file_id: str) -> Path:
     return server.settings.data_dir / "files" / file_id
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = EVENT_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(SWEEP_S)
 
 
 def chunks(data: bytes, size: int) -> Iterator[bytes]:
@@ -385,7 +379,11 @@ def test_transfers_at_once_are_limited(server, account):
     for thread in threads:
         thread.start()
     # a PUT at a wrong offset says 409 while a slot is free, 429 once all four are taken
-    wait_until(lambda: put(alice, ids[4], 1, b"x").status_code == 429)
+    wait_until(
+        lambda: put(alice, ids[4], 1, b"x").status_code == 429,
+        "a 429",
+        interval_s=SWEEP_S,  # each look is a PUT
+    )
     refused = put(alice, ids[4], 0, b"x" * 1000)
     release.set()
     for thread in threads:
@@ -409,7 +407,7 @@ def test_unclaimed_files_expire(server, account):
     time.sleep(QUIET_S)
     assert blob(server, view.file_id).exists()
     server.clock.advance(FILE_SWEEP_INTERVAL_S + 1)  # the sweeper passes at most this often
-    wait_until(lambda: not blob(server, view.file_id).exists())
+    wait_until(lambda: not blob(server, view.file_id).exists(), "the sweep")
     assert bob.client.get("/files").json() == {"files": []}
     assert bob.client.get(f"/files/{view.file_id}").status_code == 404
     # the row went too: its bytes no longer count against the quota
@@ -426,7 +424,7 @@ def test_abandoned_uploads_are_swept(server, account):
     time.sleep(QUIET_S)
     assert alice.client.get(f"/files/{file_id}").json()["received"] == 2000
     server.clock.advance(ABANDONED_UPLOAD_S)
-    wait_until(lambda: not blob(server, file_id).exists())
+    wait_until(lambda: not blob(server, file_id).exists(), "the sweep")
     assert alice.client.get(f"/files/{file_id}").status_code == 404
     assert create(alice, "bob", 1_000_000).status_code == 201
 
@@ -443,7 +441,7 @@ def test_blobs_without_a_row_are_swept(server, account):
         os.utime(path, (when, when))
     os.utime(blob(server, live.file_id), (old, old))  # old, but it has a row
     server.clock.advance(ORPHAN_SCAN_INTERVAL_S + 1)  # the first scan ran at startup
-    wait_until(lambda: not orphan.exists())
+    wait_until(lambda: not orphan.exists(), "the sweep")
     assert young_orphan.exists()  # may be a delete that is still running
     assert stranger.exists()  # not a blob name: not ours to delete
     assert bob.client.get(f"/files/{live.file_id}/content").content == b"x" * 300

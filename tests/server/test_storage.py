@@ -1,7 +1,6 @@
 """Storage on SQLite and PostgreSQL: migrations, restarts, and every repository method."""
 
 import asyncio
-import functools
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -25,18 +24,11 @@ from pqcall.server.storage.database import (
 )
 from pqcall.server.storage.models import metadata
 from pqcall.signaling.callstate import Action, Party, State, outcome
+from tests.harness import run_async
 
 NOW = 1_750_000_000.123456
 TABLES = {"accounts", "key_bundles", "tokens", "challenges", "calls", "events", "stored_files"}
 CANDIDATES = [{"host": "192.168.1.20", "port": 40000}, {"host": "fe80::1", "port": 40001}]
-
-
-def run_async(test):
-    @functools.wraps(test)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(test(*args, **kwargs))
-
-    return wrapper
 
 
 async def _open(db_url):
