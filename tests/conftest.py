@@ -34,6 +34,7 @@ MARKERS_BY_PLACE: dict[str, tuple[str, ...]] = {
     "media/test_devices_pulse.py": ("pulse", "slow"),
     "cli/test_end_to_end.py": ("e2e", "slow"),
     "cli/test_files_processes.py": ("e2e", "slow"),
+    "cli/test_call_screen.py::test_pty_": ("e2e", "slow"),
     # slow: benchmarks, real-time calls, restarts, mDNS, child processes, the real KDF,
     # long property runs (seconds each in `--durations=120` of a full run)
     "test_bench*": ("slow",),  # every tests/test_bench*.py

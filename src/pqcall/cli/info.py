@@ -1,8 +1,16 @@
-"""``pqcall contacts``, ``verify``, ``history`` and ``devices``: what this phone knows."""
+"""``pqcall contacts``, ``verify``, ``history`` and ``devices``: what this phone knows.
+
+``contacts`` also shows each contact's presence (online, last seen, or unknown
+when the server does not share it: it shows presence only to call partners,
+docs/server.md#presence), from one login and one ``GET /presence``; no phone
+is left running. Without a passphrase source or a reachable server the list is
+shown without presence, with one line saying why.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -38,8 +46,12 @@ def add_parsers(
     contacts = commands.add_parser(
         "contacts",
         parents=[common],
-        help="list contacts: fingerprint, verified, key changes, last call",
+        help="list contacts: presence, fingerprint, verified, key changes, last call",
     )
+    contacts.add_argument(
+        "--no-presence", action="store_true", help="do not ask the server who is online"
+    )
+    add_passphrase_option(contacts)
     add_json_option(contacts, "one object per contact")
     contacts.set_defaults(handler=run_contacts)
 
@@ -87,13 +99,18 @@ def run_contacts(args: argparse.Namespace) -> int:
     home = open_home(args)
     contacts = home.contacts().list()
     console = Console(json_mode=args.json)
+    seen = None if args.no_presence or not contacts else _presence(args, home, contacts, console)
     if args.json:
         for contact in contacts:
-            console.emit_json(contact.to_json())
+            record = contact.to_json()
+            if seen is not None:
+                record["presence"], record["last_seen_unix"] = _presence_of(seen, contact.name)
+            console.emit_json(record)
         return runtime.EXIT_OK
     if not contacts:
         console.say(f"no contacts yet in {home.path}: they are added on the first call")
         return runtime.EXIT_OK
+    headers = ["name", "fingerprint", "verified", "warning", "last call"]
     rows = [
         [
             contact.name,
@@ -104,7 +121,11 @@ def run_contacts(args: argparse.Namespace) -> int:
         ]
         for contact in contacts
     ]
-    console.say(render_table(["name", "fingerprint", "verified", "warning", "last call"], rows))
+    if seen is not None:
+        headers.insert(1, "presence")
+        for row, contact in zip(rows, contacts, strict=True):
+            row.insert(1, presence_text(*_presence_of(seen, contact.name), now=time.time()))
+    console.say(render_table(headers, rows))
     for contact in contacts:
         if contact.key_changed is not None:
             console.warn(
@@ -114,6 +135,71 @@ def run_contacts(args: argparse.Namespace) -> int:
                 f" pqcall verify {contact.name}"
             )
     return runtime.EXIT_OK
+
+
+PresenceMap = dict[str, tuple[bool, float | None]]
+"""Username -> (online, last seen unix time or None), for the names the server shares."""
+
+
+def _presence(
+    args: argparse.Namespace, home: Home, contacts: list[Contact], console: Console
+) -> PresenceMap | None:
+    """What the server says of ``contacts``; None (and a line why) when it cannot be asked."""
+    from pqcall.exceptions import KeystoreError, ServerError, WrongPassphrase
+
+    config = home.load_config()
+    if config is None:
+        return None
+    try:
+        secret = passphrase(args, home=home)
+        account = home.unlock(secret)
+    except WrongPassphrase:
+        raise
+    except KeystoreError as exc:
+        console.note(f"presence not shown: {exc}")
+        return None
+    try:
+        return asyncio.run(_ask_presence(home, config, account, [c.name for c in contacts]))
+    except ServerError as exc:
+        console.note(f"presence not shown: {exc}")
+        return None
+
+
+async def _ask_presence(
+    home: Home, config: AccountConfig, account: AccountSecrets, names: list[str]
+) -> PresenceMap:
+    from pqcall.client.api import ServerApi
+    from pqcall.client.server_cert import server_verify
+
+    async with ServerApi(
+        config.server_url,
+        config.username,
+        account.identity,
+        server_name=config.server_name,
+        verify=server_verify(home),
+    ) as api:
+        shared = await api.presence(names)
+    return {entry.username: (entry.online, entry.last_seen) for entry in shared}
+
+
+def _presence_of(seen: PresenceMap, name: str) -> tuple[str, float | None]:
+    """``("online" | "offline" | "unknown", last seen)`` of ``name``."""
+    if name not in seen:
+        return "unknown", None
+    online, last_seen = seen[name]
+    return ("online" if online else "offline"), last_seen
+
+
+def presence_text(state: str, last_seen: float | None, *, now: float) -> str:
+    """``online``, ``last seen 5 min ago`` (``3 h``, ``2 days``), ``offline`` or ``unknown``."""
+    if state != "offline" or last_seen is None:
+        return state
+    minutes = max(0.0, now - last_seen) / 60
+    if minutes < 60:
+        return f"last seen {max(5, round(minutes / 5) * 5)} min ago"
+    if minutes < 48 * 60:
+        return f"last seen {round(minutes / 60)} h ago"
+    return f"last seen {round(minutes / (24 * 60))} days ago"
 
 
 # ---------------------------------------------------------------- verify

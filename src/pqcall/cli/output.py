@@ -47,6 +47,11 @@ class Console:
         self.clear_status()
         print(text, file=self.human, flush=True)
 
+    def note(self, text: str) -> None:
+        """A side remark for people, on stderr (never mixed into a table or JSON)."""
+        self.clear_status()
+        print(text, file=self.err, flush=True)
+
     def warn(self, text: str) -> None:
         """A security warning: loud, on stderr, never hidden by ``--json``."""
         self.clear_status()
