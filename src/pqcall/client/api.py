@@ -168,9 +168,9 @@ class ServerApi:
         Other methods log in by themselves when they need to.
 
         Raises:
-            UnknownUser: the server has no account of this name.
             ApiError: 401 when the server's name is not the pinned one, or it
-                refused the signature.
+                refused the signature (also when it has no account of this
+                name: the server answers both alike).
         """
         return await self._login.login()
 

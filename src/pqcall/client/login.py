@@ -39,7 +39,7 @@ import pydantic
 
 from pqcall.client.http import HttpSession, server_time
 from pqcall.crypto.identity import IdentityPrivateKey
-from pqcall.exceptions import ApiError, LocalProtocolError, UnknownUser
+from pqcall.exceptions import ApiError, LocalProtocolError
 from pqcall.signaling.messages import (
     LOGIN_CONTEXT,
     REGISTER_CONTEXT,
@@ -121,9 +121,9 @@ class Login:
         """Log in now (challenge-response) and keep the new token.
 
         Raises:
-            UnknownUser: the server has no account of this name.
             ApiError: 401 when the server's name is not the pinned one, or it
-                refused the signature.
+                refused the signature (also when it has no account of this
+                name: the server answers both alike).
         """
         async with self._lock:
             return await self._login()
@@ -202,14 +202,7 @@ class Login:
         """Challenge, sign, log in; the caller holds ``_lock``."""
         http = self._http
         request = ChallengeRequest(username=self._username)
-        try:
-            response = await http.request(
-                "POST", "/auth/challenge", body=request, user=self._username
-            )
-        except UnknownUser:
-            raise UnknownUser(
-                404, f"no account named {self._username} on this server; register first"
-            ) from None
+        response = await http.request("POST", "/auth/challenge", body=request)
         challenge = http.parse(ChallengeResponse, response, "POST /auth/challenge")
         if self._server_name is None:
             self.pin(challenge.server_name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Row, case, func, insert, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import aliased
@@ -193,21 +193,6 @@ class CallStore:
             func.coalesce(_callee.c.last_seen_at, 0.0) < seen_before,
         )
         return await self._calls(conditions, calls.c.created_at.asc(), limit)
-
-    async def list_call_partners(self, account_id: int, limit: int = 1000) -> list[int]:
-        """Ids of the accounts ``account_id`` has had a call with, either way (its contacts)."""
-        partner = case(
-            (calls.c.caller_id == account_id, calls.c.callee_id), else_=calls.c.caller_id
-        ).label("partner")
-        async with self.engine.connect() as connection:
-            result = await connection.execute(
-                select(partner)
-                .where((calls.c.caller_id == account_id) | (calls.c.callee_id == account_id))
-                .distinct()
-                .order_by(partner)
-                .limit(limit)
-            )
-            return [int(row.partner) for row in result]
 
     async def list_presence_watchers(self, account_id: int, limit: int = 1000) -> list[int]:
         """Ids of the accounts ``account_id`` lets see its presence (docs/server.md#presence).
