@@ -31,6 +31,9 @@ future), so a server cannot make a phone ring with an offer it recorded long
 ago. Within that window the callee's phone must refuse a call id it has seen
 before (``pqcall.client.offers``): this module has no memory across calls.
 
+The limits, the derivation from the transcript and :class:`CallKeys` live in
+:mod:`pqcall.crypto.handshake_keys`; their public names are importable from here.
+
 This module is sans-I/O: objects take and return bytes, and never touch a
 socket or a clock (``now`` is a parameter: Unix seconds of the wall clock,
 since the two ends compare their readings).
@@ -39,19 +42,34 @@ since the two ends compare their readings).
 from __future__ import annotations
 
 import enum
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from pqcall.crypto import keyschedule
-from pqcall.crypto.handshake_messages import (
-    COMMITMENT_LENGTH,
-    NONCE_LENGTH,
-    Answer,
-    Confirm,
-    Offer,
+from pqcall.crypto.handshake_keys import (
+    CLOCK_SKEW_S,
+    CONTEXT_ANSWER,
+    CONTEXT_OFFER,
+    MAX_CALL_ID_LENGTH,
+    MAX_RING_S,
+    MAX_USERNAME_LENGTH,
+    MS_PER_S,
+    OFFER_MAX_AGE_S,
+    SAS_DIGITS,
+    CallerEphemeral,
+    CallKeys,
+    Role,
+    Secrets,
+    call_keys,
+    check_call_id,
+    check_fresh,
+    check_name,
+    commitment,
+    derive,
+    format_sas,
 )
+from pqcall.crypto.handshake_messages import Answer, Confirm, Offer
 from pqcall.crypto.identity import IdentityPrivateKey, IdentityPublicKey
 from pqcall.exceptions import (
     BadSignature,
@@ -60,29 +78,24 @@ from pqcall.exceptions import (
     LocalProtocolError,
 )
 
-MAX_CALL_ID_LENGTH = 64
-MAX_USERNAME_LENGTH = 64
-SAS_DIGITS = 6
-MAX_RING_S = 600.0
-"""The longest a server lets a call ring (``pqcall server --ring-timeout`` is at most this).
-
-A callee that comes online while a call rings gets its offer then, so an offer
-this old can still be a live call."""
-CLOCK_SKEW_S = 120.0
-"""How far the caller's and callee's wall clocks may disagree."""
-OFFER_MAX_AGE_S = MAX_RING_S + CLOCK_SKEW_S
-"""An offer made longer ago than this (by the caller's clock) is refused as stale."""
-MS_PER_S = 1000
-
-CONTEXT_OFFER = b"pqcall call offer"
-CONTEXT_ANSWER = b"pqcall call answer"
-
-
-class Role(enum.Enum):
-    """Which side of the call we are."""
-
-    CALLER = "caller"
-    CALLEE = "callee"
+__all__ = [
+    "CLOCK_SKEW_S",
+    "CONTEXT_ANSWER",
+    "CONTEXT_OFFER",
+    "MAX_CALL_ID_LENGTH",
+    "MAX_RING_S",
+    "MAX_USERNAME_LENGTH",
+    "MS_PER_S",
+    "OFFER_MAX_AGE_S",
+    "SAS_DIGITS",
+    "CallKeys",
+    "CalleeHandshake",
+    "CallerEphemeral",
+    "CallerHandshake",
+    "Role",
+    "State",
+    "format_sas",
+]
 
 
 class State(enum.Enum):
@@ -95,167 +108,6 @@ class State(enum.Enum):
     CALLEE_EXPECT_CONFIRM = "callee_expect_confirm"
     ESTABLISHED = "established"
     FAILED = "failed"
-
-
-def _check_call_id(call_id: bytes) -> None:
-    if not 0 < len(call_id) <= MAX_CALL_ID_LENGTH:
-        raise LocalProtocolError(f"call id must be 1 to {MAX_CALL_ID_LENGTH} bytes")
-
-
-def _check_name(name: str) -> None:
-    if not 0 < len(name.encode("utf-8")) <= MAX_USERNAME_LENGTH:
-        raise LocalProtocolError(f"username must be 1 to {MAX_USERNAME_LENGTH} bytes")
-
-
-def _commitment(nonce: bytes) -> bytes:
-    return keyschedule.transcript_hash(keyschedule.LABEL_SAS_COMMIT, nonce)[:COMMITMENT_LENGTH]
-
-
-def _check_fresh(offer: Offer, now: float) -> None:
-    """Refuse an offer made too long ago or too far ahead by the caller's clock."""
-    age_s = now - offer.offered_at_ms / MS_PER_S
-    if age_s > OFFER_MAX_AGE_S:
-        raise HandshakeFailed(
-            f"stale offer: made {age_s:.0f} s ago (at most {OFFER_MAX_AGE_S:.0f} s): a replay"
-        )
-    if -age_s > CLOCK_SKEW_S:
-        raise HandshakeFailed(
-            f"offer dated {-age_s:.0f} s ahead of our clock (at most {CLOCK_SKEW_S:.0f} s):"
-            " check the clocks"
-        )
-
-
-def format_sas(value: int) -> str:
-    """Format a SAS number as two groups of three digits, e.g. ``"042 917"``."""
-    digits = f"{value:0{SAS_DIGITS}d}"
-    return f"{digits[:3]} {digits[3:]}"
-
-
-@dataclass(frozen=True, slots=True)
-class CallKeys:
-    """What a completed handshake gives the call. Secrets are kept out of ``repr``."""
-
-    call_id: bytes
-    """Server-assigned id of the call."""
-    role: Role
-    """Our side of the call."""
-    their_name: str
-    """The peer's username."""
-    their_identity: IdentityPublicKey
-    """The peer's authenticated long-term identity."""
-    sas: str
-    """Short authentication string to read aloud, e.g. ``"042 917"``."""
-    transcript_hash: bytes
-    """SHA-512 over all three messages."""
-    send_key: bytes = field(repr=False)
-    """SFrame base key for the media we send."""
-    receive_key: bytes = field(repr=False)
-    """SFrame base key for the media we receive."""
-    exporter_secret: bytes = field(repr=False)
-    """Secret for :meth:`export`; never used directly."""
-
-    def export(self, label: bytes, length: int = keyschedule.SECRET_LENGTH) -> bytes:
-        """Derive a further key for another use in this call (like a TLS exporter)."""
-        return keyschedule.labeled_expand(
-            self.exporter_secret, keyschedule.LABEL_EXPORTER + b" " + label, b"", length
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _Secrets:
-    """Secrets derived once the answer is known (internal)."""
-
-    call_secret: bytes
-    transcript: bytes
-    confirm_caller: bytes
-    confirm_callee: bytes
-
-
-def _derive(
-    *,
-    offer: Offer,
-    offer_bytes: bytes,
-    answer_signed_part: bytes,
-    mlkem_ciphertext: bytes,
-    mlkem_secret: bytes,
-    x25519_secret: bytes,
-    callee_x25519: bytes,
-) -> _Secrets:
-    transcript = keyschedule.transcript_hash(offer_bytes, answer_signed_part)
-    call_secret = keyschedule.combine(
-        mlkem_secret=mlkem_secret,
-        x25519_secret=x25519_secret,
-        mlkem_ciphertext=mlkem_ciphertext,
-        caller_x25519=offer.x25519_public,
-        callee_x25519=callee_x25519,
-        transcript=transcript,
-    )
-    length = keyschedule.SECRET_LENGTH
-    return _Secrets(
-        call_secret=call_secret,
-        transcript=transcript,
-        confirm_caller=keyschedule.labeled_expand(
-            call_secret, keyschedule.LABEL_CONFIRM_CALLER, transcript, length
-        ),
-        confirm_callee=keyschedule.labeled_expand(
-            call_secret, keyschedule.LABEL_CONFIRM_CALLEE, transcript, length
-        ),
-    )
-
-
-def _call_keys(
-    secrets: _Secrets,
-    *,
-    role: Role,
-    offer: Offer,
-    full_transcript: bytes,
-    their_name: str,
-    their_identity: IdentityPublicKey,
-) -> CallKeys:
-    length = keyschedule.SECRET_LENGTH
-    secret, transcript = secrets.call_secret, secrets.transcript
-    caller_key = keyschedule.labeled_expand(
-        secret, keyschedule.LABEL_MEDIA_CALLER, transcript, length
-    )
-    callee_key = keyschedule.labeled_expand(
-        secret, keyschedule.LABEL_MEDIA_CALLEE, transcript, length
-    )
-    sas_raw = keyschedule.labeled_expand(secret, keyschedule.LABEL_SAS, full_transcript, 4)
-    is_caller = role is Role.CALLER
-    return CallKeys(
-        call_id=offer.call_id,
-        role=role,
-        their_name=their_name,
-        their_identity=their_identity,
-        sas=format_sas(int.from_bytes(sas_raw, "big") % 10**SAS_DIGITS),
-        transcript_hash=full_transcript,
-        send_key=caller_key if is_caller else callee_key,
-        receive_key=callee_key if is_caller else caller_key,
-        exporter_secret=keyschedule.labeled_expand(
-            secret, keyschedule.LABEL_EXPORTER, transcript, length
-        ),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class CallerEphemeral:
-    """The caller's per-call secrets. Pass one only to reproduce a recorded transcript."""
-
-    x25519_private: bytes = field(repr=False)
-    """X25519 private key (32 bytes)."""
-    mlkem_seed: bytes = field(repr=False)
-    """ML-KEM-768 seed (64 bytes)."""
-    sas_nonce: bytes = field(repr=False)
-    """Nonce committed in the offer (32 bytes)."""
-
-    @classmethod
-    def generate(cls) -> CallerEphemeral:
-        """Fresh random ephemerals."""
-        return cls(
-            x25519_private=x25519.X25519PrivateKey.generate().private_bytes_raw(),
-            mlkem_seed=mlkem.MLKEM768PrivateKey.generate().private_bytes_raw(),
-            sas_nonce=os.urandom(NONCE_LENGTH),
-        )
 
 
 class _Handshake:
@@ -310,9 +162,9 @@ class CallerHandshake(_Handshake):
         their_identity: IdentityPublicKey,
         ephemeral: CallerEphemeral | None = None,
     ) -> None:
-        _check_call_id(call_id)
-        _check_name(our_name)
-        _check_name(their_name)
+        check_call_id(call_id)
+        check_name(our_name)
+        check_name(their_name)
         self.state = State.CALLER_START  # what we wait for
         self._call_id = call_id  # server-assigned call id
         self._our_name = our_name  # our username
@@ -340,7 +192,7 @@ class CallerHandshake(_Handshake):
             callee_fingerprint=self._their_identity.fingerprint(),
             x25519_public=x_pub.public_bytes_raw(),
             mlkem_public=kem_pub.public_bytes_raw(),
-            sas_commitment=_commitment(eph.sas_nonce),
+            sas_commitment=commitment(eph.sas_nonce),
             signature=b"",
         )
         signature = self._our_identity.sign(unsigned.signed_part(), context=CONTEXT_OFFER)
@@ -393,7 +245,7 @@ class CallerHandshake(_Handshake):
         kem_secret = mlkem.MLKEM768PrivateKey.from_seed_bytes(eph.mlkem_seed).decapsulate(
             answer.mlkem_ciphertext
         )
-        secrets = _derive(
+        secrets = derive(
             offer=offer,
             offer_bytes=self._offer_bytes,
             answer_signed_part=answer.signed_part(),
@@ -411,7 +263,7 @@ class CallerHandshake(_Handshake):
         confirm = Confirm(
             sas_nonce=eph.sas_nonce, confirm_mac=keyschedule.mac(secrets.confirm_caller, full)
         )
-        self._keys = _call_keys(
+        self._keys = call_keys(
             secrets,
             role=Role.CALLER,
             offer=offer,
@@ -441,8 +293,8 @@ class CalleeHandshake(_Handshake):
     """
 
     def __init__(self, *, call_id: bytes, our_name: str, our_identity: IdentityPrivateKey):
-        _check_call_id(call_id)
-        _check_name(our_name)
+        check_call_id(call_id)
+        check_name(our_name)
         self.state = State.CALLEE_EXPECT_OFFER  # what we wait for
         self._call_id = call_id  # server-assigned call id
         self._our_name = our_name  # our username
@@ -450,7 +302,7 @@ class CalleeHandshake(_Handshake):
         self._offer: Offer | None = None  # the verified offer
         self._offer_bytes = b""  # its exact bytes, for the transcript
         self._answer_bytes = b""  # the answer we sent
-        self._secrets: _Secrets | None = None  # derived when answering
+        self._secrets: Secrets | None = None  # derived when answering
         self._keys: CallKeys | None = None  # result once established
 
     def receive_offer(self, data: bytes, *, now: float) -> Offer:
@@ -475,7 +327,7 @@ class CalleeHandshake(_Handshake):
             raise LocalProtocolError(f"cannot receive an offer in state {self.state.name}")
         try:
             offer = self._check_offer(data)
-            _check_fresh(offer, now)
+            check_fresh(offer, now)
         except HandshakeFailed:
             self._fail()
             raise
@@ -534,7 +386,7 @@ class CalleeHandshake(_Handshake):
             confirm_mac=b"",
         )
         signed = keyschedule.transcript_hash(self._offer_bytes, unsigned.signed_part())
-        secrets = _derive(
+        secrets = derive(
             offer=offer,
             offer_bytes=self._offer_bytes,
             answer_signed_part=unsigned.signed_part(),
@@ -568,7 +420,7 @@ class CalleeHandshake(_Handshake):
         except DecodeError as exc:
             self._fail()
             raise HandshakeFailed(f"malformed confirm: {exc}") from None
-        if not keyschedule.mac_equal(_commitment(confirm.sas_nonce), self._offer.sas_commitment):
+        if not keyschedule.mac_equal(commitment(confirm.sas_nonce), self._offer.sas_commitment):
             self._fail()
             raise HandshakeFailed("SAS nonce does not match its commitment")
         full = keyschedule.transcript_hash(self._offer_bytes, self._answer_bytes, confirm.sas_nonce)
@@ -576,7 +428,7 @@ class CalleeHandshake(_Handshake):
         if not keyschedule.mac_equal(expected, confirm.confirm_mac):
             self._fail()
             raise HandshakeFailed("confirm key confirmation failed")
-        self._keys = _call_keys(
+        self._keys = call_keys(
             self._secrets,
             role=Role.CALLEE,
             offer=self._offer,
