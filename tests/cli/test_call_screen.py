@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shlex
+import signal
 import subprocess
 import termios
 import threading
@@ -292,6 +294,29 @@ def test_pty_ctrl_c_hangs_up_and_listen_goes_on(world: World, terminals: list[Te
     bob.wait_for("call with alice ended after", count=2)
     bob.type("\x03")  # idle: quits
     assert bob.wait() == 130, bob.output
+
+
+def test_pty_listen_in_the_background_never_touches_the_terminal(
+    world: World, terminals: list[Terminal]
+) -> None:
+    # `listen &` from a shell with job control: its own process group, not the foreground one
+    listen = shlex.join(pqcall_command(world.homes["bob"], "listen", "--auto-answer", *QUIET))
+    shell = Terminal(["bash", "-c", f"set -m; {listen} & echo pid=$!; wait"], world.env)
+    terminals.append(shell)
+    shell.wait_for("pid=")
+    pid = int(shell.output.split("pid=")[1].split()[0])
+    try:
+        shell.wait_for("listening as bob")
+        code, text = finished(call(world, "alice", "bob", "--duration", "1"))
+        assert code == 0, text
+        # answered and ended: neither stopped by SIGTTIN/SIGTTOU nor showing the keys
+        shell.wait_for("call with alice ended after")
+        assert "keys:" not in shell.output
+        assert "during the call" not in shell.output
+        assert shell.echo_is_on()
+    finally:
+        os.kill(pid, signal.SIGTERM)  # its own process group: killing bash leaves it
+        shell.wait()
 
 
 def test_pty_three_passphrase_tries(world: World, terminals: list[Terminal]) -> None:
