@@ -1,4 +1,4 @@
-"""Helpers for tests that run ``pqcall`` as child processes, as a person runs it."""
+"""Helpers for the CLI tests: ``pqcall`` in this process (:func:`run`) or as child processes."""
 
 from __future__ import annotations
 
@@ -8,10 +8,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from pqcall.cli import main
 from tests.harness import scaled
 
 COMMAND_TIMEOUT_S = scaled(60.0)  # one pqcall command, start to exit
 PASSPHRASE = "correct horse battery staple"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``pqcall ARGV`` in this process: its exit code, stdout and stderr."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def pqcall_command(home: Path | None, *args: str) -> list[str]:

@@ -5,15 +5,9 @@ from __future__ import annotations
 import json
 import stat
 
-from pqcall.cli import main
 from pqcall.client.home import Home
 from pqcall.client.screening import SCREENING_NAME, Screening
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.cli.helpers import run
 
 
 def test_block_unblock_blocked(capsys, tmp_path):

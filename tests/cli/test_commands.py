@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pqcall.cli import main
 from pqcall.client import discovery
 from pqcall.client.discovery import DiscoveryUnavailable, FoundServer
 from pqcall.client.home import AccountConfig, Home
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
+from tests.cli.helpers import run
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -47,12 +47,6 @@ def home(tmp_path) -> Home:
         AccountConfig(username="alice", server_url=url, server_name="test", created=1_700_000_000)
     )
     return home
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def one_error_line(err: str) -> str:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from pqcall.cli import main
 from pqcall.cli.files import Meter
 from pqcall.cli.output import Console, byte_size, progress_text
 from pqcall.client.home import AccountConfig, Home
 from pqcall.client.phone import register
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
+from tests.cli.helpers import run
 
 from ..server.conftest import RunningServer
 
@@ -43,12 +43,6 @@ def homes(server: RunningServer, tmp_path: Path, *names: str) -> list[str]:
             )
         )
     return [str(tmp_path / name) for name in names]
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def one_error_line(err: str) -> str:

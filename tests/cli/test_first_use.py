@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pqcall.cli import main
 from pqcall.cli.files import pick_file_id
 from pqcall.client import registration
 from pqcall.exceptions import TransferError
+from tests.cli.helpers import run
 
 from ..server.conftest import RunningServer
 
@@ -23,12 +23,6 @@ IDS = ["1aeb5dd5" + "0" * 24, "1aeb77aa" + "0" * 24, "c0ffee00" + "0" * 24]
 def environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("PQCALL_HOME", "PQCALL_PASSPHRASE_FILE", "PQCALL_PASSPHRASE"):
         monkeypatch.delenv(name, raising=False)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def closed_port() -> int:
