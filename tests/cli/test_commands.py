@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pqcall.client import discovery
+from pqcall.client import discovery, registration
 from pqcall.client.discovery import DiscoveryUnavailable, FoundServer
 from pqcall.client.home import AccountConfig, Home
 from pqcall.crypto.identity import IdentityPrivateKey
@@ -28,6 +28,9 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+NO_SERVER_WAIT_S = 0.5  # how long register retries a closed port (15 s in use)
 
 
 @pytest.fixture(autouse=True)
@@ -154,7 +157,8 @@ def test_register_bad_input(capsys, tmp_path, argv, message):
     assert not (tmp_path / "h").exists()
 
 
-def test_register_with_an_unreachable_server(capsys, tmp_path):
+def test_register_with_an_unreachable_server(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(registration, "SERVER_START_WAIT_S", NO_SERVER_WAIT_S)
     port = closed_port()
     code, _, err = run(
         capsys, "--home", str(tmp_path / "h"), "register", "alice", "--server", f"127.0.0.1:{port}"
@@ -205,6 +209,7 @@ def test_register_uses_the_one_server_found(capsys, monkeypatch, tmp_path):
         return [found("pqcall on box", url)]
 
     monkeypatch.setattr(discovery, "find_servers", one)
+    monkeypatch.setattr(registration, "SERVER_START_WAIT_S", NO_SERVER_WAIT_S)
     code, out, err = run(capsys, "--home", str(tmp_path / "h"), "register", "alice")
     assert code == 1
     assert f"found pqcall on box at {url}" in out
