@@ -10,7 +10,8 @@ played frame → ``observe_playout``), and what alice decodes:
   power at alice, in the windows where only the echo is there; the same run
   with cancellation off is the baseline. Bob's level during double talk is
   compared with the same stage fed bob alone (no echo). Convergence: the
-  first 0.5 s window, from the start or the echo-path change, with ERLE >= 20 dB.
+  first 0.5 s window, from the start or the echo-path change, with ERLE >= 20 dB;
+  sustained convergence: the first of three such windows in a row.
 - noise: alice's speech plus white, babble and fan noise at 0, 5 and 10 dB
   SNR, suppression on against off in the same run, PESQ-WB and STOI.
 - CPU of the stage (default: echo + noise + gain) per call side, % of one
@@ -43,6 +44,8 @@ __all__ = ["EchoFigures", "measure_echo", "run"]
 FRAME_MS: Final = 20
 ERLE_WINDOW_S: Final = 0.5
 CONVERGED_DB: Final = 20.0
+SUSTAINED_WINDOWS: Final = 3
+"""Echo windows in a row at :data:`CONVERGED_DB` for the "sustained" convergence figures."""
 ECHO_ACTIVE_DB: Final = 30.0
 """A window counts for ERLE when its echo is this far above the sensor noise."""
 FULL: Final = ProcessingOptions()
@@ -131,6 +134,9 @@ def measure_echo(scene: EchoScene, options: ProcessingOptions) -> EchoFigures:
         "converge_s": _converged(erle, 0.0),
         "reconverge_s": _converged(erle, scene.change_s),
         "reconverge_double_talk_s": _converged(erle, end),
+        "converge_sustained_s": _converged(erle, 0.0, SUSTAINED_WINDOWS),
+        "reconverge_sustained_s": _converged(erle, scene.change_s, SUSTAINED_WINDOWS),
+        "reconverge_double_talk_sustained_s": _converged(erle, end, SUSTAINED_WINDOWS),
     }
 
 
@@ -167,6 +173,21 @@ def echo_figures(quick: bool) -> list[Figure]:
         Figure("convergence from call start", on["converge_s"], "s", "goal", 2.0),
         Figure("convergence after path change", on["reconverge_s"], "s", "goal", 2.0),
         Figure("convergence after double talk", on["reconverge_double_talk_s"], "s", "goal", 2.0),
+        Figure("sustained convergence from start", on["converge_sustained_s"], "s", "goal", 2.0),
+        Figure(
+            "sustained convergence after path change",
+            on["reconverge_sustained_s"],
+            "s",
+            "goal",
+            2.0,
+        ),
+        Figure(
+            "sustained convergence after double talk",
+            on["reconverge_double_talk_sustained_s"],
+            "s",
+            "goal",
+            2.0,
+        ),
     ]
 
 
@@ -176,10 +197,17 @@ def _erle_between(erle: list[tuple[float, float]], first_s: float, last_s: float
     return float(np.median(values)) if values else float("nan")
 
 
-def _converged(erle: list[tuple[float, float]], since_s: float) -> float:
-    """Seconds from ``since_s`` to the end of the first window reaching :data:`CONVERGED_DB`."""
-    for at, db in erle:
-        if at >= since_s and db >= CONVERGED_DB:
+def _converged(erle: list[tuple[float, float]], since_s: float, in_a_row: int = 1) -> float:
+    """Seconds from ``since_s`` to the end of the first window reaching :data:`CONVERGED_DB`.
+
+    With ``in_a_row`` > 1 that window and the next echo windows up to
+    ``in_a_row`` must all reach it (one good window that falls back again is
+    not convergence: the "sustained" figures).
+    """
+    after = [(at, db) for at, db in erle if at >= since_s]
+    for index, (at, _) in enumerate(after):
+        run = after[index : index + in_a_row]
+        if len(run) == in_a_row and all(db >= CONVERGED_DB for _, db in run):
             return at + ERLE_WINDOW_S - since_s
     return float("inf")
 
