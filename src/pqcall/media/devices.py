@@ -25,6 +25,7 @@ null sink must work without it.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -125,6 +126,7 @@ def _default_index(sd: Any, kind: Kind) -> int | None:
 
 
 _open_streams = 0  # DeviceSource/DeviceSink streams open now (PortAudio must not restart)
+_streams_lock = threading.Lock()  # streams open and close in worker threads too (to_thread)
 
 
 def open_streams() -> int:
@@ -134,7 +136,8 @@ def open_streams() -> int:
 
 def _count_stream(change: int) -> None:
     global _open_streams
-    _open_streams += change
+    with _streams_lock:
+        _open_streams += change
 
 
 def rescan_devices() -> bool:
@@ -148,13 +151,14 @@ def rescan_devices() -> bool:
         DeviceError: the PortAudio library is missing or fails.
     """
     sd = _sounddevice()
-    if _open_streams:
-        return False
-    try:
-        sd._terminate()
-        sd._initialize()
-    except sd.PortAudioError as error:
-        raise DeviceError(f"cannot rescan audio devices: {error}") from None
+    with _streams_lock:  # no stream opens or closes meanwhile
+        if _open_streams:
+            return False
+        try:
+            sd._terminate()
+            sd._initialize()
+        except sd.PortAudioError as error:
+            raise DeviceError(f"cannot rescan audio devices: {error}") from None
     return True
 
 
