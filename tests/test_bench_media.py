@@ -38,7 +38,7 @@ def test_quick_run_prints_what_a_user_hears_per_condition(quick_run):
         "worst run",
         "concealed ms caller",
         "concealed ms callee",
-        "caller enc % clean/fec/redundancy",
+        "caller enc % clean/fec/redundancy/backup",
         "late caller/callee",
     ):
         assert column in table
@@ -58,7 +58,7 @@ def test_cpu_hog_runs_beside_the_calls_and_is_stopped(capsys):
     out = capsys.readouterr().out
     assert "1 CPU hog(s) ('while True: pass') ran beside the calls and were stopped" in out
     assert "load average 1/5/15 min:" in out
-    assert "caller enc % clean/fec/redundancy" in out
+    assert "caller enc % clean/fec/redundancy/backup" in out
     assert set(_children()) <= before  # the hog is gone
 
 

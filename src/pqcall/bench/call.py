@@ -135,7 +135,7 @@ class CallRecord:
     late_packets: tuple[int, int] = (0, 0)
     """Packets that came after their playout time: (caller side, callee side) (pqcall only)."""
     encoder_modes: list[str] = field(default_factory=list)
-    """The caller's encoder mode at each sample (pqcall only): clean, fec or redundancy."""
+    """The caller's encoder mode at each sample (pqcall only): clean, fec, redundancy, backup."""
 
     def mode_share(self, mode: str) -> float:
         """The share of the samples, 0-1, in which the caller's encoder was in ``mode``."""

@@ -6,7 +6,7 @@ condition, pqcall/prototype PESQ-WB of the worst voice (mean over its runs)
 and of the worst single run, then pqcall's own figures (the prototype has
 neither concealment nor modes): concealed ms per side (mean over the runs,
 and the worst run's), the caller's encoder-mode time share (clean / fec /
-redundancy, mean over the runs) and late packets per side (the worst run's).
+redundancy / backup, mean over the runs) and late packets per side (the worst run's).
 :func:`worst_run_figures` gives the worst run's PESQ-WB as figures for the JSON.
 """
 
@@ -20,7 +20,7 @@ from pqcall.bench.report import Figure, render_columns
 
 __all__ = ["MODES", "Calls", "heard_table", "worst_run_figures"]
 
-MODES = ("clean", "fec", "redundancy")
+MODES = ("clean", "fec", "redundancy", "backup")
 """The encoder's modes, in the order the table shows their shares."""
 
 Calls = Mapping[tuple[str, str, str], Sequence[tuple[float, CallRecord]]]
