@@ -34,6 +34,8 @@ MARKERS_BY_PLACE: dict[str, tuple[str, ...]] = {
     "media/test_devices_pulse.py": ("pulse", "slow"),
     "cli/test_end_to_end.py": ("e2e", "slow"),
     "cli/test_files_processes.py": ("e2e", "slow"),
+    "client/test_missed_calls.py::test_listen_prints_the_missed_call_on_connect": ("e2e", "slow"),
+    "client/test_missed_calls.py::test_cli_shows_a_failure_reason_on_both_sides": ("e2e", "slow"),
     "cli/test_call_screen.py::test_pty_": ("e2e", "slow"),
     # slow: benchmarks, real-time calls, restarts, mDNS, child processes, the real KDF,
     # long property runs (seconds each in `--durations=120` of a full run)
@@ -60,6 +62,11 @@ MARKERS_BY_PLACE: dict[str, tuple[str, ...]] = {
     "client/test_history.py::test_concurrent_appends_from_two_processes": ("slow",),
     "cli/test_account_server.py::test_verify_of_a_stranger_pins_their_key": ("slow",),
     "cli/test_files.py::test_send_inbox_receive": ("slow",),
+    "cli/test_account_server.py::test_register_runs_the_passphrase_kdf_once": ("slow",),
+    "cli/test_first_use.py::test_register_of_a_taken_name_leaves_no_key": ("slow",),
+    "server/test_storage_faults.py::test_second_server_on_one_data_dir_is_refused": ("slow",),
+    "security/test_server_ops_files.py": ("slow",),  # a `pqcall server` process each
+    "security/test_server_ops_tls.py::test_register_prints_the_fingerprint": ("slow",),
     "crypto/test_keystore.py::test_default_params_are_strong_and_work": ("slow",),
     "crypto/test_filecrypt.py::test_any_byte_change_is_caught": ("slow",),
     "media/test_jitter.py::test_property_": ("slow",),
