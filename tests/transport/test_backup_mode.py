@@ -9,6 +9,7 @@ the receiver plays the lost frames from them (decision 0220).
 
 from pqcall.transport.adaptation import BACKUP_COPIES, EncoderMode
 from pqcall.transport.audio_framer import backup_packet_bytes
+from pqcall.transport.media_config import DEFAULT_BACKUP_BYTES
 from pqcall.transport.media_engine import MediaSettings
 from tests.media.test_pipeline import VirtualCall
 from tests.utils import DatagramPair
@@ -19,8 +20,11 @@ def bursts_of_three(index: int) -> bool:
     return index >= 50 and index % 25 < 3
 
 
+BACKUP_ON = MediaSettings(backup_bytes=DEFAULT_BACKUP_BYTES)
+
+
 def test_bursts_switch_the_sender_to_backup_copies_that_repair_them():
-    call = VirtualCall(link=DatagramPair(a_to_b_loss=bursts_of_three))
+    call = VirtualCall(BACKUP_ON, BACKUP_ON, link=DatagramPair(a_to_b_loss=bursts_of_three))
     call.run(3.0)
     adaptation = call.a.engine.adaptation
     assert adaptation.mode is EncoderMode.BACKUP
@@ -40,13 +44,14 @@ def test_bursts_switch_the_sender_to_backup_copies_that_repair_them():
 
 
 def test_random_loss_keeps_fec():
-    call = VirtualCall(link=DatagramPair(a_to_b_loss=lambda i: i >= 50 and i % 10 == 0))
+    call = VirtualCall(
+        BACKUP_ON, BACKUP_ON, link=DatagramPair(a_to_b_loss=lambda i: i >= 50 and i % 10 == 0)
+    )
     call.run(4.0)
     assert call.a.engine.adaptation.mode is EncoderMode.FEC
 
 
-def test_no_backup_mode_when_it_is_turned_off():
-    settings = MediaSettings(backup_bytes=0)
-    call = VirtualCall(settings, settings, link=DatagramPair(a_to_b_loss=bursts_of_three))
+def test_no_backup_mode_by_default():
+    call = VirtualCall(link=DatagramPair(a_to_b_loss=bursts_of_three))
     call.run(3.0)
     assert call.a.engine.adaptation.mode is EncoderMode.FEC

@@ -16,6 +16,7 @@ import sys
 from pqcall.bench import media
 from pqcall.bench.call import Scenario
 from pqcall.bench.speech import call_pairs, select_speech
+from pqcall.transport.media_config import DEFAULT_BACKUP_BYTES
 from pqcall.transport.session import MediaSettings
 
 __all__ = ["main"]
@@ -31,8 +32,9 @@ def main() -> int:
         for caller, reply in pairs:
             seconds = caller.seconds
             fec_only = MediaSettings(backup_bytes=0)
+            backup = MediaSettings(backup_bytes=DEFAULT_BACKUP_BYTES)
             jobs += [
-                ("pqcall", Scenario("backup", impairment, speech_s=seconds), caller, reply),
+                ("pqcall", Scenario("backup", impairment, seconds, backup), caller, reply),
                 ("pqcall", Scenario("fec only", impairment, seconds, fec_only), caller, reply),
                 ("prototype", Scenario("prototype", impairment, speech_s=seconds), caller, reply),
             ]

@@ -29,7 +29,9 @@ DEFAULT_PING_INTERVAL_S: Final = 1.0
 DEFAULT_REPORT_INTERVAL_S: Final = 1.0
 """Seconds between receiver reports."""
 DEFAULT_BACKUP_BYTES: Final = 40
-"""Opus bytes of each backup copy in the backup mode (16 kbit/s at 20 ms; decision 0220)."""
+"""Opus bytes of each backup copy when the backup mode is turned on (16 kbit/s at 20 ms;
+decision 0220). It is off by default: it more than doubles the wire bitrate while bursts
+last, and nothing yet tells bursts from a congested link, where more bits make it worse."""
 
 
 @dataclass(frozen=True, slots=True)

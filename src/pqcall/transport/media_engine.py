@@ -39,7 +39,6 @@ from pqcall.media.pipeline import AudioProcessing, MediaPipeline, MediaTrace
 from pqcall.media.stats import CallStatsSnapshot
 from pqcall.transport.adaptation import SenderAdaptation
 from pqcall.transport.media_config import (
-    DEFAULT_BACKUP_BYTES,
     DEFAULT_PING_INTERVAL_S,
     DEFAULT_REPORT_INTERVAL_S,
     MEDIA_TIMEOUT_S,
@@ -72,8 +71,9 @@ class MediaSettings:
     """
     redundancy: bool | None = None
     """None: automatic (on when loss is reported and the encoder has no FEC); True/False force."""
-    backup_bytes: int = DEFAULT_BACKUP_BYTES
-    """Opus bytes of each backup copy when the peer reports bursts (0: never; decision 0220)."""
+    backup_bytes: int = 0
+    """Opus bytes of each backup copy when the peer reports bursts (0, the default: never;
+    :data:`DEFAULT_BACKUP_BYTES` turns it on; decision 0220)."""
     ping_interval_s: float = DEFAULT_PING_INTERVAL_S
     """Seconds between RTT pings."""
     report_interval_s: float = DEFAULT_REPORT_INTERVAL_S
