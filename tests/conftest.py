@@ -31,7 +31,6 @@ MARKERS_BY_PLACE: dict[str, tuple[str, ...]] = {
     "e2e/": ("e2e", "netns", "slow"),
     "ui/test_browser.py": ("browser", "slow"),
     "ui/test_accessibility.py": ("browser", "slow"),
-    "ui/test_browser_devices.py": ("browser", "slow"),
     "media/test_devices_pulse.py": ("pulse", "slow"),
     "media/test_echo_pulse.py": ("pulse", "slow"),
     "ui/test_browser_devices.py": ("browser", "slow"),
