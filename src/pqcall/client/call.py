@@ -30,11 +30,12 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from pqcall.client.call_context import CallContext, PeerTrust, call_record
-from pqcall.client.call_outcome import AudioOpenFailed, failure_detail, outcome_of_end_event
+from pqcall.client.call_outcome import failure_detail, outcome_of_end_event
 from pqcall.client.media_options import (
     MediaOptions,
     WallClockTrace,
     open_call_audio,
+    open_call_devices,
     open_processing,
 )
 from pqcall.client.phone_callstate import (
@@ -46,7 +47,7 @@ from pqcall.client.phone_callstate import (
 )
 from pqcall.crypto.handshake import CalleeHandshake, CallerHandshake, CallKeys
 from pqcall.crypto.identity import IdentityPublicKey
-from pqcall.exceptions import CallError, DeviceError, PqcallError, ServerError
+from pqcall.exceptions import CallError, PqcallError, ServerError
 from pqcall.media.audio import AudioSink, AudioSource, close_all
 from pqcall.media.processing import ProcessingReport, WebRtcProcessing
 from pqcall.media.stats import CallStatsSnapshot
@@ -442,17 +443,7 @@ class Call:
     # ------------------------------------------------------------------ helpers
 
     def _open_audio(self) -> None:
-        try:
-            source, _ = open_call_audio(self._media.audio_in, None, self._frame_ms)
-        except DeviceError as exc:
-            raise AudioOpenFailed("microphone", exc) from exc
-        try:
-            _, sink = open_call_audio(None, self._media.audio_out, self._frame_ms)
-        except DeviceError as exc:
-            close_all((source,))
-            raise AudioOpenFailed("speaker", exc) from exc
-        assert source is not None and sink is not None
-        self._audio = (source, sink)
+        self._audio = open_call_devices(self._media.audio_in, self._media.audio_out, self._frame_ms)
 
     @property
     def _frame_ms(self) -> int:

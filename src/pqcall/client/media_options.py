@@ -16,6 +16,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from pqcall.client.call_outcome import AudioOpenFailed
+from pqcall.exceptions import DeviceError
 from pqcall.media.audio import AudioSink, AudioSource, OnEnd, close_all
 from pqcall.media.audio_spec import open_sink, open_source
 from pqcall.media.devices import DeviceSink, DeviceSource
@@ -122,4 +124,24 @@ def open_call_audio(
     except Exception:
         close_all((source,))
         raise
+    return source, sink
+
+
+def open_call_devices(
+    audio_in: str, audio_out: str, frame_ms: int
+) -> tuple[AudioSource, AudioSink]:
+    """Open a call's microphone and speaker, saying which one failed.
+
+    Raises:
+        AudioOpenFailed: the microphone or the speaker cannot be opened (nothing stays open).
+    """
+    try:
+        source = open_source(audio_in, frame_ms, OnEnd.SILENCE)
+    except DeviceError as exc:
+        raise AudioOpenFailed("microphone", exc) from exc
+    try:
+        sink = open_sink(audio_out)
+    except DeviceError as exc:
+        close_all((source,))
+        raise AudioOpenFailed("speaker", exc) from exc
     return source, sink
