@@ -77,6 +77,8 @@ def contacts_view(
                 "name": contact.name,
                 "fingerprint": contact.fingerprint,
                 "verified": contact.verified,
+                # the server shares presence only between call partners (docs/server.md)
+                "presence_shown": contact.name in presence,
                 "online": online,
                 "last_seen": last_seen,
                 "key_changed": contact.key_changed is not None,

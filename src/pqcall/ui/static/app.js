@@ -410,9 +410,11 @@ function renderContacts() {
     const li = rows.get(contact.name) ?? contactRow(contact.name);
     if (list.children[index] !== li) list.insertBefore(li, list.children[index] ?? null);
     const presence = li.querySelector(".presence");
-    text(presence, contact.online ? "online" : "offline");
-    presence.className = `presence ${contact.online ? "online" : "offline"}`;
-    text(li.querySelector(".seen"), contact.online ? "" : fmt.ago(contact.last_seen));
+    const shown = contact.presence_shown;
+    text(presence, !shown ? "" : contact.online ? "online" : "offline");
+    presence.className = `presence ${!shown ? "unknown" : contact.online ? "online" : "offline"}`;
+    presence.title = shown ? "" : "shown once you have called each other";
+    text(li.querySelector(".seen"), !shown || contact.online ? "" : fmt.ago(contact.last_seen));
     const b = li.querySelector(".badge");
     text(b, badge(contact));
     b.className = `badge ${badge(contact).replace(" ", "-").toLowerCase()}`;
