@@ -34,7 +34,11 @@ and reconvergence after the path change within :data:`RELIABLE_RECONVERGE_S`
 (goal 2 s: 0.5-4.0 s). ERLE and convergence after double talk and after the
 path change are printed, not asserted: in some runs AEC3 loses the echo for
 1-3 s after bob stops talking (ERLE down to 5 dB, back in 3 s) even with no
-device glitch, and device underruns move the echo's delay.
+device glitch, and device underruns move the echo's delay. A run that misses
+a bound while its devices glitched (more than :data:`MAX_GLITCHES` after
+start-up: it measured the machine, not the canceller) is made once more; a
+run with glitches that keeps every bound passes (in CI the capture queue ran
+dry 29 times after start-up in a run with steady ERLE at 35 dB).
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ RELIABLE_RECONVERGE_S: Final = 5.0
 """What reconvergence after the echo-path change reliably stays within (the goal: 2 s)."""
 GOAL_NEAR_DB: Final = 3.0
 MAX_GLITCHES: Final = 10
-"""Device underflows + overflows after start-up beyond which the run measured the machine's load."""
+"""Device underflows + overflows after start-up beyond which a missed bound is measured again."""
 STARTUP_S: Final = 1.0
 """PulseAudio starts a stream within this; the underflows before it do not move the echo."""
 
@@ -326,7 +330,12 @@ def level_db(run: Run, start_s: float, end_s: float) -> float:
     return _db(float(np.mean(run.received[span] ** 2)))
 
 
-def test_echo_cancelled_on_the_real_device_path() -> None:
+ATTEMPTS: Final = 2
+"""Calls made when a run with device glitches misses a bound (glitches move the echo's delay)."""
+
+
+def measure() -> tuple[dict[str, float], Run, Run]:
+    """One call with cancellation and one without; the figures, printed."""
     on = asyncio.run(call(ProcessingOptions(), CALL_S))
     off = asyncio.run(call(ProcessingOptions(echo_cancel=False, auto_gain=False), OFF_CALL_S))
     on_windows, off_windows = erle_windows(on), erle_windows(off)
@@ -371,12 +380,37 @@ def test_echo_cancelled_on_the_real_device_path() -> None:
     by_window = " ".join(f"{at:g}:{db:.0f}" for at, db in on_windows)
     lines.append(f"echo on the pulse path: ERLE by window: {by_window}")
     print("\n".join(lines))  # noqa: T201  (pytest -s shows the measured figures)
-    for run in (on, off):  # a starved device moves the echo's delay over and over
-        assert run.glitch_count <= MAX_GLITCHES, f"too loaded for a real-time test: {run.glitches}"
-    # goals that held in every run
-    assert abs(figures["ERLE off (2-9 s)"]) < 3
-    assert abs(figures["bob in double talk vs alone (dB)"]) <= GOAL_NEAR_DB
-    assert figures["convergence from start (s)"] <= GOAL_CONVERGE_S
-    # below the goals (the gap is in docs/decisions/0300): what held in every run
-    assert figures["ERLE steady (4-10 s)"] >= RELIABLE_ERLE_DB
-    assert figures["convergence after path change (s)"] <= RELIABLE_RECONVERGE_S
+    return figures, on, off
+
+
+def bounds_missed(figures: dict[str, float]) -> list[str]:
+    """The asserted bounds this run's figures miss."""
+    checks = {
+        # goals that held in every run
+        "ERLE off within 3 dB of 0": abs(figures["ERLE off (2-9 s)"]) < 3,
+        "bob's level within 3 dB": abs(figures["bob in double talk vs alone (dB)"]) <= GOAL_NEAR_DB,
+        "converged within 2 s of the start": figures["convergence from start (s)"]
+        <= GOAL_CONVERGE_S,
+        # below the goals (the gap is in docs/decisions/0300): what held in every run
+        f"steady ERLE at least {RELIABLE_ERLE_DB:g} dB": figures["ERLE steady (4-10 s)"]
+        >= RELIABLE_ERLE_DB,
+        f"reconverged within {RELIABLE_RECONVERGE_S:g} s of the path change": figures[
+            "convergence after path change (s)"
+        ]
+        <= RELIABLE_RECONVERGE_S,
+    }
+    return [name for name, held in checks.items() if not held]
+
+
+def test_echo_cancelled_on_the_real_device_path() -> None:
+    # Device glitches (a starved capture queue) move the echo's delay, so a run
+    # that misses a bound while its devices glitched measured the machine, not the
+    # canceller: it is made again once. Glitches alone fail nothing.
+    for attempt in range(1, ATTEMPTS + 1):
+        figures, on, off = measure()
+        missed = bounds_missed(figures)
+        glitched = max(on.glitch_count, off.glitch_count) > MAX_GLITCHES
+        if not missed or not glitched or attempt == ATTEMPTS:
+            break
+    devices = f"devices: {on.glitches}; without cancellation: {off.glitches}"
+    assert not missed, f"missed: {missed} ({devices})"

@@ -406,6 +406,7 @@ def test_command_line_relay_flags_over_tls_with_a_pinned_certificate(tmp_path):
         *(sys.executable, "-m", "pqcall", "server", "--host", "127.0.0.1", "--port", str(port)),
         *("--relay-port", str(relay_port), "--public-host", "pqcall.lan", "--no-mdns"),
         *("--tls-cert", str(cert), "--tls-key", str(key), "--name", "ops.test"),
+        "--access-log",  # quiet by default since the README walkthrough (issue 21)
     ]
     env = dict(os.environ, PQCALL_HOME=str(tmp_path))
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
