@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pqcall import __version__
 from pqcall.server import auth, faults
+from pqcall.server.background import BackgroundTask
 from pqcall.server.call_sweeper import CallSweeper
 from pqcall.server.components import default_components
 from pqcall.server.context import AppContext, Clock, Component
@@ -185,17 +186,13 @@ class Housekeeper:
 
     def __init__(self, interval_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
         self._interval_s = interval_s  # seconds between purges
-        self._task: asyncio.Task[None] | None = None  # the purge loop while running
+        self._task = BackgroundTask("pqcall-housekeeper")  # the purge loop while running
 
     async def start(self, context: AppContext) -> None:
-        self._task = asyncio.create_task(self._run(context), name="pqcall-housekeeper")
+        self._task.start(self._run(context))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self, context: AppContext) -> None:
         while True:

@@ -16,6 +16,7 @@ import math
 
 from fastapi import HTTPException
 
+from pqcall.server.background import BackgroundTask
 from pqcall.server.call_service import apply
 from pqcall.server.context import AppContext
 from pqcall.server.storage import CallRecord
@@ -52,19 +53,15 @@ class CallSweeper:
 
     def __init__(self) -> None:
         self._context: AppContext | None = None  # set by start
-        self._task: asyncio.Task[None] | None = None  # the sweep loop while running
+        self._task = BackgroundTask("pqcall-call-sweeper")  # the sweep loop while running
         self._retained_at = -math.inf  # app time of the last retention pass
 
     async def start(self, context: AppContext) -> None:
         self._context = context
-        self._task = asyncio.create_task(self._run(context), name="pqcall-call-sweeper")
+        self._task.start(self._run(context))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         self._context = None
 
     async def _run(self, context: AppContext) -> None:

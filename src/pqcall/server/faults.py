@@ -20,7 +20,6 @@ A database or disk that fails is not a bug in the server, so it is not a 500:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import shutil
@@ -32,6 +31,8 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy.exc
 from fastapi.responses import JSONResponse
+
+from pqcall.server.background import BackgroundTask
 
 if TYPE_CHECKING:
     from pqcall.server.context import AppContext
@@ -261,17 +262,13 @@ class StorageWatch:
 
     def __init__(self, interval_s: float = WATCH_INTERVAL_S) -> None:
         self._interval_s = interval_s  # seconds between checks
-        self._task: asyncio.Task[None] | None = None  # the check loop while running
+        self._task = BackgroundTask("pqcall-storage-watch")  # the check loop while running
 
     async def start(self, context: AppContext) -> None:
-        self._task = asyncio.create_task(self._run(context), name="pqcall-storage-watch")
+        self._task.start(self._run(context))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self, context: AppContext) -> None:
         while True:

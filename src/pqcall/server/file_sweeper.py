@@ -9,10 +9,10 @@ deleted. Nobody is told.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 
+from pqcall.server.background import BackgroundTask
 from pqcall.server.blob_store import FILE_ID_BYTES, blob_of, files_dir, locked_blob
 from pqcall.server.context import AppContext
 from pqcall.server.storage import FileRecord
@@ -48,21 +48,17 @@ class FileSweeper:
     """
 
     def __init__(self) -> None:
-        self._task: asyncio.Task[None] | None = None  # the sweep loop while running
+        self._task = BackgroundTask("pqcall-file-sweeper")  # the sweep loop while running
         self._swept_at = -math.inf  # app time of the last pass
         self._orphans_scanned_at = -math.inf  # app time of the last scan for orphan blobs
         self._orphan_cursor = ""  # the scan goes on after this blob name ("": from the start)
 
     async def start(self, context: AppContext) -> None:
         files_dir(context)
-        self._task = asyncio.create_task(self._run(context), name="pqcall-file-sweeper")
+        self._task.start(self._run(context))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self, context: AppContext) -> None:
         while True:
