@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -48,3 +50,43 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"pqcall {__version__}\n"
+
+
+HEAVY = (
+    # the softphone's, the server's and the benchmarks' libraries
+    "numpy", "soxr", "opuslib", "sounddevice", "cryptography", "pydantic", "httpx",
+    "websockets", "fastapi", "uvicorn", "sqlalchemy",
+    # standard-library modules that each cost milliseconds to import
+    "asyncio", "ssl", "socket", "subprocess", "logging", "dataclasses", "inspect",
+    "json", "datetime", "statistics", "secrets", "tempfile", "webbrowser", "difflib",
+)  # fmt: skip
+"""Modules ``pqcall --help`` and ``--version`` must not import (decision 0040)."""
+LIBRARY = ("client", "crypto", "media", "transport", "signaling", "ui", "netem")
+"""The softphone's packages: a command imports them when it runs."""
+PROBE = """
+import sys
+from pqcall.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(" ".join(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["--version"], ["call", "--help"], ["server", "--help"], ["bench", "--help"]],
+    ids=" ".join,
+)
+def test_help_and_version_load_no_heavy_module(argv: list[str]) -> None:
+    # the deterministic side of "under 0.2 s": what is not imported costs nothing
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.startswith(("usage: pqcall", "pqcall "))  # help or version printed
+    loaded = set(done.stderr.split())
+    assert "pqcall.cli" in loaded  # the probe saw the imports
+    assert sorted(name for name in HEAVY if name in loaded) == []
+    library = [m for m in loaded if m.split(".")[:2] in (["pqcall", p] for p in LIBRARY)]
+    assert sorted(library) == []

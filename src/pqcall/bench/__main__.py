@@ -12,7 +12,6 @@ import importlib
 import sys
 from pathlib import Path
 
-from pqcall.bench.report import render_table, to_json
 from pqcall.exceptions import PqcallError
 
 BENCHMARKS = ("audio", "codec", "crypto", "files", "media", "relay", "server")
@@ -68,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise PqcallError("--cpu-hog applies only to the media benchmark")
     if args.cpu_hog < 0:
         raise PqcallError("--cpu-hog must be 0 or more")
+    from pqcall.bench.report import render_table, to_json  # not on `pqcall --help`'s path
+
     benchmark = importlib.import_module(f"pqcall.bench.{args.name}")  # only the one run
     if args.name == "files":
         runs = benchmark.measure(benchmark.parse_sizes(args.sizes, args.quick))

@@ -19,14 +19,12 @@ hangs up first).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from pqcall.cli import incall, runtime
+from pqcall.cli import runtime
 from pqcall.cli.account import registered_config
 from pqcall.cli.options import (
     add_json_option,
@@ -42,6 +40,8 @@ from pqcall.cli.output import Console, call_outcome, reconnecting_text, status_t
 from pqcall.cli.runtime import Interrupt, LineReader, race
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from pqcall.client.call import Call
     from pqcall.client.home import Home
     from pqcall.client.media_options import MediaOptions
@@ -127,6 +127,8 @@ def run_listen(args: argparse.Namespace) -> int:
 async def _listen(
     args: argparse.Namespace, home: Home, secret: str, media: MediaOptions, console: Console
 ) -> int:
+    import asyncio
+
     from pqcall.client.phone import Phone
 
     reader = LineReader()
@@ -219,6 +221,8 @@ def trust(call: Call) -> str:
 
 async def ask(call: Call, console: Console, interrupt: Interrupt, reader: LineReader) -> bool:
     """Ask whether to accept; False when declined, stdin ends, or the call stops ringing."""
+    import asyncio
+
     from pqcall.client.phone_callstate import CallState
 
     console.prompt("accept? [y/N] ")
@@ -245,6 +249,8 @@ async def ask(call: Call, console: Console, interrupt: Interrupt, reader: LineRe
 
 async def _answer(reader: LineReader) -> str | None:
     """The answer line; a terminal is read only once we are its foreground job."""
+    from pqcall.cli import incall
+
     if reader.is_terminal and reader.fd is not None:
         await incall.wait_foreground(reader.fd)
     return await reader.readline()
@@ -252,6 +258,8 @@ async def _answer(reader: LineReader) -> str | None:
 
 async def _ring_bell(console: Console) -> None:
     """The terminal bell every :data:`RING_BELL_INTERVAL_S` (the first rang with the line)."""
+    import asyncio
+
     while True:
         await asyncio.sleep(RING_BELL_INTERVAL_S)
         console.bell()
@@ -327,6 +335,9 @@ async def follow(
     Returns:
         Whether Ctrl-C ended it.
     """
+    import asyncio
+
+    from pqcall.cli import incall
     from pqcall.client.phone_callstate import CallState, is_terminal
 
     loop = asyncio.get_running_loop()
@@ -480,6 +491,8 @@ def finish(call: Call, console: Console, *, json_mode: bool, quiet_failure: bool
 
 async def wait_connected(*phones: Phone, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
     """Wait until every phone's push connection is up (so calls reach it); False on timeout."""
+    import asyncio
+
     try:
         await asyncio.gather(*(phone.wait_connected(timeout_s) for phone in phones))
     except TimeoutError:
@@ -490,6 +503,7 @@ async def wait_connected(*phones: Phone, timeout_s: float = CONNECT_TIMEOUT_S) -
 @contextlib.asynccontextmanager
 async def show_warnings(phone: Phone, console: Console) -> AsyncIterator[None]:
     """Print the phone's security warnings loudly while the block runs (and any left after)."""
+    import asyncio
 
     async def pump() -> None:
         while True:

@@ -13,14 +13,9 @@ sound card and no network beyond loopback are needed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import importlib.resources
-import secrets
 import signal
-import socket
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
@@ -34,6 +29,9 @@ from pqcall.cli.runtime import Interrupt
 from pqcall.exceptions import CallError, ServerError
 
 if TYPE_CHECKING:
+    import asyncio
+    import socket
+
     from pqcall.client.call import Call
 
 T = TypeVar("T")
@@ -85,6 +83,8 @@ def add_parsers(
 
 def run_demo(args: argparse.Namespace) -> int:
     """``pqcall demo [--duration S] [--out DIR]``."""
+    import tempfile
+
     runtime.setup_logging(args.verbose)
     out: Path = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix="pqcall-demo-"))
     try:
@@ -95,6 +95,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 async def _demo(duration_s: float, out: Path, console: Console) -> int:
+    import importlib.resources
+    import secrets
+    import tempfile
+
     from pqcall.client.home import Home
     from pqcall.client.media_options import MediaOptions
     from pqcall.client.phone import Phone, register
@@ -171,6 +175,8 @@ def _show_sas(ours: Call, theirs: Call, console: Console) -> None:
 
 async def _talk(call: Call, duration_s: float, console: Console, interrupt: Interrupt) -> bool:
     """Let the call run ``duration_s`` (status line on a terminal); True if Ctrl-C cut it short."""
+    import asyncio
+
     from pqcall.client.phone_callstate import CallState
 
     loop = asyncio.get_running_loop()
@@ -196,6 +202,8 @@ async def _wait(awaitable: Awaitable[T], what: str) -> T:
     Raises:
         CallError: ``what`` happened instead (it timed out).
     """
+    import asyncio
+
     try:
         return await asyncio.wait_for(awaitable, CALL_SETUP_TIMEOUT_S)
     except TimeoutError:
@@ -213,6 +221,9 @@ async def demo_server(data_dir: Path, log_path: Path) -> AsyncIterator[str]:
         ServerError: it exited or did not answer ``/health`` in time (the
             message quotes its last log line).
     """
+    import asyncio
+    import socket
+
     port = free_port(socket.SOCK_STREAM)
     relay_port = free_port(socket.SOCK_DGRAM)
     command = [
@@ -253,6 +264,8 @@ async def demo_server(data_dir: Path, log_path: Path) -> AsyncIterator[str]:
 
 def free_port(kind: socket.SocketKind) -> int:
     """A port on 127.0.0.1 free right now for TCP (``SOCK_STREAM``) or UDP (``SOCK_DGRAM``)."""
+    import socket
+
     with socket.socket(socket.AF_INET, kind) as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -260,6 +273,8 @@ def free_port(kind: socket.SocketKind) -> int:
 
 
 async def _wait_for_health(url: str, process: asyncio.subprocess.Process, log_path: Path) -> None:
+    import asyncio
+
     import httpx
 
     loop = asyncio.get_running_loop()
@@ -283,6 +298,8 @@ async def _wait_for_health(url: str, process: asyncio.subprocess.Process, log_pa
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
+    import asyncio
+
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)

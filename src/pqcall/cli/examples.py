@@ -9,7 +9,6 @@ one line: ``pqcall: unknown command 'cal'; did you mean `call`?``.
 from __future__ import annotations
 
 import argparse
-import difflib
 from typing import Final
 
 EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
@@ -63,6 +62,8 @@ def add_examples(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def suggest(word: str, commands: list[str]) -> str:
     """The one line for an unknown command ``word``, with the closest command if any."""
+    import difflib
+
     close = difflib.get_close_matches(word, commands, n=1, cutoff=0.6)
     hint = f"did you mean `{close[0]}`?" if close else "pqcall --help lists the commands"
     return f"pqcall: unknown command {word!r}; {hint}"

@@ -10,8 +10,6 @@ shown without presence, with one line saying why.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -145,6 +143,8 @@ def _presence(
     args: argparse.Namespace, home: Home, contacts: list[Contact], console: Console
 ) -> PresenceMap | None:
     """What the server says of ``contacts``; None (and a line why) when it cannot be asked."""
+    import asyncio
+
     from pqcall.exceptions import KeystoreError, ServerError, WrongPassphrase
 
     config = home.load_config()
@@ -360,6 +360,8 @@ def local_time(unix: float | None) -> str:
 
 def run_devices(args: argparse.Namespace) -> int:
     """``pqcall devices [--json]``."""
+    import dataclasses
+
     from pqcall.media.devices import list_devices
 
     runtime.setup_logging(args.verbose)

@@ -7,7 +7,6 @@ The library is imported inside the functions: ``pqcall server`` and
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from collections.abc import Callable
@@ -101,6 +100,8 @@ def host_port(text: str) -> tuple[str, int]:
     Raises:
         argparse.ArgumentTypeError: not of that form, or the port is not 1-65535.
     """
+    import ipaddress
+
     example = "expected HOST:PORT, e.g. 203.0.113.7:40000 or [2001:db8::7]:40000"
     host, sep, port_text = text.strip().rpartition(":")
     if not sep or not host or not port_text:

@@ -9,8 +9,6 @@ log file it would be noise.
 
 from __future__ import annotations
 
-import datetime
-import json
 import math
 import sys
 from collections.abc import Collection, Mapping, Sequence
@@ -106,6 +104,8 @@ def to_json(value: Any) -> str:
     significant digits (at least one decimal); each ``NAME_unix`` time is
     rounded to the millisecond and gets an ISO-8601 UTC twin ``NAME`` beside it.
     """
+    import json
+
     return json.dumps(_clean(value), ensure_ascii=False, allow_nan=False, sort_keys=False)
 
 
@@ -119,6 +119,8 @@ def round_float(value: float) -> float:
 
 def iso_time(unix: float) -> str:
     """A unix time as ISO-8601 in UTC, to the millisecond: ``2026-05-04T10:00:00.123Z``."""
+    import datetime
+
     moment = datetime.datetime.fromtimestamp(unix, tz=datetime.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

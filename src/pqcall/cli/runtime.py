@@ -4,18 +4,23 @@ Ctrl-C (or SIGTERM) in ``listen``, ``call`` and ``demo`` is a request, not a
 crash: the first one sets :class:`Interrupt` and the command hangs up, prints
 what it has and exits with 128 + the signal number (130 for Ctrl-C); a second
 one cancels the command outright.
+
+:mod:`asyncio` and :mod:`logging` are imported where they are used: every
+command module imports this one, and ``pqcall --help`` must stay cheap
+(decision 0040).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Coroutine
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Awaitable, Coroutine
+    from types import TracebackType
 
 T = TypeVar("T")
 
@@ -28,6 +33,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def run(main: Coroutine[Any, Any, int]) -> int:
     """Run a command's coroutine to its exit code; Ctrl-C that gets through is 130."""
+    import asyncio
+
     try:
         return asyncio.run(main)
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -39,6 +46,8 @@ def setup_logging(verbosity: int) -> None:
 
     The library never logs keys, tokens or passphrases, at any level.
     """
+    import logging
+
     level = logging.ERROR if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
@@ -64,6 +73,8 @@ class Interrupt:
     """The signals it catches."""
 
     def __init__(self) -> None:
+        import asyncio
+
         self._event = asyncio.Event()  # set by the first signal
         self._task: asyncio.Task[Any] | None = None  # cancelled by the second
         self._installed: list[int] = []  # signals whose handler is ours
@@ -94,6 +105,8 @@ class Interrupt:
         self._event.clear()
 
     async def __aenter__(self) -> Interrupt:
+        import asyncio
+
         self._task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         for signum in self.SIGNALS:
@@ -110,6 +123,8 @@ class Interrupt:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         while self._installed:
             loop.remove_signal_handler(self._installed.pop())
@@ -122,6 +137,8 @@ class Interrupt:
 
 async def race(interrupt: Interrupt, awaitable: Awaitable[T]) -> T | None:
     """Await ``awaitable`` unless Ctrl-C comes first (then cancel it and return None)."""
+    import asyncio
+
     work = asyncio.ensure_future(awaitable)
     stop = asyncio.ensure_future(interrupt.wait())
     try:
@@ -173,6 +190,8 @@ class LineReader:
         return line.decode("utf-8", "replace").rstrip("\r")
 
     async def _fill(self) -> None:
+        import asyncio
+
         assert self._fd is not None
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()

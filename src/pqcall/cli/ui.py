@@ -13,12 +13,8 @@ the command line. Ctrl-C hangs up and stops (exit code 130).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import secrets
-import socket
 import time
-import webbrowser
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -29,6 +25,8 @@ from pqcall.cli.runtime import Interrupt
 from pqcall.exceptions import PqcallError
 
 if TYPE_CHECKING:
+    import socket
+
     import uvicorn
     from fastapi import FastAPI
 
@@ -94,6 +92,8 @@ def bound_socket(port: int) -> Iterator[socket.socket]:
     Raises:
         PqcallError: the port is taken or cannot be bound.
     """
+    import socket
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -122,6 +122,10 @@ def make_server(app: FastAPI) -> uvicorn.Server:
 async def _ui(
     home: Home, media: MediaOptions, sock: socket.socket, open_browser: bool, console: Console
 ) -> int:
+    import asyncio
+    import secrets
+    import webbrowser
+
     from pqcall.ui.app import create_app
     from pqcall.ui.bootstrap import BootstrapCodes
     from pqcall.ui.controller import Controller

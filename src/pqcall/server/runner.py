@@ -15,8 +15,6 @@ the one uvicorn configuration (timeouts and connection limits of
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from pqcall.exceptions import ServerError
 
 if TYPE_CHECKING:
+    import logging
+
     import uvicorn
 
     from pqcall.server.settings import ServerSettings
@@ -33,7 +33,12 @@ PRIVATE_UMASK = 0o077  # every file the server creates is 0600, every directory 
 FILES_RESERVED = 64  # descriptors kept for the database, stored files, the relay and logs
 MAX_HEADER_BYTES = 16 * 1024  # h11's largest request line plus headers (uvicorn's default)
 
-logger = logging.getLogger("pqcall.server")
+
+def _logger() -> logging.Logger:
+    """The server's logger; :mod:`logging` loads here, not on ``pqcall --help`` (decision 0040)."""
+    import logging
+
+    return logging.getLogger("pqcall.server")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -227,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, settings: ServerSettings) -> int:
     import asyncio
+    import logging
+    from dataclasses import replace
 
     import uvicorn
 
@@ -240,7 +247,7 @@ def _serve(args: argparse.Namespace, settings: ServerSettings) -> int:
         from pqcall.server.tls import self_signed_certificate
 
         cert, key = self_signed_certificate(settings.data_dir, settings.host)
-        settings = dataclasses.replace(settings, tls_cert=cert, tls_key=key)
+        settings = replace(settings, tls_cert=cert, tls_key=key)
     for path in (settings.tls_cert, settings.tls_key):
         if path is not None and not path.is_file():
             raise ServerError(f"TLS file not found: {path}")
@@ -255,7 +262,7 @@ def _serve(args: argparse.Namespace, settings: ServerSettings) -> int:
     _check_relay_port(settings)
     settings = _fit_open_file_limit(settings)
     scheme = "https" if settings.uses_tls else "http"
-    logger.info(
+    _logger().info(
         "pqcall server %r on %s://%s:%d, media relay on UDP port %d, database %s",
         settings.server_name,
         scheme,
@@ -268,7 +275,7 @@ def _serve(args: argparse.Namespace, settings: ServerSettings) -> int:
     if args.tls_self_signed and settings.tls_cert is not None:
         from pqcall.server.tls import fingerprint
 
-        logger.info(
+        _logger().info(
             "self-signed TLS certificate %s, SHA-256 %s: phones pin it on first use;"
             " compare this fingerprint by another channel",
             settings.tls_cert,
@@ -348,7 +355,7 @@ def warn_if_plain_http(settings: ServerSettings) -> bool:
     """Log one warning when the API is served without TLS beyond loopback; whether it did."""
     if settings.uses_tls or settings.is_loopback_only:
         return False
-    logger.warning(
+    _logger().warning(
         "serving plain HTTP on %s: logins, tokens and call metadata cross the network"
         " unencrypted; use --tls-self-signed, --tls-cert/--tls-key or a TLS reverse proxy"
         " (docs/server.md)",
@@ -378,12 +385,14 @@ def _fit_open_file_limit(settings: ServerSettings) -> ServerSettings:
     if limit >= settings.max_connections:
         return settings
     fitted = max(1, limit)
-    logger.warning(
+    _logger().warning(
         "open-file limit allows %d connections, not %d: raise it (ulimit -n) for more",
         fitted,
         settings.max_connections,
     )
-    return dataclasses.replace(settings, max_connections=fitted)
+    from dataclasses import replace
+
+    return replace(settings, max_connections=fitted)
 
 
 def _check_relay_port(settings: ServerSettings) -> None:
