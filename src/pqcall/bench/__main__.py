@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pqcall.exceptions import PqcallError
 
-BENCHMARKS = ("audio", "codec", "crypto", "files", "media", "relay", "server")
+BENCHMARKS = ("audio", "codec", "crypto", "curve", "files", "media", "relay", "server")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--corpus",
         action=argparse.BooleanOptionalAction,
-        help="codec and media benchmarks: play the speech corpus's voices"
+        help="codec, curve and media benchmarks: play the speech corpus's voices"
         " (default: if espeak-ng can build it, else the two samples)",
     )
     parser.add_argument(
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise PqcallError("--db applies only to the server benchmark")
     if args.sizes and args.name != "files":
         raise PqcallError("--sizes applies only to the files benchmark")
-    if args.corpus is not None and args.name not in ("codec", "media"):
+    if args.corpus is not None and args.name not in ("codec", "curve", "media"):
         raise PqcallError("--corpus applies only to the codec and media benchmarks")
     if args.cpu_hog and args.name != "media":
         raise PqcallError("--cpu-hog applies only to the media benchmark")
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(benchmark.render(runs))
     else:
         options: dict[str, object] = {"db_url": args.db} if args.name == "server" else {}
-        if args.name in ("codec", "media"):
+        if args.name in ("codec", "curve", "media"):
             options["corpus"] = args.corpus
         if args.name == "media":
             options["cpu_hogs"] = args.cpu_hog
