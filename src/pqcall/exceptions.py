@@ -6,7 +6,8 @@
     ├── ProtocolError
     │   ├── LocalProtocolError      you misused the API (wrong state, bad argument)
     │   └── RemoteProtocolError     the peer misbehaved
-    │       └── DecodeError         bytes that do not parse as the expected message
+    │       ├── DecodeError         bytes that do not parse as the expected message
+    │       └── SealRejected        a sealed group message failed to open or was replayed
     ├── BadSignature                a hybrid signature did not verify
     ├── HandshakeFailed             the call handshake cannot complete
     ├── KeystoreError               unreadable or corrupt keystore
@@ -53,6 +54,10 @@ class RemoteProtocolError(ProtocolError):
 
 class DecodeError(RemoteProtocolError):
     """Bytes do not parse as the expected encoding."""
+
+
+class SealRejected(RemoteProtocolError):
+    """A message sealed over a pairwise group channel did not authenticate, or was replayed."""
 
 
 class BadSignature(PqcallError):

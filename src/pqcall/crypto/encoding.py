@@ -37,6 +37,8 @@ class Kind(enum.IntEnum):
     KEYSTORE = 0x20
     ACCOUNT_SECRETS = 0x21
     FILE_HEADER = 0x30
+    GROUP_SENDER_KEY = 0x40
+    GROUP_SEALED_MESSAGE = 0x41
 
     @property
     def label(self) -> str:
