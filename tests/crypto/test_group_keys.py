@@ -338,6 +338,22 @@ def test_old_generation_of_a_silent_sender_goes_after_the_stale_limit():
     assert bob.held_generations(1) == (1,)
 
 
+def test_a_late_key_of_an_older_generation_gets_only_the_overlap():
+    bob = GroupKeyring(2, now=0.0)
+    older = SenderKey.new(1, 4)
+    sender = GroupKeyring(1, now=0.0, first_generation=5)
+    assert bob.add_peer_key(sender.own_key, 0.0)
+    assert bob.unprotect(sender.protect(b"x", now=0.0), 0.0) is not None
+    assert not bob.add_peer_key(older, 1.0)  # below the authenticated generation
+    # before anything authenticates, a late older key stays at most the stale limit
+    carol = GroupKeyring(3, now=0.0)
+    assert carol.add_peer_key(SenderKey.new(1, 5), 0.0)
+    assert carol.add_peer_key(older, 1.0)
+    assert carol.get_timer() == 1.0 + STALE_AFTER_S
+    carol.handle_timer(1.0 + STALE_AFTER_S)
+    assert carol.held_generations(1) == (5,)
+
+
 def test_own_key_switches_after_the_delay_and_old_own_key_is_dropped():
     ring = GroupKeyring(1, now=0.0, rotate_after_s=60.0)
     first = ring.own_key

@@ -150,6 +150,7 @@ class GroupKeyring:
         self._drops: Counter[str] = Counter()  # frames dropped, by GroupReceiveStats field
         self._accepted = 0  # frames delivered
         self._erased = 0  # generations erased
+        self._expiry = math.inf  # earliest expires_at of any held generation
 
     # own keys
 
@@ -259,12 +260,16 @@ class GroupKeyring:
         receiver = SFrameReceiver(
             GROUP_CIPHER_SUITE, key.base_key(), sframe_sender_id(sender_id, generation)
         )
-        peer.generations[generation] = _Held(key, receiver)
+        held = peer.generations[generation] = _Held(key, receiver)
         for other, old in peer.generations.items():
             if other < generation:
                 old.expires_at = min(old.expires_at, now + self._stale_after_s)
+            elif other > generation:  # a late key of an older generation
+                grace = self._overlap_s if old.authenticated else self._stale_after_s
+                held.expires_at = min(held.expires_at, now + grace)
         while len(peer.generations) > MAX_GENERATIONS_HELD:
             self._erase(peer, min(peer.generations))
+        self._refresh_expiry()
         return True
 
     def forget_sender(self, sender_id: int) -> None:
@@ -273,6 +278,7 @@ class GroupKeyring:
         if peer is not None:
             self._erased += len(peer.generations)
             peer.generations.clear()
+            self._refresh_expiry()
 
     def unprotect(self, packet: bytes, now: float) -> tuple[int, bytes] | None:
         """Open a frame from another member.
@@ -310,32 +316,34 @@ class GroupKeyring:
             for other, old in peer.generations.items():
                 if other < generation:
                     old.expires_at = min(old.expires_at, now + self._overlap_s)
+            self._refresh_expiry()
         self._accepted += 1
         return kid.sender_id, payload
 
     # timers
 
     def get_timer(self) -> float | None:
-        """When :meth:`handle_timer` next has something to do, or None."""
-        times = [self._next_due]
-        for peer in self._peers.values():
-            for held in peer.generations.values():
-                times.append(held.expires_at)
-                timer = held.receiver.get_timer()
-                if timer is not None:
-                    times.append(timer)
-        earliest = min(times)
+        """When :meth:`handle_timer` next has something to do, or None.
+
+        (Each sender's SFrame receiver erases its previous ratchet step's key at
+        its next frame after the grace period, as in a 1:1 call.)
+        """
+        earliest = min(self._next_due, self._expiry)
         return None if earliest == math.inf else earliest
 
     def handle_timer(self, now: float) -> None:
-        """Switch to a pending key when due; erase generations past their overlap."""
-        if self._next is not None and now >= self._next_due:
+        """Switch to a pending key when due; erase generations past their overlap.
+
+        Cheap when nothing is due: it runs before every frame.
+        """
+        if now >= self._next_due:
             self.activate_next(now)
+        if now < self._expiry:
+            return
         for peer in self._peers.values():
             for generation in [g for g, h in peer.generations.items() if now >= h.expires_at]:
                 self._erase(peer, generation)
-            for held in peer.generations.values():
-                held.receiver.handle_timer(now)
+        self._refresh_expiry()
 
     # introspection
 
@@ -395,6 +403,10 @@ class GroupKeyring:
         elif peer.owner is None:
             peer.owner = owner
         return peer
+
+    def _refresh_expiry(self) -> None:
+        expiries = (h.expires_at for p in self._peers.values() for h in p.generations.values())
+        self._expiry = min(expiries, default=math.inf)
 
     def _erase(self, peer: _Peer, generation: int) -> None:
         del peer.generations[generation]

@@ -40,8 +40,9 @@ never goes back. Its receive path (RFC 9605 section 4.4.4, then the replay
 check as in WireGuard): parse, select the key, decrypt, check the replay
 window, deliver. Every failure is dropped and counted, never raised.
 
-Future direction: new key generations (a fresh base key from the handshake
-layer) would take the high KID bits now held by the sender id.
+Key generations (a fresh base key per generation) take high KID bits by
+being folded into the sender id: group calls pass
+``sender_id << 8 | generation mod 256`` (:mod:`pqcall.crypto.group_keys_sender`).
 """
 
 from __future__ import annotations
