@@ -331,6 +331,7 @@ def test_history(capsys, home):
                 "direction": "outgoing",
                 "result": "ended",
                 "started_unix": 1_700_000_000 + index,
+                "answered_unix": 1_700_000_001 + index,
                 "duration_s": 61.0,
                 "path": "direct",
                 "mos": 4.4,
@@ -339,10 +340,54 @@ def test_history(capsys, home):
     code, out, _ = run(capsys, "--home", str(home.path), "history")
     lines = out.splitlines()
     assert len(lines) == 5
-    assert lines[2].split()[2:] == ["bob", "outgoing", "ended", "01:01", "direct", "4.4"]
+    assert lines[2].split()[2:] == ["bob", "outgoing", "answered", "01:01", "direct", "4.4"]
     code, out, _ = run(capsys, "--home", str(home.path), "history", "--json", "--limit", "2")
     records = [json.loads(line) for line in out.splitlines()]
     assert [record["call_id"] for record in records] == [f"{2:032x}", f"{1:032x}"]
+    assert [record["outcome"] for record in records] == ["answered", "answered"]
+
+
+def test_history_says_the_shared_outcome_words(capsys, home):
+    # issue 21: the history's words are the CLI's, the JSON's and the UI's
+    history = home.history()
+    for index, (direction, result, reason) in enumerate(
+        [
+            ("outgoing", "missed", "no answer: bob was offline"),
+            ("outgoing", "rejected", "declined"),
+            ("incoming", "missed", "no answer"),
+            ("outgoing", "ended", "cancelled"),
+            ("incoming", "failed", "bob's phone could not open its microphone: busy"),
+        ]
+    ):
+        history.append(
+            {
+                "call_id": f"{index:032x}",
+                "peer": "bob",
+                "direction": direction,
+                "result": result,
+                "reason": reason,
+                "started_unix": 1_700_000_000 + index,
+            }
+        )
+    code, out, _ = run(capsys, "--home", str(home.path), "history")
+    assert code == 0
+    header, _rule, *rows = out.splitlines()
+    assert "outcome" in header.split()
+    assert [row.split("  bob  ", 1)[1].split()[1] for row in rows] == [
+        "failed:",
+        "cancelled",
+        "missed",
+        "declined",
+        "no",  # "no answer"
+    ]
+    code, out, _ = run(capsys, "--home", str(home.path), "history", "--json")
+    assert [json.loads(line)["outcome"] for line in out.splitlines()] == [
+        "failed: bob's phone could not open its microphone: busy",
+        "cancelled",
+        "missed",
+        "declined",
+        "no answer",
+    ]
 
 
 def test_devices_without_portaudio(capsys):

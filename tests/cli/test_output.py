@@ -11,10 +11,12 @@ from pqcall.cli.output import (
     call_outcome,
     clock,
     number,
+    outcome_word,
     render_table,
     statistics_table,
     status_text,
     to_json,
+    with_outcome,
 )
 
 STATS = {
@@ -96,7 +98,25 @@ def test_to_json_turns_non_finite_numbers_into_null():
             "bob declined the call",
         ),
         ({"peer": "bob", "direction": "outgoing", "result": "busy"}, "bob is busy"),
-        ({"peer": "bob", "direction": "outgoing", "result": "missed"}, "bob did not answer"),
+        ({"peer": "bob", "direction": "outgoing", "result": "missed"}, "no answer from bob"),
+        (
+            {
+                "peer": "bob",
+                "direction": "outgoing",
+                "result": "missed",
+                "reason": "no answer: bob was offline",
+            },
+            "no answer: bob was offline",
+        ),
+        (
+            {"peer": "bob", "direction": "outgoing", "result": "missed", "reason": "cancelled"},
+            "call with bob cancelled",
+        ),
+        ({"peer": "bob", "direction": "outgoing", "result": "ended"}, "call with bob cancelled"),
+        (
+            {"peer": "ann", "direction": "incoming", "result": "ended"},
+            "missed call from ann (hung up before you answered)",
+        ),
         (
             {"peer": "bob", "direction": "outgoing", "result": "failed", "reason": "no path"},
             "call failed: no path",
@@ -168,3 +188,41 @@ def test_warnings_are_loud_and_on_stderr_even_with_json():
     Console(json_mode=True, out=out, err=err).warn("bob's identity key is not the one you pinned")
     assert out.getvalue() == ""
     assert err.getvalue() == "!!! SECURITY WARNING: bob's identity key is not the one you pinned\n"
+
+
+ANSWERED = {"result": "ended", "answered_unix": 1.0, "reason": "hung up"}
+
+
+@pytest.mark.parametrize(
+    ("summary", "word"),
+    [
+        ({**ANSWERED, "direction": "outgoing"}, "answered"),
+        ({"result": "ended", "direction": "outgoing", "reason": "cancelled"}, "cancelled"),
+        ({"result": "ended", "direction": "incoming", "reason": "peer hung up"}, "missed"),
+        ({"result": "rejected", "direction": "outgoing", "reason": "declined"}, "declined"),
+        ({"result": "rejected", "direction": "incoming", "reason": "declined"}, "declined"),
+        ({"result": "missed", "direction": "outgoing", "reason": "no answer"}, "no answer"),
+        ({"result": "missed", "direction": "outgoing", "reason": "cancelled"}, "cancelled"),
+        ({"result": "missed", "direction": "incoming", "reason": "no answer"}, "missed"),
+        ({"result": "busy", "direction": "outgoing", "reason": "busy"}, "busy"),
+        ({"result": "blocked", "direction": "incoming"}, "blocked"),
+        ({"result": "failed", "direction": "outgoing", "reason": "no path"}, "failed: no path"),
+        (
+            {"result": "failed", "direction": "incoming", "reason": "peer unreachable"},
+            "failed: connection lost",
+        ),
+        ({"result": "failed", "direction": "incoming"}, "failed: unknown reason"),
+    ],
+)
+def test_outcome_words_are_the_shared_set(summary, word):
+    # issue 21: one set of words for CLI, history, JSON and the UI (ui/static/words.js)
+    assert outcome_word(summary) == word
+    assert word.split(":")[0] in {
+        "answered", "cancelled", "declined", "no answer", "missed", "busy", "blocked", "failed"
+    }  # fmt: skip
+
+
+def test_json_has_the_outcome_word_after_the_result():
+    shown = with_outcome({"call_id": "c", "result": "rejected", "reason": "declined"})
+    assert list(shown) == ["call_id", "result", "outcome", "reason"]
+    assert shown["outcome"] == "declined"

@@ -36,7 +36,13 @@ from pqcall.cli.options import (
     passphrase,
     seconds,
 )
-from pqcall.cli.output import Console, call_outcome, reconnecting_text, status_text
+from pqcall.cli.output import (
+    Console,
+    call_outcome,
+    reconnecting_text,
+    status_text,
+    with_outcome,
+)
 from pqcall.cli.runtime import Interrupt, LineReader, race
 
 if TYPE_CHECKING:
@@ -476,16 +482,14 @@ def finish(call: Call, console: Console, *, json_mode: bool, quiet_failure: bool
 
     summary = call.summary()
     is_ok = call.state is CallState.ENDED and call.answered is not None
-    line = call_outcome(summary)
-    if call.state is CallState.MISSED and call.peer_offline:
-        line += f" ({call.peer} was offline)"  # the reason: "no answer: bob was offline"
+    line = call_outcome(summary)  # "no answer: bob was offline" when bob was
     if is_ok or quiet_failure:
         console.say(line)
     else:
         console.clear_status()
         print(line, file=console.err, flush=True)
     if json_mode:
-        console.emit_json(summary)
+        console.emit_json(with_outcome(summary))
     return runtime.EXIT_OK if is_ok else runtime.EXIT_FAILED
 
 

@@ -23,7 +23,15 @@ from pqcall.cli.options import (
     passphrase,
     positive_int,
 )
-from pqcall.cli.output import MISSING, Console, clock, render_table, to_json
+from pqcall.cli.output import (
+    MISSING,
+    Console,
+    clock,
+    outcome_word,
+    render_table,
+    to_json,
+    with_outcome,
+)
 from pqcall.exceptions import LocalProtocolError
 
 if TYPE_CHECKING:
@@ -317,13 +325,13 @@ def run_history(args: argparse.Namespace) -> int:
     console = Console(json_mode=args.json)
     if args.json:
         for record in records:
-            console.emit_json(record)
+            console.emit_json(with_outcome(record))
     elif not records:
         console.say("no calls yet")
     else:
         console.say(
             render_table(
-                ["when", "peer", "direction", "result", "duration", "path", "MOS"],
+                ["when", "peer", "direction", "outcome", "duration", "path", "MOS"],
                 [history_row(record) for record in records],
             )
         )
@@ -341,7 +349,7 @@ def history_row(record: Mapping[str, Any]) -> list[str]:
         local_time(started if isinstance(started, int | float) else None),
         str(record.get("peer", MISSING)),
         str(record.get("direction", MISSING)),
-        str(record.get("result", MISSING)),
+        outcome_word(record),
         clock(duration) if isinstance(duration, int | float) and duration else MISSING,
         str(record.get("path") or MISSING),
         f"{mos:.1f}" if isinstance(mos, int | float) and record.get("path") else MISSING,

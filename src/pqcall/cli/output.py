@@ -266,35 +266,86 @@ LOST_REASONS = frozenset({"peer unreachable", "media timeout"})
 """Reasons of a call that ended because nothing came from the peer ("media timeout": older)."""
 
 
-def call_outcome(summary: Mapping[str, Any]) -> str:
-    """One line saying how a finished call went, from :meth:`Call.summary`."""
-    peer = summary.get("peer", "?")
+NO_ANSWER = "no answer"
+"""The caller's word for a call nobody answered (its reason may add: "bob was offline")."""
+
+
+def outcome_word(summary: Mapping[str, Any]) -> str:
+    """How a finished call went, in the one set of words of the CLI, history, JSON and UI.
+
+    ``answered``, ``cancelled``, ``declined``, ``no answer``, ``missed``, ``busy``,
+    ``blocked``, or ``failed: REASON`` (issue 21). The library's ``result`` is
+    coarser (``ended`` covers answered calls and calls stopped before an answer);
+    ``ui/static/words.js``'s ``outcome()`` is the page's twin of this function.
+    """
     result = summary.get("result")
+    reason = str(summary.get("reason") or "")
+    outgoing = summary.get("direction") == "outgoing"
+    if result == "ended":
+        if summary.get("answered_unix"):
+            return "answered"
+        return "cancelled" if outgoing else "missed"
+    if result == "rejected":
+        return "declined"
+    if result == "missed":
+        if not outgoing:
+            return "missed"
+        return "cancelled" if reason == "cancelled" else NO_ANSWER
+    if result == "failed":
+        return (
+            f"failed: {'connection lost' if reason in LOST_REASONS else reason or 'unknown reason'}"
+        )
+    return str(result or "unknown")
+
+
+def with_outcome(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``summary`` with ``outcome`` (:func:`outcome_word`) just after ``result``, for ``--json``."""
+    shown: dict[str, Any] = {}
+    for key, value in summary.items():
+        shown[key] = value
+        if key == "result":
+            shown["outcome"] = outcome_word(summary)
+    shown.setdefault("outcome", outcome_word(summary))
+    return shown
+
+
+def call_outcome(summary: Mapping[str, Any]) -> str:
+    """One line saying how a finished call went, from :meth:`Call.summary`.
+
+    Each line holds its :func:`outcome_word` (``bob declined the call``,
+    ``no answer from bob``, ``call with bob cancelled``, ``call failed: REASON``).
+    """
+    peer = summary.get("peer", "?")
     reason = summary.get("reason") or ""
     outgoing = summary.get("direction") == "outgoing"
-    if result == "ended" and summary.get("answered_unix"):
+    word = outcome_word(summary)
+    if word == "answered":
         how = "peer hung up" if reason == "peer hung up" else reason or "ended"
         return (
             f"call with {peer} ended after {clock(float(summary.get('duration_s') or 0))}"
             f" ({how}); {summary.get('path') or MISSING} path,"
             f" MOS {number(summary.get('mos'), '', 1)}"
         )
-    if result == "rejected":
+    if word == "declined":
         return f"{peer} declined the call" if outgoing else f"declined the call from {peer}"
-    if result == "busy":
+    if word == "busy":
         return f"{peer} is busy" if outgoing else f"{peer} called while you were busy"
-    if result == "missed":
-        return f"{peer} did not answer" if outgoing else f"missed call from {peer}"
-    if result == "failed" and reason in LOST_REASONS:
+    if word == NO_ANSWER:  # the reason may say why: "no answer: bob was offline"
+        return reason if reason.startswith(f"{NO_ANSWER}: ") else f"no answer from {peer}"
+    if word == "missed":
+        if summary.get("result") == "ended":
+            return f"missed call from {peer} (hung up before you answered)"
+        return f"missed call from {peer}"
+    if word == "cancelled":
+        return f"call with {peer} cancelled"
+    if summary.get("result") == "failed" and reason in LOST_REASONS:
         return (
             f"connection to {peer} lost after {clock(float(summary.get('duration_s') or 0))}"
             " (peer unreachable)"
         )
-    if result == "failed":
+    if summary.get("result") == "failed":
         return f"call failed: {reason or 'unknown reason'}"
-    if result == "ended":
-        return f"call with {peer} cancelled" if outgoing else f"{peer} hung up before you answered"
-    return f"call with {peer}: {result}"
+    return f"call with {peer}: {word}"
 
 
 # ---------------------------------------------------------------- transfers
