@@ -40,43 +40,40 @@ import httpx
 
 from pqcall.client.api import ServerApi
 from pqcall.client.call import Call
-from pqcall.client.call_context import CallContext, PeerTrust
+from pqcall.client.call_context import CallContext, PeerTrust, stun_server_of
 from pqcall.client.contacts import Contacts
 from pqcall.client.event_stream import EventStream
 from pqcall.client.files import FileTransfers
+from pqcall.client.group_call import GroupCall, GroupContext, new_call_id
 from pqcall.client.history import History
 from pqcall.client.home import AccountConfig, Home
+from pqcall.client.incoming import group_invite, incoming_call
 from pqcall.client.media_options import MediaOptions
 from pqcall.client.missed_calls import CallLog, MissedCall
 from pqcall.client.offers import SEEN_OFFERS_NAME, SeenOffers
 from pqcall.client.peers import SecurityWarning as SecurityWarning
-from pqcall.client.peers import check_peer, key_change_message, trust_of
+from pqcall.client.peers import check_peer, trust_of
 from pqcall.client.phone_callstate import CallState, Direction, is_terminal
 from pqcall.client.registration import Registration as Registration
 from pqcall.client.registration import register as register
 from pqcall.client.ringlimit import RingLimiter
-from pqcall.client.screening import SCREENING_NAME, CallScreen, Screening, TurnAway
+from pqcall.client.screening import SCREENING_NAME, CallScreen, Screening
 from pqcall.client.server_cert import server_verify
-from pqcall.crypto.handshake import CalleeHandshake
-from pqcall.crypto.handshake_messages import Offer
 from pqcall.crypto.identity import IdentityPublicKey
 from pqcall.crypto.keystore import AccountSecrets
-from pqcall.crypto.pinning import KeyChanged
 from pqcall.exceptions import (
     CallError,
-    DecodeError,
-    HandshakeFailed,
     KeyChangedError,
     NoAccount,
     ServerError,
 )
 from pqcall.signaling import usernames
 from pqcall.signaling.callstate import RejectReason
+from pqcall.signaling.group_messages import EVENT_GROUP_INVITE, GROUP_EVENTS, GroupView
 from pqcall.signaling.messages import (
     EVENT_CALL_INCOMING,
     EVENT_FILE_WAITING,
     EVENT_PRESENCE,
-    CallDetail,
     Event,
     FileView,
     Presence,
@@ -84,13 +81,6 @@ from pqcall.signaling.messages import (
 )
 
 logger = logging.getLogger(__name__)
-
-STALE_RING_S = 5.0
-"""An incoming-call event older than this is checked with the server before ringing."""
-MAX_RINGING_CALLS = 4
-"""Incoming calls that may ring at once; another one is answered *busy*."""
-MAX_SCREENED_CALL_IDS = 256
-"""Call ids of calls left unanswered on purpose, remembered so a repeated event is ignored."""
 
 
 class Phone:
@@ -145,6 +135,8 @@ class Phone:
         self._file_listeners: list[Callable[[FileView], None]] = []  # file.waiting observers
         self._presence_listeners: list[Callable[[Presence], None]] = []  # presence observers
         self._missed_listeners: list[Callable[[MissedCall], None]] = []  # missed while away
+        self._groups: dict[str, GroupCall] = {}  # group calls not yet ended, by id
+        self._group_invites: asyncio.Queue[GroupCall] = asyncio.Queue()  # for the user
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -177,7 +169,9 @@ class Phone:
         self._pump = asyncio.create_task(self._pump_events(), name="phone events")
 
     async def close(self) -> None:
-        """Hang up any call, disconnect. Idempotent."""
+        """Hang up any call, leave any group call, disconnect. Idempotent."""
+        for group in list(self._groups.values()):
+            await group.leave()
         for call in list(self._calls.values()):
             if not is_terminal(call.state):
                 await call.hangup()
@@ -293,6 +287,43 @@ class Phone:
         await asyncio.gather(*(self._decline_busy(ringing) for ringing in self.ringing_calls))
         return call
 
+    async def group_call(
+        self, names: Iterable[str], *, media: MediaOptions | None = None
+    ) -> GroupCall:
+        """Start a group call with everyone in ``names`` invited; returns once we are joined.
+
+        Raises:
+            CallError: already in a call, or we are among ``names``.
+            KeyChangedError: someone's pinned key differs from the server's.
+            UnknownUser, ServerError: as for :meth:`call`.
+        """
+        peers = list(dict.fromkeys(usernames.normalize(name) for name in names))
+        if self.username in peers:
+            raise CallError("you cannot call yourself")
+        if self._engaged() is not None or self.group_engaged():
+            raise CallError("already in a call")
+        view = GroupView(
+            call_id=new_call_id(), creator=self.username, version=0, created=time.time(), members=[]
+        )
+        call = GroupCall(self._group_context(media), view, incoming=False)
+        self._groups[call.call_id] = call
+        try:
+            await call.create(peers)
+        except Exception:
+            self._groups.pop(call.call_id, None)
+            raise
+        await asyncio.gather(*(self._decline_busy(ringing) for ringing in self.ringing_calls))
+        return call
+
+    async def next_group_invite(self) -> GroupCall:
+        """Wait for the next group call we are invited to (joined already with auto_answer)."""
+        return await self._group_invites.get()
+
+    def group_engaged(self) -> bool:
+        """Whether we are in a group call (joined or joining)."""
+        self._groups = {k: g for k, g in self._groups.items() if not g.is_ended}
+        return any(g.state in ("joining", "active") for g in self._groups.values())
+
     async def next_incoming(self) -> Call:
         """Wait for the next incoming call (already checked; it rings until answered)."""
         return await self._incoming.get()
@@ -372,6 +403,19 @@ class Phone:
             api=self._require_api(),
             server_host=httpx.URL(config.server_url).host,
             on_change=self._call_changed,
+            stun_server=stun_server_of(config.server_url),
+        )
+
+    def _group_context(self, media: MediaOptions | None = None) -> GroupContext:
+        config = self._require_config()
+        return GroupContext(
+            username=config.username,
+            identity=self._require_account().identity,
+            api=self._require_api(),
+            contacts=self.contacts,
+            server_host=httpx.URL(config.server_url).host,
+            media=media or self.media,
+            warn=lambda peer, message: self.warnings.put_nowait(SecurityWarning(peer, message)),
         )
 
     def _adopt(self, call: Call) -> None:
@@ -422,6 +466,13 @@ class Phone:
         call_id = event.payload.get("call_id")
         if not isinstance(call_id, str):
             return  # not for calls
+        if event.type in GROUP_EVENTS:
+            group = self._groups.get(call_id)
+            if group is not None:
+                group.deliver(event)
+            elif event.type == EVENT_GROUP_INVITE:
+                await group_invite(self, event)
+            return
         call = self._calls.get(call_id)
         if call is not None:
             call.deliver(event)
@@ -433,97 +484,7 @@ class Phone:
                 _tell(self._missed_listeners, missed, "missed call")
 
     async def _incoming_call(self, event: Event) -> None:
-        api = self._require_api()
-        detail = CallDetail.model_validate(event.payload)
-        if detail.call_id in self._screened:
-            return  # left unanswered on purpose already (the event came again)
-        if time.time() - event.created > STALE_RING_S:
-            try:
-                current = await api.status(detail.call_id)
-            except ServerError:
-                return
-            if str(current.state) != "ringing":
-                return  # an old event replayed after a reconnect
-        if await self._screen_caller(detail):
-            return
-        handshake = CalleeHandshake(
-            call_id=bytes.fromhex(detail.call_id),
-            our_name=self.username,
-            our_identity=self._require_account().identity,
-        )
-        try:
-            if detail.offer is None:
-                raise HandshakeFailed("the incoming call carries no offer")
-            offer = handshake.receive_offer(detail.offer, now=time.time())
-            if offer.caller_name != detail.caller:
-                raise HandshakeFailed(
-                    f"the offer is signed as {offer.caller_name}, the server says {detail.caller}"
-                )
-        except HandshakeFailed as exc:
-            message = f"refused a call from {detail.caller}: {exc}"
-            self.warnings.put_nowait(SecurityWarning(detail.caller, message))
-            reason: RejectReason = (
-                "key_mismatch" if self._made_for_another_key(detail.offer) else "failed"
-            )
-            await self._refuse(detail.call_id, reason)
-            self.call_log.record_refused(detail, CallState.FAILED, str(exc))
-            return
-        if not await asyncio.to_thread(
-            self.seen_offers.check_and_add, detail.call_id, offer.offered_at_ms, now=time.time()
-        ):
-            logger.warning("refused call %s: its offer was seen before (a replay)", detail.call_id)
-            await self._refuse(detail.call_id, "failed")
-            return
-        is_contact = self.contacts.get(detail.caller) is not None
-        silenced = self.screen.for_stranger(detail.caller, is_contact=is_contact)
-        if silenced is not None:
-            await self._turn_away(detail, silenced)
-            return
-        result = self.contacts.check(detail.caller, offer.caller_identity)
-        if isinstance(result, KeyChanged):
-            message = "refused a call: " + key_change_message(detail.caller)
-            self.warnings.put_nowait(SecurityWarning(detail.caller, message))
-            await self._refuse(detail.call_id, "key_mismatch")
-            self.call_log.record_refused(detail, CallState.FAILED, "caller's key changed")
-            return
-        call = Call(
-            call_id=detail.call_id,
-            peer=detail.caller,
-            direction=Direction.INCOMING,
-            peer_identity=offer.caller_identity,
-            context=self._call_context(),
-            media=self.media,
-            peer_trust=trust_of(result),
-        )
-        self._adopt(call)
-        call.start_incoming(handshake, detail)
-        if self.auto_answer:
-            await call.accept()
-        self._incoming.put_nowait(call)
-
-    async def _screen_caller(self, detail: CallDetail) -> bool:
-        """Turn the call away if it must not ring now; True when it was."""
-        turned_away = self.screen.before_offer(detail.caller, time.time())
-        ringing = self.ringing_calls
-        if turned_away is not None:
-            await self._turn_away(detail, turned_away)
-        elif self._engaged() is not None or (self.auto_answer and self._calls):
-            await self._turn_away(detail, TurnAway("busy", "busy: already in a call", True))
-        elif len(ringing) >= MAX_RINGING_CALLS or detail.caller in {c.peer for c in ringing}:
-            await self._turn_away(detail, TurnAway("busy", "busy: too many calls ringing", True))
-        else:
-            return False
-        return True
-
-    async def _turn_away(self, detail: CallDetail, turned_away: TurnAway) -> None:
-        """Answer busy, or leave unanswered (it rings there until the server's timeout)."""
-        if turned_away.answer_busy:
-            await self._refuse(detail.call_id, "busy")
-        else:
-            self._screened[detail.call_id] = None
-            while len(self._screened) > MAX_SCREENED_CALL_IDS:
-                self._screened.popitem(last=False)
-        self.call_log.record_refused(detail, turned_away.result, turned_away.reason)
+        await incoming_call(self, event)
 
     def _answered(self, call: Call) -> None:
         """``call`` was answered: decline the other ringing calls; a second answer hangs up."""
@@ -546,14 +507,6 @@ class Phone:
         task: asyncio.Task[None] = asyncio.create_task(_quietly(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _made_for_another_key(self, offer: bytes | None) -> bool:
-        """Whether an offer names another identity than ours (key substitution)."""
-        try:
-            parsed = Offer.parse(offer or b"")
-        except DecodeError:
-            return False
-        return parsed.callee_fingerprint != self.identity.fingerprint()
 
     async def _refuse(self, call_id: str, reason: RejectReason) -> None:
         try:

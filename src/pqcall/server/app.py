@@ -52,7 +52,8 @@ from pqcall.server.context import AppContext, Clock, Component
 from pqcall.server.file_sweeper import FileSweeper
 from pqcall.server.middleware import default_middleware
 from pqcall.server.push import EventHub
-from pqcall.server.routes import accounts, calls, events, files, metrics
+from pqcall.server.group_service import GroupComponent
+from pqcall.server.routes import accounts, calls, events, files, groups, metrics
 from pqcall.server.settings import ServerSettings
 from pqcall.server.storage import Storage
 from pqcall.signaling.callstate import IllegalTransition
@@ -103,7 +104,7 @@ def create_app(
     server_metrics = metrics.install_metrics(context)
     context.components.extend([faults.StorageWatch(), Housekeeper()])
     context.components.extend(default_components(settings))
-    context.components.extend([EventHub(), CallSweeper(), FileSweeper()])
+    context.components.extend([EventHub(), CallSweeper(), FileSweeper(), GroupComponent()])
     context.components.extend(components)
 
     app = FastAPI(
@@ -120,6 +121,7 @@ def create_app(
     app.include_router(calls.router)
     app.include_router(events.router)
     app.include_router(files.router)
+    app.include_router(groups.router)
     for router in routers:
         app.include_router(router)
     app.add_api_route(

@@ -1,0 +1,494 @@
+"""A group call on one phone: roster, pairwise handshakes, sender keys, media, stats.
+
+Made by :class:`~pqcall.client.phone.Phone` (``phone.group_call(names)`` or a
+``group.invite`` event). Its life (docs/protocol.md, "Group calls")::
+
+    create / accept  -> joined: our grant, our sender id; GroupKeyring, GroupMedia
+    group.roster     -> for each other joined member: a PeerLink; the name that sorts
+                        first offers the 1:1 hybrid handshake over /group/message;
+                        a join rotates our key (the newcomer gets only the new one),
+                        a leave forgets the leaver's keys and rotates ours
+    channel up       -> if the member is vouched for (its invitation verifies, see
+                        below): seal our sender key and our roster signature to it
+    group.ended, leave() or our own removal -> ended
+
+Vouching: the server's roster says who invited whom, with the inviter's
+signature over (call id, invitee, invitee's fingerprint). Starting from
+ourselves, a member is vouched for when an invitation links it, validly signed,
+to someone vouched for (in either direction). A joined member nobody vouches for
+was added by the server: every phone warns, and none sends it a key.
+
+The roster we sign (``crypto.group_keys.Roster``) is ourselves and the vouched
+joined members with their handshake identities at the server's roster version;
+the group code is derived from it. The others' signatures over theirs are checked
+against ours: a mismatch (a member hidden from some phones, a swapped identity) warns.
+
+Events are handled one at a time, in order, by one task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pqcall.client.api import ServerApi
+from pqcall.client.call_context import PeerTrust
+from pqcall.client.contacts import Contacts
+from pqcall.client.group_api import GroupApi
+from pqcall.client.group_media import GroupMedia
+from pqcall.client.group_peers import (
+    INNER_ROSTER,
+    INNER_SENDER_KEY,
+    KIND_ANSWER,
+    KIND_CONFIRM,
+    KIND_OFFER,
+    KIND_SEALED,
+    PeerLink,
+    pair_id,
+    unframe,
+)
+from pqcall.client.group_roster import RosterState
+from pqcall.client.media_options import MediaOptions, WallClockTrace, open_call_devices
+from pqcall.client.peers import check_peer, key_change_message, trust_of
+from pqcall.crypto.group_keys import GroupKeyring, SenderKey, decode_sender_key, encode_sender_key
+from pqcall.crypto.identity import IdentityPrivateKey
+from pqcall.crypto.pinning import KeyChanged
+from pqcall.exceptions import CallError, PqcallError
+from pqcall.media.audio import close_all
+from pqcall.signaling.group_messages import (
+    EVENT_GROUP_ENDED,
+    EVENT_GROUP_MESSAGE,
+    GroupDetail,
+    GroupMessageEvent,
+    GroupView,
+    Invitation,
+)
+from pqcall.signaling.messages import Event
+
+logger = logging.getLogger(__name__)
+
+ROTATION_CHECK_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class GroupContext:
+    """What a group call needs from its phone."""
+
+    username: str
+    identity: IdentityPrivateKey
+    api: ServerApi
+    contacts: Contacts
+    server_host: str
+    media: MediaOptions
+    warn: Callable[[str, str], None]  # (about whom, message for the user)
+
+
+class GroupCall:
+    """One group call on this phone (see the module docstring)."""
+
+    def __init__(self, context: GroupContext, view: GroupView, *, incoming: bool) -> None:
+        self.context = context
+        self.call_id = view.call_id
+        self.view = view
+        self.incoming = incoming
+        self.state = "invited" if incoming else "joining"
+        self.reason: str | None = None
+        self.started = time.time()
+        self.joined_at: float | None = None
+        self.ended_at: float | None = None
+        self.keyring: GroupKeyring | None = None
+        self.media: GroupMedia | None = None
+        self.peers: dict[str, PeerLink] = {}  # other joined members, by name
+        self.history: dict[str, dict[str, Any]] = {}  # everyone we saw joined
+        self.roster = RosterState(context.username, context.identity, view.call_id)
+        self.trace = WallClockTrace()
+        self.path: str | None = None
+        self._api = GroupApi(context.api)
+        self._events: asyncio.Queue[Event | GroupView] = asyncio.Queue()
+        self._stash: list[GroupMessageEvent] = []  # messages from members not in our roster yet
+        self._warned: set[tuple[str, str]] = set()
+        self._ended = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._audio: tuple[Any, Any] | None = None
+        self._first_trust: dict[str, PeerTrust] = {}  # trust at our first lookup in this call
+
+    # ------------------------------------------------------------ actions
+
+    async def create(self, names: list[str]) -> None:
+        """Start the call with ``names`` invited (we are joined)."""
+        invitations = [await self._invitation(name) for name in names]
+        detail = await self._api.create(self.call_id, invitations)
+        await self._joined(detail)
+
+    async def accept(self) -> None:
+        """Join the call we were invited to."""
+        if self.state != "invited":
+            raise CallError(f"cannot accept a group call that is {self.state}")
+        self.state = "joining"
+        try:
+            detail = await self._api.accept(self.call_id)
+        except PqcallError as exc:
+            self._finish(f"could not join: {exc}")
+            raise
+        await self._joined(detail)
+
+    async def decline(self, *, busy: bool = False) -> None:
+        """Say no (or busy)."""
+        try:
+            await self._api.decline(self.call_id, busy=busy)
+        finally:
+            self._finish("busy" if busy else "declined")
+
+    async def invite(self, name: str) -> None:
+        """Invite one more person (we must be joined)."""
+        await self._api.invite(self.call_id, await self._invitation(name))
+
+    async def leave(self) -> None:
+        """Leave the call (the last one out ends it)."""
+        if self.state == "ended":
+            return
+        try:
+            await self._api.leave(self.call_id)
+        except PqcallError as exc:
+            logger.info("group call %s: leave: %s", self.call_id, exc)
+        self._finish("left")
+        await self._stop()
+
+    def set_muted(self, muted: bool) -> None:
+        """Send silence."""
+        if self.media is not None:
+            self.media.set_muted(muted)
+
+    def deliver(self, event: Event) -> None:
+        """A ``group.*`` event for this call (handled in order by the call's task)."""
+        self._events.put_nowait(event)
+
+    @property
+    def is_ended(self) -> bool:
+        return self.state == "ended"
+
+    async def wait_ended(self) -> None:
+        """Until the call ends here."""
+        await self._ended.wait()
+        await self._stop()
+
+    def joined_names(self) -> list[str]:
+        """The other members we have a channel with and hold a key from."""
+        ring = self.keyring
+        return sorted(
+            peer.name
+            for peer in self.peers.values()
+            if peer.established
+            and ring is not None
+            and ring.current_generation(peer.sender_id) is not None
+        )
+
+    @property
+    def group_code(self) -> str | None:
+        """The code every phone shows for the same roster (None before any)."""
+        return self.roster.code
+
+    # ------------------------------------------------------------ joining
+
+    async def _invitation(self, name: str) -> Invitation:
+        from pqcall.signaling.group_messages import INVITATION_CONTEXT, invitation_data
+
+        checked = await check_peer(self.context.api, self.context.contacts, name)
+        self._first_trust.setdefault(checked.name, trust_of(checked.pin))
+        data = invitation_data(self.call_id, checked.name, checked.identity.fingerprint())
+        signature = self.context.identity.sign(data, context=INVITATION_CONTEXT)
+        return Invitation(name=checked.name, signature=signature)
+
+    async def _joined(self, detail: GroupDetail) -> None:
+        me = next((m for m in detail.members if m.name == self.context.username), None)
+        if me is None or me.sender_id is None or detail.relay is None:
+            self._finish("the server gave no sender id or forwarding grant")
+            raise CallError("the server gave no sender id or forwarding grant")
+        loop = asyncio.get_running_loop()
+        self.keyring = GroupKeyring(me.sender_id, now=loop.time())
+        media = self.context.media
+        source, sink = await asyncio.to_thread(
+            open_call_devices, media.audio_in, media.audio_out, media.settings.opus.frame_ms
+        )
+        self._audio = (source, sink)
+        self.media = GroupMedia(self.keyring, source, sink, media.settings.opus, self.trace)
+        host = detail.relay.host or self.context.server_host
+        await self.media.open(host, detail.relay.port, detail.relay.token, media.media_port)
+        self.path = f"forwarder {host}:{detail.relay.port}"
+        self.joined_at = time.time()
+        self.state = "active"
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"group {self.call_id[:8]}"),
+            asyncio.create_task(self._rotate_on_timer(), name="group key timer"),
+        ]
+        self._events.put_nowait(detail)
+
+    # ------------------------------------------------------------ events
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._events.get()
+            try:
+                if isinstance(item, GroupView):
+                    await self._roster_changed(item)
+                elif item.type == EVENT_GROUP_MESSAGE:
+                    await self._message(GroupMessageEvent.model_validate(item.payload))
+                else:
+                    view = GroupView.model_validate(
+                        {k: v for k, v in item.payload.items() if k != "relay"}
+                    )
+                    if item.type == EVENT_GROUP_ENDED:
+                        self._finish("the call ended")
+                    else:
+                        await self._roster_changed(view)
+            except Exception:
+                logger.exception("group call %s: event could not be handled", self.call_id)
+            if self.state == "ended":
+                return
+
+    async def _roster_changed(self, view: GroupView) -> None:
+        if view.version < self.view.version:
+            return  # an older roster arriving late
+        first = not self.peers and not self.history
+        self.view = view
+        me = next((m for m in view.members if m.name == self.context.username), None)
+        if view.ended is not None:
+            self._finish("the call ended")
+            return
+        if me is None or me.state != "joined":
+            self._finish(f"the server says we {me.state if me else 'are not a member'}")
+            return
+        assert self.keyring is not None
+        loop = asyncio.get_running_loop()
+        joined = {
+            m.name: m.sender_id
+            for m in view.members
+            if m.state == "joined" and m.name != me.name and m.sender_id is not None
+        }
+        removed = [p for p in self.peers.values() if joined.get(p.name) != p.sender_id]
+        for peer in removed:
+            del self.peers[peer.name]
+            self.history.setdefault(peer.name, {})["left"] = time.time()
+            self._distribute(self.keyring.rekey_for_leave(peer.sender_id, now=loop.time()))
+        added = [(name, sid) for name, sid in joined.items() if name not in self.peers]
+        for name, sid in added:
+            link = PeerLink(
+                name=name,
+                sender_id=sid,
+                pair=pair_id(self.call_id, (me.name, me.sender_id or 0), (name, sid)),
+                is_caller=me.name < name,
+            )
+            self.peers[name] = link
+            entry = self.history.setdefault(name, {"joined": time.time()})
+            entry.pop("left", None)
+            entry.setdefault("sender_ids", []).append(sid)
+        if added and not first:
+            self._distribute(self.keyring.rekey_for_join(now=loop.time()))
+        await self._check_vouching()
+        for name, _ in added:
+            peer = self.peers[name]
+            if peer.is_caller and peer.vouched is not False:
+                await self._offer(peer)
+        stash, self._stash = self._stash, []
+        for message in stash:
+            await self._message(message)
+        await self._update_roster()
+
+    async def _check_vouching(self) -> None:
+        vouched = await self.roster.vouched(self.view, self._identity)
+        for peer in self.peers.values():
+            peer.vouched = peer.name in vouched
+            if not peer.vouched:
+                self._warn(
+                    peer.name,
+                    f"{peer.name} is in the group call without an invitation from a member:"
+                    " the server added them. They get no key and cannot hear you.",
+                )
+
+    async def _identity(self, name: str) -> Any:
+        peer = self.peers.get(name)
+        if peer is not None and peer.identity is not None:
+            return peer.identity
+        try:
+            checked = await check_peer(self.context.api, self.context.contacts, name)
+            self._first_trust.setdefault(name, trust_of(checked.pin))
+            return checked.identity
+        except PqcallError as exc:
+            logger.info("group call %s: no identity for %s: %s", self.call_id, name, exc)
+            return None
+
+    # ------------------------------------------------------------ pairwise
+
+    async def _offer(self, peer: PeerLink) -> None:
+        try:
+            checked = await check_peer(self.context.api, self.context.contacts, peer.name)
+        except PqcallError as exc:
+            peer.error = str(exc)
+            self._warn(peer.name, f"no secure channel with {peer.name}: {exc}")
+            return
+        peer.trust = self._first_trust.setdefault(peer.name, trust_of(checked.pin))
+        body = peer.start_caller(self.context.username, self.context.identity, checked.identity)
+        await self._send(peer.name, body)
+
+    async def _message(self, message: GroupMessageEvent) -> None:
+        peer = self.peers.get(message.sender)
+        try:
+            kind, pair, data = unframe(message.body)
+        except PqcallError:
+            return
+        if peer is None or pair != peer.pair:
+            if len(self._stash) < 64:
+                self._stash.append(message)  # its sender's join is not in our roster yet
+            return
+        try:
+            if kind == KIND_OFFER and not peer.is_caller:
+                identity = peer.receive_offer(self.context.username, self.context.identity, data)
+                result = self.context.contacts.check(peer.name, identity)
+                if isinstance(result, KeyChanged):
+                    peer.error = "key changed"
+                    self._warn(peer.name, key_change_message(peer.name))
+                    return
+                peer.trust = self._first_trust.setdefault(peer.name, trust_of(result))
+                await self._send(peer.name, peer.answer())
+            elif kind == KIND_ANSWER and peer.is_caller:
+                await self._send(peer.name, peer.receive_answer(data, self.context.username))
+                await self._established(peer)
+            elif kind == KIND_CONFIRM and not peer.is_caller:
+                peer.receive_confirm(data, self.context.username)
+                await self._established(peer)
+            elif kind == KIND_SEALED and peer.channel is not None:
+                self._sealed(peer, peer.channel.open(data))
+        except PqcallError as exc:
+            peer.error = str(exc)
+            self._warn(peer.name, f"the secure channel with {peer.name} failed: {exc}")
+
+    async def _established(self, peer: PeerLink) -> None:
+        logger.info("group call %s: channel with %s up", self.call_id, peer.name)
+        self.history.setdefault(peer.name, {}).update(identity=peer.identity, trust=peer.trust)
+        await self._check_vouching()
+        if not peer.vouched:
+            return
+        assert self.keyring is not None
+        key = self.keyring.pending_key or self.keyring.own_key
+        await self._send_key(peer, key)
+        await self._update_roster()
+
+    def _sealed(self, peer: PeerLink, inner: bytes) -> None:
+        assert self.keyring is not None
+        if inner[:1] == bytes([INNER_SENDER_KEY]):
+            key = decode_sender_key(inner[1:])
+            if key.sender_id != peer.sender_id:
+                self._warn(peer.name, f"{peer.name} sent a key for another sender id")
+                return
+            loop = asyncio.get_running_loop()
+            self.keyring.add_peer_key(key, loop.time(), owner=peer.name)
+        elif inner[:1] == bytes([INNER_ROSTER]) and len(inner) > 5:
+            version = int.from_bytes(inner[1:5], "big")
+            peer.roster_signatures[version] = inner[5:]
+            self._check_roster()
+
+    def _distribute(self, key: SenderKey) -> None:
+        for peer in self.peers.values():
+            if peer.established and peer.vouched:
+                self._spawn_send_key(peer, key)
+
+    def _spawn_send_key(self, peer: PeerLink, key: SenderKey) -> None:
+        task = asyncio.create_task(self._send_key(peer, key))
+        self._tasks.append(task)
+
+    async def _send_key(self, peer: PeerLink, key: SenderKey) -> None:
+        if key.generation in peer.sent_generations:
+            return
+        peer.sent_generations.add(key.generation)
+        await self._send(peer.name, peer.seal(bytes([INNER_SENDER_KEY]) + encode_sender_key(key)))
+
+    async def _send(self, name: str, body: bytes) -> None:
+        try:
+            await self._api.message(self.call_id, name, body)
+        except PqcallError as exc:
+            logger.info("group call %s: message to %s: %s", self.call_id, name, exc)
+
+    async def _update_roster(self) -> None:
+        members = {
+            p.name: p.identity
+            for p in self.peers.values()
+            if p.vouched and p.established and p.identity is not None
+        }
+        waiting = [p for p in self.peers.values() if p.vouched and not p.established]
+        if waiting:
+            return  # sign once every vouched member's identity is authenticated
+        signature = self.roster.sign(self.view.version, members)
+        if signature is None:
+            return
+        body = bytes([INNER_ROSTER]) + self.view.version.to_bytes(4, "big") + signature
+        for peer in self.peers.values():
+            if peer.vouched and peer.established:
+                await self._send(peer.name, peer.seal(body))
+        self._check_roster()
+
+    def _check_roster(self) -> None:
+        version = self.view.version
+        signatures = {
+            p.name: p.roster_signatures[version]
+            for p in self.peers.values()
+            if version in p.roster_signatures
+        }
+        identities = {p.name: p.identity for p in self.peers.values() if p.identity is not None}
+        for name in self.roster.check(identities, signatures):
+            self._warn(
+                name,
+                f"{name} sees another roster for this group call than you do (a member"
+                " hidden or a swapped identity): do not trust the group code",
+            )
+
+    # ------------------------------------------------------------ timers, end
+
+    async def _rotate_on_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.keyring is not None:
+            await asyncio.sleep(ROTATION_CHECK_S)
+            if self.keyring.rotation_due(loop.time()):
+                self._distribute(self.keyring.rotate(loop.time()))
+
+    def _warn(self, name: str, message: str) -> None:
+        if (name, message) in self._warned:
+            return
+        self._warned.add((name, message))
+        logger.warning("group call %s: %s", self.call_id, message)
+        self.context.warn(name, message)
+
+    def _finish(self, reason: str) -> None:
+        if self.state == "ended":
+            return
+        self.state = "ended"
+        self.reason = reason
+        self.ended_at = time.time()
+        self._ended.set()
+
+    async def _stop(self) -> None:
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
+        self._tasks = []
+        if self.media is not None:
+            await self.media.close()
+        if self._audio is not None:
+            close_all(self._audio)
+            self._audio = None
+
+    def trust_of(self, name: str) -> PeerTrust | None:
+        """How far we trust ``name``'s identity (None: no channel yet)."""
+        peer = self.peers.get(name)
+        return None if peer is None else peer.trust
+
+
+def new_call_id() -> str:
+    """A fresh group call id."""
+    return secrets.token_hex(16)
