@@ -39,7 +39,7 @@ from pqcall.server.ratelimit import RateLimit
 from pqcall.server.relay import MediaRelay
 from pqcall.server.settings import ServerSettings
 from pqcall.signaling.messages import b64encode
-from pqcall.transport.relay_wire import ACK_MAGIC, ACK_PEER_BOUND, ACK_PEER_WAITING, BIND_MAGIC
+from pqcall.transport.relay_wire import ACK_MAGIC, ACK_PEER_BOUND, ACK_PEER_WAITING, RelayTarget
 from tests.harness import TIMEOUT_SCALE, free_port
 from tests.server.certs import self_signed
 
@@ -272,10 +272,13 @@ def test_relay_runs_on_the_configured_udp_port_and_forwards(start_server):
         allocation = grabber.call(relay.allocate, "0" * 32)
         caller, callee = udp_socket(), udp_socket()
         try:
-            caller.sendto(BIND_MAGIC + allocation.caller_token, ("127.0.0.1", port))
-            assert caller.recv(64) == ACK_MAGIC + bytes([ACK_PEER_WAITING])
-            callee.sendto(BIND_MAGIC + allocation.callee_token, ("127.0.0.1", port))
-            assert callee.recv(64) == ACK_MAGIC + bytes([ACK_PEER_BOUND])
+            grants = ((caller, allocation.caller_token), (callee, allocation.callee_token))
+            for sock, token in grants:
+                target = RelayTarget(("127.0.0.1", port), token)
+                sock.sendto(target.bind, target.address)  # answered by a challenge
+                sock.sendto(target.answer(sock.recv(64), target.address) or b"", target.address)
+                state = ACK_PEER_WAITING if sock is caller else ACK_PEER_BOUND
+                assert sock.recv(64) == ACK_MAGIC + bytes([state])
             caller.sendto(b"opaque media" * 10, ("127.0.0.1", port))
             assert callee.recv(2048) == b"opaque media" * 10
         finally:

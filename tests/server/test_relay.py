@@ -25,7 +25,15 @@ from pqcall.server.relay_table import (
     ReleaseReason,
     Role,
 )
-from pqcall.transport.relay_wire import ACK_MAGIC, ACK_PEER_BOUND, ACK_PEER_WAITING, BIND_MAGIC
+from pqcall.transport.relay_wire import (
+    ACK_MAGIC,
+    ACK_PEER_BOUND,
+    ACK_PEER_WAITING,
+    BIND_MAGIC,
+    CHALLENGE_MAGIC,
+    MAGIC_LENGTH,
+    RelayTarget,
+)
 from tests.harness import TIMEOUT_SCALE, eventually, run_bounded
 from tests.harness import UdpPeer as Phone  # a UDP endpoint that keeps what it receives
 from tests.harness import open_udp_peer as open_phone
@@ -48,8 +56,34 @@ def counting_tokens() -> Callable[[int], bytes]:
     return lambda n: next(counter).to_bytes(n, "big")
 
 
+RELAY_AT = ("127.0.0.1", 5001)  # the relay, as phones of the pure-table tests address it
+_targets: dict[tuple[bytes, Any], RelayTarget] = {}  # one bind counter per grant and relay
+
+
+def target(token: bytes, relay: Any = RELAY_AT) -> RelayTarget:
+    """The phone's side of ``token``'s grant (its bind counter grows across calls)."""
+    return _targets.setdefault((token, relay), RelayTarget(relay, token))
+
+
 def bind(token: bytes) -> bytes:
-    return BIND_MAGIC + token
+    """A fresh bind of ``token``'s grant (the next counter)."""
+    return target(token).bind
+
+
+def answer(token: bytes, challenge: bytes, relay: Any = RELAY_AT) -> bytes:
+    """The grant's answer to ``challenge`` (asserts that it authenticates)."""
+    data = target(token, relay).answer(challenge, relay)
+    assert data is not None
+    return data
+
+
+def bind_via(table: RelayTable, token: bytes, addr: Any, now: float) -> Outgoing | None:
+    """A bind from ``addr`` and, if the table challenges, the answer: the ack (or None)."""
+    out = table.receive_datagram(bind(token), addr, now=now)
+    if out is None or out.data[:MAGIC_LENGTH] != CHALLENGE_MAGIC:
+        return out
+    assert out.address == addr
+    return table.receive_datagram(answer(token, out.data), addr, now=now)
 
 
 def ack(state: int) -> bytes:
@@ -60,8 +94,8 @@ def bound_table(**options: Any) -> tuple[RelayTable, Any]:
     """A table with call "c1" allocated at t=0 and both parties bound."""
     table = RelayTable(token_source=counting_tokens(), **options)
     allocation = table.allocate("c1", now=0.0)
-    table.receive_datagram(bind(allocation.caller_token), ALICE, now=0.0)
-    table.receive_datagram(bind(allocation.callee_token), BOB, now=0.0)
+    bind_via(table, allocation.caller_token, ALICE, now=0.0)
+    bind_via(table, allocation.callee_token, BOB, now=0.0)
     return table, allocation
 
 
@@ -89,14 +123,15 @@ def test_allocate_is_idempotent_while_live():
 def test_bind_is_acked_with_the_peer_state():
     table = RelayTable(token_source=counting_tokens())
     allocation = table.allocate("c1", now=0.0)
-    first = table.receive_datagram(bind(allocation.caller_token), ALICE, now=0.0)
+    first = bind_via(table, allocation.caller_token, ALICE, now=0.0)
     assert first == Outgoing(ack(ACK_PEER_WAITING), ALICE, is_forward=False)
-    second = table.receive_datagram(bind(allocation.callee_token), BOB, now=0.0)
+    second = bind_via(table, allocation.callee_token, BOB, now=0.0)
     assert second == Outgoing(ack(ACK_PEER_BOUND), BOB, is_forward=False)
     again = table.receive_datagram(bind(allocation.caller_token), ALICE, now=1.0)  # keepalive
     assert again == Outgoing(ack(ACK_PEER_BOUND), ALICE, is_forward=False)
     assert table.bound_address("c1", Role.CALLER) == ALICE
     assert table.stats().binds == 3
+    assert table.stats().challenges == 2  # the first bind of each address, not the keepalive
 
 
 def test_media_is_forwarded_both_ways_unchanged():
@@ -113,7 +148,7 @@ def test_media_is_forwarded_both_ways_unchanged():
 def test_media_before_the_peer_binds_is_dropped():
     table = RelayTable(token_source=counting_tokens())
     allocation = table.allocate("c1", now=0.0)
-    table.receive_datagram(bind(allocation.caller_token), ALICE, now=0.0)
+    bind_via(table, allocation.caller_token, ALICE, now=0.0)
     assert table.receive_datagram(MEDIA, ALICE, now=0.0) is None
     assert table.stats().dropped[DropReason.UNBOUND_PEER] == 1
 
@@ -121,18 +156,19 @@ def test_media_before_the_peer_binds_is_dropped():
 def test_strangers_are_dropped_and_counted():
     table, _ = bound_table()
     assert table.receive_datagram(MEDIA, EVE, now=0.1) is None
-    assert table.receive_datagram(bind(bytes(16)), EVE, now=0.1) is None  # unknown token
-    assert table.receive_datagram(BIND_MAGIC + b"short", EVE, now=0.1) is None
+    assert table.receive_datagram(bind(bytes(16)), EVE, now=0.1) is None  # unknown grant
+    assert table.receive_datagram(BIND_MAGIC, EVE, now=0.1) is None
+    assert table.receive_datagram(BIND_MAGIC + b"\x02short", EVE, now=0.1) is None
     dropped = table.stats().dropped
     assert dropped[DropReason.UNKNOWN_ADDRESS] == 1
-    assert dropped[DropReason.BAD_BIND] == 2
+    assert dropped[DropReason.BAD_BIND] == 3
 
 
 def test_one_address_cannot_bind_both_parties():
     table = RelayTable(token_source=counting_tokens())
     allocation = table.allocate("c1", now=0.0)
-    table.receive_datagram(bind(allocation.caller_token), ALICE, now=0.0)
-    assert table.receive_datagram(bind(allocation.callee_token), ALICE, now=0.0) is None
+    bind_via(table, allocation.caller_token, ALICE, now=0.0)
+    assert bind_via(table, allocation.callee_token, ALICE, now=0.0) is None
     assert table.bound_address("c1", Role.CALLEE) is None
     assert table.stats().dropped[DropReason.BAD_BIND] == 1
 
@@ -140,7 +176,7 @@ def test_one_address_cannot_bind_both_parties():
 def test_rebinding_moves_a_party_and_forgets_the_old_address():
     table, allocation = bound_table()
     new_alice = ("192.0.2.1", 4444)
-    assert table.receive_datagram(bind(allocation.caller_token), new_alice, now=1.0) == Outgoing(
+    assert bind_via(table, allocation.caller_token, new_alice, now=1.0) == Outgoing(
         ack(ACK_PEER_BOUND), new_alice, is_forward=False
     )
     assert table.receive_datagram(MEDIA, BOB, now=1.0) == Outgoing(MEDIA, new_alice, True)
@@ -159,7 +195,7 @@ def test_a_bind_shaped_packet_without_a_live_token_is_media_from_a_bound_party()
 def test_a_newer_call_takes_an_address_over():
     table, _ = bound_table()
     second = table.allocate("c2", now=1.0)
-    table.receive_datagram(bind(second.caller_token), ALICE, now=1.0)
+    bind_via(table, second.caller_token, ALICE, now=1.0)
     assert table.bound_address("c1", Role.CALLER) is None
     assert table.bound_address("c2", Role.CALLER) == ALICE
     assert table.receive_datagram(MEDIA, BOB, now=1.0) is None  # c1's caller is gone
@@ -262,8 +298,30 @@ def test_a_broken_token_source_is_refused():
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"P", BIND_MAGIC, BIND_MAGIC + bytes(17), ACK_MAGIC + b"\x01", bytes(65_535)],
-    ids=["empty", "one-byte", "magic-only", "long-bind", "ack", "huge"],
+    [
+        b"",
+        b"P",
+        BIND_MAGIC,
+        BIND_MAGIC + bytes(17),
+        BIND_MAGIC + b"\x02" + bytes(40),
+        BIND_MAGIC + b"\x02" + bytes(41),
+        b"PQRR\x02" + bytes(48),
+        b"PQRR",
+        ACK_MAGIC + b"\x01",
+        bytes(65_535),
+    ],
+    ids=[
+        "empty",
+        "one-byte",
+        "magic-only",
+        "long-bind",
+        "short-v2",
+        "zero-v2",
+        "zero-answer",
+        "answer-magic",
+        "ack",
+        "huge",
+    ],
 )
 def test_no_datagram_raises(data):
     table, _ = bound_table()
@@ -276,7 +334,9 @@ def test_no_datagram_raises(data):
     st.lists(
         st.tuples(
             st.sampled_from([ALICE, BOB, EVE, ("192.0.2.1", 4444)]),
-            st.sampled_from(["caller-bind", "callee-bind", "stray-bind", "media"]),
+            st.sampled_from(
+                ["caller-bind", "callee-bind", "stray-bind", "media", "replay", "answer"]
+            ),
             st.floats(min_value=0.0, max_value=0.05),
         ),
         max_size=60,
@@ -285,30 +345,54 @@ def test_no_datagram_raises(data):
 def test_forwarding_only_ever_joins_the_two_bound_parties(steps):
     table = RelayTable(token_source=counting_tokens(), packets_per_s=100.0)
     allocation = table.allocate("c1", now=0.0)
-    payloads = {
-        "caller-bind": bind(allocation.caller_token),
-        "callee-bind": bind(allocation.callee_token),
-        "stray-bind": bind(b"\xee" * 16),
-        "media": MEDIA,
-    }
+    caller = RelayTarget(RELAY_AT, allocation.caller_token)
+    callee = RelayTarget(RELAY_AT, allocation.callee_token)
+    stray = RelayTarget(RELAY_AT, b"\xee" * 16)
+    seen: list[bytes] = [MEDIA]  # every bind sent (replayed), then challenges seen
+    challenges: list[tuple[bytes, RelayTarget]] = []
+    handled = 0  # datagrams given to the table
     now = 0.0
     for addr, kind, gap_s in steps:
         now += gap_s
-        caller = table.bound_address("c1", Role.CALLER)
-        callee = table.bound_address("c1", Role.CALLEE)
-        out = table.receive_datagram(payloads[kind], addr, now=now)
+        if kind == "answer":  # whoever is at addr answers the last challenge (any grant's)
+            if not challenges:
+                continue
+            data = challenges[-1][1].answer(challenges[-1][0], RELAY_AT) or MEDIA
+        elif kind.endswith("bind"):
+            phone = {"caller-bind": caller, "callee-bind": callee}.get(kind, stray)
+            data = phone.bind
+            seen.append(data)
+        elif kind == "replay":
+            data = seen[-1]
+        else:
+            data = MEDIA
+        bound_before = (
+            table.bound_address("c1", Role.CALLER),
+            table.bound_address("c1", Role.CALLEE),
+        )
+        out = table.receive_datagram(data, addr, now=now)
+        handled += 1
+        bound_after = (
+            table.bound_address("c1", Role.CALLER),
+            table.bound_address("c1", Role.CALLEE),
+        )
         if out is not None and out.is_forward:
-            assert out.data == payloads[kind]
-            assert caller is not None and callee is not None and caller != callee
-            assert (addr, out.address) in ((caller, callee), (callee, caller))
+            assert out.data == data
+            assert None not in bound_before and bound_before[0] != bound_before[1]
+            assert (addr, out.address) in (bound_before, bound_before[::-1])
         elif out is not None:
             assert out.address == addr
-            assert (
-                table.bound_address("c1", Role.CALLER if kind == "caller-bind" else Role.CALLEE)
-                == addr
-            )
+            if out.data[:MAGIC_LENGTH] == CHALLENGE_MAGIC:
+                phone = caller if data[5:21] == caller.keys.grant_id else callee
+                challenges.append((out.data, phone))
+            else:  # an ack: addr is bound now, and only ever by a bind or answer of its grant
+                assert addr in bound_after
+        if bound_after != bound_before:  # only an answer to a challenge sent to addr moves
+            assert kind == "answer" and addr in bound_after
     stats = table.stats()
-    assert stats.packets_forwarded + stats.packets_dropped + stats.binds == len(steps)
+    assert (
+        stats.packets_forwarded + stats.packets_dropped + stats.binds + stats.challenges == handled
+    )
 
 
 # the UDP wrapper on loopback
@@ -323,13 +407,20 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
     await eventually(predicate, interval_s=POLL_S)
 
 
+async def bind_phone(phone: Phone, token: bytes, relay: MediaRelay) -> None:
+    """Bind ``phone`` with ``token``'s grant: the bind, then the answer to the challenge."""
+    phone.send(target(token, relay.address).bind, relay.address)
+    await wait_until(lambda: bool(phone.received))
+    phone.send(answer(token, phone.received[-1], relay.address), relay.address)
+
+
 async def bound_phones(relay: MediaRelay, call_id: str = "c1") -> tuple[Phone, Phone]:
     allocation = relay.allocate(call_id)
     caller, callee = await open_phone(), await open_phone()
-    caller.send(bind(allocation.caller_token), relay.address)
-    await wait_until(lambda: caller.received == [ack(ACK_PEER_WAITING)])
-    callee.send(bind(allocation.callee_token), relay.address)
-    await wait_until(lambda: callee.received == [ack(ACK_PEER_BOUND)])
+    await bind_phone(caller, allocation.caller_token, relay)
+    await wait_until(lambda: caller.received[-1:] == [ack(ACK_PEER_WAITING)])
+    await bind_phone(callee, allocation.callee_token, relay)
+    await wait_until(lambda: callee.received[-1:] == [ack(ACK_PEER_BOUND)])
     caller.received.clear()
     callee.received.clear()
     return caller, callee
@@ -365,7 +456,7 @@ def test_relay_ignores_a_wrong_token():
             allocation = relay.allocate("c1")
             intruder = await open_phone()
             wrong = bytes(a ^ 1 for a in allocation.caller_token)
-            intruder.send(bind(wrong), relay.address)
+            intruder.send(target(wrong, relay.address).bind, relay.address)
             await wait_until(lambda: relay.stats().dropped[DropReason.BAD_BIND] == 1)
             await asyncio.sleep(QUIET_S)
             assert intruder.received == []  # no ack, no oracle
@@ -441,10 +532,10 @@ def test_nat_rebinding_moves_the_party():
             moved = await open_phone()  # the caller's NAT picked a new port
             allocation = relay.allocation("c1")
             assert allocation is not None
-            moved.send(bind(allocation.caller_token), relay.address)
-            await wait_until(lambda: moved.received == [ack(ACK_PEER_BOUND)])
+            await bind_phone(moved, allocation.caller_token, relay)
+            await wait_until(lambda: moved.received[1:] == [ack(ACK_PEER_BOUND)])
             callee.send(MEDIA, relay.address)
-            await wait_until(lambda: moved.received[1:] == [MEDIA])
+            await wait_until(lambda: moved.received[2:] == [MEDIA])
             assert caller.received == []
             for phone in (caller, callee, moved):
                 phone.close()

@@ -26,7 +26,13 @@ from typing import cast
 
 from pqcall.bench.report import Figure
 from pqcall.server.relay import RECEIVE_BUFFER_BYTES, MediaRelay
-from pqcall.transport.relay_wire import ACK_LENGTH, ACK_MAGIC, ACK_PEER_BOUND, BIND_MAGIC
+from pqcall.transport.relay_wire import (
+    ACK_LENGTH,
+    ACK_MAGIC,
+    ACK_PEER_BOUND,
+    CHALLENGE_LENGTH,
+    RelayTarget,
+)
 
 PACKET_BYTES = 200
 SECONDS_FULL = 5.0
@@ -157,16 +163,21 @@ def _blast(host: str, port: int, tokens: list[bytes], duration_s: float, cpu: in
     for phone in phones:
         phone.bind((LOOPBACK, 0))
         phone.settimeout(0.2)
-    # bind the caller, then the callee, until the callee's ack says both are bound
+    # bind the caller, then the callee, until the callee's ack says both are bound (the
+    # bare forwarder acks the first datagram; the relay challenges first, then acks)
     deadline = time.monotonic() + BIND_TIMEOUT_S
     for phone, token in zip(phones, tokens, strict=True):
+        target = RelayTarget(relay, token)
         while True:
             if time.monotonic() > deadline:
                 raise SystemExit("no ack from the relay")
-            phone.sendto(BIND_MAGIC + token, relay)
+            phone.sendto(target.bind, relay)
             with contextlib.suppress(TimeoutError):
-                ack = phone.recv(64)
-                if len(ack) == ACK_LENGTH and ack.startswith(ACK_MAGIC):
+                reply = phone.recv(64)
+                if len(reply) == CHALLENGE_LENGTH:
+                    phone.sendto(target.answer(reply, relay) or b"", relay)
+                    reply = phone.recv(64)
+                if len(reply) == ACK_LENGTH and reply.startswith(ACK_MAGIC):
                     break
     print("bound", flush=True)
     for phone in phones:

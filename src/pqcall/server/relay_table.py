@@ -8,29 +8,41 @@ one datagram to send; ``get_timer()`` / ``handle_timer(now)`` for expiry).
 
 Allocation: the signaling server calls :meth:`RelayTable.allocate` for a call and
 hands ``caller_token`` to the caller and ``callee_token`` to the callee, over the
-authenticated signaling channel only. A token is the party's whole authorization.
+authenticated signaling channel only. Such a grant secret is the party's whole
+authorization; it never travels on the media path: binds carry the grant id and a MAC
+under the bind key both derive from it (:func:`pqcall.transport.relay_wire.grant_keys`).
 
-The bind and ack datagrams, and the phone's resend timing, are
+The bind, challenge, answer and ack datagrams, and the phone's resend timing, are
 :mod:`pqcall.transport.relay_wire` (spoken by both sides). Any other datagram from a
 bound address is media, forwarded unchanged to the other party's bound address.
 
 Rules:
 
-- A bind with a known token records the sender's address for that party and is
-  answered with an ack. Repeating it is harmless (a keepalive, and how a phone learns
-  that the other party has bound: send binds every ``relay_wire.BIND_RETRY_S`` until the
-  ack says 0x01, and every ``relay_wire.KEEPALIVE_S`` after that to keep NAT bindings open).
-- A bind from a new address with the same token moves the party there (NAT rebinding);
-  the old address is forgotten at once.
+- A bind must name a live grant, carry a MAC that verifies under its key, and a
+  counter above the highest this party has used (else dropped: ``bad_bind``, or
+  ``replayed`` for a stale counter, e.g. a bind seen on the wire and sent again).
+- A good bind from the party's bound address is answered with an ack. Repeating it
+  (a higher counter each time) is a keepalive, and how a phone learns that the other
+  party has bound: send binds every ``relay_wire.BIND_RETRY_S`` until the ack says 0x01,
+  and every ``relay_wire.KEEPALIVE_S`` after that to keep NAT bindings open.
+- A good bind from any other address (the first bind, or NAT rebinding) binds nothing
+  yet: the relay sends a challenge with a fresh nonce there and remembers it (one per
+  party, for ``CHALLENGE_TIMEOUT_S``). An answer from that same address with that
+  nonce and a MAC under the party's key binds (or moves) the party there, is answered
+  with an ack, and the old address is forgotten at once. Anything else that looks like
+  an answer is ``bad_answer``.
+- A bind of another version (a version-1 bind is ``"PQRB" | token``, 20 bytes) from an
+  unknown address gets the refusal ack (``old_version``).
 - Anything else from an unknown address is dropped and counted (``unknown_address``,
-  or ``bad_bind`` if it starts with the bind magic). Unknown tokens get no answer: the
-  relay is no oracle for tokens, and an ack (5 bytes) is smaller than a bind (20), so
-  it cannot amplify a spoofed flood.
+  or ``bad_bind`` if it starts with the bind magic). Unknown grants and bad MACs get
+  no answer: the relay is no oracle; an ack (5 bytes) and a challenge (37) are smaller
+  than the bind (45) or answer (53) that caused them, so they cannot amplify a spoofed
+  flood.
 - Media is forwarded only between the two bound addresses of one allocation, only
   once both are bound (else ``unbound_peer``), within a per-direction token bucket on
   packets and bytes (else ``rate_limited``).
-- A 20-byte datagram from a bound address that starts with the bind magic but carries
-  no live token is media (an SFrame packet may begin with those bytes by chance).
+- A datagram from a bound address shaped like a bind or answer (length and magic) whose
+  grant id is not live is media (an SFrame packet may begin with those bytes by chance).
 - An allocation ends at :meth:`RelayTable.release` (hang-up), after
   ``idle_timeout_s`` without any datagram from either party, or ``max_lifetime_s``
   after it was allocated.
@@ -39,18 +51,30 @@ Rules:
 from __future__ import annotations
 
 import enum
+import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from pqcall.exceptions import LocalProtocolError, ServerError
+from pqcall.exceptions import DecodeError, LocalProtocolError, ServerError
 from pqcall.server.ratelimit import RateLimit, TokenBucket
 from pqcall.transport.relay_wire import (
+    ANSWER_LENGTH,
+    ANSWER_MAGIC,
     BIND_LENGTH,
     BIND_MAGIC,
+    GRANT_ID_LENGTH,
     MAGIC_LENGTH,
+    NONCE_LENGTH,
     TOKEN_LENGTH,
+    VERSION,
+    GrantKeys,
     RelayAck,
+    RelayAnswer,
+    RelayBind,
+    RelayChallenge,
+    bind_version,
+    grant_keys,
 )
 
 # relay limits
@@ -62,6 +86,8 @@ RELAY_BURST_S = 1.0  # each bucket holds this many seconds of its rate
 MAX_UDP_PAYLOAD = 65_535  # the byte bucket must hold at least one largest datagram
 MAX_RELAY_ALLOCATIONS = 10_000
 TIMER_RESOLUTION_S = 1.0  # expiry sweeps run at most this often (less for short timeouts)
+CHALLENGE_TIMEOUT_S = 5.0  # an answer to a challenge must come back within this
+_GRANT_ID_AT = MAGIC_LENGTH + 1  # where a bind's or answer's grant id starts
 
 Address = tuple[str | int, ...]
 """A UDP peer address exactly as the socket reports it: (host, port[, flow, scope])."""
@@ -84,8 +110,14 @@ class DropReason(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     """Over the sender's packet or byte budget."""
     BAD_BIND = "bad_bind"
-    """A bind that is malformed, has an unknown token, or would bind both parties to one
-    address."""
+    """A bind that is malformed, names no live grant, has a MAC that does not verify, or
+    would bind both parties to one address."""
+    REPLAYED = "replayed"
+    """An authentic bind whose counter is not above the party's highest (a replay)."""
+    BAD_ANSWER = "bad_answer"
+    """An answer to no outstanding challenge (wrong address, nonce, MAC, or too late)."""
+    OLD_VERSION = "old_version"
+    """A bind of another version than ours; answered with the refusal ack."""
     SEND_BLOCKED = "send_blocked"
     """Forwardable, but the relay socket's send buffer was full (counted by the wrapper)."""
 
@@ -143,15 +175,17 @@ class RelayStats:
     released: Mapping[ReleaseReason, int]
     """Allocations ended, by reason."""
     binds: int
-    """Accepted bind datagrams (first binds, keepalives and rebinds)."""
+    """Accepted binds and answers (first binds, keepalives and moves)."""
     rebinds: int
-    """Binds that moved a party to a new address."""
+    """Answers that moved a party to a new address."""
     packets_forwarded: int
     """Datagrams forwarded to a party."""
     bytes_forwarded: int
     """Their payload bytes."""
     dropped: Mapping[DropReason, int]
     """Datagrams not forwarded, by reason."""
+    challenges: int = 0
+    """Challenges sent to a new address of a party (return-routability checks)."""
 
     @property
     def packets_dropped(self) -> int:
@@ -167,7 +201,7 @@ class Outgoing(NamedTuple):
     address: Address
     """Where to."""
     is_forward: bool
-    """True for a forwarded datagram (counted as forwarded), False for an ack."""
+    """True for a forwarded datagram (counted as forwarded), False for an ack or challenge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +216,12 @@ class AllocationEnded:
 
 @dataclass(slots=True, eq=False)
 class _Party:
-    token: bytes  # authorizes binds for this role
+    keys: GrantKeys  # the grant id and bind key of this role
     packets: TokenBucket  # packets this party may send per second
     octets: TokenBucket  # bytes this party may send per second
     address: Address | None = None  # where it binds from; None until bound
+    counter: int = 0  # the highest bind counter accepted
+    challenge: tuple[Address, bytes, float] | None = None  # (to, nonce, until) outstanding
 
 
 @dataclass(slots=True, eq=False)  # identity, not field equality
@@ -238,13 +274,14 @@ class RelayTable:
         self._resolution_s = min(TIMER_RESOLUTION_S, idle_timeout_s / 10)  # sweep granularity
         self._last_sweep = -float("inf")  # when handle_timer last ran
         self._by_call: dict[str, _Allocation] = {}  # live allocations
-        self._by_token: dict[bytes, tuple[_Allocation, Role]] = {}  # who a bind token binds
+        self._by_grant: dict[bytes, tuple[_Allocation, Role]] = {}  # grant id -> its party
         self._by_address: dict[Address, tuple[_Allocation, Role]] = {}  # who sends from where
         # counters
         self._allocations_total = 0
         self._released = dict.fromkeys(ReleaseReason, 0)
         self._binds = 0
         self._rebinds = 0
+        self._challenges = 0
         self._packets_forwarded = 0
         self._bytes_forwarded = 0
         self._dropped = dict.fromkeys(DropReason, 0)
@@ -271,7 +308,9 @@ class RelayTable:
         for token in (caller_token, callee_token):
             if len(token) != TOKEN_LENGTH:
                 raise LocalProtocolError(f"token source gave {len(token)} bytes, not 16")
-        if caller_token == callee_token or {caller_token, callee_token} & self._by_token.keys():
+        caller_keys, callee_keys = grant_keys(caller_token), grant_keys(callee_token)
+        ids = {caller_keys.grant_id, callee_keys.grant_id}
+        if len(ids) != 2 or ids & self._by_grant.keys():
             raise LocalProtocolError("token source repeated a token")
         public = RelayAllocation(
             call_id=call_id,
@@ -281,11 +320,11 @@ class RelayTable:
             expires_at=now + self._max_lifetime_s,
             idle_timeout_s=self._idle_timeout_s,
         )
-        parties = (self._new_party(caller_token, now), self._new_party(callee_token, now))
+        parties = (self._new_party(caller_keys, now), self._new_party(callee_keys, now))
         allocation = _Allocation(public=public, parties=parties, last_activity=now)
         self._by_call[call_id] = allocation
-        self._by_token[caller_token] = (allocation, Role.CALLER)
-        self._by_token[callee_token] = (allocation, Role.CALLEE)
+        self._by_grant[caller_keys.grant_id] = (allocation, Role.CALLER)
+        self._by_grant[callee_keys.grant_id] = (allocation, Role.CALLEE)
         self._allocations_total += 1
         return public
 
@@ -316,8 +355,11 @@ class RelayTable:
         """
         entry = self._by_address.get(addr)
         if entry is None:
-            if data[:MAGIC_LENGTH] == BIND_MAGIC:
+            magic = data[:MAGIC_LENGTH]
+            if magic == BIND_MAGIC:
                 return self._bind(data, addr, now)
+            if magic == ANSWER_MAGIC:
+                return self._answer(data, addr, now)
             self._dropped[DropReason.UNKNOWN_ADDRESS] += 1
             return None
         allocation, role = entry
@@ -325,10 +367,15 @@ class RelayTable:
         if reason is not None:
             self._remove(allocation, reason)
             return self.receive_datagram(data, addr, now)
-        # a live token from a bound address is a keepalive or a move; anything else is media
-        if len(data) == BIND_LENGTH and data[:MAGIC_LENGTH] == BIND_MAGIC:
-            if data[MAGIC_LENGTH:] in self._by_token:
+        # a live grant id from a bound address is control (a keepalive, a move, an
+        # answer); anything else is media
+        size = len(data)
+        if (size == BIND_LENGTH or size == ANSWER_LENGTH) and self._names_live_grant(data):
+            magic = data[:MAGIC_LENGTH]
+            if magic == BIND_MAGIC and size == BIND_LENGTH:
                 return self._bind(data, addr, now)
+            if magic == ANSWER_MAGIC and size == ANSWER_LENGTH:
+                return self._answer(data, addr, now)
         allocation.last_activity = now
         sender = allocation.parties[role]
         receiver = allocation.parties[1 - role]
@@ -336,7 +383,6 @@ class RelayTable:
             self._dropped[DropReason.UNBOUND_PEER] += 1
             return None
         # check both budgets before taking from either
-        size = len(data)
         sender.packets.refill(now)
         sender.octets.refill(now)
         if sender.packets.wait_s(1) > 0 or sender.octets.wait_s(size) > 0:
@@ -348,37 +394,101 @@ class RelayTable:
         self._bytes_forwarded += size
         return Outgoing(data, receiver.address, is_forward=True)
 
-    def _bind(self, data: bytes, addr: Address, now: float) -> Outgoing | None:
-        found = self._by_token.get(data[MAGIC_LENGTH:]) if len(data) == BIND_LENGTH else None
-        # (a dict lookup by a 128-bit random token leaks nothing useful through timing)
+    def _names_live_grant(self, data: bytes) -> bool:
+        grant_id = data[_GRANT_ID_AT : _GRANT_ID_AT + GRANT_ID_LENGTH]
+        return data[MAGIC_LENGTH] == VERSION and grant_id in self._by_grant
+
+    def _live_party(self, grant_id: bytes, now: float) -> tuple[_Allocation, Role] | None:
+        found = self._by_grant.get(grant_id)
+        # (a dict lookup by a 128-bit id leaks nothing useful through timing: the id is
+        # no secret, the MAC is checked in constant time)
         if found is None:
+            return None
+        reason = self._expiry(found[0], now)
+        if reason is not None:
+            self._remove(found[0], reason)
+            return None
+        return found
+
+    def _bind(self, data: bytes, addr: Address, now: float) -> Outgoing | None:
+        version = bind_version(data)
+        if version != VERSION:
+            if version is None or addr in self._by_address:
+                self._dropped[DropReason.BAD_BIND] += 1
+                return None
+            self._dropped[DropReason.OLD_VERSION] += 1
+            return Outgoing(RelayAck.refusal(), addr, is_forward=False)
+        try:
+            bind = RelayBind.parse(data)
+        except DecodeError:
+            self._dropped[DropReason.BAD_BIND] += 1
+            return None
+        found = self._live_party(bind.grant_id, now)
+        if found is None or not bind.is_authentic(found[0].parties[found[1]].keys.key):
             self._dropped[DropReason.BAD_BIND] += 1
             return None
         allocation, role = found
-        reason = self._expiry(allocation, now)
-        if reason is not None:
-            self._remove(allocation, reason)
+        party = allocation.parties[role]
+        if bind.counter <= party.counter:
+            self._dropped[DropReason.REPLAYED] += 1
+            return None
+        party.counter = bind.counter
+        if party.address == addr:  # a keepalive
+            return self._ack(allocation, role, now)
+        if self._is_other_role_at(allocation, role, addr):
             self._dropped[DropReason.BAD_BIND] += 1
             return None
-        # one address serves one party: refuse binding both roles of a call to it,
-        # let a newer call take an address over from an older one
-        holder = self._by_address.get(addr)
-        if holder is not None:
-            other_allocation, other_role = holder
-            if other_allocation is allocation and other_role is not role:
-                self._dropped[DropReason.BAD_BIND] += 1
-                return None
-            if other_allocation is not allocation:
-                other_allocation.parties[other_role].address = None
+        # a new address: only a return-routability check, nothing moves yet
+        nonce = self._token_source(NONCE_LENGTH)
+        party.challenge = (addr, nonce, now + CHALLENGE_TIMEOUT_S)
+        self._challenges += 1
+        return Outgoing(RelayChallenge(nonce).serialize(party.keys), addr, is_forward=False)
+
+    def _answer(self, data: bytes, addr: Address, now: float) -> Outgoing | None:
+        try:
+            answer = RelayAnswer.parse(data)
+        except DecodeError:
+            self._dropped[DropReason.BAD_ANSWER] += 1
+            return None
+        found = self._live_party(answer.grant_id, now)
+        if found is None:
+            self._dropped[DropReason.BAD_ANSWER] += 1
+            return None
+        allocation, role = found
         party = allocation.parties[role]
+        challenge = party.challenge
+        if (
+            challenge is None
+            or challenge[0] != addr
+            or now >= challenge[2]
+            or not hmac.compare_digest(challenge[1], answer.nonce)
+            or not answer.is_authentic(party.keys.key)
+            or self._is_other_role_at(allocation, role, addr)
+        ):
+            self._dropped[DropReason.BAD_ANSWER] += 1
+            return None
+        party.challenge = None
+        # one address serves one party: a newer call takes an address over from an older one
+        holder = self._by_address.get(addr)
+        if holder is not None and holder[0] is not allocation:
+            holder[0].parties[holder[1]].address = None
         if party.address is not None and party.address != addr:
             del self._by_address[party.address]
             self._rebinds += 1
         party.address = addr
         self._by_address[addr] = (allocation, role)
+        return self._ack(allocation, role, now)
+
+    def _is_other_role_at(self, allocation: _Allocation, role: Role, addr: Address) -> bool:
+        holder = self._by_address.get(addr)
+        return holder is not None and holder[0] is allocation and holder[1] is not role
+
+    def _ack(self, allocation: _Allocation, role: Role, now: float) -> Outgoing:
         allocation.last_activity = now
         self._binds += 1
         both = allocation.parties[1 - role].address is not None
+        addr = allocation.parties[role].address
+        assert addr is not None
         return Outgoing(RelayAck(is_peer_bound=both).serialize(), addr, is_forward=False)
 
     # timer
@@ -424,6 +534,7 @@ class RelayTable:
             packets_forwarded=self._packets_forwarded,
             bytes_forwarded=self._bytes_forwarded,
             dropped=dict(self._dropped),
+            challenges=self._challenges,
         )
 
     def __len__(self) -> int:
@@ -432,9 +543,9 @@ class RelayTable:
 
     # helpers
 
-    def _new_party(self, token: bytes, now: float) -> _Party:
+    def _new_party(self, keys: GrantKeys, now: float) -> _Party:
         return _Party(
-            token=token,
+            keys=keys,
             packets=TokenBucket(self._packet_limit, now),
             octets=TokenBucket(self._byte_limit, now),
         )
@@ -452,7 +563,7 @@ class RelayTable:
         allocation.ended = reason
         del self._by_call[allocation.public.call_id]
         for party in allocation.parties:
-            del self._by_token[party.token]
+            del self._by_grant[party.keys.grant_id]
             if party.address is not None:
                 del self._by_address[party.address]
                 party.address = None

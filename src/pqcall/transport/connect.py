@@ -186,7 +186,7 @@ async def _resolve_relay(relay: RelayTarget) -> RelayTarget | None:
     if not resolved:
         logger.warning("path: relay %s:%d does not resolve; not using it", *relay.address)
         return None
-    return RelayTarget(resolved[0], relay.token)
+    return RelayTarget(resolved[0], relay.token, relay.sequence)
 
 
 async def establish_path(

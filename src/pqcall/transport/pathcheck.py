@@ -190,7 +190,9 @@ class PathSelection:
         self._relay = (  # the relay, with its address normalized
             None
             if relay is None
-            else RelayTarget(numeric_ipv4(relay.address, "relay address"), relay.token)
+            else RelayTarget(
+                numeric_ipv4(relay.address, "relay address"), relay.token, relay.sequence
+            )
         )
         self._token_source = token_source  # randomness, injected
         self._direct_timeout_s = direct_timeout_s  # see DIRECT_TIMEOUT_S
@@ -283,6 +285,10 @@ class PathSelection:
         addr = numeric_ipv4(addr, "source address")
         if is_relay_ack(data, addr, self._relay_address):
             self._receive_relay_ack(data[MAGIC_LENGTH], now)
+            return
+        relay_answer = None if self._relay is None else self._relay.answer(data, addr)
+        if relay_answer is not None:  # the relay's return-routability check (relay_wire)
+            self._queue(relay_answer, addr)
             return
         message = self._open(data)
         if message is None:
