@@ -11,6 +11,7 @@ import pytest
 from pqcall.crypto import encoding
 from pqcall.crypto.group_keys import (
     GENERATION_BITS,
+    MAX_GENERATIONS_HELD,
     OVERLAP_S,
     REORDER_WINDOW,
     STALE_AFTER_S,
@@ -403,3 +404,17 @@ def test_forgotten_sender_is_dropped():
     bob.forget_sender(1)
     assert bob.unprotect(group.rings["alice"].protect(b"x", now=0.0), 0.0) is None
     assert bob.stats.unknown_sender == 1 and bob.held_generations(1) == ()
+
+
+def test_rotations_in_a_row_never_erase_the_generation_in_use():
+    # joins and leaves in quick succession: alice draws keys faster than she switches
+    group = Group(["alice", "bob"])
+    alice, bob = group.rings["alice"], group.rings["bob"]
+    assert bob.unprotect(alice.protect(b"g0", now=0.0), 0.0) is not None
+    for _ in range(MAX_GENERATIONS_HELD + 2):
+        group.give("alice", alice.rotate(0.1), now=0.1)
+    assert alice.own_key.generation == 0
+    assert bob.unprotect(alice.protect(b"still g0", now=0.2), 0.2) == (1, b"still g0")
+    assert len(bob.held_generations(1)) <= MAX_GENERATIONS_HELD
+    # and the key she switches to is held too
+    assert bob.unprotect(alice.protect(b"g6", now=0.1 + SWITCH_AFTER_S), 2.0) == (1, b"g6")

@@ -55,7 +55,7 @@ SWITCH_AFTER_S: Final = 1.5  # from drawing a key to sending under it (keys trav
 OVERLAP_S: Final = 2.0  # an old generation kept after a newer one authenticates
 STALE_AFTER_S: Final = 30.0  # an old generation kept after a newer one is added, at most
 ROTATE_AFTER_S: Final = 180.0  # own key rotated at least this often
-MAX_GENERATIONS_HELD: Final = 4  # per sender; the oldest goes first
+MAX_GENERATIONS_HELD: Final = 4  # per sender; the oldest not in use goes first
 MAX_SENDERS: Final = 64  # other senders held at once (calls are capped at 20 members)
 
 
@@ -268,7 +268,7 @@ class GroupKeyring:
                 grace = self._overlap_s if old.authenticated else self._stale_after_s
                 held.expires_at = min(held.expires_at, now + grace)
         while len(peer.generations) > MAX_GENERATIONS_HELD:
-            self._erase(peer, min(peer.generations))
+            self._erase(peer, self._evictable(peer))
         self._refresh_expiry()
         return True
 
@@ -403,6 +403,17 @@ class GroupKeyring:
         elif peer.owner is None:
             peer.owner = owner
         return peer
+
+    @staticmethod
+    def _evictable(peer: _Peer) -> int:
+        """The generation to drop when too many are held: the oldest that is neither
+        the one the sender is known to use (newest authenticated) nor the newest given
+        (a sender that rotates several times before switching skips the middle ones)."""
+        keep = {max(peer.generations)}
+        in_use = [g for g, h in peer.generations.items() if h.authenticated]
+        if in_use:
+            keep.add(max(in_use))
+        return min(g for g in peer.generations if g not in keep)
 
     def _refresh_expiry(self) -> None:
         expiries = (h.expires_at for p in self._peers.values() for h in p.generations.values())
