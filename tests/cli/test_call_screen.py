@@ -384,3 +384,18 @@ def test_pty_contacts_show_presence(world: World, terminals: list[Terminal]) -> 
         stdin=subprocess.DEVNULL,
     )
     assert one_json(listed.stdout)["presence"] == "online", listed.stdout
+
+
+def test_pty_demo_shows_a_live_line(terminals: list[Terminal], tmp_path: Path) -> None:
+    # issue 21: `make demo` (pqcall demo on a terminal) redraws a status line during the call
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PQCALL_")}
+    terminal = Terminal(
+        pqcall_command(None, "demo", "--duration", "3", "--out", str(tmp_path)), env
+    )
+    terminals.append(terminal)
+    assert terminal.wait() == 0, terminal.output
+    shown = terminal.output
+    live = [part for part in shown.split("\r") if "kbit/s" in part and "MOS" in part]
+    assert len(live) >= 2, shown  # redrawn in place, not printed once
+    assert all(part.lstrip().startswith("00:0") for part in live), live  # the call's clock
+    assert shown.index("SAS") < shown.index(live[0]) < shown.index("alice hangs up"), shown
