@@ -57,6 +57,7 @@ from pqcall.server.push import event_hub
 from pqcall.server.relay import MediaRelay
 from pqcall.server.relay_table import RelayFull
 from pqcall.server.storage import AccountRecord, CallExists, CallRecord
+from pqcall.server.turn import turn_service
 from pqcall.signaling.callstate import Action, Party, State, outcome
 from pqcall.signaling.messages import (
     EVENT_CALL_ACCEPTED,
@@ -196,7 +197,9 @@ def relay_grant(
     endpoint = relay_endpoint(context, request_host)
     host, port = endpoint if endpoint is not None else (None, relay.address[1])
     token = allocation.caller_token if party is Party.CALLER else allocation.callee_token
-    return RelayGrant(host=host, port=port, token=token)
+    turn = turn_service(context)  # standard TURN too (server/turn.py), if configured
+    grant = None if turn is None else turn.grant(call.call_id, party is Party.CALLER)
+    return RelayGrant(host=host, port=port, token=token, turn=grant)
 
 
 # ---------------------------------------------------------------- actions

@@ -153,6 +153,10 @@ class AnnouncerComponent:
 def default_components(settings: ServerSettings) -> list[Component]:
     """The operations components of a server: the relay, then mDNS if enabled."""
     components: list[Component] = [RelayComponent()]
+    if settings.turn_secret_file is not None:
+        from pqcall.server.turn import TurnComponent
+
+        components.append(TurnComponent(settings.turn_urls, settings.turn_secret_file))
     if settings.announce_mdns:
         components.append(AnnouncerComponent())
     return components

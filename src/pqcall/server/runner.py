@@ -97,6 +97,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address the relay's UDP socket binds (default: --host)",
     )
     parser.add_argument(
+        "--turn",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a TURN server phones may use too (turn:HOST[:PORT][?transport=udp|tcp] or"
+        " turns:HOST[:PORT]; repeatable), with --turn-secret-file",
+    )
+    parser.add_argument(
+        "--turn-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="the secret shared with the TURN servers (coturn: use-auth-secret,"
+        " static-auth-secret); readable by its owner only",
+    )
+    parser.add_argument(
         "--no-mdns",
         dest="announce_mdns",
         action="store_false",
@@ -173,6 +188,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         "relay_port": args.relay_port,
         "relay_host": args.relay_host,
         "relay_bind": args.relay_bind,
+        "turn_urls": tuple(args.turn),
+        "turn_secret_file": args.turn_secret_file,
         "announce_mdns": args.announce_mdns,
         "rate_limit_scale": args.rate_limit_scale,
     }

@@ -79,6 +79,10 @@ class ServerSettings:
     """Address of the relay told to phones; ``None`` means the address they reached us at."""
     relay_bind: str | None = None
     """Address the relay's UDP socket binds; ``None`` means ``host``."""
+    turn_urls: tuple[str, ...] = ()
+    """TURN servers handed to phones with each relay grant (``--turn``; server/turn.py)."""
+    turn_secret_file: Path | None = None
+    """The secret shared with those TURN servers (``--turn-secret-file``, mode 0600)."""
     announce_mdns: bool = True
     """Announce the server on the LAN with mDNS."""
     server_name: str = field(default_factory=socket.gethostname)
@@ -107,6 +111,8 @@ class ServerSettings:
             object.__setattr__(self, "relay_port", self.port)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")
+        if bool(self.turn_urls) != (self.turn_secret_file is not None):
+            raise ValueError("--turn and --turn-secret-file go together")
         if not 0 < len(self.server_name) <= 64:
             raise ValueError("server name must be 1 to 64 characters")
         if not 0 <= self.rate_limit_scale < float("inf"):

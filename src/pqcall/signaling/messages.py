@@ -391,6 +391,16 @@ class CallView(Message):
     """Only in end events: the reason the ending party gave, for people (not stored)."""
 
 
+class TurnGrant(Message):
+    """Time-limited credentials for the server's TURN servers (coturn's REST scheme)."""
+
+    urls: list[Annotated[str, Field(min_length=6, max_length=256)]] = Field(
+        min_length=1, max_length=4, description="turn: / turns: URLs (RFC 7065), in order"
+    )
+    username: str = Field(min_length=1, max_length=256, description="expiry:call.party")
+    password: str = Field(min_length=1, max_length=128, description="base64 HMAC-SHA1")
+
+
 class RelayGrant(Message):
     """The media relay one party may use for one call: its own bind token, never the other's."""
 
@@ -400,6 +410,9 @@ class RelayGrant(Message):
     )
     port: int = Field(ge=1, le=65535, description="UDP port of the relay")
     token: Annotated[bytes, Base64Url(MAX_RELAY_TOKEN_BYTES, 1)]
+    turn: TurnGrant | None = Field(
+        default=None, description="a standard TURN server too (server started with --turn)"
+    )
 
 
 class CallDetail(CallView):

@@ -213,7 +213,11 @@ class MediaSession:
     # lifecycle
 
     async def open(
-        self, local_addr: Address | None = None, *, sock: socket.socket | None = None
+        self,
+        local_addr: Address | None = None,
+        *,
+        sock: socket.socket | None = None,
+        endpoint: Any = None,
     ) -> Address:
         """Bind a UDP socket to ``local_addr`` (default ``("0.0.0.0", 0)``), or adopt ``sock``.
 
@@ -221,6 +225,7 @@ class MediaSession:
             local_addr: the address to bind.
             sock: a bound UDP socket to use instead (the one path selection ran on);
                 the session owns it from now on and closes it.
+            endpoint: or a transport maker as ``create_datagram_endpoint`` (TURN's).
 
         Returns:
             The bound address.
@@ -236,7 +241,9 @@ class MediaSession:
         self._loop = asyncio.get_running_loop()
         self._ended_future()
         self._protocol_ended = asyncio.Event()
-        if sock is not None:
+        if endpoint is not None:  # pqcall.transport.turn.TurnRelay.endpoint
+            transport, protocol = await endpoint(lambda: _DatagramProtocol(self))
+        elif sock is not None:
             transport, protocol = await self._loop.create_datagram_endpoint(
                 lambda: _DatagramProtocol(self), sock=sock
             )
