@@ -77,7 +77,11 @@ class Coturn:
         tls: bool = False,
         port: int | None = None,
         popen: Callable[[Sequence[str]], subprocess.Popen[bytes]] | None = None,
+        also_listen: Sequence[str] = (),
+        wait: Callable[[int], object] | None = None,
     ) -> Self:
+        """Start coturn; ``also_listen``: more listening addresses; ``wait(port)``: until
+        ``port`` accepts TCP (default: connect to it from here)."""
         binary = turnserver_path()
         secret = secrets.token_hex(16).encode()
         port = port or free_port()
@@ -85,6 +89,7 @@ class Coturn:
         low = random.randrange(20000, 60000, 200)
         lines = [
             f"listening-ip={listen}",
+            *(f"listening-ip={address}" for address in also_listen),
             f"listening-port={port}",
             f"relay-ip={relay_ip or listen}",
             f"min-port={low}",
@@ -118,7 +123,10 @@ class Coturn:
         server = cls(run(command), listen, port, tls_port)
         server.secret, server.cafile = secret, cafile
         server.log = directory / "turn.log"
-        server._wait_ready()
+        if wait is None:
+            server._wait_ready()
+        else:
+            wait(port)
         return server
 
     def _wait_ready(self) -> None:

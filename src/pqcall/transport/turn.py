@@ -26,13 +26,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Self
 from urllib.parse import parse_qs
 
-from aioice.turn import TurnTransport, create_turn_endpoint
+from aioice.turn import (
+    DEFAULT_ALLOCATION_LIFETIME,
+    DEFAULT_CHANNEL_REFRESH_TIME,
+    TurnClientTcpProtocol,
+    TurnTransport,
+    create_turn_endpoint,
+)
 
 from pqcall.exceptions import LocalProtocolError, PathFailed
 from pqcall.transport.path_choice import PathChoice
@@ -123,6 +130,37 @@ def _host_port(address: str, default_port: int) -> tuple[str, int]:
     return host, int(port_text)
 
 
+async def _endpoint_on(
+    sock: socket.socket,
+    url: TurnUrl,
+    username: str,
+    password: str,
+    tls: ssl.SSLContext | None,
+    demux: _Demux,
+) -> tuple[TurnTransport, _Demux]:
+    """aioice's ``create_turn_endpoint`` for TCP, over a socket already connected."""
+    loop = asyncio.get_running_loop()
+    inner_transport, inner_protocol = await loop.create_connection(
+        lambda: TurnClientTcpProtocol(
+            (url.host, url.port),
+            username=username,
+            password=password,
+            lifetime=DEFAULT_ALLOCATION_LIFETIME,
+            channel_refresh_time=DEFAULT_CHANNEL_REFRESH_TIME,
+        ),
+        sock=sock,
+        ssl=tls,
+        server_hostname=url.host if tls is not None else None,
+    )
+    try:
+        turn = TurnTransport(inner_protocol)
+        await turn._connect(demux)  # what create_turn_endpoint does after connecting
+    except BaseException:
+        inner_transport.close()
+        raise
+    return turn, demux
+
+
 class _Demux(asyncio.DatagramProtocol):
     """Hands the relay's datagrams to whichever receiver is current (selection, then media)."""
 
@@ -195,11 +233,14 @@ class TurnRelay:
         *,
         ssl_context: ssl.SSLContext | None = None,
         timeout_s: float = ALLOCATE_TIMEOUT_S,
+        sock: socket.socket | None = None,
     ) -> Self:
         """Allocate a relayed address on ``url``'s server with these credentials.
 
         Args:
             ssl_context: for ``turns:``, the TLS context (default: the system's CAs).
+            sock: for tcp and tls, a TCP socket connected to the server to use (one
+                made in another network namespace, in tests); default: connect.
 
         Raises:
             OSError: the server cannot be reached.
@@ -208,20 +249,23 @@ class TurnRelay:
                 or wrong credentials).
         """
         demux = _Demux()
-        tls: bool | ssl.SSLContext | None = None
+        tls: ssl.SSLContext | None = None
         if url.transport == "tls":
             tls = ssl_context if ssl_context is not None else ssl.create_default_context()
-        transport, _ = await asyncio.wait_for(
-            create_turn_endpoint(
+        if sock is not None:
+            if url.transport == "udp":
+                raise LocalProtocolError("a socket of our own is for TURN over tcp or tls")
+            made = _endpoint_on(sock, url, username, password, tls, demux)
+        else:
+            made = create_turn_endpoint(
                 lambda: demux,
                 (url.host, url.port),
                 username,
                 password,
                 ssl=tls,
                 transport="udp" if url.transport == "udp" else "tcp",
-            ),
-            timeout_s,
-        )
+            )
+        transport, _ = await asyncio.wait_for(made, timeout_s)
         logger.info("turn: allocated on %s", url)
         return cls(url, transport, demux)
 
