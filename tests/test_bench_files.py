@@ -13,6 +13,7 @@ NAMES = (
     "1 MiB receive (download + verify + decrypt)",
     "1 MiB round trip",
     "1 MiB round trip vs cp",
+    "1 MiB round trip CPU (client + server)",
 )
 
 
@@ -24,12 +25,18 @@ def test_one_mib_run_has_every_figure(tmp_path, capsys):
     figures = {figure["name"]: figure for figure in json.loads(out.read_text())}
     assert set(figures) == set(NAMES)
     for name, figure in figures.items():
-        assert figure["unit"] == "MB/s"
+        assert figure["unit"] == ("s" if "CPU" in name else "MB/s"), name
         assert set(figure) == {"name", "value", "unit", "baseline_name", "baseline", "ratio"}
         assert figure["value"] > 0 and math.isfinite(figure["value"]), name
         assert figure["baseline"] > 0 and math.isfinite(figure["baseline"]), name
         assert math.isclose(figure["ratio"], figure["value"] / figure["baseline"]), name
     assert figures["1 MiB round trip vs cp"]["baseline_name"] == files.CP
+    # the table's ratio is the median of each run's ratio, and the CPU seconds are shown
+    row = next(line for line in table.splitlines() if line.startswith("1 MiB "))
+    pair_ratio = float(row.split()[-4].removesuffix("x"))
+    assert 0 < pair_ratio < 10
+    cpu = figures["1 MiB round trip CPU (client + server)"]
+    assert f"{cpu['value']:.2f} / {cpu['baseline']:.2f}" in row
 
 
 @pytest.mark.parametrize(

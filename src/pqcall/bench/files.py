@@ -19,10 +19,16 @@ moved four ways on 127.0.0.1, one after the other, in the same run:
 - **cp**: :func:`shutil.copyfile` to another path, then fsync.
 
 Rates are decimal MB/s (10^6 bytes) of plaintext. Round trip is send + receive
-(PUT + GET for plain HTTP). Sizes under :data:`REPEAT_BELOW_MIB` are measured
-:data:`REPEATS` times and the median kept. The client runs in this process, the
-servers in their own; on a 2-core machine they share the cores. The accounts use
-the fast test KDF (unlocking is not timed).
+(PUT + GET for plain HTTP). Each size is measured :data:`REPEATS` times
+(:data:`LARGE_REPEATS` from :data:`REPEAT_BELOW_MIB` on), the four ways in turn
+each time, and the median of each time kept; the "pqcall / plain HTTP" ratio is
+the median of the ratios of the same repeat, so a machine whose speed drifts
+(other jobs) moves both sides of a ratio alike. Beside wall time, each way's CPU
+seconds (this process and both server processes) are kept: on a loaded machine
+the CPU ratio says what the wall ratio would be if the work had the cores to
+itself. The client runs in this process, the servers in their own; on a 2-core
+machine they share the cores. The accounts use the fast test KDF (unlocking is
+not timed).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -58,8 +65,10 @@ MIB = 1024 * 1024
 MB = 1_000_000  # rates are in decimal MB/s
 SIZES_MIB = (1, 100, 1024)
 QUICK_SIZES_MIB = (1, 100)
-REPEAT_BELOW_MIB = 10  # smaller files are measured REPEATS times (median kept)
+REPEAT_BELOW_MIB = 10  # smaller files are measured REPEATS times, larger LARGE_REPEATS
 REPEATS = 5
+LARGE_REPEATS = 3
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # units of /proc/PID/stat's CPU times
 BLOCK_BYTES = 256 * 1024  # plain HTTP client: bytes per piece sent and received
 WRITE_BUFFER_BYTES = 1024 * 1024  # plain HTTP server: as pqcall server's disk writes
 START_TIMEOUT_S = 60.0  # a loaded machine starts a server slowly
@@ -86,6 +95,12 @@ class FileRun:
     """Plain HTTP download."""
     copy_s: float
     """Local copy with fsync."""
+    pair_ratio: float
+    """pqcall round trip rate / plain HTTP round trip rate, median of the repeats' ratios."""
+    ours_cpu_s: float
+    """CPU seconds of pqcall send + receive: client, and the server process."""
+    plain_cpu_s: float
+    """CPU seconds of plain HTTP PUT + GET: client, and the plain server process."""
 
     def rate(self, seconds: float) -> float:
         """MB/s of this file moved in ``seconds``."""
@@ -158,6 +173,13 @@ def figures(runs: Sequence[FileRun]) -> list[Figure]:
             Figure(
                 f"{run.label} round trip vs cp", pqcall_round_trip, "MB/s", CP, run.rate(run.copy_s)
             ),
+            Figure(
+                f"{run.label} round trip CPU (client + server)",
+                run.ours_cpu_s,
+                "s",
+                f"{PLAIN_HTTP}: upload + download",
+                run.plain_cpu_s,
+            ),
         ]
     return result
 
@@ -172,10 +194,12 @@ def render(runs: Sequence[FileRun]) -> str:
         "plain HTTP round trip",
         "cp",
         "pqcall / plain HTTP",
+        "CPU s: pqcall / plain",
     ]
     rows = []
     for run in runs:
         ours, plain = run.rate(run.send_s + run.receive_s), run.rate(run.put_s + run.get_s)
+        cpu = f"{run.ours_cpu_s:.2f} / {run.plain_cpu_s:.2f}"
         rows.append(
             [
                 run.label,
@@ -184,12 +208,16 @@ def render(runs: Sequence[FileRun]) -> str:
                 f"{ours:,.1f}",
                 f"{plain:,.1f}",
                 f"{run.rate(run.copy_s):,.1f}",
-                f"{ours / plain:.2f}x",
+                f"{run.pair_ratio:.2f}x",
+                f"{cpu} ({run.plain_cpu_s / run.ours_cpu_s:.2f}x)",
             ]
         )
     notes = [
-        "MB/s (10^6 bytes of plaintext per second), loopback, one run each (median of"
-        f" {REPEATS} under {REPEAT_BELOW_MIB} MiB).",
+        "MB/s (10^6 bytes of plaintext per second), loopback, median of"
+        f" {REPEATS} runs under {REPEAT_BELOW_MIB} MiB, of {LARGE_REPEATS} from there;"
+        " pqcall / plain HTTP: median of each run's ratio.",
+        "CPU s: CPU seconds of the round trip (client and server processes); (Nx): plain"
+        " / pqcall, the ratio the round trip would reach if CPU were all it waited for.",
         "round trip: send + receive; plain HTTP: the same stack (uvicorn + Starlette"
         " streaming PUT, FileResponse GET, fsync) without accounts, signatures or encryption.",
     ]
@@ -209,8 +237,8 @@ async def _measure(sizes_mib: Sequence[int]) -> list[FileRun]:
     with tempfile.TemporaryDirectory(prefix="pqcall-bench-files-") as scratch:
         base = Path(scratch)
         with (
-            _child(base / "pqcall-server", _pqcall_server_command) as pqcall_url,
-            _child(base / "plain-server", _plain_server_command) as plain_url,
+            _child(base / "pqcall-server", _pqcall_server_command) as (pqcall_url, pqcall_pid),
+            _child(base / "plain-server", _plain_server_command) as (plain_url, plain_pid),
         ):
             homes = {name: Home(base / name) for name in ("alice", "bob")}
             for name, home in homes.items():
@@ -233,21 +261,33 @@ async def _measure(sizes_mib: Sequence[int]) -> list[FileRun]:
 
                         async def once(source: Path = source, digest: str = digest) -> FileRun:
                             copy_s = await asyncio.to_thread(_copy, source, base / "copy.bin")
+                            cpu = _cpu_seconds(plain_pid)
                             put_s, get_s = await _plain_round_trip(http, source, base / "got.bin")
+                            plain_cpu_s = _cpu_seconds(plain_pid) - cpu
+                            cpu = _cpu_seconds(pqcall_pid)
                             started = time.monotonic()
                             sent = await alice.send("bob", source)
                             send_s = time.monotonic() - started
                             started = time.monotonic()
                             received = await bob.receive(sent.file_id, base / "received")
                             receive_s = time.monotonic() - started
+                            ours_cpu_s = _cpu_seconds(pqcall_pid) - cpu
                             if await asyncio.to_thread(_sha256, received.path) != digest:
                                 raise PqcallError("the received file differs from the one sent")
                             received.path.unlink()
                             return FileRun(
-                                source.stat().st_size, send_s, receive_s, put_s, get_s, copy_s
+                                source.stat().st_size,
+                                send_s,
+                                receive_s,
+                                put_s,
+                                get_s,
+                                copy_s,
+                                (put_s + get_s) / (send_s + receive_s),
+                                ours_cpu_s,
+                                plain_cpu_s,
                             )
 
-                        repeats = REPEATS if mib < REPEAT_BELOW_MIB else 1
+                        repeats = REPEATS if mib < REPEAT_BELOW_MIB else LARGE_REPEATS
                         runs.append(_median([await once() for _ in range(repeats)]))
                         source.unlink()
     return runs
@@ -258,9 +298,19 @@ def _median(runs: Sequence[FileRun]) -> FileRun:
         runs[0].size,
         *(
             statistics.median(getattr(run, field) for run in runs)
-            for field in ("send_s", "receive_s", "put_s", "get_s", "copy_s")
+            for field in FileRun.__dataclass_fields__
+            if field != "size"
         ),
     )
+
+
+def _cpu_seconds(server_pid: int) -> float:
+    """CPU seconds so far of this process (every thread) and of the server ``server_pid``."""
+    ours = resource.getrusage(resource.RUSAGE_SELF)
+    with open(f"/proc/{server_pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()  # after the command's name
+    theirs = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return ours.ru_utime + ours.ru_stime + theirs
 
 
 def _write_random(path: Path, size: int) -> str:
@@ -343,8 +393,8 @@ def _plain_server_command(port: int, data_dir: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def _child(data_dir: Path, command: Callable[[int, Path], list[str]]) -> Iterator[str]:
-    """Run a server child process on a free port until the block ends; its base URL."""
+def _child(data_dir: Path, command: Callable[[int, Path], list[str]]) -> Iterator[tuple[str, int]]:
+    """Run a server child process on a free port until the block ends; its base URL and pid."""
     import httpx
 
     data_dir.mkdir(mode=0o700)  # pqcall server refuses a data directory others can read
@@ -364,7 +414,7 @@ def _child(data_dir: Path, command: Callable[[int, Path], list[str]]) -> Iterato
             if time.monotonic() > deadline:
                 raise PqcallError(f"a benchmark server did not start in {START_TIMEOUT_S:g} s")
             time.sleep(0.1)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         try:
