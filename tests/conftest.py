@@ -34,6 +34,8 @@ MARKERS_BY_PLACE: dict[str, tuple[str, ...]] = {
     "media/test_devices_pulse.py": ("pulse", "slow"),
     "media/test_echo_pulse.py": ("pulse", "slow"),
     "ui/test_browser_devices.py": ("browser", "slow"),
+    "ui/test_browser_callscreen.py": ("browser", "slow"),
+    "ui/test_screenshots.py": ("browser", "slow"),
     "cli/test_end_to_end.py": ("e2e", "slow"),
     "cli/test_files_processes.py": ("e2e", "slow"),
     "client/test_missed_calls.py::test_listen_prints_the_missed_call_on_connect": ("e2e", "slow"),

@@ -25,6 +25,7 @@ from tests.cli.helpers import PASSPHRASE
 from .conftest import UiWorld
 from .test_browser import (
     CALL_SETUP_MS,
+    IN_CALL,
     MISSED_MS,
     MISSED_RING_TIMEOUT_S,
     add_contact,
@@ -123,7 +124,7 @@ def test_call_answered_and_hung_up_with_the_keyboard(world: UiWorld) -> None:
     expect_focus(bob, "accept")
     bob.keyboard.press("Enter")
     for page in (alice, bob):
-        expect(page.get_by_test_id("call-state")).to_have_text("active", timeout=CALL_SETUP_MS)
+        expect(page.get_by_test_id("call-state")).to_have_text(IN_CALL, timeout=CALL_SETUP_MS)
 
     # and Tab to Hang up, Enter ends it
     tab_to(bob, "hangup")
@@ -157,7 +158,7 @@ def test_readable_at_200_percent_zoom(world: UiWorld) -> None:
 
     bob.get_by_test_id("accept").click()
     for page, who in ((alice, "alice"), (bob, "bob")):
-        expect(page.get_by_test_id("call-state")).to_have_text("active", timeout=CALL_SETUP_MS)
+        expect(page.get_by_test_id("call-state")).to_have_text(IN_CALL, timeout=CALL_SETUP_MS)
         for testid in ("sas", "sas-match", "hangup"):
             expect_fits(page, testid)
         expect_no_overflow(page, f"{who}'s page in the call")

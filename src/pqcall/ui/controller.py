@@ -217,6 +217,7 @@ class Controller:
         phone.on_change(self._calls.call_changed)
         phone.on_file(self._transfers.file_waiting)
         phone.on_presence(self._presence.pushed)
+        phone.on_missed(lambda missed: self._hub.notify())  # in the history: the badge counts it
         self._hub.spawn(self._calls.watch_incoming(phone), "ui incoming calls")
         self._hub.spawn(self._trust.watch(phone), "ui warnings")
         self._hub.spawn(self._presence.poll(), "ui presence")

@@ -1,7 +1,9 @@
 """Files the UI sends and receives: each transfer's progress, the inbox, downloads handed out once.
 
 A send runs in the background (:meth:`Transfers.send_file` returns at once);
-a receive runs while the request waits. Progress comes from worker threads
+a receive runs while the request waits. A file is saved only once its
+sender's signature checked (else the receive fails with 422), so a received
+transfer says who signed it and where it was saved. Progress comes from worker threads
 (encrypting, decrypting) and reaches subscribers through
 :meth:`~pqcall.ui.hub.Hub.notify_threadsafe`. A received file is saved in the
 home's ``received/`` and handed to the browser once (:meth:`Transfers.take_download`).
@@ -59,6 +61,12 @@ class Transfer:
     """Why it failed."""
     file_id: str | None = None
     """The server's id of the file, once known."""
+    saved_path: str | None = None
+    """Where a received file was saved (after its signature checked)."""
+    signed_by: str | None = None
+    """Whose signature a received file carries (checked against their saved key)."""
+    signer_verified: bool | None = None
+    """Whether the user verified the signer's safety number."""
 
     def to_json(self) -> dict[str, Any]:
         """The entry of ``State.transfers``."""
@@ -71,6 +79,9 @@ class Transfer:
             "state": self.state,
             "error": self.error,
             "file_id": self.file_id,
+            "saved_path": self.saved_path,
+            "signed_by": self.signed_by,
+            "signer_verified": self.signer_verified,
         }
 
 
@@ -130,8 +141,9 @@ class Transfers:
     async def receive_file(self, file_id: str) -> dict[str, Any]:
         """Download, check and save file ``file_id`` in the home's ``received/``.
 
-        Returns ``{"file_id", "name", "size", "download"}``; the saved file can
-        then be fetched once (:meth:`take_download`).
+        Returns ``{"file_id", "name", "size", "download", "saved_path",
+        "signed_by", "signer_verified"}``; the saved file can then be fetched
+        once (:meth:`take_download`).
 
         Raises:
             UiError: 409 sender's key changed (``key_changed``), 422 the file fails
@@ -159,6 +171,9 @@ class Transfers:
             raise UiError(502, str(exc)) from None
         transfer.name = received.path.name
         transfer.state = "done"
+        transfer.saved_path = str(received.path)
+        transfer.signed_by = received.sender
+        transfer.signer_verified = received.sender_verified
         self._downloads[file_id] = (received.path, received.path.name)
         self.inbox = [view for view in self.inbox if view.file_id != file_id]
         self._hub.spawn(self.refresh_inbox(), "ui inbox")
@@ -168,6 +183,9 @@ class Transfers:
             "name": received.path.name,
             "size": received.size,
             "download": f"/api/files/{file_id}/download",
+            "saved_path": transfer.saved_path,
+            "signed_by": transfer.signed_by,
+            "signer_verified": transfer.signer_verified,
         }
 
     def take_download(self, file_id: str) -> tuple[Path, str]:

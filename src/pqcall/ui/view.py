@@ -106,6 +106,7 @@ def call_view(call: Call, *, sas_confirmed: bool, muted: bool) -> dict[str, Any]
         "sas_confirmed": sas_confirmed,
         "path": call.path.kind if call.path is not None else None,
         "muted": muted,
+        "peer_muted": call.is_peer_muted,
         "peer_trust": str(call.peer_trust),
         "started": call.created,
         "answered": call.answered,

@@ -1,13 +1,21 @@
 // pqcall web UI: renders the State the softphone pushes over one WebSocket and
 // sends the person's actions to its REST API. Rendering is a function of
 // `state` (from the server) and `ui` (small local state); transitions with side
-// effects (ringing, focus, announcements, notifications) live in `effects`.
+// effects (ringing, focus, announcements, notifications, the tab's title) live in
+// `effects`. Words and numbers come from words.js, the ring from ringer.js, the
+// keyboard shortcuts from shortcuts.js.
+
+import { listenForShortcuts } from "./shortcuts.js";
+import { makeRinger } from "./ringer.js";
+import {
+  SHORTCUTS, badge, callSeconds, callStateText, describeCall, describeSummary, fmt, iconUrl, outcome, outcomeDetail,
+  outcomeKind, quality, tabFor, trustText,
+} from "./words.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "pqcall-token";
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 10000;
-const RING_EVERY_MS = 3000;
 const WS_POLICY_VIOLATION = 1008; // the server's close code for a wrong token
 const ACTIVE = new Set(["connecting", "active"]);
 
@@ -64,7 +72,15 @@ const ui = {
   phaseShown: null,
   callKey: null, // "call_id:state" last announced
   incomingId: null, // call_id that rang
+  ringBlocked: false, // the browser refused to play the ring (no click on the page yet)
+  ringSink: null, // label of the browser output the ring plays on (null: the default)
+  peerMuted: undefined, // the peer said it is muted (announced when it changes)
 };
+
+const ringer = makeRinger({
+  onBlocked: (blocked) => ((ui.ringBlocked = blocked), render()),
+  onSink: (label) => ((ui.ringSink = label), render()),
+});
 
 function setState(next) {
   state = next;
@@ -151,78 +167,6 @@ function connect() {
   };
 }
 
-// ---------------------------------------------------------------- formatting
-
-const fmt = {
-  duration(seconds) {
-    const s = Math.max(0, Math.floor(seconds ?? 0));
-    const mm = String(Math.floor(s / 60) % 60);
-    const ss = String(s % 60).padStart(2, "0");
-    return s >= 3600 ? `${Math.floor(s / 3600)}:${mm.padStart(2, "0")}:${ss}` : `${mm}:${ss}`;
-  },
-  time(unix) {
-    return unix ? new Date(unix * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" }) : "";
-  },
-  ago(unix) {
-    if (!unix) return "";
-    const minutes = Math.round((Date.now() / 1000 - unix) / 60);
-    if (minutes < 1) return "last seen just now";
-    if (minutes < 60) return `last seen ${minutes} min ago`;
-    if (minutes < 48 * 60) return `last seen ${Math.round(minutes / 60)} h ago`;
-    return `last seen ${fmt.time(unix)}`;
-  },
-  size(bytes) {
-    if (bytes == null) return "";
-    return bytes < 1024 ? `${bytes} B` : bytes < 1024 ** 2 ? `${(bytes / 1024).toFixed(1)} KB` : `${(bytes / 1024 ** 2).toFixed(1)} MB`;
-  },
-  num(value, digits, unit) {
-    return value == null ? "–" : `${Number(value).toFixed(digits)}${unit}`;
-  },
-};
-
-function quality(mos) {
-  if (mos == null) return "measuring";
-  return mos >= 4 ? "good" : mos >= 3.6 ? "fair" : "poor";
-}
-
-/** A history entry's result as a person says it (the library says "ended" for answered calls). */
-const LOST_REASONS = new Set(["peer unreachable", "media timeout"]); // "media timeout": older calls
-
-function callResult(summary) {
-  if (summary.result === "failed" && LOST_REASONS.has(summary.reason)) return "connection lost";
-  if (summary.result !== "ended") return summary.result;
-  if (summary.answered_unix) return "answered";
-  return summary.direction === "incoming" ? "missed" : "cancelled";
-}
-
-function trustText(call, contact) {
-  if (contact?.key_changed) return "KEY CHANGED: compare the safety number";
-  if (contact?.suspicious) return "Marked suspicious after a mismatch";
-  if (call.sas_confirmed) return "Numbers confirmed for this call";
-  return { new: "New contact: compare the number aloud", pinned: "Known key, not yet verified", verified: "Verified contact" }[
-    call.peer_trust] ?? "";
-}
-
-function badge(contact) {
-  if (contact.key_changed) return "KEY CHANGED";
-  if (contact.suspicious) return "suspicious";
-  return contact.verified ? "verified" : "pinned";
-}
-
-function describeCall(call) {
-  return {
-    outgoing: `Calling ${call.peer}…`,
-    incoming: `${call.peer} is calling`,
-    connecting: `Connecting to ${call.peer}…`,
-    active: `In call with ${call.peer}`,
-  }[call.state] ?? `Call with ${call.peer}: ${call.state}`;
-}
-
-function describeSummary(summary) {
-  const where = summary.direction === "incoming" ? "from" : "to";
-  return `Call ${where} ${summary.peer} ended: ${callResult(summary)}, ${fmt.duration(summary.duration_s)}`;
-}
-
 // ---------------------------------------------------------------- DOM helpers
 
 function text(el, value) {
@@ -278,6 +222,7 @@ function render() {
   show($("unlock"), phase === "locked");
   show($("ready"), phase === "ready");
   renderHeader();
+  renderTab(phase === "ready" ? state.call : null);
   if (phase === "locked") text($("unlock-name"), state.account?.username ?? "your phone");
   if (phase !== "ready") {
     renderKeyWarning(null);
@@ -301,6 +246,7 @@ function renderHeader() {
   const account = state?.account;
   show($("who"), Boolean(account));
   text($("me"), account?.username);
+  text($("my-fingerprint"), account?.fingerprint);
   const online = socketOpen && Boolean(state?.connected);
   text($("connection"), online ? "online" : "offline");
   $("connection").className = `conn ${online ? "online" : "offline"}`;
@@ -323,6 +269,8 @@ function renderIncoming(call) {
   if (!ringing) return;
   text($("incoming-peer"), call.peer);
   text($("incoming-trust"), trustText(call, contactOf(call.peer)));
+  show($("ring-blocked"), ui.ringBlocked);
+  $("incoming").dataset.sound = ui.ringBlocked ? "blocked" : ringer.playing ? "on" : "off";
   renderWaiting(state.screening?.waiting ?? []);
 }
 
@@ -356,7 +304,8 @@ function renderCall(call) {
     return;
   }
   text($("call-peer"), call.peer);
-  text($("call-state"), call.state);
+  text($("call-state"), callStateText(call));
+  $("call-state").dataset.state = call.state;
   text($("path"), call.path ?? "–");
   text($("call-trust"), trustText(call, contactOf(call.peer)));
   renderTimer();
@@ -372,12 +321,26 @@ function renderCall(call) {
   const silent = live && Boolean(call.stats?.reconnecting);
   show($("reconnecting"), silent);
   if (silent) text($("reconnecting"), `No audio from ${call.peer} – reconnecting… ${Math.round(call.stats.peer_silent_s ?? 0)} s`);
+  show($("peer-muted"), live && Boolean(call.peer_muted));
+  text($("peer-muted"), `${call.peer} muted their microphone`);
   renderStats(call.stats);
 }
 
 function renderTimer() {
-  const call = state?.call;
-  if (call) text($("call-timer"), fmt.duration(call.answered ? Date.now() / 1000 - call.answered : 0));
+  const call = state?.phase === "ready" ? state.call : null;
+  if (call) text($("call-timer"), fmt.duration(callSeconds(call, Date.now() / 1000)));
+  renderTab(call);
+}
+
+/** The tab's title and icon say what the phone is doing while the page is behind another tab. */
+function renderTab(call) {
+  const tab = tabFor(call, Date.now() / 1000);
+  if (document.title !== tab.title) document.title = tab.title;
+  const icon = $("favicon");
+  if (icon.dataset.state !== tab.icon) {
+    icon.dataset.state = tab.icon;
+    icon.href = iconUrl(tab.icon);
+  }
 }
 
 function renderStats(stats) {
@@ -414,7 +377,7 @@ function renderContacts() {
     text(presence, !shown ? "" : contact.online ? "online" : "offline");
     presence.className = `presence ${!shown ? "unknown" : contact.online ? "online" : "offline"}`;
     presence.title = shown ? "" : "shown once you have called each other";
-    text(li.querySelector(".seen"), !shown || contact.online ? "" : fmt.ago(contact.last_seen));
+    text(li.querySelector(".seen"), !shown || contact.online ? "" : fmt.ago(contact.last_seen, Date.now() / 1000));
     const b = li.querySelector(".badge");
     text(b, badge(contact));
     b.className = `badge ${badge(contact).replace(" ", "-").toLowerCase()}`;
@@ -446,16 +409,28 @@ function contactRow(name) {
   return li;
 }
 
+// After a key change the panel shows the NEW number (the one to compare) and
+// offers to accept the key; the old verification no longer counts.
 function renderSafety(keyTarget) {
-  const open = ui.safety && !keyTarget && contactOf(ui.safety.name);
-  show($("safety"), Boolean(open));
+  const contact = ui.safety && !keyTarget ? contactOf(ui.safety.name) : null;
+  show($("safety"), Boolean(contact));
   const slot = $("safety-slot");
-  if (!open) return clear(slot);
-  text($("safety-name"), ui.safety.name);
-  replaceIfChanged(slot, `${ui.safety.name}:${ui.safety.number}`, () => [safetyNumberEl(ui.safety.number)]);
-  const verified = contactOf(ui.safety.name).verified;
-  text($("verify-contact"), verified ? "Verified ✓" : "Mark as verified");
-  $("verify-contact").disabled = verified || !ui.safety.number;
+  if (!contact) return clear(slot);
+  const name = contact.name;
+  const changed = Boolean(contact.key_changed);
+  if (ui.safety.keyChanged !== changed && ui.safety.number !== null) loadSafety(name); // the key moved on
+  const number = changed ? ui.safety.changed : ui.safety.number;
+  text($("safety-name"), name);
+  replaceIfChanged(slot, `${name}:${changed}:${number}`, () => [safetyNumberEl(number)]);
+  show($("safety-changed"), changed);
+  text($("safety-changed"), `${name}'s key changed: this is the new safety number. ${name} is no longer ` +
+    "verified — compare and accept.");
+  show($("safety-help"), !changed);
+  show($("verify-contact"), !changed);
+  show($("safety-accept-key"), changed);
+  $("safety-accept-key").disabled = !number;
+  text($("verify-contact"), contact.verified ? "Verified ✓" : "Mark as verified");
+  $("verify-contact").disabled = contact.verified || !number;
 }
 
 function keyWarningTarget() {
@@ -493,17 +468,21 @@ function renderHistory() {
   show($("missed-seen"), missed > 0);
   text($("history-missed"), `${missed} missed`);
   show($("history-empty"), state.history.length === 0);
-  replaceIfChanged($("history"), JSON.stringify(state.history.map((c) => [c.call_id, c.result, c.duration_s])), () =>
-    state.history.map((c) => {
-      const result = callResult(c);
-      return h("li", { testid: "history-row", class: `history-row result-${result}` },
+  replaceIfChanged($("history"), JSON.stringify(state.history.map((c) => [c.call_id, c.result, c.reason, c.duration_s])), () =>
+    state.history.map((c, index) => {
+      const detail = outcomeDetail(c);
+      return h("li", { testid: "history-row", class: `history-row result-${outcomeKind(c)}` },
         h("span", { class: "dir" }, h("span", { "aria-hidden": "true" }, c.direction === "incoming" ? "↙ " : "↗ "),
           c.direction),
         h("strong", { class: "peer" }, c.peer),
-        h("span", { class: "result" }, result),
+        h("span", { class: "result", testid: "history-result" }, outcome(c),
+          detail ? h("span", { class: "hint" }, ` (${detail})`) : null),
         h("span", { class: "dur" }, fmt.duration(c.duration_s)),
-        h("time", { datetime: new Date((c.started_unix ?? 0) * 1000).toISOString() }, fmt.time(c.started_unix)));
+        h("time", { datetime: new Date((c.started_unix ?? 0) * 1000).toISOString() }, fmt.time(c.started_unix)),
+        h("button", { type: "button", class: "quiet call-back", testid: `call-back-${index}`,
+          "aria-label": `Call ${c.peer} back`, onclick: (e) => callContact(c.peer, e.currentTarget) }, "Call back"));
     }));
+  for (const button of $("history").querySelectorAll(".call-back")) button.disabled = Boolean(state.call);
 }
 
 function renderFiles() {
@@ -511,11 +490,13 @@ function renderFiles() {
   show($("transfers-title"), transfers.length > 0);
   replaceIfChanged($("transfers"), JSON.stringify(transfers), () =>
     transfers.map((t) => {
-      const label = `${t.direction === "receive" ? "Receiving" : "Sending"} ${t.name}: ${t.error ?? t.state}`;
-      return h("li", {}, h("span", { id: `transfer-${t.id}` }, label, " ", h("span", { class: "hint" },
+      const verb = t.direction === "receive" ? (t.state === "done" ? "Received" : "Receiving") : t.state === "done" ? "Sent" : "Sending";
+      const label = `${verb} ${t.name}: ${t.error ? `failed: ${t.error}` : t.state}`;
+      return h("li", { testid: "transfer-row" }, h("span", { id: `transfer-${t.id}` }, label, " ", h("span", { class: "hint" },
         `${fmt.size(t.done)} of ${fmt.size(t.total)}`)),
       h("progress", { testid: "transfer-progress", max: t.total || 1, value: t.done ?? 0,
-        "aria-labelledby": `transfer-${t.id}` }));
+        "aria-labelledby": `transfer-${t.id}` }),
+      t.saved_path ? h("p", { class: "ok received-details" }, receivedText(t)) : null);
     }));
   const inbox = state.inbox ?? [];
   const rows = [...inbox];
@@ -532,8 +513,15 @@ function renderFiles() {
         : h("button", { type: "button", testid: `receive-${f.file_id}`, "aria-label": `Receive the file from ${f.sender}`,
           onclick: (e) => receiveFile(f, e.currentTarget) }, "Receive");
       return h("li", { testid: "inbox-row" }, h("span", {}, `From ${f.sender}`, " ",
-        h("span", { class: "hint" }, [fmt.size(f.size), fmt.time(f.created)].filter(Boolean).join(", "))), action);
+        h("span", { class: "hint" }, [fmt.size(f.size), fmt.time(f.created)].filter(Boolean).join(", "))), action,
+      got?.saved_path ? h("p", { class: "ok received-details", testid: `received-${f.file_id}` }, receivedText(got)) : null);
     }));
+}
+
+/** What a received file's checks found and where the phone saved it. */
+function receivedText(r) {
+  const trust = r.signer_verified ? "verified" : "key saved, not verified";
+  return `Signature checked: signed by ${r.signed_by} (${trust}). Saved in ${r.saved_path}`;
 }
 
 function downloadUrl(fileId) {
@@ -558,6 +546,8 @@ function renderDevices(devices) {
     ["auto-gain", devices?.auto_gain]]) {
     if (document.activeElement !== $(id)) $(id).checked = on !== false;
   }
+  text($("ring-output"), ui.ringSink ? `The ring plays on ${ui.ringSink}, the speaker chosen above.`
+    : "The ring plays on the browser's default speaker (the browser does not name the one chosen above).");
 }
 
 // ---------------------------------------------------------------- effects
@@ -588,12 +578,19 @@ function effects(next) {
     if (ui.incomingId !== call.call_id) {
       ui.incomingId = call.call_id;
       $("accept").focus();
-      ringer.start(call);
+      ringer.start(call, () => (window.focus(), $("accept").focus()));
+      render(); // the banner says whether the ring is heard
     }
   } else {
     ui.incomingId = null;
     ringer.stop();
   }
+  const peerMuted = Boolean(call && ACTIVE.has(call.state) && call.peer_muted);
+  if (peerMuted !== ui.peerMuted) {
+    if (call && ui.peerMuted !== undefined) announce(`${call.peer} ${peerMuted ? "muted" : "unmuted"} their microphone`);
+    ui.peerMuted = peerMuted;
+  }
+  if (next.devices) ringer.useSink(next.devices.audio_out);
 }
 
 function announce(message) {
@@ -601,59 +598,6 @@ function announce(message) {
   region.textContent = "";
   setTimeout(() => (region.textContent = message), 50);
 }
-
-// ---------------------------------------------------------------- ringing
-
-/** Two short beeps every few seconds, made with an oscillator (no audio files). */
-const ringer = {
-  context: null,
-  timer: null,
-  notification: null,
-  audio() {
-    const Context = window.AudioContext || window.webkitAudioContext;
-    if (!this.context && Context) this.context = new Context();
-    if (this.context?.state === "suspended") this.context.resume().catch(() => {});
-    return this.context;
-  },
-  ring() {
-    const context = this.audio();
-    if (!context) return;
-    for (const [offset, hz] of [[0.05, 440], [0.65, 480]]) {
-      const at = context.currentTime + offset;
-      const osc = context.createOscillator();
-      const gain = context.createGain();
-      osc.frequency.value = hz;
-      gain.gain.setValueAtTime(0, at);
-      gain.gain.linearRampToValueAtTime(0.15, at + 0.03); // ramps: no clicks
-      gain.gain.setValueAtTime(0.15, at + 0.35);
-      gain.gain.linearRampToValueAtTime(0, at + 0.4);
-      osc.connect(gain);
-      gain.connect(context.destination);
-      osc.start(at);
-      osc.stop(at + 0.45);
-    }
-  },
-  start(call) {
-    if (this.timer) return;
-    this.ring();
-    this.timer = setInterval(() => this.ring(), RING_EVERY_MS);
-    const hidden = document.visibilityState !== "visible" || !document.hasFocus();
-    if (hidden && "Notification" in window && Notification.permission === "granted") {
-      try {
-        this.notification = new Notification("Incoming call", { body: `${call.peer} is calling`, tag: call.call_id });
-        this.notification.onclick = () => (window.focus(), $("accept").focus());
-      } catch {
-        // some browsers allow notifications only from a service worker
-      }
-    }
-  },
-  stop() {
-    clearInterval(this.timer);
-    this.timer = null;
-    this.notification?.close();
-    this.notification = null;
-  },
-};
 
 // ---------------------------------------------------------------- actions
 
@@ -667,13 +611,21 @@ async function loadSafetyNumber(name) {
 }
 
 async function openSafety(name) {
-  ui.safety = { name, number: null };
+  ui.safety = { name, number: null, changed: null, keyChanged: Boolean(contactOf(name)?.key_changed) };
   render();
   $("safety").scrollIntoView?.({ block: "nearest" });
+  await loadSafety(name);
+  (contactOf(name)?.key_changed ? $("safety-accept-key") : $("verify-contact")).focus();
+}
+
+/** Fetch the safety numbers for the open panel: the saved key's, and the new key's after a change. */
+async function loadSafety(name) {
+  if (ui.safety?.name !== name) return;
+  ui.safety.keyChanged = Boolean(contactOf(name)?.key_changed);
   const data = await loadSafetyNumber(name);
-  if (ui.safety?.name === name) ui.safety = { name, number: data?.safety_number ?? null };
+  if (ui.safety?.name !== name) return;
+  Object.assign(ui.safety, { number: data?.safety_number ?? null, changed: data?.changed_safety_number ?? null });
   render();
-  $("verify-contact").focus();
 }
 
 async function callContact(name, button) {
@@ -689,6 +641,18 @@ async function callContact(name, button) {
       ui.keyWarningFor = name; // the dialog says it all
     }
   });
+}
+
+/** The person compared the new safety number with `name`: save the new key. */
+async function acceptKey(name, button) {
+  if (!name) return;
+  const done = await act(button, () => api(`/api/contacts/${encodeURIComponent(name)}/accept-key`, {}));
+  if (done === undefined) return;
+  ui.keyWarningFor = null;
+  ui.dismissedKeys.delete(name);
+  ui.keySafety = null;
+  if (state) state.contacts = state.contacts.map((c) => (c.name === name ? { ...c, key_changed: false } : c));
+  render();
 }
 
 async function sendFile(to, file, button) {
@@ -708,7 +672,8 @@ async function receiveFile(file, button) {
   const data = await act(button, () => api(`/api/files/${encodeURIComponent(file.file_id)}/receive`, {}));
   if (data === undefined) return;
   ui.received.set(file.file_id, { sender: file.sender, size: file.size, created: file.created,
-    name: data.name ?? data.filename ?? "" });
+    name: data.name ?? data.filename ?? "", saved_path: data.saved_path, signed_by: data.signed_by,
+    signer_verified: data.signer_verified });
   render();
   document.querySelector(`[data-testid="download-${CSS.escape(file.file_id)}"]`)?.focus();
 }
@@ -803,16 +768,8 @@ function wire() {
     e.preventDefault(); // Escape: same as "Not now", through our state
     dismissKey();
   });
-  $("accept-key").addEventListener("click", async (e) => {
-    const name = ui.keyShown;
-    const done = await act(e.currentTarget, () => api(`/api/contacts/${encodeURIComponent(name)}/accept-key`, {}));
-    if (done === undefined) return;
-    ui.keyWarningFor = null;
-    ui.dismissedKeys.delete(name);
-    ui.keySafety = null;
-    if (state) state.contacts = state.contacts.map((c) => (c.name === name ? { ...c, key_changed: false } : c));
-    render();
-  });
+  $("accept-key").addEventListener("click", (e) => acceptKey(ui.keyShown, e.currentTarget));
+  $("safety-accept-key").addEventListener("click", (e) => acceptKey(ui.safety?.name, e.currentTarget));
   $("file-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const file = $("file-input").files[0];
@@ -835,11 +792,43 @@ function wire() {
   for (const id of ["echo-cancel", "noise-suppression", "auto-gain"]) $(id).addEventListener("change", processing);
   $("devices-rescan").addEventListener("click", () => act(null, () => api("/api/devices", { rescan: true })));
   $("notify-enable").addEventListener("click", () => Notification.requestPermission().then(render));
-  // Browsers let a page make sound only after a gesture: prepare the ringer on the first one.
-  const unlockAudio = () => ringer.audio();
-  document.addEventListener("pointerdown", unlockAudio, { once: true });
-  document.addEventListener("keydown", unlockAudio, { once: true });
+  // Browsers let a page make sound only after a gesture: prepare the ringer on each one until it plays.
+  const unlockAudio = () => {
+    if (!ringer.isRunning()) ringer.unlock();
+  };
+  document.addEventListener("pointerdown", unlockAudio);
+  document.addEventListener("keydown", unlockAudio);
+  $("ring-enable").addEventListener("click", () => {
+    ringer.unlock();
+    $("accept").focus();
+  });
+  wireShortcuts();
   setInterval(renderTimer, 1000);
+}
+
+// ---------------------------------------------------------------- keyboard shortcuts
+
+/** A, D, M, H and ? (see words.js SHORTCUTS); each acts only when its button is shown and enabled. */
+function wireShortcuts() {
+  replaceIfChanged($("shortcuts-list"), "list", () =>
+    SHORTCUTS.flatMap(([key, what]) => [h("dt", {}, h("kbd", {}, key)), h("dd", {}, what)]));
+  const press = (id) => () => {
+    const button = $(id);
+    if (state?.phase !== "ready" || button.disabled || button.closest("[hidden]")) return false;
+    button.click();
+    return true;
+  };
+  const dialog = $("shortcuts");
+  const toggleList = () => (dialog.open ? dialog.close() : dialog.showModal());
+  listenForShortcuts({
+    a: press("accept"),
+    d: press("reject"),
+    m: press("mute"),
+    h: () => press("hangup")() || press("cancel")(),
+    "?": toggleList,
+  }, () => $("key-warning").open || dialog.open);
+  $("shortcuts-open").addEventListener("click", toggleList);
+  $("shortcuts-close").addEventListener("click", () => dialog.close());
 }
 
 // ---------------------------------------------------------------- start

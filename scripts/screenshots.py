@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Regenerate the browser UI's pictures in docs/screenshots/.
+
+Runs ``tests/ui/test_screenshots.py`` (a real server, two ``pqcall ui``
+processes and headless Chromium, see that file) with ``PQCALL_SCREENSHOTS``
+pointing at ``docs/screenshots``. Needs Playwright and Debian's Chromium, as
+the browser tests do. Usage, from the checkout::
+
+    .venv/bin/python scripts/screenshots.py
+
+Look at every picture afterwards: the test checks the states, not the looks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "screenshots"
+
+
+def main() -> int:
+    env = dict(os.environ, PQCALL_SCREENSHOTS=str(OUT), PQCALL_TEST_BROWSER="1")
+    command = [sys.executable, "-m", "pytest", "tests/ui/test_screenshots.py", "-q"]
+    status = subprocess.call(command, cwd=ROOT, env=env)
+    if status == 0:
+        for path in sorted(OUT.glob("*.png")):
+            print(path.relative_to(ROOT))  # noqa: T201
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
