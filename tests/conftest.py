@@ -33,6 +33,7 @@ MARKERS_BY_PLACE: dict[str, tuple[str, ...]] = {
     "ui/test_accessibility.py": ("browser", "slow"),
     "media/test_devices_pulse.py": ("pulse", "slow"),
     "media/test_echo_pulse.py": ("pulse", "slow"),
+    "cli/test_devices_pulse.py": ("pulse", "slow"),
     "ui/test_browser_devices.py": ("browser", "slow"),
     "ui/test_browser_callscreen.py": ("browser", "slow"),
     "ui/test_screenshots.py": ("browser", "slow"),

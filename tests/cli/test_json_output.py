@@ -40,5 +40,7 @@ def test_devices_json_is_an_empty_array_without_devices(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(devices, "list_devices", lambda: [])
+    # no PulseAudio server either (CI runs one: the virtual sound card)
+    monkeypatch.setenv("PULSE_SERVER", "unix:/nonexistent/pqcall-test/native")
     assert main(["devices", "--json"]) == 0
     assert capsys.readouterr().out == "[]\n"

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from pqcall.client.home import AccountConfig, Home
     from pqcall.crypto.identity import IdentityPublicKey
     from pqcall.crypto.keystore import AccountSecrets
+    from pqcall.media.devices import DeviceInfo
 
 SAFETY_GROUPS_PER_LINE = 4
 """A safety number is 12 groups of five digits: three lines of four."""
@@ -270,7 +271,7 @@ def _verify(
     if contact.key_changed is not None:
         console.warn(
             f"{name}'s identity key changed: the server now presents fingerprint"
-            f" {contact.key_changed.fingerprint}, you pinned {contact.fingerprint}"
+            f" {contact.key_changed.fingerprint}, you saved {contact.fingerprint}"
         )
         number = contacts.safety_number(our_name, our_identity, name, changed_key=True)
         console.say(f"safety number of {our_name} and {name} with {name}'s NEW key:")
@@ -367,33 +368,46 @@ def local_time(unix: float | None) -> str:
 
 
 def run_devices(args: argparse.Namespace) -> int:
-    """``pqcall devices [--json]``."""
-    import dataclasses
-
+    """``pqcall devices [--json]``: PortAudio's devices, then PulseAudio's ``pulse:NAME``."""
     from pqcall.media.devices import list_devices
+    from pqcall.media.pulse_devices import pulse_devices
 
     runtime.setup_logging(args.verbose)
-    devices = list_devices()
+    devices = [{"spec": str(device.index), **_device_fields(device)} for device in list_devices()]
+    devices += [
+        {
+            "spec": device.spec,
+            "index": None,
+            "name": device.name,
+            "host_api": PULSE_API,
+            "input_channels": device.channels if device.kind == "input" else 0,
+            "output_channels": device.channels if device.kind == "output" else 0,
+            "default_samplerate_hz": device.samplerate_hz,
+            "is_default_input": device.is_default and device.kind == "input",
+            "is_default_output": device.is_default and device.kind == "output",
+        }
+        for device in pulse_devices("input") + pulse_devices("output")
+    ]
     console = Console(json_mode=args.json)
     if args.json:  # one array, so "none" is ``[]`` rather than nothing
-        print(to_json([dataclasses.asdict(device) for device in devices]), file=console.out)
+        print(to_json(devices), file=console.out)
         return runtime.EXIT_OK
     if not devices:
         console.say("no sound devices")
     else:
         rows = [
             [
-                str(device.index),
-                device.name,
-                device.host_api,
-                str(device.input_channels),
-                str(device.output_channels),
-                f"{device.default_samplerate_hz:.0f}",
+                MISSING if device["index"] is None else str(device["index"]),
+                device["spec"] if device["index"] is None else device["name"],
+                device["host_api"],
+                str(device["input_channels"]),
+                str(device["output_channels"]),
+                f"{device['default_samplerate_hz']:.0f}",
                 " ".join(
                     word
                     for word, is_default in (
-                        ("in", device.is_default_input),
-                        ("out", device.is_default_output),
+                        ("in", device["is_default_input"]),
+                        ("out", device["is_default_output"]),
                     )
                     if is_default
                 ),
@@ -402,7 +416,18 @@ def run_devices(args: argparse.Namespace) -> int:
         ]
         console.say(render_table(["index", "name", "api", "in", "out", "Hz", "default"], rows))
     console.say(
-        "without a device: --audio-in tone:440, silence or a WAV file; --audio-out null or a WAV"
-        " file"
+        "pick one with --audio-in/--audio-out INDEX, NAME or pulse:NAME (PulseAudio's, listed"
+        " live); without a device: --audio-in tone:440, silence or a WAV file; --audio-out"
+        " null or a WAV file"
     )
     return runtime.EXIT_OK
+
+
+PULSE_API = "PulseAudio"
+"""The ``api`` of a PulseAudio sink or source in ``pqcall devices``."""
+
+
+def _device_fields(device: DeviceInfo) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(device)
