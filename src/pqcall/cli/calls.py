@@ -103,7 +103,9 @@ def add_parsers(
         description="Call NAME; show ringing, the SAS to read aloud and live quality. The call"
         " ends on Ctrl-C, after --duration seconds of conversation, or when NAME hangs up.",
     )
-    call.add_argument("name", metavar="NAME", help="who to call")
+    call.add_argument(
+        "name", metavar="NAME", nargs="+", help="who to call (several names: a group call)"
+    )
     call.add_argument(
         "--duration",
         type=seconds,
@@ -135,6 +137,7 @@ async def _listen(
 ) -> int:
     import asyncio
 
+    from pqcall.cli import group
     from pqcall.client.phone import Phone
 
     reader = LineReader()
@@ -165,10 +168,13 @@ async def _listen(
             hung_up_at = -SECOND_INTERRUPT_S  # loop time Ctrl-C last hung up a call
             async with show_warnings(phone, console):
                 while True:
-                    call = await race(interrupt, phone.next_incoming())
+                    call = await race(interrupt, group.next_call(phone))
                     if call is None:
                         return interrupt.exit_code
-                    code = await _take(phone, call, args, console, interrupt, reader)
+                    if group.is_group(call):
+                        code = await group.take_group(call, args, console, interrupt, reader)  # type: ignore[arg-type]
+                    else:
+                        code = await _take(phone, call, args, console, interrupt, reader)  # type: ignore[arg-type]
                     if interrupt.is_set:
                         again = loop.time() - hung_up_at < SECOND_INTERRUPT_S
                         if args.once or again or interrupt.signum != signal.SIGINT:
@@ -219,8 +225,8 @@ def missed_call_line(missed: MissedCall) -> str:
 
 
 def trust(call: Call) -> str:
-    """How far ``call.peer``'s identity is trusted: verified, pinned, or new."""
-    return {"verified": "verified", "pinned": "identity pinned"}.get(
+    """How far ``call.peer``'s identity is trusted: verified, key saved, or new."""
+    return {"verified": "verified", "pinned": "key saved"}.get(
         str(call.peer_trust), "NEW contact"
     )
 
@@ -278,8 +284,12 @@ def run_call(args: argparse.Namespace) -> int:
     """``pqcall call NAME``."""
     from pqcall.signaling.usernames import normalize
 
+    if len(args.name) > 1:
+        from pqcall.cli.group import run_group_call
+
+        return run_group_call(args, [normalize(name) for name in args.name])
     runtime.setup_logging(args.verbose)
-    name = normalize(args.name)
+    name = normalize(args.name[0])
     home = open_home(args)
     registered_config(home)
     media = media_options(args)

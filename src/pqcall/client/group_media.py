@@ -84,6 +84,7 @@ class GroupMedia:
         self.source = source
         self.sink = sink
         self.pipeline = MediaPipeline(opus, trace=trace)
+        self._trace = trace
         self.frame_s = opus.frame_ms / 1000
         self.others_bound = 0  # other members bound at the forwarder (its last ack)
         self.rejected = 0  # datagrams no key opened
@@ -162,6 +163,7 @@ class GroupMedia:
             if frame:
                 payload = encode_frame(self._seq, self._timestamp, frame)
                 self._send(self.keys.protect(payload, now=now))
+                self._trace.frame_captured(self._timestamp, now)
                 self.packets_sent += 1
                 self._seq += 1
             self._timestamp += samples

@@ -32,6 +32,7 @@ class RosterState:
         self.agreed: tuple[str, ...] = ()  # members whose signature confirmed our roster
         self._valid: dict[tuple[str, str, bytes], bool] = {}  # checked invitations
         self._mismatched: set[tuple[str, int]] = set()
+        self.codes: list[dict[str, object]] = []  # each code shown: its members and code
 
     async def vouched(self, view: GroupView, identity_of: IdentityLookup) -> set[str]:
         """The names an invitation chain with valid signatures links to us."""
@@ -88,6 +89,8 @@ class RosterState:
             return None
         self.roster = roster
         self.code = group_code(roster)
+        if not self.codes or self.codes[-1]["code"] != self.code:
+            self.codes.append({"members": list(roster.names), "code": self.code})
         return sign_roster(self._identity, roster)
 
     def check(

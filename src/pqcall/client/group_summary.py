@@ -74,6 +74,7 @@ def group_summary(call: GroupCall) -> dict[str, Any]:
         "ended": call.ended_at,
         "participants": participants,
         "group_code": call.group_code,
+        "group_codes": call.roster.codes,
         "roster_agreed": list(call.roster.agreed),
         "key_generations": generations,
         "path": call.path,
