@@ -93,7 +93,7 @@ def test_changed_key_is_one_warning(
     code, out, err = run(capsys, "--home", alice, "send-file", "bob", str(path))
     assert code == 1 and out == ""
     line = one_error_line(err)
-    assert line.startswith("!!! SECURITY WARNING: bob's identity key is not the one you pinned")
+    assert line.startswith("!!! SECURITY WARNING: bob's identity key is not the one you saved")
 
 
 def test_receive_unknown_id(

@@ -121,7 +121,7 @@ async def test_changed_key_stops_the_send(server: RunningServer, tmp_path: Path)
     alice = await account(server, tmp_path, "alice")
     # alice pinned another key for bob earlier: what the server presents now differs
     alice._contacts.check("bob", IdentityPrivateKey.generate().public_key())
-    with pytest.raises(KeyChangedError, match="bob's identity key is not the one you pinned"):
+    with pytest.raises(KeyChangedError, match="bob's identity key is not the one you saved"):
         await alice.send("bob", source(tmp_path))
     assert not alice.outgoing_dir.exists() or not any(alice.outgoing_dir.iterdir())
     assert await bob.inbox() == []
@@ -135,7 +135,7 @@ async def test_changed_sender_key_is_refused(server: RunningServer, tmp_path: Pa
     alice = await account(server, tmp_path, "alice")
     sent = await alice.send("bob", source(tmp_path))
     bob._contacts.check("alice", IdentityPrivateKey.generate().public_key())
-    with pytest.raises(KeyChangedError, match="alice's identity key is not the one you pinned"):
+    with pytest.raises(KeyChangedError, match="alice's identity key is not the one you saved"):
         await bob.receive(sent.file_id, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not bob.incoming_dir.exists()
     assert [item.view.file_id for item in await bob.inbox()] == [sent.file_id]

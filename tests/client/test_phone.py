@@ -245,7 +245,7 @@ async def test_changed_key_is_refused_loudly(
     async with phones(server_with_relay, tmp_path, "alice", "bob") as (alice, _bob):
         # alice pinned another key for bob earlier: what the server presents now differs
         alice.contacts.check("bob", IdentityPrivateKey.generate().public_key())
-        with pytest.raises(KeyChangedError, match="not the one you pinned"):
+        with pytest.raises(KeyChangedError, match="not the one you saved"):
             await alice.call("bob")
         warning = alice.warnings.get_nowait()
         assert warning.peer == "bob"

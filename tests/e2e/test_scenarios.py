@@ -443,7 +443,7 @@ def test_man_in_the_middle_at_the_server(lan: Lan) -> None:
         assert second.returncode == 1, "alice called bob under a swapped key"
         warning = [line for line in second.stderr.splitlines() if "SECURITY WARNING" in line]
         assert warning, "no security warning for alice"
-        assert "bob's identity key is not the one you pinned" in warning[0]
+        assert "bob's identity key is not the one you saved" in warning[0]
         assert not json_records(processes, "alice-call-2"), "a call was placed"
         assert calls_in_database(lan.database) == calls_before, "a call was placed"
         assert processes.errors("bob-listen").count("incoming call from alice") == 1

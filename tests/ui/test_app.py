@@ -305,7 +305,7 @@ async def test_key_change_is_refused_with_a_warning(server: RunningServer, tmp_p
         response = await alice.post("/call", {"name": "bob"})
         assert response.status_code == 409
         body = response.json()
-        assert body["key_changed"] is True and "not the one you pinned" in body["error"]
+        assert body["key_changed"] is True and "not the one you saved" in body["error"]
         state = await alice.state()
         assert state["call"] is None
         assert state["warnings"][0]["peer"] == "bob"

@@ -46,7 +46,7 @@ def add_parsers(
         "send-file",
         parents=[common],
         help="send an encrypted file to someone (online or not)",
-        description="Encrypt PATH to NAME's pinned key, sign it, and upload it to the server,"
+        description="Encrypt PATH to NAME's saved key, sign it, and upload it to the server,"
         " where it waits for NAME. Run it again after an interruption to resume.",
     )
     send.add_argument("name", metavar="NAME", help="who may decrypt it")

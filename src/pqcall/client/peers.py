@@ -94,7 +94,7 @@ async def check_peer(api: ServerApi, contacts: Contacts, peer: str) -> CheckedPe
 def key_change_message(peer: str) -> str:
     """The warning for a changed key: what happened and what to do."""
     return (
-        f"{peer}'s identity key is not the one you pinned: either {peer} reinstalled, or someone"
+        f"{peer}'s identity key is not the one you saved: either {peer} reinstalled, or someone"
         f" (possibly the server) is impersonating them. Compare the safety number with {peer}"
         f" in person or by another channel (pqcall verify {peer}), and only then accept the"
         f" new key (pqcall verify {peer} --accept-new-key)."
