@@ -45,7 +45,7 @@ def test_call_options():
         ]
     )
     assert args.home == "/h"
-    assert args.name == "Bob"
+    assert args.name == ["Bob"]  # several names: a group call (cli/group.py)
     assert (args.audio_in, args.audio_out) == ("tone:440", "x.wav")
     assert args.duration == 2.5
     assert args.media_port == 40000
