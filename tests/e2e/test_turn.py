@@ -21,15 +21,25 @@ import pytest
 from aioice.stun import TransactionFailed
 
 from pqcall.media.audio import ToneSource
+from pqcall.server.relay import MediaRelay
+from pqcall.server.relay_table import Role
 from pqcall.server.turn import TurnService, turn_credentials
 from pqcall.transport.connect import open_media_socket, run_path_selection
 from pqcall.transport.path_choice import PathKind
 from pqcall.transport.path_messages import PathRole
 from pqcall.transport.path_responder import PathResponder
 from pqcall.transport.pathcheck import PathSelection
+from pqcall.transport.relay_wire import RelayTarget
 from pqcall.transport.session import MediaSession, MediaSettings
 from pqcall.transport.turn import TurnRelay, TurnUrl, run_path_selection_over_turn
+from pqcall.transport.turn_path import (
+    allocate_turn,
+    establish_path_over_turn,
+    turn_for,
+    udp_reaches_relay,
+)
 from tests.harness import TIMEOUT_SCALE
+from tests.transport.test_connect import closed_port
 from tests.transport.test_session import (
     CALLEE_TONE_HZ,
     CALLER_TONE_HZ,
@@ -187,5 +197,89 @@ def test_a_call_whose_callee_has_only_turn_over_tcp(coturn):
         finally:
             await alice.close()
             await bob.close()
+
+    run(main)
+
+
+# the policy: probe UDP, then TURN; the pqcall relay reached through TURN
+
+
+def test_the_udp_probe_binds_nothing():
+    async def main() -> None:
+        async with MediaRelay("127.0.0.1", 0) as relay:
+            allocation = relay.allocate("c1")
+            target = RelayTarget(relay.address, allocation.caller_token)
+            assert await udp_reaches_relay(target)
+            stats = relay.stats()
+            assert (stats.challenges, stats.binds) == (1, 0)
+            assert relay._table.bound_address("c1", Role.CALLER) is None
+            closed = RelayTarget(("127.0.0.1", closed_port()), allocation.caller_token)
+            assert not await udp_reaches_relay(closed, timeout_s=0.2)
+            # without TURN credentials, or when UDP works, the call stays on its socket
+            assert await turn_for(None, target) is None
+
+    run(main)
+
+
+def test_tcp_first_when_udp_is_blocked_and_bad_urls_are_skipped(coturn):
+    async def main() -> None:
+        service = TurnService((TurnUrl.parse(coturn.url("tcp")),), coturn.secret)
+        grant = service.grant("c" * 32, is_caller=True)
+        dead_udp = f"turn:127.0.0.1:{closed_port()}?transport=udp"
+        grant = grant.model_copy(update={"urls": ["turn:", dead_udp, *grant.urls]})
+        relay = await allocate_turn(grant, udp_blocked=True, timeout_s=ALLOCATE_S)
+        assert relay is not None and relay.url.transport == "tcp"
+        await relay.close()
+
+    run(main)
+
+
+def test_both_use_the_pqcall_relay_and_bob_reaches_it_through_turn(coturn):
+    """No direct path; bob's binds, the relay's challenge and bob's answer, then his
+    media, all go through coturn over TCP; the relay sees bob at his relayed address."""
+
+    async def main() -> None:
+        async with MediaRelay("127.0.0.1", 0) as relay:
+            allocation = relay.allocate("call-1")
+            bob_turn = await allocate(coturn, "tcp")
+            alice_sock = open_media_socket(host="127.0.0.1")
+            dead = [("127.0.0.1", closed_port())]
+            alice_choice, bob_choice = await asyncio.gather(
+                run_path_selection(
+                    alice_sock,
+                    PathSelection(
+                        CALLER_KEYS,
+                        PathRole.CONTROLLING,
+                        dead,
+                        RelayTarget(relay.address, allocation.caller_token),
+                        token_source=secrets.token_bytes,
+                        direct_timeout_s=0.3,
+                    ),
+                ),
+                establish_path_over_turn(
+                    bob_turn,
+                    CALLEE_KEYS,
+                    PathRole.CONTROLLED,
+                    dead,
+                    RelayTarget(relay.address, allocation.callee_token),
+                ),
+            )
+            assert alice_choice.kind is bob_choice.kind is PathKind.RELAY
+            assert relay._table.bound_address("call-1", Role.CALLEE) == bob_turn.relayed_address
+            alice_hears, bob_hears = MemorySink(), MemorySink()
+            alice = MediaSession(CALLER_KEYS, ToneSource(CALLER_TONE_HZ), alice_hears)
+            bob = MediaSession(CALLEE_KEYS, ToneSource(CALLEE_TONE_HZ), bob_hears)
+            await alice.open(sock=alice_sock)
+            await bob.open(endpoint=bob_turn.endpoint)
+            alice.connect(alice_choice.peer)
+            bob.connect(bob_choice.peer)
+            try:
+                await asyncio.sleep(CALL_S * TIMEOUT_SCALE)
+                assert dominant_hz(bob_hears.tail(0.5)) == pytest.approx(CALLER_TONE_HZ, abs=4)
+                assert dominant_hz(alice_hears.tail(0.5)) == pytest.approx(CALLEE_TONE_HZ, abs=4)
+                assert relay.stats().packets_forwarded >= 2 * 50
+            finally:
+                await alice.close()
+                await bob.close()
 
     run(main)
