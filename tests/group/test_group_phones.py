@@ -158,3 +158,64 @@ async def test_server_injected_member_is_warned_about(
         await call.leave()
         await bobs.leave()
         del mallory
+
+
+def frames_now(calls: list[GroupCall]) -> dict[str, bytes]:
+    """One real frame from each call's sender, under the key it sends with right now."""
+    now = asyncio.get_running_loop().time()
+    found = {}
+    for call in calls:
+        assert call.keyring is not None
+        found[call.context.username] = call.keyring.protect(b"frame", now=now)
+    return found
+
+
+def opens(call: GroupCall, packet: bytes) -> bool:
+    assert call.keyring is not None
+    return call.keyring.unprotect(packet, asyncio.get_running_loop().time()) is not None
+
+
+def switched(call: GroupCall, generation: int) -> bool:
+    ring = call.keyring
+    return ring is not None and ring.pending_key is None and ring.own_key.generation > generation
+
+
+@run_async
+async def test_join_and_leave_rekey(server: RunningServer, tmp_path: Path) -> None:
+    names = ("alice", "bob", "carol", "dave")
+    async with phones(server, tmp_path, *names) as (alice, bob, carol, dave):
+        first = [await alice.group_call(["bob", "carol"])]
+        first += [await invited_call(bob), await invited_call(carol)]
+        await eventually(lambda: everyone_has_keys(first), timeout_s=KEYS_TIMEOUT_S)
+        before_join = frames_now(first)
+        generations = {c.context.username: c.keyring.own_key.generation for c in first}  # type: ignore[union-attr]
+        await first[0].invite("dave")
+        daves = await invited_call(dave)
+        everyone = [*first, daves]
+        await eventually(lambda: everyone_has_keys(everyone), timeout_s=KEYS_TIMEOUT_S)
+        await eventually(
+            lambda: all(switched(c, generations[c.context.username]) for c in first),
+            timeout_s=KEYS_TIMEOUT_S,
+            what="everyone sends under a key drawn at the join",
+        )
+        after_join = frames_now(everyone)
+        for name, packet in before_join.items():
+            assert not opens(daves, packet), f"the newcomer opened {name}'s frame from before"
+            assert opens(daves, after_join[name]), f"the newcomer cannot open {name}'s new frame"
+        # carol leaves: alice, bob and dave draw new keys; carol keeps what she held
+        carols = everyone[2]
+        generations = {c.context.username: c.keyring.own_key.generation for c in everyone}  # type: ignore[union-attr]
+        await carols.leave()
+        remaining = [everyone[0], everyone[1], daves]
+        await eventually(
+            lambda: all(switched(c, generations[c.context.username]) for c in remaining),
+            timeout_s=KEYS_TIMEOUT_S,
+            what="the others send under keys drawn after the leave",
+        )
+        after_leave = frames_now(remaining)
+        for name, packet in after_leave.items():
+            assert not opens(carols, packet), f"the leaver opened {name}'s frame from after"
+            listener = everyone[1] if name != "bob" else everyone[0]
+            assert opens(listener, packet), f"{listener.context.username} cannot open {name}'s"
+        for call in remaining:
+            await call.leave()

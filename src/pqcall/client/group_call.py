@@ -115,6 +115,7 @@ class GroupCall:
         self._ended = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._audio: tuple[Any, Any] | None = None
+        self._rosters = 0  # rosters handled since we joined
         self._first_trust: dict[str, PeerTrust] = {}  # trust at our first lookup in this call
 
     # ------------------------------------------------------------ actions
@@ -254,7 +255,8 @@ class GroupCall:
     async def _roster_changed(self, view: GroupView) -> None:
         if view.version < self.view.version:
             return  # an older roster arriving late
-        first = not self.peers and not self.history
+        first = self._rosters == 0  # the roster of our own join: our key is fresh
+        self._rosters += 1
         self.view = view
         me = next((m for m in view.members if m.name == self.context.username), None)
         if view.ended is not None:
