@@ -88,6 +88,7 @@ def relay_stats(forwarded: int) -> RelayStats:
         packets_forwarded=forwarded,
         bytes_forwarded=forwarded * 100,
         dropped={DropReason.UNKNOWN_ADDRESS: 3, DropReason.RATE_LIMITED: 9},
+        challenges=5,
     )
 
 
@@ -102,6 +103,7 @@ def test_relay_counters_are_read_at_scrape_time():
     assert scraped[("pqcall_relay_allocations_active", ())] == 2
     assert scraped[("pqcall_relay_allocations_total", ())] == 7
     assert scraped[("pqcall_relay_binds_total", ())] == 14
+    assert scraped[("pqcall_relay_challenges_total", ())] == 5
     assert scraped[("pqcall_relay_released_total", (("reason", "idle"),))] == 1
     assert scraped[("pqcall_relay_released_total", (("reason", "lifetime"),))] == 0
     dropped = "pqcall_relay_dropped_packets_total"

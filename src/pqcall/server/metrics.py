@@ -16,6 +16,7 @@ name                                       type       labels
 ``pqcall_relay_allocations_total``         counter
 ``pqcall_relay_released_total``            counter    ``reason``
 ``pqcall_relay_binds_total``               counter
+``pqcall_relay_challenges_total``          counter
 ``pqcall_relay_forwarded_packets_total``   counter
 ``pqcall_relay_forwarded_bytes_total``     counter
 ``pqcall_relay_dropped_packets_total``     counter    ``reason``
@@ -100,6 +101,9 @@ class _RelayCollector:
             "pqcall_relay_released", "Media relay allocations ended, by reason.", labels=["reason"]
         )
         binds = CounterMetricFamily("pqcall_relay_binds", "Media relay binds accepted.")
+        challenges = CounterMetricFamily(
+            "pqcall_relay_challenges", "Media relay challenges sent to a party's new address."
+        )
         packets = CounterMetricFamily(
             "pqcall_relay_forwarded_packets", "Datagrams forwarded by the media relay."
         )
@@ -117,11 +121,12 @@ class _RelayCollector:
             for release_reason in ReleaseReason:
                 released.add_metric([release_reason.value], stats.released.get(release_reason, 0))
             binds.add_metric([], stats.binds)
+            challenges.add_metric([], stats.challenges)
             packets.add_metric([], stats.packets_forwarded)
             octets.add_metric([], stats.bytes_forwarded)
             for drop_reason in DropReason:
                 dropped.add_metric([drop_reason.value], stats.dropped.get(drop_reason, 0))
-        return [active, total, released, binds, packets, octets, dropped]
+        return [active, total, released, binds, challenges, packets, octets, dropped]
 
 
 class ServerMetrics:
