@@ -134,6 +134,19 @@ def test_bind_is_acked_with_the_peer_state():
     assert table.stats().challenges == 2  # the first bind of each address, not the keepalive
 
 
+def test_the_party_that_bound_first_is_told_at_once_when_the_other_binds():
+    table = RelayTable(token_source=counting_tokens())
+    allocation = table.allocate("c1", now=0.0)
+    bind_via(table, allocation.caller_token, ALICE, now=0.0)
+    assert table.notices() == []
+    bind_via(table, allocation.callee_token, BOB, now=0.1)
+    assert table.notices() == [Outgoing(ack(ACK_PEER_BOUND), ALICE, is_forward=False)]
+    assert table.notices() == []  # handed out once
+    bind_via(table, allocation.callee_token, BOB, now=0.2)  # a keepalive: nothing new
+    bind_via(table, allocation.caller_token, ("192.0.2.1", 4444), now=0.3)  # a move
+    assert table.notices() == []
+
+
 def test_media_is_forwarded_both_ways_unchanged():
     table, _ = bound_table()
     assert table.receive_datagram(MEDIA, ALICE, now=0.1) == Outgoing(MEDIA, BOB, is_forward=True)
@@ -421,6 +434,7 @@ async def bound_phones(relay: MediaRelay, call_id: str = "c1") -> tuple[Phone, P
     await wait_until(lambda: caller.received[-1:] == [ack(ACK_PEER_WAITING)])
     await bind_phone(callee, allocation.callee_token, relay)
     await wait_until(lambda: callee.received[-1:] == [ack(ACK_PEER_BOUND)])
+    await wait_until(lambda: caller.received[-1:] == [ack(ACK_PEER_BOUND)])  # told at once
     caller.received.clear()
     callee.received.clear()
     return caller, callee

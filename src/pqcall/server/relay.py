@@ -220,6 +220,7 @@ class MediaRelay:
         outgoing = self._table.receive_datagram(data, addr, self._loop.time())
         if outgoing is None:
             return
+        notices = () if outgoing.is_forward else self._table.notices()  # acks to the other
         if self._is_send_paused:
             # late media is useless: drop rather than queue without bound
             if outgoing.is_forward:
@@ -227,6 +228,8 @@ class MediaRelay:
                 self._send_blocked_bytes += len(outgoing.data)
             return
         self._transport.sendto(outgoing.data, outgoing.address)
+        for notice in notices:
+            self._transport.sendto(notice.data, notice.address)
 
     def _arm_timer(self) -> None:
         assert self._loop is not None

@@ -31,6 +31,9 @@ Rules:
   nonce and a MAC under the party's key binds (or moves) the party there, is answered
   with an ack, and the old address is forgotten at once. Anything else that looks like
   an answer is ``bad_answer``.
+- When the second party of a call binds, the first also gets an ack 0x01 at once
+  (:meth:`RelayTable.notices`), to the address it proved: it stops waiting for its
+  next bind's ack (up to ``BIND_RETRY_S``) to learn that the relay forwards.
 - A bind of another version (a version-1 bind is ``"PQRB" | token``, 20 bytes) from an
   unknown address gets the refusal ack (``old_version``).
 - Anything else from an unknown address is dropped and counted (``unknown_address``,
@@ -247,7 +250,7 @@ class RelayTable:
         max_allocations: most live allocations; :meth:`allocate` raises beyond it.
 
     Calling contract: feed every received datagram to :meth:`receive_datagram` and
-    send what it returns; after :meth:`allocate` and after each :meth:`handle_timer`,
+    send what it returns (after an ack or challenge, also what :meth:`notices` returns); after :meth:`allocate` and after each :meth:`handle_timer`,
     arm a timer for :meth:`get_timer` and call :meth:`handle_timer` when it fires.
     All ``now`` values come from one monotonic clock.
     """
@@ -282,6 +285,7 @@ class RelayTable:
         self._binds = 0
         self._rebinds = 0
         self._challenges = 0
+        self._notices: list[Outgoing] = []  # acks to send besides an answer (notices())
         self._packets_forwarded = 0
         self._bytes_forwarded = 0
         self._dropped = dict.fromkeys(DropReason, 0)
@@ -468,6 +472,10 @@ class RelayTable:
             self._dropped[DropReason.BAD_ANSWER] += 1
             return None
         party.challenge = None
+        other = allocation.parties[1 - role]
+        if party.address is None and other.address is not None:
+            # both bound just now: tell the waiting party at once, not at its next bind
+            self._notices.append(Outgoing(RelayAck(True).serialize(), other.address, False))
         # one address serves one party: a newer call takes an address over from an older one
         holder = self._by_address.get(addr)
         if holder is not None and holder[0] is not allocation:
@@ -490,6 +498,13 @@ class RelayTable:
         addr = allocation.parties[role].address
         assert addr is not None
         return Outgoing(RelayAck(is_peer_bound=both).serialize(), addr, is_forward=False)
+
+    def notices(self) -> list[Outgoing]:
+        """Datagrams to send besides what :meth:`receive_datagram` returned, then forgotten:
+        the "both bound" ack to the party that bound first, when the other one binds (so
+        it need not wait for its next bind). Only ever after a non-forward answer."""
+        notices, self._notices = self._notices, []
+        return notices
 
     # timer
 
