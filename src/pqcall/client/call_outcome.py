@@ -12,6 +12,7 @@ record. :func:`failure_detail` is the other direction: what we tell the peer
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from pqcall.client.call_context import key_mismatch_reason
@@ -39,6 +40,49 @@ class AudioOpenFailed(DeviceError):
         super().__init__(f"could not open the {device}: {cause}")
         self.device = device  # "microphone" or "speaker"
         self.cause = cause  # the device error itself
+
+
+LOST_REASONS = frozenset({"peer unreachable", "media timeout"})
+"""Reasons of a call that ended because nothing came from the peer ("media timeout": older)."""
+OUTCOME_WORDS = (
+    "answered",
+    "cancelled",
+    "declined",
+    "no answer",
+    "missed",
+    "busy",
+    "blocked",
+    "failed",
+)
+"""Every word :func:`outcome_word` starts with (``failed`` is followed by ``: <reason>``)."""
+
+
+def outcome_word(summary: Mapping[str, Any]) -> str:
+    """How a finished call went, in the shared words, from its summary or history record.
+
+    ``answered``, ``cancelled`` (we stopped our call before an answer),
+    ``declined`` (either side), ``no answer`` (our call rang out), ``missed``
+    (a call to us nobody answered), ``busy``, ``blocked``, or ``failed: <reason>``
+    (``failed: connection lost`` when nothing came from the peer any more).
+    """
+    result = summary.get("result")
+    reason = str(summary.get("reason") or "")
+    outgoing = summary.get("direction") == str(Direction.OUTGOING)
+    if result == str(CallState.ENDED):
+        if summary.get("answered_unix"):
+            return "answered"
+        return "cancelled" if outgoing else "missed"
+    if result == str(CallState.REJECTED):
+        return "declined"
+    if result == str(CallState.MISSED):
+        if not outgoing:
+            return "missed"
+        return "cancelled" if reason == "cancelled" else NO_ANSWER
+    if result == str(CallState.FAILED):
+        return (
+            f"failed: {'connection lost' if reason in LOST_REASONS else reason or 'unknown reason'}"
+        )
+    return str(result or "unknown")
 
 
 def no_answer_reason(peer: str, *, peer_offline: bool) -> str:

@@ -29,7 +29,7 @@ from pqcall.ui.hub import Hub
 from pqcall.ui.notes import UiNotes
 from pqcall.ui.presence import PresenceTracker
 from pqcall.ui.trust import Trust
-from pqcall.ui.view import finite
+from pqcall.ui.view import finite, with_outcome
 
 
 class CallControl:
@@ -167,7 +167,7 @@ class CallControl:
         if call.state is CallState.ACTIVE and self.muted:
             call.set_muted(True)
         if is_terminal(call.state):
-            self.last_call = finite(call.summary())
+            self.last_call = finite(with_outcome(call.summary()))
             self._sas_confirmed.discard(call.call_id)
             self.muted = False
         self._hub.notify()

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pqcall.client.call import Call
+from pqcall.client.call_outcome import outcome_word
 from pqcall.client.media_options import MediaOptions
 from pqcall.client.phone import Phone, SecurityWarning
 from pqcall.client.phone_callstate import CallState, Direction
@@ -115,14 +116,19 @@ def call_view(call: Call, *, sas_confirmed: bool, muted: bool) -> dict[str, Any]
 
 
 def history_view(phone: Phone | None) -> list[dict[str, Any]]:
-    """``State.history``: the newest calls (none when the history cannot be read)."""
+    """``State.history``: the newest calls, each with its ``outcome`` (none when unreadable)."""
     if phone is None:
         return []
     try:
-        return phone.history.list(HISTORY_LIMIT)
+        return [with_outcome(record) for record in phone.history.list(HISTORY_LIMIT)]
     except KeystoreError as exc:
         logger.warning("cannot read the call history: %s", exc)
         return []
+
+
+def with_outcome(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``summary`` (a finished call) with ``outcome``: how it went in the words the CLI uses."""
+    return {**summary, "outcome": outcome_word(summary)}
 
 
 def missed_unseen(history: Iterable[dict[str, Any]], seen: float) -> int:
@@ -192,4 +198,5 @@ __all__ = [
     "inbox_view",
     "missed_unseen",
     "warnings_view",
+    "with_outcome",
 ]
