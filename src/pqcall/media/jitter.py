@@ -67,9 +67,12 @@ come in strictly increasing order, each number at most once, and
 ends up played, discarded (``shrink_dropped``, ``overflow_dropped``,
 ``flushed``) or still queued.
 
-Future direction: time-stretching (WSOLA, as NetEq's accelerate and
-preemptive expand) in the decoder wrapper would let the buffer grow and
-shrink without dropping or inserting whole frames.
+Time stretching (``time_stretch=True``, off by default; decision 0141): the
+caller plays decoded audio through ``media/time_stretch.py`` at
+:meth:`JitterBuffer.playout_speed` (NetEq's accelerate and preemptive
+expand, libsonic's), popping as often as its output needs; the buffer then
+never discards a received frame to shrink. Measured, it did not help at
+equal delay, so it stays off.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ from pqcall.media.jitter_policy import (
     TARGET_ROUNDING_MS,
     LevelWindow,
     TargetDelay,
+    playout_speed,
 )
 from pqcall.media.playout import (
     JitterBufferStats,
@@ -153,6 +157,10 @@ class JitterBuffer:
         has_fec: optional probe telling whether a payload carries FEC for
             the frame before it (``pqcall.media.codec.has_fec``); without it,
             every next packet is assumed to.
+        time_stretch: the caller plays at :meth:`playout_speed` (decision
+            0141): the buffer then never discards a received frame to shrink
+            (playing faster drains it), and may be popped more or less than
+            once per frame tick.
 
     Raises:
         LocalProtocolError: an argument is out of range.
@@ -178,6 +186,7 @@ class JitterBuffer:
         "_started",
         "_state",
         "_target",
+        "_time_stretch",
         "_use_fec",
         "_waited_s",
         "_window",
@@ -192,6 +201,7 @@ class JitterBuffer:
         max_queued_packets: int = MAX_QUEUED_PACKETS,
         use_fec: bool = True,
         has_fec: Callable[[bytes], bool] | None = None,
+        time_stretch: bool = False,
     ) -> None:
         if frame_ms not in SUPPORTED_FRAME_MS:
             raise LocalProtocolError(f"frame duration must be one of {SUPPORTED_FRAME_MS} ms")
@@ -202,6 +212,7 @@ class JitterBuffer:
         self._frame_ms = frame_ms  # frame duration, ms
         self._use_fec = use_fec  # the sender's packets carry in-band FEC
         self._has_fec = has_fec  # payload probe for FEC, if any
+        self._time_stretch = time_stretch  # shrink by playing faster, not by discarding
         self._estimator = RelativeDelayEstimator()  # network need, ms; fed here
         self._target = TargetDelay(  # the level to steer to, from the need
             frame_ms,
@@ -344,6 +355,16 @@ class JitterBuffer:
         self._count(decision)
         return decision
 
+    def playout_speed(self, now: float) -> float:
+        """The speed to play the frame just popped at (``jitter_policy.playout_speed``).
+
+        1.0 unless playing with ``time_stretch`` on.
+        """
+        if not self._time_stretch or self._state is not PlayoutState.PLAYING:
+            return 1.0
+        target = self._target.frames(now)
+        return playout_speed(self._level, self._window.minimum(now), target)
+
     def snapshot(self) -> JitterBufferStats:
         """Current counters and delays."""
         played = self._counts["played"]
@@ -413,7 +434,8 @@ class JitterBuffer:
                 if self._next + self._covered >= first:
                     skipped += self._pass_to(first, now)
             elif (
-                self._pops_since_shrink >= MIN_FRAMES_BETWEEN_SHRINKS
+                not self._time_stretch
+                and self._pops_since_shrink >= MIN_FRAMES_BETWEEN_SHRINKS
                 and self._next + 1 in self._queue
             ):
                 skipped += self._pass_to(self._next + 1, now)  # discard one received frame

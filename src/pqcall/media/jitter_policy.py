@@ -16,6 +16,13 @@ consults once per frame slot; numbers and ``now`` in, numbers out.
   flickers by one frame when packet arrivals and playout ticks are nearly in
   phase (docs/decisions/0101-jitter-shrink-on-window-minimum.md).
 
+* :func:`playout_speed`, with time stretching on (``media/time_stretch.py``,
+  decision 0141): play a little faster (:data:`ACCELERATE_SPEED`) while the
+  filtered level exceeds the target by a frame, the evidence that would
+  otherwise discard a received frame, and a little slower
+  (:data:`DECELERATE_SPEED`) while the level is two frames or more below
+  target, before the buffer runs dry; else at speed 1.
+
 Memory: the estimator's bounded history and the levels of one window (a
 monotonic queue, at most one entry per pop in the window).
 """
@@ -29,6 +36,8 @@ from typing import Final
 from pqcall.media.delay import RelativeDelayEstimator
 
 __all__ = [
+    "ACCELERATE_SPEED",
+    "DECELERATE_SPEED",
     "LEVEL_WINDOW_S",
     "LOSS_MEMORY_S",
     "MAX_TARGET_DELAY_MS",
@@ -36,6 +45,7 @@ __all__ = [
     "TARGET_ROUNDING_MS",
     "LevelWindow",
     "TargetDelay",
+    "playout_speed",
 ]
 
 MIN_TARGET_DELAY_MS: Final = 10
@@ -52,6 +62,26 @@ LEVEL_WINDOW_S: Final = 0.5
 """The buffer shrinks only when its level stayed above target this long (the window's minimum)."""
 RECOVERY_FRAMES: Final = 2
 """Least target while recovering losses: the lost frame and the packet that carries it."""
+ACCELERATE_SPEED: Final = 1.1
+"""Playout speed while the buffer holds a frame more than its target (drains 20 ms in 220 ms)."""
+DECELERATE_SPEED: Final = 0.9
+"""Playout speed while the buffer runs two frames or more below its target."""
+
+
+def playout_speed(level: int, filtered_level: int, target: int) -> float:
+    """The speed to play the next frame at, with time stretching on (levels in frames).
+
+    Args:
+        level: the level now, including the frame about to be rendered (0: nothing queued).
+        filtered_level: the level's minimum over the last :data:`LEVEL_WINDOW_S`
+            (0 before the window is full), :meth:`LevelWindow.minimum`.
+        target: the target level, :meth:`TargetDelay.frames`.
+    """
+    if filtered_level - 1 >= target:
+        return ACCELERATE_SPEED
+    if 0 < level <= target - 2:
+        return DECELERATE_SPEED
+    return 1.0
 
 
 class TargetDelay:
@@ -150,6 +180,12 @@ class LevelWindow:
     def note_shrink(self) -> None:
         """One frame was shrunk (skipped or discarded) to cut delay."""
         self._shrinks += 1
+
+    def minimum(self, now: float) -> int:
+        """The minimum over the window recorded so far (0 before it covers a whole window)."""
+        if self._since is None or not self._levels or now - self._since < LEVEL_WINDOW_S:
+            return 0
+        return self._levels[0][1] - self._shrinks
 
     def record(self, level: int, now: float) -> int:
         """Record the level at this pop; return its minimum over :data:`LEVEL_WINDOW_S`.

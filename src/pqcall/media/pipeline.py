@@ -28,6 +28,7 @@ counted (:attr:`MediaPipeline.decode_errors`).
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import replace
 from typing import Final, Protocol
@@ -48,6 +49,7 @@ from pqcall.media.codec import (
 from pqcall.media.jitter import JitterBuffer
 from pqcall.media.playout import JitterBufferStats, PlayoutAction, PlayoutDecision
 from pqcall.media.stats import CallStats, CallStatsSnapshot
+from pqcall.media.time_stretch import TimeStretcher
 
 __all__ = [
     "PEER_STREAM",
@@ -70,6 +72,8 @@ FULL_SCALE: Final = 32_768.0
 SEQUENCE_MODULUS: Final = 1 << 16
 TIMESTAMP_MODULUS: Final = 1 << 32
 _AUDIBLE: Final = (PlayoutAction.PLAY, PlayoutAction.FEC, PlayoutAction.REDUNDANT)
+MAX_POPS_PER_TICK: Final = 4
+"""Time stretching: jitter-buffer pops one tick may take to fill a frame of output."""
 
 
 class AudioProcessing(Protocol):
@@ -113,15 +117,39 @@ class ReceiveStream:
         frame_ms: frame duration of the sender's codec.
         decoder: the decoder (default: Opus).
         trace: optional observer of playout times (needs timestamps remembered).
+        time_stretch: play decoded audio through a :class:`TimeStretcher` at the
+            jitter buffer's ``playout_speed`` (decision 0141; needs libsonic).
     """
 
-    __slots__ = ("_buffer", "_decoder", "_frame_samples", "_stats", "_timestamps", "decode_errors")
+    __slots__ = (
+        "_buffer",
+        "_consumed",
+        "_decoder",
+        "_frame_samples",
+        "_starts",
+        "_stats",
+        "_stretch",
+        "_timestamps",
+        "_written",
+        "decode_errors",
+    )
 
     def __init__(
-        self, frame_ms: int, decoder: AudioDecoder | None = None, *, trace: bool = False
+        self,
+        frame_ms: int,
+        decoder: AudioDecoder | None = None,
+        *,
+        trace: bool = False,
+        time_stretch: bool = False,
     ) -> None:
         self._decoder = OpusDecoder(frame_ms) if decoder is None else decoder
-        self._buffer = JitterBuffer(frame_ms, use_fec=True, has_fec=has_fec)
+        self._buffer = JitterBuffer(
+            frame_ms, use_fec=True, has_fec=has_fec, time_stretch=time_stretch
+        )
+        self._stretch = TimeStretcher() if time_stretch else None
+        self._written = 0  # samples written to the stretcher
+        self._consumed = 0.0  # of those, played out (output samples times their speed)
+        self._starts: deque[tuple[int, int]] = deque()  # (first sample written, timestamp)
         self._stats = CallStats(frame_ms)  # its arrivals, jitter, loss, RTT to it
         self._frame_samples = self._decoder.frame_samples
         # seq -> timestamp, oldest first, for the trace (None: no trace)
@@ -161,12 +189,43 @@ class ReceiveStream:
 
     def play(self, now: float) -> tuple[Pcm, int | None]:
         """Render the next frame slot; also the sender timestamp of an audible frame, or None."""
+        if self._stretch is not None:
+            return self._play_stretched(self._stretch, now)
         decision = self._buffer.pop(now)
         pcm = self._render(decision)
         timestamps = self._timestamps
         if timestamps is None or decision.seq is None or decision.action not in _AUDIBLE:
             return pcm, None
         return pcm, timestamps.get(decision.seq)
+
+    def _play_stretched(self, stretch: TimeStretcher, now: float) -> tuple[Pcm, int | None]:
+        """Pop and decode until the stretcher has a frame of output; the timestamp of the
+        audible frame whose first sample goes out in this frame (None if none does)."""
+        samples = self._frame_samples
+        pops = 0
+        while stretch.available_samples < samples and pops < MAX_POPS_PER_TICK:
+            decision = self._buffer.pop(now)
+            pcm = self._render(decision)
+            stretch.set_speed(self._buffer.playout_speed(now))
+            timestamps = self._timestamps
+            if timestamps is not None and decision.seq is not None and decision.action in _AUDIBLE:
+                timestamp = timestamps.get(decision.seq)
+                if timestamp is not None:
+                    self._starts.append((self._written, timestamp))
+            stretch.write(pcm)
+            self._written += len(pcm)
+            pops += 1
+        speed = stretch.speed
+        out = stretch.read(samples)
+        self._consumed = min(float(self._written), self._consumed + len(out) * speed)
+        if len(out) < samples:  # the buffer gave too little (never more than a moment)
+            out = np.concatenate([out, silence(samples - len(out))])
+        played = None
+        starts = self._starts
+        while starts and starts[0][0] <= self._consumed:
+            _, timestamp = starts.popleft()
+            played = timestamp if played is None else played
+        return out, played
 
     def _render(self, decision: PlayoutDecision) -> Pcm:
         """Decode a playout decision (docs in ``media/playout.py``); a bad packet is concealed."""
@@ -202,6 +261,8 @@ class MediaPipeline:
         opus: the codec's settings (the encoder starts with them).
         processing: the stage around the codec (default: none).
         trace: optional observer of playout times.
+        time_stretch: each receive stream plays at its jitter buffer's speed
+            (:class:`ReceiveStream`; decision 0141). Off by default.
 
     Raises:
         CodecError: the settings are out of range.
@@ -218,6 +279,7 @@ class MediaPipeline:
         "_sent_pcm",
         "_stats",
         "_streams",
+        "_time_stretch",
         "_trace",
         "backup_frame",
     )
@@ -228,8 +290,10 @@ class MediaPipeline:
         *,
         processing: AudioProcessing | None = None,
         trace: MediaTrace | None = None,
+        time_stretch: bool = False,
     ) -> None:
         self._frame_ms = opus.frame_ms
+        self._time_stretch = time_stretch
         self._fec = opus.fec  # whether expected loss means anything to the encoder
         self._encoder = OpusEncoder(opus)
         self._backup: OpusEncoder | None = None  # low-rate copies, in the backup mode only
@@ -286,7 +350,12 @@ class MediaPipeline:
         """
         if stream in self._streams:
             raise LocalProtocolError(f"stream {stream!r} exists already")
-        created = ReceiveStream(self._frame_ms, decoder, trace=self._trace is not None)
+        created = ReceiveStream(
+            self._frame_ms,
+            decoder,
+            trace=self._trace is not None,
+            time_stretch=self._time_stretch,
+        )
         self._streams[stream] = created
         return created
 

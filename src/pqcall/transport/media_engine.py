@@ -80,6 +80,8 @@ class MediaSettings:
     """Seconds between receiver reports."""
     media_timeout_s: float = MEDIA_TIMEOUT_S
     """Seconds without an authenticated packet from the peer that end the call."""
+    time_stretch: bool = False
+    """Play received audio faster or slower to steer the jitter buffer (decision 0141)."""
 
     @property
     def protocol(self) -> ProtocolSettings:
@@ -136,7 +138,9 @@ class MediaEngine:
             expected_loss_percent=adaptation.expected_loss_percent,
             complexity=adaptation.complexity,
         )
-        self._pipeline = MediaPipeline(encoder, processing=processing, trace=trace)
+        self._pipeline = MediaPipeline(
+            encoder, processing=processing, trace=trace, time_stretch=settings.time_stretch
+        )
         self._trace = trace  # latency observer
         self._events: deque[MediaEvent] = deque()  # for the pump
 
