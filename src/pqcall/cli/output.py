@@ -274,28 +274,13 @@ def outcome_word(summary: Mapping[str, Any]) -> str:
     """How a finished call went, in the one set of words of the CLI, history, JSON and UI.
 
     ``answered``, ``cancelled``, ``declined``, ``no answer``, ``missed``, ``busy``,
-    ``blocked``, or ``failed: REASON`` (issue 21). The library's ``result`` is
-    coarser (``ended`` covers answered calls and calls stopped before an answer);
-    ``ui/static/words.js``'s ``outcome()`` is the page's twin of this function.
+    ``blocked``, or ``failed: REASON`` (issue 21): the library's
+    :func:`pqcall.client.call_outcome.outcome_word` (imported here, when a call
+    ended, not on ``pqcall --help``'s path); ``ui/static/words.js`` is the page's twin.
     """
-    result = summary.get("result")
-    reason = str(summary.get("reason") or "")
-    outgoing = summary.get("direction") == "outgoing"
-    if result == "ended":
-        if summary.get("answered_unix"):
-            return "answered"
-        return "cancelled" if outgoing else "missed"
-    if result == "rejected":
-        return "declined"
-    if result == "missed":
-        if not outgoing:
-            return "missed"
-        return "cancelled" if reason == "cancelled" else NO_ANSWER
-    if result == "failed":
-        return (
-            f"failed: {'connection lost' if reason in LOST_REASONS else reason or 'unknown reason'}"
-        )
-    return str(result or "unknown")
+    from pqcall.client.call_outcome import outcome_word as shared_word
+
+    return shared_word(summary)
 
 
 def with_outcome(summary: Mapping[str, Any]) -> dict[str, Any]:
