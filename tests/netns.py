@@ -21,6 +21,20 @@ Topologies (:data:`TOPOLOGIES`)::
                                      10.203.0.3 │                   "internet" side
                 server 10.203.0.1 ──────────────┘
 
+    wan         alice 192.168.1.2 ── nat-alice ── 10.204.1.1 ┐
+                                     10.204.1.2              │ "internet": a router
+                bob   192.168.2.2 ── nat-bob ──── 10.204.2.1 ├ (one hop between the NATs,
+                                     10.204.2.2              │ as on the internet)
+                server 10.204.0.2 ─────────────── 10.204.0.1 ┘
+
+    ``wan:ALICE,BOB`` names each router's NAT kind (:data:`NAT_KINDS`; ``wan`` alone
+    is ``wan:cone-accept,cone-accept``): ``cone`` masquerades keeping the port where
+    it can (endpoint-independent in practice: Linux keeps the source port unless
+    the tuple is taken), ``symmetric`` masquerades ``fully-random`` (a new port for
+    every destination); ``accept`` lets unsolicited input reach the router itself
+    (no firewall: a connection-tracking entry is kept for it), ``drop`` drops it
+    (a home router's firewall: only replies and the LAN's traffic pass).
+
 In every topology each phone's default route points at the next hop (the
 server, or its router), so traffic the topology forbids is silently dropped
 there (as on a WiFi with client isolation), not refused with an error. IPv6
@@ -59,8 +73,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
+from tests.netns_plans import NAT_KINDS, TOPOLOGIES, Plan, nat_rules, plan_of
+
 __all__ = [
     "NAMESPACE_PREFIX",
+    "NAT_KINDS",
     "TOPOLOGIES",
     "Host",
     "Network",
@@ -72,8 +89,6 @@ __all__ = [
 
 NAMESPACE_PREFIX: Final = "pqcall-t"
 """Every namespace this module creates starts with this."""
-TOPOLOGIES: Final = ("lan", "isolated", "nat")
-"""The topologies :meth:`Network.create` builds."""
 REQUIRED_ENV: Final = "PQCALL_TEST_NETNS"
 """Set to ``1`` where the rig must work (CI): a failure to build it then fails tests."""
 STOP_TIMEOUT_S: Final = 5.0
@@ -280,87 +295,6 @@ class Host:
             time.sleep(0.02)
 
 
-@dataclass(frozen=True)
-class _Link:
-    """A veth pair: ``(host, interface, address/prefix or "")`` at each end."""
-
-    a: tuple[str, str, str]
-    b: tuple[str, str, str]
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What to build: hosts and their main address, links, bridges, routes, options."""
-
-    hosts: dict[str, str]  # role -> main address ("" for a switch)
-    links: list[_Link]
-    bridges: dict[str, list[str]]  # role -> its bridge br0's ports
-    routes: dict[str, str]  # role -> default gateway
-    forwarding: dict[str, bool]  # role -> net.ipv4.ip_forward
-    masquerade: dict[str, str]  # role -> interface to masquerade out of
-    seen_as: dict[tuple[str, str], str] = field(default_factory=dict)  # (to, from) -> address
-
-
-def _plan(topology: str) -> _Plan:
-    if topology == "lan":
-        return _Plan(
-            hosts={
-                "switch": "",
-                "server": "10.201.0.1",
-                "alice": "10.201.0.2",
-                "bob": "10.201.0.3",
-            },
-            links=[
-                _Link((role, "eth0", f"{address}/24"), ("switch", f"p-{role}", ""))
-                for role, address in (
-                    ("server", "10.201.0.1"),
-                    ("alice", "10.201.0.2"),
-                    ("bob", "10.201.0.3"),
-                )
-            ],
-            bridges={"switch": ["p-server", "p-alice", "p-bob"]},
-            routes={"alice": "10.201.0.1", "bob": "10.201.0.1"},
-            forwarding={"server": False},
-            masquerade={},
-        )
-    if topology == "isolated":
-        return _Plan(
-            hosts={"server": "10.202.1.1", "alice": "10.202.1.2", "bob": "10.202.2.2"},
-            links=[
-                _Link(("alice", "eth0", "10.202.1.2/24"), ("server", "eth1", "10.202.1.1/24")),
-                _Link(("bob", "eth0", "10.202.2.2/24"), ("server", "eth2", "10.202.2.1/24")),
-            ],
-            bridges={},
-            routes={"alice": "10.202.1.1", "bob": "10.202.2.1"},
-            forwarding={"server": False},
-            masquerade={},
-            seen_as={("server", "alice"): "10.202.1.1", ("server", "bob"): "10.202.2.1"},
-        )
-    if topology == "nat":
-        return _Plan(
-            hosts={
-                "switch": "",
-                "server": "10.203.0.1",
-                "nat-alice": "10.203.0.2",
-                "nat-bob": "10.203.0.3",
-                "alice": "192.168.1.2",
-                "bob": "192.168.2.2",
-            },
-            links=[
-                _Link(("server", "eth0", "10.203.0.1/24"), ("switch", "p-server", "")),
-                _Link(("nat-alice", "wan", "10.203.0.2/24"), ("switch", "p-alice", "")),
-                _Link(("nat-bob", "wan", "10.203.0.3/24"), ("switch", "p-bob", "")),
-                _Link(("alice", "eth0", "192.168.1.2/24"), ("nat-alice", "lan", "192.168.1.1/24")),
-                _Link(("bob", "eth0", "192.168.2.2/24"), ("nat-bob", "lan", "192.168.2.1/24")),
-            ],
-            bridges={"switch": ["p-server", "p-alice", "p-bob"]},
-            routes={"alice": "192.168.1.1", "bob": "192.168.2.1"},
-            forwarding={"server": False, "nat-alice": True, "nat-bob": True},
-            masquerade={"nat-alice": "wan", "nat-bob": "wan"},
-        )
-    raise ValueError(f"unknown topology {topology!r} (one of {', '.join(TOPOLOGIES)})")
-
-
 class Network:
     """A built topology: its hosts, and :meth:`close` to tear it all down.
 
@@ -386,7 +320,7 @@ class Network:
                 ``ip netns add`` refused, no ``nft`` for ``nat``).
             RigError: a later step failed (what was built is torn down).
         """
-        plan = _plan(topology)
+        plan = plan_of(topology)
         ip = _ip_command()
         nft = None
         if plan.masquerade:
@@ -409,7 +343,7 @@ class Network:
             raise
         return network
 
-    def _build(self, plan: _Plan, nft: str | None) -> None:
+    def _build(self, plan: Plan, nft: str | None) -> None:
         ip, hosts = self._ip, self.hosts
         created: list[Host] = []
         for host in hosts.values():
@@ -464,14 +398,7 @@ class Network:
             _run(hosts[role].command(["sh", "-c", f"echo {value} > /proc/sys/net/ipv4/ip_forward"]))
         for role, interface in plan.masquerade.items():
             assert nft is not None
-            rules = (
-                "table ip nat {\n"
-                "  chain postrouting {\n"
-                "    type nat hook postrouting priority srcnat; policy accept;\n"
-                f'    oifname "{interface}" masquerade\n'
-                "  }\n"
-                "}\n"
-            )
+            rules = nat_rules(interface, plan.nat_kinds.get(role, "cone-accept"))
             _run(hosts[role].command([nft, "-f", "-"]), input_text=rules)
 
     @property

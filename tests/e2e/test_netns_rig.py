@@ -255,5 +255,7 @@ def test_unavailable_skips_unless_required(monkeypatch, env, required):
 
 
 def test_unknown_topology():
-    with pytest.raises(ValueError, match="unknown topology 'wan'"):
-        Network.create("wan")
+    with pytest.raises(ValueError, match="unknown topology 'mesh'"):
+        Network.create("mesh")
+    with pytest.raises(ValueError, match="expected wan:ALICE,BOB"):
+        Network.create("wan:cone-accept")

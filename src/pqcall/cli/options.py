@@ -84,6 +84,13 @@ def add_media_options(parser: argparse.ArgumentParser) -> None:
         help="the only address offered to the peer for the direct path"
         " (a forwarded port, or a relay in front of this phone)",
     )
+    parser.add_argument(
+        "--stun",
+        metavar="HOST:PORT",
+        type=host_port,
+        help="STUN server that tells this phone its address behind a NAT"
+        " (default: the pqcall server's host and port, over UDP)",
+    )
     for flag, what in (
         ("--no-echo-cancel", "echo cancellation"),
         ("--no-noise-suppression", "noise suppression"),
@@ -229,6 +236,7 @@ def media_options(args: argparse.Namespace) -> MediaOptions:
         audio_out=args.audio_out,
         media_port=args.media_port,
         advertise=args.advertise,
+        stun=args.stun,
         echo_cancel=not args.no_echo_cancel,
         noise_suppression=not args.no_noise_suppression,
         auto_gain=not args.no_auto_gain,

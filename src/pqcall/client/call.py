@@ -68,7 +68,9 @@ from pqcall.signaling.messages import (
     RejectCall,
     RelayGrant,
 )
-from pqcall.transport.connect import establish_path, local_candidates, open_media_socket
+from pqcall.transport.candidates import Candidate as TransportCandidate
+from pqcall.transport.connect import establish_path, open_media_socket
+from pqcall.transport.gather import gather_candidates, send_openers
 from pqcall.transport.path_choice import PathChoice
 from pqcall.transport.path_messages import PathRole
 from pqcall.transport.path_responder import PathResponder
@@ -317,10 +319,7 @@ class Call:
         self._open_audio()
         try:
             self._sock = open_media_socket(self._media.media_port)
-            candidates = [
-                Candidate.of(c)
-                for c in local_candidates(self._sock.getsockname()[1], self._media.advertise)
-            ]
+            candidates = [Candidate.of(c) for c in await self._gather(self._sock)]
             await self._context.api.initiate(
                 InitiateCall(
                     call_id=self.call_id,
@@ -338,6 +337,7 @@ class Call:
             confirm = self._caller_hs.receive_answer(accepted.answer)
             keys = self._caller_hs.keys
             self.sas = keys.sas
+            await send_openers(self._sock, accepted.callee_candidates)  # before they check us
             await self._context.api.confirm(ConfirmCall(call_id=self.call_id, confirm=confirm))
             await self._media_phase(
                 keys, PathRole.CONTROLLING, accepted.callee_candidates, accepted.relay
@@ -352,10 +352,8 @@ class Call:
         self._open_audio()
         try:
             self._sock = open_media_socket(self._media.media_port)
-            candidates = [
-                Candidate.of(c)
-                for c in local_candidates(self._sock.getsockname()[1], self._media.advertise)
-            ]
+            candidates = [Candidate.of(c) for c in await self._gather(self._sock)]
+            await send_openers(self._sock, self._incoming.caller_candidates)  # before they check
             answer = self._callee_hs.answer()
             await self._move(CallState.CONNECTING)
             detail = await self._context.api.accept(
@@ -376,6 +374,10 @@ class Call:
             )
         finally:
             self._close_unused()
+
+    async def _gather(self, sock: socket.socket) -> list[TransportCandidate]:
+        stun = self._media.stun or self._context.stun_server
+        return await gather_candidates(sock, stun_server=stun, advertise=self._media.advertise)
 
     async def _media_phase(
         self,

@@ -23,12 +23,20 @@ from pqcall.signaling.messages import (
     InitiateCall,
     RejectCall,
 )
+from pqcall.transport.gather import stun_server_of
 
 if TYPE_CHECKING:
     from pqcall.client.call import Call
     from pqcall.client.media_options import WallClockTrace
 
-__all__ = ["CallApi", "CallContext", "PeerTrust", "call_record", "key_mismatch_reason"]
+__all__ = [
+    "CallApi",
+    "CallContext",
+    "PeerTrust",
+    "call_record",
+    "key_mismatch_reason",
+    "stun_server_of",
+]
 
 
 class PeerTrust(enum.StrEnum):
@@ -66,6 +74,8 @@ class CallContext:
     """The host we reach the server at (where the relay is when a grant names no host)."""
     on_change: Callable[[Call], None]
     """Called after every state change (the phone records history on terminal ones)."""
+    stun_server: tuple[str, int] | None = None
+    """The server's STUN port (its relay's UDP port, by default the HTTP port's number)."""
 
 
 def key_mismatch_reason(peer: str) -> str:

@@ -46,6 +46,8 @@ class MediaOptions:
     """Local UDP port for media (0: any free port)."""
     advertise: tuple[str, int] | None = None
     """The only address offered for the direct path (port forwarding), if set."""
+    stun: tuple[str, int] | None = None
+    """STUN server for the server-reflexive candidate (``--stun``); None: the pqcall server."""
     settings: MediaSettings = field(default_factory=MediaSettings)
     """Codec and media-session settings."""
     direct_timeout_s: float = DIRECT_TIMEOUT_S

@@ -40,7 +40,7 @@ import httpx
 
 from pqcall.client.api import ServerApi
 from pqcall.client.call import Call
-from pqcall.client.call_context import CallContext, PeerTrust
+from pqcall.client.call_context import CallContext, PeerTrust, stun_server_of
 from pqcall.client.contacts import Contacts
 from pqcall.client.event_stream import EventStream
 from pqcall.client.files import FileTransfers
@@ -403,6 +403,7 @@ class Phone:
             api=self._require_api(),
             server_host=httpx.URL(config.server_url).host,
             on_change=self._call_changed,
+            stun_server=stun_server_of(config.server_url),
         )
 
     def _group_context(self, media: MediaOptions | None = None) -> GroupContext:

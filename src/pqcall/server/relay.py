@@ -41,6 +41,7 @@ from pqcall.server.relay_table import (
     RelayStats,
     RelayTable,
 )
+from pqcall.server.stun import StunResponder, is_stun_request
 
 DEFAULT_RELAY_HOST = "0.0.0.0"
 DEFAULT_RELAY_PORT = 5001  # UDP; the same number as the HTTP API's TCP port
@@ -122,6 +123,7 @@ class MediaRelay:
         self._is_send_paused = False  # the transport's send buffer is over its high mark
         self._send_blocked = 0  # forwards dropped because the send buffer was full
         self._send_blocked_bytes = 0  # their bytes
+        self.stun = StunResponder()  # answers STUN Binding requests on the same port
 
     async def start(self) -> None:
         """Bind the UDP socket.
@@ -217,6 +219,9 @@ class MediaRelay:
 
     def _datagram_received(self, data: bytes, addr: Address) -> None:
         assert self._loop is not None and self._transport is not None
+        if is_stun_request(data):  # STUN Binding (server-reflexive candidates): server/stun.py
+            self._stun_answer(data, addr)
+            return
         outgoing = self._table.receive_datagram(data, addr, self._loop.time())
         if outgoing is None:
             return
@@ -230,6 +235,12 @@ class MediaRelay:
         self._transport.sendto(outgoing.data, outgoing.address)
         for notice in notices:
             self._transport.sendto(notice.data, notice.address)
+
+    def _stun_answer(self, data: bytes, addr: Address) -> None:
+        assert self._loop is not None and self._transport is not None
+        answer = self.stun.answer(data, addr, self._loop.time())
+        if answer is not None and not self._is_send_paused:
+            self._transport.sendto(answer, addr)
 
     def _arm_timer(self) -> None:
         assert self._loop is not None

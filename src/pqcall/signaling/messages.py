@@ -39,6 +39,7 @@ from pqcall.transport.candidates import (
     MAX_CALL_CANDIDATES,
     MAX_CANDIDATES,
     MAX_HOST_LENGTH,
+    MAX_PRIORITY,
     HostPort,
     check_host,
 )
@@ -293,11 +294,16 @@ class Candidate(Message):
         str, Field(min_length=1, max_length=MAX_HOST_LENGTH), AfterValidator(check_host)
     ]
     port: int = Field(ge=1, le=65535)
+    kind: Literal["host", "srflx", "prflx", "relay"] | None = Field(
+        default=None, description="RFC 8445 candidate type; null: the server's address guess"
+    )
+    priority: int | None = Field(default=None, ge=1, le=MAX_PRIORITY, description="RFC 8445")
 
     @classmethod
     def of(cls, candidate: HostPort) -> Self:
-        """The message form of a transport candidate."""
-        return cls(host=candidate.host, port=candidate.port)
+        """The message form of a transport candidate (its kind and priority, if it has them)."""
+        kind, priority = getattr(candidate, "kind", None), getattr(candidate, "priority", 0)
+        return cls(host=candidate.host, port=candidate.port, kind=kind, priority=priority or None)
 
 
 Candidates = Annotated[list[Candidate], Field(max_length=MAX_CANDIDATES)]

@@ -34,7 +34,7 @@ import ifaddr
 
 from pqcall.crypto.handshake import CallKeys
 from pqcall.exceptions import CallError, LocalProtocolError, PathFailed
-from pqcall.transport.candidates import MAX_CANDIDATES, Candidate, HostPort
+from pqcall.transport.candidates import MAX_CANDIDATES, Candidate, HostPort, priority_of
 from pqcall.transport.path_choice import PathChoice
 from pqcall.transport.path_messages import Address, PathRole
 from pqcall.transport.path_responder import PathResponder
@@ -109,8 +109,9 @@ def local_candidates(port: int, advertise: tuple[str, int] | None = None) -> lis
     With ``advertise`` (``--advertise HOST:PORT``: port forwarding, or a relay in
     front of the phone), only that address. Otherwise every IPv4 address of this
     machine with ``port``: others first, loopback last (so two phones on one machine
-    reach each other), no link-local ones, at most ``MAX_CANDIDATES``. The signaling
-    server adds the address it saw the phone at (server-reflexive) itself.
+    reach each other), no link-local ones, at most ``MAX_CANDIDATES``.
+    :func:`pqcall.transport.gather.gather_candidates` adds priorities and the
+    server-reflexive candidate (STUN); the signaling server adds its own guess.
 
     Raises:
         LocalProtocolError: a port outside 1-65535, or an advertised host that is no
@@ -209,7 +210,8 @@ async def establish_path(
         sock: the call's UDP socket (:func:`open_media_socket`); left open.
         keys: the call's keys (the checks are authenticated with a key exported from them).
         role: CONTROLLING for the caller, CONTROLLED for the callee.
-        remote: the peer's candidates (DNS names are resolved, IPv6 ones skipped).
+        remote: the peer's candidates (DNS names are resolved, IPv6 ones skipped); checked
+            by priority, highest first.
         relay: the relay grant, if any (a DNS name in its address is resolved).
         direct_timeout_s: the caller turns to the relay when no direct path answered by then.
         timeout_s: give up after this long.
@@ -221,7 +223,9 @@ async def establish_path(
         PathFailed: neither a direct path nor the relay worked within ``timeout_s``.
         LocalProtocolError: a role that does not match the keys.
     """
-    addresses = await resolve_candidates(remote)
+    # checked in priority order (RFC 8445 section 6.1.2.6); the server's guesses, with
+    # no priority, last; a stable sort keeps the offer's order among equals
+    addresses = await resolve_candidates(sorted(remote, key=lambda c: -priority_of(c)))
     target = None if relay is None else await _resolve_relay(relay)
     selection = PathSelection(
         keys,
