@@ -11,8 +11,9 @@ Example (what the signaling server does)::
     relay = MediaRelay("0.0.0.0", 5001)
     await relay.start()
     allocation = relay.allocate(call_id)  # when a call needs relaying
-    # send allocation.caller_token to the caller, allocation.callee_token to the callee,
-    # each with the relay's public host and relay.address[1]
+    # send allocation.caller_token to the caller, allocation.callee_token to the callee
+    # (grant secrets: they never travel to this port, binds are MAC'd with keys derived
+    # from them), each with the relay's public host and relay.address[1]
     relay.release(call_id)  # at hang-up
     await relay.close()
 """

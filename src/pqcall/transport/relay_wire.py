@@ -1,7 +1,7 @@
 """The media relay's bind, challenge, answer and ack datagrams, on the wire; spoken by both sides.
 
 Scope: the format, MACs and the phone's resend timing of the messages a phone and the
-server's relay exchange (``docs/protocol.md#media-relay``). The relay's rules live in
+server's relay exchange (``docs/protocol.md``, "Media relay bind"). The relay's rules live in
 :mod:`pqcall.server.relay_table`; the phone's use of them in
 :mod:`pqcall.transport.pathcheck`. It sits in transport, the lowest layer that
 speaks it, so neither side imports the other. No I/O, clock or randomness: the
