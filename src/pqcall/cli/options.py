@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 
 from pqcall.exceptions import DeviceError, NoAccount
 
+VOICE_DISGUISE_PRESETS = ("low", "high")
+"""``--voice-disguise`` choices: :data:`pqcall.media.disguise.PRESETS` (not imported: numpy)."""
+
 if TYPE_CHECKING:
     from pqcall.client.home import Home
     from pqcall.client.media_options import MediaOptions
@@ -99,6 +102,13 @@ def add_media_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             flag, action="store_true", help=f"no {what} (on by default for a sound device)"
         )
+    parser.add_argument(
+        "--voice-disguise",
+        metavar="PRESET",
+        choices=VOICE_DISGUISE_PRESETS,
+        help="disguise our voice before it is encoded: low or high (pitch and formants,"
+        " by a ratio drawn anew for each call)",
+    )
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -240,6 +250,7 @@ def media_options(args: argparse.Namespace) -> MediaOptions:
         echo_cancel=not args.no_echo_cancel,
         noise_suppression=not args.no_noise_suppression,
         auto_gain=not args.no_auto_gain,
+        voice_disguise=args.voice_disguise,
     )
 
 

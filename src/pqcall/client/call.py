@@ -49,6 +49,7 @@ from pqcall.crypto.handshake import CalleeHandshake, CallerHandshake, CallKeys
 from pqcall.crypto.identity import IdentityPublicKey
 from pqcall.exceptions import CallError, PqcallError, ServerError
 from pqcall.media.audio import AudioSink, AudioSource, close_all
+from pqcall.media.disguise import with_disguise
 from pqcall.media.processing import ProcessingReport, WebRtcProcessing
 from pqcall.media.stats import CallStatsSnapshot
 from pqcall.signaling.messages import (
@@ -409,7 +410,7 @@ class Call:
             source,
             sink,
             settings=self._media.settings,
-            processing=self._processing,
+            processing=with_disguise(self._processing, self._media.voice_disguise),
             trace=self._trace,
             side_channel=PathResponder(keys, self.path),
         )

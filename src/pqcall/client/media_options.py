@@ -60,6 +60,8 @@ class MediaOptions:
     """Suppress background noise (a sound-device source only)."""
     auto_gain: bool = True
     """Automatic gain control (a sound-device source only)."""
+    voice_disguise: str | None = None
+    """Voice disguise preset (``--voice-disguise``, :mod:`pqcall.media.disguise`); None: off."""
 
 
 class WallClockTrace:
