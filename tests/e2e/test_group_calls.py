@@ -51,10 +51,10 @@ NAMES = ("alice", "bob", "carol", "dave")
 # then its SPEECH_S of speech in slot k (k: its place in NAMES), silence around it
 LEAD_S = 6.0
 SPEECH_S = 3.0
-SLOT_S = 4.5
+SLOT_S = 5.5
 CALL_S = int(LEAD_S + SLOT_S * len(NAMES) + 4)  # alice's --duration
 KILL_CALL_S = 14
-WINDOW_SLACK_S = 0.75  # where a turn is looked for: its expected place, give or take this
+WINDOW_SLACK_S = 1.2  # where a turn is looked for: its expected place, give or take this
 READY_TIMEOUT_S = 30.0 * TIMEOUT_SCALE
 END_TIMEOUT_S = 60.0 * TIMEOUT_SCALE
 GONE_WITHIN_S = 8.0  # the forwarder's 5 s of silence, then the roster push

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from pqcall.client.contacts import Contacts
 from pqcall.client.group_api import GroupApi
 from pqcall.client.group_media import GroupMedia
 from pqcall.client.group_peers import (
+    INNER_KEY_ACK,
     INNER_ROSTER,
     INNER_SENDER_KEY,
     KIND_ANSWER,
@@ -58,7 +59,7 @@ from pqcall.client.peers import check_peer, key_change_message, trust_of
 from pqcall.crypto.group_keys import GroupKeyring, SenderKey, decode_sender_key, encode_sender_key
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.pinning import KeyChanged
-from pqcall.exceptions import CallError, PqcallError
+from pqcall.exceptions import ApiError, CallError, PqcallError
 from pqcall.media.audio import close_all
 from pqcall.signaling.group_messages import (
     EVENT_GROUP_ENDED,
@@ -73,6 +74,17 @@ from pqcall.signaling.messages import Event
 logger = logging.getLogger(__name__)
 
 ROTATION_CHECK_S = 1.0
+SEND_ATTEMPTS = 3  # a pairwise message the server did not take is sent again
+SEND_RETRY_S = 0.5
+HANDSHAKE_RETRY_S = 8.0  # a caller whose pairwise handshake has not finished offers again
+SWITCH_FALLBACK_S = 5.0  # send under a new key at the latest this long after drawing it
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """Offer the pairwise handshake to ``name`` again (queued to the call's task)."""
+
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +121,7 @@ class GroupCall:
         self.trace = WallClockTrace()
         self.path: str | None = None
         self._api = GroupApi(context.api)
-        self._events: asyncio.Queue[Event | GroupView] = asyncio.Queue()
+        self._events: asyncio.Queue[Event | GroupView | _Retry] = asyncio.Queue()
         self._stash: list[GroupMessageEvent] = []  # messages from members not in our roster yet
         self._warned: set[tuple[str, str]] = set()
         self._ended = asyncio.Event()
@@ -211,7 +223,8 @@ class GroupCall:
             self._finish("the server gave no sender id or forwarding grant")
             raise CallError("the server gave no sender id or forwarding grant")
         loop = asyncio.get_running_loop()
-        self.keyring = GroupKeyring(me.sender_id, now=loop.time())
+        # we switch as soon as every member acknowledged the new key, else after the fallback
+        self.keyring = GroupKeyring(me.sender_id, now=loop.time(), switch_after_s=SWITCH_FALLBACK_S)
         media = self.context.media
         source, sink = await asyncio.to_thread(
             open_call_devices, media.audio_in, media.audio_out, media.settings.opus.frame_ms
@@ -235,7 +248,11 @@ class GroupCall:
         while True:
             item = await self._events.get()
             try:
-                if isinstance(item, GroupView):
+                if isinstance(item, _Retry):
+                    peer = self.peers.get(item.name)
+                    if peer is not None and not peer.established:
+                        await self._offer(peer)
+                elif isinstance(item, GroupView):
                     await self._roster_changed(item)
                 elif item.type == EVENT_GROUP_MESSAGE:
                     await self._message(GroupMessageEvent.model_validate(item.payload))
@@ -275,7 +292,12 @@ class GroupCall:
         removed = [p for p in self.peers.values() if joined.get(p.name) != p.sender_id]
         for peer in removed:
             del self.peers[peer.name]
-            self.history.setdefault(peer.name, {})["left"] = time.time()
+            entry = self.history.setdefault(peer.name, {})
+            entry["left"] = time.time()
+            if self.media is not None:  # what we heard, frozen (its silence since is no loss)
+                entry.setdefault("final_stats", {})[peer.sender_id] = self.media.stats(
+                    peer.sender_id
+                )
             self._distribute(self.keyring.rekey_for_leave(peer.sender_id, now=loop.time()))
         added = [(name, sid) for name, sid in joined.items() if name not in self.peers]
         for name, sid in added:
@@ -335,6 +357,7 @@ class GroupCall:
             return
         peer.trust = self._first_trust.setdefault(peer.name, trust_of(checked.pin))
         body = peer.start_caller(self.context.username, self.context.identity, checked.identity)
+        peer.offered_at = time.monotonic()
         await self._send(peer.name, body)
 
     async def _message(self, message: GroupMessageEvent) -> None:
@@ -348,6 +371,8 @@ class GroupCall:
                 self._stash.append(message)  # its sender's join is not in our roster yet
             return
         try:
+            if peer.established and kind != KIND_SEALED:
+                return  # a handshake message repeated or late: the channel is up already
             if kind == KIND_OFFER and not peer.is_caller:
                 identity = peer.receive_offer(self.context.username, self.context.identity, data)
                 result = self.context.contacts.check(peer.name, identity)
@@ -389,10 +414,27 @@ class GroupCall:
                 return
             loop = asyncio.get_running_loop()
             self.keyring.add_peer_key(key, loop.time(), owner=peer.name)
+            ack = bytes([INNER_KEY_ACK]) + key.generation.to_bytes(4, "big")
+            self._spawn(self._send(peer.name, peer.seal(ack)))
+        elif inner[:1] == bytes([INNER_KEY_ACK]) and len(inner) == 5:
+            peer.acked_generations.add(int.from_bytes(inner[1:], "big"))
+            self._switch_if_everyone_has_it()
         elif inner[:1] == bytes([INNER_ROSTER]) and len(inner) > 5:
             version = int.from_bytes(inner[1:5], "big")
             peer.roster_signatures[version] = inner[5:]
             self._check_roster()
+
+    def _switch_if_everyone_has_it(self) -> None:
+        ring = self.keyring
+        pending = None if ring is None else ring.pending_key
+        if ring is None or pending is None:
+            return
+        members = [p for p in self.peers.values() if p.vouched and p.established]
+        if all(pending.generation in p.acked_generations for p in members):
+            ring.activate_next(asyncio.get_running_loop().time())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(work))
 
     def _distribute(self, key: SenderKey) -> None:
         for peer in self.peers.values():
@@ -410,10 +452,18 @@ class GroupCall:
         await self._send(peer.name, peer.seal(bytes([INNER_SENDER_KEY]) + encode_sender_key(key)))
 
     async def _send(self, name: str, body: bytes) -> None:
-        try:
-            await self._api.message(self.call_id, name, body)
-        except PqcallError as exc:
-            logger.info("group call %s: message to %s: %s", self.call_id, name, exc)
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                await self._api.message(self.call_id, name, body)
+                return
+            except ApiError as exc:  # refused (the member left): no point repeating
+                logger.info("group call %s: message to %s: %s", self.call_id, name, exc)
+                return
+            except PqcallError as exc:
+                if attempt == SEND_ATTEMPTS - 1:
+                    logger.warning("group call %s: message to %s lost: %s", self.call_id, name, exc)
+                else:
+                    await asyncio.sleep(SEND_RETRY_S * (attempt + 1))
 
     async def _update_roster(self) -> None:
         members = {
@@ -456,6 +506,11 @@ class GroupCall:
             await asyncio.sleep(ROTATION_CHECK_S)
             if self.keyring.rotation_due(loop.time()):
                 self._distribute(self.keyring.rotate(loop.time()))
+            for peer in list(self.peers.values()):
+                stalled = time.monotonic() - peer.offered_at > HANDSHAKE_RETRY_S
+                if peer.is_caller and peer.vouched and not peer.established and stalled:
+                    logger.warning("group call %s: offering %s again", self.call_id, peer.name)
+                    self._events.put_nowait(_Retry(peer.name))
 
     def _warn(self, name: str, message: str) -> None:
         if (name, message) in self._warned:

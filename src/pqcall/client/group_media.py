@@ -35,7 +35,7 @@ from pqcall.transport.group_wire import (
 
 logger = logging.getLogger(__name__)
 
-MAX_LATE_S = 0.2  # a tick this late resynchronizes the clock instead of catching up
+MAX_LATE_S = 1.0  # a tick this late resynchronizes the clock instead of catching up
 
 
 class MediaKeys(Protocol):

@@ -17,6 +17,7 @@ Messages (the ``body`` of ``group.message``)::
     0x04 | pair id (16) | sealed       either way, PairwiseChannel.seal of:
                                          0x10 | encoded sender key
                                          0x11 | roster version (u32) | roster signature
+                                         0x12 | generation (u32): "I hold your key"
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ KIND_CONFIRM = 0x03
 KIND_SEALED = 0x04
 INNER_SENDER_KEY = 0x10
 INNER_ROSTER = 0x11
+INNER_KEY_ACK = 0x12
 PAIR_ID_LENGTH = 16
 
 
@@ -85,7 +87,9 @@ class PeerLink:
     vouched: bool | None = None  # None: not checked yet
     roster_signatures: dict[int, bytes] = field(default_factory=dict)  # version -> signature
     sent_generations: set[int] = field(default_factory=set)
+    acked_generations: set[int] = field(default_factory=set)  # of our keys it holds
     error: str | None = None
+    offered_at: float = float("inf")  # time.monotonic() of our last offer (we call)
 
     @property
     def established(self) -> bool:

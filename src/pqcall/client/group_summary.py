@@ -48,8 +48,9 @@ def group_summary(call: GroupCall) -> dict[str, Any]:
         if trust is not None:
             entry["trust"] = str(trust)
         if media is not None:
+            final = seen.get("final_stats", {})
             for sender_id in entry["sender_ids"]:
-                stats = media.stats(sender_id)
+                stats = final[sender_id] if sender_id in final else media.stats(sender_id)
                 if stats is None:
                     continue
                 entry["packets_received"] += stats.packets_received
