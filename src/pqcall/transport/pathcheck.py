@@ -2,8 +2,10 @@
 
 Scope: deciding where a phone sends its media (``docs/protocol.md#media-path-selection``).
 Each phone has one UDP socket per call and offers candidate addresses for it over
-signaling; the server adds the address it saw each phone at. Both phones then probe
-the other's candidates with small authenticated messages on that socket, the caller
+signaling (host and server-reflexive ones with RFC 8445 priorities, gathered by
+:mod:`pqcall.transport.gather`); the server adds the address it saw each phone at.
+Both phones then probe the other's candidates, in the order given (by priority), with
+small authenticated messages on that socket, the caller
 (the *controlling* side, as in ICE, RFC 8445) nominates the first pair that answered,
 and the callee (*controlled*) follows the nomination. When no pair answers, both use
 the server's media relay (:mod:`pqcall.transport.relay_wire` holds its bind/ack format).
@@ -31,8 +33,8 @@ and counted (:class:`~pqcall.transport.path_choice.PathCheckStats`). Once media 
 on the socket, a :class:`~pqcall.transport.path_responder.PathResponder` keeps
 answering the peer's late checks and nominations.
 
-Future direction: full ICE (aioice) with TURN for NATs this does not traverse, and
-IPv6 candidates.
+Future direction: IPv6 candidates (the messages carry IPv4 addresses), and TURN
+candidates checked like the others.
 """
 
 from __future__ import annotations
