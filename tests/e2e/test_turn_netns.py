@@ -3,7 +3,8 @@
 Topology ``isolated`` (tests/netns.py): alice 10.202.1.2 and bob 10.202.2.2 reach only
 the server's namespace, which does not forward. A real coturn runs there (temp
 config, random ports, relayed addresses on alice's side, 10.202.1.1). In bob's
-namespace nftables drops every UDP datagram in and out. Both phones are sockets of
+namespace nftables drops every UDP datagram in and out (but on loopback, as a
+network that blocks UDP would). Both phones are sockets of
 this test process made inside their namespaces: alice an ordinary UDP media socket,
 bob only a TCP connection to coturn. The credentials are the ones ``pqcall server
 --turn`` hands out (server/turn.py). Path checks find the path (alice learns bob's
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from pqcall.bench.quality import SAMPLES_DIR
 from pqcall.media.audio import ToneSource
 from pqcall.server.turn import TurnService
 from pqcall.transport.connect import run_path_selection
@@ -43,16 +45,21 @@ from tests.transport.test_session import (
 from tests.turnserver import Coturn
 from tests.utils import handshake_pair, keys_of
 
+from .conftest import start_server, wait_until
+from .helpers import Phone, call_record
+from .test_two_hosts import ONLINE_TIMEOUT_S, check_received
+
 CALLER_KEYS, CALLEE_KEYS = keys_of(handshake_pair())
 SERVER_FOR_ALICE = "10.202.1.1"
 SERVER_FOR_BOB = "10.202.2.1"
 ALICE = "10.202.1.2"
 BOB = "10.202.2.2"
 CALL_S = 2.0 * TIMEOUT_SCALE
+PHONE_CALL_S = 6
 BLOCK_UDP = """
 table inet pqcall_block_udp {
-    chain output { type filter hook output priority 0; meta l4proto udp counter drop; }
-    chain input { type filter hook input priority 0; meta l4proto udp counter drop; }
+    chain output { type filter hook output priority 0; oifname != "lo" meta l4proto udp drop; }
+    chain input { type filter hook input priority 0; iifname != "lo" meta l4proto udp drop; }
 }
 """
 
@@ -162,5 +169,87 @@ def test_bobs_udp_is_blocked_and_the_call_goes_through_turn_over_tcp(make_networ
 
     try:
         run(main)
+    finally:
+        coturn.stop()
+
+
+def test_a_pqcall_call_with_bobs_udp_blocked_goes_through_turn(make_network, processes, tmp_path):
+    """The whole softphone: ``pqcall server --turn ... --turn-secret-file``, two CLI phones;
+    bob's namespace drops UDP, so his phone's UDP probe of the relay gets no answer and
+    it takes the call through coturn over TCP."""
+    net = make_network("isolated")
+    coturn = Coturn.start(
+        Path(tmp_path),
+        listen=SERVER_FOR_BOB,
+        also_listen=[SERVER_FOR_ALICE],
+        relay_ip=SERVER_FOR_ALICE,
+        popen=lambda args: net.server.popen(list(args), stderr=subprocess.DEVNULL),
+        wait=lambda port: net.bob.wait_for_port(port, SERVER_FOR_BOB, timeout_s=10 * TIMEOUT_SCALE),
+    )
+    secret = tmp_path / "turn-secret"
+    secret.write_bytes(coturn.secret + b"\n")
+    secret.chmod(0o600)
+    try:
+        server = start_server(
+            net,
+            processes,
+            tmp_path / "server",
+            *("--turn", f"turn:{SERVER_FOR_BOB}:{coturn.port}?transport=tcp"),
+            *("--turn-secret-file", str(secret)),
+        )
+        net.bob.run([nft_path(), "-f", "-"], input=BLOCK_UDP, text=True, check=True)
+        alice = Phone("alice", net.alice, tmp_path / "alice", processes)
+        bob = Phone("bob", net.bob, tmp_path / "bob", processes)
+        alice_wav, bob_wav = SAMPLES_DIR / "alice.wav", SAMPLES_DIR / "bob.wav"
+        out_a, out_b = tmp_path / "out_a.wav", tmp_path / "out_b.wav"
+        alice.register(server)
+        bob.register(server)
+        listen = processes.start(
+            net.bob,
+            "bob-listen",
+            bob.command(
+                *("listen", "--auto-answer", "--once"),
+                *("--audio-in", str(bob_wav), "--audio-out", str(out_b), "--json"),
+            ),
+            bob.env,
+        )
+        wait_until(
+            lambda: server.metric("pqcall_connected_phones") >= 1,
+            ONLINE_TIMEOUT_S,
+            "bob to be online",
+            processes.report,
+        )
+        try:
+            call = processes.run(
+                net.alice,
+                "alice-call",
+                alice.command(
+                    *("call", "bob", "--audio-in", str(alice_wav), "--audio-out", str(out_a)),
+                    *("--duration", str(PHONE_CALL_S), "--json"),
+                ),
+                alice.env,
+                60.0 + PHONE_CALL_S,
+            )
+            listen.wait(timeout=30 * TIMEOUT_SCALE)
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(f"{exc}\n{processes.report()}") from None
+        try:
+            assert call.returncode == 0 and listen.returncode == 0, "a phone failed"
+            ours, theirs = (
+                call_record(processes, "alice-call"),
+                call_record(processes, "bob-listen"),
+            )
+            assert ours["result"] == theirs["result"] == "ended"
+            # alice sends to bob's relayed address on coturn; bob's media socket to his proxy
+            assert ours["path_address"].startswith(f"{SERVER_FOR_ALICE}:")
+            assert theirs["path_address"].startswith("127.0.0.1:")
+            check_received(out_b, sent=alice_wav, other=bob_wav)
+            check_received(out_a, sent=bob_wav, other=alice_wav)
+            print(  # noqa: T201
+                f"\npqcall call, bob's UDP dropped: path {ours['path']} via"
+                f" {ours['path_address']} (coturn, TCP to bob)"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{processes.report()}") from None
     finally:
         coturn.stop()

@@ -465,7 +465,8 @@ class Call:
         """Our relay grant as a target (establish_path resolves a host name)."""
         if grant is None:
             return None
-        return RelayTarget((grant.host or self._context.server_host, grant.port), grant.token)
+        host = grant.host or self._context.server_host  # TURN too, if UDP is blocked
+        return RelayTarget((host, grant.port), grant.token, turn=grant.turn)
 
     async def _wait_decision(self) -> bool:
         decision = asyncio.ensure_future(asyncio.shield(self._decision))

@@ -223,6 +223,13 @@ async def establish_path(
         PathFailed: neither a direct path nor the relay worked within ``timeout_s``.
         LocalProtocolError: a role that does not match the keys.
     """
+    if relay is not None and relay.turn is not None:  # UDP blocked? then through TURN
+        from pqcall.transport.turn_path import through_turn  # (it imports this module)
+
+        kwargs = {"direct_timeout_s": direct_timeout_s, "timeout_s": timeout_s}
+        turned = await through_turn(sock, keys, role, remote, relay, **kwargs)
+        if turned is not None:
+            return turned
     # checked in priority order (RFC 8445 section 6.1.2.6); the server's guesses, with
     # no priority, last; a stable sort keeps the offer's order among equals
     addresses = await resolve_candidates(sorted(remote, key=lambda c: -priority_of(c)))

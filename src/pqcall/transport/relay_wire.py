@@ -351,6 +351,9 @@ class RelayTarget:
     """This party's 16-byte grant secret, from the signaling server (never sent)."""
     sequence: BindSequence = field(default_factory=BindSequence, compare=False, repr=False)
     """The bind counter; pass it on to a copy (another address form) of this target."""
+    turn: object | None = field(default=None, compare=False, repr=False)
+    """The grant's TURN credentials (``RelayGrant.turn``), if any: see
+    :mod:`pqcall.transport.turn_path`."""
     keys: GrantKeys = field(init=False, compare=False, repr=False)
     """Derived from :attr:`token`."""
 

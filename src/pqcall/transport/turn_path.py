@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import socket
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 from aioice.stun import TransactionFailed
 
@@ -45,6 +46,7 @@ __all__ = [
     "UDP_PROBE_TIMEOUT_S",
     "allocate_turn",
     "establish_path_over_turn",
+    "through_turn",
     "turn_for",
     "udp_reaches_relay",
 ]
@@ -173,3 +175,47 @@ async def establish_path_over_turn(
         timeout_s=timeout_s,
     )
     return await run_path_selection_over_turn(turn, selection)
+
+
+async def through_turn(
+    sock: socket.socket,
+    keys: CallKeys,
+    role: PathRole,
+    remote: Sequence[HostPort | tuple[str, int]],
+    relay: RelayTarget,
+    *,
+    direct_timeout_s: float = DIRECT_TIMEOUT_S,
+    timeout_s: float = PATH_TIMEOUT_S,
+) -> PathChoice | None:
+    """The call's path through TURN for the media socket ``sock``, or None to use ``sock``
+    as it is (no TURN credentials in ``relay.turn``, UDP works, or no TURN server).
+
+    Path selection runs over the allocation; then a :class:`TurnProxy` on loopback
+    stands in for the peer: the returned choice's ``peer`` is the proxy, so the media
+    session on ``sock`` needs no change. The proxy deletes the allocation once media
+    stopped for its idle timeout.
+
+    Raises:
+        PathFailed: no path within ``timeout_s`` (the allocation is deleted).
+    """
+    from pqcall.transport.turn_proxy import TurnProxy  # it imports this module's peers
+
+    turn = await turn_for(cast("TurnCredentials | None", relay.turn), relay)
+    if turn is None:
+        return None
+    try:
+        choice = await establish_path_over_turn(
+            turn,
+            keys,
+            role,
+            remote,
+            relay,
+            direct_timeout_s=direct_timeout_s,
+            timeout_s=timeout_s,
+        )
+        proxy = await TurnProxy.start(turn, int(sock.getsockname()[1]), choice.peer)
+    except BaseException:
+        await turn.close()
+        raise
+    logger.info("path: %s through TURN %s, media via %s:%d", choice.kind, turn.url, *proxy.address)
+    return dataclasses.replace(choice, peer=proxy.address)
