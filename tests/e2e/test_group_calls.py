@@ -53,7 +53,7 @@ LEAD_S = 6.0
 SPEECH_S = 3.0
 SLOT_S = 5.5
 CALL_S = int(LEAD_S + SLOT_S * len(NAMES) + 4)  # alice's --duration
-KILL_CALL_S = 14
+KILL_CALL_S = 30  # long enough for the killed phone to come back
 WINDOW_SLACK_S = 1.2  # where a turn is looked for: its expected place, give or take this
 READY_TIMEOUT_S = 30.0 * TIMEOUT_SCALE
 END_TIMEOUT_S = 60.0 * TIMEOUT_SCALE
@@ -115,11 +115,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 class Member:
     """One ``pqcall`` phone process, its output in files."""
 
-    def __init__(self, world: World, name: str, tmp_path: Path, *args: str) -> None:
+    def __init__(
+        self, world: World, name: str, tmp_path: Path, *args: str, label: str = ""
+    ) -> None:
         self.name = name
-        self.received = tmp_path / f"{name}-received.wav"
-        self.out = tmp_path / f"{name}.out"
-        self.err = tmp_path / f"{name}.err"
+        label = label or name
+        self.received = tmp_path / f"{label}-received.wav"
+        self.out = tmp_path / f"{label}.out"
+        self.err = tmp_path / f"{label}.err"
         media = ("--audio-in", str(world.voices[name]), "--audio-out", str(self.received))
         with self.out.open("w") as out, self.err.open("w") as err:
             self.process = subprocess.Popen(
@@ -237,16 +240,27 @@ def test_killed_member_is_gone_and_the_call_goes_on(world: World, tmp_path: Path
         alice.wait_for("carol: gone", timeout_s=GONE_WITHIN_S * TIMEOUT_SCALE)
         others[0].wait_for("carol: gone", timeout_s=GONE_WITHIN_S * TIMEOUT_SCALE)
         noticed = time.time() - killed_at
+        # carol's phone starts again: it finds itself gone and comes back into the call
+        again = Member(
+            world, "carol", tmp_path, "listen", "--auto-answer", "--once", label="carol2"
+        )
+        members.append(again)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not all("carol: joined" in m.text().split("carol: gone")[-1] for m in members[:2]):
+            assert time.monotonic() < deadline, f"carol did not come back\n{report(members)}"
+            time.sleep(0.2)
         alice.process.wait(timeout=KILL_CALL_S + END_TIMEOUT_S)
         others[0].stop()
+        again.stop()
     finally:
         for member in members:
             member.stop(signal.SIGKILL)
     text = report(members)
     for member in (alice, others[0]):
         record = member.record()
-        states = {p["name"]: p["state"] for p in record["participants"]}
-        assert states["carol"] == "gone", f"{states}\n{text}"
+        carol = next(p for p in record["participants"] if p["name"] == "carol")
+        assert carol["state"] == "joined" and len(carol["sender_ids"]) == 2, f"{carol}\n{text}"
+        assert "carol: gone" in member.text()
         peer = "bob" if member is alice else "alice"
         heard = next(p for p in record["participants"] if p["name"] == peer)
         assert heard["packets_received"] > 200, f"{member.name} stopped hearing {peer}\n{text}"

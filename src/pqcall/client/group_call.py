@@ -242,6 +242,27 @@ class GroupCall:
         ]
         self._events.put_nowait(detail)
 
+    async def _rejoin(self) -> None:
+        """Join again with a new sender id, token, key ring and pairwise channels."""
+        logger.warning("group call %s: the server lost us; joining again", self.call_id)
+        try:
+            detail = await self._api.accept(self.call_id)
+        except PqcallError as exc:
+            self._finish(f"could not join again: {exc}")
+            return
+        me = next((m for m in detail.members if m.name == self.context.username), None)
+        if me is None or me.sender_id is None or detail.relay is None or self.media is None:
+            self._finish("the server gave no sender id or forwarding grant")
+            return
+        loop = asyncio.get_running_loop()
+        self.keyring = GroupKeyring(me.sender_id, now=loop.time(), switch_after_s=SWITCH_FALLBACK_S)
+        self.media.keys = self.keyring
+        self.media.rebind(detail.relay.token)
+        self.peers.clear()
+        self._rosters = 0
+        self._stash = []
+        await self._roster_changed(detail)
+
     # ------------------------------------------------------------ events
 
     async def _run(self) -> None:
@@ -278,6 +299,9 @@ class GroupCall:
         me = next((m for m in view.members if m.name == self.context.username), None)
         if view.ended is not None:
             self._finish("the call ended")
+            return
+        if me is not None and me.state == "gone" and self.state == "active":
+            await self._rejoin()  # the forwarder missed us (a stall): back into the same call
             return
         if me is None or me.state != "joined":
             self._finish(f"the server says we {me.state if me else 'are not a member'}")

@@ -160,8 +160,10 @@ async def group_invite(phone: Phone, event: Event) -> GroupCall | None:
 
     view = GroupView.model_validate({k: v for k, v in event.payload.items() if k != "relay"})
     me = next((m for m in view.members if m.name == phone.username), None)
-    if view.ended is not None or me is None or me.state != "invited":
-        return None
+    if view.ended is not None or me is None or me.state not in ("invited", "gone"):
+        return None  # "gone": this phone vanished from the call (a restart): it may come back
+    if me.state == "gone" and not phone.auto_answer:
+        return None  # only an answering machine rejoins on its own; a person is invited again
     call = GroupCall(phone._group_context(), view, incoming=True)
     if phone._engaged() is not None or phone.group_engaged():
         try:

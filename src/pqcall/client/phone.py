@@ -69,7 +69,12 @@ from pqcall.exceptions import (
 )
 from pqcall.signaling import usernames
 from pqcall.signaling.callstate import RejectReason
-from pqcall.signaling.group_messages import EVENT_GROUP_INVITE, GROUP_EVENTS, GroupView
+from pqcall.signaling.group_messages import (
+    EVENT_GROUP_INVITE,
+    EVENT_GROUP_ROSTER,
+    GROUP_EVENTS,
+    GroupView,
+)
 from pqcall.signaling.messages import (
     EVENT_CALL_INCOMING,
     EVENT_FILE_WAITING,
@@ -470,8 +475,8 @@ class Phone:
             group = self._groups.get(call_id)
             if group is not None:
                 group.deliver(event)
-            elif event.type == EVENT_GROUP_INVITE:
-                await group_invite(self, event)
+            elif event.type in (EVENT_GROUP_INVITE, EVENT_GROUP_ROSTER):
+                await group_invite(self, event)  # a roster: we may be "gone" and come back
             return
         call = self._calls.get(call_id)
         if call is not None:
