@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pqcall.exceptions import PqcallError
 
-BENCHMARKS = ("audio", "codec", "crypto", "curve", "files", "media", "relay", "server")
+BENCHMARKS = ("audio", "codec", "crypto", "curve", "files", "media", "privacy", "relay", "server")
 
 
 def main(argv: list[str] | None = None) -> int:
