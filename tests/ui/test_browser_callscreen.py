@@ -13,6 +13,7 @@ would and checks what the page says:
 - the safety-number panel after a key change: the NEW number, "no longer
   verified — compare and accept", and accepting it there;
 - a call missed while the phone was away, counted by the badge when it comes back;
+- a received file saying its signature checked and where it was saved;
 - the "click to enable ringing" hint when the browser keeps the page silent
   (Chromium's rule simulated: headless Chromium lets any page play sound).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,6 +54,7 @@ from .test_browser import (
 )
 
 TICK_MS = 4_000 * TIMEOUT_SCALE  # a timer shown in whole seconds moves within this
+FILE_MS = 30_000 * TIMEOUT_SCALE  # a small file sent, or received and checked
 # Chromium's autoplay rule (Web Audio starts only after a click or key press on
 # the page), which headless Chromium does not apply whatever --autoplay-policy
 # says: a context starts suspended and resumes only once a real (trusted)
@@ -265,4 +268,32 @@ def test_ring_blocked_by_the_browser_asks_for_a_click(world: UiWorld) -> None:
     expect(incoming).to_have_attribute("data-sound", "on")
     bob.get_by_test_id("reject").click()
     expect_history(alice, "bob", "outgoing", "declined")
+    expect_no_page_errors(world)
+
+
+def test_received_file_says_the_signature_checked_and_where_it_was_saved(
+    world: UiWorld, tmp_path: Path
+) -> None:
+    alice = world.open("alice")
+    bob = world.open("bob")
+    report = tmp_path / "report.txt"
+    report.write_bytes(b"quarterly numbers\n" * 1000)
+    alice.get_by_test_id("file-to").fill("bob")
+    alice.get_by_test_id("file-input").set_input_files(str(report))
+    alice.get_by_test_id("file-send").click()
+    sent = alice.get_by_test_id("transfer-row").first
+    expect(sent).to_contain_text("Sent report.txt: done", timeout=FILE_MS)
+
+    row = bob.get_by_test_id("inbox-row").first
+    expect(row).to_contain_text("From alice", timeout=FILE_MS)
+    # the size on the server (padded ciphertext), in decimal units as the CLI prints sizes
+    expect(row).to_contain_text(re.compile(r"From alice \d+\.\d+ kB"))
+    row.get_by_role("button", name="Receive the file from alice").click()
+    details = row.locator(".received-details")
+    expect(details).to_be_visible(timeout=FILE_MS)
+    saved = world.homes["bob"] / "received" / "report.txt"
+    expect(details).to_have_text(
+        f"Signature checked: signed by alice (key saved, not verified). Saved in {saved}"
+    )
+    assert saved.read_bytes() == report.read_bytes()
     expect_no_page_errors(world)

@@ -42,7 +42,7 @@ from pqcall.ui.screening import add_routes as add_screening_routes
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-"""The page: index.html, app.js, style.css."""
+"""The page: index.html, app.js (and the modules it imports), style.css."""
 TOKEN_HEADER = "X-Pqcall-Token"
 """The header every ``/api`` request carries the token in."""
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -60,7 +60,7 @@ the API at /api is running.</p></main></body></html>
 CONTENT_SECURITY_POLICY = "; ".join(
     (
         "default-src 'self'",
-        "script-src 'self'",  # app.js only: no inline script, no eval
+        "script-src 'self'",  # the page's own scripts: no inline script, no eval
         "style-src 'self'",  # style.css only: no inline style
         "img-src 'self' data:",  # the empty favicon is a data: URL
         "connect-src 'self'",  # fetch and the same-origin WebSocket

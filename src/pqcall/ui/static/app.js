@@ -2,65 +2,52 @@
 // sends the person's actions to its REST API. Rendering is a function of
 // `state` (from the server) and `ui` (small local state); transitions with side
 // effects (ringing, focus, announcements, notifications, the tab's title) live in
-// `effects`. Words and numbers come from words.js, the ring from ringer.js, the
-// keyboard shortcuts from shortcuts.js.
+// `effects`. The link to the phone (token, API, socket) is link.js; words and
+// numbers words.js; DOM helpers dom.js; the ring ringer.js; the keyboard
+// shortcuts shortcuts.js; the Files and device panels files.js and devices.js.
 
-import { listenForShortcuts } from "./shortcuts.js";
+import { $, clear, h, replaceIfChanged, show, text } from "./dom.js";
+import { makeFiles } from "./files.js";
+import { ApiError, api, connect, forgetToken as dropToken, link, takeToken } from "./link.js";
+import { renderDevices } from "./devices.js";
 import { makeRinger } from "./ringer.js";
+import { wireShortcuts } from "./shortcuts.js";
 import {
-  SHORTCUTS, badge, callSeconds, callStateText, describeCall, describeSummary, fmt, iconUrl, outcome, outcomeDetail,
+  badge, callSeconds, callStateText, describeCall, describeSummary, fmt, iconUrl, outcome, outcomeDetail,
   outcomeKind, quality, tabFor, trustText,
 } from "./words.js";
 
-const $ = (id) => document.getElementById(id);
-const TOKEN_KEY = "pqcall-token";
-const BACKOFF_MIN_MS = 500;
-const BACKOFF_MAX_MS = 10000;
-const WS_POLICY_VIOLATION = 1008; // the server's close code for a wrong token
 const ACTIVE = new Set(["connecting", "active"]);
-
-// ---------------------------------------------------------------- token
-
-/**
- * The session token: from sessionStorage, or bought once with the one-time code
- * of the link pqcall ui printed (`#code=`); the code is dead after this.
- */
-async function takeToken() {
-  const match = /(?:^#|&)code=([^&]+)/.exec(location.hash);
-  if (match) {
-    history.replaceState(null, "", location.pathname + location.search);
-    try {
-      const response = await fetch("/api/session", {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ code: decodeURIComponent(match[1]) }),
-      });
-      const data = await response.json().catch(() => ({}));
-      if (response.ok && typeof data.token === "string") {
-        sessionStorage.setItem(TOKEN_KEY, data.token);
-      } else if (!sessionStorage.getItem(TOKEN_KEY)) {
-        showError(data.error || "This link does not work: get a new one from pqcall ui.");
-      }
-    } catch {
-      showError("The phone is not reachable: is pqcall ui still running?");
-    }
-  }
-  return sessionStorage.getItem(TOKEN_KEY);
-}
-
-let token = null;
-let tokenTaken = false; // takeToken() has answered (until then the page is loading)
-
-function forgetToken() {
-  sessionStorage.removeItem(TOKEN_KEY);
-  token = null;
-  render();
-}
 
 // ---------------------------------------------------------------- state
 
+let tokenTaken = false; // takeToken() has answered (until then the page is loading)
+
+function forgetToken() {
+  dropToken();
+  render();
+}
+
+function showError(message) {
+  $("error").textContent = message;
+}
+
+/** Run an action for `button`: clear the last error, show failures in the alert. */
+async function act(button, action) {
+  showError("");
+  if (button) button.disabled = true;
+  try {
+    return await action();
+  } catch (error) {
+    showError(error instanceof ApiError ? error.message : String(error));
+    return undefined;
+  } finally {
+    if (button) button.disabled = false;
+    render();
+  }
+}
+
 let state = null; // the last State from the server
-let socketOpen = false;
 const ui = {
   filter: "", // text in the contact search box
   safety: null, // {name, number} of the open safety-number view
@@ -88,135 +75,29 @@ function setState(next) {
   effects(next);
 }
 
-// ---------------------------------------------------------------- API
+Object.assign(link.hooks, {
+  onState: setState,
+  version: () => state?.version,
+  onError: showError,
+  onChange: render,
+  onForbidden: forgetToken,
+});
 
-class ApiError extends Error {
-  constructor(message, status, data) {
-    super(message);
-    Object.assign(this, { status, data });
-  }
-}
+const files = makeFiles({ getState: () => state, received: ui.received, act, render, showError });
 
-/** POST `body` as JSON (or FormData) to `path`, or GET when `body` is undefined. */
-async function api(path, body) {
-  const init = { method: body === undefined ? "GET" : "POST", headers: { "X-Pqcall-Token": token ?? "" } };
-  if (body instanceof FormData) {
-    init.body = body;
-  } else if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  let response;
-  try {
-    response = await fetch(path, init);
-  } catch {
-    throw new ApiError("The phone is not reachable: is pqcall ui still running?", 0, {});
-  }
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    throw new ApiError(data.error || `The phone answered ${response.status} ${response.statusText}.`, response.status, data);
-  }
-  // an action's answer can be older than a state the socket pushed meanwhile: keep the newest
-  if (data && typeof data.phase === "string" && !(state && data.version < state.version)) setState(data);
-  return data;
-}
-
-function showError(message) {
-  $("error").textContent = message;
-}
-
-/** Run an action for `button`: clear the last error, show failures in the alert. */
-async function act(button, action) {
-  showError("");
-  if (button) button.disabled = true;
-  try {
-    return await action();
-  } catch (error) {
-    showError(error instanceof ApiError ? error.message : String(error));
-    return undefined;
-  } finally {
-    if (button) button.disabled = false;
-    render();
-  }
-}
-
-// ---------------------------------------------------------------- socket
-
-let backoffMs = BACKOFF_MIN_MS;
-
-function connect() {
-  const url = new URL("/api/ws", location.href);
-  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  url.searchParams.set("token", token);
-  const socket = new WebSocket(url);
-  socket.onopen = () => {
-    socketOpen = true;
-    backoffMs = BACKOFF_MIN_MS;
-    render();
-  };
-  socket.onmessage = (event) => {
-    const message = JSON.parse(event.data);
-    if (message.type === "state") setState(message.state);
-  };
-  socket.onclose = (event) => {
-    socketOpen = false;
-    if (event.code === WS_POLICY_VIOLATION) return forgetToken(); // the token is wrong: retrying cannot help
-    render();
-    setTimeout(connect, backoffMs);
-    backoffMs = Math.min(backoffMs * 2, BACKOFF_MAX_MS);
-  };
-}
-
-// ---------------------------------------------------------------- DOM helpers
-
-function text(el, value) {
-  const v = String(value ?? "");
-  if (el.textContent !== v) el.textContent = v;
-}
-
-function show(el, visible) {
-  if (el.hidden === visible) el.hidden = !visible;
-}
-
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value == null || value === false) continue;
-    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
-    else if (key === "testid") el.dataset.testid = value;
-    else if (key in el && typeof value !== "string") el[key] = value;
-    else el.setAttribute(key, value === true ? "" : value);
-  }
-  el.append(...children.filter((c) => c != null && c !== false));
-  return el;
-}
-
-/** Replace `el`'s children when `key` changed; keep focus on the same data-testid. */
-function replaceIfChanged(el, key, build) {
-  if (el.dataset.key === key) return;
-  el.dataset.key = key;
-  const focused = el.contains(document.activeElement) ? document.activeElement.dataset.testid : null;
-  el.replaceChildren(...build());
-  if (focused) el.querySelector(`[data-testid="${CSS.escape(focused)}"]`)?.focus();
-}
-
-function clear(el) {
-  delete el.dataset.key;
-  el.replaceChildren();
-}
+// ---------------------------------------------------------------- rendering
 
 function safetyNumberEl(number) {
   return h("p", { testid: "safety-number", class: "safety-number" }, number ?? "Loading…");
 }
 
-// ---------------------------------------------------------------- rendering
 
 function contactOf(name) {
   return state?.contacts.find((c) => c.name === name) ?? null;
 }
 
 function render() {
-  const phase = !tokenTaken ? "loading" : !token ? "no-token" : state ? state.phase : "loading";
+  const phase = !tokenTaken ? "loading" : !link.token ? "no-token" : state ? state.phase : "loading";
   show($("no-token"), phase === "no-token");
   show($("setup"), phase === "setup");
   show($("unlock"), phase === "locked");
@@ -238,8 +119,8 @@ function render() {
   renderScreening();
   renderSafety(target);
   renderHistory();
-  renderFiles();
-  renderDevices(state.devices);
+  files.render();
+  renderDevices(state.devices, ui.ringSink);
 }
 
 function renderHeader() {
@@ -247,7 +128,7 @@ function renderHeader() {
   show($("who"), Boolean(account));
   text($("me"), account?.username);
   text($("my-fingerprint"), account?.fingerprint);
-  const online = socketOpen && Boolean(state?.connected);
+  const online = link.socketOpen && Boolean(state?.connected);
   text($("connection"), online ? "online" : "offline");
   $("connection").className = `conn ${online ? "online" : "offline"}`;
   const missed = state?.phase === "ready" ? state.missed_unseen : 0;
@@ -405,7 +286,7 @@ function contactRow(name) {
         onclick: (e) => act(e.currentTarget, () => api(isBlocked(name) ? "/api/unblock" : "/api/block", { name })) }, "Block")),
   );
   li.dataset.name = name;
-  addDropTarget(li, () => name);
+  files.addDropTarget(li, () => name);
   return li;
 }
 
@@ -468,7 +349,7 @@ function renderHistory() {
   show($("missed-seen"), missed > 0);
   text($("history-missed"), `${missed} missed`);
   show($("history-empty"), state.history.length === 0);
-  replaceIfChanged($("history"), JSON.stringify(state.history.map((c) => [c.call_id, c.result, c.reason, c.duration_s])), () =>
+  replaceIfChanged($("history"), JSON.stringify(state.history.map((c) => [c.call_id, c.outcome, c.reason, c.duration_s])), () =>
     state.history.map((c, index) => {
       const detail = outcomeDetail(c);
       return h("li", { testid: "history-row", class: `history-row result-${outcomeKind(c)}` },
@@ -477,77 +358,12 @@ function renderHistory() {
         h("strong", { class: "peer" }, c.peer),
         h("span", { class: "result", testid: "history-result" }, outcome(c),
           detail ? h("span", { class: "hint" }, ` (${detail})`) : null),
-        h("span", { class: "dur" }, fmt.duration(c.duration_s)),
+        h("span", { class: "dur" }, c.answered_unix ? fmt.duration(c.duration_s) : "–"),
         h("time", { datetime: new Date((c.started_unix ?? 0) * 1000).toISOString() }, fmt.time(c.started_unix)),
         h("button", { type: "button", class: "quiet call-back", testid: `call-back-${index}`,
           "aria-label": `Call ${c.peer} back`, onclick: (e) => callContact(c.peer, e.currentTarget) }, "Call back"));
     }));
   for (const button of $("history").querySelectorAll(".call-back")) button.disabled = Boolean(state.call);
-}
-
-function renderFiles() {
-  const transfers = state.transfers ?? [];
-  show($("transfers-title"), transfers.length > 0);
-  replaceIfChanged($("transfers"), JSON.stringify(transfers), () =>
-    transfers.map((t) => {
-      const verb = t.direction === "receive" ? (t.state === "done" ? "Received" : "Receiving") : t.state === "done" ? "Sent" : "Sending";
-      const label = `${verb} ${t.name}: ${t.error ? `failed: ${t.error}` : t.state}`;
-      return h("li", { testid: "transfer-row" }, h("span", { id: `transfer-${t.id}` }, label, " ", h("span", { class: "hint" },
-        `${fmt.size(t.done)} of ${fmt.size(t.total)}`)),
-      h("progress", { testid: "transfer-progress", max: t.total || 1, value: t.done ?? 0,
-        "aria-labelledby": `transfer-${t.id}` }),
-      t.saved_path ? h("p", { class: "ok received-details" }, receivedText(t)) : null);
-    }));
-  const inbox = state.inbox ?? [];
-  const rows = [...inbox];
-  for (const [id, r] of ui.received) if (!inbox.some((f) => f.file_id === id)) rows.push({ file_id: id, ...r });
-  show($("inbox-empty"), rows.length === 0);
-  replaceIfChanged($("inbox"), JSON.stringify([rows, [...ui.received]]), () =>
-    rows.map((f) => {
-      const got = ui.received.get(f.file_id);
-      const action = got?.downloaded
-        ? h("span", { class: "ok" }, `${got.name} saved by the browser`) // the phone hands a file out once
-        : got
-        ? h("a", { href: downloadUrl(f.file_id), download: got.name || "", testid: `download-${f.file_id}`,
-          onclick: () => setTimeout(() => ((got.downloaded = true), render()), 0) }, `Download ${got.name || "file"}`)
-        : h("button", { type: "button", testid: `receive-${f.file_id}`, "aria-label": `Receive the file from ${f.sender}`,
-          onclick: (e) => receiveFile(f, e.currentTarget) }, "Receive");
-      return h("li", { testid: "inbox-row" }, h("span", {}, `From ${f.sender}`, " ",
-        h("span", { class: "hint" }, [fmt.size(f.size), fmt.time(f.created)].filter(Boolean).join(", "))), action,
-      got?.saved_path ? h("p", { class: "ok received-details", testid: `received-${f.file_id}` }, receivedText(got)) : null);
-    }));
-}
-
-/** What a received file's checks found and where the phone saved it. */
-function receivedText(r) {
-  const trust = r.signer_verified ? "verified" : "key saved, not verified";
-  return `Signature checked: signed by ${r.signed_by} (${trust}). Saved in ${r.saved_path}`;
-}
-
-function downloadUrl(fileId) {
-  return `/api/files/${encodeURIComponent(fileId)}/download?token=${encodeURIComponent(token)}`;
-}
-
-function deviceValue(device) {
-  return typeof device === "string" ? device : String(device.name ?? device.index);
-}
-
-function renderDevices(devices) {
-  for (const [id, list, current] of [["audio-in", devices?.inputs, devices?.audio_in],
-    ["audio-out", devices?.outputs, devices?.audio_out]]) {
-    const select = $(id);
-    const values = (list ?? []).map(deviceValue);
-    const chosen = current ?? "default";
-    if (!values.includes(chosen)) values.unshift(chosen);
-    replaceIfChanged(select, JSON.stringify(values), () => values.map((v) => h("option", { value: v }, v)));
-    if (select.value !== chosen && document.activeElement !== select) select.value = chosen;
-  }
-  for (const [id, on] of [["echo-cancel", devices?.echo_cancel], ["noise-suppression", devices?.noise_suppression],
-    ["auto-gain", devices?.auto_gain]]) {
-    if (document.activeElement !== $(id)) $(id).checked = on !== false;
-  }
-  text($("ring-output"), ui.ringSink ? `The ring plays on ${ui.ringSink}, the speaker chosen above.`
-    : "The ring plays on the browser's default speaker (the browser does not name the one chosen above).");
 }
 
 // ---------------------------------------------------------------- effects
@@ -655,46 +471,6 @@ async function acceptKey(name, button) {
   render();
 }
 
-async function sendFile(to, file, button) {
-  if (!to) {
-    showError("Choose who to send the file to first.");
-    return $("file-to").focus();
-  }
-  await act(button, () => {
-    const form = new FormData();
-    form.append("to", to);
-    form.append("file", file, file.name);
-    return api("/api/files/send", form);
-  });
-}
-
-async function receiveFile(file, button) {
-  const data = await act(button, () => api(`/api/files/${encodeURIComponent(file.file_id)}/receive`, {}));
-  if (data === undefined) return;
-  ui.received.set(file.file_id, { sender: file.sender, size: file.size, created: file.created,
-    name: data.name ?? data.filename ?? "", saved_path: data.saved_path, signed_by: data.signed_by,
-    signer_verified: data.signer_verified });
-  render();
-  document.querySelector(`[data-testid="download-${CSS.escape(file.file_id)}"]`)?.focus();
-}
-
-function addDropTarget(el, recipient) {
-  el.addEventListener("dragover", (e) => {
-    if (![...e.dataTransfer.types].includes("Files")) return;
-    e.preventDefault();
-    e.dataTransfer.dropEffect = "copy";
-    el.classList.add("dragging");
-  });
-  el.addEventListener("dragleave", () => el.classList.remove("dragging"));
-  el.addEventListener("drop", (e) => {
-    e.preventDefault();
-    e.stopPropagation();
-    el.classList.remove("dragging");
-    const file = e.dataTransfer.files[0];
-    if (file) sendFile(recipient(), file, null);
-  });
-}
-
 function wire() {
   $("setup-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -770,19 +546,7 @@ function wire() {
   });
   $("accept-key").addEventListener("click", (e) => acceptKey(ui.keyShown, e.currentTarget));
   $("safety-accept-key").addEventListener("click", (e) => acceptKey(ui.safety?.name, e.currentTarget));
-  $("file-form").addEventListener("submit", (e) => {
-    e.preventDefault();
-    const file = $("file-input").files[0];
-    if (!file) return showError("Choose a file to send.");
-    sendFile($("file-to").value.trim(), file, $("file-send")).then(() => ($("file-input").value = ""));
-  });
-  addDropTarget($("drop-zone"), () => $("file-to").value.trim());
-  document.addEventListener("dragover", (e) => { // a stray drop must not navigate away
-    if (e.defaultPrevented) return; // a drop target took it
-    e.preventDefault();
-    e.dataTransfer.dropEffect = "none";
-  });
-  document.addEventListener("drop", (e) => e.preventDefault());
+  files.wire();
   const devices = () => act(null, () => api("/api/devices", { audio_in: $("audio-in").value, audio_out: $("audio-out").value }));
   $("audio-in").addEventListener("change", devices);
   $("audio-out").addEventListener("change", devices);
@@ -802,33 +566,8 @@ function wire() {
     ringer.unlock();
     $("accept").focus();
   });
-  wireShortcuts();
+  wireShortcuts(() => state?.phase === "ready");
   setInterval(renderTimer, 1000);
-}
-
-// ---------------------------------------------------------------- keyboard shortcuts
-
-/** A, D, M, H and ? (see words.js SHORTCUTS); each acts only when its button is shown and enabled. */
-function wireShortcuts() {
-  replaceIfChanged($("shortcuts-list"), "list", () =>
-    SHORTCUTS.flatMap(([key, what]) => [h("dt", {}, h("kbd", {}, key)), h("dd", {}, what)]));
-  const press = (id) => () => {
-    const button = $(id);
-    if (state?.phase !== "ready" || button.disabled || button.closest("[hidden]")) return false;
-    button.click();
-    return true;
-  };
-  const dialog = $("shortcuts");
-  const toggleList = () => (dialog.open ? dialog.close() : dialog.showModal());
-  listenForShortcuts({
-    a: press("accept"),
-    d: press("reject"),
-    m: press("mute"),
-    h: () => press("hangup")() || press("cancel")(),
-    "?": toggleList,
-  }, () => $("key-warning").open || dialog.open);
-  $("shortcuts-open").addEventListener("click", toggleList);
-  $("shortcuts-close").addEventListener("click", () => dialog.close());
 }
 
 // ---------------------------------------------------------------- start
@@ -836,10 +575,10 @@ function wireShortcuts() {
 async function start() {
   wire();
   render();
-  token = await takeToken();
+  await takeToken();
   tokenTaken = true;
   render();
-  if (!token) return;
+  if (!link.token) return;
   try {
     setState(await api("/api/state"));
   } catch (error) {

@@ -1,7 +1,11 @@
 // pqcall web UI: single-key shortcuts for the call (A accept, D decline, M mute,
 // H hang up, ? lists them). A key typed into a field, or pressed with Ctrl, Alt
 // or Meta, is never taken; nor is any key while a modal dialog (the key-change
-// warning) asks for a decision.
+// warning) asks for a decision. A key presses its button, and only when that
+// button is shown and enabled: one code path for the mouse, Enter and the key.
+
+import { $, h, replaceIfChanged } from "./dom.js";
+import { SHORTCUTS } from "./words.js";
 
 const TYPING = new Set(["INPUT", "TEXTAREA", "SELECT"]);
 
@@ -14,11 +18,34 @@ function isTyping(target) {
  * "h", "?") to a function; a function that returns false did nothing (the key
  * then keeps its usual meaning).
  */
-export function listenForShortcuts(actions, isModalOpen) {
+function listenForShortcuts(actions, isModalOpen) {
   document.addEventListener("keydown", (event) => {
     if (event.defaultPrevented || event.repeat || event.ctrlKey || event.altKey || event.metaKey) return;
     if (isTyping(event.target) || isModalOpen()) return;
     const action = actions[event.key.toLowerCase()];
     if (action && action() !== false) event.preventDefault();
   });
+}
+
+/** Wire A, D, M, H and ? (the list in the "shortcuts" dialog); `isReady()`: the phone is unlocked. */
+export function wireShortcuts(isReady) {
+  replaceIfChanged($("shortcuts-list"), "list", () =>
+    SHORTCUTS.flatMap(([key, what]) => [h("dt", {}, h("kbd", {}, key)), h("dd", {}, what)]));
+  const press = (id) => () => {
+    const button = $(id);
+    if (!isReady() || button.disabled || button.closest("[hidden]")) return false;
+    button.click();
+    return true;
+  };
+  const dialog = $("shortcuts");
+  const toggleList = () => (dialog.open ? dialog.close() : dialog.showModal());
+  listenForShortcuts({
+    a: press("accept"),
+    d: press("reject"),
+    m: press("mute"),
+    h: () => press("hangup")() || press("cancel")(),
+    "?": toggleList,
+  }, () => $("key-warning").open || dialog.open);
+  $("shortcuts-open").addEventListener("click", toggleList);
+  $("shortcuts-close").addEventListener("click", () => dialog.close());
 }

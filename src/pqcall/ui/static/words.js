@@ -3,9 +3,10 @@
 //
 // One set of words for how a call went, the same as the CLI's and the history's
 // (issue 21): answered, cancelled, declined, no answer, missed, busy, blocked,
-// failed: <reason>. Sizes are decimal (B, kB, MB, GB), as the CLI prints them.
+// failed: <reason>. The phone computes the word (`outcome` of each history row
+// and of `last_call`, client/call_outcome.py outcome_word); the page only shows
+// it. Sizes are decimal (B, kB, MB, GB), as the CLI prints them.
 
-const LOST_REASONS = new Set(["peer unreachable", "media timeout"]); // "media timeout": older calls
 const NO_ANSWER = "no answer";
 
 export const fmt = {
@@ -47,25 +48,9 @@ export function quality(mos) {
   return mos >= 4 ? "good" : mos >= 3.6 ? "fair" : "poor";
 }
 
-/**
- * How a finished call went, in one of the shared words (the library's result
- * `ended` covers answered calls and calls that stopped before an answer).
- */
+/** How a finished call went, in one of the shared words (computed by the phone). */
 export function outcome(summary) {
-  const result = summary.result;
-  const reason = summary.reason ?? "";
-  const outgoing = summary.direction === "outgoing";
-  if (result === "ended") {
-    if (summary.answered_unix) return "answered";
-    return outgoing ? "cancelled" : "missed";
-  }
-  if (result === "rejected") return "declined";
-  if (result === "missed") {
-    if (!outgoing) return "missed";
-    return reason === "cancelled" ? "cancelled" : NO_ANSWER;
-  }
-  if (result === "failed") return `failed: ${LOST_REASONS.has(reason) ? "connection lost" : reason || "unknown reason"}`;
-  return result ?? "unknown";
+  return summary.outcome ?? summary.result ?? "unknown";
 }
 
 /** The outcome's word without its reason, for a CSS class: `failed`, `no-answer`... */
