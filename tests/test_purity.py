@@ -44,6 +44,7 @@ PURE = (
     "pqcall.transport.media_protocol",
     "pqcall.transport.liveness",
     "pqcall.transport.reception",
+    "pqcall.transport.bandwidth",
     "pqcall.transport.path_choice",
     "pqcall.transport.path_messages",
     "pqcall.transport.pathcheck",

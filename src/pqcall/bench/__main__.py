@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="media benchmark: run N busy processes beside the calls (a busy machine)",
     )
+    parser.add_argument(
+        "--bottleneck",
+        metavar="KBPS,...",
+        help="media benchmark: only the bottleneck scenario, at these rates (kbit/s on the wire)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise PqcallError("--sizes applies only to the files benchmark")
     if args.corpus is not None and args.name not in ("codec", "curve", "media"):
         raise PqcallError("--corpus applies only to the codec and media benchmarks")
+    if args.bottleneck and args.name != "media":
+        raise PqcallError("--bottleneck applies only to the media benchmark")
     if args.cpu_hog and args.name != "media":
         raise PqcallError("--cpu-hog applies only to the media benchmark")
     if args.cpu_hog < 0:
@@ -80,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             options["corpus"] = args.corpus
         if args.name == "media":
             options["cpu_hogs"] = args.cpu_hog
+            options["bottleneck"] = [float(k) for k in (args.bottleneck or "").split(",") if k]
         figures = benchmark.run(quick=args.quick, **options)
         print(render_table(f"pqcall bench {args.name}", figures))
     if args.json:

@@ -136,6 +136,11 @@ class CallRecord:
     """Packets that came after their playout time: (caller side, callee side) (pqcall only)."""
     encoder_modes: list[str] = field(default_factory=list)
     """The caller's encoder mode at each sample (pqcall only): clean, fec, redundancy, backup."""
+    queue_ms: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds since the start, the relay's caller-to-callee bottleneck backlog in ms), sampled
+    with the delay, when the scenario has a bottleneck."""
+    opus_kbps: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds since the start, the caller's Opus bitrate cap in kbit/s) (pqcall only)."""
 
     def mode_share(self, mode: str) -> float:
         """The share of the samples, 0-1, in which the caller's encoder was in ``mode``."""
@@ -252,6 +257,9 @@ async def _pqcall_call(scenario: Scenario, speech: Pcm, reply: Pcm) -> CallRecor
     buffer_ms: list[tuple[float, float]] = []
     kbps: list[float] = []
     modes: list[str] = []
+    queue_ms: list[tuple[float, float]] = []
+    opus_kbps: list[tuple[float, float]] = []
+    bottleneck = bool(scenario.impairment.rate_kbps)
     try:
         with _relay(scenario, caller_addr, callee_addr) as relay:
             cpu0 = time.process_time()
@@ -269,6 +277,11 @@ async def _pqcall_call(scenario: Scenario, speech: Pcm, reply: Pcm) -> CallRecor
                 buffer_ms.append((elapsed, callee.snapshot().jitter_buffer_ms))
                 ours = caller.snapshot()
                 modes.append(ours.encoder_mode)
+                opus_kbps.append(
+                    (elapsed, caller.adaptation.bitrate_bps(settings.opus.frame_ms) / 1e3)
+                )
+                if bottleneck:
+                    queue_ms.append((elapsed, relay.queue()))
                 if BITRATE_WARMUP_S <= elapsed <= scenario.speech_s:
                     kbps.append(ours.tx_kbps)
             wall = loop.time() - start
@@ -297,6 +310,8 @@ async def _pqcall_call(scenario: Scenario, speech: Pcm, reply: Pcm) -> CallRecor
         concealed_ms=(ends[0].concealed_ms, ends[1].concealed_ms),
         late_packets=(ends[0].packets_late, ends[1].packets_late),
         encoder_modes=modes,
+        queue_ms=queue_ms,
+        opus_kbps=opus_kbps,
     )
 
 
@@ -314,8 +329,9 @@ async def _prototype_call(scenario: Scenario, speech: Samples, reply: Samples) -
             start = loop.time()
             caller.connect(relay.address_a)
             callee.connect(relay.address_b)
-            await _schedule_impairment(relay, scenario, start)
-            await asyncio.sleep(max(0.0, start + scenario.speech_s + TAIL_S - loop.time()))
+            switch = asyncio.create_task(_schedule_impairment(relay, scenario, start))
+            queue_ms = await _sample_queue(relay, scenario, start)
+            await switch
             wall = loop.time() - start
             cpu = time.process_time() - cpu0
             received, dropped = relay.counts()
@@ -334,7 +350,24 @@ async def _prototype_call(scenario: Scenario, speech: Samples, reply: Samples) -
         wall_s=wall,
         relay_sent=received,
         relay_dropped=dropped,
+        queue_ms=queue_ms,
     )
+
+
+async def _sample_queue(
+    relay: RelayProcess, scenario: Scenario, start: float
+) -> list[tuple[float, float]]:
+    """Until the call's end: the relay's bottleneck backlog every sample (none without one)."""
+    loop = asyncio.get_running_loop()
+    end = start + scenario.speech_s + TAIL_S
+    samples: list[tuple[float, float]] = []
+    tick = 0
+    while scenario.impairment.rate_kbps and (now := loop.time()) < end:
+        tick += 1
+        await asyncio.sleep(max(0.0, start + tick * SAMPLE_INTERVAL_S - now))
+        samples.append((loop.time() - start, relay.queue()))
+    await asyncio.sleep(max(0.0, end - loop.time()))
+    return samples
 
 
 def run_call(system: str, scenario: Scenario, speech: Samples, reply: Samples) -> CallRecord:

@@ -1,7 +1,7 @@
 """Media quality benchmark: pqcall's call pipeline against the prototype's, side by side.
 
 ``python -m pqcall.bench media [--quick] [--json PATH] [--corpus | --no-corpus]
-[--cpu-hog N]``
+[--cpu-hog N] [--bottleneck KBPS,...]``
 (or ``pqcall bench media``) sends speech, voice by voice
 (:mod:`pqcall.bench.speech`: each of the speech corpus's ten voices, answered
 by the next one; without the corpus ``media/samples/alice.wav``, answered with
@@ -482,7 +482,13 @@ def _voice_summary(names: Sequence[str], talkers: Sequence[Talker], by_voice: By
     )
 
 
-def run(*, quick: bool = False, corpus: bool | None = None, cpu_hogs: int = 0) -> list[Figure]:
+def run(
+    *,
+    quick: bool = False,
+    corpus: bool | None = None,
+    cpu_hogs: int = 0,
+    bottleneck: Sequence[float] = (),
+) -> list[Figure]:
     """Run every call, print a summary per condition and per voice, return the figures.
 
     Args:
@@ -490,6 +496,8 @@ def run(*, quick: bool = False, corpus: bool | None = None, cpu_hogs: int = 0) -
         corpus: the speech corpus (True), the two samples (False), or the
             corpus if it can be built (None).
         cpu_hogs: busy processes to run beside the calls (stopped after).
+        bottleneck: rates in kbit/s: run only the bottleneck scenario at each
+            (:mod:`pqcall.bench.media_bottleneck`), on the first voice.
 
     Raises:
         PqcallError: the ``pesq`` package is missing.
@@ -497,6 +505,11 @@ def run(*, quick: bool = False, corpus: bool | None = None, cpu_hogs: int = 0) -
     """
     check_pesq()
     talkers = select_speech(corpus, quick=quick)
+    if bottleneck:
+        from pqcall.bench.media_bottleneck import run_bottlenecks  # only this scenario
+
+        with CpuHogs(cpu_hogs):
+            return run_bottlenecks(bottleneck, talkers)
     if quick:
         limit = round(QUICK_SPEECH_S * REFERENCE_RATE_HZ)
         talkers = tuple(replace(t, speech=t.speech[:limit]) for t in talkers)

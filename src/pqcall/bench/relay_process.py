@@ -93,6 +93,12 @@ class RelayProcess:
         received, dropped = self._reply(REPLY_TIMEOUT_S)
         return int(received), int(dropped)
 
+    def queue(self) -> float:
+        """The bottleneck's backlog, ms, caller to callee, as the last datagram found it."""
+        self._conn.send(("queue", None))
+        queue_ms, _ = self._reply(REPLY_TIMEOUT_S)
+        return float(queue_ms)
+
     def _reply(self, timeout_s: float) -> tuple[Any, Any]:
         if not self._conn.poll(timeout_s):
             raise TimeoutError("the benchmark relay process did not answer")
@@ -126,6 +132,9 @@ async def _relay(
             on = impairment if argument else Impairment()
             relay.set_impairment(Direction.A_TO_B, on)
             relay.set_impairment(Direction.B_TO_A, _reverse(on))
+        elif command == "queue":
+            stats = relay.stats(Direction.A_TO_B)
+            conn.send((stats.queue_delay_ms, stats.queue_dropped))
         elif command == "counts":
             stats = relay.stats(Direction.A_TO_B)
             conn.send((stats.received, stats.dropped))

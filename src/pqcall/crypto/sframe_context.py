@@ -200,6 +200,17 @@ class SFrameSender:
         """Packets protected so far; also the next counter value."""
         return self._counter
 
+    @property
+    def pad_to(self) -> int:
+        """The padding multiple (settable: a media sender's mode change sets its packet size)."""
+        return self._pad_to
+
+    @pad_to.setter
+    def pad_to(self, pad_to: int) -> None:
+        if pad_to < 0:
+            raise LocalProtocolError("pad_to must not be negative")
+        self._pad_to = pad_to
+
     def ratchet(self) -> None:
         """Move to the next base key now and forget the current one (RFC 9605 section 5.1).
 

@@ -25,6 +25,12 @@ The models, per datagram and in this order:
   ``keep_order=True`` forbids that by delaying each datagram until the one before it has left.
   And with probability ``reorder`` a datagram is held back ``reorder_ms`` longer, so the ones
   sent in that time overtake it (held datagrams are exempt from ``keep_order``).
+- Bottleneck (:class:`ImpairedLink` only; it needs the datagram's size): with ``rate_kbps``
+  set, a datagram that survived the loss model waits behind the ones before it and leaves
+  after its own serialisation time (its bytes plus :data:`IP_UDP_OVERHEAD_BYTES` at the rate:
+  the rate is the wire's); if more than ``queue_ms`` of backlog is already waiting it is
+  dropped (drop-tail, as a router's bounded queue). Delay and jitter come after the queue.
+  It draws nothing: a seed's loss pattern is the same with or without a bottleneck.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from pqcall.exceptions import LocalProtocolError
 MS_PER_SECOND = 1000.0
 DRAWS_PER_DATAGRAM = 6  # loss, state transition, duplicate, reorder, jitter, duplicate's jitter
 DEFAULT_REORDER_MS = 40.0  # extra hold of a reordered datagram: two 20 ms frames overtake it
+DEFAULT_QUEUE_MS = 200.0  # a bottleneck's queue: the backlog, in ms at its rate, it holds
+IP_UDP_OVERHEAD_BYTES = 28  # IPv4 and UDP headers: a bottleneck's rate counts them
 QUEUE_LIMIT_DATAGRAMS = 10_000  # copies in flight per direction (netem's default limit is 1000)
 UNIFORM_CLAMP = 1e-12  # keeps a draw of exactly 0.0 away from the normal quantile's pole
 UNIFORM_HALF_WIDTH_PER_SD = math.sqrt(3.0)  # U(-a, a) has standard deviation a / sqrt(3)
@@ -160,13 +168,17 @@ class Impairment:
     """Extra delay of a held-back datagram, in milliseconds."""
     keep_order: bool = False
     """Whether jitter may not reorder (each datagram waits for the one before it)."""
+    rate_kbps: float = 0.0
+    """Bottleneck rate in kbit/s on the wire (IPv4 and UDP headers counted); 0: none."""
+    queue_ms: float = DEFAULT_QUEUE_MS
+    """The bottleneck's queue: a datagram finding more backlog than this (in ms) is dropped."""
     seed: int = 0
     """Seed of this direction's random source (the relay's ``random.Random(seed)``)."""
 
     def __post_init__(self) -> None:
         for name in ("loss", "duplicate", "reorder"):
             _check_probability(name, getattr(self, name))
-        for name in ("delay_ms", "jitter_ms", "reorder_ms"):
+        for name in ("delay_ms", "jitter_ms", "reorder_ms", "rate_kbps", "queue_ms"):
             value = getattr(self, name)
             if not (value >= 0.0 and math.isfinite(value)):
                 raise LocalProtocolError(f"{name} must be a finite time >= 0, got {value!r}")
@@ -290,6 +302,10 @@ class LinkStats:
     """Copies that left after a datagram that entered the link later than them."""
     overflowed: int = 0
     """Copies discarded because ``queue_limit`` copies were already waiting."""
+    queue_dropped: int = 0
+    """Of ``dropped``, datagrams the bottleneck's full queue dropped (not the loss model)."""
+    queue_delay_ms: float = 0.0
+    """The bottleneck's backlog (ms at its rate) the last datagram found (0 once it drained)."""
 
 
 @dataclass(order=True, slots=True)
@@ -323,6 +339,7 @@ class ImpairedLink:
         self._order = 0  # copies queued so far; ties in deliver_at leave in this order
         self._arrivals = 0  # datagrams received so far; numbers them for reordered
         self._highest_sent = -1  # highest arrival number delivered so far
+        self._busy_until = -math.inf  # when the bottleneck has sent everything queued
         self._stats = LinkStats()  # counters, copied out by stats
 
     @property
@@ -356,14 +373,36 @@ class ImpairedLink:
         if verdict.is_dropped:
             self._stats.dropped += 1
             return
+        deliver_times = verdict.deliver_at
+        self._stats.queue_delay_ms = max(0.0, self._busy_until - now) * MS_PER_SECOND
+        if self.impairment.rate_kbps:
+            deliver_times = self._bottleneck(len(data), now, deliver_times)
+            if not deliver_times:
+                self._stats.dropped += 1
+                self._stats.queue_dropped += 1
+                return
         self._stats.duplicated += verdict.is_duplicated
         self._stats.held += verdict.is_held
-        for deliver_at in verdict.deliver_at:
+        for deliver_at in deliver_times:
             if len(self._queue) >= self._queue_limit:
                 self._stats.overflowed += 1
                 continue
             heapq.heappush(self._queue, _Pending(deliver_at, self._order, number, data))
             self._order += 1
+
+    def _bottleneck(
+        self, size: int, now: float, deliver_at: tuple[float, ...]
+    ) -> tuple[float, ...]:
+        """``deliver_at`` after the bottleneck's queue (each copy in turn); () if it is full."""
+        imp = self.impairment
+        if self._busy_until - now > imp.queue_ms / MS_PER_SECOND:
+            return ()
+        serialise = (size + IP_UDP_OVERHEAD_BYTES) * 8 / (imp.rate_kbps * MS_PER_SECOND)
+        times = []
+        for at in deliver_at:
+            self._busy_until = max(now, self._busy_until) + serialise
+            times.append(self._busy_until + (at - now))  # delay and jitter after the queue
+        return tuple(times)
 
     def get_timer(self) -> float | None:
         """When the next copy is due (seconds, the caller's clock), or None if none waits."""

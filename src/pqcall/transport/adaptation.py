@@ -28,6 +28,11 @@ behind them in ``docs/decisions/0120-media-adaptation-fec-over-redundancy.md`` a
   frame 0.6 PESQ-WB on the worst voice; ``docs/decisions/0220-bursts.md``);
   it is left only when the window's bursts fall below :data:`UNBURSTY_MEAN_PACKETS`
   or the hold ends;
+* a link narrower than the call (:mod:`~pqcall.transport.bandwidth`: queueing
+  delay in the round trips, the delivered rate in the reports) lowers the
+  Opus bytes per frame to a rung of a short ladder, and the packet size with
+  them (``packet_bytes``: each rung its own constant size); while limited, no
+  redundancy or backup copies (they add bits the link does not have);
 * :data:`ADAPTATION_HOLD_S` after the last report with loss, back to the
   configured state (the clean mode, unless configured otherwise); the loss
   planned for is the peer's reports of packets that never arrived
@@ -47,6 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from pqcall.exceptions import LocalProtocolError
+from pqcall.transport.bandwidth import BandwidthController
 from pqcall.transport.media_packets import (
     AUDIO_HEADER_LENGTH,
     BACKUP_HEADER_LENGTH,
@@ -142,6 +148,9 @@ class SenderAdaptation:
     """Earlier frames each packet carries again as low-rate copies (0 outside the backup mode)."""
     backup_bytes: int = 0
     """Opus bytes of each backup copy (the backup encoder's cap; 0 outside the backup mode)."""
+    packet_bytes: int = 0
+    """The constant packet size of a bandwidth-limited rung (header and ``frame_bytes``);
+    0: the configured size."""
 
     @property
     def mode(self) -> EncoderMode:
@@ -173,6 +182,7 @@ class AdaptationPolicy:
         backup_bytes: the least Opus bytes of each backup copy when bursts are
             reported (they grow to fill :data:`BACKUP_PACKET_MULTIPLE` packets);
             0 (the default) never to enter the backup mode.
+        frame_ms: the frame duration (the bandwidth ladder's packet rate).
 
     Raises:
         LocalProtocolError: complexity out of range, or redundancy forced on
@@ -182,6 +192,7 @@ class AdaptationPolicy:
     __slots__ = (
         "_adaptation",
         "_backup_bytes",
+        "_bandwidth",
         "_base_loss",
         "_calm_complexity",
         "_complexity",
@@ -205,6 +216,7 @@ class AdaptationPolicy:
         base_expected_loss_percent: int,
         complexity: int,
         backup_bytes: int = 0,
+        frame_ms: int = 20,
     ) -> None:
         if not 0 <= base_expected_loss_percent <= 100:
             raise LocalProtocolError("expected loss must be 0-100 %")
@@ -227,12 +239,18 @@ class AdaptationPolicy:
         self._backup_bytes = max(backup_bytes, fill) if backup_bytes else 0  # 0: no backup
         self._recent_bursts: deque[BurstReport] = deque(maxlen=LOSS_WINDOW_REPORTS)
         self._is_bursty = False  # the backup mode's hysteresis state
+        self._bandwidth = BandwidthController(self._single_frame_bytes, frame_ms)
         self._adaptation = self._startup_adaptation()
 
     @property
     def adaptation(self) -> SenderAdaptation:
         """How the encoder should run now."""
         return self._adaptation
+
+    @property
+    def bandwidth(self) -> BandwidthController:
+        """The bandwidth estimate (read it; feed it through this policy)."""
+        return self._bandwidth
 
     @property
     def mean_burst_packets(self) -> float:
@@ -261,11 +279,23 @@ class AdaptationPolicy:
         self._recent_loss.append(report.loss_fraction)
         if report.fraction_lost > 0:
             self._last_loss_at = now
+        self._bandwidth.report_received(report, now)
+        return self._set(self._current())  # the first report ends the startup plan
+
+    def audio_sent(self, seq: int, now: float) -> None:
+        """Our audio packet ``seq`` left at ``now`` (the bandwidth estimate's report round trip)."""
+        self._bandwidth.audio_sent(seq, now)
+
+    def rtt_measured(self, rtt_s: float, now: float) -> bool:
+        """Take one round trip (queueing delay); whether :attr:`adaptation` changed."""
+        return self._bandwidth.rtt_measured(rtt_s, now) and self._set(self._current())
+
+    def _current(self) -> SenderAdaptation:
+        """The encoder settings for the loss and bandwidth known now."""
         if self._last_loss_at is None:
-            # no loss yet: the first report ends the startup plan
-            return self._set(self._compute(loss_percent=0.0, lossy=False))
+            return self._compute(loss_percent=0.0, lossy=False)
         loss_percent = 100.0 * sum(self._recent_loss) / len(self._recent_loss)
-        return self._set(self._compute(loss_percent, lossy=True))
+        return self._compute(loss_percent, lossy=True)
 
     def get_timer(self) -> float | None:
         """When the hold after the last loss ends (call :meth:`handle_timer`), or None."""
@@ -300,6 +330,14 @@ class AdaptationPolicy:
 
     def _compute(self, loss_percent: float, lossy: bool) -> SenderAdaptation:
         """The encoder settings for a recent loss (``lossy``: loss within the hold time)."""
+        if self._bandwidth.is_limited:
+            frame_bytes = self._bandwidth.frame_bytes
+            planned = max(1, math.ceil(loss_percent)) if lossy and self._fec else 0
+            expected_loss = min(100, max(self._base_loss, planned))
+            packet_bytes = AUDIO_HEADER_LENGTH + frame_bytes
+            return SenderAdaptation(
+                False, expected_loss, frame_bytes, self._complexity, packet_bytes=packet_bytes
+            )
         if self._redundancy_setting is None:
             redundancy = lossy and not self._fec
             redundancy = redundancy and self._redundant_frame_bytes >= MIN_REDUNDANT_FRAME_BYTES

@@ -25,7 +25,7 @@ from pqcall.transport.media_packets import (
     AudioPacket,
 )
 
-__all__ = ["AudioFramer", "backup_packet_bytes"]
+__all__ = ["AudioFramer", "backup_packet_bytes", "bundle"]
 
 
 def backup_packet_bytes(adaptation: SenderAdaptation) -> int:
@@ -37,6 +37,19 @@ def backup_packet_bytes(adaptation: SenderAdaptation) -> int:
         + copies * (2 + adaptation.backup_bytes)
         + adaptation.frame_bytes
     )
+
+
+def bundle(control: list[bytes], size: int) -> list[bytes]:
+    """Control packets joined into as few payloads as fit ``size`` (the mode's packet size)."""
+    payloads: list[bytes] = []
+    current = b""
+    for packet in control:
+        if current and len(current) + len(packet) > size:
+            payloads.append(current)
+            current = b""
+        current += packet
+    payloads.append(current)
+    return payloads
 
 
 class AudioFramer:

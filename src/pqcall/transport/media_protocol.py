@@ -45,7 +45,7 @@ from pqcall.crypto.sframe import CipherSuite
 from pqcall.crypto.sframe_context import SFrameReceiver, SFrameSender
 from pqcall.exceptions import DecodeError, LocalProtocolError
 from pqcall.transport.adaptation import MAX_COMPLEXITY, AdaptationPolicy, SenderAdaptation
-from pqcall.transport.audio_framer import AudioFramer
+from pqcall.transport.audio_framer import AudioFramer, bundle
 from pqcall.transport.liveness import PeerLiveness
 from pqcall.transport.media_config import ProtocolSettings
 from pqcall.transport.media_events import (
@@ -162,6 +162,7 @@ class MediaProtocol:
         "_next_report_at",
         "_outgoing",
         "_packet_bytes",
+        "_pad_to",
         "_peer_mute_change",
         "_peer_muted",
         "_pending_pongs",
@@ -204,7 +205,7 @@ class MediaProtocol:
             if keys.role is Role.CALLER
             else (CALLEE_SENDER_ID, CALLER_SENDER_ID)
         )
-        pad_to = settings.packet_pad_to
+        self._pad_to = pad_to = settings.packet_pad_to  # the configured padding multiple
         self._sender = SFrameSender(MEDIA_CIPHER_SUITE, keys.send_key, our_id, pad_to=pad_to)
         self._receiver = SFrameReceiver(MEDIA_CIPHER_SUITE, keys.receive_key, their_id)
         self._frame_samples = SAMPLE_RATE_HZ * frame_ms // 1000  # timestamp step per frame
@@ -222,6 +223,7 @@ class MediaProtocol:
             base_expected_loss_percent=settings.base_expected_loss_percent,
             complexity=settings.complexity,
             backup_bytes=settings.backup_bytes,
+            frame_ms=frame_ms,
         )
         self._ping_interval = settings.ping_interval_s
         self._report_interval = settings.report_interval_s
@@ -343,6 +345,7 @@ class MediaProtocol:
         adaptation = self._policy.adaptation
         packet = self._framer.frame(self._seq, self._timestamp, bytes(payload), adaptation, backup)
         self._outgoing.append(packet)
+        self._policy.audio_sent(self._seq, now)
         self._seq = (self._seq + 1) % SEQUENCE_MODULUS
         self._timestamp = (self._timestamp + self._frame_samples) % TIMESTAMP_MODULUS
         return packet
@@ -410,7 +413,7 @@ class MediaProtocol:
             elif isinstance(packet, ReceiverReport):
                 self._events.append(ReportReceived(packet))
                 if self._policy.report_received(packet, now):
-                    self._events.append(AdaptationChanged(self._policy.adaptation))
+                    self._adapted()
             elif isinstance(packet, MutePacket):
                 self._receive_mute(packet)
             else:
@@ -453,21 +456,11 @@ class MediaProtocol:
             self._counts["control_sent"] += len(control)
             datagrams += [
                 self._sender.protect(payload, MEDIA_METADATA, now=now)
-                for payload in self._bundle(control)
+                for payload in bundle(
+                    control, self._policy.adaptation.packet_bytes or self._packet_bytes
+                )
             ]
         return datagrams
-
-    def _bundle(self, control: list[bytes]) -> list[bytes]:
-        """Control packets joined into as few payloads as fit one audio packet's size."""
-        payloads: list[bytes] = []
-        current = b""
-        for packet in control:
-            if current and len(current) + len(packet) > self._packet_bytes:
-                payloads.append(current)
-                current = b""
-            current += packet
-        payloads.append(current)
-        return payloads
 
     def next_event(self) -> MediaEvent | None:
         """The oldest event not yet taken, or None."""
@@ -524,7 +517,7 @@ class MediaProtocol:
             self._outgoing.extend(self._reception.reports(now))  # bursts, then the report
             self._next_report_at = self._next_time(self._next_report_at, self._report_interval, now)
         if self._policy.handle_timer(now):
-            self._events.append(AdaptationChanged(self._policy.adaptation))
+            self._adapted()
 
     # receiving
 
@@ -555,6 +548,15 @@ class MediaProtocol:
         hold_s = pong.hold_us / MICROSECONDS_PER_SECOND
         rtt_s = max(0.0, now - sent[1] - hold_s)
         self._events.append(RttMeasured(rtt_s, sent[1], hold_s))
+        if self._policy.rtt_measured(rtt_s, now):
+            self._adapted()
+
+    def _adapted(self) -> None:
+        """Announce the policy's new mode; a bandwidth rung pads every packet to its size."""
+        adaptation = self._policy.adaptation
+        if self._pad_to:
+            self._sender.pad_to = adaptation.packet_bytes or self._pad_to
+        self._events.append(AdaptationChanged(adaptation))
 
     def _receive_mute(self, packet: MutePacket) -> None:
         if self._peer_mute_change is not None:
