@@ -25,6 +25,13 @@ from tests.harness import TIMEOUT_SCALE
 IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)  # Linux's value; Python 3.11 lacks the name
 
 
+def closed_port() -> int:
+    """A UDP port on loopback that nothing listens on (bound, then closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class _FixedStun(asyncio.DatagramProtocol):
     """A STUN server that says every client is at ``mapped`` (as a NAT would make it look)."""
 
@@ -99,6 +106,22 @@ def test_gathering_without_an_answer_gives_host_candidates_in_bounded_time():
             assert [c.kind for c in offer] == ["host"] * len(offer)
             assert GATHER_TIMEOUT_S * 0.9 <= elapsed <= GATHER_TIMEOUT_S + 1.0 * TIMEOUT_SCALE
             assert silent.recv(2048)  # the request did go out
+        # nothing on that UDP port: the ICMP error ends the wait, and the socket works after
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer,
+            open_media_socket(0, host="127.0.0.1") as sock,
+        ):
+            peer.bind(("127.0.0.1", 0))
+            start = time.monotonic()
+            offer = await gather_candidates(sock, stun_server=("127.0.0.1", closed_port()))
+            assert time.monotonic() - start < GATHER_TIMEOUT_S * 0.9
+            assert {c.kind for c in offer} == {"host"}
+            sock.sendto(b"to closed", ("127.0.0.1", closed_port()))
+            await asyncio.sleep(0.05)
+            peer.sendto(b"media", sock.getsockname())
+            loop = asyncio.get_running_loop()
+            data, _ = await asyncio.wait_for(loop.sock_recvfrom(sock, 64), 2.0 * TIMEOUT_SCALE)
+            assert data == b"media"  # no error left over, none reported any more
         # no STUN server at all: no wait
         with open_media_socket(0) as sock:
             start = time.monotonic()

@@ -75,6 +75,7 @@ OPENER_TTL: Final = 2
 OPENER: Final = b"PQOP"
 """A NAT opener's payload: neither a path message nor media (both ignore it)."""
 MAX_STUN_ANSWER_BYTES: Final = 1500
+_IP_RECVERR: Final = getattr(socket, "IP_RECVERR", 11)  # Linux's value
 
 
 def stun_server_of(server_url: str) -> tuple[str, int] | None:
@@ -145,6 +146,9 @@ async def stun_binding(
             if mapped is not None:
                 return (str(mapped[0]), int(mapped[1]))
 
+    # while asking, an ICMP "port unreachable" (no STUN server there, e.g. a relay on
+    # another port) ends the wait at once instead of after timeout_s
+    reporting = _report_errors(sock, True)
     sending = asyncio.ensure_future(sender())
     try:
         return await asyncio.wait_for(receiver(), timeout_s)
@@ -155,6 +159,27 @@ async def stun_binding(
         sending.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sending
+        if reporting:
+            _report_errors(sock, False)
+
+
+def _report_errors(sock: socket.socket, on: bool) -> bool:
+    """Turn ICMP error reports on the unconnected ``sock`` on or off (IP_RECVERR, Linux).
+
+    Turning them off drops the errors reported meanwhile, so media never sees them.
+    Returns whether the option could be set.
+    """
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1 if on else 0)
+    except OSError:
+        return False
+    if not on:
+        for _ in range(64):  # the queued errors: one per ICMP message, few
+            try:
+                sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            except OSError:  # BlockingIOError: none left
+                break
+    return True
 
 
 async def gather_candidates(
