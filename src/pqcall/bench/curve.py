@@ -263,25 +263,32 @@ def plot(points: Sequence[CurvePoint], path: Path, *, title: str = "") -> Path:
     if default:
         d = default[0]
         axes.plot([d.wire_kbps], [d.worst], "k*", markersize=16, label="today's default (worst)")
+    label_at = {"baresip": (4.0, 4.5)}  # text clear of the curves, arrow to the point
     for name, kbps, score in PEERS:
         axes.plot([kbps], [score], "kx", markersize=10)
-        label = f"{name} (CLI, held-out speech)"
-        axes.annotate(label, (kbps, score), textcoords="offset points", xytext=(-60, -14))
-    axes.axhline(QUALITY_GOAL, color="grey", linewidth=0.8, linestyle="--")
-    axes.annotate(f"goal {QUALITY_GOAL}", (0.01, QUALITY_GOAL), xycoords=("axes fraction", "data"))
-    for kbps, name in ((WIRE_STRETCH_KBPS, "stretch"), (WIRE_GOAL_KBPS, "goal")):
-        axes.axvline(kbps, color="grey", linewidth=0.8, linestyle="--")
         axes.annotate(
-            f"{name} {kbps:g} kbit/s",
-            (kbps, 0.99),
-            xycoords=("data", "axes fraction"),
-            textcoords="offset points",
-            xytext=(-3, 0),
-            rotation=90,
-            va="top",
-            ha="right",
+            f"{name}\n(CLI, held-out speech)",
+            (kbps, score),
+            xytext=label_at.get(name, (kbps - 35, score - 0.5)),
+            arrowprops={"arrowstyle": "->", "color": "grey"},
             fontsize=8,
         )
+    axes.axhline(QUALITY_GOAL, color="grey", linewidth=0.8, linestyle="--")
+    axes.annotate(f"goal {QUALITY_GOAL}", (0.01, QUALITY_GOAL), xycoords=("axes fraction", "data"))
+    axes.axvline(
+        WIRE_GOAL_KBPS,
+        color="grey",
+        linewidth=0.8,
+        linestyle="--",
+        label=f"wire goal {WIRE_GOAL_KBPS:g} kbit/s",
+    )
+    axes.axvline(
+        WIRE_STRETCH_KBPS,
+        color="grey",
+        linewidth=0.8,
+        linestyle=":",
+        label=f"stretch {WIRE_STRETCH_KBPS:g} kbit/s",
+    )
     axes.set_xlabel("wire kbit/s (Opus + media header + SFrame + IPv4/UDP, + control)")
     axes.set_ylabel("PESQ-WB, decoded, no loss")
     axes.set_title(title or "pqcall: quality per wire bit, per frame size")
