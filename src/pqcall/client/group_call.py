@@ -70,6 +70,7 @@ from pqcall.signaling.group_messages import (
     Invitation,
 )
 from pqcall.signaling.messages import Event
+from pqcall.transport.group_wire import FRAME_HEADER_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -222,9 +223,8 @@ class GroupCall:
         if me is None or me.sender_id is None or detail.relay is None:
             self._finish("the server gave no sender id or forwarding grant")
             raise CallError("the server gave no sender id or forwarding grant")
-        loop = asyncio.get_running_loop()
         # we switch as soon as every member acknowledged the new key, else after the fallback
-        self.keyring = GroupKeyring(me.sender_id, now=loop.time(), switch_after_s=SWITCH_FALLBACK_S)
+        self.keyring = self._new_keyring(me.sender_id)
         media = self.context.media
         source, sink = await asyncio.to_thread(
             open_call_devices, media.audio_in, media.audio_out, media.settings.opus.frame_ms
@@ -242,6 +242,16 @@ class GroupCall:
         ]
         self._events.put_nowait(detail)
 
+    def _new_keyring(self, sender_id: int) -> GroupKeyring:
+        """Our key ring: packets padded to one frame at the bitrate (every one the same size)."""
+        opus = self.context.media.settings.opus
+        return GroupKeyring(
+            sender_id,
+            now=asyncio.get_running_loop().time(),
+            pad_to=FRAME_HEADER_BYTES + opus.max_packet_bytes,
+            switch_after_s=SWITCH_FALLBACK_S,
+        )
+
     async def _rejoin(self) -> None:
         """Join again with a new sender id, token, key ring and pairwise channels."""
         logger.warning("group call %s: the server lost us; joining again", self.call_id)
@@ -254,8 +264,7 @@ class GroupCall:
         if me is None or me.sender_id is None or detail.relay is None or self.media is None:
             self._finish("the server gave no sender id or forwarding grant")
             return
-        loop = asyncio.get_running_loop()
-        self.keyring = GroupKeyring(me.sender_id, now=loop.time(), switch_after_s=SWITCH_FALLBACK_S)
+        self.keyring = self._new_keyring(me.sender_id)
         self.media.keys = self.keyring
         self.media.rebind(detail.relay.token)
         self.peers.clear()

@@ -162,7 +162,9 @@ class GroupMedia:
             frame = self.pipeline.capture(self.source.read_frame(), now)
             if frame:
                 payload = encode_frame(self._seq, self._timestamp, frame)
-                self._send(self.keys.protect(payload, now=now))
+                packet = self.keys.protect(payload, now=now)
+                self._send(packet)
+                self.pipeline.record_sent(len(packet), now)
                 self._trace.frame_captured(self._timestamp, now)
                 self.packets_sent += 1
                 self._seq += 1

@@ -27,6 +27,7 @@ BIND_LENGTH = len(BIND_MAGIC) + TOKEN_LENGTH
 ACK_LENGTH = len(ACK_MAGIC) + 1
 KEEPALIVE_S = 1.0  # binds while joined: keeps NAT bindings open, tells the server we live
 _FRAME_HEADER = struct.Struct("!HI")
+FRAME_HEADER_BYTES = _FRAME_HEADER.size  # before the Opus frame, inside the encryption
 
 
 def encode_bind(token: bytes) -> bytes:
