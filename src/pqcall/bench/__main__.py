@@ -14,7 +14,18 @@ from pathlib import Path
 
 from pqcall.exceptions import PqcallError
 
-BENCHMARKS = ("audio", "codec", "crypto", "curve", "files", "media", "privacy", "relay", "server")
+BENCHMARKS = (
+    "audio",
+    "codec",
+    "crypto",
+    "curve",
+    "files",
+    "group",
+    "media",
+    "privacy",
+    "relay",
+    "server",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
