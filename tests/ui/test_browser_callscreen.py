@@ -242,8 +242,10 @@ def test_call_missed_while_away_is_counted_on_return(world: UiWorld) -> None:
     expect(count).to_be_visible()
     expect_history(bob, "alice", "incoming", "missed")
     expect(bob.get_by_test_id("history-result").first).to_contain_text("offline")
+    expect(bob).to_have_title(f"1 missed call {DASH} pqcall")
     bob.get_by_test_id("missed-seen").click()
     expect(count).to_be_hidden()
+    expect(bob).to_have_title("pqcall")
     expect_no_page_errors(world)
 
 

@@ -103,7 +103,7 @@ function render() {
   show($("unlock"), phase === "locked");
   show($("ready"), phase === "ready");
   renderHeader();
-  renderTab(phase === "ready" ? state.call : null);
+  renderTab(phase === "ready" ? state.call : null, phase === "ready" ? state.missed_unseen : 0);
   if (phase === "locked") text($("unlock-name"), state.account?.username ?? "your phone");
   if (phase !== "ready") {
     renderKeyWarning(null);
@@ -208,14 +208,15 @@ function renderCall(call) {
 }
 
 function renderTimer() {
-  const call = state?.phase === "ready" ? state.call : null;
+  const ready = state?.phase === "ready";
+  const call = ready ? state.call : null;
   if (call) text($("call-timer"), fmt.duration(callSeconds(call, Date.now() / 1000)));
-  renderTab(call);
+  renderTab(call, ready ? state.missed_unseen : 0);
 }
 
 /** The tab's title and icon say what the phone is doing while the page is behind another tab. */
-function renderTab(call) {
-  const tab = tabFor(call, Date.now() / 1000);
+function renderTab(call, missed) {
+  const tab = tabFor(call, Date.now() / 1000, missed ?? 0);
   if (document.title !== tab.title) document.title = tab.title;
   const icon = $("favicon");
   if (icon.dataset.state !== tab.icon) {

@@ -118,10 +118,12 @@ export function describeSummary(summary) {
 const APP_TITLE = "pqcall";
 
 /**
- * The tab's title and icon for `call` at `now` (unix seconds): what a person
- * sees in the tab strip while the page is behind another one.
+ * The tab's title and icon for `call` at `now` (unix seconds), and the count of
+ * missed calls not yet seen: what a person sees in the tab strip while the
+ * page is behind another one.
  */
-export function tabFor(call, now) {
+export function tabFor(call, now, missed = 0) {
+  if (!call && missed > 0) return { title: `${missed} missed call${missed > 1 ? "s" : ""} – ${APP_TITLE}`, icon: "idle" };
   if (!call) return { title: APP_TITLE, icon: "idle" };
   const time = fmt.duration(callSeconds(call, now));
   if (call.state === "incoming") return { title: `${call.peer} is calling – ${APP_TITLE}`, icon: "ringing" };
