@@ -1,0 +1,48 @@
+"""A real call with ``voice_disguise``: alice's tone reaches bob shifted by her call's ratio.
+
+Two phones, a real server and relay, loopback UDP, Opus, libsonic (issue 23).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from pqcall.client.phone_callstate import CallState
+from pqcall.media.disguise import PRESETS
+from tests.harness import run_async
+
+from .test_phone import (  # noqa: F401 (server_with_relay is a fixture)
+    STATE_TIMEOUT_S,
+    RunningServer,
+    phones,
+    server_with_relay,
+    wait_state,
+    wav_dominant_hz,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@run_async
+async def test_disguised_caller_is_heard_shifted(
+    server_with_relay: RunningServer,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    async with phones(server_with_relay, tmp_path, "bob", audio_in="tone:440") as (bob,):
+        async with phones(
+            server_with_relay, tmp_path, "alice", audio_in="tone:200", voice_disguise="high"
+        ) as (alice,):
+            call = await alice.call("bob")
+            incoming = await asyncio.wait_for(bob.next_incoming(), STATE_TIMEOUT_S)
+            await incoming.accept()
+            assert await wait_state(call, CallState.ACTIVE) is CallState.ACTIVE
+            await asyncio.sleep(1.5)
+            await call.hangup()
+            await wait_state(incoming, CallState.ENDED)
+    high = PRESETS["high"]
+    heard = wav_dominant_hz(tmp_path / "bob-received.wav")
+    assert 200 * high.low - 5 <= heard <= 200 * high.high + 5  # alice's 200 Hz, disguised
+    assert abs(wav_dominant_hz(tmp_path / "alice-received.wav") - 440) < 5  # bob's, untouched
