@@ -12,8 +12,9 @@ from pqcall.media.codec import SAMPLE_RATE_HZ, OpusEncoder, OpusSettings
 from pqcall.media.jitter import JitterBuffer, PlayoutState
 from pqcall.media.jitter_policy import (
     ACCELERATE_SPEED,
-    DECELERATE_SPEED,
     LEVEL_WINDOW_S,
+    START_TARGET_MS,
+    START_TARGET_S,
     LevelWindow,
     playout_speed,
 )
@@ -44,7 +45,7 @@ def test_speed_one_passes_samples_through_unchanged_and_at_once():
     assert stretcher.available_samples == 0
 
 
-@pytest.mark.parametrize("speed", [ACCELERATE_SPEED, DECELERATE_SPEED])
+@pytest.mark.parametrize("speed", [ACCELERATE_SPEED, 0.9])
 def test_other_speeds_change_the_duration_by_their_factor_and_hold_little(speed):
     stretcher = TimeStretcher()
     stretcher.set_speed(speed)
@@ -73,9 +74,12 @@ def test_speed_policy():
     assert playout_speed(level=3, filtered_level=3, target=target) == 1.0
     assert playout_speed(level=5, filtered_level=4, target=target) == ACCELERATE_SPEED
     assert playout_speed(level=5, filtered_level=0, target=target) == 1.0  # no evidence yet
-    assert playout_speed(level=1, filtered_level=1, target=target) == DECELERATE_SPEED
-    assert playout_speed(level=2, filtered_level=1, target=target) == 1.0  # one below: wait
-    assert playout_speed(level=0, filtered_level=0, target=target) == 1.0  # underrun: conceal
+    # output waiting in the stretcher counts as level
+    assert playout_speed(3, 3, target, extra_frames=0.5) == 1.0
+    assert playout_speed(3, 3, target, extra_frames=1.0) == ACCELERATE_SPEED
+    # never slower: deceleration only added delay (decision 0141)
+    assert playout_speed(level=1, filtered_level=1, target=target) == 1.0
+    assert playout_speed(level=0, filtered_level=0, target=target) == 1.0
 
 
 def test_level_window_minimum_needs_a_whole_window():
@@ -143,3 +147,25 @@ def test_stretched_stream_catches_up_a_backlog_without_losing_frames():
     # the delay built up by the stall comes down by playing faster (to the raised target)
     assert max(levels[58:70]) > 140
     assert max(levels[150:200]) < max(levels[58:70])
+
+
+def test_stretched_stream_starts_deeper_and_drains_to_the_minimum_without_discarding():
+    packets = encoded_frames(5.0)  # 250 frames, a clean path
+    stream = ReceiveStream(20, time_stretch=True)
+    levels = []
+    for k, packet in enumerate(packets):
+        now = k * FRAME_S + 0.01
+        stream.receive(k, k * SAMPLES, packet, now - 0.005)
+        stream.play(now)
+        levels.append(stream.jitter_stats.buffered_delay_ms)
+    start_ticks = round(START_TARGET_S / FRAME_S)
+    assert min(levels[20:start_ticks]) >= START_TARGET_MS  # deeper while the jitter is unknown
+    assert max(levels[start_ticks + 40 :]) <= 40  # then back to the minimum, by speed
+    stats = stream.jitter_stats
+    assert stats.shrink_dropped == 0 and stats.concealed == 0
+
+    plain = JitterBuffer(20)  # without time stretching: no deeper start
+    for k in range(20):
+        plain.push(k, k * SAMPLES, b"f", k * FRAME_S)
+        plain.pop(k * FRAME_S + 0.01)
+    assert plain.snapshot().target_delay_ms == 20

@@ -18,10 +18,10 @@ consults once per frame slot; numbers and ``now`` in, numbers out.
 
 * :func:`playout_speed`, with time stretching on (``media/time_stretch.py``,
   decision 0141): play a little faster (:data:`ACCELERATE_SPEED`) while the
-  filtered level exceeds the target by a frame, the evidence that would
-  otherwise discard a received frame, and a little slower
-  (:data:`DECELERATE_SPEED`) while the level is two frames or more below
-  target, before the buffer runs dry; else at speed 1.
+  filtered level and the stretcher's waiting output exceed the target by a
+  frame, the evidence that would otherwise discard a received frame; else at
+  speed 1. With time stretching the target also starts at
+  :data:`START_TARGET_MS` for :data:`START_TARGET_S`.
 
 Memory: the estimator's bounded history and the levels of one window (a
 monotonic queue, at most one entry per pop in the window).
@@ -37,11 +37,12 @@ from pqcall.media.delay import RelativeDelayEstimator
 
 __all__ = [
     "ACCELERATE_SPEED",
-    "DECELERATE_SPEED",
     "LEVEL_WINDOW_S",
     "LOSS_MEMORY_S",
     "MAX_TARGET_DELAY_MS",
     "MIN_TARGET_DELAY_MS",
+    "START_TARGET_MS",
+    "START_TARGET_S",
     "TARGET_ROUNDING_MS",
     "LevelWindow",
     "TargetDelay",
@@ -64,11 +65,13 @@ RECOVERY_FRAMES: Final = 2
 """Least target while recovering losses: the lost frame and the packet that carries it."""
 ACCELERATE_SPEED: Final = 1.1
 """Playout speed while the buffer holds a frame more than its target (drains 20 ms in 220 ms)."""
-DECELERATE_SPEED: Final = 0.9
-"""Playout speed while the buffer runs two frames or more below its target."""
+START_TARGET_MS: Final = 60
+"""With time stretching, the least target for the first :data:`START_TARGET_S` of a call:
+the jitter is unknown yet, and the surplus drains by playing faster, not by discarding."""
+START_TARGET_S: Final = 2.0
 
 
-def playout_speed(level: int, filtered_level: int, target: int) -> float:
+def playout_speed(level: int, filtered_level: int, target: int, extra_frames: float = 0.0) -> float:
     """The speed to play the next frame at, with time stretching on (levels in frames).
 
     Args:
@@ -76,11 +79,12 @@ def playout_speed(level: int, filtered_level: int, target: int) -> float:
         filtered_level: the level's minimum over the last :data:`LEVEL_WINDOW_S`
             (0 before the window is full), :meth:`LevelWindow.minimum`.
         target: the target level, :meth:`TargetDelay.frames`.
+        extra_frames: decoded audio waiting beyond this tick in the stretcher, in
+            frames: delay like the queue's, so it counts toward the level.
     """
-    if filtered_level - 1 >= target:
+    del level  # slowing down when the level dips only added delay (decision 0141)
+    if filtered_level and filtered_level + extra_frames - 1 >= target:
         return ACCELERATE_SPEED
-    if 0 < level <= target - 2:
-        return DECELERATE_SPEED
     return 1.0
 
 
@@ -93,6 +97,7 @@ class TargetDelay:
         min_target_delay_ms: lowest target (raised to one frame if lower).
         max_target_delay_ms: highest target (never below the lowest).
         use_fec: whether lost frames may be recovered from the next packet's FEC.
+        start_target_ms: least target for the first :data:`START_TARGET_S` (0: none).
 
     Bounds are the caller's to validate (``0 <= min <= max``).
     """
@@ -105,6 +110,8 @@ class TargetDelay:
         "_frame_ms",
         "_last_loss_at",
         "_redundancy_seen",
+        "_start_frames",
+        "_started_at",
         "_use_fec",
     )
 
@@ -116,8 +123,11 @@ class TargetDelay:
         min_target_delay_ms: float,
         max_target_delay_ms: float,
         use_fec: bool,
+        start_target_ms: float = 0.0,
     ) -> None:
         self._frame_ms = frame_ms  # frame duration, ms
+        self._start_frames = math.ceil(start_target_ms / frame_ms)  # least, at first
+        self._started_at: float | None = None  # first ``now`` asked about
         self._estimator = estimator  # network need, ms
         self._floor_frames = max(1, math.ceil(min_target_delay_ms / frame_ms))
         self._ceiling_frames = max(self._floor_frames, int(max_target_delay_ms // frame_ms))
@@ -146,6 +156,11 @@ class TargetDelay:
         """The target at ``now`` (None before any packet or pop), in frames."""
         need_ms = self._frame_ms + self._estimator.estimate_ms - TARGET_ROUNDING_MS
         frames = max(self._floor_frames, math.ceil(need_ms / self._frame_ms))
+        if self._start_frames and now is not None:
+            if self._started_at is None:
+                self._started_at = now
+            if now - self._started_at < START_TARGET_S:
+                frames = max(frames, self._start_frames)
         recovering = self._use_fec or self._redundancy_seen
         if recovering and self._last_loss_at is not None and now is not None:
             if now - self._last_loss_at < LOSS_MEMORY_S:

@@ -206,7 +206,8 @@ class ReceiveStream:
         while stretch.available_samples < samples and pops < MAX_POPS_PER_TICK:
             decision = self._buffer.pop(now)
             pcm = self._render(decision)
-            stretch.set_speed(self._buffer.playout_speed(now))
+            extra = stretch.available_samples / samples  # decoded audio beyond this tick
+            stretch.set_speed(self._buffer.playout_speed(now, extra))
             timestamps = self._timestamps
             if timestamps is not None and decision.seq is not None and decision.action in _AUDIBLE:
                 timestamp = timestamps.get(decision.seq)

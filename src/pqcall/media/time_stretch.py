@@ -9,9 +9,9 @@ out through ctypes.
 
 What it is for (issue 15 part 3, decision 0141): a jitter buffer that holds
 more audio than its target can play it a little faster (NetEq's
-*accelerate*) instead of discarding a whole 20 ms frame, and one that runs
-low can play a little slower (*preemptive expand*) instead of concealing.
-The playout policy (:func:`pqcall.media.jitter_policy.playout_speed`) says
+*accelerate*) instead of discarding a whole 20 ms frame; slower playout
+(*preemptive expand*) is possible too but the policy does not use it. The
+playout policy (:func:`pqcall.media.jitter_policy.playout_speed`) says
 which speed; the caller keeps pulling decoded frames into the stretcher until
 it has a frame's worth of output for the sink.
 
