@@ -12,8 +12,11 @@ from pqcall.transport.bandwidth import (
     LADDER_KBPS,
     PROBE_HOLD_S,
     BandwidthController,
+    packet_bytes,
 )
-from pqcall.transport.media_packets import AUDIO_HEADER_LENGTH, ReceiverReport
+from pqcall.transport.media_events import AudioReceived
+from pqcall.transport.media_packets import AUDIO_HEADER_LENGTH, AudioPacket, ReceiverReport
+from tests.transport.test_media_protocol import deliver, pair
 
 FRAME_BYTES = 99  # the default cap: 39.6 kbit/s at 20 ms
 BASE_RTT_S = 0.01
@@ -40,7 +43,7 @@ class Link:
         controller = self.controller
         now = start
         while now < start + seconds - 1e-9:
-            bits = controller.wire_bps(controller.frame_bytes) * 0.02
+            bits = controller.wire_bps(controller.frame_bytes, controller.frames_per_packet) * 0.02
             if self.backlog_bits / self.capacity_bps <= queue_s:  # drop-tail
                 self.backlog_bits += bits
             self.backlog_bits = max(0.0, self.backlog_bits - self.capacity_bps * 0.02)
@@ -52,7 +55,7 @@ class Link:
                     self.changes.append((now, controller.frame_bytes))
             if step % 50 == 25:
                 # packets delivered in the second: what the capacity let through
-                rate_bps = controller.wire_bps(controller.frame_bytes)
+                rate_bps = controller.wire_bps(controller.frame_bytes, controller.frames_per_packet)
                 self.delivered_seq += int(50 * min(self.capacity_bps, rate_bps) / rate_bps)
                 if controller.report_received(report(self.delivered_seq), now):
                     self.changes.append((now, controller.frame_bytes))
@@ -69,13 +72,16 @@ def test_ladder_goes_down_from_the_configured_frame():
     # the wire rate: header, frame, IP/UDP and SFrame, 50 packets a second
     assert controller.wire_bps(FRAME_BYTES) == pytest.approx((7 + 99 + 50) * 8 * 50)
     assert min(LADDER_KBPS) * 20 // 8 == 15  # the lowest rung: 6 kbit/s, 15 bytes
+    # two frames a packet: one packet's headers for two frames, 25 packets a second
+    assert controller.wire_bps(40, 2) == pytest.approx((7 + 4 + 80 + 50) * 8 * 25)
 
 
 def test_a_report_round_trip_counts_only_with_loss_towards_a_full_queue():
     controller = BandwidthController(FRAME_BYTES, 20)
     for seq in range(200):
         controller.audio_sent(seq, seq * 0.02)
-    controller.rtt_measured(BASE_RTT_S, 1.0)
+    # the reports' own baseline: one naming a packet sent 20 ms before
+    assert not controller.report_received(report(24), 0.5)
     # reports naming packets sent 300 ms earlier: no loss, no decrease (not exact: no growth)
     assert not controller.report_received(report(60), 1.5)
     assert not controller.report_received(report(110), 2.5)
@@ -113,7 +119,10 @@ def test_a_decrease_aims_under_the_delivered_rate():
     assert delivered is not None
     assert delivered == pytest.approx(30 * (7 + 99 + 50) * 8)
     assert controller.rtt_measured(BASE_RTT_S + 0.2, 2.5)  # a ping through a full queue
-    assert controller.wire_bps(controller.frame_bytes) <= 0.85 * delivered
+    assert (
+        controller.wire_bps(controller.frame_bytes, controller.frames_per_packet)
+        <= 0.85 * delivered
+    )
 
 
 def test_narrow_link_drains_then_probes_back_when_it_widens():
@@ -123,7 +132,7 @@ def test_narrow_link_drains_then_probes_back_when_it_widens():
     now = link.run(0.0, 2.0)
     # a 48 kbit/s link under a 62 kbit/s call: lowered within 3 s, queue drained within 5 s
     assert controller.is_limited
-    assert controller.wire_bps(controller.frame_bytes) < 48_000
+    assert controller.wire_bps(controller.frame_bytes, controller.frames_per_packet) < 48_000
     now = link.run(now, 3.0)
     assert link.queueing_s < 0.1
     # the link widens: the rate comes back to the top, a rung at a time
@@ -138,7 +147,7 @@ def test_a_failed_probe_is_not_retried_at_once():
     link = Link(controller, capacity_bps=40_000)
     controller.rtt_measured(BASE_RTT_S, 0.0)
     now = link.run(0.0, 15.0)
-    assert controller.wire_bps(controller.frame_bytes) < 40_000
+    assert controller.wire_bps(controller.frame_bytes, controller.frames_per_packet) < 40_000
     window = FAILED_PROBE_BACKOFF_S - PROBE_HOLD_S
     first = controller.frame_bytes
     link.run(now, window)
@@ -164,6 +173,48 @@ def test_policy_pads_each_rung_to_its_own_size_and_drops_redundancy():
     assert policy.rtt_measured(BASE_RTT_S + 0.2, 2.5)
     limited = policy.adaptation
     assert limited.frame_bytes < FRAME_BYTES
-    assert limited.packet_bytes == AUDIO_HEADER_LENGTH + limited.frame_bytes
+    # two frames a packet on a rung: the AUDIO_PAIR form's size
+    assert limited.frames_per_packet == 2
+    assert limited.packet_bytes == AUDIO_HEADER_LENGTH + 4 + 2 * limited.frame_bytes
     assert limited.bitrate_bps(20) == limited.frame_bytes * 400
     assert limited.mode in (EncoderMode.CLEAN, EncoderMode.FEC)
+
+
+def test_pair_packet_round_trips_and_is_two_frames_to_the_receiver():
+    first, second = b"\x11" * 30, b"\x22" * 31
+    packet = AudioPacket(5, 4800, second, first, 960, pair=True)
+    data = packet.serialize()
+    assert data[0] == 0x04  # AUDIO_PAIR
+    assert AudioPacket.parse(data) == packet
+    assert len(data) == packet_bytes(31, 2) - 1  # two lengths differ by a byte here
+
+    caller, callee = pair()
+    # a queue in the caller's round trips puts it on a rung: two frames a packet
+    policy = caller._policy  # the protocol's own policy, fed as its pongs would
+    policy.rtt_measured(0.01, 0.5)
+    assert policy.rtt_measured(0.3, 1.5)
+    caller._adapted()
+    assert caller.adaptation.frames_per_packet == 2
+    now = 2.0
+    deliver(caller, callee, now)  # the control packets due at the start
+    while callee.next_event() is not None:
+        pass
+    callee_events = []
+    first_seq = -1
+    for index in range(10):
+        sent = caller.send_audio(bytes([index + 1]) * 20, now)
+        first_seq = sent.seq if first_seq < 0 else first_seq
+        datagrams = deliver(caller, callee, now)
+        assert len(datagrams) == index % 2  # every other frame waits for the next
+        while (event := callee.next_event()) is not None:
+            callee_events.append(event)
+        now += 0.02
+    audio = [e for e in callee_events if isinstance(e, AudioReceived)]
+    # ten frames in five packets, each frame its own event, in order, none a copy
+    assert [e.seq for e in audio] == [first_seq + i for i in range(10)]
+    assert [e.timestamp - audio[0].timestamp for e in audio] == [i * 960 for i in range(10)]
+    assert all(e.redundant is None for e in audio)
+    assert [e.payload for e in audio] == [bytes([i + 1]) * 20 for i in range(10)]
+    # and the receiver reports none of them lost
+    report = callee._reception.report(now + 1.0)
+    assert report.fraction_lost == 0 and report.highest_seq == first_seq + 9

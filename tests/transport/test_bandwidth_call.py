@@ -109,8 +109,9 @@ def test_a_bottleneck_lowers_the_bitrate_drains_the_queue_and_the_rate_comes_bac
     # the bitrate went down to a rung that fits 48 kbit/s on the wire
     limited = call.engines["a"].adaptation
     assert limited.frame_bytes < FULL_FRAME_BYTES
-    assert limited.packet_bytes == 7 + limited.frame_bytes
-    assert call.engines["a"].protocol.adaptation.bitrate_bps(20) <= 24_000
+    assert limited.frames_per_packet == 2
+    assert limited.packet_bytes == 7 + 4 + 2 * limited.frame_bytes
+    assert limited.bitrate_bps(20) <= 32_000
     # the link widens: probing brings the full rate back
     call.set_link(Impairment(seed=4))
     call.run(25.0)
@@ -133,4 +134,6 @@ def test_every_audio_packet_of_a_rung_has_one_size_on_the_wire():
         call.now += FRAME_S
     assert len(sizes) == 1
     (size,) = sizes
-    assert size < 106  # smaller than the full rate's packets
+    # two frames a packet, 25 a second: the rung fits the link on the wire
+    assert engine.adaptation.frames_per_packet == 2
+    assert (size + 28) * 8 * 25 < 48_000

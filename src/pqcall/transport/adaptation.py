@@ -30,8 +30,9 @@ behind them in ``docs/decisions/0120-media-adaptation-fec-over-redundancy.md`` a
   or the hold ends;
 * a link narrower than the call (:mod:`~pqcall.transport.bandwidth`: queueing
   delay in the round trips, the delivered rate in the reports) lowers the
-  Opus bytes per frame to a rung of a short ladder, and the packet size with
-  them (``packet_bytes``: each rung its own constant size); while limited, no
+  Opus bytes per frame to a rung of a short ladder, two frames a packet, and
+  the packet size with them (``packet_bytes``: each rung its own constant
+  size; ``frames_per_packet``); while limited, no
   redundancy or backup copies (they add bits the link does not have);
 * :data:`ADAPTATION_HOLD_S` after the last report with loss, back to the
   configured state (the clean mode, unless configured otherwise); the loss
@@ -149,8 +150,10 @@ class SenderAdaptation:
     backup_bytes: int = 0
     """Opus bytes of each backup copy (the backup encoder's cap; 0 outside the backup mode)."""
     packet_bytes: int = 0
-    """The constant packet size of a bandwidth-limited rung (header and ``frame_bytes``);
+    """The constant packet size of a bandwidth-limited rung (header and its frames);
     0: the configured size."""
+    frames_per_packet: int = 1
+    """2 on a bandwidth-limited rung: two frames a packet (AUDIO_PAIR, 40 ms packets)."""
 
     @property
     def mode(self) -> EncoderMode:
@@ -331,12 +334,16 @@ class AdaptationPolicy:
     def _compute(self, loss_percent: float, lossy: bool) -> SenderAdaptation:
         """The encoder settings for a recent loss (``lossy``: loss within the hold time)."""
         if self._bandwidth.is_limited:
-            frame_bytes = self._bandwidth.frame_bytes
+            bandwidth = self._bandwidth
             planned = max(1, math.ceil(loss_percent)) if lossy and self._fec else 0
             expected_loss = min(100, max(self._base_loss, planned))
-            packet_bytes = AUDIO_HEADER_LENGTH + frame_bytes
             return SenderAdaptation(
-                False, expected_loss, frame_bytes, self._complexity, packet_bytes=packet_bytes
+                False,
+                expected_loss,
+                bandwidth.frame_bytes,
+                self._complexity,
+                packet_bytes=bandwidth.packet_bytes,
+                frames_per_packet=bandwidth.frames_per_packet,
             )
         if self._redundancy_setting is None:
             redundancy = lossy and not self._fec

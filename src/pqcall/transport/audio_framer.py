@@ -7,6 +7,9 @@ for the :class:`~pqcall.transport.adaptation.SenderAdaptation` in force:
 * clean / FEC: the frame alone;
 * redundancy: the previous frame again, when both fit the packet size (so
   the size never changes when the mode does);
+* two frames a packet (a narrow link's rungs, ``docs/decisions/0130``): every
+  other frame is held (:attr:`AudioFramer.holding`: nothing to send) and goes
+  out with the next as AUDIO_PAIR;
 * backup (``docs/decisions/0220-bursts.md``): the low-rate backup copies of
   the previous ``backup_copies`` frames, in the AUDIO_BACKUP form padded to
   :func:`backup_packet_bytes`, one constant size for the whole mode.
@@ -55,13 +58,16 @@ def bundle(control: list[bytes], size: int) -> list[bytes]:
 class AudioFramer:
     """One sender's audio packets (see the module docstring)."""
 
-    __slots__ = ("_backups", "_frame_samples", "_packet_bytes", "_previous")
+    __slots__ = ("_backups", "_frame_samples", "_held", "_packet_bytes", "_previous", "holding")
 
     def __init__(self, frame_samples: int, packet_bytes: int) -> None:
         self._frame_samples = frame_samples  # one frame's timestamp offset
         self._packet_bytes = packet_bytes  # the constant size outside the backup mode
         self._previous: bytes | None = None  # last frame sent, for redundancy
         self._backups: deque[bytes] = deque(maxlen=MAX_BACKUP_COPIES)  # newest first
+        self._held: bytes | None = None  # a pair's first frame, until the second comes
+        self.holding = False
+        """Whether the last :meth:`frame` held its frame for the next packet (send nothing)."""
 
     def frame(
         self,
@@ -71,7 +77,20 @@ class AudioFramer:
         adaptation: SenderAdaptation,
         backup: bytes | None = None,
     ) -> AudioPacket:
-        """The packet for ``payload`` (and ``backup``, its low-rate copy in the backup mode)."""
+        """The packet for ``payload`` (and ``backup``, its low-rate copy in the backup mode).
+
+        With two frames a packet, every other call holds ``payload`` and returns a packet
+        that is not to be sent (:attr:`holding`); a frame held when the mode ends goes out
+        as a pair with the next one all the same, so no frame is lost to a switch.
+        """
+        held, self._held = self._held, None
+        self.holding = held is None and adaptation.frames_per_packet == 2
+        if self.holding:
+            self._held = payload
+        if held is not None or self.holding:
+            self._previous = payload
+            offset = self._frame_samples if held is not None else 0
+            return AudioPacket(seq, timestamp, payload, held, offset, pair=True)
         if adaptation.backup_copies:
             if backup is not None and len(backup) > adaptation.backup_bytes:
                 backup = None  # not the backup encoder's (a switch): no copy this time

@@ -33,7 +33,8 @@ controller; draft-ietf-rmcat-gcc-02), simplified to the one stream a call sends:
   queueing delay stays under :data:`UNDERUSE_S`, one rung up every
   :data:`PROBE_INTERVAL_S`. A rung that had to be left within
   :data:`PROBE_HOLD_S` of reaching it (a failed probe) is not tried again
-  for :data:`FAILED_PROBE_BACKOFF_S`.
+  for :data:`FAILED_PROBE_BACKOFF_S`, twice that after a second failure, and
+  so on (a link that fits between two rungs is not probed every few seconds).
 
 Two kinds of round trip, because a full drop-tail queue drops by phase: pings
 leave on the frame tick right behind an audio packet, so while the queue is
@@ -42,6 +43,11 @@ bottleneck for 16 s); reports leave on the peer's own timer. A report's round
 trip is not exact: it grows by the packets lost just before the report (a
 frame each; 60-80 ms in bursts of three), so it counts only towards the full
 queue's standing delay, never towards growth.
+
+Below the top rung every packet carries two frames (AUDIO_PAIR: 40 ms packets
+at 20 ms frames), which halves the 57 bytes of headers a packet costs
+(10.6 kbit/s at 20 ms): at 32 kbit/s on the wire, Opus gets 16 kbit/s in pairs
+and 6 in single frames.
 
 The rungs are few on purpose: each is its own constant packet size on the
 wire (``docs/threat-model.md``: what a mode change reveals).
@@ -55,6 +61,7 @@ from typing import Final
 
 from pqcall.transport.media_packets import (
     AUDIO_HEADER_LENGTH,
+    REDUNDANCY_HEADER_LENGTH,
     SEQUENCE_MODULUS,
     U32_MAX,
     ReceiverReport,
@@ -71,6 +78,7 @@ __all__ = [
     "STANDING_S",
     "WIRE_OVERHEAD_BYTES",
     "BandwidthController",
+    "packet_bytes",
 ]
 
 SENT_RING: Final = 512
@@ -109,6 +117,13 @@ FAILED_PROBE_BACKOFF_S: Final = 10.0
 """A rung left soon after reaching it is not tried again for this long."""
 
 
+def packet_bytes(frame_bytes: int, frames_per_packet: int) -> int:
+    """A packet's size before SFrame: one AUDIO frame, or an AUDIO_PAIR of two."""
+    if frames_per_packet == 1:
+        return AUDIO_HEADER_LENGTH + frame_bytes
+    return AUDIO_HEADER_LENGTH + REDUNDANCY_HEADER_LENGTH + 2 * frame_bytes
+
+
 class BandwidthController:
     """The rung of the bitrate ladder the link takes now (see the module docstring).
 
@@ -120,6 +135,7 @@ class BandwidthController:
     __slots__ = (
         "_banned_until",
         "_delivered_bps",
+        "_failures",
         "_frame_ms",
         "_high_samples",
         "_last_decrease_at",
@@ -137,16 +153,20 @@ class BandwidthController:
     def __init__(self, frame_bytes: int, frame_ms: int) -> None:
         self._frame_ms = frame_ms
         lower = (kbps * frame_ms // 8 for kbps in LADDER_KBPS)  # bytes per frame
-        self._rungs = (frame_bytes, *(b for b in lower if b < frame_bytes))  # descending
+        # descending (Opus bytes a frame, frames a packet): below the top, two frames a packet
+        self._rungs = ((frame_bytes, 1), *((b, 2) for b in lower if b < frame_bytes))
         self._level = 0  # index into _rungs
-        self._rtts: deque[tuple[float, float]] = deque()  # (now, rtt), for the windowed minimum
-        self._queueing_s = 0.0  # of the last sample, above the least since the last decrease
+        # (now, rtt) by kind (ping: True, report: False): each against its own minimum, as
+        # a ping waits behind our packet and a report does not
+        self._rtts: dict[bool, deque[tuple[float, float]]] = {True: deque(), False: deque()}
+        self._queueing_s = 0.0  # of the last ping, above the least since the last decrease
         self._standing_s = 0.0  # of the last sample, above the least of BASE_RTT_WINDOW_S
         self._was_standing_s = 0.0  # of the sample before
         self._high_samples = 0  # samples above OVERUSE_S in a row
         self._last_decrease_at = -math.inf
         self._last_increase_at = -math.inf
         self._banned_until: dict[int, float] = {}  # level -> no probe to it before then
+        self._failures: dict[int, int] = {}  # level -> failed probes to it
         self._previous_report: tuple[float, int, int] | None = None  # now, ext seq, lost
         self._delivered_bps: float | None = None  # wire rate of the last report interval
         self._sent_at: list[tuple[int, float]] = [(-1, 0.0)] * SENT_RING  # (seq, now) by seq
@@ -154,7 +174,17 @@ class BandwidthController:
     @property
     def frame_bytes(self) -> int:
         """Opus bytes per frame on the rung in use."""
-        return self._rungs[self._level]
+        return self._rungs[self._level][0]
+
+    @property
+    def frames_per_packet(self) -> int:
+        """Frames each packet carries on the rung in use (2 below the top: AUDIO_PAIR)."""
+        return self._rungs[self._level][1]
+
+    @property
+    def packet_bytes(self) -> int:
+        """The rung's packet size before SFrame (one frame, or a pair with its lengths)."""
+        return packet_bytes(*self._rungs[self._level])
 
     @property
     def is_limited(self) -> bool:
@@ -171,9 +201,10 @@ class BandwidthController:
         """Wire bit rate the peer's last report interval saw arrive (None before two reports)."""
         return self._delivered_bps
 
-    def wire_bps(self, frame_bytes: int) -> float:
-        """The wire bit rate of one frame of ``frame_bytes`` per packet."""
-        return (AUDIO_HEADER_LENGTH + frame_bytes + WIRE_OVERHEAD_BYTES) * 8000 / self._frame_ms
+    def wire_bps(self, frame_bytes: int, frames_per_packet: int = 1) -> float:
+        """The wire bit rate of frames of ``frame_bytes``, ``frames_per_packet`` a packet."""
+        packet = packet_bytes(frame_bytes, frames_per_packet) + WIRE_OVERHEAD_BYTES
+        return packet * 8000 / (self._frame_ms * frames_per_packet)
 
     def audio_sent(self, seq: int, now: float) -> None:
         """Our audio packet ``seq`` (16 bits) left at ``now`` (for the report round trip)."""
@@ -181,16 +212,16 @@ class BandwidthController:
 
     def rtt_measured(self, rtt_s: float, now: float, *, exact: bool = True) -> bool:
         """Take one round trip (``exact``: a ping's); whether the rung changed (a decrease)."""
-        rtts = self._rtts
+        rtts = self._rtts[exact]
         while rtts and rtts[0][0] < now - BASE_RTT_WINDOW_S:
             rtts.popleft()
         rtts.append((now, rtt_s))
-        since = max(now - MIN_RTT_WINDOW_S, self._last_decrease_at)
-        self._queueing_s = rtt_s - min(rtt for at, rtt in rtts if at >= since)
         self._was_standing_s = self._standing_s
         self._standing_s = rtt_s - min(rtt for _, rtt in rtts)
         if not exact:
             return False
+        since = max(now - MIN_RTT_WINDOW_S, self._last_decrease_at)
+        self._queueing_s = rtt_s - min((rtt for at, rtt in rtts if at >= since), default=rtt_s)
         if now - self._last_decrease_at < DECREASE_INTERVAL_S:
             self._high_samples = 0  # the last decrease has not taken effect yet
             return False
@@ -210,8 +241,8 @@ class BandwidthController:
             then, seq, lost_then = previous
             arrived = serial_delta(highest - seq, U32_MAX + 1) - (lost - lost_then)
             if arrived >= 0:
-                packet_bits = 8 * (AUDIO_HEADER_LENGTH + self.frame_bytes + WIRE_OVERHEAD_BYTES)
-                self._delivered_bps = arrived * packet_bits / (now - then)
+                frame_bits = self.wire_bps(*self._rungs[self._level]) * self._frame_ms / 1000
+                self._delivered_bps = arrived * frame_bits / (now - then)
         self._previous_report = (now, highest, lost)
         standing = min(self._standing_s, self._was_standing_s)
         full_queue = report.loss_fraction > LOSS_OVERUSE and standing > STANDING_S
@@ -220,17 +251,18 @@ class BandwidthController:
         return self._maybe_probe(now)
 
     def _decrease(self, now: float) -> bool:
-        wire = self.wire_bps(self.frame_bytes)
+        wire = self.wire_bps(*self._rungs[self._level])
         delivered = self._delivered_bps
         target = BLIND_DECREASE_FACTOR * wire if delivered is None else DECREASE_FACTOR * delivered
         level = self._level + 1
-        while level + 1 < len(self._rungs) and self.wire_bps(self._rungs[level]) > target:
+        while level + 1 < len(self._rungs) and self.wire_bps(*self._rungs[level]) > target:
             level += 1
         level = min(level, len(self._rungs) - 1)
         self._last_decrease_at = now
         self._high_samples = 0
         if now - self._last_increase_at < PROBE_HOLD_S:  # a failed probe: two rungs down at most
-            self._banned_until[self._level] = now + FAILED_PROBE_BACKOFF_S
+            failures = self._failures[self._level] = self._failures.get(self._level, 0) + 1
+            self._banned_until[self._level] = now + FAILED_PROBE_BACKOFF_S * 2 ** (failures - 1)
             level = min(level, self._level + 2)
         if level == self._level:
             return False

@@ -20,6 +20,7 @@ observer cannot tell them apart by size. All integers are big-endian::
                         | redundant payload (length bytes) | Opus payload
     AUDIO_BACKUP     03 | seq u16 | timestamp u32 | frame u16 | count u8 | length u16
                         | count x copy length u16 | copies | Opus payload | zeros
+    AUDIO_PAIR       04 | as AUDIO_REDUNDANT: frame seq - 1 (length bytes) | frame seq
     PING             10 | ping id u32 | sent at u64 (microseconds, sender's clock)
     PONG             11 | ping id u32 | sent at u64 (echoed) | hold u32 (microseconds)
     REPORT           12 | cumulative lost u32 | highest seq u32 (extended)
@@ -30,7 +31,9 @@ observer cannot tell them apart by size. All integers are big-endian::
 
 The redundant payload of ``AUDIO_REDUNDANT`` is the previous frame again, as
 RFC 2198 carries it: ``offset`` is how far its timestamp lies before the
-packet's (one frame when it is the previous one).
+packet's (one frame when it is the previous one). ``AUDIO_PAIR`` has the same
+layout, but its first frame is ``seq - 1`` in its own right, not a copy: two
+frames a packet (40 ms packets on a narrow link, ``docs/decisions/0130``).
 
 ``AUDIO_BACKUP`` is the backup mode's packet (``docs/decisions/0220-bursts.md``):
 ``count`` (at most :data:`MAX_BACKUP_COPIES`) low-rate copies of the frames
@@ -50,6 +53,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Final, Self, TypeAlias
 
 from pqcall.exceptions import DecodeError, LocalProtocolError
+from pqcall.transport.hangup_reason import HangupReason
 
 __all__ = [
     "AUDIO_HEADER_LENGTH",
@@ -129,23 +133,13 @@ class PacketType(enum.IntEnum):
     AUDIO = 0x01
     AUDIO_REDUNDANT = 0x02
     AUDIO_BACKUP = 0x03
+    AUDIO_PAIR = 0x04
     PING = 0x10
     PONG = 0x11
     REPORT = 0x12
     MUTE = 0x13
     HANGUP = 0x14
     BURSTS = 0x15
-
-
-class HangupReason(enum.IntEnum):
-    """Why a side hung up (the HANGUP reason byte); other values mean "unspecified"."""
-
-    NORMAL = 0
-    """The user ended the call."""
-    ERROR = 1
-    """The softphone failed (device, codec)."""
-    SHUTDOWN = 2
-    """The softphone is quitting."""
 
 
 AudioFields: TypeAlias = tuple[int, int, bytes, bytes | None, int, tuple[bytes, ...]]
@@ -168,7 +162,7 @@ def parse_audio_fields(data: bytes) -> AudioFields:
         return seq, timestamp, bytes(payload), None, 0, ()
     if kind == PacketType.AUDIO_BACKUP:
         return _parse_backup(data, seq, timestamp)
-    if kind != PacketType.AUDIO_REDUNDANT:
+    if kind not in (PacketType.AUDIO_REDUNDANT, PacketType.AUDIO_PAIR):
         raise DecodeError(f"media packet type 0x{kind:02x} is not audio")
     start = AUDIO_HEADER_LENGTH + REDUNDANCY_HEADER_LENGTH
     if len(data) < start:
@@ -233,6 +227,8 @@ class AudioPacket:
     """Copies of the frames before the redundant one (``seq - 2``, ...): the backup form."""
     backup_size: int = 0
     """Nonzero: the AUDIO_BACKUP form, padded with zeros to this many bytes (the mode's size)."""
+    pair: bool = False
+    """The AUDIO_PAIR form: ``redundant`` is frame ``seq - 1`` in its own right (40 ms packets)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.seq < SEQUENCE_MODULUS:
@@ -276,7 +272,7 @@ class AudioPacket:
         Raises:
             DecodeError: wrong type, truncated header or block, empty payload.
         """
-        return cls(*parse_audio_fields(data))
+        return cls(*parse_audio_fields(data), pair=data[:1] == bytes((PacketType.AUDIO_PAIR,)))
 
     def serialize(self) -> bytes:
         """The packet's bytes."""
@@ -286,12 +282,15 @@ class AudioPacket:
             return _AUDIO.pack(PacketType.AUDIO, self.seq, self.timestamp) + self.payload
         return b"".join(
             (
-                _AUDIO.pack(PacketType.AUDIO_REDUNDANT, self.seq, self.timestamp),
+                _AUDIO.pack(self._redundant_type(), self.seq, self.timestamp),
                 _REDUNDANCY.pack(self.redundant_offset, len(self.redundant)),
                 self.redundant,
                 self.payload,
             )
         )
+
+    def _redundant_type(self) -> PacketType:
+        return PacketType.AUDIO_PAIR if self.pair else PacketType.AUDIO_REDUNDANT
 
     def _serialize_backup(self) -> bytes:
         copies = () if self.redundant is None else (self.redundant, *self.older)
@@ -534,7 +533,7 @@ ControlPacket: TypeAlias = (
     PingPacket | PongPacket | ReceiverReport | MutePacket | HangupPacket | BurstReport
 )
 
-AUDIO_TYPES: Final = (PacketType.AUDIO, PacketType.AUDIO_REDUNDANT, PacketType.AUDIO_BACKUP)
+AUDIO_TYPES: Final = tuple(kind for kind in PacketType if kind < PacketType.PING)
 
 _CONTROL_PARSERS: Final[dict[int, type[ControlPacket]]] = {
     PacketType.PING: PingPacket,

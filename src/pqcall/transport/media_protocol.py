@@ -73,6 +73,7 @@ from pqcall.transport.media_packets import (
     HangupReason,
     MediaPacket,
     MutePacket,
+    PacketType,
     PingPacket,
     PongPacket,
     ReceiverReport,
@@ -344,7 +345,8 @@ class MediaProtocol:
             raise LocalProtocolError("audio payload must not be empty")
         adaptation = self._policy.adaptation
         packet = self._framer.frame(self._seq, self._timestamp, bytes(payload), adaptation, backup)
-        self._outgoing.append(packet)
+        if not self._framer.holding:  # a pair's first frame waits for the second
+            self._outgoing.append(packet)
         self._policy.audio_sent(self._seq, now)
         self._seq = (self._seq + 1) % SEQUENCE_MODULUS
         self._timestamp = (self._timestamp + self._frame_samples) % TIMESTAMP_MODULUS
@@ -533,6 +535,11 @@ class MediaProtocol:
             self._counts["malformed"] += 1
             return
         self._counts["audio_received"] += 1
+        if redundant is not None and data[0] == PacketType.AUDIO_PAIR:  # frames seq - 1 and seq
+            first = ((seq - 1) % SEQUENCE_MODULUS, (timestamp - offset) % TIMESTAMP_MODULUS)
+            self._reception.update(*first, now)
+            self._events.append(AudioReceived(*first, redundant, None, ()))
+            redundant = None
         self._reception.update(seq, timestamp, now)
         if redundant is not None and offset != self._frame_samples:
             self._counts["redundant_discarded"] += 1
@@ -553,10 +560,9 @@ class MediaProtocol:
 
     def _adapted(self) -> None:
         """Announce the policy's new mode; a bandwidth rung pads every packet to its size."""
-        adaptation = self._policy.adaptation
         if self._pad_to:
-            self._sender.pad_to = adaptation.packet_bytes or self._pad_to
-        self._events.append(AdaptationChanged(adaptation))
+            self._sender.pad_to = self._policy.adaptation.packet_bytes or self._pad_to
+        self._events.append(AdaptationChanged(self._policy.adaptation))
 
     def _receive_mute(self, packet: MutePacket) -> None:
         if self._peer_mute_change is not None:
