@@ -154,3 +154,26 @@ def test_prototype_device_plays_frames_back_to_back_and_gaps_as_silence():
 )
 def test_settle_time(samples, expected):
     assert media.settle_s(samples, calm_s=3.0, stop_s=3.0) == expected
+
+
+def test_bottleneck_figures_from_the_backlog_and_bitrate_series():
+    from pqcall.bench import media_bottleneck as mb
+
+    onset, widened = mb.WIDE_S, mb.WIDE_S + mb.NARROW_S
+    # over 100 ms until 2.4 s after the onset, then under for good
+    queue = [(onset + t / 10, 200.0 if t < 25 else 10.0) for t in range(int(mb.NARROW_S * 10))]
+    assert mb.under_goal_s(queue) == pytest.approx(2.4)
+    # never under: the whole span
+    assert mb.under_goal_s([(onset, 0.0), (widened - 0.1, 150.0)]) == pytest.approx(
+        mb.NARROW_S - 0.1
+    )
+    # the bitrate: full again 1.5 s after the link widens; or not by the end
+    rates = [(0.0, 39.6), (onset + 1, 12.0), (widened + 1.4, 12.0), (widened + 1.5, 39.6)]
+    assert mb.full_rate_again_s(rates) == pytest.approx(1.5)
+    assert math.isnan(mb.full_rate_again_s([(0.0, 39.6), (widened + 5, 12.0)]))
+    scenario = mb.bottleneck_scenario(32)
+    assert scenario.impairment.rate_kbps == 32 and scenario.impaired_between_s == (onset, widened)
+
+
+def test_bottleneck_applies_only_to_the_media_benchmark(capsys):
+    assert main(["bench", "codec", "--bottleneck", "32"]) != 0
