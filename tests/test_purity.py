@@ -45,6 +45,7 @@ PURE = (
     "pqcall.transport.liveness",
     "pqcall.transport.reception",
     "pqcall.transport.bandwidth",
+    "pqcall.transport.hangup_reason",
     "pqcall.transport.path_choice",
     "pqcall.transport.path_messages",
     "pqcall.transport.pathcheck",
