@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -75,7 +76,8 @@ from pqcall.transport.group_wire import FRAME_HEADER_BYTES
 logger = logging.getLogger(__name__)
 
 ROTATION_CHECK_S = 1.0
-SEND_ATTEMPTS = 3  # a pairwise message the server did not take is sent again
+SEND_ATTEMPTS = 8  # a pairwise message the server did not take (or rate-limited) is sent again
+HTTP_TOO_MANY_REQUESTS = 429
 SEND_RETRY_S = 0.5
 HANDSHAKE_RETRY_S = 8.0  # a caller whose pairwise handshake has not finished offers again
 SWITCH_FALLBACK_S = 5.0  # send under a new key at the latest this long after drawing it
@@ -489,9 +491,12 @@ class GroupCall:
             try:
                 await self._api.message(self.call_id, name, body)
                 return
-            except ApiError as exc:  # refused (the member left): no point repeating
-                logger.info("group call %s: message to %s: %s", self.call_id, name, exc)
-                return
+            except ApiError as exc:
+                if exc.status != HTTP_TOO_MANY_REQUESTS or attempt == SEND_ATTEMPTS - 1:
+                    logger.warning("group call %s: message to %s: %s", self.call_id, name, exc)
+                    return  # refused (the member left): no point repeating
+                # the server's rate limit: wait (growing, spread) and send it again
+                await asyncio.sleep(SEND_RETRY_S * (attempt + 1) * (1 + random.random()))
             except PqcallError as exc:
                 if attempt == SEND_ATTEMPTS - 1:
                     logger.warning("group call %s: message to %s lost: %s", self.call_id, name, exc)
