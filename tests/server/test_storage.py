@@ -28,6 +28,7 @@ from tests.harness import run_async
 
 NOW = 1_750_000_000.123456
 TABLES = {"accounts", "key_bundles", "tokens", "challenges", "calls", "events", "stored_files"}
+TABLES |= {"relay_allocations"}  # server/relay_store.py
 CANDIDATES = [{"host": "192.168.1.20", "port": 40000}, {"host": "fe80::1", "port": 40001}]
 
 

@@ -39,7 +39,9 @@ class RelayComponent:
 
     Binds UDP ``settings.relay_bind`` (default ``settings.host``) on
     ``settings.relay_udp_port``; port 0 lets the kernel choose (tests). Publishes the
-    relay as ``context.extras["relay"]`` and its counters to the metrics.
+    relay as ``context.extras["relay"]`` and its counters to the metrics. Allocations
+    persist in the server's database (:mod:`pqcall.server.relay_store`): a server
+    restarted on the same database relays its calls on, from the stored addresses.
 
     Raises (from :meth:`start`):
         ServerError: the UDP port cannot be bound (the server does not start).
@@ -52,7 +54,10 @@ class RelayComponent:
     async def start(self, context: AppContext) -> None:
         settings = context.settings
         host = settings.relay_bind if settings.relay_bind is not None else settings.host
-        relay = MediaRelay(host, settings.relay_udp_port)
+        from pqcall.server.relay_store import RelayStore  # loads SQLAlchemy: storage did
+
+        store = RelayStore(context.storage.engine)  # the server's database, its engine
+        relay = MediaRelay(host, settings.relay_udp_port, store=store)
         try:
             await relay.start()
         except OSError as exc:

@@ -16,6 +16,14 @@ Example (what the signaling server does)::
     # from them), each with the relay's public host and relay.address[1]
     relay.release(call_id)  # at hang-up
     await relay.close()
+
+With a :class:`~pqcall.server.relay_store.RelayStore` (``MediaRelay(..., store=store)``)
+the relay writes each allocation's stored form behind the datagram path (made, a party
+bound or moved, ended), restores every live one at :meth:`MediaRelay.start`, and looks a
+grant it does not hold up in the store (at most ``LOOKUPS_PER_S``): allocations made
+by another process (the server, for a separate ``pqcall relay``) or before a restart.
+With ``follow_store=True`` (a separate relay process) it also drops, every
+``SYNC_S``, the allocations whose rows the server deleted (hang-up).
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ import dataclasses
 import logging
 import secrets
 import socket
+import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from pqcall.exceptions import LocalProtocolError
 from pqcall.server.relay_table import (
@@ -44,9 +54,15 @@ from pqcall.server.relay_table import (
 )
 from pqcall.server.stun import StunResponder, is_stun_request
 
+if TYPE_CHECKING:
+    from pqcall.server.relay_store import RelayStore
+
 DEFAULT_RELAY_HOST = "0.0.0.0"
 DEFAULT_RELAY_PORT = 5001  # UDP; the same number as the HTTP API's TCP port
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # asked of the kernel (it may grant less)
+LOOKUPS_PER_S = 20  # store lookups of grants this relay does not hold (binds are not yet
+# authentic then: the bound keeps a flood of made-up grant ids off the database)
+SYNC_S = 2.0  # follow_store: how often to drop allocations whose rows were deleted
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +105,8 @@ class MediaRelay:
         bytes_per_s: each direction's sustained byte rate.
         burst_s: each rate bucket holds this many seconds of its rate.
         max_allocations: most live allocations (:meth:`allocate` raises ``RelayFull``).
+        store: where allocations persist (None: in memory only, lost with the process).
+        follow_store: also drop allocations whose rows vanished (a separate relay).
 
     Call :meth:`start` (or enter ``async with``) before use and :meth:`close` after.
     """
@@ -104,6 +122,8 @@ class MediaRelay:
         bytes_per_s: float = RELAY_BYTES_PER_S,
         burst_s: float = RELAY_BURST_S,
         max_allocations: int = MAX_RELAY_ALLOCATIONS,
+        store: RelayStore | None = None,
+        follow_store: bool = False,
     ) -> None:
         self._host = host  # where the socket binds
         self._port = port  # requested port (0: ephemeral)
@@ -125,6 +145,15 @@ class MediaRelay:
         self._send_blocked = 0  # forwards dropped because the send buffer was full
         self._send_blocked_bytes = 0  # their bytes
         self.stun = StunResponder()  # answers STUN Binding requests on the same port
+        self._store = store  # where allocations persist, if anywhere
+        self._follow_store = follow_store  # drop allocations whose rows vanished
+        self._dirty = asyncio.Event()  # the table may have changes to write
+        self._write_lock = asyncio.Lock()  # one write of changes at a time
+        self._tasks: list[asyncio.Task[None]] = []  # writer (and follower) while running
+        self._lookups: set[bytes] = set()  # grant ids being looked up
+        self._lookup_window = (0.0, 0)  # (second, lookups started in it)
+        self._store_failing = False  # the last store operation failed (log once per change)
+        self.restored = 0  # allocations restored from the store at start
 
     async def start(self) -> None:
         """Bind the UDP socket.
@@ -146,10 +175,28 @@ class MediaRelay:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         logger.info("media relay listening on UDP %s:%d", *self.address)
+        if self._store is not None:
+            await self._restore_all()
+            self._tasks.append(asyncio.create_task(self._write_loop()))
+            if self._follow_store:
+                self._tasks.append(asyncio.create_task(self._follow_loop()))
 
     async def close(self) -> None:
-        """Stop relaying and close the socket. Idempotent. Allocations are forgotten."""
-        self._is_closed = True
+        """Stop relaying and close the socket. Idempotent.
+
+        Without a store, allocations are forgotten; with one, pending writes finish and
+        the rows stay for the next start (they expire there as they would have here).
+        """
+        was_open, self._is_closed = not self._is_closed, True
+        async with self._write_lock:  # never cancel a write half done
+            for task in self._tasks:
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._tasks and was_open:
+            await self._write_changes()  # what is still pending
+        self._tasks.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -187,12 +234,14 @@ class MediaRelay:
         """
         loop = self._running_loop()
         allocation = self._table.allocate(call_id, loop.time())
+        self._dirty.set()
         if self._timer is None:
             self._arm_timer()
         return allocation
 
     def release(self, call_id: str) -> bool:
         """Stop relaying ``call_id`` now (hang-up). Returns whether it had an allocation."""
+        self._dirty.set()
         return self._table.release(call_id)
 
     def allocation(self, call_id: str) -> RelayAllocation | None:
@@ -224,6 +273,8 @@ class MediaRelay:
             self._stun_answer(data, addr)
             return
         outgoing = self._table.receive_datagram(data, addr, self._loop.time())
+        if outgoing is None or not outgoing.is_forward:
+            self._after_control()
         if outgoing is None:
             return
         notices = () if outgoing.is_forward else self._table.notices()  # acks to the other
@@ -252,4 +303,111 @@ class MediaRelay:
         assert self._loop is not None
         for ended in self._table.handle_timer(self._loop.time()):
             logger.info("relay allocation for call %s ended (%s)", ended.call_id, ended.reason)
+            self._dirty.set()
         self._arm_timer()
+
+    # persistence (server/relay_store.py)
+
+    def _after_control(self) -> None:
+        if self._store is None:
+            return
+        if self._table.has_changes:
+            self._dirty.set()
+        for grant_id in self._table.unknown_grants():
+            self._look_up(grant_id)
+
+    def _look_up(self, grant_id: bytes) -> None:
+        assert self._loop is not None
+        second = int(self._loop.time())
+        window, started = self._lookup_window
+        if window != second:
+            window, started = second, 0
+        if grant_id in self._lookups or started >= LOOKUPS_PER_S or self._is_closed:
+            return
+        self._lookup_window = (window, started + 1)
+        self._lookups.add(grant_id)
+        task = asyncio.create_task(self._find(grant_id))
+        task.add_done_callback(lambda _: self._lookups.discard(grant_id))
+
+    async def _find(self, grant_id: bytes) -> None:
+        assert self._store is not None and self._loop is not None
+        try:
+            stored = await self._store.find_grant(grant_id, time.time())
+        except Exception as exc:
+            self._store_failed(exc)
+            return
+        self._store_ok()
+        if stored is not None and not self._is_closed:
+            if self._table.restore(stored, self._loop.time(), time.time()):
+                logger.info("relay allocation for call %s found in the store", stored.call_id)
+                if self._timer is None:
+                    self._arm_timer()
+
+    async def _restore_all(self) -> None:
+        assert self._store is not None and self._loop is not None
+        try:
+            stored = await self._store.load_live(time.time())
+        except Exception as exc:
+            self._store_failed(exc)
+            return
+        for allocation in stored:
+            if self._table.restore(allocation, self._loop.time(), time.time()):
+                self.restored += 1
+        if self.restored:
+            logger.info("media relay restored %d allocations from the store", self.restored)
+            self._arm_timer()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._write_changes()
+
+    async def _write_changes(self) -> None:
+        async with self._write_lock:
+            await self._write_changed()
+
+    async def _write_changed(self) -> None:
+        assert self._store is not None and self._loop is not None
+        changed = self._table.changed()
+        if not changed:
+            return
+        now, wall_now = self._loop.time(), time.time()
+        try:
+            gone = []
+            for call_id in changed:
+                stored = self._table.snapshot(call_id, now, wall_now)
+                if stored is None:
+                    gone.append(call_id)
+                else:
+                    await self._store.put(stored)
+            await self._store.delete(gone)
+        except Exception as exc:
+            self._store_failed(exc)
+            return
+        self._store_ok()
+
+    async def _follow_loop(self) -> None:
+        assert self._store is not None
+        while True:
+            await asyncio.sleep(SYNC_S)
+            held = self._table.call_ids()
+            try:
+                live = await self._store.live_calls(held)
+            except Exception as exc:
+                self._store_failed(exc)
+                continue
+            self._store_ok()
+            for call_id in held:
+                if call_id not in live and self._table.release(call_id):
+                    logger.info("relay allocation for call %s ended (row deleted)", call_id)
+
+    def _store_failed(self, exc: Exception) -> None:
+        if not self._store_failing:
+            logger.warning("media relay: the allocation store failed: %s", type(exc).__name__)
+        self._store_failing = True
+
+    def _store_ok(self) -> None:
+        if self._store_failing:
+            logger.warning("media relay: the allocation store works again")
+        self._store_failing = False

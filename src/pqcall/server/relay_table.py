@@ -49,18 +49,33 @@ Rules:
 - An allocation ends at :meth:`RelayTable.release` (hang-up), after
   ``idle_timeout_s`` without any datagram from either party, or ``max_lifetime_s``
   after it was allocated.
+- Persistence (:mod:`pqcall.server.relay_store`): :meth:`RelayTable.changed` names the
+  allocations whose stored form is stale (made, a party bound or moved, ended);
+  :meth:`RelayTable.snapshot` / :meth:`RelayTable.restore` convert. A restored party
+  keeps forwarding to its stored address, but every bind of it (even from that address)
+  gets a challenge until it answers one: a bind seen on the wire before the restart,
+  with a counter above the stored one, can never bind anything.
 """
 
 from __future__ import annotations
 
-import enum
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from pqcall.exceptions import DecodeError, LocalProtocolError, ServerError
 from pqcall.server.ratelimit import RateLimit, TokenBucket
+from pqcall.server.relay_store_types import (
+    Address,
+    DropReason,
+    Outgoing,
+    RelayAllocation,
+    RelayStats,
+    ReleaseReason,
+    Role,
+    StoredAllocation,
+    StoredParty,
+)
 from pqcall.transport.relay_wire import (
     ANSWER_LENGTH,
     ANSWER_MAGIC,
@@ -80,6 +95,19 @@ from pqcall.transport.relay_wire import (
     grant_keys,
 )
 
+__all__ = [  # the types from relay_store_types are re-exported: import them from here
+    "Address",
+    "AllocationEnded",
+    "DropReason",
+    "Outgoing",
+    "RelayAllocation",
+    "RelayFull",
+    "RelayStats",
+    "RelayTable",
+    "ReleaseReason",
+    "Role",
+]
+
 # relay limits
 RELAY_IDLE_TIMEOUT_S = 60.0  # an allocation no party has sent on for this long is released
 RELAY_MAX_LIFETIME_S = 6 * 3600.0  # no call is relayed longer than this
@@ -90,121 +118,12 @@ MAX_UDP_PAYLOAD = 65_535  # the byte bucket must hold at least one largest datag
 MAX_RELAY_ALLOCATIONS = 10_000
 TIMER_RESOLUTION_S = 1.0  # expiry sweeps run at most this often (less for short timeouts)
 CHALLENGE_TIMEOUT_S = 5.0  # an answer to a challenge must come back within this
+MAX_UNKNOWN_GRANTS = 64  # unknown_grants() remembers at most this many between calls
 _GRANT_ID_AT = MAGIC_LENGTH + 1  # where a bind's or answer's grant id starts
-
-Address = tuple[str | int, ...]
-"""A UDP peer address exactly as the socket reports it: (host, port[, flow, scope])."""
-
-
-class Role(enum.IntEnum):
-    """A party's role in a call; the other party is ``Role(1 - role)``."""
-
-    CALLER = 0
-    CALLEE = 1
-
-
-class DropReason(enum.StrEnum):
-    """Why a datagram was not forwarded."""
-
-    UNKNOWN_ADDRESS = "unknown_address"
-    """From an address bound to no allocation, and not a bind."""
-    UNBOUND_PEER = "unbound_peer"
-    """From a bound party whose peer has not bound yet."""
-    RATE_LIMITED = "rate_limited"
-    """Over the sender's packet or byte budget."""
-    BAD_BIND = "bad_bind"
-    """A bind that is malformed, names no live grant, has a MAC that does not verify, or
-    would bind both parties to one address."""
-    REPLAYED = "replayed"
-    """An authentic bind whose counter is not above the party's highest (a replay)."""
-    BAD_ANSWER = "bad_answer"
-    """An answer to no outstanding challenge (wrong address, nonce, MAC, or too late)."""
-    OLD_VERSION = "old_version"
-    """A bind of another version than ours; answered with the refusal ack."""
-    SEND_BLOCKED = "send_blocked"
-    """Forwardable, but the relay socket's send buffer was full (counted by the wrapper)."""
-
-
-class ReleaseReason(enum.StrEnum):
-    """Why an allocation ended."""
-
-    RELEASED = "released"
-    """:meth:`RelayTable.release` (the call was hung up)."""
-    IDLE = "idle"
-    """No datagram from either party for the idle timeout."""
-    LIFETIME = "lifetime"
-    """The maximum lifetime passed."""
 
 
 class RelayFull(ServerError):
     """The relay holds its maximum number of allocations; try again later (HTTP 503)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RelayAllocation:
-    """A call's relay authorization, to hand out over signaling (each party its own token)."""
-
-    call_id: str
-    """The call this allocation serves."""
-    caller_token: bytes
-    """The caller's 16-byte bind token (give it to the caller only)."""
-    callee_token: bytes
-    """The callee's 16-byte bind token (give it to the callee only)."""
-    created_at: float
-    """When it was allocated, on the relay's clock."""
-    expires_at: float
-    """When it ends at the latest, on the relay's clock."""
-    idle_timeout_s: float
-    """It ends earlier after this many seconds without a datagram from either party."""
-
-    @property
-    def max_lifetime_s(self) -> float:
-        """Seconds from allocation to ``expires_at``."""
-        return self.expires_at - self.created_at
-
-    def token(self, role: Role) -> bytes:
-        """The bind token of ``role``."""
-        return self.caller_token if role is Role.CALLER else self.callee_token
-
-
-@dataclass(frozen=True, slots=True)
-class RelayStats:
-    """A snapshot of the relay's counters (totals since it started, except the gauges)."""
-
-    allocations_active: int
-    """Allocations alive now."""
-    allocations_total: int
-    """Allocations made."""
-    released: Mapping[ReleaseReason, int]
-    """Allocations ended, by reason."""
-    binds: int
-    """Accepted binds and answers (first binds, keepalives and moves)."""
-    rebinds: int
-    """Answers that moved a party to a new address."""
-    packets_forwarded: int
-    """Datagrams forwarded to a party."""
-    bytes_forwarded: int
-    """Their payload bytes."""
-    dropped: Mapping[DropReason, int]
-    """Datagrams not forwarded, by reason."""
-    challenges: int = 0
-    """Challenges sent to a new address of a party (return-routability checks)."""
-
-    @property
-    def packets_dropped(self) -> int:
-        """All dropped datagrams."""
-        return sum(self.dropped.values())
-
-
-class Outgoing(NamedTuple):
-    """A datagram the relay must send."""
-
-    data: bytes
-    """The payload."""
-    address: Address
-    """Where to."""
-    is_forward: bool
-    """True for a forwarded datagram (counted as forwarded), False for an ack or challenge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +144,7 @@ class _Party:
     address: Address | None = None  # where it binds from; None until bound
     counter: int = 0  # the highest bind counter accepted
     challenge: tuple[Address, bytes, float] | None = None  # (to, nonce, until) outstanding
+    restored: bool = False  # restored after a restart: binds need a challenge until answered
 
 
 @dataclass(slots=True, eq=False)  # identity, not field equality
@@ -250,7 +170,8 @@ class RelayTable:
         max_allocations: most live allocations; :meth:`allocate` raises beyond it.
 
     Calling contract: feed every received datagram to :meth:`receive_datagram` and
-    send what it returns (after an ack or challenge, also what :meth:`notices` returns); after :meth:`allocate` and after each :meth:`handle_timer`,
+    send what it returns (after an ack or challenge, also what :meth:`notices` returns);
+    after :meth:`allocate` and after each :meth:`handle_timer`,
     arm a timer for :meth:`get_timer` and call :meth:`handle_timer` when it fires.
     All ``now`` values come from one monotonic clock.
     """
@@ -289,6 +210,8 @@ class RelayTable:
         self._packets_forwarded = 0
         self._bytes_forwarded = 0
         self._dropped = dict.fromkeys(DropReason, 0)
+        self._dirty: set[str] = set()  # call ids whose stored form is stale (changed())
+        self._unknown: list[bytes] = []  # grant ids of well-formed binds we do not hold
 
     # allocations
 
@@ -330,6 +253,7 @@ class RelayTable:
         self._by_grant[caller_keys.grant_id] = (allocation, Role.CALLER)
         self._by_grant[callee_keys.grant_id] = (allocation, Role.CALLEE)
         self._allocations_total += 1
+        self._dirty.add(call_id)
         return public
 
     def release(self, call_id: str) -> bool:
@@ -428,6 +352,8 @@ class RelayTable:
             self._dropped[DropReason.BAD_BIND] += 1
             return None
         found = self._live_party(bind.grant_id, now)
+        if found is None and len(self._unknown) < MAX_UNKNOWN_GRANTS:
+            self._unknown.append(bind.grant_id)
         if found is None or not bind.is_authentic(found[0].parties[found[1]].keys.key):
             self._dropped[DropReason.BAD_BIND] += 1
             return None
@@ -437,7 +363,7 @@ class RelayTable:
             self._dropped[DropReason.REPLAYED] += 1
             return None
         party.counter = bind.counter
-        if party.address == addr:  # a keepalive
+        if party.address == addr and not party.restored:  # a keepalive
             return self._ack(allocation, role, now)
         if self._is_other_role_at(allocation, role, addr):
             self._dropped[DropReason.BAD_BIND] += 1
@@ -484,7 +410,9 @@ class RelayTable:
             del self._by_address[party.address]
             self._rebinds += 1
         party.address = addr
+        party.restored = False
         self._by_address[addr] = (allocation, role)
+        self._dirty.add(allocation.public.call_id)
         return self._ack(allocation, role, now)
 
     def _is_other_role_at(self, allocation: _Allocation, role: Role, addr: Address) -> bool:
@@ -583,3 +511,83 @@ class RelayTable:
                 del self._by_address[party.address]
                 party.address = None
         self._released[reason] += 1
+        self._dirty.add(allocation.public.call_id)
+
+    # persistence
+
+    @property
+    def has_changes(self) -> bool:
+        """Whether :meth:`changed` has something."""
+        return bool(self._dirty)
+
+    def call_ids(self) -> list[str]:
+        """The calls with a live allocation."""
+        return list(self._by_call)
+
+    def unknown_grants(self) -> list[bytes]:
+        """Grant ids of well-formed binds naming no live grant since the last call (then
+        forgotten): to look up in the store, in case another process allocated them."""
+        unknown, self._unknown = self._unknown, []
+        return unknown
+
+    def changed(self) -> list[str]:
+        """The call ids whose stored form is stale since the last call (then forgotten):
+        store :meth:`snapshot` of each, or delete it when that is None."""
+        dirty, self._dirty = self._dirty, set()
+        return sorted(dirty)
+
+    def snapshot(self, call_id: str, now: float, wall_now: float) -> StoredAllocation | None:
+        """``call_id``'s allocation as stored (None: it has none); ``wall_now`` is
+        ``time.time()`` at the monotonic ``now``."""
+        allocation = self._by_call.get(call_id)
+        if allocation is None:
+            return None
+        caller, callee = (
+            StoredParty(p.keys.grant_id, p.keys.key, p.address, p.counter)
+            for p in allocation.parties
+        )
+        expires_at = wall_now + allocation.public.expires_at - now
+        return StoredAllocation(call_id, caller, callee, expires_at)
+
+    def restore(self, stored: StoredAllocation, now: float, wall_now: float) -> bool:
+        """Take back a stored allocation (after a restart, or made by another node).
+
+        Its bound addresses forward at once; its parties' binds get challenges until
+        they answer one. Returns False (nothing changes) if the call or a grant id is
+        live already, it has expired, or the table is full. Its grant secrets are not
+        stored, so :meth:`allocation` returns it with empty tokens.
+        """
+        remaining = stored.expires_at - wall_now
+        grants = {stored.caller.grant_id, stored.callee.grant_id}
+        if (
+            remaining <= 0
+            or stored.call_id in self._by_call
+            or len(grants) != 2
+            or grants & self._by_grant.keys()
+            or len(self._by_call) >= self._max_allocations
+        ):
+            return False
+        public = RelayAllocation(
+            call_id=stored.call_id,
+            caller_token=b"",
+            callee_token=b"",
+            created_at=now,
+            expires_at=now + remaining,
+            idle_timeout_s=self._idle_timeout_s,
+        )
+        parties = []
+        for kept in (stored.caller, stored.callee):
+            party = self._new_party(GrantKeys(kept.grant_id, kept.key), now)
+            party.counter = kept.counter
+            party.restored = True
+            parties.append(party)
+        allocation = _Allocation(public, (parties[0], parties[1]), last_activity=now)
+        self._by_call[stored.call_id] = allocation
+        for role, (party, kept) in enumerate(
+            zip(parties, (stored.caller, stored.callee), strict=True)
+        ):
+            self._by_grant[party.keys.grant_id] = (allocation, Role(role))
+            if kept.address is not None and kept.address not in self._by_address:
+                party.address = kept.address
+                self._by_address[kept.address] = (allocation, Role(role))
+        return True

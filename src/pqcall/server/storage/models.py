@@ -134,3 +134,19 @@ stored_files = Table(
     Index(None, "recipient_id", "state"),
     Index(None, "expires_at"),
 )
+
+relay_allocations = Table(  # server/relay_store.py: grant ids and bind keys, never secrets
+    "relay_allocations",
+    metadata,
+    Column("call_id", String(64), primary_key=True),  # no foreign key: a relay may see only this
+    Column("caller_grant", LargeBinary(16), nullable=False, unique=True),
+    Column("caller_key", LargeBinary(32), nullable=False),
+    Column("caller_address", String(200), nullable=True),  # JSON [host, port, ...]
+    Column("caller_counter", BigInteger, nullable=False),
+    Column("callee_grant", LargeBinary(16), nullable=False, unique=True),
+    Column("callee_key", LargeBinary(32), nullable=False),
+    Column("callee_address", String(200), nullable=True),
+    Column("callee_counter", BigInteger, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Index(None, "expires_at"),
+)
