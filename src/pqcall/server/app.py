@@ -50,9 +50,9 @@ from pqcall.server.call_sweeper import CallSweeper
 from pqcall.server.components import default_components
 from pqcall.server.context import AppContext, Clock, Component
 from pqcall.server.file_sweeper import FileSweeper
+from pqcall.server.group_service import GroupComponent
 from pqcall.server.middleware import default_middleware
 from pqcall.server.push import EventHub
-from pqcall.server.group_service import GroupComponent
 from pqcall.server.routes import accounts, calls, events, files, groups, metrics
 from pqcall.server.settings import ServerSettings
 from pqcall.server.storage import Storage
