@@ -99,14 +99,23 @@ def test_no_queueing_keeps_the_full_rate():
     assert controller.frame_bytes == FRAME_BYTES
 
 
-def test_one_high_sample_is_noise_two_are_a_queue():
+def test_jitter_is_not_a_queue_a_queue_persists():
     controller = BandwidthController(FRAME_BYTES, 20)
     controller.rtt_measured(BASE_RTT_S, 0.0)
-    assert not controller.rtt_measured(BASE_RTT_S + 0.07, 1.0)  # one sample at 70 ms
+    # single pings up (jitter), two at 70 ms: nothing
+    assert not controller.rtt_measured(BASE_RTT_S + 0.15, 1.0)
     assert not controller.rtt_measured(BASE_RTT_S, 2.0)
     assert not controller.rtt_measured(BASE_RTT_S + 0.07, 3.0)
-    assert controller.rtt_measured(BASE_RTT_S + 0.07, 4.0)  # two in a row
+    assert not controller.rtt_measured(BASE_RTT_S + 0.07, 4.0)
+    assert controller.rtt_measured(BASE_RTT_S + 0.07, 5.0)  # three in a row: a queue
     assert controller.is_limited
+
+
+def test_two_pings_through_a_full_queue_are_enough():
+    controller = BandwidthController(FRAME_BYTES, 20)
+    controller.rtt_measured(BASE_RTT_S, 0.0)
+    assert not controller.rtt_measured(BASE_RTT_S + 0.2, 1.0)
+    assert controller.rtt_measured(BASE_RTT_S + 0.2, 2.0)
 
 
 def test_a_decrease_aims_under_the_delivered_rate():
@@ -118,7 +127,8 @@ def test_a_decrease_aims_under_the_delivered_rate():
     delivered = controller.delivered_bps
     assert delivered is not None
     assert delivered == pytest.approx(30 * (7 + 99 + 50) * 8)
-    assert controller.rtt_measured(BASE_RTT_S + 0.2, 2.5)  # a ping through a full queue
+    assert not controller.rtt_measured(BASE_RTT_S + 0.2, 2.2)  # pings through a full queue
+    assert controller.rtt_measured(BASE_RTT_S + 0.2, 2.5)
     assert (
         controller.wire_bps(controller.frame_bytes, controller.frames_per_packet)
         <= 0.85 * delivered
@@ -170,6 +180,7 @@ def test_policy_pads_each_rung_to_its_own_size_and_drops_redundancy():
     policy.report_received(report(50), 1.0)
     assert policy.adaptation.packet_bytes == 0  # the configured size
     policy.rtt_measured(BASE_RTT_S, 1.5)
+    assert not policy.rtt_measured(BASE_RTT_S + 0.2, 2.0)
     assert policy.rtt_measured(BASE_RTT_S + 0.2, 2.5)
     limited = policy.adaptation
     assert limited.frame_bytes < FRAME_BYTES
@@ -192,6 +203,7 @@ def test_pair_packet_round_trips_and_is_two_frames_to_the_receiver():
     # a queue in the caller's round trips puts it on a rung: two frames a packet
     policy = caller._policy  # the protocol's own policy, fed as its pongs would
     policy.rtt_measured(0.01, 0.5)
+    policy.rtt_measured(0.3, 1.0)
     assert policy.rtt_measured(0.3, 1.5)
     caller._adapted()
     assert caller.adaptation.frames_per_packet == 2

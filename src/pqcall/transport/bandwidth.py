@@ -15,10 +15,11 @@ controller; draft-ietf-rmcat-gcc-02), simplified to the one stream a call sends:
   (at most :data:`MIN_RTT_WINDOW_S` back): only delay that *grows* counts, as
   GCC's trend, since a lower rate's own serialisation at a narrow link (tens
   of ms a packet at 24-48 kbit/s) raises the round trip for good;
-* overuse: a ping above :data:`STANDING_S`, or two in a row above
-  :data:`OVERUSE_S`; or a report with more
-  than :data:`LOSS_OVERUSE` loss while the last two round trips (pings or
-  reports) stand :data:`STANDING_S` above the least of the
+* overuse: two pings in a row above :data:`STANDING_S`, or three above
+  :data:`OVERUSE_S` (one is jitter: at 30 ms of jitter each way, single
+  pings above 100 ms stepped 2 calls in 6 down for nothing); or a report with more
+  than :data:`LOSS_OVERUSE` loss while its round trip stands :data:`STANDING_S`
+  above the least of the
   last :data:`BASE_RTT_WINDOW_S` (a drop-tail queue that stays full: its
   delay no longer grows, it drops). Random loss alone, with no standing delay,
   never lowers the rate (:mod:`~pqcall.transport.adaptation` plans FEC for it).
@@ -98,9 +99,9 @@ BASE_RTT_WINDOW_S: Final = 60.0
 LOSS_OVERUSE: Final = 0.05
 """Reported loss that, with a standing queueing delay, means the queue is full."""
 OVERUSE_S: Final = 0.05
-"""Queueing delay that, in two samples in a row, means the link is narrower than our rate."""
+"""Queueing delay that, in three pings in a row, means the link is narrower than our rate."""
 STANDING_S: Final = 0.1
-"""Delay above the path's own that, with loss (or in one ping), means a full queue."""
+"""Delay above the path's own that, with loss (or in two pings in a row), means a full queue."""
 UNDERUSE_S: Final = 0.02
 """Queueing delay under which the link may take more."""
 DECREASE_FACTOR: Final = 0.85
@@ -147,7 +148,6 @@ class BandwidthController:
         "_rungs",
         "_sent_at",
         "_standing_s",
-        "_was_standing_s",
     )
 
     def __init__(self, frame_bytes: int, frame_ms: int) -> None:
@@ -161,8 +161,7 @@ class BandwidthController:
         self._rtts: dict[bool, deque[tuple[float, float]]] = {True: deque(), False: deque()}
         self._queueing_s = 0.0  # of the last ping, above the least since the last decrease
         self._standing_s = 0.0  # of the last sample, above the least of BASE_RTT_WINDOW_S
-        self._was_standing_s = 0.0  # of the sample before
-        self._high_samples = 0  # samples above OVERUSE_S in a row
+        self._high_samples: deque[float] = deque(maxlen=3)  # the last pings' queueing delays
         self._last_decrease_at = -math.inf
         self._last_increase_at = -math.inf
         self._banned_until: dict[int, float] = {}  # level -> no probe to it before then
@@ -216,17 +215,19 @@ class BandwidthController:
         while rtts and rtts[0][0] < now - BASE_RTT_WINDOW_S:
             rtts.popleft()
         rtts.append((now, rtt_s))
-        self._was_standing_s = self._standing_s
         self._standing_s = rtt_s - min(rtt for _, rtt in rtts)
         if not exact:
             return False
         since = max(now - MIN_RTT_WINDOW_S, self._last_decrease_at)
         self._queueing_s = rtt_s - min((rtt for at, rtt in rtts if at >= since), default=rtt_s)
         if now - self._last_decrease_at < DECREASE_INTERVAL_S:
-            self._high_samples = 0  # the last decrease has not taken effect yet
+            self._high_samples.clear()  # the last decrease has not taken effect yet
             return False
-        self._high_samples = self._high_samples + 1 if self._queueing_s > OVERUSE_S else 0
-        if self._queueing_s > STANDING_S or self._high_samples >= 2:
+        recent = self._high_samples
+        recent.append(self._queueing_s)
+        if min(list(recent)[-2:]) > STANDING_S and len(recent) >= 2:
+            return self._decrease(now)
+        if min(recent) > OVERUSE_S and len(recent) == recent.maxlen:
             return self._decrease(now)
         return False
 
@@ -244,8 +245,7 @@ class BandwidthController:
                 frame_bits = self.wire_bps(*self._rungs[self._level]) * self._frame_ms / 1000
                 self._delivered_bps = arrived * frame_bits / (now - then)
         self._previous_report = (now, highest, lost)
-        standing = min(self._standing_s, self._was_standing_s)
-        full_queue = report.loss_fraction > LOSS_OVERUSE and standing > STANDING_S
+        full_queue = report.loss_fraction > LOSS_OVERUSE and self._standing_s > STANDING_S
         if full_queue and now - self._last_decrease_at >= DECREASE_INTERVAL_S:
             return self._decrease(now)
         return self._maybe_probe(now)
@@ -259,7 +259,7 @@ class BandwidthController:
             level += 1
         level = min(level, len(self._rungs) - 1)
         self._last_decrease_at = now
-        self._high_samples = 0
+        self._high_samples.clear()
         if now - self._last_increase_at < PROBE_HOLD_S:  # a failed probe: two rungs down at most
             failures = self._failures[self._level] = self._failures.get(self._level, 0) + 1
             self._banned_until[self._level] = now + FAILED_PROBE_BACKOFF_S * 2 ** (failures - 1)
