@@ -226,9 +226,7 @@ def missed_call_line(missed: MissedCall) -> str:
 
 def trust(call: Call) -> str:
     """How far ``call.peer``'s identity is trusted: verified, key saved, or new."""
-    return {"verified": "verified", "pinned": "key saved"}.get(
-        str(call.peer_trust), "NEW contact"
-    )
+    return {"verified": "verified", "pinned": "key saved"}.get(str(call.peer_trust), "NEW contact")
 
 
 async def ask(call: Call, console: Console, interrupt: Interrupt, reader: LineReader) -> bool:
