@@ -150,8 +150,8 @@ def decoy_identity() -> IdentityPublicKey:
 
 
 async def account_named(context: AppContext, username: str) -> AccountRecord:
-    """The account called ``username`` (normalized), or 404."""
-    account = await context.storage.accounts.get_account_by_name(username)
+    """The account called ``username`` (normalized), or 404 (cached: ``last_seen`` may be stale)."""
+    account = await context.storage.accounts.find_account_by_name(username)
     if account is None:
         raise api_error(status.HTTP_404_NOT_FOUND, f"no user named {username!r}")
     return account

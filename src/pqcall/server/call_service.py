@@ -12,8 +12,9 @@ Every action takes the same path (:func:`apply`):
    request or process changed the call in between, re-read it and judge the
    action again against the new state, so a lost race answers 409 with the
    reason;
-4. push the change (:class:`~pqcall.server.push.EventHub`) and allocate or
-   release the media relay.
+4. store the events that announce the change in the same transaction as the
+   new state (:meth:`~pqcall.server.push.EventHub.transaction`), push them after
+   the commit, and allocate or release the media relay.
 
 Who is told what (event payloads are call views, see ``docs/server.md``):
 
@@ -53,12 +54,12 @@ from pqcall.exceptions import LocalProtocolError
 from pqcall.server.auth import account_named
 from pqcall.server.components import RELAY_EXTRA, relay_endpoint
 from pqcall.server.context import AppContext, api_error
-from pqcall.server.push import event_hub
+from pqcall.server.push import Outbox, event_hub
 from pqcall.server.relay import MediaRelay
 from pqcall.server.relay_table import RelayFull
 from pqcall.server.storage import AccountRecord, CallExists, CallRecord
 from pqcall.server.turn import turn_service
-from pqcall.signaling.callstate import Action, Party, State, outcome
+from pqcall.signaling.callstate import Action, IllegalTransition, Party, State, outcome
 from pqcall.signaling.messages import (
     EVENT_CALL_ACCEPTED,
     EVENT_CALL_CONFIRMED,
@@ -194,7 +195,7 @@ def relay_grant(
     allocation = relay.allocation(call.call_id)
     if allocation is None:
         return None
-    endpoint = relay_endpoint(context, request_host)
+    endpoint = relay_endpoint(context, request_host, call.call_id)
     host, port = endpoint if endpoint is not None else (None, relay.address[1])
     token = allocation.caller_token if party is Party.CALLER else allocation.callee_token
     turn = turn_service(context)  # standard TURN too (server/turn.py), if configured
@@ -206,14 +207,22 @@ def relay_grant(
 
 
 async def find_call(
-    context: AppContext, call_id: str, account: AccountRecord
+    context: AppContext, call_id: str, account: AccountRecord, *, recent: bool = False
 ) -> tuple[CallRecord, Party]:
     """The call and the account's part in it.
+
+    Args:
+        recent: take the call as this process last saw it, if it did
+            (:meth:`~pqcall.server.storage.call_store.CallStore.recent_call`): its
+            parties are right, its state may be behind, which :func:`apply`'s
+            compare-and-set notices. For actions, never for what a route shows.
 
     Raises:
         HTTPException: 404 no such call, 403 the account is not one of its parties.
     """
-    call = await context.storage.calls.get_call(call_id)
+    call = context.storage.calls.recent_call(call_id) if recent else None
+    if call is None:
+        call = await context.storage.calls.get_call(call_id)
     if call is None:
         raise api_error(status.HTTP_404_NOT_FOUND, "no such call")
     party = party_of(call, account.id)
@@ -234,20 +243,24 @@ async def initiate(
     if callee.id == caller.id:
         raise api_error(status.HTTP_400_BAD_REQUEST, "you cannot call yourself")
     try:
-        call = await context.storage.calls.create_call(
-            body.call_id,
-            caller.id,
-            callee.id,
-            body.offer,
-            [candidate.model_dump() for candidate in body.candidates],
-            seen,
-            context.now(),
-        )
+        # the call and its call.incoming commit together (one transaction, two statements)
+        async with event_hub(context).transaction() as outbox:
+            call = await context.storage.calls.create_call(
+                body.call_id,
+                caller.id,
+                callee.id,
+                body.offer,
+                [candidate.model_dump() for candidate in body.candidates],
+                seen,
+                context.now(),
+                names=(caller.username, callee.username),
+                connection=outbox.connection,
+            )
+            payload = detail(call, handshake=("offer",)).model_dump(mode="json")
+            outbox.publish(callee.id, EVENT_CALL_INCOMING, payload)
     except CallExists:
         raise api_error(status.HTTP_409_CONFLICT, "call id is already in use") from None
     logger.info("call %s: %s calls %s", call.call_id, call.caller, call.callee)
-    payload = detail(call, handshake=("offer",)).model_dump(mode="json")
-    await event_hub(context).publish(callee.id, EVENT_CALL_INCOMING, payload)
     return call
 
 
@@ -255,8 +268,12 @@ async def accept(
     context: AppContext, account: AccountRecord, body: AcceptCall, seen: str | None
 ) -> CallRecord:
     """The callee answers: the call becomes active and gets a relay allocation if it can."""
-    call, party = await find_call(context, body.call_id, account)
-    outcome(call.state, Action.ACCEPT, party)  # refuse before allocating anything
+    call, party = await find_call(context, body.call_id, account, recent=True)
+    try:
+        outcome(call.state, Action.ACCEPT, party)  # refuse before allocating anything
+    except IllegalTransition:
+        call, party = await find_call(context, body.call_id, account)  # the recent one was behind?
+        outcome(call.state, Action.ACCEPT, party)
     # allocate before the state changes, so a hang-up right after always finds it to release
     relay = _relay(context)
     if relay is not None:
@@ -284,13 +301,13 @@ async def accept(
 
 async def confirm(context: AppContext, account: AccountRecord, body: ConfirmCall) -> CallRecord:
     """The caller's handshake confirmation, pushed to the callee."""
-    call, party = await find_call(context, body.call_id, account)
+    call, party = await find_call(context, body.call_id, account, recent=True)
     return await apply(context, call, party, Action.CONFIRM, confirm=body.confirm)
 
 
 async def reject(context: AppContext, account: AccountRecord, body: RejectCall) -> CallRecord:
     """The callee refuses a ringing call (declined, busy or failed)."""
-    call, party = await find_call(context, body.call_id, account)
+    call, party = await find_call(context, body.call_id, account, recent=True)
     return await apply(
         context, call, party, Action.REJECT, reason=body.reason, reason_detail=body.detail
     )
@@ -298,7 +315,7 @@ async def reject(context: AppContext, account: AccountRecord, body: RejectCall) 
 
 async def hangup(context: AppContext, account: AccountRecord, body: HangupCall) -> CallRecord:
     """Either party ends (or, ringing, cancels or declines) a call; ``failed`` fails it."""
-    call, party = await find_call(context, body.call_id, account)
+    call, party = await find_call(context, body.call_id, account, recent=True)
     action = Action.HANGUP if body.reason == "hangup" else Action.FAIL
     return await apply(context, call, party, action, reason_detail=body.detail)
 
@@ -330,8 +347,20 @@ async def apply(
         HTTPException: 409 when the call kept changing under the request.
     """
     storage = context.storage
+    fresh = False  # ``call`` may be the recent one, whose state can be behind
     for _ in range(MAX_RACE_RETRIES):
-        result = outcome(call.state, action, party)
+        try:
+            result = outcome(call.state, action, party)
+        except IllegalTransition:
+            if fresh:
+                raise
+            result = None
+        if result is None:  # judge it again on the call as stored
+            current = await storage.calls.get_call(call.call_id)
+            if current is None:  # pragma: no cover - calls are never deleted
+                raise api_error(status.HTTP_404_NOT_FOUND, "no such call")
+            call, fresh = current, True
+            continue
         values = dict(columns)
         now = context.now()
         if action is Action.ACCEPT:
@@ -340,41 +369,53 @@ async def apply(
             values["reason"] = result.reason if result.reason is not None else reason
             values["ended_by"] = party.value
             values["ended_at"] = now
-        updated = await storage.calls.update_call_state(
-            call.call_id, expected_state=call.state, new_state=result.state, **values
-        )
+        # the new state and the events announcing it commit together
+        async with event_hub(context).transaction() as outbox:
+            updated = await storage.calls.update_call_state(
+                call.call_id,
+                expected_state=call.state,
+                new_state=result.state,
+                connection=outbox.connection,
+                **values,
+            )
+            if updated is not None:
+                _queue_change(context, outbox, updated, action, reason_detail)
         if updated is not None:
             logger.info("call %s: %s %s -> %s", call.call_id, party, action, updated.state)
-            await _publish_change(context, updated, action, reason_detail)
+            if updated.state.is_terminal:
+                relay = _relay(context)
+                if relay is not None:
+                    relay.release(call.call_id)
             return updated
         # lost a race: judge the action again against what the call is now
         current = await storage.calls.get_call(call.call_id)
         if current is None:  # pragma: no cover - calls are never deleted
             raise api_error(status.HTTP_404_NOT_FOUND, "no such call")
-        call = current
+        call, fresh = current, True
     raise api_error(
         status.HTTP_409_CONFLICT, "the call changed while this request was handled; try again"
     )
 
 
-async def _publish_change(
-    context: AppContext, call: CallRecord, action: Action, reason_detail: str | None = None
+def _queue_change(
+    context: AppContext,
+    outbox: Outbox,
+    call: CallRecord,
+    action: Action,
+    reason_detail: str | None = None,
 ) -> None:
-    hub = event_hub(context)
+    """Queue the events that announce ``call``'s change on the request's outbox."""
     if action is Action.ACCEPT:
         grant = relay_grant(context, call, Party.CALLER)
         to_caller = detail(call, handshake=("answer",), relay=grant)
-        await hub.publish(call.caller_id, EVENT_CALL_ACCEPTED, to_caller.model_dump(mode="json"))
+        outbox.publish(call.caller_id, EVENT_CALL_ACCEPTED, to_caller.model_dump(mode="json"))
         # the callee's other phones stop ringing
-        await hub.publish(call.callee_id, EVENT_CALL_ACCEPTED, view(call).model_dump(mode="json"))
+        outbox.publish(call.callee_id, EVENT_CALL_ACCEPTED, view(call).model_dump(mode="json"))
     elif action is Action.CONFIRM:
         to_callee = detail(call, handshake=("confirm",))
-        await hub.publish(call.callee_id, EVENT_CALL_CONFIRMED, to_callee.model_dump(mode="json"))
+        outbox.publish(call.callee_id, EVENT_CALL_CONFIRMED, to_callee.model_dump(mode="json"))
     elif call.state.is_terminal:
-        relay = _relay(context)
-        if relay is not None:
-            relay.release(call.call_id)
         ended = view(call).model_copy(update={"detail": reason_detail})
         payload = ended.model_dump(mode="json")
         for account_id in (call.caller_id, call.callee_id):
-            await hub.publish(account_id, EVENT_FOR_END[call.state], payload)
+            outbox.publish(account_id, EVENT_FOR_END[call.state], payload)

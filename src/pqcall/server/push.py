@@ -15,7 +15,7 @@ One connection, as :class:`PushConnection` runs it::
                                           <-   every stored event with seq > 41
                                           <-   {"type": "ready", "heartbeat_s": 20.0}
                                           <-   live events as they happen
-      {"ack": 57}                         ->   events through 57 deleted
+      {"ack": 57}                         ->   events it sent through 57 deleted
                                           <-   {"type": "ping"} every heartbeat_s
       {"type": "pong"}                    ->   (any message counts as a pong)
 
@@ -41,6 +41,13 @@ Ordering: within one process, one account's events are stored and pushed
 under a per-account lock, so a phone receives them in ``seq`` order. With
 several processes, live push across them needs the shared event bus (see
 ``docs/server.md``).
+
+A request that changes something and announces it writes both in one
+transaction (:meth:`EventHub.transaction`): the events are queued on an
+:class:`Outbox`, inserted in one statement just before the commit, and pushed
+after it. Acks delete exactly the events this connection delivered up to the
+acked seq, never an undelivered one with a lower seq; the deletes of all
+connections are batched (:data:`ACK_FLUSH_S`), one statement per batch.
 """
 
 from __future__ import annotations
@@ -50,8 +57,10 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.websockets import WebSocket
 
 from pqcall.server.auth import Revocation, revocations
@@ -77,6 +86,8 @@ MAX_QUEUED_EVENTS = 1000  # live events waiting for one slow connection
 MAX_CLIENT_MESSAGE_BYTES = 1024  # an ack or a pong is a few bytes
 BACKLOG_PAGE = 100  # stored events read per query when a phone resumes
 STOP_TIMEOUT_S = 5.0  # how long stop() waits for connections to finish
+ACK_FLUSH_S = 0.2  # acks wait at most this long to be deleted together
+MAX_UNACKED = 10_000  # delivered seqs a connection remembers for exact acks
 
 
 class ConnectionClosing(Exception):
@@ -123,6 +134,19 @@ class _AccountLocks:
                 self._locks[account_id] = (lock, users - 1)
 
 
+@dataclass
+class Outbox:
+    """Events a transaction will store and push; see :meth:`EventHub.transaction`."""
+
+    connection: AsyncConnection
+    """The open transaction: pass it to the store methods (``connection=``)."""
+    queued: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+
+    def publish(self, account_id: int, type: str, payload: dict[str, Any]) -> None:
+        """Store (at commit) and then push this event; ``payload`` must be JSON."""
+        self.queued.append((account_id, type, payload))
+
+
 class EventHub:
     """Stores and pushes events, and serves every push WebSocket of this process.
 
@@ -136,6 +160,12 @@ class EventHub:
         self._connections: dict[int, set[PushConnection]] = {}  # account id -> open sockets
         self._locks = _AccountLocks()  # one publisher at a time per account
         self._refresher: asyncio.Task[None] | None = None  # refreshes last_seen of the online
+        self._acks: set[tuple[int, int]] = set()  # (account id, seq) acknowledged, not deleted
+        self._through: dict[int, int] = {}  # account id -> resumed-from seq, not yet deleted
+        self._ack_due = asyncio.Event()  # set when _acks is not empty
+        self._ack_flusher: asyncio.Task[None] | None = None  # deletes acknowledged events
+        self.ack_flush_s = ACK_FLUSH_S  # how long acks gather before one delete
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's loop, once started
 
     # ------------------------------------------------------------ component
 
@@ -144,10 +174,17 @@ class EventHub:
         context.extras[EVENTS_EXTRA] = self
         revocations(context).subscribe(self.revoked)
         self._refresher = asyncio.create_task(self._refresh_last_seen(), name="pqcall-last-seen")
+        self._ack_flusher = asyncio.create_task(self._flush_acks(), name="pqcall-acks")
+        self.loop = asyncio.get_running_loop()
 
     async def stop(self) -> None:
         if self._context is not None:
             revocations(self._context).unsubscribe(self.revoked)
+        if self._ack_flusher is not None:
+            self._ack_flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ack_flusher
+            self._ack_flusher = None
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -162,6 +199,8 @@ class EventHub:
             for waiter in pending:
                 waiter.cancel()
         if self._context is not None:
+            with contextlib.suppress(Exception):  # storage is still open; else phones re-ack
+                await self.delete_acknowledged()
             self._context.extras.pop(EVENTS_EXTRA, None)
         self._context = None
 
@@ -193,9 +232,58 @@ class EventHub:
                 connection.push(event)
         return event
 
-    async def acknowledge(self, account_id: int, seq: int) -> None:
-        """Forget the account's events through ``seq`` (the phone has them)."""
-        await self.context.storage.events.delete_events_through(account_id, seq)
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Outbox]:
+        """One database transaction whose events commit with it and are pushed after it.
+
+        Write through ``outbox.connection`` and queue events with
+        ``outbox.publish``; at the end of the block the events are inserted (one
+        statement), the transaction commits, and they are pushed, under the
+        per-account locks of their accounts (taken together, in id order). An
+        exception rolls everything back and pushes nothing.
+        """
+        context = self.context
+        async with contextlib.AsyncExitStack() as locks:
+            async with context.storage.transaction() as connection:
+                outbox = Outbox(connection)
+                yield outbox
+                if not outbox.queued:
+                    return
+                for account_id in sorted({account for account, _, _ in outbox.queued}):
+                    await locks.enter_async_context(self._locks.hold(account_id))
+                now = context.now()
+                seqs = await context.storage.events.add_events(connection, outbox.queued, now)
+            for (account_id, kind, payload), seq in zip(outbox.queued, seqs, strict=True):
+                event = Event(seq=seq, type=kind, payload=payload, created=now)
+                for push_connection in self._connections.get(account_id, ()):
+                    push_connection.push(event)
+
+    def acknowledge(self, account_id: int, seqs: list[int], through: int = 0) -> None:
+        """Forget these events of the account (the phone has them), within :attr:`ack_flush_s`.
+
+        ``through``: also those up to this seq (where the phone resumed from).
+        """
+        self._acks.update((account_id, seq) for seq in seqs)
+        if through > self._through.get(account_id, 0):
+            self._through[account_id] = through
+        if self._acks or self._through:
+            self._ack_due.set()
+
+    async def delete_acknowledged(self) -> int:
+        """Delete every acknowledged event now (one statement per batch); how many went."""
+        acks, self._acks = self._acks, set()
+        through, self._through = self._through, {}
+        self._ack_due.clear()
+        return await self.context.storage.events.delete_events(acks, through)
+
+    async def _flush_acks(self) -> None:
+        while True:
+            await self._ack_due.wait()
+            await asyncio.sleep(self.ack_flush_s)
+            try:
+                await self.delete_acknowledged()
+            except Exception:  # they stay stored; retention deletes them, a resume skips them
+                logger.warning("deleting acknowledged events failed", exc_info=True)
 
     def is_connected(self, account_id: int) -> bool:
         """Whether the account has an open push connection in this process."""
@@ -337,7 +425,8 @@ class PushConnection:
         self._closing: asyncio.Future[ConnectionClosing] = (
             asyncio.get_running_loop().create_future()
         )  # resolved by close()
-        self._delivered = resume  # highest seq sent on this connection (acks are capped here)
+        self._unacked: list[int] = []  # seqs sent on this connection, not yet acknowledged
+        self._resumed = resume  # deleted through at the first ack (the phone had them)
         self._heard = True  # the phone sent something since the last ping
         self._missed = 0  # pings in a row that went unanswered
 
@@ -422,7 +511,9 @@ class PushConnection:
 
     async def _send_event(self, event: Event) -> None:
         await self._send(event.model_dump(mode="json"))
-        self._delivered = max(self._delivered, event.seq)
+        self._unacked.append(event.seq)
+        if len(self._unacked) > MAX_UNACKED:  # a phone that never acks: retention cleans up
+            del self._unacked[: len(self._unacked) - MAX_UNACKED]
 
     async def _send(self, message: dict[str, Any]) -> None:
         # a phone that stops reading fills its TCP window; give up on it like on a dead one
@@ -457,7 +548,11 @@ class PushConnection:
         if isinstance(message, dict) and set(message) == {"ack"}:
             seq = message["ack"]
             if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
-                # never forget events this connection has not delivered
-                await self.hub.acknowledge(self.account.id, min(seq, self._delivered))
+                # exactly the events this connection delivered up to seq, never others
+                done = [sent for sent in self._unacked if sent <= seq]
+                self._unacked = [sent for sent in self._unacked if sent > seq]
+                # and, once, what the phone said it had when it resumed
+                through, self._resumed = self._resumed, 0
+                self.hub.acknowledge(self.account.id, done, through)
                 return
         raise ConnectionClosing(CLOSE_BAD_MESSAGE, 'expected {"ack": <seq>} or {"type": "pong"}')

@@ -97,6 +97,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address the relay's UDP socket binds (default: --host)",
     )
     parser.add_argument(
+        "--relay-url",
+        action="append",
+        default=[],
+        metavar="udp://HOST:PORT",
+        help="a separate `pqcall relay` on this database, used instead of the in-server relay"
+        " (repeatable: calls are spread over them; udp://:PORT: the host phones reach us at)",
+    )
+    parser.add_argument(
         "--turn",
         action="append",
         default=[],
@@ -188,6 +196,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         "relay_port": args.relay_port,
         "relay_host": args.relay_host,
         "relay_bind": args.relay_bind,
+        "relay_urls": tuple(args.relay_url),
         "turn_urls": tuple(args.turn),
         "turn_secret_file": args.turn_secret_file,
         "announce_mdns": args.announce_mdns,
@@ -276,7 +285,8 @@ def _serve(args: argparse.Namespace, settings: ServerSettings) -> int:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     # open and migrate once here, so a bad database is one line, not a traceback
     asyncio.run(run_migrations(settings.db_url))
-    _check_relay_port(settings)
+    if not settings.relay_urls:
+        _check_relay_port(settings)
     settings = _fit_open_file_limit(settings)
     scheme = "https" if settings.uses_tls else "http"
     _logger().info(
@@ -342,6 +352,7 @@ def uvicorn_config(settings: ServerSettings, app: Any, **options: Any) -> uvicor
             "timeout_keep_alive": int(settings.keep_alive_timeout_s),
             "limit_concurrency": settings.max_connections,
             "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+            "ws_per_message_deflate": False,  # ~41 KiB per phone for a few small events (0900)
             **options,
         },
     )

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from fastapi import APIRouter, Request, Response, status
 
 from pqcall.exceptions import ServerError
-from pqcall.server.context import AppContext, api_error, get_context
+from pqcall.server.context import AppContext, api_error, context_of
 from pqcall.server.metrics import METRICS_EXTRA, ServerMetrics, render
 from pqcall.signaling.callstate import State
 
@@ -112,7 +112,7 @@ async def metrics_endpoint(request: Request) -> Response:
 
     Only for the networks allowed to scrape (loopback by default); others get 404.
     """
-    context = get_context(request)
+    context = context_of(request)
     client = request.client
     if not may_scrape(None if client is None else client.host, context.extras[SCRAPERS_EXTRA]):
         raise api_error(status.HTTP_404_NOT_FOUND, "Not Found")  # as for an unknown endpoint

@@ -4,10 +4,16 @@ An account is a normalized username bound to a hybrid identity key, created
 with its first key bundle; a new bundle replaces the current one (older ones
 are kept, not current). Each method is one short transaction; times are unix
 seconds passed in by the caller.
+
+:meth:`AccountStore.find_account_by_name` answers from a cache (a name and
+its account's id and identity never change once created; an entry is dropped
+when the account's key bundle changes, to be safe); its ``last_seen`` may be
+stale, so presence reads :meth:`AccountStore.get_account`.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pqcall.server.storage.models import accounts, key_bundles
 from pqcall.server.storage.records import AccountRecord, BundleRecord, UsernameTaken
 
+NAME_CACHE_SIZE = 100_000  # accounts kept by find_account_by_name
 TOUCH_BATCH = 500  # account ids per UPDATE in touch_accounts (SQLite bounds parameters)
 
 
@@ -41,6 +48,7 @@ class AccountStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine  # shared connection pool, owned by Storage
+        self._by_name: OrderedDict[str, AccountRecord] = OrderedDict()  # find_account_by_name
 
     async def create_account(
         self, username: str, identity: bytes, bundle: bytes, bundle_created: int, now: float
@@ -88,6 +96,27 @@ class AccountStore:
             row = result.one_or_none()
         return None if row is None else account_from_row(row)
 
+    async def find_account_by_name(self, username: str) -> AccountRecord | None:
+        """:meth:`get_account_by_name` through a cache (``last_seen`` may be stale).
+
+        Unknown names are not cached: one registered a moment later is found.
+        """
+        cached = self._by_name.get(username)
+        if cached is not None:
+            self._by_name.move_to_end(username)
+            return cached
+        account = await self.get_account_by_name(username)
+        if account is not None:
+            self._by_name[username] = account
+            while len(self._by_name) > NAME_CACHE_SIZE:
+                self._by_name.popitem(last=False)
+        return account
+
+    def forget_cached(self, account_id: int) -> None:
+        """Drop the account from the name cache (its keys changed)."""
+        for name in [n for n, account in self._by_name.items() if account.id == account_id]:
+            del self._by_name[name]
+
     async def get_accounts_by_names(self, usernames: Iterable[str]) -> list[AccountRecord]:
         """The existing accounts among ``usernames``, ordered by name."""
         names = sorted(set(usernames))
@@ -123,6 +152,7 @@ class AccountStore:
         self, account_id: int, bundle: bytes, bundle_created: int, now: float
     ) -> None:
         """Make ``bundle`` the account's current key bundle; older ones are kept, not current."""
+        self.forget_cached(account_id)
         async with self.engine.begin() as connection:
             await connection.execute(
                 update(key_bundles)

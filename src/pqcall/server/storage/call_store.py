@@ -9,12 +9,14 @@ Times are unix seconds passed in by the caller.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 
 from pqcall.server.storage.models import accounts, calls
@@ -22,6 +24,8 @@ from pqcall.server.storage.records import CallExists, CallRecord
 from pqcall.signaling.callstate import State
 
 _UNSET: Any = object()
+NAME_CACHE_SIZE = 100_000  # account id -> username, for rows an UPDATE ... RETURNING gives
+CALL_CACHE_SIZE = 4096  # calls this process wrote or read last (recent_call)
 
 _caller = aliased(accounts, name="caller")
 _callee = aliased(accounts, name="callee")
@@ -32,13 +36,13 @@ _CALL_SELECT = (
 )
 
 
-def _call(row: Row[Any]) -> CallRecord:
+def _call(row: Row[Any], caller: str | None = None, callee: str | None = None) -> CallRecord:
     return CallRecord(
         call_id=row.id,
         caller_id=row.caller_id,
         callee_id=row.callee_id,
-        caller=row.caller_name,
-        callee=row.callee_name,
+        caller=row.caller_name if caller is None else caller,
+        callee=row.callee_name if callee is None else callee,
         state=State(row.state),
         reason=row.reason,
         offer=row.offer,
@@ -64,6 +68,42 @@ class CallStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine  # shared connection pool, owned by Storage
+        self._names: OrderedDict[int, str] = OrderedDict()  # usernames never change
+        self._recent: OrderedDict[str, CallRecord] = OrderedDict()  # call id -> as last seen
+
+    @contextlib.asynccontextmanager
+    async def _begin(self, connection: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
+        """``connection`` (the caller's transaction) or a transaction of our own."""
+        if connection is not None:
+            yield connection
+            return
+        async with self.engine.begin() as own:
+            yield own
+
+    def _remember(self, call: CallRecord) -> CallRecord:
+        for account_id, name in ((call.caller_id, call.caller), (call.callee_id, call.callee)):
+            self._names[account_id] = name
+            self._names.move_to_end(account_id)
+        while len(self._names) > NAME_CACHE_SIZE:
+            self._names.popitem(last=False)
+        self._recent[call.call_id] = call
+        self._recent.move_to_end(call.call_id)
+        while len(self._recent) > CALL_CACHE_SIZE:
+            self._recent.popitem(last=False)
+        return call
+
+    def recent_call(self, call_id: str) -> CallRecord | None:
+        """The call as this process last wrote or read it, without asking the database.
+
+        Its parties and id are right (they never change); its state may be
+        behind (another process, or a transaction that rolled back): use it
+        only as ``expected_state`` of :meth:`update_call_state`, whose
+        compare-and-set fails on a stale state, and then read the call anew.
+        """
+        call = self._recent.get(call_id)
+        if call is not None:
+            self._recent.move_to_end(call_id)
+        return call
 
     async def create_call(
         self,
@@ -74,16 +114,26 @@ class CallStore:
         caller_candidates: Sequence[dict[str, Any]],
         caller_seen_address: str | None,
         now: float,
+        *,
+        names: tuple[str, str] | None = None,
+        connection: AsyncConnection | None = None,
     ) -> CallRecord:
         """Insert a ringing call.
+
+        Args:
+            names: the caller's and callee's usernames, if the caller knows them
+                (else they are read back).
+            connection: the caller's transaction, if any (else one of its own).
 
         Raises:
             CallExists: ``call_id`` is in use (by any call, ever).
         """
         try:
-            async with self.engine.begin() as connection:
-                await connection.execute(
-                    insert(calls).values(
+            # with the caller's connection, a duplicate id fails its whole transaction
+            async with self._begin(connection) as transaction:
+                result = await transaction.execute(
+                    insert(calls)
+                    .values(
                         id=call_id,
                         caller_id=caller_id,
                         callee_id=callee_id,
@@ -94,19 +144,29 @@ class CallStore:
                         caller_seen_address=caller_seen_address,
                         created_at=now,
                     )
+                    .returning(calls)
                 )
+                row = result.one()
         except IntegrityError:
             raise CallExists(f"call {call_id} exists") from None
-        call = await self.get_call(call_id)
-        assert call is not None
-        return call
+        if names is None:
+            call = await self.get_call(call_id, connection=connection)
+            assert call is not None
+            return call
+        return self._remember(_call(row, *names))
 
-    async def get_call(self, call_id: str) -> CallRecord | None:
-        """The call with this id, if any."""
-        async with self.engine.connect() as connection:
+    async def get_call(
+        self, call_id: str, *, connection: AsyncConnection | None = None
+    ) -> CallRecord | None:
+        """The call with this id, if any (in ``connection``'s transaction, if given)."""
+        if connection is not None:
             result = await connection.execute(_CALL_SELECT.where(calls.c.id == call_id))
             row = result.one_or_none()
-        return None if row is None else _call(row)
+        else:
+            async with self.engine.connect() as own:
+                result = await own.execute(_CALL_SELECT.where(calls.c.id == call_id))
+                row = result.one_or_none()
+        return None if row is None else self._remember(_call(row))
 
     async def update_call_state(
         self,
@@ -122,6 +182,7 @@ class CallStore:
         callee_seen_address: str | None = _UNSET,
         answered_at: float | None = _UNSET,
         ended_at: float | None = _UNSET,
+        connection: AsyncConnection | None = None,
     ) -> CallRecord | None:
         """Move a call from ``expected_state`` to ``new_state``, setting the given columns.
 
@@ -129,6 +190,8 @@ class CallStore:
         call is no longer in ``expected_state`` (another request or process got
         there first) or does not exist. Columns left out are not touched.
         Decide ``new_state`` with :func:`pqcall.signaling.callstate.outcome`.
+        One statement (``UPDATE ... RETURNING``) when the parties' names are
+        cached, as they are for a call this process created or read.
         """
         optional: dict[str, Any] = {
             "reason": reason,
@@ -142,16 +205,21 @@ class CallStore:
         }
         values = {column: value for column, value in optional.items() if value is not _UNSET}
         values["state"] = new_state.value
-        async with self.engine.begin() as connection:
-            result = await connection.execute(
+        async with self._begin(connection) as transaction:
+            result = await transaction.execute(
                 update(calls)
                 .where(calls.c.id == call_id, calls.c.state == expected_state.value)
                 .values(**values)
+                .returning(calls)
             )
-            if result.rowcount != 1:
+            row = result.one_or_none()
+            if row is None:
                 return None
-            row = (await connection.execute(_CALL_SELECT.where(calls.c.id == call_id))).one()
-        return _call(row)
+            caller, callee = self._names.get(row.caller_id), self._names.get(row.callee_id)
+            if caller is None or callee is None:
+                row = (await transaction.execute(_CALL_SELECT.where(calls.c.id == call_id))).one()
+                return self._remember(_call(row))
+        return self._remember(_call(row, caller, callee))
 
     async def list_pending_calls_for(self, account_id: int) -> list[CallRecord]:
         """Calls ringing for ``account_id`` as callee, oldest first."""

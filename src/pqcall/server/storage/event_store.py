@@ -1,22 +1,43 @@
 """Pending push events of each account: :class:`EventStore`.
 
 An event is stored before it is pushed; its ``seq`` increases across all
-accounts and is the phone's resume token. Acknowledged events are deleted;
-retention limits bound what an absent phone leaves behind. Times are unix
-seconds passed in by the caller.
+accounts and is the phone's resume token. Acknowledged events are deleted by
+exact seq (:meth:`EventStore.delete_events`): an ack never removes an event
+the phone was not sent, even one with a lower seq that committed later (another
+transaction or process). Retention limits bound what an absent phone leaves
+behind. Times are unix seconds passed in by the caller.
+
+:meth:`EventStore.add_events` writes in the caller's transaction, so a call's
+new state and the events that announce it commit together, in one statement
+for all of them.
+
+Order across processes: on PostgreSQL, :meth:`EventStore.add_events` first
+takes a transaction-scoped advisory lock per account (in id order, so two
+transactions cannot deadlock): one account's events get their seqs and commit
+one transaction at a time, so a phone that has seen seq n will never see an
+event of its own with a smaller seq commit later (the ordering bug of issue
+18, with several server processes on one database). SQLite has one writer at
+a time and one server process (its lock file), so it needs nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import delete, func, insert, or_, select, text, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pqcall.server.storage.models import events
 from pqcall.server.storage.records import EventRecord
 
 DEFAULT_EVENT_LIMIT = 100
+ORDER_LOCK_SPACE = 0x7071  # first key of the per-account advisory locks ("pq")
+ACCOUNT_ORDER_LOCK = text(
+    "SELECT pg_advisory_xact_lock(:space, id)"
+    " FROM (SELECT unnest(CAST(:ids AS integer[])) AS id ORDER BY 1) AS ordered"
+).bindparams(space=ORDER_LOCK_SPACE)
+DELETE_BATCH = 400  # (account, seq) pairs per DELETE (SQLite bounds parameters)
 
 
 class EventStore:
@@ -28,18 +49,76 @@ class EventStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine  # shared connection pool, owned by Storage
+        self.order_lock = True  # PostgreSQL: per-account lock so seq order is commit order
 
     async def add_event(
         self, account_id: int, type: str, payload: dict[str, Any], now: float
     ) -> int:
         """Queue an event for ``account_id``; returns its ``seq`` (the resume token)."""
         async with self.engine.begin() as connection:
-            result = await connection.execute(
-                insert(events)
-                .values(account_id=account_id, type=type, payload=payload, created_at=now)
-                .returning(events.c.seq)
-            )
-            return int(result.scalar_one())
+            (seq,) = await self.add_events(connection, [(account_id, type, payload)], now)
+            return seq
+
+    async def add_events(
+        self,
+        connection: AsyncConnection,
+        new: Sequence[tuple[int, str, dict[str, Any]]],
+        now: float,
+    ) -> list[int]:
+        """Queue ``(account_id, type, payload)`` events in ``connection``'s transaction.
+
+        One statement when no account appears twice (a multi-row ``INSERT ...
+        RETURNING``, whose rows are told apart by account); else one per event,
+        in the order given. Their seqs, in the order given.
+        """
+        if not new:
+            return []
+        if self.order_lock and connection.dialect.name == "postgresql":
+            await connection.execute(ACCOUNT_ORDER_LOCK, {"ids": sorted({a for a, _, _ in new})})
+        rows = [
+            {"account_id": account, "type": kind, "payload": payload, "created_at": now}
+            for account, kind, payload in new
+        ]
+        accounts = [account for account, _, _ in new]
+        if len(set(accounts)) < len(accounts):
+            seqs = []
+            for row in rows:
+                result = await connection.execute(
+                    insert(events).values(**row).returning(events.c.seq)
+                )
+                seqs.append(int(result.scalar_one()))
+            return seqs
+        result = await connection.execute(
+            insert(events).values(rows).returning(events.c.account_id, events.c.seq)
+        )
+        seq_of = {int(row.account_id): int(row.seq) for row in result}
+        return [seq_of[account] for account in accounts]
+
+    async def delete_events(
+        self, acknowledged: Iterable[tuple[int, int]], through: Mapping[int, int] | None = None
+    ) -> int:
+        """Forget exactly these ``(account_id, seq)`` events (acknowledged); how many went.
+
+        ``through`` maps an account to a seq the phone resumed from: its events
+        up to that seq go too (the phone said it had them; a resume never sends them).
+        """
+        pairs = sorted(set(acknowledged))
+        resumed = sorted((through or {}).items())
+        if not pairs and not resumed:
+            return 0
+        deleted = 0
+        async with self.engine.begin() as connection:
+            for start in range(0, max(len(pairs), len(resumed)), DELETE_BATCH):
+                batch = pairs[start : start + DELETE_BATCH]
+                conditions: list[Any] = [
+                    (events.c.account_id == account) & (events.c.seq <= seq)
+                    for account, seq in resumed[start : start + DELETE_BATCH]
+                ]
+                if batch:
+                    conditions.append(tuple_(events.c.account_id, events.c.seq).in_(batch))
+                result = await connection.execute(delete(events).where(or_(*conditions)))
+                deleted += int(result.rowcount)
+        return deleted
 
     async def events_after(
         self, account_id: int, seq: int, limit: int = DEFAULT_EVENT_LIMIT

@@ -3,9 +3,19 @@
 A challenge is used at most once, even by concurrent requests in several
 processes (:meth:`LoginStore.use_challenge` is one compare-and-set). Tokens
 are stored by hash only. Times are unix seconds passed in by the caller.
+
+Token lookups are cached (:class:`TokenCache`): every authenticated request
+looks its token up, and a database round trip for each was a seventh of a call
+setup's statements. An entry is dropped at once when this process deletes the
+token (logout, log out everywhere, purge), and lives at most
+:data:`TOKEN_CACHE_TTL_S` otherwise, which bounds how long a token revoked
+through another process stays usable here (docs/decisions/0900-lean-call-path.md).
 """
 
 from __future__ import annotations
+
+import time
+from collections import OrderedDict
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,6 +23,60 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pqcall.server.storage.account_store import account_from_row
 from pqcall.server.storage.models import accounts, challenges, tokens
 from pqcall.server.storage.records import AccountRecord, ChallengeUse
+
+TOKEN_CACHE_SIZE = 100_000  # entries (~300 bytes each)
+TOKEN_CACHE_TTL_S = 10.0  # how long another process's revocation may go unseen here
+
+
+class TokenCache:
+    """Token hash -> (account, expiry), bounded in size and age (monotonic clock).
+
+    A lookup that started before an invalidation never stores its (older)
+    answer afterwards: :meth:`generation` is read before the database is asked
+    and :meth:`put` drops the answer if anything was invalidated since.
+    """
+
+    def __init__(self, size: int = TOKEN_CACHE_SIZE, ttl_s: float = TOKEN_CACHE_TTL_S) -> None:
+        self.size = size  # most entries kept; the least recently used go first
+        self.ttl_s = ttl_s  # seconds an entry is trusted
+        self._entries: OrderedDict[bytes, tuple[AccountRecord, float, float]] = OrderedDict()
+        self._generation = 0  # bumped by every invalidation
+
+    @property
+    def generation(self) -> int:
+        """Read before a lookup; pass to :meth:`put`."""
+        return self._generation
+
+    def get(self, token_hash: bytes) -> tuple[AccountRecord, float] | None:
+        entry = self._entries.get(token_hash)
+        if entry is None:
+            return None
+        account, expires_at, stored = entry
+        if time.monotonic() - stored > self.ttl_s:
+            del self._entries[token_hash]
+            return None
+        self._entries.move_to_end(token_hash)
+        return account, expires_at
+
+    def put(self, token_hash: bytes, found: tuple[AccountRecord, float], generation: int) -> None:
+        if generation != self._generation:
+            return  # something was revoked while this lookup ran: do not trust it
+        self._entries[token_hash] = (found[0], found[1], time.monotonic())
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def forget(self, token_hash: bytes) -> None:
+        self._generation += 1
+        self._entries.pop(token_hash, None)
+
+    def forget_account(self, account_id: int) -> None:
+        self._generation += 1
+        for token_hash in [h for h, entry in self._entries.items() if entry[0].id == account_id]:
+            del self._entries[token_hash]
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._entries.clear()
 
 
 class LoginStore:
@@ -24,6 +88,7 @@ class LoginStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine  # shared connection pool, owned by Storage
+        self.token_cache = TokenCache()  # lookups of live tokens; dropped on delete
 
     async def create_challenge(self, username: str, challenge: bytes, expires_at: float) -> None:
         """Store a fresh login challenge for ``username``."""
@@ -71,8 +136,26 @@ class LoginStore:
                 )
             )
 
-    async def account_for_token(self, token_hash: bytes) -> tuple[AccountRecord, float] | None:
-        """The account a token hash belongs to, and the token's expiry; expired ones too."""
+    async def account_for_token(
+        self, token_hash: bytes, *, fresh: bool = False
+    ) -> tuple[AccountRecord, float] | None:
+        """The account a token hash belongs to, and the token's expiry; expired ones too.
+
+        From the cache unless ``fresh`` (then from the database, and cached).
+        The account record's ``last_seen`` may be stale: read it with
+        :meth:`AccountStore.get_account`.
+        """
+        if not fresh:
+            cached = self.token_cache.get(token_hash)
+            if cached is not None:
+                return cached
+        generation = self.token_cache.generation
+        found = await self._account_for_token(token_hash)
+        if found is not None:
+            self.token_cache.put(token_hash, found, generation)
+        return found
+
+    async def _account_for_token(self, token_hash: bytes) -> tuple[AccountRecord, float] | None:
         async with self.engine.connect() as connection:
             result = await connection.execute(
                 select(accounts, tokens.c.expires_at)
@@ -84,22 +167,27 @@ class LoginStore:
 
     async def delete_token(self, token_hash: bytes) -> bool:
         """Revoke a token; whether it existed."""
+        self.token_cache.forget(token_hash)
         async with self.engine.begin() as connection:
             result = await connection.execute(
                 delete(tokens).where(tokens.c.token_hash == token_hash)
             )
+        self.token_cache.forget(token_hash)  # and a lookup that read it before the commit
         return bool(result.rowcount)
 
     async def delete_account_tokens(self, account_id: int) -> int:
         """Revoke every token of an account ("log out everywhere"); how many there were."""
+        self.token_cache.forget_account(account_id)
         async with self.engine.begin() as connection:
             result = await connection.execute(
                 delete(tokens).where(tokens.c.account_id == account_id)
             )
+        self.token_cache.forget_account(account_id)  # and a lookup that read before the commit
         return int(result.rowcount)
 
     async def purge_expired(self, now: float) -> int:
         """Delete expired tokens and challenges; how many rows went."""
+        self.token_cache.clear()  # expired entries would be refused anyway; keep it simple
         async with self.engine.begin() as connection:
             gone = await connection.execute(delete(tokens).where(tokens.c.expires_at <= now))
             used = await connection.execute(

@@ -11,14 +11,20 @@ another process are written as one conditional statement (compare-and-set),
 so they stay correct with several server processes on one PostgreSQL:
 :meth:`.LoginStore.use_challenge` and :meth:`.CallStore.update_call_state` are
 the examples. The stores share one engine; this class opens and closes it.
+Where one request writes several things (a call's new state and the events it
+pushes), it opens :meth:`Storage.transaction` and passes the connection to
+each store method (``connection=``): one transaction, one commit.
 
 Times are unix seconds passed in by the caller (``now``), never read here.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pqcall.server.storage import database
 from pqcall.server.storage.account_store import AccountStore
@@ -58,6 +64,12 @@ class Storage:
                 await engine.dispose()
                 raise
         return cls(engine)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction for several store calls: committed at the end, rolled back on error."""
+        async with self.engine.begin() as connection:
+            yield connection
 
     async def close(self) -> None:
         """Close every pooled connection."""
