@@ -14,9 +14,9 @@ from pqcall.client.phone_callstate import CallState
 from pqcall.media.disguise import PRESETS
 from tests.harness import run_async
 
+from ..server.conftest import RunningServer
 from .test_phone import (  # noqa: F401 (server_with_relay is a fixture)
     STATE_TIMEOUT_S,
-    RunningServer,
     phones,
     server_with_relay,
     wait_state,
