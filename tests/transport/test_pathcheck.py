@@ -40,7 +40,9 @@ from pqcall.transport.relay_wire import (
     ANSWER_LENGTH,
     BIND_LENGTH,
     BIND_MAGIC,
+    RelayChallenge,
     RelayTarget,
+    grant_keys,
 )
 from tests.utils import MALLORY, handshake_pair, keys_of
 
@@ -576,6 +578,26 @@ def test_responder_takes_relay_acks_and_leaves_media():
     assert stats.relay_acks_received == 1
     assert stats.dropped[DropReason.REFLECTED] == 2
     assert stats.dropped[DropReason.UNEXPECTED] == 1
+
+
+@pytest.mark.parametrize("kind", [PathKind.DIRECT, PathKind.RELAY])
+def test_responder_takes_late_relay_challenges_unanswered(kind):
+    # a bind sent while selecting is challenged after the choice (a loaded relay): the
+    # challenge is neither answered (nothing is to be bound) nor left to the media session,
+    # which would count it as a rejected media packet
+    challenge = RelayChallenge(bytes(16)).serialize(grant_keys(bytes(range(16))))
+    responder = PathResponder(
+        CALLEE_KEYS, chosen(kind, CALLER if kind is PathKind.DIRECT else RELAY)
+    )
+    assert responder(challenge, RELAY, 1.0) == []
+    assert responder(challenge, NOWHERE, 1.0) is None  # not from the relay: the session's
+    assert responder(challenge[:-1], RELAY, 1.0) is None  # not a challenge's length
+    assert (
+        PathResponder(CALLEE_KEYS, chosen(kind, CALLER, relay=None))(challenge, RELAY, 1.0) is None
+    )
+    stats = responder.stats
+    assert stats.relay_challenges_late == 1
+    assert stats.rejected == 0 and stats.relay_acks_received == 0
 
 
 # misuse

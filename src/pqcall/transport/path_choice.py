@@ -65,6 +65,9 @@ class PathCheckStats:
     """Relay acks received from the relay."""
     dropped: Mapping[DropReason, int]
     """Datagrams that did not count, by reason."""
+    relay_challenges_late: int = 0
+    """Relay challenges a path responder took after the choice (to binds sent while
+    selecting; not answered, not media)."""
 
     @property
     def rejected(self) -> int:
@@ -105,6 +108,7 @@ class PathCounters:
         self.nominations_received = 0
         self.binds_sent = 0
         self.relay_acks_received = 0
+        self.relay_challenges_late = 0
         self.dropped = dict.fromkeys(DropReason, 0)
 
     def snapshot(self) -> PathCheckStats:
@@ -118,4 +122,5 @@ class PathCounters:
             binds_sent=self.binds_sent,
             relay_acks_received=self.relay_acks_received,
             dropped=MappingProxyType(dict(self.dropped)),
+            relay_challenges_late=self.relay_challenges_late,
         )

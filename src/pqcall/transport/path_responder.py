@@ -2,8 +2,9 @@
 
 Scope: after :mod:`pqcall.transport.pathcheck` has chosen, the peer may still be
 checking or nominating (our answer was lost). :class:`PathResponder` is the media
-session's side channel: it takes the path messages and relay acks among the datagrams
-on the media socket, answers what needs an answer, and leaves the rest to the session.
+session's side channel: it takes the path messages and the relay's late acks and
+challenges among the datagrams on the media socket, answers what needs an answer, and
+leaves the rest to the session.
 Nothing raises out of it for any datagram.
 """
 
@@ -28,7 +29,7 @@ from pqcall.transport.path_messages import (
     PathRole,
     path_check_key,
 )
-from pqcall.transport.relay_wire import is_relay_ack
+from pqcall.transport.relay_wire import is_relay_ack, is_relay_challenge
 
 __all__ = ["PathResponder"]
 
@@ -38,9 +39,9 @@ class PathResponder:
 
     The peer may still be checking or nominating when we have chosen (our answer was
     lost); give this to :class:`~pqcall.transport.session.MediaSession` as its
-    ``side_channel``. It takes the path messages that authenticate and the relay's acks,
-    answers checks (and, for the callee, repeated nominations of the chosen path), and
-    leaves every other datagram (None) to the media session.
+    ``side_channel``. It takes the path messages that authenticate and the relay's acks
+    and challenges, answers checks (and, for the callee, repeated nominations of the
+    chosen path), and leaves every other datagram (None) to the media session.
 
     Args:
         keys: the call's keys.
@@ -69,6 +70,11 @@ class PathResponder:
         """
         if is_relay_ack(data, addr, self._choice.relay):
             self._counters.relay_acks_received += 1
+            return []
+        if is_relay_challenge(data, addr, self._choice.relay):
+            # to a bind sent while selecting, arriving after the choice (a loaded relay):
+            # left unanswered, since nothing is to be bound now
+            self._counters.relay_challenges_late += 1
             return []
         if data[:MAGIC_LENGTH] != PATH_MAGIC or len(data) != MESSAGE_LENGTH:
             return None

@@ -90,6 +90,7 @@ __all__ = [
     "bind_version",
     "grant_keys",
     "is_relay_ack",
+    "is_relay_challenge",
 ]
 
 # specification constants
@@ -388,4 +389,19 @@ def is_relay_ack(data: bytes, addr: Address, relay: Address | None) -> bool:
         and addr == relay
         and len(data) == ACK_LENGTH
         and data[:MAGIC_LENGTH] == ACK_MAGIC
+    )
+
+
+def is_relay_challenge(data: bytes, addr: Address, relay: Address | None) -> bool:
+    """Whether ``data`` from ``addr`` has the shape of a challenge of ``relay`` (not media).
+
+    By source, length and magic only (the MAC is :meth:`RelayTarget.answer`'s to check):
+    for a phone that has chosen its path and only needs to tell a late challenge (to a
+    bind sent while selecting) from media.
+    """
+    return (
+        relay is not None
+        and addr == relay
+        and len(data) == CHALLENGE_LENGTH
+        and data[:MAGIC_LENGTH] == CHALLENGE_MAGIC
     )
