@@ -41,6 +41,8 @@ PURE = (
     "pqcall.transport.media_engine",
     "pqcall.transport.media_events",
     "pqcall.transport.media_packets",
+    "pqcall.transport.control_packets",
+    "pqcall.transport.packet_types",
     "pqcall.transport.media_protocol",
     "pqcall.transport.liveness",
     "pqcall.transport.reception",
