@@ -350,7 +350,8 @@ async def test_acknowledged_events_are_gone_and_the_rest_come_again(server: Runn
                     leftover = await next_event(stream, QUIET_S)
                 except TimeoutError:
                     break
-            assert leftover == second and time.monotonic() < deadline  # the ack still on its way
+            # an ack's delete still on its way (the server batches them, up to 0.2 s)
+            assert leftover in (first, second) and time.monotonic() < deadline
 
 
 @run_async
