@@ -53,7 +53,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pqcall``."""
     from pqcall.bench import __main__ as bench
-    from pqcall.cli import account, block, calls, demo, files, info, ui
+    from pqcall.cli import account, block, calls, demo, files, info, relay, ui
     from pqcall.cli.examples import add_examples
     from pqcall.cli.options import add_global_options
     from pqcall.server import runner as server
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     server_parser = commands.add_parser("server", help="run the signaling server")
     server.add_arguments(server_parser)
     server_parser.set_defaults(handler=server.run)
+    relay.add_parsers(commands, common)  # `pqcall relay` (server/relay_store.py)
     add_examples(commands)
     return parser
 

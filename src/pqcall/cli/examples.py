@@ -48,6 +48,10 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
         "pqcall server                              # port 5001, announced on the LAN",
         "pqcall server --tls-self-signed --access-log",
     ),
+    "relay": (
+        "pqcall relay --port 5002 --db sqlite+aiosqlite:///$HOME/.pqcall/server/pqcall.db",
+        "pqcall server --relay-url udp://:5002      # hand that relay out, not the in-server one",
+    ),
 }
 
 

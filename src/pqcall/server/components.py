@@ -56,8 +56,17 @@ class RelayComponent:
         host = settings.relay_bind if settings.relay_bind is not None else settings.host
         from pqcall.server.relay_store import RelayStore  # loads SQLAlchemy: storage did
 
-        store = RelayStore(context.storage.engine)  # the server's database, its engine
-        relay = MediaRelay(host, settings.relay_udp_port, store=store)
+        try:
+            store: RelayStore | None = RelayStore(context.storage.engine)  # its engine
+        except RuntimeError:  # no storage (a component test): allocations in memory only
+            store = None
+        relay: MediaRelay
+        if settings.relay_urls and store is not None:  # separate `pqcall relay` processes
+            from pqcall.server.relay_store_remote import StoredRelay
+
+            relay = StoredRelay(list(settings.relay_urls), store)
+        else:
+            relay = MediaRelay(host, settings.relay_udp_port, store=store)
         try:
             await relay.start()
         except OSError as exc:
@@ -84,18 +93,26 @@ class RelayComponent:
         self._context = None
 
 
-def relay_endpoint(context: AppContext, request_host: str | None) -> tuple[str, int] | None:
+def relay_endpoint(
+    context: AppContext, request_host: str | None, call_id: str | None = None
+) -> tuple[str, int] | None:
     """Where a phone sends relayed media: ``(host, UDP port)``, or None without a relay.
 
     Args:
         context: the server's context.
         request_host: the host name the phone reached the API at
             (``request.url.hostname``); used unless ``--relay-host`` was given.
+        call_id: the call, to choose among separate relays (``--relay-url``; without
+            it, the first).
     """
     relay = context.extras.get(RELAY_EXTRA)
     if not isinstance(relay, MediaRelay):
         return None
     bound_host, port = relay.address
+    if call_id is not None and hasattr(relay, "endpoint_for"):  # separate relays
+        chosen, port = relay.endpoint_for(call_id)
+        host = chosen or context.settings.relay_host or request_host
+        return None if not host else (host, port)
     host = context.settings.relay_host or request_host
     if not host:
         host = None if bound_host in ANY_ADDRESS else bound_host

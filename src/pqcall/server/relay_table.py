@@ -54,7 +54,8 @@ Rules:
   :meth:`RelayTable.snapshot` / :meth:`RelayTable.restore` convert. A restored party
   keeps forwarding to its stored address, but every bind of it (even from that address)
   gets a challenge until it answers one: a bind seen on the wire before the restart,
-  with a counter above the stored one, can never bind anything.
+  with a counter above the stored one, can never bind anything. A restored allocation
+  ending unused here (no datagram, not released) keeps its row: another relay's, maybe.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class _Allocation:
     parties: tuple[_Party, _Party]  # indexed by Role
     last_activity: float  # when either party last sent a datagram
     ended: ReleaseReason | None = field(default=None)  # set once removed
+    restored_at: float | None = None  # restore() time; None if allocate() made it
 
 
 class RelayTable:
@@ -511,7 +513,12 @@ class RelayTable:
                 del self._by_address[party.address]
                 party.address = None
         self._released[reason] += 1
-        self._dirty.add(allocation.public.call_id)
+        if (
+            reason is ReleaseReason.RELEASED
+            or allocation.restored_at is None
+            or allocation.last_activity != allocation.restored_at
+        ):
+            self._dirty.add(allocation.public.call_id)
 
     # persistence
 
@@ -581,7 +588,7 @@ class RelayTable:
             party.counter = kept.counter
             party.restored = True
             parties.append(party)
-        allocation = _Allocation(public, (parties[0], parties[1]), last_activity=now)
+        allocation = _Allocation(public, (parties[0], parties[1]), now, restored_at=now)
         self._by_call[stored.call_id] = allocation
         for role, (party, kept) in enumerate(
             zip(parties, (stored.caller, stored.callee), strict=True)

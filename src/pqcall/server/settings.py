@@ -79,6 +79,9 @@ class ServerSettings:
     """Address of the relay told to phones; ``None`` means the address they reached us at."""
     relay_bind: str | None = None
     """Address the relay's UDP socket binds; ``None`` means ``host``."""
+    relay_urls: tuple[str, ...] = ()
+    """Separate ``pqcall relay`` processes (``udp://HOST:PORT``, ``--relay-url``) on this
+    database, used instead of the in-server relay; empty: the in-server relay."""
     turn_urls: tuple[str, ...] = ()
     """TURN servers handed to phones with each relay grant (``--turn``; server/turn.py)."""
     turn_secret_file: Path | None = None
