@@ -43,6 +43,7 @@ PURE = (
     "pqcall.transport.media_packets",
     "pqcall.transport.control_packets",
     "pqcall.transport.packet_types",
+    "pqcall.transport.round_trip",
     "pqcall.transport.media_protocol",
     "pqcall.transport.liveness",
     "pqcall.transport.reception",

@@ -31,7 +31,8 @@ unauthenticated, replayed or unexpected datagrams are dropped and counted in
 
 Beside it: its settings (``media_config``), events and counters (``media_events``), the
 encoder's adaptation to the peer's reports and bursts (``adaptation``), the figures of our
-reports (``reception``), whether the peer is heard (``liveness``: "reconnecting", then timeout).
+reports (``reception``), pings and pongs (``round_trip``), whether the peer is heard
+(``liveness``: "reconnecting", then timeout).
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ from pqcall.transport.media_events import (
     PeerHungUp,
     PeerMuted,
     ReportReceived,
-    RttMeasured,
 )
 from pqcall.transport.media_packets import (
     AUDIO_HEADER_LENGTH,
@@ -66,8 +66,6 @@ from pqcall.transport.media_packets import (
     SAMPLE_RATE_HZ,
     SEQUENCE_MODULUS,
     TIMESTAMP_MODULUS,
-    U32_MAX,
-    U64_MODULUS,
     AudioPacket,
     HangupPacket,
     HangupReason,
@@ -82,10 +80,12 @@ from pqcall.transport.media_packets import (
     serial_delta,
 )
 from pqcall.transport.reception import ReceptionReporter
+from pqcall.transport.round_trip import MAX_PONG_HOLD_S, RoundTrip
 
 __all__ = [
     "CALLEE_SENDER_ID",
     "CALLER_SENDER_ID",
+    "MAX_PONG_HOLD_S",
     "MEDIA_CIPHER_SUITE",
     "MEDIA_METADATA",
     "MediaProtocol",
@@ -99,15 +99,8 @@ CALLER_SENDER_ID: Final = 0
 """SFrame sender id of the caller's direction."""
 CALLEE_SENDER_ID: Final = 1
 """SFrame sender id of the callee's direction."""
-MICROSECONDS_PER_SECOND: Final = 1_000_000
 
 # implementation constants
-MAX_OUTSTANDING_PINGS: Final = 8
-"""Pings remembered for their pong; older ones are forgotten."""
-MAX_PENDING_PONGS: Final = 4
-"""Pongs waiting to be sent; a flood of pings gets no more answers."""
-MAX_PONG_HOLD_S: Final = 1.0
-"""A pong waits for the next control datagram (its ``hold`` says how long), at most this."""
 MUTE_REPEATS: Final = 3
 """Copies of a mute change, against loss."""
 MUTE_REPEAT_INTERVAL_S: Final = 0.1
@@ -121,16 +114,6 @@ HANGUP_REPEAT_INTERVAL_S: Final = 0.02
 class _Scheduled:
     due: float  # `now` at which to queue the packet
     packet: MutePacket | HangupPacket
-
-
-@dataclass(frozen=True, slots=True)
-class _PendingPong:
-    ping: PingPacket
-    received_at: float  # `now` of the ping's arrival, for the hold time
-
-
-def _microseconds(now: float) -> int:
-    return round(now * MICROSECONDS_PER_SECOND) % U64_MODULUS
 
 
 class MediaProtocol:
@@ -166,14 +149,12 @@ class MediaProtocol:
         "_pad_to",
         "_peer_mute_change",
         "_peer_muted",
-        "_pending_pongs",
-        "_ping_id",
         "_ping_interval",
-        "_pings",
         "_policy",
         "_receiver",
         "_reception",
         "_report_interval",
+        "_round_trip",
         "_scheduled",
         "_sender",
         "_seq",
@@ -231,7 +212,6 @@ class MediaProtocol:
         self._state = MediaState.AWAITING_START
         self._events: deque[MediaEvent] = deque()  # for next_event
         self._outgoing: list[MediaPacket] = []  # for datagrams_to_send
-        self._pending_pongs: list[_PendingPong] = []  # for the next control datagram
         self._scheduled: list[_Scheduled] = []  # mute and hang-up copies, by due time
         # our audio
         self._seq = first_seq  # of the next audio packet
@@ -240,8 +220,7 @@ class MediaProtocol:
         # pings and reports
         self._next_ping_at = 0.0
         self._next_report_at = 0.0
-        self._ping_id = 0  # of the next ping
-        self._pings: dict[int, tuple[int, float]] = {}  # id -> (sent_at_us, now), oldest first
+        self._round_trip = RoundTrip()  # our pings, their pongs, the pongs we owe
         # mute
         self._muted = False  # ours
         self._mute_changes = 0  # our change number
@@ -408,8 +387,7 @@ class MediaProtocol:
                 continue
             self._counts["control_received"] += 1
             if isinstance(packet, PingPacket):
-                if len(self._pending_pongs) < MAX_PENDING_PONGS:
-                    self._pending_pongs.append(_PendingPong(packet, now))
+                self._round_trip.ping_received(packet, now)
             elif isinstance(packet, PongPacket):
                 self._receive_pong(packet, now)
             elif isinstance(packet, ReceiverReport):
@@ -421,7 +399,7 @@ class MediaProtocol:
             else:
                 self._state = MediaState.ENDED
                 self._scheduled.clear()
-                self._pending_pongs.clear()
+                self._round_trip.clear()
                 self._events.append(PeerHungUp(packet.reason))
                 return
 
@@ -429,12 +407,11 @@ class MediaProtocol:
         """The protected datagrams queued since the last call: audio, then control.
 
         Control packets due together share a datagram; pongs wait for the
-        next one (at most :data:`MAX_PONG_HOLD_S`) and take their hold time
-        from ``now``, so call this just before sending.
+        next one (at most :data:`~pqcall.transport.round_trip.MAX_PONG_HOLD_S`) and take
+        their hold time from ``now``, so call this just before sending.
         """
-        pongs_due = bool(self._pending_pongs) and (
-            now >= self._pending_pongs[0].received_at + MAX_PONG_HOLD_S
-        )
+        pong_due_at = self._round_trip.pong_due_at
+        pongs_due = pong_due_at is not None and now >= pong_due_at
         if not self._outgoing and not pongs_due:
             return []  # after nearly every received datagram
         datagrams = []
@@ -448,13 +425,7 @@ class MediaProtocol:
                 control.append(payload)  # a repeat due twice at once goes once
         self._outgoing.clear()
         if control or pongs_due:
-            for pending in self._pending_pongs:
-                hold_us = round((now - pending.received_at) * MICROSECONDS_PER_SECOND)
-                ping = pending.ping
-                control.append(
-                    PongPacket(ping.ping_id, ping.sent_at_us, min(hold_us, U32_MAX)).serialize()
-                )
-            self._pending_pongs.clear()
+            control += [pong.serialize() for pong in self._round_trip.pongs(now)]
             self._counts["control_sent"] += len(control)
             datagrams += [
                 self._sender.protect(payload, MEDIA_METADATA, now=now)
@@ -482,8 +453,9 @@ class MediaProtocol:
             hold_due = self._policy.get_timer()
             if hold_due is not None:
                 active_due = min(active_due, hold_due)
-            if self._pending_pongs:
-                active_due = min(active_due, self._pending_pongs[0].received_at + MAX_PONG_HOLD_S)
+            pong_due_at = self._round_trip.pong_due_at
+            if pong_due_at is not None:
+                active_due = min(active_due, pong_due_at)
             when = active_due
         elif state is MediaState.HANGING_UP:
             when = None
@@ -547,15 +519,12 @@ class MediaProtocol:
         self._events.append(AudioReceived(seq, timestamp, payload, redundant, older))
 
     def _receive_pong(self, pong: PongPacket, now: float) -> None:
-        sent = self._pings.get(pong.ping_id)
-        if sent is None or sent[0] != pong.sent_at_us:
+        measured = self._round_trip.pong_received(pong, now)
+        if measured is None:
             self._counts["unmatched_pongs"] += 1
             return
-        del self._pings[pong.ping_id]
-        hold_s = pong.hold_us / MICROSECONDS_PER_SECOND
-        rtt_s = max(0.0, now - sent[1] - hold_s)
-        self._events.append(RttMeasured(rtt_s, sent[1], hold_s))
-        if self._policy.rtt_measured(rtt_s, now):
+        self._events.append(measured)
+        if self._policy.rtt_measured(measured.rtt_s, now):
             self._adapted()
 
     def _adapted(self) -> None:
@@ -584,12 +553,7 @@ class MediaProtocol:
         self._scheduled.sort(key=lambda s: s.due)
 
     def _send_ping(self, now: float) -> None:
-        ping = PingPacket(self._ping_id, _microseconds(now))
-        self._pings[ping.ping_id] = (ping.sent_at_us, now)
-        while len(self._pings) > MAX_OUTSTANDING_PINGS:
-            del self._pings[next(iter(self._pings))]
-        self._ping_id = (self._ping_id + 1) & U32_MAX
-        self._outgoing.append(ping)
+        self._outgoing.append(self._round_trip.ping(now))
 
     @staticmethod
     def _next_time(scheduled: float, interval: float, now: float) -> float:
