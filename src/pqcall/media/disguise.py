@@ -19,10 +19,11 @@ Contract: :meth:`VoiceDisguise.process` takes a 1-D int16 mono frame at
 :data:`LOOKAHEAD_SAMPLES` (40 ms): the first call's output starts with that
 many zeros and Sonic's output queues behind them. Sonic holds about two of
 its longest pitch periods (31 ms at 48 kHz) before it releases output, now
-and then a little more when lowering; when the queue runs dry the missing
-samples are zeros (:attr:`VoiceDisguise.underruns` counts them) and as many
-samples are dropped from the next output beyond the delay, so the delay
-stays 40 ms (measured on the corpus's ten voices: none when raising; when
+and then a little more when lowering; :meth:`VoiceDisguise.flush` drops it
+(the pipeline calls it on unmute, see ``MediaPipeline.set_muted``). When the
+queue runs dry the missing samples are zeros (:attr:`VoiceDisguise.underruns`
+counts them) and as many samples are dropped from the next output beyond the
+delay, so the delay stays 40 ms (measured on the corpus's ten voices: none when raising; when
 lowering, 0-7 ms of zeros in 9 s, in a few short gaps).
 :class:`DisguisedProcessing` chains the disguise after another
 :class:`~pqcall.media.pipeline.AudioProcessing` (echo cancellation first, so
@@ -159,12 +160,27 @@ class VoiceDisguise:
         self.underruns = 0
         """Output samples that were zeros because Sonic held more than the delay."""
         self._debt = 0  # of those, samples not yet dropped from later output
-        self._stream = self._lib.sonicCreateStream(SAMPLE_RATE_HZ, 1)
-        if not self._stream:
-            raise MemoryError("libsonic could not create a stream")
-        self._lib.sonicSetPitch(self._stream, parameters.pitch_ratio)
+        self._stream: int | None = self._new_stream()
         self._queue: deque[npt.NDArray[np.int16]] = deque([np.zeros(LOOKAHEAD_SAMPLES, np.int16)])
         self._read = np.zeros(SAMPLE_RATE_HZ // 10, np.int16)
+
+    def _new_stream(self) -> int:
+        stream: int | None = self._lib.sonicCreateStream(SAMPLE_RATE_HZ, 1)
+        if not stream:
+            raise MemoryError("libsonic could not create a stream")
+        self._lib.sonicSetPitch(stream, self.parameters.pitch_ratio)
+        return stream
+
+    def flush(self) -> None:
+        """Forget what is held: the next output is :data:`LOOKAHEAD_SAMPLES` zeros, then new audio.
+
+        For a gap in the input (the pipeline skips the stage while muted): without it,
+        the first 40 ms after the gap would be audio from before it.
+        """
+        old, self._stream = self._stream, self._new_stream()
+        self._lib.sonicDestroyStream(old)
+        self._queue = deque([np.zeros(LOOKAHEAD_SAMPLES, np.int16)])
+        self._debt = 0
 
     def __del__(self) -> None:
         stream = getattr(self, "_stream", None)
@@ -235,6 +251,10 @@ class DisguisedProcessing:
     def observe_playout(self, pcm: Pcm) -> None:
         if self.inner is not None:
             self.inner.observe_playout(pcm)
+
+    def flush(self) -> None:
+        """After a gap in the capture (unmute): the disguise forgets the audio it held."""
+        self.disguise.flush()
 
 
 def create_disguise(preset: str, rng: random.Random | None = None) -> VoiceDisguise:

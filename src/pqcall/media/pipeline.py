@@ -322,7 +322,13 @@ class MediaPipeline:
         return self._muted
 
     def set_muted(self, muted: bool) -> None:
-        """Encode silence instead of the captured audio (still one frame per tick)."""
+        """Encode silence instead of the captured audio (still one frame per tick).
+
+        On unmute, a stage that holds audio (a ``flush`` method: the voice disguise's
+        40 ms) drops it, so what is sent first is not speech from before the mute.
+        """
+        if self._muted and not muted and (flush := getattr(self._processing, "flush", None)):
+            flush()
         self._muted = muted
 
     def configure_encoder(
