@@ -10,7 +10,11 @@ drops before the relay reads them are not counted; that is the point of saturati
 
 ``run(quick)`` reports it next to a baseline measured the same way: a bare asyncio
 forwarder between two learned addresses with no tokens, table or rate limits, which is
-the floor any Python relay on the default event loop pays.
+the floor any Python relay on the default event loop pays; and the relay as the separate
+``pqcall relay`` process runs it (``stored_relay_packets_per_second``: the same
+``MediaRelay`` on a SQLite store, following it; the allocation written by the server's
+side and found by the first bind). That one runs in the benchmark's process on its
+pinned core, as ``pqcall relay`` would on its own: one event loop, one core.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import cast
@@ -55,6 +60,38 @@ async def relay_packets_per_second(seconds: float) -> float:
         )
 
 
+async def stored_relay_packets_per_second(seconds: float) -> float:
+    """The same for the relay as ``pqcall relay`` runs it: on a SQLite store, following it
+    (the allocation made by a :class:`~pqcall.server.relay_store_remote.StoredRelay`, as
+    the server makes it, and found by the phones' first bind)."""
+    from pqcall.server.relay_store import RelayStore
+    from pqcall.server.relay_store_remote import StoredRelay
+
+    with tempfile.TemporaryDirectory(prefix="pqcall-bench-relay-") as folder:
+        store = await RelayStore.open(f"sqlite+aiosqlite:///{folder}/relay.db")
+        server = StoredRelay(["udp://127.0.0.1:1"], store)
+        await server.start()
+        try:
+            allocation = server.allocate("bench")
+            await server.close()  # writes the row
+            relay = MediaRelay(
+                LOOPBACK,
+                0,
+                packets_per_s=UNLIMITED,
+                bytes_per_s=UNLIMITED,
+                idle_timeout_s=3600.0,
+                store=store,
+                follow_store=True,
+            )
+            async with relay:
+                tokens = (allocation.caller_token.hex(), allocation.callee_token.hex())
+                return await _measure(
+                    relay.address, tokens, lambda: relay.stats().packets_forwarded, seconds
+                )
+        finally:
+            await store.close()
+
+
 async def bare_forwarder_packets_per_second(seconds: float) -> float:
     """The same measurement through a bare asyncio forwarder (the baseline)."""
     loop = asyncio.get_running_loop()
@@ -75,8 +112,11 @@ async def bare_forwarder_packets_per_second(seconds: float) -> float:
 def run(quick: bool = False) -> list[Figure]:
     """The relay figure next to the bare forwarder, for ``python -m pqcall.bench``."""
     seconds = SECONDS_QUICK if quick else SECONDS_FULL
+    # the first measurement of a process runs cold (about 3x slower here): a short one first
+    asyncio.run(bare_forwarder_packets_per_second(SECONDS_QUICK / 2))
     relay = asyncio.run(relay_packets_per_second(seconds))
     bare = asyncio.run(bare_forwarder_packets_per_second(seconds))
+    stored = asyncio.run(stored_relay_packets_per_second(seconds))
     return [
         Figure(
             name=f"relay forwarding, {PACKET_BYTES}-byte datagrams, loopback, one core",
@@ -84,7 +124,14 @@ def run(quick: bool = False) -> list[Figure]:
             unit="packets/s",
             baseline_name="bare asyncio forwarder (no tokens, no limits)",
             baseline=bare,
-        )
+        ),
+        Figure(
+            name="the same, relay as `pqcall relay` runs it (SQLite store, following it)",
+            value=stored,
+            unit="packets/s",
+            baseline_name="bare asyncio forwarder (no tokens, no limits)",
+            baseline=bare,
+        ),
     ]
 
 
