@@ -198,6 +198,8 @@ def relay_grant(
     endpoint = relay_endpoint(context, request_host, call.call_id)
     host, port = endpoint if endpoint is not None else (None, relay.address[1])
     token = allocation.caller_token if party is Party.CALLER else allocation.callee_token
+    if not token:  # restored after a restart: grant secrets are never stored (the phone has it)
+        return None
     turn = turn_service(context)  # standard TURN too (server/turn.py), if configured
     grant = None if turn is None else turn.grant(call.call_id, party is Party.CALLER)
     return RelayGrant(host=host, port=port, token=token, turn=grant)
