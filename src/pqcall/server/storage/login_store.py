@@ -7,7 +7,7 @@ are stored by hash only. Times are unix seconds passed in by the caller.
 Token lookups are cached (:class:`TokenCache`): every authenticated request
 looks its token up, and a database round trip for each was a seventh of a call
 setup's statements. An entry is dropped at once when this process deletes the
-token (logout, log out everywhere, purge), and lives at most
+token (logout, log out everywhere), and lives at most
 :data:`TOKEN_CACHE_TTL_S` otherwise, which bounds how long a token revoked
 through another process stays usable here (docs/decisions/0900-lean-call-path.md).
 """
@@ -187,7 +187,7 @@ class LoginStore:
 
     async def purge_expired(self, now: float) -> int:
         """Delete expired tokens and challenges; how many rows went."""
-        self.token_cache.clear()  # expired entries would be refused anyway; keep it simple
+        # cached entries keep their expiry, which every caller checks: nothing to drop
         async with self.engine.begin() as connection:
             gone = await connection.execute(delete(tokens).where(tokens.c.expires_at <= now))
             used = await connection.execute(
