@@ -245,8 +245,10 @@ class MediaRelay:
         return self._table.release(call_id)
 
     def allocation(self, call_id: str) -> RelayAllocation | None:
-        """``call_id``'s live allocation, if any."""
-        return self._table.allocation(call_id)
+        """``call_id``'s live allocation, if any made here (a restored one has no grant
+        secrets to hand out: None)."""
+        allocation = self._table.allocation(call_id)
+        return allocation if allocation is not None and allocation.caller_token else None
 
     def stats(self) -> RelayStats:
         """A snapshot of the relay's counters (cheap; read at every metrics scrape)."""
