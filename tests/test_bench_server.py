@@ -57,3 +57,13 @@ def test_db_is_refused_where_it_does_not_apply(capsys):
     assert capsys.readouterr().err == (
         "pqcall: --db takes a postgresql+asyncpg:// URL (SQLite always runs)\n"
     )
+
+
+def test_memory_per_phone_connects_every_phone():
+    import asyncio
+
+    from pqcall.bench import server_memory
+
+    connected, per_phone = asyncio.run(server_memory.measure(4))
+    assert connected == 4
+    assert math.isfinite(per_phone)  # four phones are too few for a meaningful figure
