@@ -44,6 +44,7 @@ PURE = (
     "pqcall.transport.control_packets",
     "pqcall.transport.packet_types",
     "pqcall.transport.round_trip",
+    "pqcall.transport.signalled",
     "pqcall.transport.media_protocol",
     "pqcall.transport.liveness",
     "pqcall.transport.reception",

@@ -7,8 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pqcall.exceptions import DecodeError, LocalProtocolError
+from pqcall.transport import control_packets
 from pqcall.transport.media_packets import (
+    VOICE_DISGUISED,
     AudioPacket,
+    FlagsPacket,
     HangupPacket,
     HangupReason,
     MediaPacket,
@@ -34,6 +37,8 @@ from pqcall.transport.media_packets import (
         pytest.param(MutePacket(False, 0), id="unmute"),
         pytest.param(HangupPacket(HangupReason.NORMAL), id="hangup"),
         pytest.param(HangupPacket(200), id="hangup-unknown-reason"),
+        pytest.param(FlagsPacket(VOICE_DISGUISED, 65535), id="flags-disguised"),
+        pytest.param(FlagsPacket(0xFE, 0), id="flags-unknown-bits"),
     ],
 )
 def test_packet_round_trip(packet):
@@ -139,3 +144,84 @@ def test_parse_packet_raises_only_decode_error(data):
     except DecodeError:
         return
     assert packet.serialize() == data
+
+
+# FLAGS: the voice-disguise bit (issue 23)
+
+
+def test_flags_layout_and_the_disguise_bit():
+    assert FlagsPacket(VOICE_DISGUISED, 0x0102).serialize() == bytes.fromhex("16 01 0102")
+    assert FlagsPacket(VOICE_DISGUISED | 0x80, 0).voice_disguised
+    assert not FlagsPacket(0x80, 0).voice_disguised  # a bit this side does not know
+    with pytest.raises(DecodeError, match="flags packet"):
+        parse_packet(bytes.fromhex("16 01"))
+    with pytest.raises(LocalProtocolError):
+        FlagsPacket(0x100, 0)
+
+
+def _run(caller, callee, until: float) -> list[bytes]:
+    """Drive both sides' timers to ``until`` (10 ms steps), delivering both ways."""
+    sent: list[bytes] = []
+    t = 0.0
+    while t <= until:
+        for src, dst in ((caller, callee), (callee, caller)):
+            src.handle_timer(t)
+            datagrams = src.datagrams_to_send(t)
+            for datagram in datagrams:
+                dst.receive_datagram(datagram, t)
+            if src is caller:
+                sent += datagrams
+        t = round(t + 0.01, 2)
+    return sent
+
+
+def _started(disguised: bool):
+    from tests.transport.test_media_protocol import CALLEE_KEYS, CALLER_KEYS, make
+
+    caller, callee = make(CALLER_KEYS), make(CALLEE_KEYS)
+    if disguised:
+        caller.set_voice_disguised(True, 0.0)  # before the start: announced at it
+    caller.start(now=0.0)
+    callee.start(now=0.0)
+    return caller, callee
+
+
+def test_the_peer_learns_the_voice_is_disguised_in_a_datagram_of_its_own():
+    from tests.transport.test_media_protocol import _open
+
+    caller, callee = _started(disguised=True)
+    sent = _run(caller, callee, 3.5)
+    assert callee.is_peer_voice_disguised
+    assert not caller.is_peer_voice_disguised  # the callee never said so
+    flags = [d for d in sent if any(isinstance(p, FlagsPacket) for p in _open(d))]
+    assert len(flags) == 5  # the copies at 0, 0.1, 0.2, 1 and 3 s
+    assert all(_open(d) == [FlagsPacket(VOICE_DISGUISED, 1)] for d in flags)  # alone
+    caller.set_voice_disguised(False, 4.0)
+    caller.handle_timer(4.0)
+    for datagram in caller.datagrams_to_send(4.0):
+        callee.receive_datagram(datagram, 4.0)
+    assert not callee.is_peer_voice_disguised
+    for datagram in flags:  # stale copies (replayed too: SFrame drops them) change nothing
+        callee.receive_datagram(datagram, 4.1)
+    assert not callee.is_peer_voice_disguised
+
+
+def test_without_a_disguise_no_flags_are_sent():
+    from tests.transport.test_media_protocol import _open
+
+    caller, callee = _started(disguised=False)
+    sent = _run(caller, callee, 3.5)
+    assert not any(isinstance(p, FlagsPacket) for d in sent for p in _open(d))
+    assert not callee.is_peer_voice_disguised
+
+
+def test_a_peer_without_flags_drops_them_counted_and_keeps_the_rest(monkeypatch):
+    """An older peer (its parser knows no FLAGS) drops only the flags' datagrams."""
+    caller, callee = _started(disguised=True)
+    caller.set_muted(True, 0.0)  # announced at the start too: at the same moments
+    monkeypatch.delitem(control_packets._CONTROL_PARSERS, 0x16)
+    monkeypatch.delitem(control_packets._CONTROL_LENGTHS, 0x16)
+    _run(caller, callee, 0.5)
+    assert callee.is_peer_muted  # the mute copies came through
+    assert not callee.is_peer_voice_disguised
+    assert callee.stats.malformed == 3  # the flags copies at 0, 0.1 and 0.2 s, counted

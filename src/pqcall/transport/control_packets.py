@@ -1,4 +1,4 @@
-"""Media control packets: ping, pong, receiver report, mute, hang-up and bursts.
+"""Media control packets: ping, pong, receiver report, mute, hang-up, bursts and flags.
 
 Scope: the wire format of the control packets (``docs/protocol.md#media-packets``),
 their parsing and serialization, and the parsing of a control datagram (one or
@@ -26,8 +26,10 @@ from pqcall.transport.packet_types import (
 )
 
 __all__ = [
+    "VOICE_DISGUISED",
     "BurstReport",
     "ControlPacket",
+    "FlagsPacket",
     "HangupPacket",
     "MutePacket",
     "PingPacket",
@@ -43,6 +45,10 @@ _REPORT = struct.Struct("!BIIIB")
 _MUTE = struct.Struct("!BBH")
 _HANGUP = struct.Struct("!BB")
 _BURSTS = struct.Struct("!BHH")
+_FLAGS = struct.Struct("!BBH")
+
+VOICE_DISGUISED: Final = 0x01
+"""FLAGS bit: the sender's voice is disguised before encoding (``docs/decisions/0800``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,8 +269,55 @@ class BurstReport:
         return _BURSTS.pack(self.TYPE, self.bursts, self.lost)
 
 
+@dataclass(frozen=True, slots=True)
+class FlagsPacket:
+    """What the sender says about its side of the call, one bit each (:data:`VOICE_DISGUISED`).
+
+    Sent only when a bit is set (or was): a peer that predates it drops the datagram,
+    so it travels alone in one (``docs/protocol.md#media-packets``). Bits this side
+    does not know are kept, not refused.
+    """
+
+    TYPE: ClassVar[PacketType] = PacketType.FLAGS
+
+    flags: int
+    """The bits (u8)."""
+    change: int
+    """Counts the sender's flag changes (u16, serial): a stale copy never undoes a newer one."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.flags <= 0xFF or not 0 <= self.change <= U16_MAX:
+            raise LocalProtocolError("flags must fit in 8 bits, their change number in 16")
+
+    @property
+    def voice_disguised(self) -> bool:
+        """Whether the sender's voice is disguised."""
+        return bool(self.flags & VOICE_DISGUISED)
+
+    @classmethod
+    def parse(cls, data: bytes) -> Self:
+        """Parse a FLAGS packet.
+
+        Raises:
+            DecodeError: wrong type or length.
+        """
+        check_length(data, _FLAGS, "flags")
+        _, flags, change = _FLAGS.unpack(data)
+        return cls(flags, change)
+
+    def serialize(self) -> bytes:
+        """The packet's bytes."""
+        return _FLAGS.pack(self.TYPE, self.flags, self.change)
+
+
 ControlPacket: TypeAlias = (
-    PingPacket | PongPacket | ReceiverReport | MutePacket | HangupPacket | BurstReport
+    PingPacket
+    | PongPacket
+    | ReceiverReport
+    | MutePacket
+    | HangupPacket
+    | BurstReport
+    | FlagsPacket
 )
 
 _CONTROL_PARSERS: Final[dict[int, type[ControlPacket]]] = {
@@ -274,6 +327,7 @@ _CONTROL_PARSERS: Final[dict[int, type[ControlPacket]]] = {
     PacketType.MUTE: MutePacket,
     PacketType.HANGUP: HangupPacket,
     PacketType.BURSTS: BurstReport,
+    PacketType.FLAGS: FlagsPacket,
 }
 
 
@@ -284,6 +338,7 @@ _CONTROL_LENGTHS: Final[dict[int, int]] = {
     PacketType.MUTE: _MUTE.size,
     PacketType.HANGUP: _HANGUP.size,
     PacketType.BURSTS: _BURSTS.size,
+    PacketType.FLAGS: _FLAGS.size,
 }
 
 

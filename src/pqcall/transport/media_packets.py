@@ -30,6 +30,7 @@ observer cannot tell them apart by size. All integers are big-endian::
     MUTE             13 | muted u8 (0 or 1) | change number u16
     HANGUP           14 | reason u8
     BURSTS           15 | bursts u16 | lost u16
+    FLAGS            16 | flags u8 (bit 0: voice disguised) | change number u16
 
 The redundant payload of ``AUDIO_REDUNDANT`` is the previous frame again, as
 RFC 2198 carries it: ``offset`` is how far its timestamp lies before the
@@ -45,6 +46,10 @@ mode's constant size (the sender's: every packet of the mode is that long).
 
 ``BURSTS`` goes just before a ``REPORT`` whose interval had loss: the runs of lost
 packets judged in it and the packets they held (the mean burst length, decision 0220).
+
+``FLAGS`` says what the sender tells about its side (bit 0: its voice is disguised,
+issue 23); it is sent only when a bit is set or was, and always alone in its datagram:
+a peer that predates it drops (and counts) a datagram with a type it does not know.
 """
 
 from __future__ import annotations
@@ -55,8 +60,10 @@ from typing import Final, Self, TypeAlias
 
 from pqcall.exceptions import DecodeError, LocalProtocolError
 from pqcall.transport.control_packets import (
+    VOICE_DISGUISED,
     BurstReport,
     ControlPacket,
+    FlagsPacket,
     HangupPacket,
     MutePacket,
     PingPacket,
@@ -95,10 +102,12 @@ __all__ = [
     "U16_MAX",
     "U32_MAX",
     "U64_MODULUS",
+    "VOICE_DISGUISED",
     "AudioFields",
     "AudioPacket",
     "BurstReport",
     "ControlPacket",
+    "FlagsPacket",
     "HangupPacket",
     "HangupReason",
     "MediaPacket",
@@ -284,7 +293,14 @@ class AudioPacket:
 
 
 MediaPacket: TypeAlias = (
-    AudioPacket | PingPacket | PongPacket | ReceiverReport | MutePacket | HangupPacket | BurstReport
+    AudioPacket
+    | PingPacket
+    | PongPacket
+    | ReceiverReport
+    | MutePacket
+    | HangupPacket
+    | BurstReport
+    | FlagsPacket
 )
 
 AUDIO_TYPES: Final = tuple(kind for kind in PacketType if kind < PacketType.PING)

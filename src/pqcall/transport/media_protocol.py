@@ -2,10 +2,11 @@
 
 Scope: :class:`MediaProtocol` (``docs/protocol.md#media-packets``), which
 owns both directions' SFrame contexts, numbers the audio, schedules pings
-and receiver reports, signals mute and hang-up, watches for a silent peer, and
-tells its wrapper how to adapt the encoder to the loss the peer reports. No
-socket, clock or codec here: bytes and ``now`` (seconds, monotonic) in, bytes
-and events out, as aioquic's ``QuicConnection``.
+and receiver reports, signals mute, flags (voice disguised) and hang-up,
+watches for a silent peer, and tells its wrapper how to adapt the encoder
+to the loss the peer reports. No socket, clock or codec here: bytes and
+``now`` (seconds, monotonic) in, bytes and events out, as aioquic's
+``QuicConnection``.
 
 Every datagram is one SFrame payload (RFC 9605, ``crypto/sframe_context.py``)
 holding one audio packet or control packets back to back
@@ -66,7 +67,9 @@ from pqcall.transport.media_packets import (
     SAMPLE_RATE_HZ,
     SEQUENCE_MODULUS,
     TIMESTAMP_MODULUS,
+    VOICE_DISGUISED,
     AudioPacket,
+    FlagsPacket,
     HangupPacket,
     HangupReason,
     MediaPacket,
@@ -77,10 +80,10 @@ from pqcall.transport.media_packets import (
     ReceiverReport,
     parse_audio_fields,
     parse_control_packets,
-    serial_delta,
 )
 from pqcall.transport.reception import ReceptionReporter
 from pqcall.transport.round_trip import MAX_PONG_HOLD_S, RoundTrip
+from pqcall.transport.signalled import Signalled
 
 __all__ = [
     "CALLEE_SENDER_ID",
@@ -104,6 +107,8 @@ CALLEE_SENDER_ID: Final = 1
 MUTE_REPEATS: Final = 3
 """Copies of a mute change, against loss."""
 MUTE_REPEAT_INTERVAL_S: Final = 0.1
+FLAGS_REPEATS_AT_S: Final = (0.0, 0.1, 0.2, 1.0, 3.0)
+"""When copies of a flags change go, after it: late ones for a peer that started late."""
 HANGUP_REPEATS: Final = 5
 """Copies of a hang-up: all five lost at 20 % random loss is 1 in 3000."""
 HANGUP_REPEAT_INTERVAL_S: Final = 0.02
@@ -113,7 +118,7 @@ HANGUP_REPEAT_INTERVAL_S: Final = 0.02
 @dataclass(frozen=True, slots=True)
 class _Scheduled:
     due: float  # `now` at which to queue the packet
-    packet: MutePacket | HangupPacket
+    packet: MutePacket | HangupPacket | FlagsPacket
 
 
 class MediaProtocol:
@@ -137,18 +142,16 @@ class MediaProtocol:
     __slots__ = (
         "_counts",
         "_events",
+        "_flags",
         "_frame_samples",
         "_framer",
         "_liveness",
-        "_mute_changes",
-        "_muted",
+        "_mute",
         "_next_ping_at",
         "_next_report_at",
         "_outgoing",
         "_packet_bytes",
         "_pad_to",
-        "_peer_mute_change",
-        "_peer_muted",
         "_ping_interval",
         "_policy",
         "_receiver",
@@ -222,10 +225,8 @@ class MediaProtocol:
         self._next_report_at = 0.0
         self._round_trip = RoundTrip()  # our pings, their pongs, the pongs we owe
         # mute
-        self._muted = False  # ours
-        self._mute_changes = 0  # our change number
-        self._peer_muted = False
-        self._peer_mute_change: int | None = None  # newest change number applied
+        self._mute = Signalled()  # MUTE: 1 muted, ours and theirs
+        self._flags = Signalled()  # FLAGS: bits, ours and theirs
         self._reception = ReceptionReporter()  # their audio, for our reports
         self._liveness = PeerLiveness(settings.media_timeout_s)  # silent, then unreachable
         # counters
@@ -262,12 +263,17 @@ class MediaProtocol:
     @property
     def is_muted(self) -> bool:
         """Whether we told the peer we are muted."""
-        return self._muted
+        return bool(self._mute.ours)
 
     @property
     def is_peer_muted(self) -> bool:
         """Whether the peer said it is muted."""
-        return self._peer_muted
+        return bool(self._mute.peer)
+
+    @property
+    def is_peer_voice_disguised(self) -> bool:
+        """Whether the peer said its voice is disguised (FLAGS)."""
+        return bool(self._flags.peer & VOICE_DISGUISED)
 
     @property
     def liveness(self) -> PeerLiveness:
@@ -302,8 +308,10 @@ class MediaProtocol:
         self._liveness.start(now)
         self._next_ping_at = now
         self._next_report_at = now + self._report_interval
-        if self._muted:
+        if self._mute.ours:
             self._announce_mute(now)
+        if self._flags.ours:
+            self._announce_flags(now)
         self.handle_timer(now)
 
     def send_audio(self, payload: bytes, now: float, backup: bytes | None = None) -> AudioPacket:
@@ -337,12 +345,22 @@ class MediaProtocol:
         Muting does not stop the audio: keep sending frames (of silence), so
         the traffic does not change.
         """
-        if muted == self._muted or self._state in (MediaState.HANGING_UP, MediaState.ENDED):
+        if self._state in (MediaState.HANGING_UP, MediaState.ENDED):
             return
-        self._muted = muted
-        self._mute_changes = (self._mute_changes + 1) % SEQUENCE_MODULUS
-        if self._state is MediaState.ACTIVE:
+        if self._mute.set(int(muted)) and self._state is MediaState.ACTIVE:
             self._announce_mute(now)
+
+    def set_voice_disguised(self, disguised: bool, now: float) -> None:
+        """Tell the peer our voice is disguised (or no longer): FLAGS, alone in a datagram.
+
+        Before :meth:`start`, it goes at the start; never set, nothing is sent.
+        """
+        if self._state in (MediaState.HANGING_UP, MediaState.ENDED):
+            return
+        ours = self._flags.ours
+        flags = ours | VOICE_DISGUISED if disguised else ours & ~VOICE_DISGUISED
+        if self._flags.set(flags) and self._state is MediaState.ACTIVE:
+            self._announce_flags(now)
 
     def hangup(self, now: float, reason: int = HangupReason.NORMAL) -> None:
         """End the call: the hang-up goes out :data:`HANGUP_REPEATS` times, then the end.
@@ -396,6 +414,8 @@ class MediaProtocol:
                     self._adapted()
             elif isinstance(packet, MutePacket):
                 self._receive_mute(packet)
+            elif isinstance(packet, FlagsPacket):
+                self._flags.received(packet.flags, packet.change)
             else:
                 self._state = MediaState.ENDED
                 self._scheduled.clear()
@@ -420,6 +440,8 @@ class MediaProtocol:
             if isinstance(packet, AudioPacket):
                 self._counts["audio_sent"] += 1
                 self._counts["redundant_sent"] += packet.redundant is not None
+                datagrams.append(self._sender.protect(packet.serialize(), MEDIA_METADATA, now=now))
+            elif isinstance(packet, FlagsPacket):  # alone: an older peer drops the datagram
                 datagrams.append(self._sender.protect(packet.serialize(), MEDIA_METADATA, now=now))
             elif (payload := packet.serialize()) not in control:
                 control.append(payload)  # a repeat due twice at once goes once
@@ -534,22 +556,23 @@ class MediaProtocol:
         self._events.append(AdaptationChanged(self._policy.adaptation))
 
     def _receive_mute(self, packet: MutePacket) -> None:
-        if self._peer_mute_change is not None:
-            if serial_delta(packet.change - self._peer_mute_change, SEQUENCE_MODULUS) <= 0:
-                return  # a copy, or older than what we applied
-        self._peer_mute_change = packet.change
-        if packet.muted != self._peer_muted:
-            self._peer_muted = packet.muted
+        if self._mute.received(int(packet.muted), packet.change):
             self._events.append(PeerMuted(packet.muted))
 
     # sending
 
     def _announce_mute(self, now: float) -> None:
-        packet = MutePacket(self._muted, self._mute_changes)
+        packet = MutePacket(bool(self._mute.ours), self._mute.changes)
         self._scheduled = [s for s in self._scheduled if not isinstance(s.packet, MutePacket)]
         self._scheduled += [
             _Scheduled(now + i * MUTE_REPEAT_INTERVAL_S, packet) for i in range(MUTE_REPEATS)
         ]
+        self._scheduled.sort(key=lambda s: s.due)
+
+    def _announce_flags(self, now: float) -> None:
+        packet = FlagsPacket(self._flags.ours, self._flags.changes)
+        self._scheduled = [s for s in self._scheduled if not isinstance(s.packet, FlagsPacket)]
+        self._scheduled += [_Scheduled(now + after, packet) for after in FLAGS_REPEATS_AT_S]
         self._scheduled.sort(key=lambda s: s.due)
 
     def _send_ping(self, now: float) -> None:

@@ -79,3 +79,4 @@ class PacketType(enum.IntEnum):
     MUTE = 0x13
     HANGUP = 0x14
     BURSTS = 0x15
+    FLAGS = 0x16
