@@ -1,5 +1,6 @@
 """Relay allocations that outlive the relay: the table's snapshot/restore on a fake
-clock, then the UDP relay on loopback with a real SQLite store, closed and started again
+clock, then the UDP relay on loopback with a real store (SQLite; PostgreSQL too when
+``PQCALL_TEST_DATABASE_URL`` is set), closed and started again
 on the same port and database (the process-level SIGKILL tests are in
 tests/e2e/test_relay_restart.py).
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 from pqcall.server.relay import MediaRelay
 from pqcall.server.relay_store import RelayStore
@@ -135,8 +135,8 @@ def test_changed_names_made_bound_and_ended_allocations_once():
 # the UDP relay with a SQLite store
 
 
-def test_relay_restarted_on_its_database_relays_on_without_a_new_bind(tmp_path: Path):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}"
+def test_relay_restarted_on_its_database_relays_on_without_a_new_bind(db_url: str):
+    url = db_url  # SQLite, and PostgreSQL when PQCALL_TEST_DATABASE_URL is set
 
     async def main() -> None:
         store = await RelayStore.open(url)
@@ -168,10 +168,10 @@ def test_relay_restarted_on_its_database_relays_on_without_a_new_bind(tmp_path: 
     run(main)
 
 
-def test_a_relay_finds_an_allocation_another_process_stored(tmp_path: Path):
+def test_a_relay_finds_an_allocation_another_process_stored(db_url: str):
     """What a separate ``pqcall relay`` does: the server wrote the row, the relay
     looks the grant up when a bind names it, and drops it when the row goes."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}"
+    url = db_url
 
     async def main() -> None:
         store = await RelayStore.open(url)

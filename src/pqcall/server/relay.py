@@ -62,6 +62,7 @@ DEFAULT_RELAY_PORT = 5001  # UDP; the same number as the HTTP API's TCP port
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # asked of the kernel (it may grant less)
 LOOKUPS_PER_S = 20  # store lookups of grants this relay does not hold (binds are not yet
 # authentic then: the bound keeps a flood of made-up grant ids off the database)
+STORE_RETRY_S = 1.0  # a failed store write is tried again this much later
 SYNC_S = 2.0  # follow_store: how often to drop allocations whose rows were deleted
 
 logger = logging.getLogger(__name__)
@@ -386,6 +387,10 @@ class MediaRelay:
             await self._store.delete(gone)
         except Exception as exc:
             self._store_failed(exc)
+            self._table.mark_changed(changed)  # written again at the next change or retry
+            if not self._is_closed:
+                assert self._loop is not None
+                self._loop.call_later(STORE_RETRY_S, self._dirty.set)
             return
         self._store_ok()
 

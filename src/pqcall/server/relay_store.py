@@ -28,6 +28,7 @@ from pqcall.server.storage.database import create_engine, migrate
 from pqcall.server.storage.models import relay_allocations
 
 _T = relay_allocations.c
+CHUNK = 500  # call ids per IN (...) query
 
 
 def _address_text(address: Address | None) -> str | None:
@@ -126,10 +127,11 @@ class RelayStore:
         return None if row is None else _stored(row)
 
     async def live_calls(self, call_ids: Iterable[str]) -> set[str]:
-        """Which of ``call_ids`` still have a row."""
+        """Which of ``call_ids`` still have a row (asked :data:`CHUNK` at a time)."""
         ids = list(call_ids)
-        if not ids:
-            return set()
-        query = select(_T.call_id).where(_T.call_id.in_(ids))
+        live: set[str] = set()
         async with self._engine.connect() as connection:
-            return {str(call_id) for call_id in (await connection.execute(query)).scalars()}
+            for start in range(0, len(ids), CHUNK):
+                query = select(_T.call_id).where(_T.call_id.in_(ids[start : start + CHUNK]))
+                live.update(str(call_id) for call_id in (await connection.execute(query)).scalars())
+        return live

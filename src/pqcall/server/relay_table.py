@@ -520,15 +520,16 @@ class RelayTable:
         ):
             self._dirty.add(allocation.public.call_id)
 
-    # persistence
-
     @property
     def has_changes(self) -> bool:
         """Whether :meth:`changed` has something."""
         return bool(self._dirty)
 
-    def call_ids(self) -> list[str]:
-        """The calls with a live allocation."""
+    def mark_changed(self, call_ids: list[str]) -> None:
+        """Name these again in :meth:`changed` (their store write failed)."""
+        self._dirty.update(call_ids)
+
+    def call_ids(self) -> list[str]:  # the calls with a live allocation
         return list(self._by_call)
 
     def unknown_grants(self) -> list[bytes]:
@@ -557,13 +558,10 @@ class RelayTable:
         return StoredAllocation(call_id, caller, callee, expires_at)
 
     def restore(self, stored: StoredAllocation, now: float, wall_now: float) -> bool:
-        """Take back a stored allocation (after a restart, or made by another node).
-
-        Its bound addresses forward at once; its parties' binds get challenges until
-        they answer one. Returns False (nothing changes) if the call or a grant id is
-        live already, it has expired, or the table is full. Its grant secrets are not
-        stored, so :meth:`allocation` returns it with empty tokens.
-        """
+        """Take back a stored allocation (after a restart, or another process's): its
+        addresses forward at once, binds get challenges until one is answered; its
+        tokens are empty (secrets are not stored). False (no change) if the call or a
+        grant is live, it expired, or the table is full."""
         remaining = stored.expires_at - wall_now
         grants = {stored.caller.grant_id, stored.callee.grant_id}
         if (
