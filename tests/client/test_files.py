@@ -6,9 +6,10 @@ import asyncio
 import io
 import json
 import os
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -26,7 +27,7 @@ from pqcall.exceptions import (
     ServerUnreachable,
     TransferError,
 )
-from pqcall.signaling.messages import FileView
+from pqcall.signaling.messages import FileView, UserView
 from tests.harness import EVENT_TIMEOUT_S, run_async
 
 from ..server.conftest import RunningServer, make_settings, run_server
@@ -135,11 +136,69 @@ async def test_changed_sender_key_is_refused(server: RunningServer, tmp_path: Pa
     alice = await account(server, tmp_path, "alice")
     sent = await alice.send("bob", source(tmp_path))
     bob._contacts.check("alice", IdentityPrivateKey.generate().public_key())
+    # the saved key is used without asking the server: the file's signer is not it,
+    # so the file is refused, and the server's key for alice says why
     with pytest.raises(KeyChangedError, match="alice's identity key is not the one you saved"):
         await bob.receive(sent.file_id, tmp_path / "out")
-    assert not (tmp_path / "out").exists() and not bob.incoming_dir.exists()
+    assert list((tmp_path / "out").iterdir()) == [] and list(bob.incoming_dir.iterdir()) == []
     assert [item.view.file_id for item in await bob.inbox()] == [sent.file_id]
     assert (await bob.inbox())[0].sender_trust == "key changed"
+    # with the change recorded, the server's key is checked first: nothing is downloaded
+    with pytest.raises(KeyChangedError, match="alice's identity key is not the one you saved"):
+        await bob.receive(sent.file_id, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+class CountingApi(ServerApi):
+    """Counts the requests the file transfers make, by kind."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: Counter[str] = Counter()
+
+    async def user(self, name: str) -> UserView:
+        self.calls["GET /users"] += 1
+        return await super().user(name)
+
+    async def create_file(self, recipient: str, size: int) -> FileView:
+        self.calls["POST /files"] += 1
+        return await super().create_file(recipient, size)
+
+    async def upload(self, *args: Any, **kwargs: Any) -> FileView:
+        self.calls["PUT content"] += 1
+        return await super().upload(*args, **kwargs)
+
+    async def file_status(self, file_id: str) -> FileView:
+        self.calls["GET /files/ID"] += 1
+        return await super().file_status(file_id)
+
+    async def download(self, file_id: str, offset: int = 0) -> AsyncIterator[bytes]:
+        self.calls["GET content"] += 1
+        async for piece in super().download(file_id, offset):
+            yield piece
+
+    async def delete_file(self, file_id: str) -> None:
+        self.calls["DELETE"] += 1
+        await super().delete_file(file_id)
+
+
+@run_async
+async def test_requests_per_file(server: RunningServer, tmp_path: Path) -> None:
+    bob = await account(server, tmp_path, "bob", CountingApi)
+    alice = await account(server, tmp_path, "alice", CountingApi)
+    sending, receiving = alice._sender._api, bob._receiver._api
+    assert isinstance(sending, CountingApi) and isinstance(receiving, CountingApi)
+    # first contact: the key is fetched, checked and saved; the file is one PUT
+    first = await alice.send("bob", source(tmp_path))
+    assert sending.calls == {"GET /users": 1, "PUT content": 1}
+    assert (await bob.receive(first.file_id, tmp_path / "out")).path.read_bytes() == CONTENT
+    assert receiving.calls == {"GET /users": 1, "GET /files/ID": 1, "GET content": 1, "DELETE": 1}
+    # a saved sender: receiving asks nothing about alice's key
+    receiving.calls.clear()
+    second = await alice.send("bob", source(tmp_path, b"again"))
+    received = await bob.receive(second.file_id, tmp_path / "out")
+    assert received.path.read_bytes() == b"again" and received.deleted
+    assert receiving.calls == {"GET /files/ID": 1, "GET content": 1, "DELETE": 1}
 
 
 class Crash(Exception):
@@ -152,10 +211,16 @@ class CrashingApi(ServerApi):
     crash = True
 
     async def upload(
-        self, file_id: str, offset: int, content: AsyncIterable[bytes], length: int
+        self,
+        file_id: str,
+        offset: int,
+        content: AsyncIterable[bytes],
+        length: int,
+        *,
+        create_for: tuple[str, int] | None = None,
     ) -> FileView:
         if not CrashingApi.crash:
-            return await super().upload(file_id, offset, content, length)
+            return await super().upload(file_id, offset, content, length, create_for=create_for)
         half = length // 2
 
         async def first_half() -> AsyncIterator[bytes]:
@@ -166,7 +231,7 @@ class CrashingApi(ServerApi):
                 if not left:
                     return
 
-        await super().upload(file_id, offset, first_half(), half)
+        await super().upload(file_id, offset, first_half(), half, create_for=create_for)
         raise Crash
 
 
@@ -188,6 +253,61 @@ async def test_interrupted_upload_resumes(server: RunningServer, tmp_path: Path)
     assert sent.resumed_from == sent.ciphertext_size // 2
     received = await bob.receive(sent.file_id, tmp_path / "out")
     assert received.path.read_bytes() == CONTENT
+
+
+class LostFirstPut(CountingApi):
+    """The first upload never reaches the server (the connection fails before it)."""
+
+    async def upload(self, *args: Any, **kwargs: Any) -> FileView:
+        self.calls["PUT content"] += 1
+        if self.calls["PUT content"] == 1:
+            raise ServerUnreachable("connection refused")
+        return await ServerApi.upload(self, *args, **kwargs)
+
+
+@run_async
+async def test_a_creating_put_that_never_arrived_is_made_again(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    bob = await account(server, tmp_path, "bob")
+    alice = await account(server, tmp_path, "alice", LostFirstPut)
+    sent = await alice.send("bob", source(tmp_path))
+    api = alice._sender._api
+    assert isinstance(api, LostFirstPut)
+    # asked where the upload is (404: never created), then created under a new id
+    assert api.calls == {"GET /users": 1, "PUT content": 2, "GET /files/ID": 1}
+    assert sent.resumed_from == 0
+    assert [item.view.file_id for item in await bob.inbox()] == [sent.file_id]
+    assert (await bob.receive(sent.file_id, tmp_path / "out")).path.read_bytes() == CONTENT
+    assert stored_blobs(server) == []
+
+
+class OldServerApi(CountingApi):
+    """As against a server older than the creating PUT: its parameters are not sent."""
+
+    async def upload(self, *args: Any, **kwargs: Any) -> FileView:
+        self.calls["PUT content"] += 1
+        kwargs.pop("create_for", None)
+        return await ServerApi.upload(self, *args, **kwargs)
+
+
+@run_async
+async def test_a_server_without_the_creating_put_gets_post_files(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    bob = await account(server, tmp_path, "bob")
+    alice = await account(server, tmp_path, "alice", OldServerApi)
+    first = await alice.send("bob", source(tmp_path))
+    api = alice._sender._api
+    assert isinstance(api, OldServerApi)
+    # the PUT to an id the server does not know: 404, then POST /files and the PUT
+    assert api.calls == {"GET /users": 1, "PUT content": 2, "POST /files": 1}
+    api.calls.clear()
+    second = await alice.send("bob", source(tmp_path, b"second"))  # known now: no lost PUT
+    assert api.calls == {"GET /users": 1, "POST /files": 1, "PUT content": 1}
+    out = tmp_path / "out"
+    assert (await bob.receive(first.file_id, out)).path.read_bytes() == CONTENT
+    assert (await bob.receive(second.file_id, out)).path.read_bytes() == b"second"
 
 
 @run_async

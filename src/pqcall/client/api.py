@@ -323,7 +323,13 @@ class ServerApi:
         return self._http.parse(FileView, response, "POST /files")
 
     async def upload(
-        self, file_id: str, offset: int, content: AsyncIterable[bytes], length: int
+        self,
+        file_id: str,
+        offset: int,
+        content: AsyncIterable[bytes],
+        length: int,
+        *,
+        create_for: tuple[str, int] | None = None,
     ) -> FileView:
         """``PUT /files/{file_id}/content?offset=N``: stream ``length`` bytes from ``offset``.
 
@@ -337,6 +343,8 @@ class ServerApi:
             offset: the server's ``received`` (where the bytes go).
             content: exactly ``length`` bytes, in pieces.
             length: the number of bytes ``content`` yields (``Content-Length``).
+            create_for: (recipient, size): create file ``file_id`` (an id we drew)
+                first if the server has none, instead of :meth:`create_file`.
 
         Raises:
             ApiError: 409 ``upload is at byte X`` when ``offset`` is not where
@@ -348,7 +356,8 @@ class ServerApi:
         response = await self._http.put_stream(
             f"/files/{file_id}/content",
             token=token,
-            params={"offset": str(offset)},
+            params={"offset": str(offset)}
+            | ({"recipient": create_for[0], "size": str(create_for[1])} if create_for else {}),
             content=content,
             length=length,
         )

@@ -4,8 +4,9 @@ The receiving half of :class:`~pqcall.client.files.FileTransfers`::
 
     server                                       recipient
       GET /files                            ->   inbox, each sender's trust
-      GET /files/<id>/content (Range: N-)   ->   check the sender's pin,
-                                                 decrypt while downloading to OUT/.<id>.part,
+      GET /files/<id>                       ->   state and sender; the sender's saved
+                                                 key (GET /users/<sender> only when none)
+      GET /files/<id>/content (Range: N-)   ->   decrypt while downloading to OUT/.<id>.part,
                                                  finish(), rename
       DELETE /files/<id>                    <-
 
@@ -37,9 +38,10 @@ from pqcall.client.download_stream import PartialDownload
 from pqcall.client.file_names import CIPHERTEXT_SUFFIX, is_file_id
 from pqcall.client.file_stream import Progress, no_progress
 from pqcall.client.home import Home
-from pqcall.client.peers import CheckedPeer, check_peer
+from pqcall.client.peers import check_peer
 from pqcall.client.privatefile import make_private_dir
 from pqcall.crypto.fileformat import FileInfo
+from pqcall.crypto.identity import IdentityPublicKey
 from pqcall.crypto.keystore import AccountSecrets
 from pqcall.exceptions import ApiError, FileCryptoError, ServerUnreachable, TransferError
 from pqcall.safefile import remove_quietly
@@ -193,7 +195,7 @@ class FileReceiver:
             raise TransferError(f"file {file_id} is for {view.recipient}, not for you")
         if view.state != "stored":
             raise TransferError(f"file {file_id} from {view.sender} is still being uploaded")
-        peer = await check_peer(self._api, self._contacts, view.sender)
+        peer = await self._sender_of(view.sender)
         folder = Path(out_dir) if out_dir is not None else self.home.received_dir()
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -202,6 +204,8 @@ class FileReceiver:
         try:
             saved, info = await self._download(view, peer, folder, report)
         except FileCryptoError as exc:
+            if peer.saved:  # the server may show a changed key: say so (KeyChangedError)
+                await check_peer(self._api, self._contacts, view.sender)
             raise FileCryptoError(
                 f"refused file {file_id} from {view.sender}: {exc}; nothing was saved"
                 " (the server keeps its copy)"
@@ -226,7 +230,7 @@ class FileReceiver:
         )
 
     async def _download(
-        self, view: FileView, peer: CheckedPeer, folder: Path, report: Progress
+        self, view: FileView, peer: _Sender, folder: Path, report: Progress
     ) -> tuple[Path, FileInfo]:
         """Download, decrypt and verify ``view`` into ``folder``, resuming a partial one."""
         make_private_dir(self.home.path)
@@ -276,6 +280,20 @@ class FileReceiver:
         report("downloading", view.size, view.size)
         return saved, info
 
+    async def _sender_of(self, name: str) -> _Sender:
+        """The sender's identity: the saved one, else the server's checked and saved now.
+
+        A saved key needs no request: the file must be signed by it, so a
+        server that swaps keys gets the file refused (and then
+        :func:`check_peer` tells the user the key changed). A contact with a
+        refused key change is checked again on the server, as before.
+        """
+        contact = await asyncio.to_thread(self._contacts.get, name)
+        if contact is not None and contact.key_changed is None:
+            return _Sender(contact.identity, contact.verified, saved=True)
+        peer = await check_peer(self._api, self._contacts, name)
+        return _Sender(peer.identity, peer.is_verified, saved=False)
+
     async def _stream(self, view: FileView, download: PartialDownload, report: Progress) -> None:
         """Feed the rest of the ciphertext to ``download``, decrypting in a worker thread."""
         have = download.consumed
@@ -317,6 +335,15 @@ class FileReceiver:
                 await asyncio.wait([pending])
             if pending is not None and not pending.cancelled():
                 pending.exception()  # retrieved: the first error is the one reported
+
+
+@dataclass(frozen=True, slots=True)
+class _Sender:
+    """Who a file must be signed by, and how far the user trusts them."""
+
+    identity: IdentityPublicKey
+    is_verified: bool
+    saved: bool  # from the contacts file, not asked of the server in this run
 
 
 def _keep(download: PartialDownload) -> None:

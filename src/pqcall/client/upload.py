@@ -4,10 +4,12 @@ The sending half of :class:`~pqcall.client.files.FileTransfers`::
 
     sender                                  server
       check NAME's identity against the pin
-      new file key and header -> outgoing/<key>.json (0600, fsynced)
-      POST /files {recipient, size}    ->   201 {file_id}
-      PUT /files/<id>/content?offset=N ->   stored (the recipient gets file.waiting)
-          (read, encrypt, send: no ciphertext on disk)
+      new file key and header, a drawn file id -> outgoing/<key>.json (0600, fsynced)
+      PUT /files/<id>/content?offset=0&recipient=NAME&size=N
+                                       ->   file created, bytes stored (file.waiting)
+          (read, encrypt, send: no ciphertext on disk; one request per file)
+      resuming: GET /files/<id> (404: never created, a new id) then
+      PUT /files/<id>/content?offset=RECEIVED
 
 Resuming. An upload's state is kept in ``outgoing/<key>.json``, ``<key>``
 naming the pair (recipient, absolute path): the source's size, mtime, ctime
@@ -33,6 +35,7 @@ import json
 import logging
 import mimetypes
 import os
+import secrets
 import stat
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -70,6 +73,7 @@ MAX_STATE_BYTES = 64 * 1024
 
 UPLOAD_ATTEMPTS = 4  # tries of one upload run before giving up (rerun to resume)
 RETRY_DELAYS_S = (0.5, 1.0, 2.0)  # pause before the 2nd, 3rd, 4th try
+FILE_ID_BYTES = 16  # a file id the sender draws: 32 hex digits
 RETRYABLE_STATUSES = frozenset({401, 404, 409})  # refused token, upload gone, wrong offset
 
 
@@ -172,6 +176,7 @@ class FileSender:
         self._account = account  # our private keys
         self._contacts = contacts  # pins
         self._clock = clock  # unix time
+        self._create_apart = False  # the server wants POST /files before the upload
 
     @property
     def outgoing_dir(self) -> Path:
@@ -247,7 +252,7 @@ class FileSender:
             created=created,
             content_type=content_type,
         )
-        secrets = encryptor.secrets
+        drawn = encryptor.secrets
         upload = _Upload(
             recipient=peer.name,
             path=str(source),
@@ -260,8 +265,8 @@ class FileSender:
             created=created,
             ciphertext_size=encryptor.ciphertext_length,
             file_id=None,
-            file_key=secrets.file_key.hex(),
-            header=secrets.header.hex(),
+            file_key=drawn.file_key.hex(),
+            header=drawn.header.hex(),
             checkpoint=0,
             digest=encryptor.chunks_digest().hex(),
             signature=None,
@@ -284,41 +289,60 @@ class FileSender:
         failures = 0
         while True:
             # where is the server?
-            if upload.file_id is None:
+            create_for: tuple[str, int] | None = None
+            if upload.file_id is None and self._create_apart:
                 view = await self._api.create_file(upload.recipient, total)
-                upload = replace(upload, file_id=view.file_id)
+                file_id = view.file_id
+                upload = replace(upload, file_id=file_id)
                 self._save_upload(key, upload)
+                offset, stored = 0, False
+            elif upload.file_id is None:
+                # a new file: its id drawn and saved here, created by its first PUT
+                file_id = secrets.token_hex(FILE_ID_BYTES)
+                upload = replace(upload, file_id=file_id)
+                self._save_upload(key, upload)
+                create_for = (upload.recipient, total)
+                offset, stored = 0, False
             else:
+                file_id = upload.file_id
                 try:
-                    view = await self._api.file_status(upload.file_id)
+                    view = await self._api.file_status(file_id)
                 except ApiError as exc:
                     if exc.status != 404:
                         raise
-                    logger.info("upload %s is gone from the server; starting again", upload.file_id)
+                    # never created (the creating PUT broke off first), or swept
+                    logger.info("upload %s is not on the server; starting again", upload.file_id)
                     upload = replace(upload, file_id=None)
-                    self._save_upload(key, upload)
                     continue
                 if view.size != total:
                     raise TransferError(
                         f"the server holds upload {view.file_id} as {view.size} bytes, not {total}"
                     )
+                offset, stored = view.received, view.state == "stored"
             if resumed_from is None:
-                resumed_from = view.received
-                if view.received:
-                    logger.info("resuming upload %s at byte %d", view.file_id, view.received)
-            if view.state == "stored":
+                resumed_from = offset
+                if offset:
+                    logger.info("resuming upload %s at byte %d", file_id, offset)
+            if stored:
                 report("uploading", total, total)
                 return upload, resumed_from
             # send the rest
-            offset = view.received
             latest = [upload]  # the state with its newest checkpoint (saved from the thread)
             stream = await asyncio.to_thread(self._open_stream, key, latest, peer, source, offset)
             pieces = _pieces(stream, offset, report)
             try:
-                view = await self._api.upload(view.file_id, offset, pieces, total - offset)
+                view = await self._api.upload(
+                    file_id, offset, pieces, total - offset, create_for=create_for
+                )
             except (ServerUnreachable, ApiError) as exc:
                 if isinstance(exc, ApiError) and exc.status not in RETRYABLE_STATUSES:
                     raise
+                if isinstance(exc, ApiError) and exc.status == 404 and create_for is not None:
+                    # a server older than the creating PUT: announce with POST /files
+                    logger.info("the server does not create files on upload; POST /files")
+                    self._create_apart = True
+                    latest[0] = replace(latest[0], file_id=None)  # made `upload` below
+                    continue
                 failures += 1
                 if failures >= UPLOAD_ATTEMPTS:
                     raise

@@ -7,6 +7,8 @@ check or alter what it stores. A file's life::
     sender                              server                           recipient
     POST /files {recipient, size}  ->  row "uploading", empty blob
     PUT /files/{id}/content?offset=0 -> bytes appended to the blob
+      (or, in one request: PUT /files/{id}/content?offset=0&recipient=R&size=N
+       with an id the sender drew: row and blob created, then the bytes)
       (interrupted: GET /files/{id} says how many bytes arrived;
        PUT again at that offset)
     ... the blob reaches size      ->  fsync, "stored"  -> file.waiting (FileView) ->
@@ -41,6 +43,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import Request, status
+from sqlalchemy.exc import IntegrityError
 from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -143,11 +146,16 @@ async def find_file(context: AppContext, file_id: str, account: AccountRecord) -
     return record
 
 
-async def create(context: AppContext, sender: AccountRecord, body: CreateFile) -> FileRecord:
+async def create(
+    context: AppContext, sender: AccountRecord, body: CreateFile, file_id: str | None = None
+) -> FileRecord:
     """Announce a file: check recipient, size and quota, then create the row and an empty blob.
 
+    ``file_id`` is the id the sender drew (the one-request upload); a new one otherwise.
+
     Raises:
-        HTTPException: 404 unknown recipient, 413 too large or over quota.
+        HTTPException: 404 unknown recipient, 413 too large or over quota,
+            409 ``file_id`` is taken.
     """
     settings = context.settings
     recipient = await account_named(context, body.recipient)
@@ -156,7 +164,8 @@ async def create(context: AppContext, sender: AccountRecord, body: CreateFile) -
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"file too large: {body.size} bytes, the limit is {settings.max_file_bytes}",
         )
-    file_id = secrets.token_hex(FILE_ID_BYTES)
+    if file_id is None:
+        file_id = secrets.token_hex(FILE_ID_BYTES)
     now = context.now()
     directory = files_dir(context)
     try:
@@ -171,6 +180,8 @@ async def create(context: AppContext, sender: AccountRecord, body: CreateFile) -
             quota_bytes=settings.file_quota_bytes,
             max_files=MAX_FILES_PER_SENDER,
         )
+    except IntegrityError:  # a drawn id that another request took first
+        raise api_error(status.HTTP_409_CONFLICT, f"file id {file_id} is taken") from None
     except FileLimitReached as exc:
         if exc.files >= MAX_FILES_PER_SENDER:
             message = (
@@ -201,9 +212,19 @@ async def create(context: AppContext, sender: AccountRecord, body: CreateFile) -
 
 
 async def upload(
-    context: AppContext, account: AccountRecord, file_id: str, offset: int, request: Request
+    context: AppContext,
+    account: AccountRecord,
+    file_id: str,
+    offset: int,
+    request: Request,
+    announce: CreateFile | None = None,
 ) -> FileRecord:
     """Append the request's body to the file's blob at ``offset``, streaming.
+
+    With ``announce``, a file ``file_id`` that does not exist yet is created
+    first (as :func:`create` does, under the sender's id), so a small file
+    takes one request; one that exists must have that sender, recipient and
+    size (a retried creating upload appends like any other).
 
     When the blob reaches the file's size it is synced to disk, the file becomes
     stored, and the recipient gets ``file.waiting``. A client that loses its
@@ -215,9 +236,14 @@ async def upload(
         HTTPException: 403 not the sender, 404 no such file, 409 complete already,
             another upload running, or ``offset`` is not where the upload is,
             413 the body would pass the file's size (nothing of it is kept),
-            507 the disk is full (nothing of the failed write is kept).
+            507 the disk is full (nothing of the failed write is kept);
+            with ``announce``: 404 unknown recipient, 413 too large or over quota,
+            409 the id is another file's.
     """
-    record = await find_file(context, file_id, account)
+    if announce is None:
+        record = await find_file(context, file_id, account)
+    else:
+        record = await _announced(context, account, file_id, offset, announce)
     if record.sender_id != account.id:
         raise api_error(status.HTTP_403_FORBIDDEN, "only the sender can upload this file")
     if record.state != FILE_UPLOADING:
@@ -256,6 +282,24 @@ async def upload(
     payload = view(context, stored).model_dump(mode="json")
     await event_hub(context).publish(stored.recipient_id, EVENT_FILE_WAITING, payload)
     return stored
+
+
+async def _announced(
+    context: AppContext, account: AccountRecord, file_id: str, offset: int, body: CreateFile
+) -> FileRecord:
+    """The file a creating upload appends to: made now, or the same one made before."""
+    existing = await context.storage.files.get_file(file_id)
+    if existing is None:
+        if offset != 0:
+            raise api_error(status.HTTP_409_CONFLICT, "upload is at byte 0")
+        return await create(context, account, body, file_id)
+    if (existing.sender_id, existing.recipient, existing.size) != (
+        account.id,
+        body.recipient,
+        body.size,
+    ):
+        raise api_error(status.HTTP_409_CONFLICT, f"file id {file_id} is taken")
+    return await find_file(context, file_id, account)
 
 
 def _too_long(record: FileRecord, held: int) -> Exception:

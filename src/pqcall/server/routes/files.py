@@ -14,10 +14,11 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
+from pydantic import ValidationError
 
 from pqcall.server import file_service
 from pqcall.server.auth import CurrentAccount
-from pqcall.server.context import Context
+from pqcall.server.context import Context, api_error
 from pqcall.signaling.messages import (
     FILE_ID_PATTERN,
     MAX_INBOX_FILES,
@@ -26,6 +27,7 @@ from pqcall.signaling.messages import (
     FileView,
     Inbox,
 )
+from pqcall.signaling.usernames import MAX_RAW_USERNAME_LENGTH
 
 STREAMED_PATHS = re.compile(r"/files/[0-9a-f]{32}/content")
 """Paths whose request bodies the route streams itself (the upload), past the body limit."""
@@ -77,14 +79,41 @@ async def upload(
     request: Request,
     account: CurrentAccount,
     context: Context,
+    recipient: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_RAW_USERNAME_LENGTH,
+            description="with size: create the file under this id first (no POST /files)",
+        ),
+    ] = None,
+    size: Annotated[
+        int | None, Query(ge=1, description="with recipient: the ciphertext bytes the file has")
+    ] = None,
 ) -> FileView:
     """Append raw ciphertext at ``offset`` (the sender only); the rest in one PUT or several.
 
-    409 ``upload is at byte N`` when ``offset`` is not the number of bytes held;
-    413 when the body would pass the announced size (nothing of it is kept).
-    When the last byte arrives the file is stored and the recipient gets ``file.waiting``.
+    With ``recipient`` and ``size``, a file ``file_id`` (drawn by the sender)
+    that does not exist yet is created first, as ``POST /files`` would: create
+    and upload in one request. 409 ``upload is at byte N`` when ``offset`` is
+    not the number of bytes held, or the id is another file's; 413 when the
+    body would pass the announced size (nothing of it is kept), the file is
+    too large or over quota. When the last byte arrives the file is stored and
+    the recipient gets ``file.waiting``.
     """
-    record = await file_service.upload(context, account, file_id, offset, request)
+    announce: CreateFile | None = None
+    if (recipient is None) != (size is None):
+        raise api_error(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "recipient and size go together, or neither"
+        )
+    if recipient is not None and size is not None:
+        try:
+            announce = CreateFile(recipient=recipient, size=size)
+        except ValidationError:
+            raise api_error(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, f"{recipient!r} is not a username"
+            ) from None
+    record = await file_service.upload(context, account, file_id, offset, request, announce)
     return file_service.view(context, record)
 
 
