@@ -235,6 +235,10 @@ class MediaEngine:
         self._protocol.set_muted(muted, now)
         self._handle_events(now)
 
+    def set_voice_disguised(self, disguised: bool, now: float) -> None:
+        """Tell the peer our voice is disguised (the pipeline's stage does the disguising)."""
+        self._protocol.set_voice_disguised(disguised, now)
+
     def hangup(self, now: float, reason: int = HangupReason.NORMAL) -> None:
         """Stop sending audio and send the hang-up copies (see ``MediaProtocol.hangup``)."""
         self._protocol.hangup(now, reason)

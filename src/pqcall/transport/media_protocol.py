@@ -271,6 +271,11 @@ class MediaProtocol:
         return bool(self._mute.peer)
 
     @property
+    def is_voice_disguised(self) -> bool:
+        """Whether we told the peer our voice is disguised (FLAGS)."""
+        return bool(self._flags.ours & VOICE_DISGUISED)
+
+    @property
     def is_peer_voice_disguised(self) -> bool:
         """Whether the peer said its voice is disguised (FLAGS)."""
         return bool(self._flags.peer & VOICE_DISGUISED)

@@ -3,8 +3,10 @@
 Scope: the pump around :class:`~pqcall.transport.media_engine.MediaEngine`
 (the media protocol and the audio pipeline, sans-I/O), as aioquic's
 ``asyncio/protocol.py`` around its connection: it owns the socket, the two
-timers, the source and sink, and the side channel, and nothing else. The
-media path, stage by stage, is drawn in ``docs/architecture.md``.
+timers, the source and sink, and the side channel, and nothing else (the
+socket's asyncio protocol and the types at its edge are in
+:mod:`pqcall.transport.media_socket`). The media path, stage by stage, is
+drawn in ``docs/architecture.md``.
 
 Two timers drive it, both on ``loop.time()``: the frame tick, every
 ``frame_ms`` at ``start + n * frame`` (so it does not drift, and a late tick
@@ -36,13 +38,11 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import enum
 import ipaddress
 import logging
 import socket
-from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from pqcall.crypto.handshake import CallKeys
 from pqcall.exceptions import LocalProtocolError
@@ -63,6 +63,7 @@ from pqcall.transport.media_events import (
     PeerSilent,
 )
 from pqcall.transport.media_packets import HangupReason
+from pqcall.transport.media_socket import Address, EndReason, MediaDatagrams, SideChannel
 
 __all__ = [
     "MEDIA_TIMEOUT_S",
@@ -75,61 +76,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Address = tuple[str, int]
-
 HANGUP_WAIT_S: Final = 1.0
 """Longest :meth:`MediaSession.hangup` waits for its copies to go out."""
-
-
-class EndReason(enum.StrEnum):
-    """Why a session ended (what :meth:`MediaSession.wait_ended` returns)."""
-
-    LOCAL_HANGUP = "local hangup"
-    PEER_HANGUP = "peer hangup"
-    PEER_UNREACHABLE = "peer unreachable"
-    """Nothing authenticated from the peer for ``media_timeout_s`` (was "timeout")."""
-    CLOSED = "closed"
-    """:meth:`MediaSession.close` without a hang-up."""
-    SOCKET_ERROR = "socket error"
-    """The socket closed under us."""
-
-
-class SideChannel(Protocol):
-    """Another protocol on the media socket (path checks); sees every datagram first."""
-
-    def __call__(
-        self, data: bytes, addr: Address, now: float
-    ) -> Sequence[tuple[bytes, Address]] | None:
-        """Take ``data`` from ``addr`` if it is this protocol's.
-
-        Returns:
-            None: not taken, the session handles it as media; else the datagrams to
-            send in answer, each with its destination (maybe none).
-        """
-        ...
-
-
-class _DatagramProtocol(asyncio.DatagramProtocol):
-    """Hands the socket's datagrams to the session."""
-
-    def __init__(self, session: MediaSession) -> None:
-        self._session = session
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if len(addr) != 2:  # IPv6: (host, port, flow info, scope id)
-            addr = (str(addr[0]), int(addr[1]))
-        # IPv4's (host, port) as it is, rather than a new tuple per datagram
-        self._session._datagram_received(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (a peer that went away) must not stop the session
-        logger.debug("media session socket: %s", exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-        self._session._connection_lost()
 
 
 class MediaSession:
@@ -197,7 +145,7 @@ class MediaSession:
         self._frame_s = opus.frame_ms / 1000  # tick period
         self._loop: asyncio.AbstractEventLoop | None = None  # set by open
         self._transport: asyncio.DatagramTransport | None = None  # our socket
-        self._datagram_protocol: _DatagramProtocol | None = None  # its protocol, for close
+        self._datagram_protocol: MediaDatagrams | None = None  # its protocol, for close
         self._peer: Address | None = None  # set by connect
         self._tick: FrameClock | None = None  # the frame clock: send, then play
         self._tick_handle: asyncio.TimerHandle | None = None  # its next callback
@@ -241,15 +189,17 @@ class MediaSession:
         self._loop = asyncio.get_running_loop()
         self._ended_future()
         self._protocol_ended = asyncio.Event()
+
+        def datagrams() -> MediaDatagrams:
+            return MediaDatagrams(self._datagram_received, self._connection_lost)
+
         if endpoint is not None:  # pqcall.transport.turn.TurnRelay.endpoint
-            transport, protocol = await endpoint(lambda: _DatagramProtocol(self))
+            transport, protocol = await endpoint(datagrams)
         elif sock is not None:
-            transport, protocol = await self._loop.create_datagram_endpoint(
-                lambda: _DatagramProtocol(self), sock=sock
-            )
+            transport, protocol = await self._loop.create_datagram_endpoint(datagrams, sock=sock)
         else:
             transport, protocol = await self._loop.create_datagram_endpoint(
-                lambda: _DatagramProtocol(self),
+                datagrams,
                 local_addr=("0.0.0.0", 0) if local_addr is None else local_addr,
             )
         self._transport = transport
@@ -285,6 +235,13 @@ class MediaSession:
         """Send silence instead of the source (still one packet per frame), and tell the peer."""
         now = self._loop.time() if self._loop is not None else 0.0
         self._engine.set_muted(muted, now)
+        if self._peer is not None and self._end_reason is None:
+            self._after_engine(now)
+
+    def set_voice_disguised(self, disguised: bool) -> None:
+        """Tell the peer our voice is disguised (or no longer); before :meth:`connect`: at it."""
+        now = self._loop.time() if self._loop is not None else 0.0
+        self._engine.set_voice_disguised(disguised, now)
         if self._peer is not None and self._end_reason is None:
             self._after_engine(now)
 
@@ -399,6 +356,16 @@ class MediaSession:
     def is_peer_muted(self) -> bool:
         """Whether the peer said it is muted."""
         return self._engine.protocol.is_peer_muted
+
+    @property
+    def is_voice_disguised(self) -> bool:
+        """Whether we told the peer our voice is disguised."""
+        return self._engine.protocol.is_voice_disguised
+
+    @property
+    def is_peer_voice_disguised(self) -> bool:
+        """Whether the peer said its voice is disguised."""
+        return self._engine.protocol.is_peer_voice_disguised
 
     @property
     def is_reconnecting(self) -> bool:
