@@ -7,10 +7,10 @@ both, acknowledged). Its SQL statements and transactions are counted with
 SQLAlchemy's engine events on the server's own engine, on SQLite and on
 PostgreSQL: the count is deterministic (no timing), so a budget
 can be asserted. Before this work a setup cost 22 statements in 20
-transactions; now 7 in 4 on SQLite, and 10 in 4 on PostgreSQL, where each
-event-writing transaction first takes the per-account order lock
-(docs/decisions/0900-lean-call-path.md). Statements on the relay's own table
-(its restart-safe allocations) are left out: they are the relay's cost.
+transactions; now 7 in 4 on both (on PostgreSQL the per-account order lock
+is taken inside the events' INSERT; docs/decisions/0900-lean-call-path.md).
+Statements on the relay's own table (its restart-safe allocations) are left
+out: they are the relay's cost.
 
 Also here: the token and name caches answer without the database but forget a
 token at logout and a name whose key changes.
@@ -37,8 +37,7 @@ from tests.harness import wait_until
 from .conftest import BUNDLE_CREATED, RunningServer, bundle_for
 from .pushclient import EventSocket, accept, hangup, initiate, log_in, register_and_login
 
-STATEMENT_BUDGET = 7  # SQLite; measured 7 (was 22 before issue 18)
-ORDER_LOCKS = 3  # PostgreSQL: one advisory-lock statement per event-writing transaction
+STATEMENT_BUDGET = 7  # measured 7 on both (was 22 before issue 18)
 TRANSACTION_BUDGET = 4  # measured 4 (was 20): initiate, accept, hang-up, one ack batch
 RELAY_TABLE = "relay_allocations"  # the relay's own restart-safe state (issue 18 part 3), apart
 QUIET_INTERVAL_S = 3600.0  # no heartbeat refresh or sweep runs inside a counted window
@@ -129,9 +128,7 @@ def test_one_call_setup_stays_within_the_statement_budget(server: RunningServer)
         assert stored_events(server) == 0
     alice_push.close()
     bob_push.close()
-    postgres = server.settings.db_url.startswith("postgresql")
-    budget = STATEMENT_BUDGET + (ORDER_LOCKS if postgres else 0)
-    assert len(counts.statements) <= budget, counts.describe()
+    assert len(counts.statements) <= STATEMENT_BUDGET, counts.describe()
     assert counts.transactions <= TRANSACTION_BUDGET, counts.describe()
 
 

@@ -12,7 +12,8 @@ new state and the events that announce it commit together, in one statement
 for all of them.
 
 Order across processes: on PostgreSQL, :meth:`EventStore.add_events` first
-takes a transaction-scoped advisory lock per account (in id order, so two
+takes (in the same statement as the insert, where it can) a transaction-scoped
+advisory lock per account (in id order, so two
 transactions cannot deadlock): one account's events get their seqs and commit
 one transaction at a time, so a phone that has seen seq n will never see an
 event of its own with a smaller seq commit later (the ordering bug of issue
@@ -22,6 +23,7 @@ a time and one server process (its lock file), so it needs nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -73,13 +75,16 @@ class EventStore:
         """
         if not new:
             return []
-        if self.order_lock and connection.dialect.name == "postgresql":
-            await connection.execute(ACCOUNT_ORDER_LOCK, {"ids": sorted({a for a, _, _ in new})})
+        locked = self.order_lock and connection.dialect.name == "postgresql"
+        accounts = [account for account, _, _ in new]
+        if locked and len(set(accounts)) == len(accounts):
+            return await self._add_locked(connection, new, now)
+        if locked:
+            await connection.execute(ACCOUNT_ORDER_LOCK, {"ids": sorted(set(accounts))})
         rows = [
             {"account_id": account, "type": kind, "payload": payload, "created_at": now}
             for account, kind, payload in new
         ]
-        accounts = [account for account, _, _ in new]
         if len(set(accounts)) < len(accounts):
             seqs = []
             for row in rows:
@@ -93,6 +98,37 @@ class EventStore:
         )
         seq_of = {int(row.account_id): int(row.seq) for row in result}
         return [seq_of[account] for account in accounts]
+
+    async def _add_locked(
+        self,
+        connection: AsyncConnection,
+        new: Sequence[tuple[int, str, dict[str, Any]]],
+        now: float,
+    ) -> list[int]:
+        """PostgreSQL, distinct accounts: the order locks and the insert in one statement.
+
+        The rows to insert are joined with the (one-row) count of the locks
+        taken, so every lock is held before the first row takes its seq.
+        """
+        params: dict[str, Any] = {"ids": sorted(account for account, _, _ in new)}
+        rows = []
+        for i, (account, kind, payload) in enumerate(new):
+            params.update({f"a{i}": account, f"t{i}": kind, f"p{i}": json.dumps(payload)})
+            rows.append(f"(CAST(:a{i} AS integer), CAST(:t{i} AS varchar), CAST(:p{i} AS json))")
+        statement = text(
+            "WITH locked AS (SELECT pg_advisory_xact_lock(:space, id) FROM"
+            " (SELECT unnest(CAST(:ids AS integer[])) AS id ORDER BY 1) AS ordered)"
+            " INSERT INTO events (account_id, type, payload, created_at)"
+            " SELECT v.account_id, v.type, v.payload, CAST(:now AS double precision)"
+            f" FROM (VALUES {', '.join(rows)}) AS v(account_id, type, payload),"
+            " (SELECT count(*) FROM locked) AS held"
+            " RETURNING account_id, seq"
+        )
+        result = await connection.execute(
+            statement, {**params, "space": ORDER_LOCK_SPACE, "now": now}
+        )
+        seq_of = {int(row.account_id): int(row.seq) for row in result}
+        return [seq_of[account] for account, _, _ in new]
 
     async def delete_events(
         self, acknowledged: Iterable[tuple[int, int]], through: Mapping[int, int] | None = None
