@@ -144,6 +144,7 @@ def test_relay_restarted_on_its_database_relays_on_without_a_new_bind(db_url: st
         await relay.start()
         address = relay.address
         caller, callee = await bound_phones(relay)
+        seen = target(relay.allocation("c1").callee_token, address).bind  # type: ignore[union-attr]
         caller.send(b"before", address)
         await wait_until(lambda: callee.received == [b"before"])
         await relay.close()  # writes what is pending; the rows stay
@@ -154,6 +155,14 @@ def test_relay_restarted_on_its_database_relays_on_without_a_new_bind(db_url: st
         await again.start()
         assert again.restored == 1
         assert again.allocation("c1") is None  # no grant secrets to hand out again
+        eve = await open_phone()
+        eve.send(seen, address)  # a bind of bob's seen before the restart, sent by eve
+        await wait_until(lambda: bool(eve.received))
+        assert [d[:MAGIC_LENGTH] for d in eve.received] == [CHALLENGE_MAGIC]  # no ack
+        eve.send(MEDIA, address)
+        await asyncio.sleep(QUIET_S)
+        assert again.stats().dropped[DropReason.UNKNOWN_ADDRESS] == 1
+        assert again.stats().binds == 0
         caller.send(b"after", address)
         callee.send(b"back", address)
         await wait_until(lambda: callee.received[-1:] == [b"after"])
@@ -161,6 +170,33 @@ def test_relay_restarted_on_its_database_relays_on_without_a_new_bind(db_url: st
         assert again.release("c1")
         await again.close()
         assert await store.load_live(time.time()) == []  # the hang-up deleted the row
+        await store.close()
+        for phone in (caller, callee, eve):
+            phone.close()
+
+    run(main)
+
+
+def test_restored_allocations_still_expire_and_their_rows_go_once_used(db_url: str):
+    async def main() -> None:
+        store = await RelayStore.open(db_url)
+        relay = MediaRelay("127.0.0.1", 0, store=store, idle_timeout_s=0.5)
+        await relay.start()
+        caller, callee = await bound_phones(relay)
+        await relay.close()
+        for used in (False, True):
+            again = MediaRelay(*relay.address, store=store, idle_timeout_s=0.5)
+            await again.start()
+            assert again.restored == 1
+            if used:  # media through it after the restart
+                caller.send(MEDIA, again.address)
+                await wait_until(lambda: callee.received[-1:] == [MEDIA])
+            await wait_until(lambda: again.stats().allocations_active == 0)  # noqa: B023
+            assert again.stats().released[ReleaseReason.IDLE] == 1
+            await again.close()
+            rows = await store.load_live(time.time())
+            # unused here, it may be another relay's: its row stays (until its lifetime)
+            assert [row.call_id for row in rows] == ([] if used else ["c1"])
         await store.close()
         for phone in (caller, callee):
             phone.close()
