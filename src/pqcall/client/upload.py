@@ -4,7 +4,7 @@ The sending half of :class:`~pqcall.client.files.FileTransfers`::
 
     sender                                  server
       check NAME's identity against the pin
-      new file key and header, a drawn file id -> outgoing/<key>.json (0600, fsynced)
+      new file key, header and file id -> outgoing/<key>.json (0600, fsynced once)
       PUT /files/<id>/content?offset=0&recipient=NAME&size=N
                                        ->   file created, bytes stored (file.waiting)
           (read, encrypt, send: no ciphertext on disk; one request per file)
@@ -208,10 +208,13 @@ class FileSender:
             upload = None
         restarted = False
         while True:
+            fresh = upload is None  # its drawn id is on no server yet: no status request
             if upload is None:
                 upload = await self._start(key, peer, source, info)
             try:
-                upload, resumed_from = await self._upload(key, upload, peer, source, report)
+                upload, resumed_from = await self._upload(
+                    key, upload, peer, source, report, fresh=fresh
+                )
                 break
             except (SourceChanged, CannotResume) as exc:
                 if restarted:
@@ -264,7 +267,7 @@ class FileSender:
             content_type=content_type,
             created=created,
             ciphertext_size=encryptor.ciphertext_length,
-            file_id=None,
+            file_id=None if self._create_apart else secrets.token_hex(FILE_ID_BYTES),
             file_key=drawn.file_key.hex(),
             header=drawn.header.hex(),
             checkpoint=0,
@@ -277,9 +280,18 @@ class FileSender:
         return upload
 
     async def _upload(
-        self, key: str, upload: _Upload, peer: CheckedPeer, source: Path, report: Progress
+        self,
+        key: str,
+        upload: _Upload,
+        peer: CheckedPeer,
+        source: Path,
+        report: Progress,
+        *,
+        fresh: bool = False,
     ) -> tuple[_Upload, int]:
         """Bring the upload to ``stored``; returns the state and where this run started.
+
+        ``fresh``: ``upload`` was just started, its id (if drawn) sent nowhere yet.
 
         Raises:
             SourceChanged, CannotResume: start over under a new key.
@@ -290,7 +302,13 @@ class FileSender:
         while True:
             # where is the server?
             create_for: tuple[str, int] | None = None
-            if upload.file_id is None and self._create_apart:
+            if fresh and upload.file_id is not None:
+                # drawn and saved by _start: the first PUT creates the file
+                fresh = False
+                file_id = upload.file_id
+                create_for = (upload.recipient, total)
+                offset, stored = 0, False
+            elif upload.file_id is None and self._create_apart:
                 view = await self._api.create_file(upload.recipient, total)
                 file_id = view.file_id
                 upload = replace(upload, file_id=file_id)
