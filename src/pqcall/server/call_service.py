@@ -246,7 +246,7 @@ async def initiate(
         raise api_error(status.HTTP_400_BAD_REQUEST, "you cannot call yourself")
     try:
         # the call and its call.incoming commit together (one transaction, two statements)
-        async with event_hub(context).transaction() as outbox:
+        async with event_hub(context).transaction((callee.id,)) as outbox:
             call = await context.storage.calls.create_call(
                 body.call_id,
                 caller.id,
@@ -372,7 +372,8 @@ async def apply(
             values["ended_by"] = party.value
             values["ended_at"] = now
         # the new state and the events announcing it commit together
-        async with event_hub(context).transaction() as outbox:
+        parties = (call.caller_id, call.callee_id)
+        async with event_hub(context).transaction(parties) as outbox:
             updated = await storage.calls.update_call_state(
                 call.call_id,
                 expected_state=call.state,

@@ -56,7 +56,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,24 +233,31 @@ class EventHub:
         return event
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Outbox]:
+    async def transaction(self, account_ids: Iterable[int]) -> AsyncIterator[Outbox]:
         """One database transaction whose events commit with it and are pushed after it.
 
         Write through ``outbox.connection`` and queue events with
-        ``outbox.publish``; at the end of the block the events are inserted (one
-        statement), the transaction commits, and they are pushed, under the
-        per-account locks of their accounts (taken together, in id order). An
+        ``outbox.publish``, for the accounts in ``account_ids`` only; at the end
+        of the block the events are inserted (one statement), the transaction
+        commits, and they are pushed. The accounts' locks are taken together, in
+        id order, *before* the transaction begins, as :meth:`publish` takes its
+        one: no task waits for a lock while it holds the database (SQLite's
+        single writer would otherwise stall until its busy timeout). An
         exception rolls everything back and pushes nothing.
         """
         context = self.context
+        accounts = sorted(set(account_ids))
         async with contextlib.AsyncExitStack() as locks:
+            for account_id in accounts:
+                await locks.enter_async_context(self._locks.hold(account_id))
             async with context.storage.transaction() as connection:
                 outbox = Outbox(connection)
                 yield outbox
                 if not outbox.queued:
                     return
-                for account_id in sorted({account for account, _, _ in outbox.queued}):
-                    await locks.enter_async_context(self._locks.hold(account_id))
+                strays = {account for account, _, _ in outbox.queued} - set(accounts)
+                if strays:
+                    raise ValueError(f"events for accounts not locked: {sorted(strays)}")
                 now = context.now()
                 seqs = await context.storage.events.add_events(connection, outbox.queued, now)
             for (account_id, kind, payload), seq in zip(outbox.queued, seqs, strict=True):
