@@ -360,6 +360,7 @@ async def follow(
     typed: asyncio.Future[str | None] | None = None  # the next command line, while active
     reconnecting = False  # whether the last line said nothing comes from the peer
     peer_muted = False  # whether the last line said the peer muted
+    peer_disguised = False  # whether the last line said the peer's voice is disguised
     keyboard = (
         incall.Keyboard(commands.fd, commands)
         if commands is not None and commands.is_terminal and commands.fd is not None
@@ -421,6 +422,10 @@ async def follow(
                 if call.is_peer_muted != peer_muted:
                     peer_muted = call.is_peer_muted
                     console.say(f"{call.peer} {'muted' if peer_muted else 'unmuted'}")
+                if call.is_peer_voice_disguised != peer_disguised:
+                    peer_disguised = call.is_peer_voice_disguised
+                    still = "" if peer_disguised else "no longer "
+                    console.say(f"{call.peer}'s voice is {still}disguised")
                 if call.is_reconnecting != reconnecting:  # a line, also when not on a terminal
                     reconnecting = call.is_reconnecting
                     console.say(

@@ -30,6 +30,9 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from pqcall.client.call_context import CallContext, PeerTrust, call_record
+from pqcall.client.call_interrupt import Ended as _Ended
+from pqcall.client.call_interrupt import HungUp as _HungUp
+from pqcall.client.call_interrupt import interruptible, server_ends_within
 from pqcall.client.call_outcome import failure_detail, outcome_of_end_event
 from pqcall.client.media_options import (
     MediaOptions,
@@ -91,18 +94,6 @@ HANGUP_TIMEOUT_S = 5.0
 PEER_HANGUP_REPORT_S = 2.0
 """After the peer hung up in the media channel, how long we wait for the server to say so
 before we tell it ourselves."""
-
-
-class _HungUp(Exception):
-    """The user hung up (or rejected) while the call waited for something."""
-
-
-class _Ended(Exception):
-    """The server says the call is over."""
-
-    def __init__(self, event: Event) -> None:
-        super().__init__(event.type)
-        self.event = event  # the ending event
 
 
 class Call:
@@ -265,6 +256,17 @@ class Call:
         return session is not None and session.end_reason is None and session.is_peer_muted
 
     @property
+    def is_voice_disguised(self) -> bool:
+        """Whether our voice is disguised (``MediaOptions.voice_disguise``; the peer is told)."""
+        return self._media.voice_disguise is not None
+
+    @property
+    def is_peer_voice_disguised(self) -> bool:
+        """Whether the peer told us (in the media channel) that its voice is disguised."""
+        session = self._session
+        return session is not None and session.is_peer_voice_disguised
+
+    @property
     def is_reconnecting(self) -> bool:
         """Whether the call is active but nothing came from the peer for a second or more."""
         session = self._session
@@ -414,6 +416,8 @@ class Call:
             trace=self._trace,
             side_channel=PathResponder(keys, self.path),
         )
+        if self._media.voice_disguise is not None:
+            session.set_voice_disguised(True)  # the peer is told at the start (FLAGS)
         self._session = session
         sock, self._sock = self._sock, None
         await session.open(sock=sock)
@@ -497,31 +501,11 @@ class Call:
             _HungUp: the user hung up first.
             _Ended: the server ended the call first.
         """
-        work = asyncio.ensure_future(awaitable)
-        hangup = asyncio.ensure_future(self._hangup.wait())
-        server_end = asyncio.shield(self._server_end)
-        try:
-            done, _ = await asyncio.wait(
-                {work, hangup, server_end}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if work in done:
-                return work.result()
-            if hangup in done:
-                raise _HungUp
-            raise _Ended(self._server_end.result())
-        finally:
-            for future in (work, hangup, server_end):
-                if not future.done():
-                    future.cancel()
-            await asyncio.gather(work, hangup, return_exceptions=True)
+        return await interruptible(awaitable, self._hangup, self._server_end)
 
     async def _server_ends_within(self, seconds: float) -> bool:
         """Whether the server ends the call within ``seconds``."""
-        try:
-            await asyncio.wait_for(asyncio.shield(self._server_end), seconds)
-        except TimeoutError:
-            return False
-        return True
+        return await server_ends_within(self._server_end, seconds)
 
     async def _stop_media(self, *, hangup: bool) -> None:
         session = self._session

@@ -111,6 +111,8 @@ def call_record(call: Call, *, frame_ms: int, trace: WallClockTrace) -> dict[str
         "frame_ms": frame_ms,
         "first_capture_unix": trace.first_capture_unix,
         "first_playout_unix": trace.first_playout_unix,
+        "voice_disguised": call.is_voice_disguised,  # ours (issue 23)
+        "peer_voice_disguised": call.is_peer_voice_disguised,  # as the peer told us
     }
     stats = call.stats()
     if stats is not None:

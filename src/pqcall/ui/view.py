@@ -108,6 +108,8 @@ def call_view(call: Call, *, sas_confirmed: bool, muted: bool) -> dict[str, Any]
         "path": call.path.kind if call.path is not None else None,
         "muted": muted,
         "peer_muted": call.is_peer_muted,
+        "voice_disguised": call.is_voice_disguised,
+        "peer_voice_disguised": call.is_peer_voice_disguised,
         "peer_trust": str(call.peer_trust),
         "started": call.created,
         "answered": call.answered,

@@ -204,6 +204,8 @@ function renderCall(call) {
   if (silent) text($("reconnecting"), `No audio from ${call.peer} – reconnecting… ${Math.round(call.stats.peer_silent_s ?? 0)} s`);
   show($("peer-muted"), live && Boolean(call.peer_muted));
   text($("peer-muted"), `${call.peer} muted their microphone`);
+  show($("peer-disguised"), live && Boolean(call.peer_voice_disguised));
+  text($("peer-disguised"), `${call.peer}'s voice is disguised`);
   renderStats(call.stats);
 }
 
