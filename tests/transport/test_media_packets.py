@@ -196,6 +196,7 @@ def test_the_peer_learns_the_voice_is_disguised_in_a_datagram_of_its_own():
     flags = [d for d in sent if any(isinstance(p, FlagsPacket) for p in _open(d))]
     assert len(flags) == 5  # the copies at 0, 0.1, 0.2, 1 and 3 s
     assert all(_open(d) == [FlagsPacket(VOICE_DISGUISED, 1)] for d in flags)  # alone
+    assert callee.stats.control_received >= 5 and caller.stats.control_sent >= 5
     caller.set_voice_disguised(False, 4.0)
     caller.handle_timer(4.0)
     for datagram in caller.datagrams_to_send(4.0):

@@ -447,6 +447,7 @@ class MediaProtocol:
                 self._counts["redundant_sent"] += packet.redundant is not None
                 datagrams.append(self._sender.protect(packet.serialize(), MEDIA_METADATA, now=now))
             elif isinstance(packet, FlagsPacket):  # alone: an older peer drops the datagram
+                self._counts["control_sent"] += 1
                 datagrams.append(self._sender.protect(packet.serialize(), MEDIA_METADATA, now=now))
             elif (payload := packet.serialize()) not in control:
                 control.append(payload)  # a repeat due twice at once goes once
