@@ -311,13 +311,7 @@ class FlagsPacket:
 
 
 ControlPacket: TypeAlias = (
-    PingPacket
-    | PongPacket
-    | ReceiverReport
-    | MutePacket
-    | HangupPacket
-    | BurstReport
-    | FlagsPacket
+    PingPacket | PongPacket | ReceiverReport | MutePacket | HangupPacket | BurstReport | FlagsPacket
 )
 
 _CONTROL_PARSERS: Final[dict[int, type[ControlPacket]]] = {
