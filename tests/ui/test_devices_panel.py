@@ -9,7 +9,8 @@ from pqcall.client.media_options import MediaOptions
 from pqcall.crypto.keystore import INSECURE_TEST_KDF_PARAMS
 from pqcall.ui.controller import Controller
 from tests.harness import run_async
-from tests.ui.test_app import running_ui
+from tests.server.conftest import RunningServer
+from tests.ui.test_app import registered, running_ui, server  # noqa: F401 (the fixture)
 
 
 @run_async
@@ -67,3 +68,29 @@ async def test_rescan_through_the_api(tmp_path: Path) -> None:
         response = await alice.post("/devices", {"rescan": True})
         assert response.status_code == 200
         assert response.json()["devices"]["outputs"] == ["speaker"]
+
+
+@run_async
+async def test_voice_disguise_choice_reaches_the_next_calls_options(
+    server: RunningServer,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    async with running_ui(tmp_path, "alice") as alice:
+        await registered(alice, "alice", server)  # a phone: the choice is its next call's
+        devices = (await alice.state())["devices"]
+        assert devices["voice_disguise"] is None
+        assert [p["name"] for p in devices["voice_disguise_presets"]] == ["low", "high"]
+        response = await alice.post("/devices", {"voice_disguise": "high"})
+        assert response.status_code == 200
+        assert response.json()["devices"]["voice_disguise"] == "high"
+        assert alice.controller.media.voice_disguise == "high"
+        phone = alice.controller.phone
+        assert phone is not None and phone.media.voice_disguise == "high"  # the next call's
+        response = await alice.post("/devices", {"echo_cancel": False})  # other switches keep it
+        assert alice.controller.media.voice_disguise == "high"
+        response = await alice.post("/devices", {"voice_disguise": "whisper"})
+        assert response.status_code == 400
+        assert alice.controller.media.voice_disguise == "high"
+        response = await alice.post("/devices", {"voice_disguise": "off"})
+        assert response.json()["devices"]["voice_disguise"] is None
+        assert alice.controller.media.voice_disguise is None

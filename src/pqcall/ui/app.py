@@ -131,6 +131,8 @@ class DevicesBody(_Body):
     echo_cancel: bool | None = None
     noise_suppression: bool | None = None
     auto_gain: bool | None = None
+    voice_disguise: str | None = Field(default=None, max_length=64)
+    """A preset of :data:`pqcall.media.disguise.PRESETS`, or ``"off"``."""
     rescan: bool = False
     """List the devices again (a headset plugged in since)."""
 
@@ -309,6 +311,7 @@ def create_app(
             echo_cancel=body.echo_cancel,
             noise_suppression=body.noise_suppression,
             auto_gain=body.auto_gain,
+            voice_disguise=body.voice_disguise,
         )
         return controller.state()
 

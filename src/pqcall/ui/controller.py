@@ -37,6 +37,8 @@ from pqcall.client.media_options import MediaOptions
 from pqcall.client.phone import Phone
 from pqcall.crypto.keystore import DEFAULT_KDF_PARAMS, AccountSecrets, KdfParams
 from pqcall.exceptions import DeviceError
+from pqcall.media.disguise import INSTALL_HINT, PRESETS
+from pqcall.media.disguise import available as disguise_available
 from pqcall.ui import view
 from pqcall.ui.account import FindServers, register_account, start_phone, unlock_account
 from pqcall.ui.callcontrol import CallControl
@@ -323,8 +325,21 @@ class Controller:
         echo_cancel: bool | None = None,
         noise_suppression: bool | None = None,
         auto_gain: bool | None = None,
+        voice_disguise: str | None = None,
     ) -> None:
-        """Switch echo cancellation, noise suppression, auto gain for the next call (None: keep)."""
+        """Switch echo cancellation, noise suppression, auto gain, voice disguise for the next call.
+
+        None keeps a setting; ``voice_disguise`` is a preset name or ``"off"``.
+        """
+        disguise = self.media.voice_disguise
+        if voice_disguise is not None:
+            if voice_disguise != "off" and voice_disguise not in PRESETS:
+                raise UiError(
+                    400, f"no voice disguise {voice_disguise!r} (off, {', '.join(PRESETS)})"
+                )
+            if voice_disguise != "off" and not disguise_available():
+                raise UiError(400, INSTALL_HINT)
+            disguise = None if voice_disguise == "off" else voice_disguise
         self.media = replace(
             self.media,
             echo_cancel=self.media.echo_cancel if echo_cancel is None else echo_cancel,
@@ -332,6 +347,7 @@ class Controller:
                 self.media.noise_suppression if noise_suppression is None else noise_suppression
             ),
             auto_gain=self.media.auto_gain if auto_gain is None else auto_gain,
+            voice_disguise=disguise,
         )
         phone = self._hub.phone
         if phone is not None:

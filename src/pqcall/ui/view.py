@@ -20,6 +20,7 @@ from pqcall.client.media_options import MediaOptions
 from pqcall.client.phone import Phone, SecurityWarning
 from pqcall.client.phone_callstate import CallState, Direction
 from pqcall.exceptions import KeystoreError
+from pqcall.media.disguise import PRESETS
 from pqcall.signaling.messages import FileView
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,10 @@ def devices_view(inputs: list[str], outputs: list[str], media: MediaOptions) -> 
         "echo_cancel": media.echo_cancel,
         "noise_suppression": media.noise_suppression,
         "auto_gain": media.auto_gain,
+        "voice_disguise": media.voice_disguise,
+        "voice_disguise_presets": [
+            {"name": p.name, "description": p.description} for p in PRESETS.values()
+        ],
     }
 
 

@@ -206,6 +206,7 @@ function renderCall(call) {
   text($("peer-muted"), `${call.peer} muted their microphone`);
   show($("peer-disguised"), live && Boolean(call.peer_voice_disguised));
   text($("peer-disguised"), `${call.peer}'s voice is disguised`);
+  show($("own-disguised"), live && Boolean(call.voice_disguised));
   renderStats(call.stats);
 }
 
@@ -557,6 +558,7 @@ function wire() {
     echo_cancel: $("echo-cancel").checked, noise_suppression: $("noise-suppression").checked, auto_gain: $("auto-gain").checked,
   }));
   for (const id of ["echo-cancel", "noise-suppression", "auto-gain"]) $(id).addEventListener("change", processing);
+  $("voice-disguise").addEventListener("change", () => act(null, () => api("/api/devices", { voice_disguise: $("voice-disguise").value })));
   $("devices-rescan").addEventListener("click", () => act(null, () => api("/api/devices", { rescan: true })));
   $("notify-enable").addEventListener("click", () => Notification.requestPermission().then(render));
   // Browsers let a page make sound only after a gesture: prepare the ringer on each one until it plays.

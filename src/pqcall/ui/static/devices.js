@@ -23,6 +23,11 @@ export function renderDevices(devices, ringSink) {
     ["auto-gain", devices?.auto_gain]]) {
     if (document.activeElement !== $(id)) $(id).checked = on !== false;
   }
+  const disguise = $("voice-disguise");
+  const presets = [["off", "Off"], ...(devices?.voice_disguise_presets ?? []).map((p) => [p.name, `${p.name}: ${p.description}`])];
+  replaceIfChanged(disguise, JSON.stringify(presets), () => presets.map(([v, label]) => h("option", { value: v }, label)));
+  const chosenDisguise = devices?.voice_disguise ?? "off";
+  if (disguise.value !== chosenDisguise && document.activeElement !== disguise) disguise.value = chosenDisguise;
   text($("ring-output"), ringSink ? `The ring plays on ${ringSink}, the speaker chosen above.`
     : "The ring plays on the browser's default speaker (the browser does not name the one chosen above).");
 }
