@@ -7,8 +7,10 @@ where nothing listens.
 
 from __future__ import annotations
 
+import importlib.abc
 import json
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -390,13 +392,19 @@ def test_history_says_the_shared_outcome_words(capsys, home):
     ]
 
 
-def test_devices_without_portaudio(capsys):
-    try:
-        import sounddevice  # type: ignore[import-untyped]  # noqa: F401
-    except OSError:
-        pass
-    else:
-        pytest.skip("PortAudio is installed here")
+class _NoPortAudio(importlib.abc.MetaPathFinder):
+    """Fails ``import sounddevice`` the way it fails where libportaudio2 is missing."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")
+        return None
+
+
+def test_devices_without_portaudio(capsys, monkeypatch):
+    # whether or not PortAudio is installed here, the import fails as it does without it
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_NoPortAudio(), *sys.meta_path])
     code, _, err = run(capsys, "devices")
     assert code == 1
     assert one_error_line(err) == "pqcall: PortAudio library not found: apt install libportaudio2"
