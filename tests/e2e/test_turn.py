@@ -25,7 +25,7 @@ from pqcall.server.relay import MediaRelay
 from pqcall.server.relay_table import Role
 from pqcall.server.turn import TurnService, turn_credentials
 from pqcall.transport.connect import open_media_socket, run_path_selection
-from pqcall.transport.path_choice import PathKind
+from pqcall.transport.path_choice import PathKind, TurnRoute
 from pqcall.transport.path_messages import PathRole
 from pqcall.transport.path_responder import PathResponder
 from pqcall.transport.pathcheck import PathSelection
@@ -108,6 +108,11 @@ def test_the_servers_credentials_allocate_on_coturn_and_relay_both_ways(coturn, 
         try:
             host, port = relay.relayed_address
             assert host == "127.0.0.1" and port != coturn.port
+            # what a path through it shows (issue 17): the server and how it is reached
+            server_port = coturn.tls_port if transport == "tls" else coturn.port
+            assert relay.route == TurnRoute(
+                transport, (coturn.host, server_port), relay.relayed_address
+            )
             peer_at = peer_transport.get_extra_info("sockname")[:2]
             relay.sendto(b"from the phone", peer_at)  # makes the permission for the peer
             await until(lambda: bool(peer.received))

@@ -240,14 +240,19 @@ def test_a_pqcall_call_with_bobs_udp_blocked_goes_through_turn(make_network, pro
                 call_record(processes, "bob-listen"),
             )
             assert ours["result"] == theirs["result"] == "ended"
-            # alice sends to bob's relayed address on coturn; bob's media socket to his proxy
+            # alice sends to bob's relayed address on coturn (to her, bob's address);
+            # bob's media goes through coturn over TCP, and his record says so (not his
+            # loopback proxy, not "direct")
+            assert ours["path"] == "direct" and ours["path_turn_to"] is None
             assert ours["path_address"].startswith(f"{SERVER_FOR_ALICE}:")
-            assert theirs["path_address"].startswith("127.0.0.1:")
+            assert theirs["path"] == "turn-tcp"
+            assert theirs["path_address"] == f"{SERVER_FOR_BOB}:{coturn.port}"
+            assert theirs["path_turn_to"] == "direct"
             check_received(out_b, sent=alice_wav, other=bob_wav)
             check_received(out_a, sent=bob_wav, other=alice_wav)
             print(  # noqa: T201
-                f"\npqcall call, bob's UDP dropped: path {ours['path']} via"
-                f" {ours['path_address']} (coturn, TCP to bob)"
+                f"\npqcall call, bob's UDP dropped: alice's path {ours['path']} via"
+                f" {ours['path_address']}, bob's {theirs['path']} via {theirs['path_address']}"
             )
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{processes.report()}") from None

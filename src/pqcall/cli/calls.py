@@ -458,9 +458,9 @@ def announce(call: Call, console: Console) -> None:
         console.say(f"{who}; connecting…")
     elif state is CallState.ACTIVE:
         if call.path is not None:
-            host, port = call.path.peer
+            host, port = call.path.shown_address
             console.say(
-                f"connected: {call.path.kind} path to {host}:{port}"
+                f"connected: {call.path.label} path to {host}:{port}"
                 f" (found in {call.path.elapsed_ms:.0f} ms)"
             )
         console.say(f"SAS: read this aloud: {call.sas}  ({call.peer} must see the same)")
@@ -472,7 +472,7 @@ def live_status(call: Call) -> str:
     elapsed = time.time() - call.answered if call.answered else 0.0
     line = status_text(
         elapsed,
-        call.path.kind if call.path else None,
+        call.path.label if call.path else None,
         stats.as_dict() if stats else None,
         peer=call.peer,
     )

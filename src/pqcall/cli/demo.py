@@ -165,8 +165,8 @@ async def _demo(duration_s: float, out: Path, console: Console) -> int:
 
 def _show_sas(ours: Call, theirs: Call, console: Console) -> None:
     if ours.path is not None:
-        host, port = ours.path.peer
-        console.say(f"media path: {ours.path.kind} ({host}:{port})")
+        host, port = ours.path.shown_address
+        console.say(f"media path: {ours.path.label} ({host}:{port})")
     if ours.sas is not None and ours.sas == theirs.sas:
         console.say(f"SAS {ours.sas} on both phones: they match, no one is in the middle")
     else:
@@ -190,7 +190,7 @@ async def _talk(call: Call, duration_s: float, console: Console, interrupt: Inte
             return True
         stats = call.stats()
         elapsed = time.time() - call.answered if call.answered else 0.0
-        path = call.path.kind if call.path else None
+        path = call.path.label if call.path else None
         console.status(status_text(elapsed, path, stats.as_dict() if stats else None))
     console.clear_status()
     return False

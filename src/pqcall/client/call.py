@@ -403,7 +403,8 @@ class Call:
                 timeout_s=self._media.path_timeout_s,
             )
         )
-        logger.info("call %s: %s path to %s", self.call_id, self.path.kind, self.path.peer)
+        path = self.path
+        logger.info("call %s: %s path to %s", self.call_id, path.label, path.shown_address)
         assert self._audio is not None
         source, sink = self._audio
         self._processing = open_processing(self._media, source, sink)

@@ -99,8 +99,9 @@ def call_record(call: Call, *, frame_ms: int, trace: WallClockTrace) -> dict[str
         "sas": call.sas,
         "peer_fingerprint": call.peer_identity.fingerprint().hex(),
         "peer_trust": str(call.peer_trust),
-        "path": call.path.kind if call.path else None,
-        "path_address": _format_address(call.path.peer) if call.path else None,
+        "path": call.path.label if call.path else None,  # turn-tcp etc. through TURN
+        "path_address": _format_address(call.path.shown_address) if call.path else None,
+        "path_turn_to": call.path.kind if call.path and call.path.turn else None,
         "path_setup_ms": round(call.path.elapsed_ms, 1) if call.path else None,
         "setup_ms": round((call.answered - call.created) * 1000, 1) if call.answered else None,
         "started_unix": call.created,

@@ -14,7 +14,14 @@ from types import MappingProxyType
 
 from pqcall.transport.path_messages import Address
 
-__all__ = ["DropReason", "PathCheckStats", "PathChoice", "PathCounters", "PathKind"]
+__all__ = [
+    "DropReason",
+    "PathCheckStats",
+    "PathChoice",
+    "PathCounters",
+    "PathKind",
+    "TurnRoute",
+]
 
 
 class PathKind(enum.StrEnum):
@@ -76,6 +83,19 @@ class PathCheckStats:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnRoute:
+    """How a path through a TURN server reaches it (issue 17): shown instead of the
+    loopback proxy the media socket sends to."""
+
+    transport: str
+    """How the phone reaches the TURN server: ``udp``, ``tcp`` or ``tls``."""
+    server: Address
+    """The TURN server, as its URL names it (host, port)."""
+    relayed: Address
+    """Our allocation's relayed address on it: where the peer's media goes."""
+
+
+@dataclass(frozen=True, slots=True)
 class PathChoice:
     """The media path a selection chose: where to send media, and how it was found."""
 
@@ -94,6 +114,20 @@ class PathChoice:
     """From :meth:`~pqcall.transport.pathcheck.PathSelection.start` to the choice."""
     stats: PathCheckStats
     """The counters at the moment of the choice."""
+    turn: TurnRoute | None = None
+    """Set when our side of the path runs through a TURN server (``peer`` is then a
+    loopback proxy, and ``kind`` says what TURN forwards to: the peer or the relay)."""
+
+    @property
+    def label(self) -> str:
+        """The path as shown (CLI, ``--json``, UI): ``direct``, ``relay``, or
+        ``turn-udp`` / ``turn-tcp`` / ``turn-tls`` when through a TURN server."""
+        return str(self.kind) if self.turn is None else f"turn-{self.turn.transport}"
+
+    @property
+    def shown_address(self) -> Address:
+        """Where media goes as shown: the TURN server when through one, else ``peer``."""
+        return self.peer if self.turn is None else self.turn.server
 
 
 class PathCounters:

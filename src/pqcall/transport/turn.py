@@ -42,7 +42,7 @@ from aioice.turn import (
 )
 
 from pqcall.exceptions import LocalProtocolError, PathFailed
-from pqcall.transport.path_choice import PathChoice
+from pqcall.transport.path_choice import PathChoice, TurnRoute
 from pqcall.transport.pathcheck import PathSelection
 
 __all__ = [
@@ -274,6 +274,12 @@ class TurnRelay:
         """The relayed UDP address on the server: what the peer sends to."""
         host, port = self._turn.get_extra_info("sockname")
         return (str(host), int(port))
+
+    @property
+    def route(self) -> TurnRoute:
+        """The server, how it is reached and the relayed address: what a path through
+        this allocation shows (``PathChoice.turn``)."""
+        return TurnRoute(self.url.transport, (self.url.host, self.url.port), self.relayed_address)
 
     @property
     def mapped_address(self) -> tuple[str, int] | None:

@@ -192,7 +192,8 @@ async def through_turn(
 
     Path selection runs over the allocation; then a :class:`TurnProxy` on loopback
     stands in for the peer: the returned choice's ``peer`` is the proxy, so the media
-    session on ``sock`` needs no change. The proxy deletes the allocation once media
+    session on ``sock`` needs no change; its ``turn`` names the TURN server (what is
+    shown: ``PathChoice.label``, ``shown_address``). The proxy deletes the allocation once media
     stopped for its idle timeout.
 
     Raises:
@@ -218,4 +219,5 @@ async def through_turn(
         await turn.close()
         raise
     logger.info("path: %s through TURN %s, media via %s:%d", choice.kind, turn.url, *proxy.address)
-    return dataclasses.replace(choice, peer=proxy.address)
+    # shown as turn-<transport> at the TURN server, not as the loopback proxy (issue 17)
+    return dataclasses.replace(choice, peer=proxy.address, turn=turn.route)

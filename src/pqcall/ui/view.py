@@ -106,7 +106,7 @@ def call_view(call: Call, *, sas_confirmed: bool, muted: bool) -> dict[str, Any]
         "reason": call.reason,
         "sas": call.sas,
         "sas_confirmed": sas_confirmed,
-        "path": call.path.kind if call.path is not None else None,
+        "path": call.path.label if call.path is not None else None,  # turn-tcp etc.
         "muted": muted,
         "peer_muted": call.is_peer_muted,
         "voice_disguised": call.is_voice_disguised,
