@@ -42,13 +42,15 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
         yield running
 
 
-async def new_phone(server: RunningServer, tmp_path: Path, name: str) -> Phone:
+async def new_phone(
+    server: RunningServer, tmp_path: Path, name: str, *, auto_answer: bool = True
+) -> Phone:
     home = Home(tmp_path / name)
     await register(home, name, server.base_url, PASSPHRASE, kdf_params=INSECURE_TEST_KDF_PARAMS)
     options = MediaOptions(
         audio_in=f"tone:{TONES[name]}", audio_out=str(tmp_path / f"{name}-received.wav")
     )
-    phone = Phone(home, passphrase=PASSPHRASE, media=options, auto_answer=True)
+    phone = Phone(home, passphrase=PASSPHRASE, media=options, auto_answer=auto_answer)
     await phone.start()
     await phone.wait_connected(scaled(10.0))
     return phone

@@ -84,6 +84,28 @@ def test_gone_member_comes_back_into_the_same_call() -> None:
     assert bob.state == "joined" and group.call_id == CALL
 
 
+def test_unanswered_invitations_ring_out_and_the_call_goes_on() -> None:
+    table = tokens()
+    created(table)  # bob and carol invited at 100.0
+    table.accept(CALL, 2, 101.0)
+    table.invite(CALL, 1, ("dave", 4, SIG), 150.0)
+    group = table.get(CALL)
+    assert group is not None
+    version = group.version
+    assert table.ring_out(before=100.0) == []  # not older than the timeout yet
+    [(rang, lapsed)] = table.ring_out(before=145.0)
+    assert rang is group and [m.name for m in lapsed] == ["carol"]  # dave is still ringing
+    assert group.version == version + 1
+    states = {m.name: m.state for m in group.view().members}
+    assert states == {"alice": "joined", "bob": "joined", "carol": "no_answer", "dave": "invited"}
+    assert table.ring_out(before=145.0) == []  # once
+    assert "not invited" in refused(403, table.accept, CALL, 3, 146.0)  # too late to answer
+    refused(409, table.decline, CALL, 3, False)
+    table.invite(CALL, 2, ("carol", 3, SIG), 152.0)  # she may be invited again
+    _, carol = table.accept(CALL, 3, 153.0)
+    assert carol.state == "joined" and table.get(CALL) is group and group.ended is None
+
+
 def test_caps_and_duplicates() -> None:
     table = tokens()
     many = [(f"u{i}", 10 + i, SIG) for i in range(MAX_GROUP_MEMBERS)]

@@ -97,6 +97,11 @@ async def next_call(phone: Phone) -> Call | GroupCall:
     return group.result()
 
 
+def state_text(state: str) -> str:
+    """A roster state as the roster line shows it (``no_answer`` -> ``no answer``)."""
+    return state.replace("_", " ")
+
+
 def is_group(call: object) -> bool:
     """Whether ``call`` is a group call."""
     from pqcall.client.group_call import GroupCall
@@ -116,7 +121,10 @@ async def take_group(
     console.ring(f"group call from {call.view.creator} with {', '.join(others)}")
     if call.state == "invited":
         console.prompt("join? [y/N] ")
-        line = await race(interrupt, reader.readline())
+        line = await race(interrupt, _answer_or_end(call, reader))
+        if call.is_ended:  # it rang out (or ended) before we answered
+            console.say(f"group call from {call.view.creator}: {call.reason}")
+            return finish_group(call, console, json_mode=args.json)
         if line is None or not line.strip().lower().startswith("y"):
             await call.decline()
             console.say("declined")
@@ -124,6 +132,18 @@ async def take_group(
         await call.accept()
     await follow_group(call, console, interrupt, duration_s=None, commands=reader)
     return finish_group(call, console, json_mode=args.json)
+
+
+async def _answer_or_end(call: GroupCall, reader: LineReader) -> str | None:
+    """The line typed, or None when the call ends here first (the invitation rang out)."""
+    typed = asyncio.ensure_future(reader.readline())
+    ended = asyncio.ensure_future(call.wait_ended())
+    try:
+        await asyncio.wait({typed, ended}, return_when=asyncio.FIRST_COMPLETED)
+        return typed.result() if typed.done() and not call.is_ended else None
+    finally:
+        for future in (typed, ended):
+            future.cancel()
 
 
 async def follow_group(
@@ -170,7 +190,7 @@ async def follow_group(
             for member in call.view.members:
                 if member.name != call.context.username and shown.get(member.name) != member.state:
                     shown[member.name] = member.state
-                    console.say(f"{member.name}: {member.state}")
+                    console.say(f"{member.name}: {state_text(member.state)}")
             if shown and not any(state in ("invited", "joined") for state in shown.values()):
                 break  # everyone else left or said no
             if call.group_code is not None and call.group_code != code_shown:

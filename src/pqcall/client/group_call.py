@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -42,6 +41,7 @@ from pqcall.client.call_context import PeerTrust
 from pqcall.client.contacts import Contacts
 from pqcall.client.group_api import GroupApi
 from pqcall.client.group_media import GroupMedia
+from pqcall.client.group_outbox import Outbox
 from pqcall.client.group_peers import (
     INNER_KEY_ACK,
     INNER_ROSTER,
@@ -60,7 +60,7 @@ from pqcall.client.peers import check_peer, key_change_message, trust_of
 from pqcall.crypto.group_keys import GroupKeyring, SenderKey, decode_sender_key, encode_sender_key
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.crypto.pinning import KeyChanged
-from pqcall.exceptions import ApiError, CallError, PqcallError
+from pqcall.exceptions import CallError, PqcallError
 from pqcall.media.audio import close_all
 from pqcall.signaling.group_messages import (
     EVENT_GROUP_ENDED,
@@ -76,9 +76,6 @@ from pqcall.transport.group_wire import FRAME_HEADER_BYTES
 logger = logging.getLogger(__name__)
 
 ROTATION_CHECK_S = 1.0
-SEND_ATTEMPTS = 8  # a pairwise message the server did not take (or rate-limited) is sent again
-HTTP_TOO_MANY_REQUESTS = 429
-SEND_RETRY_S = 0.5
 HANDSHAKE_RETRY_S = 8.0  # a caller whose pairwise handshake has not finished offers again
 SWITCH_FALLBACK_S = 5.0  # send under a new key at the latest this long after drawing it
 
@@ -124,6 +121,7 @@ class GroupCall:
         self.trace = WallClockTrace()
         self.path: str | None = None
         self._api = GroupApi(context.api)
+        self._outbox = Outbox(self._api, view.call_id)
         self._events: asyncio.Queue[Event | GroupView | _Retry] = asyncio.Queue()
         self._stash: list[GroupMessageEvent] = []  # messages from members not in our roster yet
         self._warned: set[tuple[str, str]] = set()
@@ -181,7 +179,20 @@ class GroupCall:
             self.media.set_muted(muted)
 
     def deliver(self, event: Event) -> None:
-        """A ``group.*`` event for this call (handled in order by the call's task)."""
+        """A ``group.*`` event for this call (handled in order by the call's task).
+
+        While we ring (invited, not answered), a roster that no longer has us
+        invited (the invitation rang out, the call ended) ends the call here.
+        """
+        if self.state == "invited" and event.type != EVENT_GROUP_MESSAGE:
+            payload = {k: v for k, v in event.payload.items() if k != "relay"}
+            view = GroupView.model_validate(payload)
+            me = next((m for m in view.members if m.name == self.context.username), None)
+            if view.ended is not None or me is None or me.state != "invited":
+                self.view = view
+                state = "the call ended" if view.ended is not None else None
+                self._finish(state or ("no answer" if me is None else me.state.replace("_", " ")))
+            return
         self._events.put_nowait(event)
 
     @property
@@ -487,21 +498,7 @@ class GroupCall:
         await self._send(peer.name, peer.seal(bytes([INNER_SENDER_KEY]) + encode_sender_key(key)))
 
     async def _send(self, name: str, body: bytes) -> None:
-        for attempt in range(SEND_ATTEMPTS):
-            try:
-                await self._api.message(self.call_id, name, body)
-                return
-            except ApiError as exc:
-                if exc.status != HTTP_TOO_MANY_REQUESTS or attempt == SEND_ATTEMPTS - 1:
-                    logger.warning("group call %s: message to %s: %s", self.call_id, name, exc)
-                    return  # refused (the member left): no point repeating
-                # the server's rate limit: wait (growing, spread) and send it again
-                await asyncio.sleep(SEND_RETRY_S * (attempt + 1) * (1 + random.random()))
-            except PqcallError as exc:
-                if attempt == SEND_ATTEMPTS - 1:
-                    logger.warning("group call %s: message to %s lost: %s", self.call_id, name, exc)
-                else:
-                    await asyncio.sleep(SEND_RETRY_S * (attempt + 1))
+        await self._outbox.send(name, body)
 
     async def _update_roster(self) -> None:
         members = {

@@ -17,7 +17,10 @@ message                its one recipient                   ``group.message``
 =====================  ==================================  =========================
 
 A member the forwarder hears nothing from for a few seconds is marked ``gone``
-(it may accept again and come back); the rest of the call goes on.
+(it may accept again and come back); an invitee who answers neither way within
+``settings.ring_timeout_s`` (the 1:1 ring timeout) is marked ``no_answer`` by a
+once-a-second sweep, and is sent the roster too, so its phone stops ringing.
+The rest of the call goes on.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from pqcall.signaling.messages import RelayGrant
 logger = logging.getLogger(__name__)
 
 GROUPS_EXTRA = "groups"
+RING_OUT_CHECK_S = 1.0  # how often unanswered invitations are looked for
 
 
 class GroupComponent:
@@ -70,6 +74,17 @@ class GroupComponent:
         self.relay = relay
         self._context = context
         context.extras[GROUPS_EXTRA] = self
+        task = asyncio.create_task(self._ring_out_loop(context), name="group ring-out")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _ring_out_loop(self, context: AppContext) -> None:
+        while True:
+            await asyncio.sleep(min(RING_OUT_CHECK_S, context.settings.ring_timeout_s / 4))
+            try:
+                await ring_out(context)
+            except Exception:
+                logger.exception("group calls: ring-out sweep failed")
 
     async def stop(self) -> None:
         if self._context is not None:
@@ -122,7 +137,13 @@ def _refused(exc: GroupRefused) -> Exception:
     return api_error(exc.status, exc.reason)
 
 
-async def _push(context: AppContext, group: Group, *, invited: Sequence[Member] = ()) -> None:
+async def _push(
+    context: AppContext,
+    group: Group,
+    *,
+    invited: Sequence[Member] = (),
+    also: Sequence[Member] = (),
+) -> None:
     hub = event_hub(context)
     payload = group.view().model_dump(mode="json")
     if group.ended is not None:
@@ -138,6 +159,8 @@ async def _push(context: AppContext, group: Group, *, invited: Sequence[Member] 
         if member.state in ("left", "gone") and member.left is not None:
             if member.left >= context.now() - 1.0:
                 await hub.publish(member.account_id, EVENT_GROUP_ROSTER, payload)
+    for member in also:  # e.g. invitees who rang out: their phones stop ringing
+        await hub.publish(member.account_id, EVENT_GROUP_ROSTER, payload)
 
 
 def _sync_forwarder(component: GroupComponent, group: Group) -> None:
@@ -212,6 +235,19 @@ async def decline(context: AppContext, account: AccountRecord, body: DeclineGrou
             raise _refused(exc) from None
         await _push(context, group)
     return group
+
+
+async def ring_out(context: AppContext) -> int:
+    """Mark invitations older than the ring timeout ``no_answer``; returns how many rang out."""
+    component = groups(context)
+    count = 0
+    async with component.lock:
+        before = context.now() - context.settings.ring_timeout_s
+        for group, lapsed in component.table.ring_out(before):
+            count += len(lapsed)
+            logger.info("group call %s: %d invitation(s) rang out", group.call_id, len(lapsed))
+            await _push(context, group, also=lapsed)
+    return count
 
 
 async def leave(context: AppContext, account: AccountRecord, call_id: str) -> Group:

@@ -17,7 +17,10 @@ Rules (the attacker's view: the server is honest here, the members may not be):
 - each join draws a fresh sender id (1..255, never reused in one call) and a fresh
   forwarding token: a rejoining member's old keys and address are not its new ones;
 - when the last joined member leaves or is gone, the call ends and the invitees'
-  invitations lapse.
+  invitations lapse;
+- an invitation nobody answers within the 1:1 ring timeout rings out
+  (:meth:`GroupTable.ring_out`): the invitee is shown ``no_answer`` and may be
+  invited again; the call goes on.
 
 Rosters live in memory: a restart ends every group call (decision 0600).
 """
@@ -62,6 +65,7 @@ class Member:
     token: bytes | None = None  # forwarding token while joined
     joined: float | None = None
     left: float | None = None
+    invited_at: float | None = None  # when the current invitation was made
 
     def view(self) -> GroupMember:
         """What members see (never the token)."""
@@ -182,7 +186,9 @@ class GroupTable:
         group.members[creator[1]] = first
         self._join(group, first, now)
         for name, account_id, signature in invitees:
-            group.members[account_id] = Member(name, account_id, "invited", creator[0], signature)
+            group.members[account_id] = Member(
+                name, account_id, "invited", creator[0], signature, invited_at=now
+            )
         self._groups[call_id] = group
         return group
 
@@ -202,9 +208,31 @@ class GroupTable:
             raise GroupRefused(409, f"{name} is already {current.state}")
         if current is None and len(group.members) >= MAX_GROUP_MEMBERS:
             raise GroupRefused(400, f"a group call has at most {MAX_GROUP_MEMBERS} people")
-        group.members[account_id] = Member(name, account_id, "invited", inviter.name, signature)
+        group.members[account_id] = Member(
+            name, account_id, "invited", inviter.name, signature, invited_at=now
+        )
         group.version += 1
         return group
+
+    def ring_out(self, before: float) -> list[tuple[Group, list[Member]]]:
+        """Invitations made before ``before`` and not answered become ``no_answer``.
+
+        Returns each call that changed with the members who rang out (one version
+        step per call).
+        """
+        changed = []
+        for group in list(self._groups.values()):
+            lapsed = [
+                m
+                for m in group.members.values()
+                if m.state == "invited" and m.invited_at is not None and m.invited_at < before
+            ]
+            for member in lapsed:
+                member.state = "no_answer"
+            if lapsed:
+                group.version += 1
+                changed.append((group, lapsed))
+        return changed
 
     def accept(self, call_id: str, account_id: int, now: float) -> tuple[Group, Member]:
         """An invitee joins (or a member seen gone comes back).

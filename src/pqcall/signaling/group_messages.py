@@ -43,7 +43,7 @@ MAX_GROUP_MEMBERS = 20  # everyone ever invited to one call, the creator include
 MAX_GROUP_MESSAGE_BYTES = 16 * 1024  # a handshake offer is 6,683 bytes
 INVITATION_CONTEXT = b"pqcall group invite"
 
-MemberState = Literal["invited", "joined", "declined", "busy", "left", "gone"]
+MemberState = Literal["invited", "joined", "declined", "busy", "no_answer", "left", "gone"]
 LIVE_STATES: frozenset[str] = frozenset({"invited", "joined"})
 
 
