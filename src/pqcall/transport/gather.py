@@ -73,7 +73,9 @@ the open internet; a lost request here delays a call's setup)."""
 OPENER_TTL: Final = 2
 """IP TTL of a NAT opener: through this phone's own NAT, not to the next router's."""
 OPENER: Final = b"PQOP"
-"""A NAT opener's payload: neither a path message nor media (both ignore it)."""
+"""A NAT opener's payload: neither a path message nor media. Path selection drops it
+(``not_path_message``); a media session drops and counts it apart, with late STUN
+answers (:mod:`pqcall.transport.stray`), not as rejected."""
 MAX_STUN_ANSWER_BYTES: Final = 1500
 _IP_RECVERR: Final = getattr(socket, "IP_RECVERR", 11)  # Linux's value
 

@@ -19,7 +19,8 @@ Only datagrams from the connected peer's address are processed; others are
 counted as foreign. An optional side channel sees every datagram first and takes
 those of another protocol sharing the socket (the path checks of
 :mod:`pqcall.transport.pathcheck`, whose late copies may arrive after media
-started); what it takes is neither media nor rejected. Nothing a peer sends can
+started); what it takes is neither media nor rejected. Nor are late NAT openers
+and STUN answers (:mod:`pqcall.transport.stray`): dropped, counted by kind. Nothing a peer sends can
 stop the session: each datagram, each tick and each decode is wrapped, and a
 failure is counted (``packets_rejected`` in :meth:`MediaSession.snapshot`),
 never raised.
@@ -64,6 +65,7 @@ from pqcall.transport.media_events import (
 )
 from pqcall.transport.media_packets import HangupReason
 from pqcall.transport.media_socket import Address, EndReason, MediaDatagrams, SideChannel
+from pqcall.transport.stray import StrayKind, stray_kind
 
 __all__ = [
     "MEDIA_TIMEOUT_S",
@@ -113,6 +115,7 @@ class MediaSession:
         "_side_channel_datagrams",
         "_sink",
         "_source",
+        "_stray",
         "_tick",
         "_tick_handle",
         "_timer",
@@ -156,6 +159,7 @@ class MediaSession:
         self._protocol_ended: asyncio.Event | None = None  # the protocol reached ENDED
         self._foreign = 0  # datagrams from other addresses
         self._side_channel_datagrams = 0  # datagrams the side channel took
+        self._stray = dict.fromkeys(StrayKind, 0)  # late NAT openers and STUN answers
         self._errors = 0  # datagrams or frames whose handling failed
 
     # lifecycle
@@ -398,6 +402,12 @@ class MediaSession:
         return self._side_channel_datagrams
 
     @property
+    def stray_datagrams(self) -> dict[StrayKind, int]:
+        """Late setup datagrams dropped, by kind (peers' NAT openers, answers to our
+        STUN requests): neither media nor rejected (:mod:`pqcall.transport.stray`)."""
+        return dict(self._stray)
+
+    @property
     def packets_rejected(self) -> int:
         """Every datagram dropped: by the protocol, foreign, failed, or refused by the decoder."""
         return self._engine.packets_rejected + self._foreign + self._errors
@@ -415,6 +425,9 @@ class MediaSession:
         assert self._loop is not None
         now = self._loop.time()
         if self._side_channel is not None and self._take_side_channel(data, addr, now):
+            return
+        if (stray := stray_kind(data)) is not None:
+            self._stray[stray] += 1
             return
         if self._peer is None or addr != self._peer:
             self._foreign += 1
