@@ -33,6 +33,7 @@ from ..server.conftest import RunningServer, make_settings, run_server
 PASSPHRASE = "correct horse battery staple"
 KEYS_TIMEOUT_S = scaled(20.0)
 TONES = {"alice": 440, "bob": 620, "carol": 860, "dave": 1100, "mallory": 1300}
+MORE_TONES = {"erin": 1500, "frank": 1700, "grace": 1900}  # for the eight-phone call
 
 
 @pytest.fixture
@@ -48,7 +49,8 @@ async def new_phone(
     home = Home(tmp_path / name)
     await register(home, name, server.base_url, PASSPHRASE, kdf_params=INSECURE_TEST_KDF_PARAMS)
     options = MediaOptions(
-        audio_in=f"tone:{TONES[name]}", audio_out=str(tmp_path / f"{name}-received.wav")
+        audio_in=f"tone:{(TONES | MORE_TONES)[name]}",
+        audio_out=str(tmp_path / f"{name}-received.wav"),
     )
     phone = Phone(home, passphrase=PASSPHRASE, media=options, auto_answer=auto_answer)
     await phone.start()
@@ -221,3 +223,37 @@ async def test_join_and_leave_rekey(server: RunningServer, tmp_path: Path) -> No
             assert opens(listener, packet), f"{listener.context.username} cannot open {name}'s"
         for call in remaining:
             await call.leave()
+
+
+def pairwise(calls: list[GroupCall]) -> tuple[int, int]:
+    """Requests made and messages carried for pairwise messages, over all ``calls``."""
+    return sum(c._outbox.requests for c in calls), sum(c._outbox.messages for c in calls)
+
+
+@pytest.mark.slow
+@run_async
+async def test_join_of_the_eighth_member_needs_few_requests(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    names = ["alice", "bob", "carol", "dave", "mallory", "erin", "frank", "grace"]
+    async with phones(server, tmp_path, *names) as started:
+        call = await started[0].group_call(names[1:7])
+        calls = [call] + [await invited_call(phone) for phone in started[1:7]]
+        await eventually(lambda: everyone_has_keys(calls), timeout_s=KEYS_TIMEOUT_S, what="7 keys")
+        await asyncio.sleep(scaled(1.0))  # the last roster signatures and acks
+        requests_before, messages_before = pairwise(calls)
+        await call.invite("grace")
+        calls.append(await invited_call(started[7]))
+        await eventually(
+            lambda: everyone_has_keys(calls), timeout_s=KEYS_TIMEOUT_S * 2, what="8 keys"
+        )
+        await asyncio.sleep(scaled(1.0))
+        requests, messages = pairwise(calls)
+        requests -= requests_before
+        messages -= messages_before
+        # one request per message before batching: each of the 7 sends grace its offer or
+        # answer, its key and a roster signature, and its new key to the 6 others (and acks)
+        assert messages >= 7 * 6, (requests, messages)
+        assert requests * 3 <= messages, (requests, messages)
+        for c in calls:
+            await c.leave()

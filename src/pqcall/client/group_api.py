@@ -13,10 +13,13 @@ from pqcall.signaling.group_messages import (
     DeclineGroup,
     GroupAction,
     GroupDetail,
+    GroupMessageItem,
+    GroupMessagesSent,
     GroupView,
     Invitation,
     InviteToGroup,
     SendGroupMessage,
+    SendGroupMessages,
 )
 
 
@@ -64,6 +67,14 @@ class GroupApi:
         """An opaque message for one other joined member."""
         message = SendGroupMessage(call_id=call_id, to=to, body=body)
         await self._login.request("POST", "/group/message", body=message)
+
+    async def messages(self, call_id: str, items: list[tuple[str, bytes]]) -> GroupMessagesSent:
+        """Opaque messages (recipient, body) for several other joined members, in one request."""
+        batch = SendGroupMessages(
+            call_id=call_id, messages=[GroupMessageItem(to=to, body=body) for to, body in items]
+        )
+        response = await self._login.request("POST", "/group/messages", body=batch)
+        return self._http.parse(GroupMessagesSent, response, "POST /group/messages")
 
     async def status(self, call_id: str) -> GroupDetail:
         """The roster now."""

@@ -498,7 +498,7 @@ class GroupCall:
         await self._send(peer.name, peer.seal(bytes([INNER_SENDER_KEY]) + encode_sender_key(key)))
 
     async def _send(self, name: str, body: bytes) -> None:
-        await self._outbox.send(name, body)
+        self._outbox.post(name, body)  # queued: sent in order, batched with the others
 
     async def _update_roster(self) -> None:
         members = {
@@ -569,6 +569,7 @@ class GroupCall:
                 task.cancel()
         await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
         self._tasks = []
+        await self._outbox.close()
         if self.media is not None:
             await self.media.close()
         if self._audio is not None:

@@ -14,6 +14,7 @@ create / invite        each new invitee                    ``group.invite``, ros
 any roster change      every invited and joined member     ``group.roster``, roster
 last one out           everyone still invited or joined    ``group.ended``, roster
 message                its one recipient                   ``group.message``
+messages (a batch)     each message's recipient, in order  ``group.message``
 =====================  ==================================  =========================
 
 A member the forwarder hears nothing from for a few seconds is marked ``gone``
@@ -41,12 +42,16 @@ from pqcall.signaling.group_messages import (
     EVENT_GROUP_INVITE,
     EVENT_GROUP_MESSAGE,
     EVENT_GROUP_ROSTER,
+    MAX_GROUP_BATCH_BYTES,
     CreateGroup,
     DeclineGroup,
     GroupDetail,
     GroupMessageEvent,
+    GroupMessagesSent,
     InviteToGroup,
+    RefusedMessage,
     SendGroupMessage,
+    SendGroupMessages,
 )
 from pqcall.signaling.messages import RelayGrant
 
@@ -303,6 +308,41 @@ async def message(context: AppContext, account: AccountRecord, body: SendGroupMe
     await event_hub(context).publish(
         recipient.account_id, EVENT_GROUP_MESSAGE, event.model_dump(mode="json")
     )
+
+
+async def messages(
+    context: AppContext, account: AccountRecord, body: SendGroupMessages
+) -> GroupMessagesSent:
+    """Carry a joined member's batch of opaque messages, each to its recipient, in order.
+
+    Raises:
+        HTTPException: 400 the bodies are too large together or one is addressed to
+            the sender; 403 the sender is not joined; 404 no such call. A recipient
+            who is not (or no longer) joined is listed in ``refused``, the rest go.
+    """
+    component = groups(context)
+    total = sum(len(item.body) for item in body.messages)
+    if total > MAX_GROUP_BATCH_BYTES:
+        raise api_error(400, f"messages of {total} bytes together, over {MAX_GROUP_BATCH_BYTES}")
+    if any(item.to == account.username for item in body.messages):
+        raise api_error(400, "a message addressed to yourself")
+    try:
+        _, sender = component.table.member_of(body.call_id, account.id)
+    except GroupRefused as exc:
+        raise _refused(exc) from None
+    if sender.state != "joined":
+        raise api_error(403, "only a joined member may send to the group")
+    hub = event_hub(context)
+    refused = []
+    for index, item in enumerate(body.messages):
+        try:
+            recipient = component.table.check_message(body.call_id, account.id, item.to)
+        except GroupRefused as exc:
+            refused.append(RefusedMessage(index=index, to=item.to, reason=exc.reason))
+            continue
+        event = GroupMessageEvent(call_id=body.call_id, sender=account.username, body=item.body)
+        await hub.publish(recipient.account_id, EVENT_GROUP_MESSAGE, event.model_dump(mode="json"))
+    return GroupMessagesSent(delivered=len(body.messages) - len(refused), refused=refused)
 
 
 def status_of(context: AppContext, account: AccountRecord, call_id: str) -> tuple[Group, Member]:

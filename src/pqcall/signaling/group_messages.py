@@ -41,6 +41,8 @@ GROUP_EVENTS = frozenset(
 
 MAX_GROUP_MEMBERS = 20  # everyone ever invited to one call, the creator included
 MAX_GROUP_MESSAGE_BYTES = 16 * 1024  # a handshake offer is 6,683 bytes
+MAX_GROUP_BATCH_MESSAGES = 64  # messages in one POST /group/messages
+MAX_GROUP_BATCH_BYTES = 40 * 1024  # their bodies together: base64 stays under the 64 KiB cap
 INVITATION_CONTEXT = b"pqcall group invite"
 
 MemberState = Literal["invited", "joined", "declined", "busy", "no_answer", "left", "gone"]
@@ -124,6 +126,39 @@ class SendGroupMessage(Message):
     body: Annotated[bytes, Base64Url(MAX_GROUP_MESSAGE_BYTES, 1)]
 
 
+class GroupMessageItem(Message):
+    """One message of a ``POST /group/messages`` batch."""
+
+    to: Username
+    body: Annotated[bytes, Base64Url(MAX_GROUP_MESSAGE_BYTES, 1)]
+
+
+class SendGroupMessages(Message):
+    """``POST /group/messages``: opaque messages for several other joined members at once.
+
+    At most :data:`MAX_GROUP_BATCH_MESSAGES`, bodies together at most
+    :data:`MAX_GROUP_BATCH_BYTES`; delivered in order.
+    """
+
+    call_id: CallId
+    messages: list[GroupMessageItem] = Field(min_length=1, max_length=MAX_GROUP_BATCH_MESSAGES)
+
+
+class RefusedMessage(Message):
+    """A message of a batch not delivered: its index and why (the recipient is not joined)."""
+
+    index: int
+    to: str = Field(max_length=usernames.MAX_USERNAME_LENGTH)
+    reason: str = Field(max_length=200)
+
+
+class GroupMessagesSent(Message):
+    """The answer to ``POST /group/messages``."""
+
+    delivered: int
+    refused: list[RefusedMessage] = Field(default_factory=list)
+
+
 class GroupMessageEvent(Message):
     """The payload of ``group.message``: who sent it (as the server authenticated them)."""
 
@@ -139,6 +174,8 @@ __all__ = [
     "EVENT_GROUP_ROSTER",
     "GROUP_EVENTS",
     "INVITATION_CONTEXT",
+    "MAX_GROUP_BATCH_BYTES",
+    "MAX_GROUP_BATCH_MESSAGES",
     "MAX_GROUP_MEMBERS",
     "MAX_SIGNATURE_BYTES",
     "CreateGroup",
@@ -147,9 +184,13 @@ __all__ = [
     "GroupDetail",
     "GroupMember",
     "GroupMessageEvent",
+    "GroupMessageItem",
+    "GroupMessagesSent",
     "GroupView",
     "Invitation",
     "InviteToGroup",
+    "RefusedMessage",
     "SendGroupMessage",
+    "SendGroupMessages",
     "invitation_data",
 ]

@@ -1,4 +1,4 @@
-"""The group call routes: ``/group/create|invite|accept|decline|leave|message``, status.
+"""The group call routes: ``/group/create|invite|accept|decline|leave|message|messages``.
 
 Thin: each route authenticates (401), validates its body (422) and hands over
 to :mod:`pqcall.server.group_service`, which answers 403 (not a member, not
@@ -20,9 +20,11 @@ from pqcall.signaling.group_messages import (
     DeclineGroup,
     GroupAction,
     GroupDetail,
+    GroupMessagesSent,
     GroupView,
     InviteToGroup,
     SendGroupMessage,
+    SendGroupMessages,
 )
 from pqcall.signaling.messages import CALL_ID_PATTERN, ErrorResponse
 
@@ -73,6 +75,14 @@ async def leave(body: GroupAction, account: CurrentAccount, context: Context) ->
 async def message(body: SendGroupMessage, account: CurrentAccount, context: Context) -> None:
     """Carry an opaque message to one other joined member (``group.message``)."""
     await group_service.message(context, account, body)
+
+
+@router.post("/group/messages")
+async def messages(
+    body: SendGroupMessages, account: CurrentAccount, context: Context
+) -> GroupMessagesSent:
+    """Carry several opaque messages, each to another joined member, in one request."""
+    return await group_service.messages(context, account, body)
 
 
 @router.get("/group/status/{call_id}")
