@@ -49,6 +49,7 @@ MARKERS_BY_PLACE: dict[str, tuple[str, ...]] = {
     "security/test_ui_link.py": ("e2e", "slow"),
     "security/test_server_ops_tls.py::test_a_self_signed_certificate_is_pinned": ("slow",),
     "ui/test_app.py": ("slow",),  # real calls between two in-process UIs
+    "group/test_group_phones.py": ("slow",),  # real-time group calls, 3-8 in-process phones
     "client/test_phone.py": ("slow",),
     "transport/test_session.py": ("slow",),
     "server/test_restart.py": ("slow",),
