@@ -7,14 +7,21 @@ the call must go on.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import io
+import json
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from pqcall.cli.group import state_text
+from pqcall.cli import runtime
+from pqcall.cli.group import state_text, take_group
+from pqcall.cli.output import Console
+from pqcall.cli.runtime import Interrupt, LineReader
 from pqcall.client.group_call import GroupCall
 from pqcall.client.group_summary import group_summary
 from pqcall.client.phone import Phone
@@ -67,6 +74,19 @@ async def test_declined_busy_and_unanswered_are_shown_and_the_call_goes_on(
         daves = await invite_to(dave, call.call_id)
         mallorys = await invite_to(mallory, call.call_id)
         assert daves.state == "invited" and mallorys.state == "invited"  # ringing
+        # mallory's CLI asks "join? [y/N]" and nobody types (stdin open, empty)
+        read_end, write_end = os.pipe()
+        out, err = io.StringIO(), io.StringIO()
+        console = Console(json_mode=True, out=out, err=err)
+        asking = asyncio.ensure_future(
+            take_group(
+                mallorys,
+                argparse.Namespace(json=True),
+                console,
+                Interrupt(),
+                LineReader(read_end),
+            )
+        )
         await daves.decline()
         await eventually(
             lambda: states(call).get("carol") == "busy" and states(call).get("dave") == "declined",
@@ -87,6 +107,16 @@ async def test_declined_busy_and_unanswered_are_shown_and_the_call_goes_on(
         await eventually(lambda: states(bobs).get("mallory") == "no_answer", timeout_s=scaled(5))
         await eventually(lambda: mallorys.is_ended, timeout_s=scaled(5.0), what="ringing stops")
         assert mallorys.reason == "no answer"
+        try:
+            assert await asyncio.wait_for(asking, scaled(5.0)) == runtime.EXIT_FAILED
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+        assert "group call from alice: no answer" in err.getvalue(), err.getvalue()
+        record = json.loads(out.getvalue())
+        assert record["group"] is True and record["reason"] == "no answer", record
+        seen = {p["name"]: p["state"] for p in record["participants"]}
+        assert seen == {"alice": "joined", "bob": "joined", "carol": "busy", "dave": "declined"}
         assert state_text(states(call)["mallory"]) == "no answer"  # the CLI's roster line
         assert states(call) == {
             "bob": "joined",
