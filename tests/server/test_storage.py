@@ -26,6 +26,8 @@ from pqcall.server.storage.models import metadata
 from pqcall.signaling.callstate import Action, Party, State, outcome
 from tests.harness import run_async
 
+from .conftest import PG_ENV, reset_postgresql
+
 NOW = 1_750_000_000.123456
 TABLES = {"accounts", "key_bundles", "tokens", "challenges", "calls", "events", "stored_files"}
 TABLES |= {"relay_allocations"}  # server/relay_store.py
@@ -419,12 +421,17 @@ async def test_ping(db_url):
         await storage.close()
 
 
-@run_async
-async def test_concurrent_migrations_on_postgresql(db_url):
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite is one file for one server process")
-    await asyncio.gather(*(run_migrations(db_url) for _ in range(3)))
-    await run_migrations(db_url)
+def test_concurrent_migrations_on_postgresql(pg_session_url):
+    # PostgreSQL only: SQLite is one file for one server process (a lock file refuses a second)
+    if pg_session_url is None:
+        pytest.skip(f"{PG_ENV} not set")
+    reset_postgresql(pg_session_url)
+
+    async def migrate_at_once() -> None:
+        await asyncio.gather(*(run_migrations(pg_session_url) for _ in range(3)))
+        await run_migrations(pg_session_url)
+
+    asyncio.run(migrate_at_once())
 
 
 def test_head_revision_is_the_newest_migration():
