@@ -36,7 +36,6 @@ when a preset is asked for and it does not.
 
 from __future__ import annotations
 
-import ctypes
 import random
 import secrets
 from collections import deque
@@ -47,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pqcall.exceptions import PqcallError
+from pqcall.media import sonic
 from pqcall.media.codec import SAMPLE_RATE_HZ, Pcm, check_pcm
 
 if TYPE_CHECKING:
@@ -69,7 +69,6 @@ __all__ = [
 
 LOOKAHEAD_SAMPLES: Final = SAMPLE_RATE_HZ * 40 // 1000
 """The stage's fixed delay: 40 ms at 48 kHz (Sonic's hold, about 31 ms, plus margin)."""
-_LIBRARY: Final = "libsonic.so.0"
 INSTALL_HINT: Final = "voice disguise needs libsonic: apt-get install libsonic0"
 
 
@@ -121,25 +120,7 @@ def draw_parameters(preset: str, rng: random.Random | None = None) -> DisguisePa
     return DisguiseParameters(preset, source.uniform(spec.low, spec.high))
 
 
-def _load() -> ctypes.CDLL | None:
-    try:
-        lib = ctypes.CDLL(_LIBRARY)
-    except OSError:
-        return None
-    lib.sonicCreateStream.restype = ctypes.c_void_p
-    lib.sonicCreateStream.argtypes = (ctypes.c_int, ctypes.c_int)
-    lib.sonicDestroyStream.argtypes = (ctypes.c_void_p,)
-    lib.sonicSetPitch.argtypes = (ctypes.c_void_p, ctypes.c_float)
-    lib.sonicWriteShortToStream.restype = ctypes.c_int
-    lib.sonicWriteShortToStream.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
-    lib.sonicReadShortFromStream.restype = ctypes.c_int
-    lib.sonicReadShortFromStream.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
-    lib.sonicSamplesAvailable.restype = ctypes.c_int
-    lib.sonicSamplesAvailable.argtypes = (ctypes.c_void_p,)
-    return lib
-
-
-_LIB: Final = _load()
+_LIB: Final = sonic.LIB
 
 
 def available() -> bool:

@@ -29,13 +29,12 @@ caller plays at speed 1.0 (the jitter buffer's own frame discarding).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from typing import Final
 
 import numpy as np
 
 from pqcall.exceptions import CodecError
+from pqcall.media import sonic
 from pqcall.media.codec import SAMPLE_RATE_HZ, Pcm, check_pcm
 
 __all__ = ["MAX_SPEED", "MIN_SPEED", "TimeStretcher", "available"]
@@ -44,33 +43,9 @@ MIN_SPEED: Final = 0.5
 """Slowest playout the wrapper accepts."""
 MAX_SPEED: Final = 2.0
 """Fastest playout the wrapper accepts."""
-_LIBRARY_NAMES: Final = ("libsonic.so.0", "sonic")
 
 
-def _load() -> ctypes.CDLL | None:
-    for name in _LIBRARY_NAMES:
-        path = name if name.endswith(".0") else ctypes.util.find_library(name)
-        if path is None:
-            continue
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        lib.sonicCreateStream.restype = ctypes.c_void_p
-        lib.sonicCreateStream.argtypes = (ctypes.c_int, ctypes.c_int)
-        lib.sonicDestroyStream.argtypes = (ctypes.c_void_p,)
-        lib.sonicSetSpeed.argtypes = (ctypes.c_void_p, ctypes.c_float)
-        lib.sonicWriteShortToStream.restype = ctypes.c_int
-        lib.sonicWriteShortToStream.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
-        lib.sonicReadShortFromStream.restype = ctypes.c_int
-        lib.sonicReadShortFromStream.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
-        lib.sonicSamplesAvailable.restype = ctypes.c_int
-        lib.sonicSamplesAvailable.argtypes = (ctypes.c_void_p,)
-        return lib
-    return None
-
-
-_LIB: Final = _load()
+_LIB: Final = sonic.LIB
 
 
 def available() -> bool:
