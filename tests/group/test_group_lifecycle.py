@@ -135,3 +135,26 @@ async def test_declined_busy_and_unanswered_are_shown_and_the_call_goes_on(
     finally:
         for phone in started:
             await phone.close()
+
+
+@pytest.mark.slow
+@run_async
+async def test_a_blocked_inviter_does_not_ring(server: RunningServer, tmp_path: Path) -> None:
+    started: list[Phone] = []
+    try:
+        for name in ("alice", "bob", "carol"):  # all answering machines: they join at once
+            started.append(await new_phone(server, tmp_path, name, auto_answer=True))
+        alice, bob, carol = started
+        assert bob.screening.block("alice")
+        call = await alice.group_call(["bob", "carol"])
+        await invite_to(carol, call.call_id)  # carol's phone rings (and joins)
+        with pytest.raises(TimeoutError):  # bob's does not, though it answers everything
+            await asyncio.wait_for(bob.next_group_invite(), scaled(2.0))
+        await eventually(
+            lambda: states(call).get("carol") == "joined", timeout_s=scaled(10.0), what="carol"
+        )
+        assert states(call)["bob"] == "invited"  # left to ring out on the server
+        assert call.call_id not in bob._groups
+    finally:
+        for phone in reversed(started):
+            await phone.close()

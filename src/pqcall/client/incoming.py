@@ -164,12 +164,22 @@ async def group_invite(phone: Phone, event: Event) -> GroupCall | None:
         return None  # "gone": this phone vanished from the call (a restart): it may come back
     if me.state == "gone" and not phone.auto_answer:
         return None  # only an answering machine rejoins on its own; a person is invited again
+    inviter = me.invited_by
+    if me.state == "invited" and inviter is not None:
+        # the same screen as a 1:1 call: a blocked or cooling-down inviter, or a stranger
+        # while strangers are silenced, does not ring here (the invite rings out on the server)
+        is_contact = phone.contacts.get(inviter) is not None
+        turned_away = phone.screen.before_offer(inviter, time.time()) or phone.screen.for_stranger(
+            inviter, is_contact=is_contact
+        )
+        if turned_away is not None:
+            logger.info("group call %s from %s: %s", view.call_id, inviter, turned_away.reason)
+            if turned_away.answer_busy:
+                await _decline_busy(GroupCall(phone._group_context(), view, incoming=True))
+            return None
     call = GroupCall(phone._group_context(), view, incoming=True)
     if phone._engaged() is not None or phone.group_engaged():
-        try:
-            await call.decline(busy=True)
-        except PqcallError as exc:
-            logger.info("group call %s: could not answer busy: %s", view.call_id, exc)
+        await _decline_busy(call)
         return None
     phone._groups[view.call_id] = call
     if phone.auto_answer:
@@ -181,3 +191,10 @@ async def group_invite(phone: Phone, event: Event) -> GroupCall | None:
             return None
     phone._group_invites.put_nowait(call)
     return call
+
+
+async def _decline_busy(call: GroupCall) -> None:
+    try:
+        await call.decline(busy=True)
+    except PqcallError as exc:
+        logger.info("group call %s: could not answer busy: %s", call.call_id, exc)
