@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from pqcall.server.group_forward import GroupForwardTable
-from pqcall.server.group_table import GroupRefused, GroupTable
+from pqcall.server.group_table import MAX_JOINED_GROUPS, GroupRefused, GroupTable
 from pqcall.signaling.group_messages import MAX_GROUP_MEMBERS
 from pqcall.transport.group_wire import encode_bind, parse_ack
 
@@ -115,6 +115,17 @@ def test_caps_and_duplicates() -> None:
     table.create(CALL, ("alice", 1), many[: MAX_GROUP_MEMBERS - 1], 1.0)
     refused(400, table.invite, CALL, 1, ("one-too-many", 99, SIG), 1.0)
     refused(409, table.create, CALL, ("bob", 2), [("carol", 3, SIG)], 1.0)
+
+
+def test_one_account_cannot_fill_the_table_with_calls() -> None:
+    table = tokens()
+    for n in range(MAX_JOINED_GROUPS):
+        table.create(f"{n:032x}", ("mallory", 1), [("bob", 2, SIG)], 1.0)
+    reason = refused(429, table.create, "f" * 32, ("mallory", 1), [("bob", 2, SIG)], 1.0)
+    assert f"{MAX_JOINED_GROUPS} group calls" in reason
+    table.create("e" * 32, ("alice", 3), [("bob", 2, SIG)], 1.0)  # others still can
+    table.leave(f"{0:032x}", 1, 2.0)  # once she leaves one, she may start another
+    table.create("f" * 32, ("mallory", 1), [("bob", 2, SIG)], 2.0)
 
 
 # ---------------------------------------------------------------- forwarding

@@ -40,6 +40,7 @@ from pqcall.signaling.group_messages import (
 from pqcall.transport.group_wire import TOKEN_LENGTH
 
 MAX_GROUP_CALLS = 10_000  # live group calls in one process
+MAX_JOINED_GROUPS = 4  # live group calls one account is joined to (so one cannot fill the table)
 MAX_SENDER_ID = 255
 
 
@@ -168,12 +169,15 @@ class GroupTable:
 
         Raises:
             GroupRefused: 409 the id is in use, 400 nobody (else) invited, a name twice,
-                too many people; 503 the table is full.
+                too many people; 429 the creator is joined to MAX_JOINED_GROUPS calls already;
+                503 the table is full.
         """
         if call_id in self._groups:
             raise GroupRefused(409, "call id is already in use")
         if len(self._groups) >= MAX_GROUP_CALLS:
             raise GroupRefused(503, "the server runs too many group calls")
+        if self._joined_count(creator[1]) >= MAX_JOINED_GROUPS:
+            raise GroupRefused(429, f"you are in {MAX_JOINED_GROUPS} group calls already")
         ids = [account_id for _, account_id, _ in invitees]
         if creator[1] in ids:
             raise GroupRefused(400, "you cannot invite yourself")
@@ -191,6 +195,14 @@ class GroupTable:
             )
         self._groups[call_id] = group
         return group
+
+    def _joined_count(self, account_id: int) -> int:
+        """Live group calls ``account_id`` is joined to."""
+        return sum(
+            1
+            for group in self._groups.values()
+            if (member := group.members.get(account_id)) is not None and member.state == "joined"
+        )
 
     def invite(self, call_id: str, by: int, invitee: tuple[str, int, bytes], now: float) -> Group:
         """A joined member invites one more person (or again one who left or declined).
