@@ -65,6 +65,14 @@ def test_status_text():
     assert status_text(1, None, None) == "00:01  -"
 
 
+def test_status_text_shows_the_encoder_mode_planned_loss_and_bitrate():
+    clean = {**STATS, "encoder_mode": "clean", "planned_loss_percent": 0, "encoder_kbps": 39.6}
+    assert status_text(12.3, "direct", clean).endswith("MOS 4.4  enc clean 0% 40 kbit/s")
+    rung = {**clean, "encoder_mode": "fec", "planned_loss_percent": 3, "encoder_kbps": 16.0}
+    rung["frames_per_packet"] = 2
+    assert status_text(12.3, "direct", rung).endswith("enc fec 3% 16x2 kbit/s")
+
+
 def test_render_table_aligns_columns():
     table = render_table(["name", "n"], [["alice", "1"], ["bo", "100"]], right=[1])
     assert table.splitlines() == ["name     n", "-----  ---", "alice    1", "bo     100"]

@@ -104,6 +104,10 @@ def test_a_bottleneck_lowers_the_bitrate_drains_the_queue_and_the_rate_comes_bac
     assert limited.frames_per_packet == 2
     assert limited.packet_bytes == 7 + 4 + 2 * limited.frame_bytes
     assert limited.bitrate_bps(20) <= 32_000
+    # the call's statistics show the rung the encoder is on
+    stats = call.engines["a"].snapshot(call.now)
+    assert stats.encoder_kbps == limited.bitrate_bps(20) / 1000
+    assert stats.frames_per_packet == 2
     call.run(5.0)
     during = _after(call.samples, onset)
     # the queue filled (the call sends 62 kbit/s), then drained under 100 ms within 5 s;
@@ -120,6 +124,8 @@ def test_a_bottleneck_lowers_the_bitrate_drains_the_queue_and_the_rate_comes_bac
     call.run(25.0)
     assert call.engines["a"].adaptation.frame_bytes == FULL_FRAME_BYTES
     assert call.engines["a"].adaptation.packet_bytes == 0
+    stats = call.engines["a"].snapshot(call.now)
+    assert (stats.encoder_kbps, stats.frames_per_packet) == (39.6, 1)
 
 
 def test_every_audio_packet_of_a_rung_has_one_size_on_the_wire():

@@ -179,7 +179,8 @@ def status_text(
     """The live status line of an active call.
 
     ``00:12  direct  rtt 3 ms  loss 0.0%  jitter 1.2 ms  jb 40 ms  tx 45 rx 45 kbit/s  MOS 4.4``
-    and ``enc clean 0%``: our encoder's mode and the loss it plans FEC for. When nothing came
+    and ``enc clean 0% 40 kbit/s``: our encoder's mode, the loss it plans FEC for and its Opus
+    bitrate (``16x2 kbit/s``: a bandwidth rung, two frames a packet). When nothing came
     from ``peer`` for a second, :func:`reconnecting_text` and the seconds follow the path.
     """
     parts = [clock(elapsed_s), path or MISSING]
@@ -197,7 +198,11 @@ def status_text(
         ]
         if "encoder_mode" in stats:
             planned = number(stats.get("planned_loss_percent"), "%", 0)
-            parts.append(f"enc {stats['encoder_mode']} {planned}")
+            rate = ""
+            if stats.get("encoder_kbps"):
+                frames = "x2" if stats.get("frames_per_packet", 1) > 1 else ""
+                rate = f" {number(stats['encoder_kbps'], '', 0)}{frames} kbit/s"
+            parts.append(f"enc {stats['encoder_mode']} {planned}{rate}")
     return "  ".join(parts)
 
 
@@ -236,6 +241,8 @@ STATISTICS_ROWS: tuple[tuple[str, str, str, int], ...] = (
     ("jitter buffer", "jitter_buffer_ms", "ms", 0),
     ("concealed", "concealed_ms", "ms", 0),
     ("FEC recovered", "fec_recovered", "frames", 0),
+    ("encoder", "encoder_kbps", "kbit/s", 1),
+    ("planned loss", "planned_loss_percent", "%", 0),
     ("tx", "tx_kbps", "kbit/s", 1),
     ("rx", "rx_kbps", "kbit/s", 1),
     ("MOS", "mos", "", 2),

@@ -301,9 +301,14 @@ class CallStatsSnapshot:
     peer_silent_s: float = 0.0
     """Seconds since the peer was last heard while reconnecting, else 0 (the media engine's)."""
     encoder_mode: str = "clean"
-    """Our encoder's mode: clean, fec or redundancy (the sender's adaptation; the engine's)."""
+    """Our encoder's mode: clean, fec, redundancy or backup (the engine's adaptation)."""
     planned_loss_percent: int = 0
     """Loss our encoder plans in-band FEC for (the sender's adaptation; the engine's)."""
+    encoder_kbps: float = 0.0
+    """Our encoder's Opus bitrate now, kbit/s: the configured one, or the bandwidth
+    adaptation's rung on a narrow link (the sender's adaptation; the engine's; 0: unknown)."""
+    frames_per_packet: int = 1
+    """Frames in each of our audio packets: 2 on a bandwidth-limited rung (the engine's)."""
 
     def as_dict(self) -> dict[str, int | float | str | None]:
         """The snapshot as a JSON-ready dict."""

@@ -193,6 +193,8 @@ class MediaEngine:
             self._pipeline.snapshot(now, packets_rejected=rejected),
             encoder_mode=adaptation.mode.value,
             planned_loss_percent=adaptation.expected_loss_percent,
+            encoder_kbps=adaptation.bitrate_bps(self._frame_ms) / 1000.0,
+            frames_per_packet=adaptation.frames_per_packet,
             reconnecting=liveness.is_silent,
             peer_silent_s=liveness.idle_s(now) if liveness.is_silent else 0.0,
         )
