@@ -201,3 +201,20 @@ def test_truncations_raise_decode_error(data):
     cut = data.draw(st.integers(min_value=0, max_value=len(encoded) - 1))
     with pytest.raises(DecodeError):
         SignedDeviceList.decode(encoded[:cut])
+
+
+def test_account_secrets_keep_the_device_key():
+    from pqcall.crypto.keystore import AccountSecrets
+
+    secrets = AccountSecrets.generate()
+    assert secrets.device_key is not None
+    assert secrets.device_identity is secrets.device_key
+    assert secrets.device_key.public_key() != secrets.identity.public_key()
+    restored = AccountSecrets.decode(secrets.encode())
+    assert restored.device_key is not None
+    assert restored.device_key.public_key() == secrets.device_key.public_key()
+    # a home made before linked devices: the account key is the device key
+    old = AccountSecrets(secrets.identity, secrets.file_key)
+    restored_old = AccountSecrets.decode(old.encode())
+    assert restored_old.device_key is None
+    assert restored_old.device_identity.public_key() == secrets.identity.public_key()

@@ -5,6 +5,7 @@ Its layout::
 
     account.key     the keystore (pqcall.crypto.keystore), sealing AccountSecrets
     config.json     username, server URL and the server name pinned at registration
+    devices.bin     the account's current signed device list (pqcall.crypto.account)
     contacts.json   pinned contacts (pqcall.client.contacts)
     history.jsonl   finished calls, one JSON object per line (pqcall.client.history)
     received/       received audio and files
@@ -37,7 +38,9 @@ from pqcall.client.privatefile import (
     read_bounded,
     write_atomic,
 )
+from pqcall.crypto.account import SignedDeviceList
 from pqcall.crypto.filekey import KeyBundle
+from pqcall.crypto.identity import IdentityPublicKey
 from pqcall.crypto.keystore import (
     DEFAULT_KDF_PARAMS,
     PASSPHRASE_ENV,
@@ -50,6 +53,7 @@ from pqcall.crypto.keystore import (
 )
 from pqcall.exceptions import (
     AccountExists,
+    BadSignature,
     DecodeError,
     KeystoreError,
     LocalProtocolError,
@@ -66,6 +70,8 @@ CONFIG_NAME = "config.json"
 CONTACTS_NAME = "contacts.json"
 HISTORY_NAME = "history.jsonl"
 RECEIVED_NAME = "received"
+DEVICE_LIST_NAME = "devices.bin"
+MAX_DEVICE_LIST_BYTES = 256 * 1024
 
 CONFIG_FORMAT = "pqcall config"
 CONFIG_VERSION = 1
@@ -185,6 +191,39 @@ class Home:
     def history_path(self) -> Path:
         """The call history, ``history.jsonl``."""
         return self.path / HISTORY_NAME
+
+    @property
+    def device_list_path(self) -> Path:
+        """The account's signed device list, ``devices.bin``."""
+        return self.path / DEVICE_LIST_NAME
+
+    def load_device_list(
+        self, account_public: IdentityPublicKey, username: str
+    ) -> SignedDeviceList | None:
+        """The signed device list kept here, verified; None if there is none yet.
+
+        Raises:
+            KeystoreError: the file is unreadable, malformed, or not signed by
+                ``account_public`` for ``username``.
+        """
+        data = read_bounded(self.device_list_path, "device list", MAX_DEVICE_LIST_BYTES)
+        if data is None:
+            return None
+        try:
+            signed = SignedDeviceList.decode(data)
+            signed.verify(account_public, username)
+        except (DecodeError, BadSignature, LocalProtocolError) as exc:
+            raise KeystoreError(f"device list {self.device_list_path} is invalid: {exc}") from None
+        return signed
+
+    def save_device_list(self, signed: SignedDeviceList) -> None:
+        """Write ``devices.bin`` atomically, mode 0600 (the caller verified or signed it).
+
+        Raises:
+            KeystoreError: the file cannot be written.
+        """
+        with self._lock.held():
+            write_atomic(self.device_list_path, signed.encode(), "device list")
 
     @property
     def received_path(self) -> Path:

@@ -48,7 +48,8 @@ def device_id(public: IdentityPublicKey) -> bytes:
     return sha256(public.encode())[:DEVICE_ID_LENGTH]
 
 
-def _check_name(name: object, error: type[Exception]) -> str:
+def check_device_name(name: object, error: type[Exception]) -> str:
+    """``name`` if it can name a device, else raise ``error`` saying why."""
     if not isinstance(name, str) or not 0 < len(name) <= MAX_DEVICE_NAME_LENGTH:
         raise error(f"device name must be 1 to {MAX_DEVICE_NAME_LENGTH} characters")
     if any(unicodedata.category(char).startswith("C") for char in name):
@@ -56,7 +57,8 @@ def _check_name(name: object, error: type[Exception]) -> str:
     return name
 
 
-def _check_username(username: object, error: type[Exception]) -> None:
+def check_list_username(username: object, error: type[Exception]) -> None:
+    """Raise ``error`` unless ``username`` is 1 to 255 bytes of UTF-8."""
     if not isinstance(username, str):
         raise error("device list username must be a string")
     try:
@@ -79,7 +81,7 @@ class Device:
     """The device key's public half: it signs this device's logins and handshakes."""
 
     def __post_init__(self) -> None:
-        _check_name(self.name, LocalProtocolError)
+        check_device_name(self.name, LocalProtocolError)
         if not isinstance(self.public, IdentityPublicKey):
             raise LocalProtocolError("device public key must be an IdentityPublicKey")
         if self.device_id != device_id(self.public):
@@ -113,7 +115,7 @@ class DeviceList:
         self._check(LocalProtocolError)
 
     def _check(self, error: type[Exception]) -> None:
-        _check_username(self.username, error)
+        check_list_username(self.username, error)
         if (
             isinstance(self.version, bool)
             or not isinstance(self.version, int)
@@ -151,7 +153,7 @@ class DeviceList:
         """
         reader = Reader(encoding.decode(Kind.DEVICE_LIST, data), "device list")
         username = reader.text("username")
-        _check_username(username, DecodeError)
+        check_list_username(username, DecodeError)
         version = reader.u32("version")
         count = reader.u8("device count")
         if not 1 <= count <= MAX_DEVICES:
@@ -159,7 +161,7 @@ class DeviceList:
         devices = []
         for _ in range(count):
             raw_id = reader.fixed(DEVICE_ID_LENGTH, "device id")
-            name = _check_name(reader.text("device name"), DecodeError)
+            name = check_device_name(reader.text("device name"), DecodeError)
             public = IdentityPublicKey.decode(reader.vec16("device key"))
             if raw_id != device_id(public):
                 raise DecodeError("device list has a device id that does not match its key")

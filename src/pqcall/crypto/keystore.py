@@ -314,6 +314,7 @@ def passphrase_from_env(
 _FIELD_IDENTITY = 1
 _FIELD_FILE_KEY = 2
 _FIELD_PREVIOUS_FILE_KEY = 3
+_FIELD_DEVICE_KEY = 4
 
 
 @dataclasses.dataclass(frozen=True, slots=True, repr=False)
@@ -322,24 +323,32 @@ class AccountSecrets:
 
     Encoding (``Kind.ACCOUNT_SECRETS``) is a list of fields, each
     ``tag (u8) | value (vec16)``: 1 identity private key (once), 2 file private
-    key (once), 3 a previous file private key (repeated, newest first). Unknown
+    key (once), 3 a previous file private key (repeated, newest first), 4 this
+    device's key (at most once; absent in a home made before linked devices,
+    whose device key is then the account identity). Unknown
     tags are kept verbatim in :attr:`extensions` and written back, so an older
     client never drops what a newer one stored.
     """
 
     identity: IdentityPrivateKey
-    """The account's hybrid signing identity."""
+    """The account key: the hybrid identity contacts pin; it signs the device list."""
     file_key: FilePrivateKey
     """The current file-decryption key (the one in the published bundle)."""
     previous_file_keys: tuple[FilePrivateKey, ...] = ()
     """File keys replaced by rotation, kept to read files sent before it."""
     extensions: tuple[tuple[int, bytes], ...] = ()
     """Fields of unknown tag, as ``(tag, value)``, preserved on rewrite."""
+    device_key: IdentityPrivateKey | None = None
+    """This device's own key (signs logins and handshakes); None: the account key is it."""
 
     @classmethod
     def generate(cls) -> AccountSecrets:
-        """A new account: a fresh identity and file key."""
-        return cls(IdentityPrivateKey.generate(), FilePrivateKey.generate())
+        """A new account: a fresh identity (account key), device key and file key."""
+        return cls(
+            IdentityPrivateKey.generate(),
+            FilePrivateKey.generate(),
+            device_key=IdentityPrivateKey.generate(),
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> AccountSecrets:
@@ -356,6 +365,7 @@ class AccountSecrets:
         file_keys: list[FilePrivateKey] = []
         previous: list[FilePrivateKey] = []
         extensions: list[tuple[int, bytes]] = []
+        device_keys: list[IdentityPrivateKey] = []
         while consumed < len(body):
             tag = reader.u8("field tag")
             value = reader.vec16("field value")
@@ -366,20 +376,32 @@ class AccountSecrets:
                 file_keys.append(FilePrivateKey.decode(value))
             elif tag == _FIELD_PREVIOUS_FILE_KEY:
                 previous.append(FilePrivateKey.decode(value))
+            elif tag == _FIELD_DEVICE_KEY:
+                device_keys.append(IdentityPrivateKey.decode(value))
             else:
                 extensions.append((tag, value))
         if len(identities) != 1 or len(file_keys) != 1:
             raise DecodeError("account secrets need exactly one identity and one file key")
-        return cls(identities[0], file_keys[0], tuple(previous), tuple(extensions))
+        if len(device_keys) > 1:
+            raise DecodeError("account secrets hold more than one device key")
+        device_key = device_keys[0] if device_keys else None
+        return cls(identities[0], file_keys[0], tuple(previous), tuple(extensions), device_key)
 
     def encode(self) -> bytes:
         """The type-tagged encoding, secret: seal it, never store it in clear."""
         fields = [(_FIELD_IDENTITY, self.identity.encode())]
         fields.append((_FIELD_FILE_KEY, self.file_key.encode()))
         fields += [(_FIELD_PREVIOUS_FILE_KEY, key.encode()) for key in self.previous_file_keys]
+        if self.device_key is not None:
+            fields.append((_FIELD_DEVICE_KEY, self.device_key.encode()))
         fields += list(self.extensions)
         body = b"".join(encoding.u8(tag) + encoding.vec16(value) for tag, value in fields)
         return encoding.encode(Kind.ACCOUNT_SECRETS, body)
+
+    @property
+    def device_identity(self) -> IdentityPrivateKey:
+        """The key this device signs logins and handshakes with (the account key if none)."""
+        return self.device_key if self.device_key is not None else self.identity
 
     def file_keys(self) -> tuple[FilePrivateKey, ...]:
         """Every file key to try when decrypting: current first, then previous."""
@@ -394,7 +416,7 @@ class AccountSecrets:
     def __repr__(self) -> str:
         return (
             f"AccountSecrets(identity={self.identity!r}, file_key={self.file_key!r}, "
-            f"previous_file_keys={len(self.previous_file_keys)})"
+            f"previous_file_keys={len(self.previous_file_keys)}, device_key={self.device_key!r})"
         )
 
 
