@@ -33,7 +33,8 @@ def test_lookup(server, account):
     answer = bob.client.get("/users/alice")
     assert answer.status_code == 200
     body = answer.json()
-    assert set(body) == {"username", "identity", "key_bundle", "created"}
+    assert set(body) == {"username", "identity", "key_bundle", "created", "device_list"}
+    assert body["device_list"] is None  # never sent one (issue 22)
     assert b64decode(body["identity"]) == alice.identity.public_key().encode()
     file_key = KeyBundle.decode(b64decode(body["key_bundle"])).verify(alice.identity.public_key())
     assert file_key == alice.file_key.public_key()

@@ -29,7 +29,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from pqcall.server.storage import AccountRecord
-from pqcall.server.storage.login_store import TokenCache
+from pqcall.server.storage.login_store import TokenCache, TokenInfo
 from pqcall.server.storage.models import events
 from pqcall.signaling.messages import b64encode
 from tests.harness import wait_until
@@ -184,12 +184,13 @@ def test_a_lookup_that_raced_a_logout_is_not_cached() -> None:
     account = AccountRecord(1, "alice", b"i", 0.0, None)
     started = cache.generation  # a lookup reads the database from here ...
     cache.forget(b"h1")  # ... while a logout deletes the token
-    cache.put(b"h1", (account, 99.0), started)  # ... and its (older) answer comes back
+    info = TokenInfo(account, 99.0, None)
+    cache.put(b"h1", info, started)  # ... and its (older) answer comes back
     assert cache.get(b"h1") is None
-    cache.put(b"h1", (account, 99.0), cache.generation)
-    assert cache.get(b"h1") == (account, 99.0)
+    cache.put(b"h1", info, cache.generation)
+    assert cache.get(b"h1") == info
     cache.forget_account(1)
     assert cache.get(b"h1") is None
     for name in (b"a", b"b", b"c"):  # bounded: the least recently used goes
-        cache.put(name, (account, 99.0), cache.generation)
+        cache.put(name, info, cache.generation)
     assert cache.get(b"a") is None and cache.get(b"c") is not None

@@ -31,6 +31,7 @@ from .conftest import PG_ENV, reset_postgresql
 NOW = 1_750_000_000.123456
 TABLES = {"accounts", "key_bundles", "tokens", "challenges", "calls", "events", "stored_files"}
 TABLES |= {"relay_allocations"}  # server/relay_store.py
+TABLES |= {"devices", "event_acks", "link_requests"}  # issue 22: accounts with devices
 CANDIDATES = [{"host": "192.168.1.20", "port": 40000}, {"host": "fe80::1", "port": 40001}]
 
 

@@ -7,7 +7,10 @@
       POST /auth/login {username, challenge,
             signature}                 ->   token (32 random bytes), expires
 
-The signature is the account identity's hybrid signature, context
+The signature is a device key's hybrid signature (issue 22: the device named by
+the login's ``device_id``, which must be in the account's current device list;
+without ``device_id``, as older phones log in, the account key's own device,
+which every account has until a device list leaves it out), context
 :data:`~pqcall.signaling.messages.LOGIN_CONTEXT`, over
 :func:`~pqcall.signaling.messages.login_signed_data` (server name, username,
 challenge): a challenge signed for one server cannot be replayed at another,
@@ -15,7 +18,9 @@ and each challenge can be used once, whatever the outcome. Neither route tells
 whether a name has an account: an unknown name gets a challenge too, and its
 login fails like a bad signature (checked against :func:`decoy_identity`). The server stores
 only the SHA-256 of a token, with its expiry, so a stolen database yields no
-usable token and tokens survive a restart.
+usable token and tokens survive a restart. A token remembers its device: a
+device dropped from the account's list loses its tokens and sockets at once
+(:func:`revoke_tokens`).
 
 Every other authenticated request sends ``Authorization: Bearer <token>``;
 :func:`current_account` is the dependency that checks it.
@@ -46,6 +51,7 @@ from pqcall.crypto.identity import IdentityPrivateKey, IdentityPublicKey
 from pqcall.exceptions import BadSignature, DecodeError, ServerError
 from pqcall.server.context import AppContext, Context, api_error
 from pqcall.server.storage import AccountRecord, ChallengeUse, Storage
+from pqcall.server.storage.account_store import device_id_of
 from pqcall.signaling.messages import (
     CHALLENGE_LENGTH,
     LOGIN_CONTEXT,
@@ -185,11 +191,19 @@ async def login(body: LoginRequest, context: Context) -> LoginResponse:
     if use is not ChallengeUse.OK:
         raise api_error(status.HTTP_401_UNAUTHORIZED, _CHALLENGE_ERRORS[use])
     account = await context.storage.accounts.get_account_by_name(body.username)
-    try:
-        # an unknown name is checked against a key nobody holds: same work, same failure
-        identity = (
-            decoy_identity() if account is None else IdentityPublicKey.decode(account.identity)
+    device_key: bytes | None = None
+    device_id: bytes | None = None
+    if account is not None:
+        device_id = (
+            bytes.fromhex(body.device_id)
+            if body.device_id is not None
+            else device_id_of(account.identity)
         )
+        device = await context.storage.devices.get_device(account.id, device_id)
+        device_key = None if device is None else device.public_key
+    try:
+        # an unknown name or device is checked against a key nobody holds: same work, same failure
+        identity = decoy_identity() if device_key is None else IdentityPublicKey.decode(device_key)
         identity.verify(
             body.signature,
             login_signed_data(context.settings.server_name, body.username, body.challenge),
@@ -198,11 +212,11 @@ async def login(body: LoginRequest, context: Context) -> LoginResponse:
     except (BadSignature, DecodeError):
         logger.info("login refused: bad signature for %s", body.username)
         raise api_error(status.HTTP_401_UNAUTHORIZED, "login signature does not verify") from None
-    if account is None:  # only if someone forged a signature by the decoy key
+    if account is None or device_key is None:  # only if someone forged the decoy's signature
         raise api_error(status.HTTP_401_UNAUTHORIZED, "login signature does not verify")
     token = secrets.token_bytes(TOKEN_LENGTH)
     expires = now + context.settings.token_ttl_s
-    await context.storage.logins.create_token(hash_token(token), account.id, expires)
+    await context.storage.logins.create_token(hash_token(token), account.id, expires, device_id)
     await context.storage.accounts.touch_last_seen(account.id, now)
     logger.info("login: %s", account.username)
     return LoginResponse(token=b64encode(token), expires=expires)
@@ -290,6 +304,13 @@ async def revoke(context: AppContext, token_hash: bytes) -> None:
     """Revoke one token: forget it in storage, then announce it (its sockets close)."""
     await context.storage.logins.delete_token(token_hash)
     revocations(context).publish(Revocation(token_hashes=frozenset({token_hash})))
+
+
+async def revoke_tokens(context: AppContext, token_hashes: list[bytes]) -> None:
+    """Announce tokens storage already deleted (a device dropped, a recovery): sockets close."""
+    context.storage.logins.forget_tokens(token_hashes)
+    if token_hashes:
+        revocations(context).publish(Revocation(token_hashes=frozenset(token_hashes)))
 
 
 async def revoke_account(context: AppContext, account_id: int) -> int:

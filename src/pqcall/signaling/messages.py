@@ -75,6 +75,8 @@ EVENT_CALL_MISSED = "call.missed"
 EVENT_CALL_FAILED = "call.failed"
 EVENT_PRESENCE = "presence"
 EVENT_FILE_WAITING = "file.waiting"
+EVENT_CALL_ANSWERED_ELSEWHERE = "call.answered_elsewhere"  # {call_id, device_name}: stop ringing
+MAX_SIGNED_DEVICE_LIST_BYTES = 40 * 1024  # pqcall.signaling.account_messages has the others
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
@@ -223,6 +225,9 @@ class UserView(Message):
     identity: Identity
     key_bundle: KeyBundleBytes
     created: Timestamp
+    device_list: Annotated[bytes, Base64Url(MAX_SIGNED_DEVICE_LIST_BYTES, 1)] | None = Field(
+        default=None, description="the account's SignedDeviceList; null: it never sent one"
+    )
 
 
 class PutBundleRequest(Message):
@@ -272,6 +277,11 @@ class LoginRequest(Message):
     username: Username
     challenge: Challenge
     signature: Signature
+    device_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="the device whose key signed (hex); null: the account key (older phones)",
+    )
 
 
 class LoginResponse(Message):

@@ -5,30 +5,53 @@ with its first key bundle; a new bundle replaces the current one (older ones
 are kept, not current). Each method is one short transaction; times are unix
 seconds passed in by the caller.
 
-:meth:`AccountStore.find_account_by_name` answers from a cache (a name and
-its account's id and identity never change once created; an entry is dropped
-when the account's key bundle changes, to be safe); its ``last_seen`` may be
-stale, so presence reads :meth:`AccountStore.get_account`.
+:meth:`AccountStore.find_account_by_name` answers from a cache (a name's
+account and identity change only by recovery or an operator's release, issue
+22: this process drops the entry at once, another process's change is seen
+within :data:`NAME_CACHE_TTL_S`; an entry is also dropped when the account's
+key bundle changes); its ``last_seen`` may be stale, so presence reads
+:meth:`AccountStore.get_account`.
+
+Every account has at least one device (``pqcall.server.storage.device_store``):
+:meth:`AccountStore.create_account` makes its first, whose key is its identity.
+Account reads select :data:`ACCOUNT_COLUMNS` only, never the device list blob.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pqcall.server.storage.models import accounts, key_bundles
+from pqcall.server.storage.models import accounts, devices, key_bundles
 from pqcall.server.storage.records import AccountRecord, BundleRecord, UsernameTaken
 
 NAME_CACHE_SIZE = 100_000  # accounts kept by find_account_by_name
+NAME_CACHE_TTL_S = 10.0  # how long another process's recovery or release may go unseen here
+DEVICE_ID_LENGTH = 16
+FIRST_DEVICE_NAME = "first device"  # the device an account's identity is, until it lists others
+ACCOUNT_COLUMNS = (
+    accounts.c.id,
+    accounts.c.username,
+    accounts.c.identity,
+    accounts.c.created_at,
+    accounts.c.last_seen_at,
+)
 TOUCH_BATCH = 500  # account ids per UPDATE in touch_accounts (SQLite bounds parameters)
 
 
-def account_from_row(row: Row[Any]) -> AccountRecord:
+def device_id_of(public_key: bytes) -> bytes:
+    """The id of a device key: the first 16 bytes of SHA-256 of its encoding (issue 22)."""
+    return hashlib.sha256(public_key).digest()[:DEVICE_ID_LENGTH]
+
+
+def account_from_row(row: Any) -> AccountRecord:
     """The record of a row of ``accounts`` (or of a select that includes its columns)."""
     return AccountRecord(
         id=row.id,
@@ -48,7 +71,8 @@ class AccountStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine  # shared connection pool, owned by Storage
-        self._by_name: OrderedDict[str, AccountRecord] = OrderedDict()  # find_account_by_name
+        # find_account_by_name: name -> (account, when cached, monotonic)
+        self._by_name: OrderedDict[str, tuple[AccountRecord, float]] = OrderedDict()
 
     async def create_account(
         self, username: str, identity: bytes, bundle: bytes, bundle_created: int, now: float
@@ -64,9 +88,18 @@ class AccountStore:
                 result = await connection.execute(
                     insert(accounts)
                     .values(username=username, identity=identity, created_at=now)
-                    .returning(accounts)
+                    .returning(*ACCOUNT_COLUMNS)
                 )
                 row = result.one()
+                await connection.execute(
+                    insert(devices).values(
+                        account_id=row.id,
+                        device_id=device_id_of(identity),
+                        name=FIRST_DEVICE_NAME,
+                        public_key=identity,
+                        added_at=now,
+                    )
+                )
                 await connection.execute(
                     insert(key_bundles).values(
                         account_id=row.id,
@@ -83,7 +116,9 @@ class AccountStore:
     async def get_account(self, account_id: int) -> AccountRecord | None:
         """The account with this id, if any."""
         async with self.engine.connect() as connection:
-            result = await connection.execute(select(accounts).where(accounts.c.id == account_id))
+            result = await connection.execute(
+                select(*ACCOUNT_COLUMNS).where(accounts.c.id == account_id)
+            )
             row = result.one_or_none()
         return None if row is None else account_from_row(row)
 
@@ -91,7 +126,7 @@ class AccountStore:
         """The account named ``username`` (normalized), if any."""
         async with self.engine.connect() as connection:
             result = await connection.execute(
-                select(accounts).where(accounts.c.username == username)
+                select(*ACCOUNT_COLUMNS).where(accounts.c.username == username)
             )
             row = result.one_or_none()
         return None if row is None else account_from_row(row)
@@ -102,19 +137,20 @@ class AccountStore:
         Unknown names are not cached: one registered a moment later is found.
         """
         cached = self._by_name.get(username)
-        if cached is not None:
+        if cached is not None and time.monotonic() - cached[1] <= NAME_CACHE_TTL_S:
             self._by_name.move_to_end(username)
-            return cached
+            return cached[0]
         account = await self.get_account_by_name(username)
+        self._by_name.pop(username, None)
         if account is not None:
-            self._by_name[username] = account
+            self._by_name[username] = (account, time.monotonic())
             while len(self._by_name) > NAME_CACHE_SIZE:
                 self._by_name.popitem(last=False)
         return account
 
     def forget_cached(self, account_id: int) -> None:
         """Drop the account from the name cache (its keys changed)."""
-        for name in [n for n, account in self._by_name.items() if account.id == account_id]:
+        for name in [n for n, (account, _) in self._by_name.items() if account.id == account_id]:
             del self._by_name[name]
 
     async def get_accounts_by_names(self, usernames: Iterable[str]) -> list[AccountRecord]:
@@ -124,7 +160,9 @@ class AccountStore:
             return []
         async with self.engine.connect() as connection:
             result = await connection.execute(
-                select(accounts).where(accounts.c.username.in_(names)).order_by(accounts.c.username)
+                select(*ACCOUNT_COLUMNS)
+                .where(accounts.c.username.in_(names))
+                .order_by(accounts.c.username)
             )
             return [account_from_row(row) for row in result]
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pqcall.server.storage.account_store import account_from_row
+from pqcall.server.storage.account_store import ACCOUNT_COLUMNS, account_from_row
 from pqcall.server.storage.models import accounts, challenges, tokens
 from pqcall.server.storage.records import AccountRecord, ChallengeUse
 
@@ -28,8 +29,18 @@ TOKEN_CACHE_SIZE = 100_000  # entries (~300 bytes each)
 TOKEN_CACHE_TTL_S = 10.0  # how long another process's revocation may go unseen here
 
 
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What a token hash stands for."""
+
+    account: AccountRecord
+    expires_at: float
+    device_id: bytes | None
+    """The device it was issued to (issue 22); ``None`` only for a token older than devices."""
+
+
 class TokenCache:
-    """Token hash -> (account, expiry), bounded in size and age (monotonic clock).
+    """Token hash -> :class:`TokenInfo`, bounded in size and age (monotonic clock).
 
     A lookup that started before an invalidation never stores its (older)
     answer afterwards: :meth:`generation` is read before the database is asked
@@ -39,7 +50,7 @@ class TokenCache:
     def __init__(self, size: int = TOKEN_CACHE_SIZE, ttl_s: float = TOKEN_CACHE_TTL_S) -> None:
         self.size = size  # most entries kept; the least recently used go first
         self.ttl_s = ttl_s  # seconds an entry is trusted
-        self._entries: OrderedDict[bytes, tuple[AccountRecord, float, float]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[TokenInfo, float]] = OrderedDict()
         self._generation = 0  # bumped by every invalidation
 
     @property
@@ -47,21 +58,21 @@ class TokenCache:
         """Read before a lookup; pass to :meth:`put`."""
         return self._generation
 
-    def get(self, token_hash: bytes) -> tuple[AccountRecord, float] | None:
+    def get(self, token_hash: bytes) -> TokenInfo | None:
         entry = self._entries.get(token_hash)
         if entry is None:
             return None
-        account, expires_at, stored = entry
+        info, stored = entry
         if time.monotonic() - stored > self.ttl_s:
             del self._entries[token_hash]
             return None
         self._entries.move_to_end(token_hash)
-        return account, expires_at
+        return info
 
-    def put(self, token_hash: bytes, found: tuple[AccountRecord, float], generation: int) -> None:
+    def put(self, token_hash: bytes, found: TokenInfo, generation: int) -> None:
         if generation != self._generation:
             return  # something was revoked while this lookup ran: do not trust it
-        self._entries[token_hash] = (found[0], found[1], time.monotonic())
+        self._entries[token_hash] = (found, time.monotonic())
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
@@ -71,7 +82,9 @@ class TokenCache:
 
     def forget_account(self, account_id: int) -> None:
         self._generation += 1
-        for token_hash in [h for h, entry in self._entries.items() if entry[0].id == account_id]:
+        for token_hash in [
+            h for h, (info, _) in self._entries.items() if info.account.id == account_id
+        ]:
             del self._entries[token_hash]
 
     def clear(self) -> None:
@@ -127,12 +140,17 @@ class LoginStore:
             return ChallengeUse.USED
         return ChallengeUse.EXPIRED
 
-    async def create_token(self, token_hash: bytes, account_id: int, expires_at: float) -> None:
-        """Store a bearer token by its hash."""
+    async def create_token(
+        self, token_hash: bytes, account_id: int, expires_at: float, device_id: bytes | None = None
+    ) -> None:
+        """Store a bearer token by its hash, issued to ``device_id`` of the account."""
         async with self.engine.begin() as connection:
             await connection.execute(
                 insert(tokens).values(
-                    token_hash=token_hash, account_id=account_id, expires_at=expires_at
+                    token_hash=token_hash,
+                    account_id=account_id,
+                    expires_at=expires_at,
+                    device_id=device_id,
                 )
             )
 
@@ -145,25 +163,33 @@ class LoginStore:
         The account record's ``last_seen`` may be stale: read it with
         :meth:`AccountStore.get_account`.
         """
+        found = await self.token_info(token_hash, fresh=fresh)
+        return None if found is None else (found.account, found.expires_at)
+
+    async def token_info(self, token_hash: bytes, *, fresh: bool = False) -> TokenInfo | None:
+        """:meth:`account_for_token` with the token's device."""
         if not fresh:
             cached = self.token_cache.get(token_hash)
             if cached is not None:
                 return cached
         generation = self.token_cache.generation
-        found = await self._account_for_token(token_hash)
+        found = await self._token_info(token_hash)
         if found is not None:
             self.token_cache.put(token_hash, found, generation)
         return found
 
-    async def _account_for_token(self, token_hash: bytes) -> tuple[AccountRecord, float] | None:
+    async def _token_info(self, token_hash: bytes) -> TokenInfo | None:
         async with self.engine.connect() as connection:
             result = await connection.execute(
-                select(accounts, tokens.c.expires_at)
+                select(*ACCOUNT_COLUMNS, tokens.c.expires_at, tokens.c.device_id)
                 .join(tokens, tokens.c.account_id == accounts.c.id)
                 .where(tokens.c.token_hash == token_hash)
             )
             row = result.one_or_none()
-        return None if row is None else (account_from_row(row), row.expires_at)
+        if row is None:
+            return None
+        device = None if row.device_id is None else bytes(row.device_id)
+        return TokenInfo(account_from_row(row), row.expires_at, device)
 
     async def delete_token(self, token_hash: bytes) -> bool:
         """Revoke a token; whether it existed."""
@@ -174,6 +200,11 @@ class LoginStore:
             )
         self.token_cache.forget(token_hash)  # and a lookup that read it before the commit
         return bool(result.rowcount)
+
+    def forget_tokens(self, token_hashes: list[bytes]) -> None:
+        """Drop tokens another store deleted from the cache (device removed, recovery)."""
+        for token_hash in token_hashes:
+            self.token_cache.forget(token_hash)
 
     async def delete_account_tokens(self, account_id: int) -> int:
         """Revoke every token of an account ("log out everywhere"); how many there were."""

@@ -50,6 +50,19 @@ accounts = Table(
     Column("identity", LargeBinary, nullable=False),  # encoded hybrid identity public key
     Column("created_at", Double, nullable=False),
     Column("last_seen_at", Double, nullable=True),  # last login or push connection
+    Column("device_list", LargeBinary, nullable=True),  # encoded SignedDeviceList; None: never sent
+    Column("device_list_version", BigInteger, nullable=False, server_default="0"),
+    Column("recovery_key", LargeBinary, nullable=True),  # the recovery key's public half
+)
+
+devices = Table(  # the devices of the account's current device list (one for an old account)
+    "devices",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id"), primary_key=True),
+    Column("device_id", LargeBinary(16), primary_key=True),  # SHA-256(public key)[:16]
+    Column("name", String(64), nullable=False),
+    Column("public_key", LargeBinary, nullable=False),  # encoded hybrid identity public key
+    Column("added_at", Double, nullable=False),
 )
 
 key_bundles = Table(
@@ -70,6 +83,7 @@ tokens = Table(
     Column("token_hash", LargeBinary(32), primary_key=True),  # SHA-256 of the bearer token
     Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
     Column("expires_at", Double, nullable=False),
+    Column("device_id", LargeBinary(16), nullable=True),  # the device that logged in
     Index(None, "expires_at"),
 )
 
@@ -118,6 +132,27 @@ events = Table(
     Index(None, "account_id", "seq"),
     Index(None, "created_at"),  # retention
     sqlite_autoincrement=True,  # a seq is never reused, even after the newest rows are deleted
+)
+
+event_acks = Table(  # which device of a several-device account has acknowledged an event
+    "event_acks",
+    metadata,
+    Column("seq", BigId, ForeignKey("events.seq", ondelete="CASCADE"), primary_key=True),
+    Column("device_id", LargeBinary(16), primary_key=True),
+)
+
+link_requests = Table(  # server/link_rendezvous.py: opaque blobs between two devices
+    "link_requests",
+    metadata,
+    Column("link_id", String(32), primary_key=True),
+    Column("request", LargeBinary, nullable=False),
+    Column("poll_hash", LargeBinary(32), nullable=False),  # SHA-256 of the poller's secret
+    Column("response", LargeBinary, nullable=True),
+    Column("answered_by", Integer, ForeignKey("accounts.id"), nullable=True),
+    Column("client", String(64), nullable=False),  # the creator's address key (rate limits)
+    Column("expires_at", Double, nullable=False),
+    Index(None, "client"),
+    Index(None, "expires_at"),
 )
 
 stored_files = Table(

@@ -26,6 +26,10 @@ class UsernameTaken(StorageError):
     """The username belongs to another account."""
 
 
+class StaleDeviceList(StorageError):
+    """A device list's version is not above the stored one (issue 22)."""
+
+
 class CallExists(StorageError):
     """A call with this id already exists."""
 
@@ -66,6 +70,32 @@ class AccountRecord:
     """Registration time."""
     last_seen: float | None
     """Last login or push connection; ``None``: never."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """One device of an account's current device list (issue 22)."""
+
+    account_id: int
+    device_id: bytes
+    """16 bytes: SHA-256 of the encoded device key, first 16 bytes."""
+    name: str
+    public_key: bytes
+    """Encoded hybrid identity public key of the device."""
+    added: float
+    """When the server first saw it in the account's list."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceListRecord:
+    """What an account published about its devices (issue 22)."""
+
+    signed: bytes | None
+    """The encoded SignedDeviceList as received; ``None``: the account never sent one."""
+    version: int
+    """Its version; 0 before the first."""
+    recovery_key: bytes | None
+    """The recovery key's public half, if the list names one."""
 
 
 @dataclass(frozen=True, slots=True)

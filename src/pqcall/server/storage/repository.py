@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from pqcall.server.storage import database
 from pqcall.server.storage.account_store import AccountStore
 from pqcall.server.storage.call_store import CallStore
+from pqcall.server.storage.device_store import DeviceStore
 from pqcall.server.storage.event_store import EventStore
 from pqcall.server.storage.file_store import FileStore
 from pqcall.server.storage.login_store import LoginStore
@@ -48,6 +49,7 @@ class Storage:
         self.calls = CallStore(engine)  # call rows and their state
         self.events = EventStore(engine)  # pending push events
         self.files = FileStore(engine)  # stored files' rows (not their bytes)
+        self.devices = DeviceStore(engine, self.accounts, self.logins)  # issue 22
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Storage:
