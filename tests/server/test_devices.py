@@ -60,9 +60,7 @@ async def test_migration_makes_every_old_account_its_first_device(db_url):
     engine = create_engine(db_url)
     try:
         async with engine.begin() as connection:
-            await connection.run_sync(
-                lambda sync: command.upgrade(alembic_config(sync), "0003")  # type: ignore[arg-type]
-            )
+            await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0003"))
             await connection.execute(
                 text(
                     "INSERT INTO accounts (username, identity, created_at)"
