@@ -40,12 +40,13 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 
 import httpx
+import pydantic
 
 from pqcall.client.event_stream import ConnectionCallback, EventStream
 from pqcall.client.http import DEFAULT_TIMEOUT_S, HttpSession, Verify, describe
 from pqcall.client.login import Login
 from pqcall.crypto.identity import IdentityPrivateKey
-from pqcall.exceptions import ServerUnreachable
+from pqcall.exceptions import ServerError, ServerUnreachable
 from pqcall.signaling import usernames
 from pqcall.signaling.messages import (
     MAX_HISTORY_CALLS,
@@ -88,6 +89,8 @@ class ServerApi:
             the server gives at the first registration or login.
         verify: TLS verification, as for :func:`~pqcall.client.http.tls_context`.
         timeout_s: how long one request may take.
+        device_key: this device's key, which then signs the logins (see
+            :class:`~pqcall.client.login.Login`); None: the account key does.
 
     Raises:
         InvalidUsername: ``username`` cannot be an account name.
@@ -102,10 +105,13 @@ class ServerApi:
         server_name: str | None = None,
         verify: Verify = True,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        device_key: IdentityPrivateKey | None = None,
     ) -> None:
         self.username = usernames.normalize(username)  # the normalized account name
         self._http = HttpSession(base_url, verify=verify, timeout_s=timeout_s)  # requests
-        self._login = Login(self._http, self.username, identity, server_name)  # the token
+        self._login = Login(
+            self._http, self.username, identity, server_name, device_key=device_key
+        )  # the token
         self.base_url = self._http.base_url  # where the server is, as given
         self.ssl_context = self._http.ssl_context  # shared with the event stream (wss://)
 
@@ -195,6 +201,30 @@ class ServerApi:
         ``everywhere``: revoke every token of this account, on every device.
         """
         await self._login.logout(everywhere=everywhere)
+
+    async def authed_request(
+        self, method: str, path: str, body: pydantic.BaseModel | None = None
+    ) -> httpx.Response:
+        """An authenticated request to a route with no method here; a success answer, else raise.
+
+        For the device and link routes, whose bodies :mod:`pqcall.client.account_devices` builds.
+        """
+        return await self._login.request(method, path, body=body)
+
+    async def public_request(
+        self, method: str, path: str, body: pydantic.BaseModel | None = None
+    ) -> httpx.Response:
+        """An unauthenticated request, whatever its status (the link routes' polling).
+
+        Raises:
+            ServerUnreachable: no answer.
+        """
+        payload = body.model_dump(mode="json") if body is not None else None
+        return await self._http.send(method, path, token=None, json=payload)
+
+    def error_of(self, response: httpx.Response) -> ServerError:
+        """The error an unsuccessful answer of :meth:`public_request` stands for."""
+        return self._http.error(response)
 
     async def put_bundle(self, key_bundle: bytes) -> UserView:
         """Replace this account's key bundle by a newer one (same identity).

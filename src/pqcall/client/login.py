@@ -38,6 +38,7 @@ import httpx
 import pydantic
 
 from pqcall.client.http import HttpSession, server_time
+from pqcall.crypto.account import device_id
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.exceptions import ApiError, LocalProtocolError
 from pqcall.signaling.messages import (
@@ -66,6 +67,9 @@ class Login:
         username: the account's normalized name.
         identity: the account's signing identity.
         server_name: the name pinned for this server; ``None`` until learned.
+        device_key: this device's own key; when given, logins are signed by it
+            and name its device id (the server checks it is in the account's
+            device list). ``None``: logins are signed by the account key.
     """
 
     def __init__(
@@ -74,10 +78,13 @@ class Login:
         username: str,
         identity: IdentityPrivateKey,
         server_name: str | None,
+        *,
+        device_key: IdentityPrivateKey | None = None,
     ) -> None:
         self._http = http  # where requests go
         self._username = username  # the normalized account name
-        self._identity = identity  # signs registration and logins
+        self._identity = identity  # signs registration (and logins without a device key)
+        self._device_key = device_key  # signs logins when set
         self._server_name = server_name  # pinned name; None until learned
         self._token: str | None = None  # current bearer token
         self._renew_at = 0.0  # time.monotonic() after which the token is renewed
@@ -93,6 +100,13 @@ class Login:
     def logins(self) -> int:
         """How many times this account has logged in here (the first login included)."""
         return self._logins
+
+    @property
+    def device_id(self) -> str | None:
+        """This device's id in hex when logins are signed by a device key, else None."""
+        if self._device_key is None:
+            return None
+        return device_id(self._device_key.public_key()).hex()
 
     def pin(self, server_name: str) -> None:
         """Pin ``server_name`` if no name is pinned yet; a pinned name is kept."""
@@ -213,12 +227,16 @@ class Login:
                 f" {self._server_name!r}; not logging in (pin the new name if it was renamed)",
             )
         server_name = challenge.server_name
-        signature = self._identity.sign(
+        signer = self._device_key if self._device_key is not None else self._identity
+        signature = signer.sign(
             login_signed_data(server_name, self._username, challenge.challenge),
             context=LOGIN_CONTEXT,
         )
         body = LoginRequest(
-            username=self._username, challenge=challenge.challenge, signature=signature
+            username=self._username,
+            challenge=challenge.challenge,
+            signature=signature,
+            device_id=None if self._device_key is None else self.device_id,
         )
         response = await http.request("POST", "/auth/login", body=body)
         answer = http.parse(LoginResponse, response, "POST /auth/login")

@@ -151,7 +151,7 @@ class LinkCode:
         parts = [part for part in text.strip().replace(" ", "-").split("-") if part]
         if len(parts) < 2:
             raise LocalProtocolError("a link code looks like LINKID-XXXX-XXXX-XXXX-XXXX")
-        link_id = parts[0]
+        link_id = parts[0].lower()
         if not 0 < len(link_id) <= MAX_LINK_ID_LENGTH or not link_id.isalnum():
             raise LocalProtocolError("the link code's id is not valid")
         digits = "".join(parts[1:]).upper()

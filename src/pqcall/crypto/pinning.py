@@ -7,6 +7,12 @@ warning; the pin only moves when the user explicitly accepts the new key
 
 Storage is an interface (:class:`PinStorage`) with an in-memory version for
 tests; the client provides a durable one.
+
+A contact's *device list* (:mod:`pqcall.crypto.account`) is checked under the
+pinned account key by the caller; :func:`check_device_list` then refuses a list
+older than the newest seen (no rollback) and reports devices that came or went
+as :class:`DevicesChanged`, a quiet notice: the account key, and so the safety
+number, did not change.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from pqcall.crypto.account import DeviceList
 from pqcall.crypto.identity import IdentityPublicKey
-from pqcall.exceptions import LocalProtocolError
+from pqcall.exceptions import LocalProtocolError, RemoteProtocolError
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +137,66 @@ class PinStore:
         pin = Pin(name=name, identity=identity, verified=False)
         self._storage.save(pin)
         return pin
+
+
+# --- contacts' device lists: no rollback, changes reported quietly ---
+
+
+@dataclass(frozen=True, slots=True)
+class DevicesSeen:
+    """The newest device list we verified for a contact: its version and device ids."""
+
+    version: int
+    """The highest version verified under the pinned account key (0: none yet)."""
+    device_ids: frozenset[bytes]
+    """The ids of that list's devices."""
+
+
+@dataclass(frozen=True, slots=True)
+class DevicesChanged:
+    """A contact's verified device list moved on: a notice, not a key-change alarm."""
+
+    name: str
+    """The contact."""
+    added: tuple[str, ...]
+    """Names of the devices that appeared."""
+    removed: tuple[bytes, ...]
+    """Ids of the devices that left (their names are no longer known)."""
+    version: int
+    """The new list's version."""
+
+
+def check_device_list(
+    name: str, seen: DevicesSeen | None, device_list: DeviceList
+) -> tuple[DevicesSeen, DevicesChanged | None]:
+    """Compare a contact's *verified* device list with the newest one seen.
+
+    Args:
+        name: the contact.
+        seen: what was seen before (None: never).
+        device_list: the list, already verified under the pinned account key.
+
+    Returns:
+        What to remember now, and a notice when devices came or went since a
+        previous list (None the first time, and when nothing changed).
+
+    Raises:
+        RemoteProtocolError: the list is older than one already seen (a rollback,
+            e.g. a server serving an old list to hide an unlinked device).
+    """
+    if seen is not None and device_list.version < seen.version:
+        raise RemoteProtocolError(
+            f"{name}'s device list went back from version {seen.version} to"
+            f" {device_list.version}: refusing it (the server may be hiding a change)"
+        )
+    ids = frozenset(device.device_id for device in device_list.devices)
+    now = DevicesSeen(device_list.version, ids)
+    if seen is None or seen.version == 0:
+        return now, None
+    if device_list.version == seen.version and ids != seen.device_ids:
+        raise RemoteProtocolError(f"{name} has two different device lists of one version")
+    if ids == seen.device_ids:
+        return now, None
+    added = tuple(d.name for d in device_list.devices if d.device_id not in seen.device_ids)
+    removed = tuple(sorted(seen.device_ids - ids))
+    return now, DevicesChanged(name, added, removed, device_list.version)
