@@ -15,11 +15,11 @@ catches up), which sends our next frame and then plays the peer's next one
 and the engine's own timer (pings, reports, repeats, silence, media timeout), re-armed
 only when its deadline moves. Received datagrams are handled as they come.
 
-Only datagrams from the connected peer's address are processed; others are
-counted as foreign. An optional side channel sees every datagram first and takes
-those of another protocol sharing the socket (the path checks of
-:mod:`pqcall.transport.pathcheck`, whose late copies may arrive after media
-started); what it takes is neither media nor rejected. Nor are late NAT openers
+Only datagrams from the connected peer's address are processed (it changes only by
+``move_to``: :mod:`pqcall.transport.mobility`); others are counted as foreign. An
+optional side channel sees every datagram first and takes those of another protocol
+sharing the socket (the path checks, late or mobility's); what it takes is neither
+media nor rejected. Nor are late NAT openers
 and STUN answers (:mod:`pqcall.transport.stray`): dropped, counted by kind. Nothing a peer sends can
 stop the session: each datagram, each tick and each decode is wrapped, and a
 failure is counted (``packets_rejected`` in :meth:`MediaSession.snapshot`),
@@ -109,6 +109,7 @@ class MediaSession:
         "_foreign",
         "_frame_s",
         "_loop",
+        "_media_blocked",
         "_peer",
         "_protocol_ended",
         "_side_channel",
@@ -161,6 +162,7 @@ class MediaSession:
         self._side_channel_datagrams = 0  # datagrams the side channel took
         self._stray = dict.fromkeys(StrayKind, 0)  # late NAT openers and STUN answers
         self._errors = 0  # datagrams or frames whose handling failed
+        self._media_blocked = False  # consent lost: media is not sent (mobility)
 
     # lifecycle
 
@@ -234,6 +236,21 @@ class MediaSession:
         self._tick = FrameClock(now, self._frame_s)
         self._schedule(self._tick)
         self._after_engine(now)
+
+    def move_to(self, peer_addr: Address) -> None:
+        """Send media to, and accept it only from, ``peer_addr`` (no new keys); only for
+        an address that answered an authenticated check (:mod:`pqcall.transport.mobility`)."""
+        if self._peer is not None and self._end_reason is None:
+            self._peer = (str(ipaddress.ip_address(peer_addr[0])), int(peer_addr[1]))
+
+    def set_media_blocked(self, blocked: bool) -> None:
+        """Stop (or resume) sending media: the peer's address lost consent (RFC 7675)."""
+        self._media_blocked = blocked
+
+    def send_datagram(self, data: bytes, addr: Address) -> None:
+        """Send a side-channel datagram (a path check) from the media socket now."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(data, addr)
 
     def set_muted(self, muted: bool) -> None:
         """Send silence instead of the source (still one packet per frame), and tell the peer."""
@@ -345,6 +362,11 @@ class MediaSession:
             raise LocalProtocolError("media session is not open")
         sockname = self._transport.get_extra_info("sockname")
         return (str(sockname[0]), int(sockname[1]))
+
+    @property
+    def peer_address(self) -> Address | None:
+        """Where media goes and is accepted from (None before :meth:`connect`)."""
+        return self._peer
 
     @property
     def end_reason(self) -> str | None:
@@ -485,6 +507,8 @@ class MediaSession:
         if not datagrams:
             return  # most received datagrams: nothing to answer
         if self._transport is None or self._peer is None or self._transport.is_closing():
+            return
+        if self._media_blocked:  # no consent from the peer's address: sent to nobody
             return
         for datagram in datagrams:
             self._transport.sendto(datagram, self._peer)
