@@ -37,6 +37,7 @@ MARKERS_BY_PLACE: dict[str, tuple[str, ...]] = {
     "ui/test_browser_devices.py": ("browser", "slow"),
     "ui/test_browser_callscreen.py": ("browser", "slow"),
     "ui/test_screenshots.py": ("browser", "slow"),
+    "ui/test_browser_group*": ("browser", "slow"),
     "cli/test_end_to_end.py": ("e2e", "slow"),
     "cli/test_files_processes.py": ("e2e", "slow"),
     "client/test_missed_calls.py::test_listen_prints_the_missed_call_on_connect": ("e2e", "slow"),

@@ -155,6 +155,7 @@ class UiWorld:
         viewport: tuple[int, int] = (VIEWPORT_WIDTH, VIEWPORT_HEIGHT),
         device_scale_factor: float = 1.0,
         sample: str | None = None,
+        audio_in: str | None = None,
     ) -> Page:
         """Start ``pqcall ui`` for ``name``, open its URL and unlock it in the page.
 
@@ -163,7 +164,8 @@ class UiWorld:
         is what the device choice shows in the screenshots. ``unlock=False``
         leaves the page on its first screen (unlock, or setup for a home
         without an account); ``viewport`` is in CSS pixels; ``sample`` names
-        the WAV file played as the microphone (default: ``name``'s).
+        the WAV file played as the microphone (default: ``name``'s); ``audio_in``
+        another source instead (``tone:440``, ``silence``).
         """
         from playwright.sync_api import expect
 
@@ -172,8 +174,9 @@ class UiWorld:
         err_path = self.base / f"{name}-ui.err"
         env = {key: value for key, value in os.environ.items() if not key.startswith("PQCALL_")}
         env["PYTHONUNBUFFERED"] = "1"  # the URL line must reach the file at once
-        shutil.copyfile(SAMPLES / f"{sample or name}.wav", self.base / f"{name}.wav")
-        audio = ("--audio-in", f"{name}.wav", "--audio-out", f"{name}-heard.wav")
+        if audio_in is None:
+            shutil.copyfile(SAMPLES / f"{sample or name}.wav", self.base / f"{name}.wav")
+        audio = ("--audio-in", audio_in or f"{name}.wav", "--audio-out", f"{name}-heard.wav")
         command = pqcall_command(self.homes[name], "ui", "--no-browser", "--port", str(port))
         with open(out_path, "w") as out, open(err_path, "w") as err:
             process = subprocess.Popen(

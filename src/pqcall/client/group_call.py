@@ -55,6 +55,7 @@ from pqcall.client.group_peers import (
     unframe,
 )
 from pqcall.client.group_roster import RosterState
+from pqcall.client.group_speaking import mute_message, parse_mute
 from pqcall.client.media_options import MediaOptions, WallClockTrace, open_call_devices
 from pqcall.client.peers import check_peer, key_change_message, trust_of
 from pqcall.crypto.group_keys import GroupKeyring, SenderKey, decode_sender_key, encode_sender_key
@@ -174,9 +175,12 @@ class GroupCall:
         await self._stop()
 
     def set_muted(self, muted: bool) -> None:
-        """Send silence."""
+        """Send silence, and tell the others we (un)muted."""
         if self.media is not None:
             self.media.set_muted(muted)
+            for peer in self.peers.values():
+                if peer.established and peer.vouched:
+                    self._outbox.post(peer.name, peer.seal(mute_message(muted)))
 
     def deliver(self, event: Event) -> None:
         """A ``group.*`` event for this call (handled in order by the call's task).
@@ -449,6 +453,8 @@ class GroupCall:
         assert self.keyring is not None
         key = self.keyring.pending_key or self.keyring.own_key
         await self._send_key(peer, key)
+        if self.media is not None and self.media.pipeline.is_muted:
+            await self._send(peer.name, peer.seal(mute_message(True)))
         await self._update_roster()
 
     def _sealed(self, peer: PeerLink, inner: bytes) -> None:
@@ -469,6 +475,8 @@ class GroupCall:
             version = int.from_bytes(inner[1:5], "big")
             peer.roster_signatures[version] = inner[5:]
             self._check_roster()
+        elif (muted := parse_mute(inner)) is not None:
+            peer.muted = muted
 
     def _switch_if_everyone_has_it(self) -> None:
         ring = self.keyring

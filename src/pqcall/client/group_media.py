@@ -19,6 +19,7 @@ import contextlib
 import logging
 from typing import Protocol
 
+from pqcall.client.group_speaking import SpeakingMeter
 from pqcall.client.media_options import WallClockTrace
 from pqcall.exceptions import DecodeError
 from pqcall.media.audio import AudioSink, AudioSource
@@ -89,6 +90,8 @@ class GroupMedia:
         self.others_bound = 0  # other members bound at the forwarder (its last ack)
         self.rejected = 0  # datagrams no key opened
         self.packets_sent = 0
+        self.speaking = SpeakingMeter()  # who was heard speaking lately (client/group_speaking.py)
+        self._frame_ms = opus.frame_ms
         self._streams: set[int] = set()
         self._transport: asyncio.DatagramTransport | None = None
         self._token = b""
@@ -194,6 +197,6 @@ class GroupMedia:
             self.rejected += 1
             return
         if sender_id not in self._streams:
-            self.pipeline.add_stream(sender_id)
+            self.pipeline.add_stream(sender_id, self.speaking.decoder(sender_id, self._frame_ms))
             self._streams.add(sender_id)
         self.pipeline.receive(seq, timestamp, opus, now, stream=sender_id, size=len(data))

@@ -18,6 +18,7 @@ Messages (the ``body`` of ``group.message``)::
                                          0x10 | encoded sender key
                                          0x11 | roster version (u32) | roster signature
                                          0x12 | generation (u32): "I hold your key"
+                                         0x13 | 0 or 1: "I (un)muted" (group_speaking.py)
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class PeerLink:
     sent_generations: set[int] = field(default_factory=set)
     acked_generations: set[int] = field(default_factory=set)  # of our keys it holds
     error: str | None = None
+    muted: bool = False  # it said it muted its microphone
     offered_at: float = float("inf")  # time.monotonic() of our last offer (we call)
 
     @property

@@ -37,6 +37,7 @@ from pqcall.client.file_names import sanitize_name
 from pqcall.crypto.keystore import WeakPassphrase, check_passphrase_strength
 from pqcall.ui.bootstrap import BootstrapCodes
 from pqcall.ui.controller import Controller, UiError
+from pqcall.ui.groups import add_routes as add_group_routes
 from pqcall.ui.screening import add_routes as add_screening_routes
 
 logger = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ def create_app(
 
     api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
     add_screening_routes(api, controller)  # waiting calls, block list, strangers
+    add_group_routes(api, controller.groups, controller.state)  # group calls (ui/groups.py)
 
     # ---------------------------------------------------------------- state and account
 

@@ -43,6 +43,7 @@ from pqcall.ui import view
 from pqcall.ui.account import FindServers, register_account, start_phone, unlock_account
 from pqcall.ui.callcontrol import CallControl
 from pqcall.ui.errors import UiError
+from pqcall.ui.groups import GroupControl
 from pqcall.ui.hub import Hub, Subscription
 from pqcall.ui.notes import UiNotes
 from pqcall.ui.presence import PresenceTracker
@@ -87,6 +88,7 @@ class Controller:
         self._presence = PresenceTracker(self._hub)  # who is online
         self._calls = CallControl(self._hub, self._trust, self._presence, self._notes)
         self._transfers = Transfers(self._hub, home, self._trust.drain)  # files
+        self.groups = GroupControl(self._hub, lambda: self.media)  # group calls (ui/groups.py)
         self._account: AccountSecrets | None = None  # once unlocked
         self._unlocking = asyncio.Lock()  # one unlock or registration at a time
         self._inputs: list[str] = []  # capture device names
@@ -166,6 +168,8 @@ class Controller:
                 ),
                 "call": call,
                 "last_call": self._calls.last_call,
+                "group": self.groups.view(phone),
+                "group_last": self.groups.last,
                 "history": history,
                 "missed_unseen": view.missed_unseen(history, float(notes.get("missed_seen", 0.0))),
                 "warnings": view.warnings_view(self._trust.warnings),
@@ -221,6 +225,8 @@ class Controller:
         phone.on_presence(self._presence.pushed)
         phone.on_missed(lambda missed: self._hub.notify())  # in the history: the badge counts it
         self._hub.spawn(self._calls.watch_incoming(phone), "ui incoming calls")
+        self._hub.spawn(self.groups.watch_invites(phone), "ui group invites")
+        self._hub.spawn(self.groups.watch(), "ui group roster")
         self._hub.spawn(self._trust.watch(phone), "ui warnings")
         self._hub.spawn(self._presence.poll(), "ui presence")
         self._hub.spawn(self._transfers.refresh_inbox(), "ui inbox")
@@ -230,6 +236,8 @@ class Controller:
 
     async def call(self, name: str) -> None:
         """Call ``name`` (see :meth:`CallControl.call <pqcall.ui.callcontrol.CallControl.call>`)."""
+        if self.groups.in_call:
+            raise UiError(409, "already in a group call: leave it first")
         await self._calls.call(name, self.media)
 
     async def accept(self) -> None:
@@ -379,7 +387,7 @@ class Controller:
             await asyncio.sleep(TICK_S)
             phone = self._hub.phone
             connected = phone is not None and phone.connected
-            in_call = phone is not None and phone.current_call is not None
+            in_call = phone is not None and (phone.current_call is not None or self.groups.in_call)
             if in_call or connected != self._was_connected:
                 self._was_connected = connected
                 self._hub.notify()

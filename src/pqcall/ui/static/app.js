@@ -4,10 +4,11 @@
 // effects (ringing, focus, announcements, notifications, the tab's title) live in
 // `effects`. The link to the phone (token, API, socket) is link.js; words and
 // numbers words.js; DOM helpers dom.js; the ring ringer.js; the keyboard
-// shortcuts shortcuts.js; the Files and device panels files.js and devices.js.
+// shortcuts shortcuts.js; the Files and device panels files.js, devices.js; group calls group.js.
 
 import { $, clear, h, replaceIfChanged, show, text } from "./dom.js";
 import { makeFiles } from "./files.js";
+import { makeGroup } from "./group.js";
 import { ApiError, api, connect, forgetToken as dropToken, link, takeToken } from "./link.js";
 import { renderDevices } from "./devices.js";
 import { makeRinger } from "./ringer.js";
@@ -84,13 +85,13 @@ Object.assign(link.hooks, {
 });
 
 const files = makeFiles({ getState: () => state, received: ui.received, act, render, showError });
+const group = makeGroup({ getState: () => state, act, render });
 
 // ---------------------------------------------------------------- rendering
 
 function safetyNumberEl(number) {
   return h("p", { testid: "safety-number", class: "safety-number" }, number ?? "Loading…");
 }
-
 
 function contactOf(name) {
   return state?.contacts.find((c) => c.name === name) ?? null;
@@ -115,6 +116,7 @@ function render() {
   renderWarnings((state.warnings ?? []).filter((w) => !contactOf(w.peer)?.key_changed));
   renderIncoming(state.call);
   renderCall(state.call);
+  group.render();
   renderContacts();
   renderScreening();
   renderSafety(target);
@@ -219,7 +221,7 @@ function renderTimer() {
 
 /** The tab's title and icon say what the phone is doing while the page is behind another tab. */
 function renderTab(call, missed) {
-  const tab = tabFor(call, Date.now() / 1000, missed ?? 0);
+  const tab = group.tab() ?? tabFor(call, Date.now() / 1000, missed ?? 0);
   if (document.title !== tab.title) document.title = tab.title;
   const icon = $("favicon");
   if (icon.dataset.state !== tab.icon) {
@@ -252,7 +254,7 @@ function renderContacts() {
   const rows = new Map([...list.children].map((li) => [li.dataset.name, li]));
   const wanted = state.contacts.map((c) => c.name);
   for (const [name, li] of rows) if (!wanted.includes(name)) li.remove();
-  const inCall = Boolean(state.call);
+  const inCall = Boolean(state.call) || group.inCall();
   const filter = ui.filter.trim().toLowerCase();
   state.contacts.forEach((contact, index) => {
     const li = rows.get(contact.name) ?? contactRow(contact.name);
@@ -551,6 +553,7 @@ function wire() {
   $("accept-key").addEventListener("click", (e) => acceptKey(ui.keyShown, e.currentTarget));
   $("safety-accept-key").addEventListener("click", (e) => acceptKey(ui.safety?.name, e.currentTarget));
   files.wire();
+  group.wire();
   const devices = () => act(null, () => api("/api/devices", { audio_in: $("audio-in").value, audio_out: $("audio-out").value }));
   $("audio-in").addEventListener("change", devices);
   $("audio-out").addEventListener("change", devices);
