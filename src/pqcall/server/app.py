@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pqcall import __version__
 from pqcall.server import auth, faults
 from pqcall.server.background import BackgroundTask
+from pqcall.server.bus import NodeLink
 from pqcall.server.call_sweeper import CallSweeper
 from pqcall.server.components import default_components
 from pqcall.server.context import AppContext, Clock, Component
@@ -104,7 +105,9 @@ def create_app(
     server_metrics = metrics.install_metrics(context)
     context.components.extend([faults.StorageWatch(), Housekeeper()])
     context.components.extend(default_components(settings))
-    context.components.extend([EventHub(), CallSweeper(), FileSweeper(), GroupComponent()])
+    context.components.extend(
+        [NodeLink(), EventHub(), CallSweeper(), FileSweeper(), GroupComponent()]
+    )
     context.components.extend(components)
 
     app = FastAPI(

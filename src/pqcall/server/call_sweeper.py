@@ -17,6 +17,7 @@ import math
 from fastapi import HTTPException
 
 from pqcall.server.background import BackgroundTask
+from pqcall.server.bus import leads_sweeps
 from pqcall.server.call_service import apply
 from pqcall.server.context import AppContext
 from pqcall.server.storage import CallRecord
@@ -47,8 +48,9 @@ class CallSweeper:
       :data:`MAX_PENDING_EVENTS` of each account.
 
     Times are the app clock (``context.now()``), so tests move a fake clock;
-    the pause between passes is real time. With several processes each runs
-    its sweeper; the compare-and-set lets exactly one end each call.
+    the pause between passes is real time. With several nodes on PostgreSQL
+    only the sweep leader runs it (:func:`pqcall.server.bus.leads_sweeps`);
+    the compare-and-set would let exactly one end each call anyway.
     """
 
     def __init__(self) -> None:
@@ -67,7 +69,8 @@ class CallSweeper:
     async def _run(self, context: AppContext) -> None:
         while True:
             try:
-                await self.sweep(context)
+                if await leads_sweeps(context):  # one node of several (server/bus.py)
+                    await self.sweep(context)
             except Exception:
                 logger.exception("call sweep failed")
             await asyncio.sleep(context.settings.sweep_interval_s)

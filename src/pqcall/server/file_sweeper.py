@@ -14,6 +14,7 @@ import math
 
 from pqcall.server.background import BackgroundTask
 from pqcall.server.blob_store import FILE_ID_BYTES, blob_of, files_dir, locked_blob
+from pqcall.server.bus import leads_sweeps
 from pqcall.server.context import AppContext
 from pqcall.server.storage import FileRecord
 
@@ -63,7 +64,8 @@ class FileSweeper:
     async def _run(self, context: AppContext) -> None:
         while True:
             try:
-                await self.sweep(context)
+                if await leads_sweeps(context):  # one node of several (server/bus.py)
+                    await self.sweep(context)
             except Exception:
                 logger.exception("file sweep failed")
             await asyncio.sleep(context.settings.sweep_interval_s)

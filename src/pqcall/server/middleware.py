@@ -5,8 +5,10 @@ outermost first: the access log (:class:`~pqcall.server.logs.AccessLogMiddleware
 request metrics (:class:`~pqcall.server.metrics.RequestMetricsMiddleware`), then
 :class:`RateLimitMiddleware`: per client IP on every request, per account on
 requests with a bearer token, and failed ``POST /auth/login`` attempts per client
-IP; a refusal is 429 with ``Retry-After`` and ``{"error": "too many requests,
-retry in N s"}``. Nothing is counted per username: a login cannot be guessed (it
+IP (with several nodes and a Redis bus, one bucket in Redis for every node:
+:meth:`pqcall.server.bus.NodeLink.rate_check`); a refusal is 429 with
+``Retry-After`` and ``{"error": "too many requests, retry in N s"}``.
+Nothing is counted per username: a login cannot be guessed (it
 is a signature over a single-use challenge), so a flood of bad logins naming an
 account slows only the addresses it comes from, never the account's owner.
 The token buckets themselves are :mod:`pqcall.server.ratelimit` (sans-I/O).
@@ -25,6 +27,7 @@ from fastapi import status
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pqcall.server.bus import node_link
 from pqcall.server.context import AppContext
 from pqcall.server.logs import AccessLogMiddleware
 from pqcall.server.metrics import METRICS_EXTRA, RequestMetricsMiddleware, ServerMetrics
@@ -33,6 +36,7 @@ from pqcall.server.ratelimit import (
     PER_ACCOUNT_LIMIT,
     PER_IP_LIMIT,
     UNKNOWN_CLIENT,
+    RateDecision,
     RateLimit,
     RateLimiter,
     client_key,
@@ -172,7 +176,7 @@ class RateLimitMiddleware:
         """Run a login; refuse it first if its address has failed too often, charge a failure."""
         assert self.login is not None
         key = f"login-failures:{address}"
-        decision = self.login.peek(key, now)
+        decision = await self._login_bucket(key, now, peek=True)
         if not decision.allowed:
             await self._refuse(scope, receive, send, "login", decision.retry_after_s)
             return
@@ -188,7 +192,17 @@ class RateLimitMiddleware:
             await self.app(scope, receive, note_status)
         finally:
             if status_code != status.HTTP_200_OK:  # junk, a bad signature, a used challenge
-                self.login.check(key, self.clock())
+                await self._login_bucket(key, self.clock(), peek=False)
+
+    async def _login_bucket(self, key: str, now: float, *, peek: bool) -> RateDecision:
+        """The failed-login bucket: shared by every node through the bus (Redis), else ours."""
+        assert self.login is not None
+        link = node_link(self.context)
+        if link is not None:
+            shared = await link.rate_check(key, self.login.limit, now, peek=peek)
+            if shared is not None:
+                return shared
+        return self.login.peek(key, now) if peek else self.login.check(key, now)
 
     async def _account_of(self, scope: Scope) -> int | None:
         token = _bearer_token(scope)

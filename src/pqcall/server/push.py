@@ -39,8 +39,9 @@ sweeper reads to tell a vanished party from one connected to another process.
 
 Ordering: within one process, one account's events are stored and pushed
 under a per-account lock, so a phone receives them in ``seq`` order. With
-several processes, live push across them needs the shared event bus (see
-``docs/server.md``).
+several nodes, each event is also sent over the bus (:mod:`pqcall.server.bus`)
+and the node holding the phone's socket pushes it (:meth:`EventHub.deliver_remote`);
+presence then counts sockets on every node.
 
 A request that changes something and announces it writes both in one
 transaction (:meth:`EventHub.transaction`): the events are queued on an
@@ -64,6 +65,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.websockets import WebSocket
 
 from pqcall.server.auth import Revocation, revocations
+from pqcall.server.bus import node_link
 from pqcall.server.context import AppContext
 from pqcall.server.metrics import METRICS_EXTRA, ServerMetrics
 from pqcall.server.presence import rounded_last_seen
@@ -228,8 +230,7 @@ class EventHub:
             now = context.now()
             seq = await context.storage.events.add_event(account_id, type, payload, now)
             event = Event(seq=seq, type=type, payload=payload, created=now)
-            for connection in self._connections.get(account_id, ()):
-                connection.push(event)
+            self._deliver(account_id, event)
         return event
 
     @contextlib.asynccontextmanager
@@ -262,8 +263,20 @@ class EventHub:
                 seqs = await context.storage.events.add_events(connection, outbox.queued, now)
             for (account_id, kind, payload), seq in zip(outbox.queued, seqs, strict=True):
                 event = Event(seq=seq, type=kind, payload=payload, created=now)
-                for push_connection in self._connections.get(account_id, ()):
-                    push_connection.push(event)
+                self._deliver(account_id, event)
+
+    def _deliver(self, account_id: int, event: Event) -> None:
+        """Push a stored event to the account's sockets here, and over the bus to other nodes'."""
+        for connection in self._connections.get(account_id, ()):
+            connection.push(event)
+        link = node_link(self.context)
+        if link is not None:
+            link.event_committed(account_id, event)
+
+    def deliver_remote(self, account_id: int, event: Event) -> None:
+        """Push an event another node stored to the account's sockets on this node."""
+        for connection in self._connections.get(account_id, ()):
+            connection.push(event)
 
     def acknowledge(self, account_id: int, seqs: list[int], through: int = 0) -> None:
         """Forget these events of the account (the phone has them), within :attr:`ack_flush_s`.
@@ -373,7 +386,7 @@ class EventHub:
         """Tell the online accounts that may see its presence that it came or went."""
         context = self.context
         watchers = await context.storage.calls.list_presence_watchers(account_id)
-        listeners = [watcher for watcher in watchers if self.is_connected(watcher)]
+        listeners = [watcher for watcher in watchers if context.presence.is_online(watcher)]
         if not listeners:
             return
         account = await context.storage.accounts.get_account(account_id)

@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " (default: a SQLite file in the data directory)",
     )
     parser.add_argument(
+        "--bus",
+        metavar="URL",
+        help="Redis that several server nodes on one PostgreSQL share (redis://HOST:6379/0):"
+        " push, presence, logouts and the login limit across nodes (docs/server.md)",
+    )
+    parser.add_argument(
         "--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate"
     )
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
@@ -190,6 +196,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         "host": args.host,
         "port": args.port,
         "db_url": args.db or "",
+        "bus_url": getattr(args, "bus", None) or "",
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
         "log_level": args.log_level,

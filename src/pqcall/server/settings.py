@@ -55,6 +55,9 @@ class ServerSettings:
     """Directory for the SQLite database and stored files (``files/`` in it)."""
     db_url: str = ""
     """SQLAlchemy async URL; empty means a SQLite file in ``data_dir``."""
+    bus_url: str = ""
+    """The bus between server nodes (``redis://HOST:PORT/DB``, :mod:`pqcall.server.bus`);
+    empty: one node, nothing shared beyond the database."""
     tls_cert: Path | None = None
     """PEM certificate chain; with ``tls_key``, the API is served over HTTPS."""
     tls_key: Path | None = None
@@ -126,6 +129,8 @@ class ServerSettings:
             raise ValueError("the file lifetime must be a positive number of seconds")
         if not (0 < self.header_timeout_s <= 600 and 0 < self.keep_alive_timeout_s <= 600):
             raise ValueError("the header and keep-alive timeouts must be between 0 and 600 seconds")
+        if self.bus_url and not self.bus_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("--bus must be a redis://, rediss:// or unix:// URL")
         if self.max_connections < 1 or self.max_pending_per_address < 1:
             raise ValueError("the connection limits must be at least 1")
 
