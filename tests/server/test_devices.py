@@ -20,6 +20,7 @@ from pqcall.signaling.messages import LOGIN_CONTEXT, b64decode, b64encode, login
 from tests.harness import run_async
 
 from .conftest import SERVER_NAME, login, registration
+from .pushclient import EventSocket
 
 
 def device_login(client, device_key, username, device_id_hex=None):
@@ -125,3 +126,145 @@ def test_login_with_and_without_device_id(server):
         assert device_login(client, stranger, "alice", first).status_code == 401
         bad = device_login(client, alice, "alice", "XYZ")
         assert bad.status_code == 422
+
+
+# ---------------------------------------------------------------- PUT /account/devices
+
+
+def _token(answer):
+    assert answer.status_code == 200, answer.text
+    return answer.json()["token"]
+
+
+def _put(client, encoded):
+    return client.put("/account/devices", json={"device_list": b64encode(encoded)})
+
+
+def test_device_list_is_stored_served_and_second_device_logs_in(server, account):
+    alice = account("alice")
+    bob = account("bob")
+    laptop = IdentityPrivateKey.generate()
+    recovery = IdentityPrivateKey.generate().public_key()
+    encoded = signed_list(
+        alice.identity,
+        "alice",
+        1,
+        alice.identity,
+        laptop,
+        recovery=recovery,
+        names=["phone", "laptop"],
+    )
+    answer = _put(alice.client, encoded)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["version"] == 1 and b64decode(body["device_list"]) == encoded
+    laptop_id = hashlib.sha256(laptop.public_key().encode()).hexdigest()[:32]
+    assert sorted((d["device_id"], d["name"]) for d in body["devices"]) == sorted(
+        [
+            (laptop_id, "laptop"),
+            (hashlib.sha256(alice.identity.public_key().encode()).hexdigest()[:32], "phone"),
+        ]
+    )
+    # contacts get the list as stored, to verify under the key they pinned
+    entry = bob.client.get("/users/alice").json()
+    assert b64decode(entry["device_list"]) == encoded
+    assert (
+        SignedDeviceList.decode(b64decode(entry["device_list"]))
+        .verify(alice.identity.public_key(), "alice")
+        .recovery
+        == recovery
+    )
+    with server.client() as client:
+        token = _token(device_login(client, laptop, "alice", laptop_id))
+    with server.client(token) as laptop_client:
+        assert laptop_client.get("/account/devices").json()["version"] == 1
+
+
+def test_device_list_checks(server, account):
+    alice = account("alice")
+    mallory = IdentityPrivateKey.generate()
+    laptop = IdentityPrivateKey.generate()
+    first = signed_list(alice.identity, "alice", 2, alice.identity, laptop)
+    # signed by someone else (the server or a thief without the account key)
+    forged = _put(alice.client, signed_list(mallory, "alice", 3, alice.identity, mallory))
+    assert forged.status_code == 400
+    assert forged.json() == {"error": "device list is not signed by the account key"}
+    # another account's list, replayed
+    other = _put(alice.client, signed_list(alice.identity, "bob", 3, alice.identity))
+    assert other.status_code == 400
+    assert "'bob'" in other.json()["error"]
+    junk = _put(alice.client, b"not a device list")
+    assert junk.status_code == 400 and "malformed" in junk.json()["error"]
+    huge = alice.client.put("/account/devices", json={"device_list": "A" * 60_000})
+    assert huge.status_code == 422
+    assert _put(alice.client, first).status_code == 200
+    # the version only grows: the same or an older list is refused (no rollback)
+    again = _put(alice.client, first)
+    assert again.status_code == 409
+    assert again.json() == {"error": "device list version 2 is not newer than the stored version 2"}
+    older = _put(alice.client, signed_list(alice.identity, "alice", 1, alice.identity))
+    assert older.status_code == 409
+    assert alice.client.get("/account/devices").json()["version"] == 2
+    unauthenticated = server.client().put(
+        "/account/devices", json={"device_list": b64encode(first)}
+    )
+    assert unauthenticated.status_code == 401
+
+
+def test_a_removed_device_loses_its_token_and_socket_at_once(server, account):
+    alice = account("alice")
+    laptop = IdentityPrivateKey.generate()
+    laptop_id = hashlib.sha256(laptop.public_key().encode()).hexdigest()[:32]
+    assert (
+        _put(
+            alice.client, signed_list(alice.identity, "alice", 1, alice.identity, laptop)
+        ).status_code
+        == 200
+    )
+    with server.client() as client:
+        token = _token(device_login(client, laptop, "alice", laptop_id))
+    socket = EventSocket(server, token)
+    phone_socket = EventSocket(server, alice.token)
+    try:
+        with server.client(token) as laptop_client:
+            assert laptop_client.get("/account/devices").status_code == 200
+            answer = _put(alice.client, signed_list(alice.identity, "alice", 2, alice.identity))
+            assert answer.status_code == 200
+            assert [d["name"] for d in answer.json()["devices"]] == ["device 0"]
+            assert socket.wait_closed() == (4401, "logged out")
+            assert laptop_client.get("/account/devices").status_code == 401
+        with server.client() as client:
+            assert device_login(client, laptop, "alice", laptop_id).status_code == 401
+        # the device that stayed keeps its token and socket
+        assert alice.client.get("/account/devices").status_code == 200
+        phone_socket.assert_quiet()
+    finally:
+        socket.close()
+        phone_socket.close()
+
+
+def test_account_key_login_refused_once_the_list_leaves_it_out(server, account):
+    # after linking, a list may name only device keys: the account key's own device is gone
+    alice = account("alice")
+    device = IdentityPrivateKey.generate()
+    device_id = hashlib.sha256(device.public_key().encode()).hexdigest()[:32]
+    assert _put(alice.client, signed_list(alice.identity, "alice", 1, device)).status_code == 200
+    assert alice.client.get("/account/devices").status_code == 401  # its token went
+    with server.client() as client:
+        assert login(client, alice.identity, "alice").status_code == 401
+        assert device_login(client, device, "alice", device_id).status_code == 200
+
+
+def test_device_lists_are_rate_limited(start_server):
+    with start_server(rate_limit_scale=1.0) as server:
+        identity = IdentityPrivateKey.generate()
+        with server.client() as client:
+            assert client.post("/register", json=registration(identity, "alice")).status_code == 201
+            token = _token(login(client, identity, "alice"))
+        with server.client(token) as client:
+            codes = [
+                _put(client, signed_list(identity, "alice", version, identity)).status_code
+                for version in range(1, 13)
+            ]
+    assert codes[:10] == [200] * 10
+    assert codes[10] == 429

@@ -54,7 +54,7 @@ from pqcall.server.file_sweeper import FileSweeper
 from pqcall.server.group_service import GroupComponent
 from pqcall.server.middleware import default_middleware
 from pqcall.server.push import EventHub
-from pqcall.server.routes import accounts, calls, events, files, groups, metrics
+from pqcall.server.routes import accounts, calls, devices, events, files, groups, metrics
 from pqcall.server.settings import ServerSettings
 from pqcall.server.storage import Storage
 from pqcall.signaling.callstate import IllegalTransition
@@ -121,6 +121,7 @@ def create_app(
 
     app.include_router(auth.router)
     app.include_router(accounts.router)
+    app.include_router(devices.router)
     app.include_router(calls.router)
     app.include_router(events.router)
     app.include_router(files.router)

@@ -1,5 +1,9 @@
 """Registration, the directory, key-bundle rotation and presence.
 
+A directory entry (``GET /users/{name}``) carries the account's signed device
+list as stored (issue 22; ``null`` until the account sends one): the asker
+verifies it under the account key it pinned (``pqcall.server.routes.devices``).
+
 Presence answers only for users who let the asker see it (they called the
 asker, or answered the asker's call), with ``last_seen`` rounded to 5 minutes;
 anyone else is left out like an unknown name (``docs/server.md#presence``).
@@ -65,13 +69,14 @@ def _check_bundle(encoded: bytes, identity: IdentityPublicKey, username: str) ->
 
 
 async def _user_view(context: AppContext, account: AccountRecord) -> UserView:
-    bundle = await context.storage.accounts.current_bundle(account.id)
+    bundle, device_list = await context.storage.devices.directory_entry(account.id)
     assert bundle is not None, "every account is created with a key bundle"
     return UserView(
         username=account.username,
         identity=account.identity,
         key_bundle=bundle.bundle,
         created=account.created,
+        device_list=device_list,
     )
 
 

@@ -33,7 +33,12 @@ from pqcall.server.storage.account_store import (
 )
 from pqcall.server.storage.login_store import LoginStore
 from pqcall.server.storage.models import accounts, devices, events, key_bundles, tokens
-from pqcall.server.storage.records import DeviceListRecord, DeviceRecord, StaleDeviceList
+from pqcall.server.storage.records import (
+    BundleRecord,
+    DeviceListRecord,
+    DeviceRecord,
+    StaleDeviceList,
+)
 
 __all__ = [
     "DEVICE_ID_LENGTH",
@@ -117,6 +122,26 @@ class DeviceStore:
         if row is None:
             return DeviceListRecord(None, 0, None)
         return DeviceListRecord(row.device_list, int(row.device_list_version), row.recovery_key)
+
+    async def directory_entry(self, account_id: int) -> tuple[BundleRecord | None, bytes | None]:
+        """The account's current key bundle and stored device list, in one query."""
+        async with self.engine.connect() as connection:
+            result = await connection.execute(
+                select(
+                    key_bundles.c.bundle,
+                    key_bundles.c.bundle_created,
+                    key_bundles.c.created_at,
+                    accounts.c.device_list,
+                )
+                .join(accounts, accounts.c.id == key_bundles.c.account_id)
+                .where(key_bundles.c.account_id == account_id, key_bundles.c.is_current)
+                .order_by(key_bundles.c.id.desc())
+                .limit(1)
+            )
+            row = result.one_or_none()
+        if row is None:
+            return None, None
+        return BundleRecord(row.bundle, row.bundle_created, row.created_at), row.device_list
 
     async def put_device_list(
         self,
