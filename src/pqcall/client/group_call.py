@@ -257,6 +257,9 @@ class GroupCall:
             asyncio.create_task(self._run(), name=f"group {self.call_id[:8]}"),
             asyncio.create_task(self._rotate_on_timer(), name="group key timer"),
         ]
+        # rosters queued while our accept was on its way still have us invited: older than
+        # this one, they are skipped (handled, they ended the call: "the server says we invited")
+        self.view = detail
         self._events.put_nowait(detail)
 
     def _new_keyring(self, sender_id: int) -> GroupKeyring:
