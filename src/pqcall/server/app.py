@@ -52,6 +52,7 @@ from pqcall.server.components import default_components
 from pqcall.server.context import AppContext, Clock, Component
 from pqcall.server.file_sweeper import FileSweeper
 from pqcall.server.group_service import GroupComponent
+from pqcall.server.link_rendezvous import router as link_router
 from pqcall.server.middleware import default_middleware
 from pqcall.server.push import EventHub
 from pqcall.server.routes import accounts, calls, devices, events, files, groups, metrics
@@ -122,6 +123,7 @@ def create_app(
     app.include_router(auth.router)
     app.include_router(accounts.router)
     app.include_router(devices.router)
+    app.include_router(link_router)
     app.include_router(calls.router)
     app.include_router(events.router)
     app.include_router(files.router)
