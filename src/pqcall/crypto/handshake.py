@@ -31,6 +31,14 @@ future), so a server cannot make a phone ring with an offer it recorded long
 ago. Within that window the callee's phone must refuse a call id it has seen
 before (``pqcall.client.offers``): this module has no memory across calls.
 
+**Accounts with several devices** (:mod:`pqcall.crypto.account`): each side
+signs with its *device* key, while the offer's callee fingerprint and the
+:attr:`CallKeys.their_identity` are of the *account* key contacts pin. The
+caller passes the callee's device keys (from its device list, verified under
+the pinned account key) as ``their_devices``; the callee checks the caller's
+device key the same way and passes the account key to :meth:`CalleeHandshake.vouch`.
+An account without a device list signs with its account key, as before.
+
 The limits, the derivation from the transcript and :class:`CallKeys` live in
 :mod:`pqcall.crypto.handshake_keys`; their public names are importable from here.
 
@@ -150,6 +158,9 @@ class CallerHandshake(_Handshake):
         their_identity: the identity we expect the callee to prove (pinned or
             from the directory); an answer signed by any other key fails.
         ephemeral: per-call secrets; ``None`` (the default) generates fresh ones.
+        their_devices: the callee's device keys, from its device list verified
+            under ``their_identity``; an answer signed by one of them is accepted
+            too (the call keys still name ``their_identity``).
     """
 
     def __init__(
@@ -161,10 +172,12 @@ class CallerHandshake(_Handshake):
         their_name: str,
         their_identity: IdentityPublicKey,
         ephemeral: CallerEphemeral | None = None,
+        their_devices: tuple[IdentityPublicKey, ...] = (),
     ) -> None:
         check_call_id(call_id)
         check_name(our_name)
         check_name(their_name)
+        self._their_devices = their_devices  # device keys that may answer for them
         self.state = State.CALLER_START  # what we wait for
         self._call_id = call_id  # server-assigned call id
         self._our_name = our_name  # our username
@@ -226,12 +239,13 @@ class CallerHandshake(_Handshake):
             answer = Answer.parse(data)
         except DecodeError as exc:
             raise HandshakeFailed(f"malformed answer: {exc}") from None
-        if answer.callee_identity != self._their_identity:
+        signer = answer.callee_identity
+        if signer != self._their_identity and signer not in self._their_devices:
             raise HandshakeFailed(f"{self._their_name} answered with an unexpected identity key")
         # check the callee's signature over the transcript
         signed = keyschedule.transcript_hash(self._offer_bytes, answer.signed_part())
         try:
-            self._their_identity.verify(answer.signature, signed, context=CONTEXT_ANSWER)
+            signer.verify(answer.signature, signed, context=CONTEXT_ANSWER)
         except BadSignature:
             raise HandshakeFailed("answer signature does not verify") from None
         # shared secrets (ML-KEM decapsulation rejects implicitly: a bad
@@ -289,12 +303,23 @@ class CalleeHandshake(_Handshake):
     Args:
         call_id: the server-assigned call id the offer must carry.
         our_name: our username.
-        our_identity: our identity private key.
+        our_identity: our signing key (this device's key, or the account key).
+        our_account: our account key, whose fingerprint the offer must name;
+            ``None``: ``our_identity`` is it.
     """
 
-    def __init__(self, *, call_id: bytes, our_name: str, our_identity: IdentityPrivateKey):
+    def __init__(
+        self,
+        *,
+        call_id: bytes,
+        our_name: str,
+        our_identity: IdentityPrivateKey,
+        our_account: IdentityPublicKey | None = None,
+    ):
         check_call_id(call_id)
         check_name(our_name)
+        self._our_account = our_account or our_identity.public_key()  # named by the offer
+        self._their_account: IdentityPublicKey | None = None  # set by vouch()
         self.state = State.CALLEE_EXPECT_OFFER  # what we wait for
         self._call_id = call_id  # server-assigned call id
         self._our_name = our_name  # our username
@@ -344,7 +369,7 @@ class CalleeHandshake(_Handshake):
             raise HandshakeFailed("offer is for another call")
         if offer.callee_name != self._our_name:
             raise HandshakeFailed("offer is for another user")
-        our_fingerprint = self._our_identity.public_key().fingerprint()
+        our_fingerprint = self._our_account.fingerprint()
         if not keyschedule.mac_equal(offer.callee_fingerprint, our_fingerprint):
             raise HandshakeFailed(
                 f"{offer.caller_name} was given a different identity key for you: "
@@ -357,6 +382,15 @@ class CalleeHandshake(_Handshake):
         except BadSignature:
             raise HandshakeFailed("offer signature does not verify") from None
         return offer
+
+    def vouch(self, their_account: IdentityPublicKey) -> None:
+        """Name the caller's account key, whose device key signed the offer.
+
+        The caller of this class checked that device key is in the caller's
+        device list verified under ``their_account``; the call keys then name
+        ``their_account`` (what contacts pin), not the device key.
+        """
+        self._their_account = their_account
 
     def answer(self) -> bytes:
         """Accept the call: build the answer to send.
@@ -434,7 +468,7 @@ class CalleeHandshake(_Handshake):
             offer=self._offer,
             full_transcript=full,
             their_name=self._offer.caller_name,
-            their_identity=self._offer.caller_identity,
+            their_identity=self._their_account or self._offer.caller_identity,
         )
         self._secrets = None  # drop handshake secrets
         self.state = State.ESTABLISHED
