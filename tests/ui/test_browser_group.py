@@ -153,7 +153,7 @@ def test_group_call_started_extended_muted_and_left(world: UiWorld, tmp_path: Pa
 
     # trust badges: alice compared bob's safety number, nobody else compared anyone's
     expect(member(alice, "bob").get_by_test_id("trust-bob")).to_have_text("verified")
-    expect(member(alice, "carol").get_by_test_id("trust-carol")).to_have_text("not verified")
+    expect(member(alice, "carol").get_by_test_id("trust-carol")).to_contain_text("not verified")
     expect(member(bob, "carol").get_by_test_id("trust-carol")).to_contain_text("not verified")
     expect(member(bob, "alice").get_by_test_id("trust-alice")).to_contain_text("not verified")
     expect(member(alice, "alice")).to_contain_text("(you)")
