@@ -182,6 +182,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="X",
         help="multiply the request rate limits by X; 0 turns them off (load tests only)",
     )
+    from pqcall.server import release  # `pqcall server release-user NAME` (issue 22)
+
+    release.add_parser(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
