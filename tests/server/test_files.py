@@ -119,6 +119,9 @@ def test_send_receive_delete(server, account):
     assert download.headers["content-length"] == str(len(data))
     assert download.headers["content-type"] == "application/octet-stream"
     assert download.headers["accept-ranges"] == "bytes"
+    # what the recipient needs before decrypting, without asking GET /files/{id}
+    assert download.headers["x-pqcall-sender"] == "alice"
+    assert download.headers["x-pqcall-size"] == str(len(data))
 
     assert bob.client.delete(f"/files/{view.file_id}").status_code == 204
     assert not blob(server, view.file_id).exists()
@@ -434,14 +437,16 @@ def test_blobs_without_a_row_are_swept(server, account):
     live = send(alice, "bob", b"x" * 300)
     files = server.settings.data_dir / "files"
     orphan, young_orphan, stranger = files / ("ab" * 16), files / ("cd" * 16), files / "notes"
+    aside = files / f"{'ef' * 16}.deleted"  # a delete renamed it, a crash stopped the unlink
     now = server.clock.now
     old = now - ORPHAN_GRACE_S - 10
-    for path, when in ((orphan, old), (young_orphan, now), (stranger, old)):
+    for path, when in ((orphan, old), (young_orphan, now), (stranger, old), (aside, now)):
         path.write_bytes(b"ciphertext whose row a crash deleted")
         os.utime(path, (when, when))
     os.utime(blob(server, live.file_id), (old, old))  # old, but it has a row
     server.clock.advance(ORPHAN_SCAN_INTERVAL_S + 1)  # the first scan ran at startup
     wait_until(lambda: not orphan.exists(), "the sweep")
+    assert not aside.exists()
     assert young_orphan.exists()  # may be a delete that is still running
     assert stranger.exists()  # not a blob name: not ours to delete
     assert bob.client.get(f"/files/{live.file_id}/content").content == b"x" * 300

@@ -11,6 +11,7 @@ uploads of one file (from any process on the machine) cannot interleave.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -24,6 +25,7 @@ FILES_DIR = "files"  # under the data directory
 BLOB_MODE = 0o600
 FILES_DIR_MODE = 0o700
 FILE_ID_BYTES = 16  # 32 hex digits
+DISCARDED_SUFFIX = ".deleted"  # a blob being unlinked (its row is gone)
 
 
 def files_dir(context: AppContext) -> Path:
@@ -46,6 +48,27 @@ def received_bytes(context: AppContext, record: FileRecord) -> int:
         return min(record.size, blob_of(context, record).stat().st_size)
     except FileNotFoundError:
         return 0
+
+
+async def discard_blob(path: Path) -> None:
+    """Delete a blob whose row is gone: renamed aside at once, unlinked in a worker thread.
+
+    Unlinking a large file takes a while (tens of ms for 100 MiB on ext4); the
+    rename frees its name now, so nothing sees the blob after the caller
+    returns. A crash before the unlink leaves ``<id>.deleted``, which the
+    sweeper's orphan scan removes.
+    """
+    aside = path.with_name(f"{path.name}{DISCARDED_SUFFIX}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    await asyncio.to_thread(_unlink_quietly, aside)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def fsync_dir(directory: Path) -> None:

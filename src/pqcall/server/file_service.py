@@ -55,6 +55,7 @@ from pqcall.server.blob_store import (
     FILE_ID_BYTES,
     FILES_DIR,
     blob_of,
+    discard_blob,
     files_dir,
     fsync_dir,
     locked_blob,
@@ -69,11 +70,18 @@ from pqcall.server.storage import (
     FileLimitReached,
     FileRecord,
 )
-from pqcall.signaling.messages import EVENT_FILE_WAITING, CreateFile, FileView
+from pqcall.signaling.messages import (
+    EVENT_FILE_WAITING,
+    FILE_SENDER_HEADER,
+    FILE_SIZE_HEADER,
+    CreateFile,
+    FileView,
+)
 
 logger = logging.getLogger(__name__)
 
 WRITE_BUFFER_BYTES = 1024 * 1024  # bytes gathered from the request before one disk write
+DOWNLOAD_PIECE_BYTES = 1024 * 1024  # bytes read from the blob and sent at once
 MAX_FILES_PER_SENDER = 1000  # files not yet deleted, uploading or stored
 MAX_TRANSFERS_PER_ACCOUNT = 4  # uploads and downloads running at once, per account
 
@@ -273,14 +281,16 @@ async def upload(
                 await asyncio.to_thread(fsync_dir, blob_of(context, record).parent)
         except FileNotFoundError:
             raise api_error(status.HTTP_404_NOT_FOUND, "no such file") from None
-    stored = await context.storage.files.complete_file(
-        file_id, context.now() + context.settings.file_ttl_s
-    )
-    if stored is None:  # deleted (cancelled, swept) while the bytes arrived
-        raise api_error(status.HTTP_404_NOT_FOUND, "no such file")
+    # the row and the recipient's event in one commit
+    async with event_hub(context).transaction((record.recipient_id,)) as outbox:
+        stored = await context.storage.files.complete_file(
+            file_id, context.now() + context.settings.file_ttl_s, connection=outbox.connection
+        )
+        if stored is None:  # deleted (cancelled, swept) while the bytes arrived
+            raise api_error(status.HTTP_404_NOT_FOUND, "no such file")
+        payload = view(context, stored).model_dump(mode="json")
+        outbox.publish(stored.recipient_id, EVENT_FILE_WAITING, payload)
     logger.info("file %s: stored for %s", file_id, stored.recipient)
-    payload = view(context, stored).model_dump(mode="json")
-    await event_hub(context).publish(stored.recipient_id, EVENT_FILE_WAITING, payload)
     return stored
 
 
@@ -360,6 +370,10 @@ async def _receive(
 async def download(context: AppContext, account: AccountRecord, file_id: str) -> Response:
     """The ciphertext of a stored file, for its recipient; ``Range: bytes=N-`` resumes (206).
 
+    The answer names the sender and the file's size
+    (:data:`~pqcall.signaling.messages.FILE_SENDER_HEADER`, ``FILE_SIZE_HEADER``),
+    so a recipient needs no ``GET /files/{id}`` first.
+
     Raises:
         HTTPException: 403 not the recipient, 404 no such file, 409 still uploading,
             429 too many transfers at once.
@@ -378,24 +392,38 @@ async def download(context: AppContext, account: AccountRecord, file_id: str) ->
         stat_result = path.stat()
     except FileNotFoundError:
         raise api_error(status.HTTP_404_NOT_FOUND, "no such file") from None
-    return _CountedFileResponse(_transfers(context), account.id, path, stat_result)
+    return _CountedFileResponse(_transfers(context), account.id, path, stat_result, record)
 
 
 class _CountedFileResponse(FileResponse):
     """A file response that holds one of the account's transfer slots while it streams.
 
     A range that starts at or past the end gets the API's JSON error (416),
-    not Starlette's plain-text one.
+    not Starlette's plain-text one. The file is read and sent in pieces of
+    :data:`DOWNLOAD_PIECE_BYTES` (Starlette's 64 KiB costs a worker-thread
+    read and an ASGI message per piece: about a third of the server's CPU for
+    a large file).
     """
 
+    chunk_size = DOWNLOAD_PIECE_BYTES
+
     def __init__(
-        self, transfers: _Transfers, account_id: int, path: Path, stat_result: os.stat_result
+        self,
+        transfers: _Transfers,
+        account_id: int,
+        path: Path,
+        stat_result: os.stat_result,
+        record: FileRecord,
     ) -> None:
         super().__init__(
             path,
             stat_result=stat_result,
             media_type="application/octet-stream",
-            headers={"Cache-Control": "no-store"},
+            headers={
+                "Cache-Control": "no-store",
+                FILE_SENDER_HEADER: record.sender,
+                FILE_SIZE_HEADER: str(record.size),
+            },
         )
         self._transfers = transfers  # where the slot is taken
         self._account_id = account_id  # whose slot
@@ -434,6 +462,6 @@ async def delete(context: AppContext, account: AccountRecord, file_id: str) -> N
     record = await find_file(context, file_id, account)
     if not await context.storage.files.delete_file(file_id):
         raise api_error(status.HTTP_404_NOT_FOUND, "no such file")
-    blob_of(context, record).unlink(missing_ok=True)
+    await discard_blob(blob_of(context, record))
     who = "recipient" if account.id == record.recipient_id else "sender"
     logger.info("file %s: deleted by its %s", file_id, who)

@@ -13,7 +13,13 @@ import logging
 import math
 
 from pqcall.server.background import BackgroundTask
-from pqcall.server.blob_store import FILE_ID_BYTES, blob_of, files_dir, locked_blob
+from pqcall.server.blob_store import (
+    DISCARDED_SUFFIX,
+    FILE_ID_BYTES,
+    blob_of,
+    files_dir,
+    locked_blob,
+)
 from pqcall.server.bus import leads_sweeps
 from pqcall.server.context import AppContext
 from pqcall.server.storage import FileRecord
@@ -40,7 +46,8 @@ class FileSweeper:
       upload writing right now holds its blob's lock and is left alone);
     - on its first pass and every :data:`ORPHAN_SCAN_INTERVAL_S` after, blobs
       that have no row (a crash between deleting a file's row and its blob
-      leaves one) and were not written for :data:`ORPHAN_GRACE_S`.
+      leaves one) and were not written for :data:`ORPHAN_GRACE_S`, and
+      ``<id>.deleted`` blobs (renamed aside by a delete whose unlink never ran).
 
     Deleting the row is a compare-and-set on the state the sweeper saw, so a
     file that completed in between is judged again on the next pass. A row is
@@ -110,6 +117,10 @@ async def _remove_orphans(
     looked_up = 0
     for path in sorted(files_dir(context).iterdir()):
         name = path.name
+        if name.endswith(DISCARDED_SUFFIX) and _is_blob_name(name[: -len(DISCARDED_SUFFIX)]):
+            path.unlink(missing_ok=True)  # a deleted file's blob whose unlink never ran
+            removed += 1
+            continue
         if name <= after or len(name) != 2 * FILE_ID_BYTES:
             continue
         if any(c not in "0123456789abcdef" for c in name):
@@ -129,6 +140,10 @@ async def _remove_orphans(
         logger.info("file %s: blob without a row deleted", name)
         removed += 1
     return removed, ""
+
+
+def _is_blob_name(name: str) -> bool:
+    return len(name) == 2 * FILE_ID_BYTES and all(c in "0123456789abcdef" for c in name)
 
 
 async def _remove(context: AppContext, record: FileRecord, why: str) -> int:

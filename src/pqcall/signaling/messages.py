@@ -466,6 +466,10 @@ class CallHistory(Message):
 
 FILE_ID_PATTERN = r"^[0-9a-f]{32}$"
 MAX_INBOX_FILES = 200
+FILE_SENDER_HEADER = "X-Pqcall-Sender"
+"""``GET /files/{id}/content``'s header naming the file's sender (no status request first)."""
+FILE_SIZE_HEADER = "X-Pqcall-Size"
+"""``GET /files/{id}/content``'s header with the file's whole size (as ``FileView.size``)."""
 
 FileId = Annotated[str, Field(pattern=FILE_ID_PATTERN, description="32 lowercase hex digits")]
 FileState = Literal["uploading", "stored"]

@@ -9,7 +9,8 @@ seconds passed in by the caller.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from sqlalchemy import (
@@ -26,7 +27,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 
 from pqcall.server.storage.models import accounts, stored_files
@@ -148,17 +149,23 @@ class FileStore:
             row = result.one_or_none()
         return None if row is None else _file(row)
 
-    async def complete_file(self, file_id: str, expires_at: float) -> FileRecord | None:
-        """Mark an uploading file stored, with a new expiry; ``None`` if it is not uploading."""
-        async with self.engine.begin() as connection:
-            result = await connection.execute(
+    async def complete_file(
+        self, file_id: str, expires_at: float, *, connection: AsyncConnection | None = None
+    ) -> FileRecord | None:
+        """Mark an uploading file stored, with a new expiry; ``None`` if it is not uploading.
+
+        ``connection``: an open transaction to write in (committed by its owner,
+        e.g. with the ``file.waiting`` event); a transaction of its own otherwise.
+        """
+        async with self._begin(connection) as conn:
+            result = await conn.execute(
                 update(stored_files)
                 .where(stored_files.c.id == file_id, stored_files.c.state == FILE_UPLOADING)
                 .values(state=FILE_STORED, expires_at=expires_at)
             )
             if result.rowcount != 1:
                 return None
-            row = (await connection.execute(_FILE_SELECT.where(stored_files.c.id == file_id))).one()
+            row = (await conn.execute(_FILE_SELECT.where(stored_files.c.id == file_id))).one()
         return _file(row)
 
     async def delete_file(self, file_id: str, *, expected_state: str | None = None) -> bool:
@@ -206,6 +213,14 @@ class FileStore:
             )
             totals = {state: (int(n), int(size)) for state, n, size in result}
         return {state: totals.get(state, (0, 0)) for state in (FILE_UPLOADING, FILE_STORED)}
+
+    @contextlib.asynccontextmanager
+    async def _begin(self, connection: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
+        if connection is not None:
+            yield connection
+            return
+        async with self.engine.begin() as own:
+            yield own
 
     async def _files(self, conditions: Iterable[Any], limit: int) -> list[FileRecord]:
         async with self.engine.connect() as connection:
