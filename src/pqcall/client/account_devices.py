@@ -58,6 +58,7 @@ from pqcall.exceptions import (
 )
 from pqcall.signaling.account_messages import (
     CreateLinkRequest,
+    DevicesView,
     LinkCreated,
     LinkPoll,
     LinkRequestView,
@@ -121,6 +122,38 @@ async def publish_device_list(api: ServerApi, signed: SignedDeviceList) -> None:
     await api.authed_request(
         "PUT", "/account/devices", PutDeviceListRequest(device_list=signed.encode())
     )
+
+
+async def sync_device_list(
+    api: ServerApi, home: Home, secrets: AccountSecrets, username: str
+) -> SignedDeviceList:
+    """Bring the home's list and the server's to the newer of the two (at each start).
+
+    A home made before linked devices publishes its first list here; a list
+    another device of the account published is taken once it verifies under
+    our account key (a list that does not is ignored, with a warning).
+
+    Raises:
+        ApiError: the server refused the home's list.
+    """
+    ours = ensure_device_list(home, secrets, username)
+    response = await api.authed_request("GET", "/account/devices")
+    view = DevicesView.model_validate(response.json())
+    if view.version < ours.device_list.version:
+        await publish_device_list(api, ours)
+        return ours
+    if view.version > ours.device_list.version and view.device_list is not None:
+        try:
+            theirs = SignedDeviceList.decode(view.device_list)
+            theirs.verify(secrets.identity.public_key(), username)
+        except (DecodeError, BadSignature, LocalProtocolError) as exc:
+            logger.warning("the server's device list for this account is refused: %s", exc)
+            return ours
+        home.save_device_list(theirs)
+        if theirs.device_list.find(secrets.device_identity.public_key()) is None:
+            logger.warning("this device is no longer in the account's device list")
+        return theirs
+    return ours
 
 
 async def approve_link(
@@ -366,6 +399,10 @@ class PeerDeviceCheck:
         return self.device_list is not None and self.device_list.find(signer) is not None
 
 
+NO_DEVICE_LIST = PeerDeviceCheck(None, None)
+"""A contact that never published a device list: only its account key signs."""
+
+
 def check_peer_devices(
     store: PeerDevices, user: UserView, name: str, pinned: IdentityPublicKey
 ) -> PeerDeviceCheck:
@@ -377,7 +414,7 @@ def check_peer_devices(
             another name, is malformed, or is older than one already seen.
     """
     if user.device_list is None:
-        return PeerDeviceCheck(None, None)
+        return NO_DEVICE_LIST
     try:
         device_list = SignedDeviceList.decode(user.device_list).verify(pinned, name)
         seen, changed = check_device_list(name, store.load(name), device_list)

@@ -76,6 +76,8 @@ class CallContext:
     """Called after every state change (the phone records history on terminal ones)."""
     stun_server: tuple[str, int] | None = None
     """The server's STUN port (its relay's UDP port, by default the HTTP port's number)."""
+    device_key: IdentityPrivateKey | None = None
+    """This device's key, which signs 1:1 handshakes when set (see pqcall.crypto.account)."""
 
 
 def key_mismatch_reason(peer: str) -> str:
