@@ -235,13 +235,18 @@ class Home:
         return os.path.lexists(self.keystore_path)
 
     def create_account(
-        self, passphrase: str, *, kdf_params: KdfParams = DEFAULT_KDF_PARAMS
+        self,
+        passphrase: str,
+        *,
+        kdf_params: KdfParams = DEFAULT_KDF_PARAMS,
+        secrets: AccountSecrets | None = None,
     ) -> AccountSecrets:
-        """Generate a new identity and file key and seal them in the keystore.
+        """Generate a new account key, device key and file key and seal them in the keystore.
 
         Args:
             passphrase: the non-empty passphrase that will open the keystore.
             kdf_params: the keystore's KDF cost (tests use a cheap one).
+            secrets: keys to keep instead of new ones (a linked device, a recovery).
 
         Raises:
             AccountExists: a keystore is already here.
@@ -250,7 +255,7 @@ class Home:
         with self._lock.held():
             if self.has_account():
                 raise AccountExists(f"an account already exists in {self.path}")
-            secrets = AccountSecrets.generate()
+            secrets = secrets or AccountSecrets.generate()
             write_keystore(self.keystore_path, secrets.encode(), passphrase, kdf_params)
         return secrets
 
