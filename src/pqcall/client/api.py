@@ -36,7 +36,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 
 import httpx
@@ -411,13 +411,21 @@ class ServerApi:
         response = await self._login.request("GET", "/files")
         return self._http.parse(Inbox, response, "GET /files").files
 
-    async def download(self, file_id: str, offset: int = 0) -> AsyncIterator[bytes]:
+    async def download(
+        self,
+        file_id: str,
+        offset: int = 0,
+        *,
+        on_response: Callable[[httpx.Headers], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[bytes]:
         """``GET /files/{file_id}/content``: the ciphertext from byte ``offset`` on, in pieces.
 
         Use as ``async for piece in api.download(file_id, offset)``; memory use
         is one piece of at most :data:`DOWNLOAD_CHUNK_BYTES`. From a non-zero
         offset the request carries ``Range: bytes=N-``; a server that answers
         with the whole file has its first ``offset`` bytes skipped here.
+        ``on_response`` is awaited with a successful answer's headers before
+        the first piece (the sender, the length: what to decrypt it with).
 
         Raises:
             ApiError: 404 no such file, 403 not ours, 416 offset past the end.
@@ -438,6 +446,8 @@ class ServerApi:
                 if not response.is_success:
                     await response.aread()
                     raise self._http.error(response)
+                if on_response is not None:
+                    await on_response(response.headers)
                 skip = offset if offset and response.status_code == 200 else 0
                 try:
                     async for piece in response.aiter_bytes(DOWNLOAD_CHUNK_BYTES):

@@ -4,11 +4,12 @@ The receiving half of :class:`~pqcall.client.files.FileTransfers`::
 
     server                                       recipient
       GET /files                            ->   inbox, each sender's trust
-      GET /files/<id>                       ->   state and sender; the sender's saved
-                                                 key (GET /users/<sender> only when none)
-      GET /files/<id>/content (Range: N-)   ->   decrypt while downloading to OUT/.<id>.part,
-                                                 finish(), rename
+      GET /files/<id>/content               ->   its headers: sender and size; the sender's
+                                                 saved key (GET /users/<sender> only when
+                                                 none); decrypt while downloading to
+                                                 OUT/.<id>.part, finish(), rename
       DELETE /files/<id>                    <-
+      (resuming: GET /files/<id> first, then the content with Range: bytes=N-)
 
 Atomic receive: plaintext goes to a hidden file in the output folder and is
 renamed to the (sanitized) name inside the encrypted file only after
@@ -28,9 +29,12 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from pqcall.client.api import ServerApi
 from pqcall.client.contacts import Contacts
@@ -45,7 +49,8 @@ from pqcall.crypto.identity import IdentityPublicKey
 from pqcall.crypto.keystore import AccountSecrets
 from pqcall.exceptions import ApiError, FileCryptoError, ServerUnreachable, TransferError
 from pqcall.safefile import remove_quietly
-from pqcall.signaling.messages import FileView
+from pqcall.signaling import usernames
+from pqcall.signaling.messages import FILE_SENDER_HEADER, FILE_SIZE_HEADER, FileView
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +171,13 @@ class FileReceiver:
     ) -> ReceivedFile:
         """Download file ``file_id``, check it, save it in ``out_dir``, delete it on the server.
 
+        A new download is one request before the ``DELETE``: the content's
+        answer names the sender and the size (``X-Pqcall-Sender``,
+        ``X-Pqcall-Size``); the file must be signed by the sender's saved key.
+        A partial download to resume, an error answer or a server without
+        those headers go through ``GET /files/{id}`` first, as before (its
+        answer says what is wrong, and where to resume).
+
         Args:
             file_id: from the inbox or a ``file.waiting`` event.
             out_dir: where to save it (created if missing); the home's
@@ -185,6 +197,51 @@ class FileReceiver:
         report = progress or no_progress
         if not is_file_id(file_id):
             raise TransferError(f"{file_id!r} is not a file id (32 hex digits, from pqcall inbox)")
+        folder = Path(out_dir) if out_dir is not None else self.home.received_dir()
+        target = _Target(file_id)
+        try:
+            if not await asyncio.to_thread(self._has_partial, file_id):
+                await self._download(target, folder, report)
+            if target.saved is None:  # not started: ask the file's status, resume if partial
+                target = _Target(file_id)
+                view = await self._status(file_id)
+                target.sender, target.size = view.sender, view.size
+                target.peer = await self._sender_of(view.sender)
+                await self._download(target, folder, report)
+        except FileCryptoError as exc:
+            if target.peer is not None and target.peer.saved:
+                # the server may show a changed key: say so (KeyChangedError)
+                await check_peer(self._api, self._contacts, target.sender)
+            raise FileCryptoError(
+                f"refused file {file_id} from {target.sender}: {exc}; nothing was saved"
+                " (the server keeps its copy)"
+            ) from None
+        assert target.saved is not None and target.peer is not None
+        saved, info = target.saved
+        deleted = True
+        try:
+            await self._api.delete_file(file_id)
+        except (ApiError, ServerUnreachable) as exc:
+            logger.warning("saved %s, but the server did not delete its copy: %s", saved, exc)
+            deleted = False
+        return ReceivedFile(
+            file_id=file_id,
+            sender=target.sender,
+            sender_verified=target.peer.is_verified,
+            path=saved,
+            name=info.name,
+            size=info.size,
+            content_type=info.content_type,
+            created=info.created,
+            deleted=deleted,
+            seconds=time.monotonic() - started,
+        )
+
+    def _has_partial(self, file_id: str) -> bool:
+        return (self.incoming_dir / f"{file_id}.json").exists()
+
+    async def _status(self, file_id: str) -> FileView:
+        """``GET /files/{id}``: a stored file for us, or the reason it cannot be received."""
         try:
             view = await self._api.file_status(file_id)
         except ApiError as exc:
@@ -195,90 +252,97 @@ class FileReceiver:
             raise TransferError(f"file {file_id} is for {view.recipient}, not for you")
         if view.state != "stored":
             raise TransferError(f"file {file_id} from {view.sender} is still being uploaded")
-        peer = await self._sender_of(view.sender)
-        folder = Path(out_dir) if out_dir is not None else self.home.received_dir()
+        return view
+
+    async def _download(self, target: _Target, folder: Path, report: Progress) -> None:
+        """Download, decrypt and verify the file into ``folder``; sets ``target.saved``.
+
+        With ``target.peer`` known (from the status), a partial download is
+        resumed; without, a new download starts and the answer's headers name
+        the sender. An error answer before that leaves ``target.saved`` unset
+        (the caller asks the status). Partial files are kept only when the
+        download broke off.
+        """
+        opened = target.peer is not None
+
+        async def open_download(headers: httpx.Headers) -> None:
+            if target.peer is None:  # a new download: who sent it, how long it is
+                sender = headers.get(FILE_SENDER_HEADER)
+                length = headers.get(FILE_SIZE_HEADER)
+                if sender is None or length is None or not length.isdigit():
+                    raise _NoFileHeaders
+                target.sender, target.size = usernames.normalize(sender), int(length)
+                target.peer = await self._sender_of(target.sender)
+            assert target.peer is not None
+            target.download = await self._open_part(target.file_id, target.peer, folder)
+
+        if opened:
+            await open_download(httpx.Headers())  # resuming: open it before asking for the rest
+        try:
+            have = target.download.consumed if target.download is not None else 0
+            if have > target.size and opened:
+                raise TransferError(f"the server sent more than {target.size} bytes")
+            if have:
+                logger.info("resuming download of %s at byte %d", target.file_id, have)
+            pieces = self._api.download(
+                target.file_id, have, on_response=None if opened else open_download
+            )
+            try:
+                await self._stream(target, pieces, report)
+            except (ApiError, _NoFileHeaders):
+                if target.download is None:  # nothing started: the status says why
+                    return
+                raise
+            download = target.download
+            assert download is not None
+            have = download.consumed
+            if have != target.size:
+                # the server's answer ended cleanly (a broken connection raises), yet short:
+                # its copy is damaged, and asking again would only get the same bytes
+                raise TransferError(
+                    f"the server's copy of file {target.file_id} from {target.sender} ends at"
+                    f" byte {have} of {target.size}: it is damaged or was tampered with;"
+                    f" nothing was saved (ask {target.sender} to send it again)"
+                )
+            saved, info = await asyncio.to_thread(download.finish, folder)
+        except ServerUnreachable:
+            if target.download is not None:
+                await asyncio.to_thread(_keep, target.download)
+            raise
+        except OSError as exc:
+            if target.download is not None:
+                target.download.discard()
+            raise TransferError(f"cannot write into {folder}: {exc.strerror}") from None
+        except BaseException:
+            if target.download is not None:
+                target.download.discard()
+            raise
+        assert target.peer is not None
+        if info.sender != target.peer.identity:  # expected_sender already enforced it
+            raise FileCryptoError("file is not from the expected sender")
+        report("downloading", target.size, target.size)
+        target.saved = saved, info
+
+    async def _open_part(self, file_id: str, peer: _Sender, folder: Path) -> PartialDownload:
+        """The partial download into ``folder`` (resumed if recorded), ready to absorb."""
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TransferError(f"cannot create {folder}: {exc.strerror}") from None
-        try:
-            saved, info = await self._download(view, peer, folder, report)
-        except FileCryptoError as exc:
-            if peer.saved:  # the server may show a changed key: say so (KeyChangedError)
-                await check_peer(self._api, self._contacts, view.sender)
-            raise FileCryptoError(
-                f"refused file {file_id} from {view.sender}: {exc}; nothing was saved"
-                " (the server keeps its copy)"
-            ) from None
-        deleted = True
-        try:
-            await self._api.delete_file(file_id)
-        except (ApiError, ServerUnreachable) as exc:
-            logger.warning("saved %s, but the server did not delete its copy: %s", saved, exc)
-            deleted = False
-        return ReceivedFile(
-            file_id=file_id,
-            sender=view.sender,
-            sender_verified=peer.is_verified,
-            path=saved,
-            name=info.name,
-            size=info.size,
-            content_type=info.content_type,
-            created=info.created,
-            deleted=deleted,
-            seconds=time.monotonic() - started,
-        )
-
-    async def _download(
-        self, view: FileView, peer: _Sender, folder: Path, report: Progress
-    ) -> tuple[Path, FileInfo]:
-        """Download, decrypt and verify ``view`` into ``folder``, resuming a partial one."""
         make_private_dir(self.home.path)
         make_private_dir(self.incoming_dir)
-        remove_quietly(self.incoming_dir / f"{view.file_id}{CIPHERTEXT_SUFFIX}")  # version 1's
-        part = folder / f".{view.file_id}.part"
-        state = self.incoming_dir / f"{view.file_id}.json"
+        remove_quietly(self.incoming_dir / f"{file_id}{CIPHERTEXT_SUFFIX}")  # version 1's
         try:
-            download = await asyncio.to_thread(
+            return await asyncio.to_thread(
                 PartialDownload.open,
-                part,
-                state,
+                folder / f".{file_id}.part",
+                self.incoming_dir / f"{file_id}.json",
                 self._account.identity.public_key(),
                 list(self._account.file_keys()),
                 peer.identity,
             )
         except OSError as exc:
             raise TransferError(f"cannot write into {folder}: {exc.strerror}") from None
-        try:
-            have = download.consumed
-            if have > view.size:
-                raise TransferError(f"the server sent more than {view.size} bytes")
-            if have:
-                logger.info("resuming download of %s at byte %d", view.file_id, have)
-            await self._stream(view, download, report)
-            have = download.consumed
-            if have != view.size:
-                # the server's answer ended cleanly (a broken connection raises), yet short:
-                # its copy is damaged, and asking again would only get the same bytes
-                raise TransferError(
-                    f"the server's copy of file {view.file_id} from {view.sender} ends at byte"
-                    f" {have} of {view.size}: it is damaged or was tampered with; nothing was"
-                    f" saved (ask {view.sender} to send it again)"
-                )
-            saved, info = await asyncio.to_thread(download.finish, folder)
-        except ServerUnreachable:
-            await asyncio.to_thread(_keep, download)
-            raise
-        except OSError as exc:
-            download.discard()
-            raise TransferError(f"cannot write into {folder}: {exc.strerror}") from None
-        except BaseException:
-            download.discard()
-            raise
-        if info.sender != peer.identity:  # expected_sender already enforced it
-            raise FileCryptoError("file is not from the expected sender")
-        report("downloading", view.size, view.size)
-        return saved, info
 
     async def _sender_of(self, name: str) -> _Sender:
         """The sender's identity: the saved one, else the server's checked and saved now.
@@ -294,17 +358,23 @@ class FileReceiver:
         peer = await check_peer(self._api, self._contacts, name)
         return _Sender(peer.identity, peer.is_verified, saved=False)
 
-    async def _stream(self, view: FileView, download: PartialDownload, report: Progress) -> None:
-        """Feed the rest of the ciphertext to ``download``, decrypting in a worker thread."""
-        have = download.consumed
+    async def _stream(
+        self, target: _Target, pieces: AsyncIterator[bytes], report: Progress
+    ) -> None:
+        """Feed ``pieces`` to ``target.download`` (opened by the first), decrypting in a thread."""
         batch: list[bytes] = []
         batched = 0
         pending: asyncio.Future[None] | None = None
+        download: PartialDownload | None = target.download
+        have = download.consumed if download is not None else 0
         try:
             try:
-                async for piece in self._api.download(view.file_id, have):
-                    if have + len(piece) > view.size:
-                        raise TransferError(f"the server sent more than {view.size} bytes")
+                async for piece in pieces:
+                    if download is None:
+                        download = target.download
+                        assert download is not None
+                    if have + len(piece) > target.size:
+                        raise TransferError(f"the server sent more than {target.size} bytes")
                     batch.append(piece)
                     batched += len(piece)
                     have += len(piece)
@@ -313,28 +383,47 @@ class FileReceiver:
                             await pending
                         data, batch, batched = b"".join(batch), [], 0
                         pending = asyncio.ensure_future(asyncio.to_thread(download.absorb, data))
-                    report("downloading", have, view.size)
+                    report("downloading", have, target.size)
             except ApiError as exc:
-                if exc.status != 416:  # 416: its copy ends where ours does
+                if exc.status != 416 or download is None:  # 416: its copy ends where ours does
                     raise
             except ServerUnreachable as exc:
+                if download is None:
+                    raise
                 if pending is not None:
                     await pending
                     pending = None
                 await asyncio.to_thread(download.absorb, b"".join(batch))
                 raise ServerUnreachable(
-                    f"{exc}; {download.consumed} of {view.size} bytes are here, run receive"
+                    f"{exc}; {download.consumed} of {target.size} bytes are here, run receive"
                     " again to resume"
                 ) from None
             if pending is not None:
                 await pending
                 pending = None
-            await asyncio.to_thread(download.absorb, b"".join(batch))
+            if download is not None:
+                await asyncio.to_thread(download.absorb, b"".join(batch))
         finally:
             if pending is not None and not pending.done():
                 await asyncio.wait([pending])
             if pending is not None and not pending.cancelled():
                 pending.exception()  # retrieved: the first error is the one reported
+
+
+class _NoFileHeaders(Exception):
+    """The content's answer does not name the sender (an older server): ask the status."""
+
+
+@dataclass
+class _Target:
+    """One receive as it goes: what is known of the file, the partial download, the result."""
+
+    file_id: str
+    sender: str = ""  # from the status or the content's answer
+    size: int = 0  # ciphertext bytes
+    peer: _Sender | None = None  # whose key it must be signed by
+    download: PartialDownload | None = None  # open once the sender is known
+    saved: tuple[Path, FileInfo] | None = None  # where it went, once verified
 
 
 @dataclass(frozen=True, slots=True)
