@@ -20,8 +20,17 @@ invites the others; everyone answers at once. Measured:
 - CPU per phone (this process's CPU over the window, divided by n) and the
   server's CPU (its /proc counter), against one phone of a 2-phone call.
 
-Not measured here: PESQ per listener, and the forwarder's capacity against a
-bare forwarder (``pqcall bench relay`` measures the 1:1 relay's).
+Then, per size, :mod:`pqcall.bench.group_quality` (another call, each phone in a
+process of its own): PESQ-WB of one talker as each listener hears it against the codec
+alone, the mix's peak and clipped samples when everyone talks at once, and the
+time from accepting an invite to the first audio against a 1:1 call's; and once,
+:mod:`pqcall.bench.group_forwarder`: the server's group forwarder saturated on
+one core against a bare asyncio fan-out, in packets/s and packets/s per core.
+
+Everything runs on the machine the benchmark is given; on a shared machine the
+figures carry its load (say so with them). 16 phones in one process would not
+keep their 20 ms tick even on an idle 2-core machine: not in the sizes (nor 16
+processes: 2 cores shared with others do not carry them).
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pqcall.bench import group_forwarder, group_quality
+from pqcall.bench.group_quality import SPEECH_S
 from pqcall.bench.report import Figure
 from pqcall.bench.server_process import ServerProcess, say
 from pqcall.client.group_call import GroupCall
@@ -54,7 +65,9 @@ def run(quick: bool = False) -> list[Figure]:
     window = WINDOW_S_QUICK if quick else WINDOW_S_FULL
     results = {n: asyncio.run(_measure(n, window)) for n in sizes}
     two = results[sizes[0]]
-    figures = []
+    figures = list(group_forwarder.run(quick))
+    for n in sizes:
+        figures += quality_figures(group_quality.measure(n))
     for n, result in results.items():
         figures += [
             Figure(f"{n} phones: invite to all keys held", result["keys_s"], "s",
@@ -71,6 +84,36 @@ def run(quick: bool = False) -> list[Figure]:
                    "server with 2 phones", two["server_cpu"]),
         ]  # fmt: skip
     return figures
+
+
+def quality_figures(heard: group_quality.Heard) -> list[Figure]:
+    """What the listeners of one call heard, against the codec alone and a 1:1 call."""
+    n = heard.size
+    codec = "the same speech through Opus alone (no network)"
+    mixes = sum(heard.together_samples)
+    return [
+        Figure(f"{n} phones: PESQ-WB of one talker ({heard.talker}), worst listener",
+               min(heard.pesq), "MOS", codec, heard.codec_pesq),
+        Figure(f"{n} phones: PESQ-WB of one talker, mean over {n - 1} listeners",
+               sum(heard.pesq) / len(heard.pesq), "MOS", codec, heard.codec_pesq),
+        Figure(f"{n} phones: PESQ-WB of one talker, worst listener, against a 1:1 call",
+               min(heard.pesq), "MOS", "the callee of a 1:1 call (same speech, same run)",
+               heard.one_to_one_pesq),
+        Figure(f"{n} phones: accept to first audio, slowest invitee",
+               max(heard.accept_to_audio_s), "s", "a 1:1 call, accept to first audio",
+               heard.one_to_one_accept_to_audio_s),
+        Figure(f"{n} phones: all talk at once, peak of the loudest mix",
+               10 ** (max(heard.together_peak_dbfs) / 20), "of full scale",
+               "the loudest voice alone", 10 ** (heard.loudest_voice_peak_dbfs / 20)),
+        Figure(f"{n} phones: the talker's audio concealed, worst listener",
+               max(heard.concealed_ms), "ms", "the speech's length", 1000 * SPEECH_S),
+        Figure(f"{n} phones: the talker's packets lost, worst listener", max(heard.lost),
+               "packets", "packets of the speech", FRAMES_PER_S * SPEECH_S),
+        Figure(f"{n} phones: frames the talker sent", heard.talker_sent_per_s, "packets/s",
+               "one every 20 ms", FRAMES_PER_S),
+        Figure(f"{n} phones: all talk at once, clipped samples (all listeners)",
+               sum(heard.together_clipped), "samples", "samples in the mixes", mixes),
+    ]  # fmt: skip
 
 
 async def _measure(n: int, window_s: float) -> dict[str, float]:
