@@ -40,10 +40,10 @@ export function wireShortcuts(isReady) {
   const dialog = $("shortcuts");
   const toggleList = () => (dialog.open ? dialog.close() : dialog.showModal());
   listenForShortcuts({
-    a: press("accept"),
-    d: press("reject"),
-    m: press("mute"),
-    h: () => press("hangup")() || press("cancel")(),
+    a: () => press("accept")() || press("group-accept")(),
+    d: () => press("reject")() || press("group-decline")(),
+    m: () => press("mute")() || press("group-mute")(),
+    h: () => press("hangup")() || press("cancel")() || press("group-leave")(),
     "?": toggleList,
   }, () => $("key-warning").open || dialog.open);
   $("shortcuts-open").addEventListener("click", toggleList);

@@ -154,6 +154,6 @@ export const SHORTCUTS = [
   ["A", "accept the ringing call"],
   ["D", "decline the ringing call"],
   ["M", "mute or unmute the microphone"],
-  ["H", "hang up (or cancel a call that is still ringing)"],
+  ["H", "hang up (or cancel a call that is still ringing, or leave a group call)"],
   ["?", "show these shortcuts"],
 ];
