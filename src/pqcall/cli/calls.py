@@ -216,12 +216,14 @@ async def _take(
 
 
 def missed_call_line(missed: MissedCall) -> str:
-    """``missed call from alice at 14:03`` (local time; the date too if not today)."""
+    """``missed call from alice at 14:03`` (local time; the date too if not today);
+    ``missed group call from alice at 14:03`` for a group invite."""
     when = time.localtime(missed.created)
     today = time.localtime()
     same_day = (when.tm_year, when.tm_yday) == (today.tm_year, today.tm_yday)
     stamp = time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", when)
-    return f"missed call from {missed.caller} at {stamp}"
+    kind = "group call" if missed.is_group else "call"
+    return f"missed {kind} from {missed.caller} at {stamp}"
 
 
 def trust(call: Call) -> str:

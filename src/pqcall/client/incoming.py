@@ -5,7 +5,11 @@ read and write): :func:`incoming_call` checks a ``call.incoming`` event (stale
 ring, screening, the offer's signature and freshness, replays, strangers, pins)
 and makes it ring, or refuses it; :func:`group_invite` does the same for a
 ``group.invite`` (busy when in another call, else it waits for the user, or is
-joined at once with ``auto_answer``).
+joined at once with ``auto_answer``). A group invite the screen turns away, and
+one that rang out while the phone was away (its roster says ``no_answer``, or the
+call ended first), are written to the history; the second is told to the
+``on_missed`` listeners as a missed group call. An invite event older than
+:data:`STALE_RING_S` rings only if the server still has us invited.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from pqcall.client.call import Call
+from pqcall.client.missed_calls import MissedCall
 from pqcall.client.peers import SecurityWarning, key_change_message, trust_of
 from pqcall.client.phone_callstate import CallState, Direction
 from pqcall.client.screening import TurnAway
@@ -160,6 +165,9 @@ async def group_invite(phone: Phone, event: Event) -> GroupCall | None:
 
     view = GroupView.model_validate({k: v for k, v in event.payload.items() if k != "relay"})
     me = next((m for m in view.members if m.name == phone.username), None)
+    if me is not None and me.invited_by is not None and _rang_out(view, me.state):
+        _missed_group_call(phone, view, me.invited_by)  # while we were away (or not ringing)
+        return None
     if view.ended is not None or me is None or me.state not in ("invited", "gone"):
         return None  # "gone": this phone vanished from the call (a restart): it may come back
     if me.state == "gone" and not phone.auto_answer:
@@ -174,9 +182,12 @@ async def group_invite(phone: Phone, event: Event) -> GroupCall | None:
         )
         if turned_away is not None:
             logger.info("group call %s from %s: %s", view.call_id, inviter, turned_away.reason)
+            phone.call_log.record_group(view, inviter, turned_away.result, turned_away.reason)
             if turned_away.answer_busy:
                 await _decline_busy(GroupCall(phone._group_context(), view, incoming=True))
             return None
+        if time.time() - event.created > STALE_RING_S and not await _still_invited(phone, view):
+            return None  # replayed after a reconnect: its ring-out or end comes next
     call = GroupCall(phone._group_context(), view, incoming=True)
     if phone._engaged() is not None or phone.group_engaged():
         await _decline_busy(call)
@@ -198,3 +209,31 @@ async def _decline_busy(call: GroupCall) -> None:
         await call.decline(busy=True)
     except PqcallError as exc:
         logger.info("group call %s: could not answer busy: %s", call.call_id, exc)
+
+
+def _rang_out(view: GroupView, state: str) -> bool:
+    """Whether our invitation ended unanswered: rang out, or the call ended first."""
+    return state == "no_answer" or (view.ended is not None and state == "invited")
+
+
+def _missed_group_call(phone: Phone, view: GroupView, inviter: str) -> None:
+    """Record a group invite that rang out without ringing here, once, and tell the user."""
+    from pqcall.client.phone import _tell
+
+    reason = "no answer" if view.ended is None else "the call ended before you answered"
+    if phone.call_log.record_group(view, inviter, str(CallState.MISSED), reason):
+        missed = MissedCall(view.call_id, inviter, view.created, reason, is_group=True)
+        _tell(phone._missed_listeners, missed, "missed group call")
+
+
+async def _still_invited(phone: Phone, view: GroupView) -> bool:
+    """Whether the server still has us invited to ``view``'s call (an old event is checked)."""
+    from pqcall.client.group_api import GroupApi
+
+    try:
+        current = await GroupApi(phone._require_api()).status(view.call_id)
+    except PqcallError as exc:
+        logger.info("group call %s: an old invite, not checked: %s", view.call_id, exc)
+        return False
+    me = next((m for m in current.members if m.name == phone.username), None)
+    return current.ended is None and me is not None and me.state == "invited"

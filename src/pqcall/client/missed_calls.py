@@ -5,7 +5,8 @@ every call that rings here, and that call records itself when it ends. Two kinds
 never become one, and :class:`CallLog` records them:
 
 - calls the phone refused or left unanswered before they rang (screening, a bad
-  offer, busy): :meth:`CallLog.record_refused`;
+  offer, busy): :meth:`CallLog.record_refused`; group invites screened out, or
+  that rang out while the phone was away: :meth:`CallLog.record_group`;
 - calls that rang out while the phone was not connected: the server rings an
   offline phone until its ring timeout (``call.incoming`` waits for it), then
   marks the call missed, and the ``call.missed`` event reaches the phone when it
@@ -25,6 +26,7 @@ from typing import Any
 from pqcall.client.call_outcome import MISSED_WHILE_OFFLINE
 from pqcall.client.history import History
 from pqcall.client.phone_callstate import CallState, Direction
+from pqcall.signaling.group_messages import GroupView
 from pqcall.signaling.messages import EVENT_CALL_MISSED, CallDetail, CallView, Event
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ class MissedCall:
     """When it was placed (unix seconds)."""
     reason: str
     """Why nobody answered: ``missed while offline``, or ``cancelled`` by the caller."""
+    is_group: bool = False
+    """An invitation to a group call (``caller``: who invited) that rang out unanswered."""
 
 
 class CallLog:
@@ -75,6 +79,30 @@ class CallLog:
                 "duration_s": 0.0,
             }
         )
+
+    def record_group(self, view: GroupView, inviter: str, result: str, reason: str) -> bool:
+        """Record a group invite that never rang here (screened) or rang out unanswered.
+
+        Returns False (and records nothing) if the call is in the history already.
+        """
+        if self._was_recorded(view.call_id):
+            return False
+        self._remember(view.call_id)
+        self._append(
+            {
+                "call_id": view.call_id,
+                "peer": inviter,
+                "group": True,
+                "members": sorted(member.name for member in view.members),
+                "direction": str(Direction.INCOMING),
+                "result": str(result),
+                "reason": reason,
+                "started_unix": view.created,
+                "ended_unix": time.time(),
+                "duration_s": 0.0,
+            }
+        )
+        return True
 
     def missed_while_away(self, event: Event, our_name: str) -> MissedCall | None:
         """Record a ``call.missed`` event for a call that never rang here; None if not one.
