@@ -52,8 +52,10 @@ MARKERS_BY_PLACE: dict[str, tuple[str, ...]] = {
     "ui/test_app.py": ("slow",),  # real calls between two in-process UIs
     "group/test_group_phones.py": ("slow",),  # real-time group calls, 3-8 in-process phones
     "client/test_phone.py": ("slow",),
+    "client/test_account_devices_call.py": ("slow",),  # a real call between devices
     "transport/test_session.py": ("slow",),
     "server/test_restart.py": ("slow",),
+    "server/test_bus.py::test_nodes_go_on_alone_while_redis_is_away": ("slow",),  # redis-server
     "server/test_discovery.py": ("slow",),
     "server/test_app.py::test_no_input_causes_a_server_error": ("slow",),
     "server/test_runner.py::test_serves_and_stops_cleanly": ("slow",),

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import functools
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +35,7 @@ from pqcall.signaling.messages import (
     b64decode,
     b64encode,
 )
+from tests.harness import free_port
 
 from .conftest import FakeClock, RunningServer, make_settings, run_server
 from .pushclient import EVENT_TIMEOUT_S, EventSocket, accept, hangup, initiate, register_and_login
@@ -333,3 +336,86 @@ def test_deployments_on_one_redis_are_kept_apart(tmp_path):
     two = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", tmp_path)
     assert bus_namespace(one) != bus_namespace(two)
     assert bus_namespace(one) == bus_namespace(one)
+
+
+# ---------------------------------------------------------------- Redis going away
+
+
+class PrivateRedis:
+    """A redis-server of one test's own, on one port however often it restarts."""
+
+    def __init__(self, directory: Path) -> None:
+        self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.directory = directory  # its working directory (nothing is saved)
+        self.url = f"redis://127.0.0.1:{free_port()}/0"
+        self.process: subprocess.Popen[bytes] | None = None  # while running
+
+    def start(self) -> None:
+        import redis
+
+        port = self.url.rsplit(":", 1)[1].split("/")[0]
+        self.process = subprocess.Popen(
+            [self.binary, "--port", port, "--bind", "127.0.0.1", "--save", ""],
+            cwd=self.directory,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + EVENT_TIMEOUT_S
+        while True:
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    if not Path(server.binary).exists():
+        if redis_required():
+            pytest.fail("redis-server is required here")
+        pytest.skip("no redis-server to start")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_nodes_go_on_alone_while_redis_is_away_and_meet_again(
+    private_redis, server_db_url, tmp_path
+):
+    clock = FakeClock()
+    settings_a = make_settings(server_db_url, tmp_path / "data-a", bus_url=private_redis.url)
+    settings_b = make_settings(server_db_url, tmp_path / "data-b", bus_url=private_redis.url)
+    with run_server(settings_a, clock) as a, run_server(settings_b, clock) as b:
+        wait_for(lambda: _link(a).received > 0 and _link(b).received > 0, "nodes to meet")
+        _, alice_token = register_and_login(a, "alice")
+        _, bob_token = register_and_login(b, "bob")
+        bob_on_a = EventSocket(a, bob_token)
+        bob_on_b = EventSocket(b, bob_token)
+        with a.client(alice_token) as alice:
+            private_redis.stop()  # Redis goes away: A still serves the sockets it holds
+            call_id, answer = initiate(alice, "bob")
+            assert answer.status_code == 201, answer.text
+            assert bob_on_a.expect(EVENT_CALL_INCOMING)["payload"]["call_id"] == call_id
+            bob_on_b.assert_quiet(0.5)  # nothing crosses without the bus
+            assert hangup(alice, call_id).status_code == 200
+            private_redis.start()  # back on the same address: the nodes meet again
+            heard = _link(b).received
+            wait_for(lambda: _link(b).received > heard, "B to hear A again", timeout=10.0)
+            call_id, answer = initiate(alice, "bob")
+            assert answer.status_code == 201, answer.text
+            event = bob_on_b.next_event()
+            while (
+                event["payload"].get("call_id") != call_id or event["type"] != EVENT_CALL_INCOMING
+            ):
+                event = bob_on_b.next_event()  # what came before is not for this call
+        bob_on_a.close()
+        bob_on_b.close()
