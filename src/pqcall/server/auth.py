@@ -52,6 +52,7 @@ from pqcall.exceptions import BadSignature, DecodeError, ServerError
 from pqcall.server.context import AppContext, Context, api_error
 from pqcall.server.storage import AccountRecord, ChallengeUse, Storage
 from pqcall.server.storage.account_store import device_id_of
+from pqcall.server.storage.login_store import TokenInfo
 from pqcall.signaling.messages import (
     CHALLENGE_LENGTH,
     LOGIN_CONTEXT,
@@ -92,7 +93,12 @@ def hash_token(token: bytes) -> bytes:
 
 
 async def authenticate_token(storage: Storage, token_text: str, now: float) -> AccountRecord:
-    """The account a bearer token (as sent, base64url) belongs to.
+    """The account a bearer token (as sent, base64url) belongs to (:func:`authenticate`)."""
+    return (await authenticate(storage, token_text, now)).account
+
+
+async def authenticate(storage: Storage, token_text: str, now: float) -> TokenInfo:
+    """The account, expiry and device a bearer token (as sent, base64url) stands for.
 
     For every transport that carries a token: the HTTP dependency below and
     the WebSocket handshake.
@@ -106,13 +112,12 @@ async def authenticate_token(storage: Storage, token_text: str, now: float) -> A
         raise AuthError("bearer token is not valid") from None
     if len(token) != TOKEN_LENGTH:
         raise AuthError("bearer token is not valid")
-    found = await storage.logins.account_for_token(hash_token(token))
+    found = await storage.logins.token_info(hash_token(token))
     if found is None:
         raise AuthError("bearer token is not valid")
-    account, expires_at = found
-    if expires_at <= now:
+    if found.expires_at <= now:
         raise AuthError("bearer token has expired; log in again")
-    return account
+    return found
 
 
 def bearer_token(request: Request) -> str:
@@ -144,6 +149,22 @@ async def current_account(
 
 CurrentAccount = Annotated[AccountRecord, Depends(current_account)]
 """Route parameter type that receives the authenticated account."""
+
+
+async def current_token(
+    request: Request,
+    context: Context,
+    _scheme: Annotated[object, Depends(bearer_scheme)],
+) -> TokenInfo:
+    """FastAPI dependency: the authenticated account with its token's device, or 401."""
+    try:
+        return await authenticate(context.storage, bearer_token(request), context.now())
+    except AuthError as exc:
+        raise api_error(status.HTTP_401_UNAUTHORIZED, str(exc), AUTHENTICATE) from None
+
+
+CurrentToken = Annotated[TokenInfo, Depends(current_token)]
+"""Route parameter type that receives the token's account and device (issue 22)."""
 
 
 @functools.cache

@@ -62,6 +62,7 @@ from pqcall.server.turn import turn_service
 from pqcall.signaling.callstate import Action, IllegalTransition, Party, State, outcome
 from pqcall.signaling.messages import (
     EVENT_CALL_ACCEPTED,
+    EVENT_CALL_ANSWERED_ELSEWHERE,
     EVENT_CALL_CONFIRMED,
     EVENT_CALL_ENDED,
     EVENT_CALL_FAILED,
@@ -267,9 +268,18 @@ async def initiate(
 
 
 async def accept(
-    context: AppContext, account: AccountRecord, body: AcceptCall, seen: str | None
+    context: AppContext,
+    account: AccountRecord,
+    body: AcceptCall,
+    seen: str | None,
+    device: tuple[bytes | None, str | None] | None = None,
 ) -> CallRecord:
-    """The callee answers: the call becomes active and gets a relay allocation if it can."""
+    """The callee answers: the call becomes active and gets a relay allocation if it can.
+
+    ``device``: the answering device's id and name, for a callee with several
+    devices: they get ``call.answered_elsewhere`` with them, so the others stop
+    ringing and can say where it was answered (issue 22).
+    """
     call, party = await find_call(context, body.call_id, account, recent=True)
     try:
         outcome(call.state, Action.ACCEPT, party)  # refuse before allocating anything
@@ -292,6 +302,7 @@ async def accept(
             answer=body.answer,
             callee_candidates=[candidate.model_dump() for candidate in body.candidates],
             callee_seen_address=seen,
+            answered_on=device,
         )
     except Exception:
         if relay is not None:
@@ -330,6 +341,7 @@ async def apply(
     *,
     reason: str | None = None,
     reason_detail: str | None = None,
+    answered_on: tuple[bytes | None, str | None] | None = None,
     **columns: Any,
 ) -> CallRecord:
     """Apply ``action`` by ``party`` to ``call`` as the state table says, then push it.
@@ -382,7 +394,7 @@ async def apply(
                 **values,
             )
             if updated is not None:
-                _queue_change(context, outbox, updated, action, reason_detail)
+                _queue_change(context, outbox, updated, action, reason_detail, answered_on)
         if updated is not None:
             logger.info("call %s: %s %s -> %s", call.call_id, party, action, updated.state)
             if updated.state.is_terminal:
@@ -406,6 +418,7 @@ def _queue_change(
     call: CallRecord,
     action: Action,
     reason_detail: str | None = None,
+    answered_on: tuple[bytes | None, str | None] | None = None,
 ) -> None:
     """Queue the events that announce ``call``'s change on the request's outbox."""
     if action is Action.ACCEPT:
@@ -414,6 +427,14 @@ def _queue_change(
         outbox.publish(call.caller_id, EVENT_CALL_ACCEPTED, to_caller.model_dump(mode="json"))
         # the callee's other phones stop ringing
         outbox.publish(call.callee_id, EVENT_CALL_ACCEPTED, view(call).model_dump(mode="json"))
+        if answered_on is not None:  # several devices: say which one answered (issue 22)
+            device_id, device_name = answered_on
+            elsewhere = {
+                "call_id": call.call_id,
+                "device_id": None if device_id is None else device_id.hex(),
+                "device_name": device_name,
+            }
+            outbox.publish(call.callee_id, EVENT_CALL_ANSWERED_ELSEWHERE, elsewhere)
     elif action is Action.CONFIRM:
         to_callee = detail(call, handshake=("confirm",))
         outbox.publish(call.callee_id, EVENT_CALL_CONFIRMED, to_callee.model_dump(mode="json"))

@@ -6,7 +6,9 @@ for an account is written to storage (:meth:`EventStore.add_event` gives it its
 ``seq``) and then handed to each of the account's open connections (a person
 may run several phones). A phone that was offline, or whose connection broke,
 gets what it missed when it reconnects with ``resume=<last seq it saw>``; it
-acknowledges with ``{"ack": seq}`` so storage forgets what was delivered.
+acknowledges with ``{"ack": seq}`` so storage forgets what was delivered
+(per device, issue 22: an account of several devices keeps an event until
+every device has acknowledged it).
 
 One connection, as :class:`PushConnection` runs it::
 
@@ -162,8 +164,9 @@ class EventHub:
         self._connections: dict[int, set[PushConnection]] = {}  # account id -> open sockets
         self._locks = _AccountLocks()  # one publisher at a time per account
         self._refresher: asyncio.Task[None] | None = None  # refreshes last_seen of the online
-        self._acks: set[tuple[int, int]] = set()  # (account id, seq) acknowledged, not deleted
-        self._through: dict[int, int] = {}  # account id -> resumed-from seq, not yet deleted
+        # (account id, device id, seq) acknowledged, not deleted; acks are per device (issue 22)
+        self._acks: set[tuple[int, bytes | None, int]] = set()
+        self._through: dict[tuple[int, bytes | None], int] = {}  # -> resumed-from seq
         self._ack_due = asyncio.Event()  # set when _acks is not empty
         self._ack_flusher: asyncio.Task[None] | None = None  # deletes acknowledged events
         self.ack_flush_s = ACK_FLUSH_S  # how long acks gather before one delete
@@ -278,14 +281,18 @@ class EventHub:
         for connection in self._connections.get(account_id, ()):
             connection.push(event)
 
-    def acknowledge(self, account_id: int, seqs: list[int], through: int = 0) -> None:
+    def acknowledge(
+        self, account_id: int, seqs: list[int], through: int = 0, device_id: bytes | None = None
+    ) -> None:
         """Forget these events of the account (the phone has them), within :attr:`ack_flush_s`.
 
         ``through``: also those up to this seq (where the phone resumed from).
+        ``device_id``: the phone's device; an account of several devices keeps an
+        event until each has it (:meth:`EventStore.acknowledge`).
         """
-        self._acks.update((account_id, seq) for seq in seqs)
-        if through > self._through.get(account_id, 0):
-            self._through[account_id] = through
+        self._acks.update((account_id, device_id, seq) for seq in seqs)
+        if through > self._through.get((account_id, device_id), 0):
+            self._through[(account_id, device_id)] = through
         if self._acks or self._through:
             self._ack_due.set()
 
@@ -294,7 +301,7 @@ class EventHub:
         acks, self._acks = self._acks, set()
         through, self._through = self._through, {}
         self._ack_due.clear()
-        return await self.context.storage.events.delete_events(acks, through)
+        return await self.context.storage.events.acknowledge(acks, through)
 
     async def _flush_acks(self) -> None:
         while True:
@@ -347,8 +354,11 @@ class EventHub:
         # register before reading the backlog, so no event falls between the two
         self._connections.setdefault(account.id, set()).add(connection)
         # a logout between the handshake's check and now was announced before we listened
-        if await context.storage.logins.account_for_token(token_hash) is None:
+        token = await context.storage.logins.token_info(token_hash)
+        if token is None:
             connection.close(CLOSE_UNAUTHORIZED, "logged out")
+        else:
+            connection.device_id = token.device_id  # whose acks these are (issue 22)
         came_online = context.presence.connect(account.id)
         metrics = context.extras.get(METRICS_EXTRA)
         tracking = (
@@ -440,6 +450,7 @@ class PushConnection:
         self.expires_at = expires_at  # token expiry, app clock
         self.heartbeat_s = heartbeat_s  # seconds between pings
         self.token_hash = token_hash  # the token it opened with; revoking it closes us
+        self.device_id: bytes | None = None  # the token's device, set by serve (issue 22)
         self.finished = asyncio.Event()  # set when serve() is done with this connection
         self._queue: asyncio.Queue[Event] = asyncio.Queue(MAX_QUEUED_EVENTS)  # live events
         self._closing: asyncio.Future[ConnectionClosing] = (
@@ -573,6 +584,6 @@ class PushConnection:
                 self._unacked = [sent for sent in self._unacked if sent > seq]
                 # and, once, what the phone said it had when it resumed
                 through, self._resumed = self._resumed, 0
-                self.hub.acknowledge(self.account.id, done, through)
+                self.hub.acknowledge(self.account.id, done, through, self.device_id)
                 return
         raise ConnectionClosing(CLOSE_BAD_MESSAGE, 'expected {"ack": <seq>} or {"type": "pong"}')

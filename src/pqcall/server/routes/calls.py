@@ -19,7 +19,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, status
 
 from pqcall.server import call_service
-from pqcall.server.auth import CurrentAccount
+from pqcall.server.auth import CurrentAccount, CurrentToken
 from pqcall.server.context import Context, api_error, seen_address
 from pqcall.signaling import usernames
 from pqcall.signaling.callstate import Party
@@ -57,13 +57,20 @@ async def initiate(
 
 @router.post("/call/accept")
 async def accept(
-    body: AcceptCall, request: Request, account: CurrentAccount, context: Context
+    body: AcceptCall, request: Request, token: CurrentToken, context: Context
 ) -> CallDetail:
     """The callee answers with its handshake answer; the caller gets ``call.accepted``.
 
     The answer carries the callee's own relay grant (if the server relays this call).
+    A callee with several devices gets ``call.answered_elsewhere`` naming the answering one.
     """
-    call = await call_service.accept(context, account, body, seen_address(request))
+    call = await call_service.accept(
+        context,
+        token.account,
+        body,
+        seen_address(request),
+        (token.device_id, token.device_name) if token.device_count > 1 else None,
+    )
     grant = call_service.relay_grant(context, call, Party.CALLEE, request.url.hostname)
     return call_service.detail(call, handshake=(), relay=grant)
 

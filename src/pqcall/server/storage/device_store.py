@@ -170,6 +170,7 @@ class DeviceStore:
             if result.rowcount != 1:
                 raise StaleDeviceList(f"device list version {version} is not newer")
             gone = await self._replace_devices(connection, account_id, new_devices, now)
+        self._accounts.forget_cached(account_id)  # with a bus, every node drops its caches
         self._logins.token_cache.forget_account(account_id)
         return gone
 

@@ -19,6 +19,12 @@ one transaction at a time, so a phone that has seen seq n will never see an
 event of its own with a smaller seq commit later (the ordering bug of issue
 18, with several server processes on one database). SQLite has one writer at
 a time and one server process (its lock file), so it needs nothing.
+
+Acks are per device (issue 22): :meth:`EventStore.acknowledge` deletes an
+acknowledged event of an account with one device at once, as above; for an
+account with several devices it records which device has it (``event_acks``)
+and deletes the event once every device in the account's list has it, so one
+device's ack never takes an event from another that has not seen it.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, text, tuple_
+from sqlalchemy import LargeBinary, delete, func, insert, literal, or_, select, text, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pqcall.server.storage.models import events
+from pqcall.server.storage.models import devices, event_acks, events
 from pqcall.server.storage.records import EventRecord
 
 DEFAULT_EVENT_LIMIT = 100
@@ -40,6 +47,7 @@ ACCOUNT_ORDER_LOCK = text(
     " FROM (SELECT unnest(CAST(:ids AS integer[])) AS id ORDER BY 1) AS ordered"
 ).bindparams(space=ORDER_LOCK_SPACE)
 DELETE_BATCH = 400  # (account, seq) pairs per DELETE (SQLite bounds parameters)
+NO_DEVICE = bytes(16)  # the device of a token older than devices: its acks count for no device
 
 
 class EventStore:
@@ -131,12 +139,17 @@ class EventStore:
         return [seq_of[account] for account, _, _ in new]
 
     async def delete_events(
-        self, acknowledged: Iterable[tuple[int, int]], through: Mapping[int, int] | None = None
+        self,
+        acknowledged: Iterable[tuple[int, int]],
+        through: Mapping[int, int] | None = None,
+        *,
+        only: Any = None,
     ) -> int:
         """Forget exactly these ``(account_id, seq)`` events (acknowledged); how many went.
 
         ``through`` maps an account to a seq the phone resumed from: its events
         up to that seq go too (the phone said it had them; a resume never sends them).
+        ``only``: a further condition every deleted row must meet.
         """
         pairs = sorted(set(acknowledged))
         resumed = sorted((through or {}).items())
@@ -152,9 +165,95 @@ class EventStore:
                 ]
                 if batch:
                     conditions.append(tuple_(events.c.account_id, events.c.seq).in_(batch))
-                result = await connection.execute(delete(events).where(or_(*conditions)))
+                where = or_(*conditions) if only is None else or_(*conditions) & only
+                result = await connection.execute(delete(events).where(where))
                 deleted += int(result.rowcount)
         return deleted
+
+    async def acknowledge(
+        self,
+        acks: Iterable[tuple[int, bytes | None, int]],
+        through: Mapping[tuple[int, bytes | None], int] | None = None,
+    ) -> int:
+        """Per-device acks: ``(account, device, seq)``, and ``(account, device) -> seq`` resumed.
+
+        An account with at most one device loses its acknowledged events at once
+        (:meth:`delete_events`); an account with several records each device's
+        acks and loses an event when every device of its list has it. How many
+        events went.
+        """
+        acks = set(acks)
+        resumed = dict(through or {})
+        pairs = sorted({(account, seq) for account, _, seq in acks})
+        single_through: dict[int, int] = {}
+        for (account, _), seq in resumed.items():
+            single_through[account] = max(seq, single_through.get(account, 0))
+        # one statement does every account of one device (the common case)
+        one_device = (
+            select(func.count())
+            .select_from(devices)
+            .where(devices.c.account_id == events.c.account_id)
+            .scalar_subquery()
+        ) <= 1
+        deleted = await self.delete_events(pairs, single_through, only=one_device)
+        if deleted == len(pairs) and not resumed:
+            return deleted  # every ack was a single device's: nothing is shared
+        accounts = {account for account, _ in pairs} | set(single_through)
+        async with self.engine.connect() as connection:
+            result = await connection.execute(
+                select(devices.c.account_id, func.count())
+                .where(devices.c.account_id.in_(sorted(accounts)))
+                .group_by(devices.c.account_id)
+            )
+            shared = {int(account) for account, count in result if count > 1}
+        if shared:
+            deleted += await self._acknowledge_shared(shared, acks, resumed)
+        return deleted
+
+    async def _acknowledge_shared(
+        self,
+        shared: set[int],
+        acks: set[tuple[int, bytes | None, int]],
+        resumed: dict[tuple[int, bytes | None], int],
+    ) -> int:
+        """Record the devices' acks of accounts with several devices; delete what all have."""
+        exact: dict[tuple[int, bytes], list[int]] = {}
+        for account, device, seq in acks:
+            if account in shared:
+                exact.setdefault((account, device or NO_DEVICE), []).append(seq)
+        async with self.engine.begin() as connection:
+            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+            for (account, device), seqs in sorted(exact.items()):
+                for start in range(0, len(seqs), DELETE_BATCH):
+                    batch = sorted(seqs)[start : start + DELETE_BATCH]
+                    await connection.execute(
+                        _record_acks(dialect, account, device, events.c.seq.in_(batch))
+                    )
+            for (account, device), seq in sorted(resumed.items(), key=lambda item: item[1]):
+                if account in shared:
+                    await connection.execute(
+                        _record_acks(dialect, account, device or NO_DEVICE, events.c.seq <= seq)
+                    )
+            acked = (
+                select(func.count())
+                .select_from(
+                    event_acks.join(devices, devices.c.device_id == event_acks.c.device_id)
+                )
+                .where(
+                    event_acks.c.seq == events.c.seq, devices.c.account_id == events.c.account_id
+                )
+                .scalar_subquery()
+            )
+            needed = (
+                select(func.count())
+                .select_from(devices)
+                .where(devices.c.account_id == events.c.account_id)
+                .scalar_subquery()
+            )
+            result = await connection.execute(
+                delete(events).where(events.c.account_id.in_(sorted(shared)), acked >= needed)
+            )
+        return int(result.rowcount)
 
     async def events_after(
         self, account_id: int, seq: int, limit: int = DEFAULT_EVENT_LIMIT
@@ -215,3 +314,19 @@ class EventStore:
                 )
                 deleted += int(result.rowcount)
         return deleted
+
+
+def _record_acks(dialect: Any, account: int, device: bytes, condition: Any) -> Any:
+    """``INSERT INTO event_acks`` the account's events matching ``condition`` for ``device``.
+
+    Already recorded pairs are skipped (``ON CONFLICT DO NOTHING``: two
+    connections of one device may ack the same event at once).
+    """
+    rows = select(events.c.seq, literal(device, LargeBinary)).where(
+        events.c.account_id == account, condition
+    )
+    return (
+        dialect.insert(event_acks)
+        .from_select([event_acks.c.seq, event_acks.c.device_id], rows)
+        .on_conflict_do_nothing()
+    )

@@ -18,11 +18,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pqcall.server.storage.account_store import ACCOUNT_COLUMNS, account_from_row
-from pqcall.server.storage.models import accounts, challenges, tokens
+from pqcall.server.storage.models import accounts, challenges, devices, tokens
 from pqcall.server.storage.records import AccountRecord, ChallengeUse
 
 TOKEN_CACHE_SIZE = 100_000  # entries (~300 bytes each)
@@ -37,6 +37,10 @@ class TokenInfo:
     expires_at: float
     device_id: bytes | None
     """The device it was issued to (issue 22); ``None`` only for a token older than devices."""
+    device_name: str | None = None
+    """That device's name in the account's list (``None``: not in it)."""
+    device_count: int = 1
+    """How many devices the account has (as of the lookup; cached like the rest)."""
 
 
 class TokenCache:
@@ -179,17 +183,37 @@ class LoginStore:
         return found
 
     async def _token_info(self, token_hash: bytes) -> TokenInfo | None:
+        listed = devices.alias("listed")
+        device_count = (
+            select(func.count())
+            .select_from(listed)
+            .where(listed.c.account_id == tokens.c.account_id)
+            .scalar_subquery()
+        )
         async with self.engine.connect() as connection:
             result = await connection.execute(
-                select(*ACCOUNT_COLUMNS, tokens.c.expires_at, tokens.c.device_id)
+                select(
+                    *ACCOUNT_COLUMNS,
+                    tokens.c.expires_at,
+                    tokens.c.device_id,
+                    devices.c.name,
+                    device_count.label("device_count"),
+                )
                 .join(tokens, tokens.c.account_id == accounts.c.id)
+                .outerjoin(
+                    devices,
+                    (devices.c.account_id == tokens.c.account_id)
+                    & (devices.c.device_id == tokens.c.device_id),
+                )
                 .where(tokens.c.token_hash == token_hash)
             )
             row = result.one_or_none()
         if row is None:
             return None
         device = None if row.device_id is None else bytes(row.device_id)
-        return TokenInfo(account_from_row(row), row.expires_at, device)
+        return TokenInfo(
+            account_from_row(row), row.expires_at, device, row.name, int(row.device_count)
+        )
 
     async def delete_token(self, token_hash: bytes) -> bool:
         """Revoke a token; whether it existed."""
