@@ -67,6 +67,7 @@ LEADER_EXTRA = "sweep-leader"  # context.extras key of the SweepLeader
 SNAPSHOT_INTERVAL_S = 5.0  # how often a node tells the others every account online on it
 NODE_TIMEOUT_S = 3 * SNAPSHOT_INTERVAL_S  # a node unheard this long is taken for gone
 ACCOUNT_REPEAT_S = 1.0  # an account-cache drop is told again this much later (after commit)
+BUCKETS_RETRY_S = 5.0  # the shared rate-limit buckets are not asked this long after a failure
 OUTBOX_SIZE = 100_000  # messages waiting for the bus; beyond, new ones are dropped (logged)
 SWEEP_LOCK_KEY = 0x7071_6361_6C6C_5357  # "pqcallSW": the advisory lock of the sweep leader
 
@@ -171,6 +172,8 @@ class NodeLink:
         self._heard: dict[str, float] = {}  # node id -> monotonic time it was last heard
         self._replaying: Revocation | None = None  # a remote revocation being told locally
         self._failing = False  # the last send failed (log one line per change)
+        self._overflowing = False  # the outbox was full at the last send (one line per change)
+        self._buckets_back_at = 0.0  # monotonic time to ask the shared buckets again
         self.leader: SweepLeader | None = None  # set by start
         self.received = 0  # messages received from other nodes (tests, metrics)
 
@@ -232,7 +235,11 @@ class NodeLink:
         try:
             self._outbox.put_nowait((topic, body))
         except asyncio.QueueFull:
-            logger.warning("bus outbox full: a %s message to the other nodes is dropped", topic)
+            if not self._overflowing:
+                logger.warning("bus outbox full: messages to the other nodes are dropped")
+            self._overflowing = True
+            return
+        self._overflowing = False
 
     def event_committed(self, account_id: int, event: Event) -> None:
         """Tell the other nodes about an event this node stored (their sockets get it)."""
@@ -266,14 +273,25 @@ class NodeLink:
     async def rate_check(
         self, key: str, limit: RateLimit, now: float, *, peek: bool
     ) -> RateDecision | None:
-        """A shared token bucket's decision, or ``None`` (no shared store, or it failed)."""
-        if self._bus is None:
+        """A shared token bucket's decision, or ``None`` (no shared store, or it failed).
+
+        After a failure the shared buckets are not asked for
+        :data:`BUCKETS_RETRY_S` (a Redis that hangs would hold every login for
+        its timeout); the caller uses its own meanwhile.
+        """
+        if self._bus is None or time.monotonic() < self._buckets_back_at:
             return None
         try:
-            return await self._bus.rate_check(key, limit, now, peek=peek)
+            decision = await self._bus.rate_check(key, limit, now, peek=peek)
         except Exception as exc:  # the limit falls back to this node's own buckets
-            logger.warning("shared rate limit unavailable, using this node's: %s", exc)
+            if not self._buckets_back_at:
+                logger.warning("shared rate limits unavailable, using this node's: %s", exc)
+            self._buckets_back_at = time.monotonic() + BUCKETS_RETRY_S
             return None
+        if self._buckets_back_at:
+            logger.info("shared rate limits are back")
+            self._buckets_back_at = 0.0
+        return decision
 
     # ------------------------------------------------------------ receiving
 
