@@ -4,7 +4,7 @@ The sending half of :class:`~pqcall.client.files.FileTransfers`::
 
     sender                                  server
       check NAME's identity against the pin
-      new file key, header and file id -> outgoing/<key>.json (0600, fsynced once)
+      new file key, header and file id -> outgoing/<key>.json (0600, renamed into place)
       PUT /files/<id>/content?offset=0&recipient=NAME&size=N
                                        ->   file created, bytes stored (file.waiting)
           (read, encrypt, send: no ciphertext on disk; one request per file)
@@ -25,6 +25,17 @@ again to resume). Disk use is the state file; memory use is bounded
 (:data:`~pqcall.client.upload_stream.MAX_HELD_BYTES` when resuming, two
 batches otherwise). The state holds the file key until the upload is
 complete: it is as private as the source itself (0600 in a 0700 home).
+
+Durability. States are replaced by a rename without fsync (each fsync cost
+8 ms or more on a busy machine, twice per file). A process that dies keeps
+the last state whole; a power cut may bring back an earlier one, or none (an
+empty file is unreadable, so none), which is safe: with none, the file is
+sent afresh under a new key and id (the server sweeps the old upload); with
+an earlier one, either the server holds no byte past its checkpoint (the
+resume encrypts the same bytes again) or it does, and :class:`CannotResume`
+starts over under a new key. A key never seals other bytes than those the
+server may hold, and a signature the server may have seen part of is never
+replaced by another (the checkpoint before the last batch lies before it).
 """
 
 from __future__ import annotations
@@ -49,7 +60,7 @@ from pqcall.client.file_names import CIPHERTEXT_SUFFIX, is_file_id
 from pqcall.client.file_stream import Progress, no_progress, replace_quickly
 from pqcall.client.home import Home
 from pqcall.client.peers import CheckedPeer, check_peer
-from pqcall.client.privatefile import make_private_dir, read_bounded, write_atomic
+from pqcall.client.privatefile import make_private_dir, read_bounded
 from pqcall.client.upload_stream import CannotResume, Checkpoint, CipherStream, SourceChanged
 from pqcall.crypto.fileencryptor import DEFAULT_CONTENT_TYPE, EncryptionSecrets, FileEncryptor
 from pqcall.crypto.keystore import AccountSecrets
@@ -241,7 +252,7 @@ class FileSender:
     async def _start(
         self, key: str, peer: CheckedPeer, source: Path, info: os.stat_result
     ) -> _Upload:
-        """A new upload of ``source``: fresh secrets, saved (fsynced) before any byte leaves."""
+        """A new upload of ``source``: fresh secrets, saved before any byte leaves."""
         name = source.name
         content_type = mimetypes.guess_type(name)[0] or DEFAULT_CONTENT_TYPE
         created = int(self._clock())
@@ -382,11 +393,7 @@ class FileSender:
 
         def save(checkpoint: Checkpoint) -> None:
             latest[0] = latest[0].at(checkpoint)
-            if checkpoint.signature is not None:  # randomized: it must survive a power cut
-                self._save_upload(key, latest[0])
-            else:
-                document = _state_document(latest[0])
-                replace_quickly(self._state_path(key), document)
+            self._save_upload(key, latest[0])
 
         try:
             encryptor = FileEncryptor(
@@ -451,7 +458,9 @@ class FileSender:
         return upload
 
     def _save_upload(self, key: str, upload: _Upload) -> None:
-        write_atomic(self._state_path(key), _state_document(upload), "upload state")
+        # no fsync: a power cut may bring back an earlier state or none (module
+        # docstring, "Durability"); each fsync cost 8 ms or more here
+        replace_quickly(self._state_path(key), _state_document(upload))
 
     def _forget(self, key: str) -> None:
         remove_quietly(self._state_path(key))
