@@ -405,7 +405,7 @@ def test_devices_without_portaudio(capsys, monkeypatch):
     # whether or not PortAudio is installed here, the import fails as it does without it
     monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
     monkeypatch.setattr(sys, "meta_path", [_NoPortAudio(), *sys.meta_path])
-    code, _, err = run(capsys, "devices")
+    code, _, err = run(capsys, "audio-devices")
     assert code == 1
     assert one_error_line(err) == "pqcall: PortAudio library not found: apt install libportaudio2"
 

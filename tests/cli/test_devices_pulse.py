@@ -1,4 +1,4 @@
-"""``pqcall devices`` lists PulseAudio's sinks and sources as ``pulse:NAME``, live (issue 16).
+"""``pqcall audio-devices`` lists PulseAudio's sinks and sources as ``pulse:NAME``, live (issue 16).
 
 Needs the virtual sound card of ``scripts/virtual-soundcard.sh`` and
 ``PQCALL_TEST_PULSE=1`` (as ``tests/media/test_devices_pulse.py``)::
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 
 def devices(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        pqcall_command(None, "devices", *args),
+        pqcall_command(None, "audio-devices", *args),
         env=env or child_env(),
         capture_output=True,
         text=True,
@@ -38,7 +38,7 @@ def devices(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def listed() -> dict[str, dict[str, Any]]:
-    """``pqcall devices --json`` by spec."""
+    """``pqcall audio-devices --json`` by spec."""
     entries = json.loads(devices("--json").stdout)
     assert isinstance(entries, list)
     return {entry["spec"]: entry for entry in entries}

@@ -42,5 +42,5 @@ def test_devices_json_is_an_empty_array_without_devices(
     monkeypatch.setattr(devices, "list_devices", lambda: [])
     # no PulseAudio server either (CI runs one: the virtual sound card)
     monkeypatch.setenv("PULSE_SERVER", "unix:/nonexistent/pqcall-test/native")
-    assert main(["devices", "--json"]) == 0
+    assert main(["audio-devices", "--json"]) == 0
     assert capsys.readouterr().out == "[]\n"

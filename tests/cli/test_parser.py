@@ -27,7 +27,22 @@ def test_unknown_benchmark_is_one_usage_error(capsys):
 
 @pytest.mark.parametrize(
     "command",
-    ["register", "whoami", "listen", "call", "contacts", "verify", "history", "devices", "demo"],
+    [
+        "register",
+        "whoami",
+        "listen",
+        "call",
+        "contacts",
+        "verify",
+        "history",
+        "audio-devices",
+        "devices",
+        "link",
+        "unlink",
+        "rotate-key",
+        "recover",
+        "demo",
+    ],
 )
 def test_every_command_has_help(capsys, command):
     with pytest.raises(SystemExit) as exc:

@@ -6,7 +6,8 @@ One module per group of commands, each with ``add_parsers(commands, common)``
 - :mod:`~pqcall.cli.account`: ``register``, ``whoami``
 - :mod:`~pqcall.cli.calls`: ``listen``, ``call``
 - :mod:`~pqcall.cli.files`: ``send-file``, ``inbox``, ``receive``
-- :mod:`~pqcall.cli.info`: ``contacts``, ``verify``, ``history``, ``devices``
+- :mod:`~pqcall.cli.info`: ``contacts``, ``verify``, ``history``, ``audio-devices``
+- :mod:`~pqcall.cli.devices`: ``link``, ``devices``, ``unlink``, ``rotate-key``, ``recover``
 - :mod:`~pqcall.cli.block`: ``block``, ``unblock``, ``blocked``
 - :mod:`~pqcall.cli.demo`: ``demo``
 - :mod:`~pqcall.cli.ui`: ``ui`` (the softphone with a web page)
@@ -53,7 +54,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pqcall``."""
     from pqcall.bench import __main__ as bench
-    from pqcall.cli import account, block, calls, demo, files, info, relay, ui
+    from pqcall.cli import account, block, calls, demo, devices, files, info, relay, ui
     from pqcall.cli.examples import add_examples
     from pqcall.cli.options import add_global_options
     from pqcall.server import runner as server
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     calls.add_parsers(commands, common)
     files.add_parsers(commands, common)
     info.add_parsers(commands, common)
+    devices.add_parsers(commands, common)
     block.add_parsers(commands, common)
     demo.add_parsers(commands, common)
     ui.add_parsers(commands, common)

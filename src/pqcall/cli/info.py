@@ -1,4 +1,4 @@
-"""``pqcall contacts``, ``verify``, ``history`` and ``devices``: what this phone knows.
+"""``pqcall contacts``, ``verify``, ``history`` and ``audio-devices``: what this phone knows.
 
 ``contacts`` also shows each contact's presence (online, last seen, or unknown
 when the server does not share it: it shows presence only to call partners,
@@ -49,7 +49,7 @@ def add_parsers(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     common: argparse.ArgumentParser,
 ) -> None:
-    """Add ``contacts``, ``verify``, ``history`` and ``devices``."""
+    """Add ``contacts``, ``verify``, ``history`` and ``audio-devices``."""
     contacts = commands.add_parser(
         "contacts",
         parents=[common],
@@ -91,7 +91,7 @@ def add_parsers(
     history.set_defaults(handler=run_history)
 
     devices = commands.add_parser(
-        "devices", parents=[common], help="list sound devices for --audio-in / --audio-out"
+        "audio-devices", parents=[common], help="list sound devices for --audio-in / --audio-out"
     )
     add_json_option(devices, "one object per device")
     devices.set_defaults(handler=run_devices)
@@ -368,7 +368,7 @@ def local_time(unix: float | None) -> str:
 
 
 def run_devices(args: argparse.Namespace) -> int:
-    """``pqcall devices [--json]``: PortAudio's devices, then PulseAudio's ``pulse:NAME``."""
+    """``pqcall audio-devices [--json]``: PortAudio's devices, then PulseAudio's ``pulse:NAME``."""
     from pqcall.media.devices import list_devices
     from pqcall.media.pulse_devices import pulse_devices
 
@@ -424,7 +424,7 @@ def run_devices(args: argparse.Namespace) -> int:
 
 
 PULSE_API = "PulseAudio"
-"""The ``api`` of a PulseAudio sink or source in ``pqcall devices``."""
+"""The ``api`` of a PulseAudio sink or source in ``pqcall audio-devices``."""
 
 
 def _device_fields(device: DeviceInfo) -> dict[str, Any]:

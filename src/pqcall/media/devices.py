@@ -210,17 +210,17 @@ def find_device(spec: str, kind: Kind) -> DeviceInfo:
         for device in usable:
             if device.is_default_input if kind == "input" else device.is_default_output:
                 return device
-        raise DeviceError(f"no default {kind} device (see `pqcall devices`)")
+        raise DeviceError(f"no default {kind} device (see `pqcall audio-devices`)")
     if spec.isdigit():
         for device in usable:
             if device.index == int(spec):
                 return device
-        raise DeviceError(f"no {kind} device with index {spec} (see `pqcall devices`)")
+        raise DeviceError(f"no {kind} device with index {spec} (see `pqcall audio-devices`)")
     wanted = spec.casefold()
     exact = [device for device in usable if device.name.casefold() == wanted]
     matches = exact or [device for device in usable if wanted in device.name.casefold()]
     if not matches:
-        raise DeviceError(f"no {kind} device matches {spec!r} (see `pqcall devices`)")
+        raise DeviceError(f"no {kind} device matches {spec!r} (see `pqcall audio-devices`)")
     if len(matches) > 1:
         names = ", ".join(f"{device.index} {device.name!r}" for device in matches)
         raise DeviceError(f"{spec!r} matches several {kind} devices, give an index: {names}")

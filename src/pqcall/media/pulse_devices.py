@@ -9,7 +9,7 @@ on such a spec goes through PortAudio's ``pulse`` device and is connected by
 PulseAudio to NAME (``PULSE_SINK``/``PULSE_SOURCE`` at open, see
 :func:`pulse_target`). Without ``pactl`` or a running server the lists are
 empty: nothing here raises. :func:`pulse_devices` adds what ``pactl`` says of
-each (channels, rate, whether it is the server's default), for ``pqcall devices``.
+each (channels, rate, whether it is the server's default), for ``pqcall audio-devices``.
 """
 
 from __future__ import annotations
