@@ -202,7 +202,7 @@ class GroupControl:
             call = self.call
             if call is not None and call.state == "active" and _everyone_else_gone(call):
                 await call.leave()  # as the CLI does: nobody left to talk to
-                self._ended(call, "everyone else left")
+                self._ended(call, _why_alone(call))
             look = self._look()
             if look != self._shown:
                 self._shown = look
@@ -379,13 +379,20 @@ def _everyone_else_gone(call: GroupCall) -> bool:
     return bool(others) and not any(m.state in ("invited", "joined") for m in others)
 
 
+def _why_alone(call: GroupCall) -> str:
+    """Why nobody else is in the call: "everyone else left", or each one's state."""
+    others = [m for m in call.view.members if m.name != call.context.username]
+    if all(m.state in ("left", "gone") for m in others):
+        return "everyone else left"
+    return "; ".join(f"{m.name}: {m.state.replace('_', ' ')}" for m in others)
+
+
 def _ending(call: GroupCall, reason: str | None) -> dict[str, Any]:
-    """``State.group_last``: who was in it and why it ended here."""
-    me = call.context.username
+    """``State.group_last``: who invited, who else was in it, whether we joined, why it ended."""
     return {
-        "call_id": call.call_id,
+        **invite_view(call),
         "reason": reason,
-        "others": [m.name for m in call.view.members if m.name != me],
+        "joined": call.joined_at,
         "ended": call.ended_at or time.time(),
     }
 

@@ -37,6 +37,13 @@ function names(list) {
   return `${list.slice(0, -1).join(", ")} and ${list[list.length - 1]}`;
 }
 
+/** How the last group call ended here, in a sentence. */
+function lastText(last) {
+  if (last.reason === "left") return `You left the group call with ${names(last.others)}.`;
+  if (!last.joined) return `Missed group call from ${last.inviter} (${last.reason ?? "ended"}).`;
+  return `Group call with ${names(last.others)} ended (${last.reason ?? "ended"}).`;
+}
+
 function memberRow(m) {
   const trust = m.trust ?? "checking";
   return h(
@@ -86,7 +93,7 @@ export function makeGroup({ getState, act, render }) {
     if (live) renderCall(g);
     const last = getState()?.group_last;
     show($("group-last"), !g && Boolean(last));
-    if (!g && last) text($("group-last"), `Group call with ${names(last.others)} ended (${last.reason ?? "ended"}).`);
+    if (!g && last) text($("group-last"), lastText(last));
     renderPicks();
     effects(g);
   }
