@@ -2,7 +2,8 @@
 
 One device's ack must not delete an event another device has not seen (acks
 are per device); a call answered on one device tells the others
-(``call.answered_elsewhere``) so they stop ringing. Real server, real sockets.
+(``call.answered_elsewhere``) so they stop ringing. Real server, real sockets;
+the ack test on SQLite and PostgreSQL (their inserts differ).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import hashlib
 import time
 
 from pqcall.crypto.identity import IdentityPrivateKey
+from pqcall.server.storage import Storage
+from pqcall.server.storage.device_store import NewDevice, device_id_of
 from pqcall.signaling.messages import EVENT_CALL_ANSWERED_ELSEWHERE, b64encode
-from tests.harness import scaled, wait_until
+from tests.harness import run_async, scaled, wait_until
 
 from .pushclient import EventSocket, accept, initiate, reject
 from .test_devices import device_login, signed_list
@@ -42,7 +45,7 @@ def _backlog_seqs(server, token, resume):
         socket.close()
 
 
-def test_one_devices_ack_leaves_the_event_for_the_other(server, account):
+def test_one_devices_ack_leaves_the_event_for_the_other(db_url, server, account):
     phone, laptop_token, _ = _two_devices(server, account)
     bob = account("bob")
     phone_socket = EventSocket(server, phone.token)
@@ -104,3 +107,33 @@ def test_answer_on_one_device_stops_the_others_ringing(server, account):
     finally:
         phone_socket.close()
         laptop_socket.close()
+
+
+@run_async
+async def test_per_device_acks_in_storage(db_url):
+    storage = await Storage.open(db_url)
+    try:
+        alice = await storage.accounts.create_account("alice", b"A", b"b", 1, 0.0)
+        phone, laptop = device_id_of(b"A"), device_id_of(b"L")
+        both = [NewDevice(phone, "phone", b"A"), NewDevice(laptop, "laptop", b"L")]
+        await storage.devices.put_device_list(alice.id, b"v1", 1, both, None, 0.0)
+        seqs = [await storage.events.add_event(alice.id, "t", {"n": n}, 0.0) for n in range(3)]
+        events = storage.events
+        # the phone acks everything, twice (two sockets of one device): nothing goes
+        assert await events.acknowledge({(alice.id, phone, seq) for seq in seqs}) == 0
+        assert await events.acknowledge({(alice.id, phone, seq) for seq in seqs}) == 0
+        # the laptop resumed through the first and acks the second: those two go
+        went = await events.acknowledge(
+            {(alice.id, laptop, seqs[1])}, {(alice.id, laptop): seqs[0]}
+        )
+        assert went == 2
+        assert [e.seq for e in await events.events_after(alice.id, 0)] == [seqs[2]]
+        # the laptop leaves the list: the last event was kept only for it
+        await storage.devices.put_device_list(alice.id, b"v2", 2, both[:1], None, 0.0)
+        assert await events.events_after(alice.id, 0) == []
+        # an account of one device: an ack deletes at once, as before devices
+        bob = await storage.accounts.create_account("bob", b"B", b"b", 1, 0.0)
+        seq = await events.add_event(bob.id, "t", {}, 0.0)
+        assert await events.acknowledge({(bob.id, device_id_of(b"B"), seq)}) == 1
+    finally:
+        await storage.close()

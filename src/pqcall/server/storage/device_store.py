@@ -31,6 +31,7 @@ from pqcall.server.storage.account_store import (
     AccountStore,
     device_id_of,
 )
+from pqcall.server.storage.event_store import delete_fully_acknowledged
 from pqcall.server.storage.login_store import LoginStore
 from pqcall.server.storage.models import accounts, devices, events, key_bundles, tokens
 from pqcall.server.storage.records import (
@@ -294,6 +295,8 @@ class DeviceStore:
             if device_id not in current or device_id in dropped
         ]
         await _insert_devices(connection, account_id, added, now)
+        if dropped:  # what the remaining devices all acknowledged was kept for a dropped one
+            await delete_fully_acknowledged(connection, [account_id])
         return await _delete_tokens(connection, account_id, keep=wanted)
 
 

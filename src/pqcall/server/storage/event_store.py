@@ -163,7 +163,12 @@ class EventStore:
                     (events.c.account_id == account) & (events.c.seq <= seq)
                     for account, seq in resumed[start : start + DELETE_BATCH]
                 ]
-                if batch:
+                if len(batch) == 1:
+                    # not ``IN (VALUES (a, s))``: SQLite 3.40 finds no row for a one-row
+                    # VALUES when a != s (the index on (account_id, seq), seq the rowid)
+                    [(account, seq)] = batch
+                    conditions.append((events.c.account_id == account) & (events.c.seq == seq))
+                elif batch:
                     conditions.append(tuple_(events.c.account_id, events.c.seq).in_(batch))
                 where = or_(*conditions) if only is None else or_(*conditions) & only
                 result = await connection.execute(delete(events).where(where))
@@ -234,26 +239,7 @@ class EventStore:
                     await connection.execute(
                         _record_acks(dialect, account, device or NO_DEVICE, events.c.seq <= seq)
                     )
-            acked = (
-                select(func.count())
-                .select_from(
-                    event_acks.join(devices, devices.c.device_id == event_acks.c.device_id)
-                )
-                .where(
-                    event_acks.c.seq == events.c.seq, devices.c.account_id == events.c.account_id
-                )
-                .scalar_subquery()
-            )
-            needed = (
-                select(func.count())
-                .select_from(devices)
-                .where(devices.c.account_id == events.c.account_id)
-                .scalar_subquery()
-            )
-            result = await connection.execute(
-                delete(events).where(events.c.account_id.in_(sorted(shared)), acked >= needed)
-            )
-        return int(result.rowcount)
+            return await delete_fully_acknowledged(connection, shared)
 
     async def events_after(
         self, account_id: int, seq: int, limit: int = DEFAULT_EVENT_LIMIT
@@ -330,3 +316,27 @@ def _record_acks(dialect: Any, account: int, device: bytes, condition: Any) -> A
         .from_select([event_acks.c.seq, event_acks.c.device_id], rows)
         .on_conflict_do_nothing()
     )
+
+
+async def delete_fully_acknowledged(connection: AsyncConnection, account_ids: Iterable[int]) -> int:
+    """Delete these accounts' events that every device in their lists has acknowledged.
+
+    Also run when a device leaves a list (``device_store``): what the others had
+    all acknowledged was kept only for it.
+    """
+    acked = (
+        select(func.count())
+        .select_from(event_acks.join(devices, devices.c.device_id == event_acks.c.device_id))
+        .where(event_acks.c.seq == events.c.seq, devices.c.account_id == events.c.account_id)
+        .scalar_subquery()
+    )
+    needed = (
+        select(func.count())
+        .select_from(devices)
+        .where(devices.c.account_id == events.c.account_id)
+        .scalar_subquery()
+    )
+    result = await connection.execute(
+        delete(events).where(events.c.account_id.in_(sorted(set(account_ids))), acked >= needed)
+    )
+    return int(result.rowcount)
