@@ -32,6 +32,7 @@ from pqcall.signaling.messages import (
     EVENT_CALL_ENDED,
     EVENT_CALL_INCOMING,
     EVENT_PRESENCE,
+    Event,
     b64decode,
     b64encode,
 )
@@ -419,3 +420,44 @@ def test_nodes_go_on_alone_while_redis_is_away_and_meet_again(
                 event = bob_on_b.next_event()  # what came before is not for this call
         bob_on_a.close()
         bob_on_b.close()
+
+
+# ---------------------------------------------------------------- order across nodes
+
+
+def test_events_that_cross_the_bus_out_of_order_reach_the_phone_in_order(two_nodes, db_url):
+    with two_nodes() as (a, b):
+        _, bob_token = register_and_login(b, "bob")
+        bob_events = EventSocket(b, bob_token)
+        context_b = b.app.state.context
+        hub_b = context_b.extras["events"]
+
+        async def store_two() -> list[Event]:
+            # two events for bob, as two other nodes commit them (seq order = commit order)
+            account = await context_b.storage.accounts.get_account_by_name("bob")
+            stored = []
+            for n in (1, 2):
+                now = context_b.now()
+                seq = await context_b.storage.events.add_event(account.id, "test.n", {"n": n}, now)
+                stored.append(Event(seq=seq, type="test.n", payload={"n": n}, created=now))
+            return stored
+
+        first, second = asyncio.run_coroutine_threadsafe(store_two(), hub_b.loop).result(
+            EVENT_TIMEOUT_S
+        )
+        bob_id = (
+            asyncio.run_coroutine_threadsafe(
+                context_b.storage.accounts.get_account_by_name("bob"), hub_b.loop
+            )
+            .result(EVENT_TIMEOUT_S)
+            .id
+        )
+        # the second arrives over the bus before the first
+        hub_b.loop.call_soon_threadsafe(hub_b.deliver_remote, bob_id, second)
+        got = [bob_events.next_event(), bob_events.next_event()]
+        assert [event["seq"] for event in got] == [first.seq, second.seq]
+        assert [event["payload"]["n"] for event in got] == [1, 2]
+        hub_b.loop.call_soon_threadsafe(hub_b.deliver_remote, bob_id, first)  # late: not again
+        bob_events.assert_quiet()
+        bob_events.close()
+        assert a is not b

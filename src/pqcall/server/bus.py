@@ -47,7 +47,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from sqlalchemy import make_url, text
@@ -68,6 +69,7 @@ SNAPSHOT_INTERVAL_S = 5.0  # how often a node tells the others every account onl
 NODE_TIMEOUT_S = 3 * SNAPSHOT_INTERVAL_S  # a node unheard this long is taken for gone
 ACCOUNT_REPEAT_S = 1.0  # an account-cache drop is told again this much later (after commit)
 BUCKETS_RETRY_S = 5.0  # the shared rate-limit buckets are not asked this long after a failure
+MAX_SENT_REMEMBERED = 1000  # seqs a push connection remembers having sent (SentEvents)
 OUTBOX_SIZE = 100_000  # messages waiting for the bus; beyond, new ones are dropped (logged)
 SWEEP_LOCK_KEY = 0x7071_6361_6C6C_5357  # "pqcallSW": the advisory lock of the sweep leader
 
@@ -500,3 +502,49 @@ async def leads_sweeps(context: AppContext) -> bool:
     if not isinstance(leader, SweepLeader):
         return True
     return await leader.leads()
+
+
+class SentEvents:
+    """With several nodes: what one push connection sent, so it sends in ``seq`` order.
+
+    One account's events commit in ``seq`` order (0900), so once an event is
+    known every earlier one of its account is stored. Events of two nodes may
+    cross the bus out of order; :meth:`send_in_order` first sends, from
+    storage, those between the last one sent and the one that arrived. One
+    already sent is not sent again; the arrived event goes out even if another
+    phone's ack deleted it from storage before the read.
+    """
+
+    def __init__(self, resume: int) -> None:
+        self.high = resume  # the highest seq sent (or had by the phone)
+        self._recent: OrderedDict[int, None] = OrderedDict()  # the last seqs sent
+
+    def note(self, seq: int) -> None:
+        """``seq`` was sent."""
+        self.high = max(self.high, seq)
+        self._recent[seq] = None
+        if len(self._recent) > MAX_SENT_REMEMBERED:
+            self._recent.popitem(last=False)
+
+    async def send_in_order(
+        self,
+        event: Event,
+        stored_after: Callable[[int], Awaitable[list[Event]]],
+        send: Callable[[Event], Awaitable[None]],
+    ) -> None:
+        """Send the stored events up to ``event``, then ``event``, skipping those sent.
+
+        ``stored_after(seq)``: a page (oldest first) of the account's stored
+        events after ``seq``, short at the end; ``send`` sends one and calls :meth:`note`.
+        """
+        if event.seq in self._recent:
+            return
+        while self.high < event.seq:
+            page = await stored_after(self.high)
+            for stored in page:
+                if stored.seq not in self._recent:
+                    await send(stored)
+            if not page or page[-1].seq >= event.seq or self.high < page[-1].seq:
+                break
+        if event.seq not in self._recent:
+            await send(event)

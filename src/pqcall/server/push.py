@@ -43,7 +43,8 @@ Ordering: within one process, one account's events are stored and pushed
 under a per-account lock, so a phone receives them in ``seq`` order. With
 several nodes, each event is also sent over the bus (:mod:`pqcall.server.bus`)
 and the node holding the phone's socket pushes it (:meth:`EventHub.deliver_remote`);
-presence then counts sockets on every node.
+two nodes' events may cross it out of order, so there a connection sends in
+``seq`` order from storage (:class:`~pqcall.server.bus.SentEvents`); presence counts all nodes.
 
 A request that changes something and announces it writes both in one
 transaction (:meth:`EventHub.transaction`): the events are queued on an
@@ -67,7 +68,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.websockets import WebSocket
 
 from pqcall.server.auth import Revocation, revocations
-from pqcall.server.bus import node_link
+from pqcall.server.bus import SentEvents, node_link
 from pqcall.server.context import AppContext
 from pqcall.server.metrics import METRICS_EXTRA, ServerMetrics
 from pqcall.server.presence import rounded_last_seen
@@ -171,11 +172,13 @@ class EventHub:
         self._ack_flusher: asyncio.Task[None] | None = None  # deletes acknowledged events
         self.ack_flush_s = ACK_FLUSH_S  # how long acks gather before one delete
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's loop, once started
+        self.ordered = False  # several nodes: connections send in seq order from storage
 
     # ------------------------------------------------------------ component
 
     async def start(self, context: AppContext) -> None:
         self._context = context
+        self.ordered = bool(context.settings.bus_url)
         context.extras[EVENTS_EXTRA] = self
         revocations(context).subscribe(self.revoked)
         self._refresher = asyncio.create_task(self._refresh_last_seen(), name="pqcall-last-seen")
@@ -270,14 +273,12 @@ class EventHub:
 
     def _deliver(self, account_id: int, event: Event) -> None:
         """Push a stored event to the account's sockets here, and over the bus to other nodes'."""
-        for connection in self._connections.get(account_id, ()):
-            connection.push(event)
-        link = node_link(self.context)
-        if link is not None:
+        self.deliver_remote(account_id, event)
+        if (link := node_link(self.context)) is not None:
             link.event_committed(account_id, event)
 
     def deliver_remote(self, account_id: int, event: Event) -> None:
-        """Push an event another node stored to the account's sockets on this node."""
+        """Push a stored event (this node's, or another's from the bus) to its sockets here."""
         for connection in self._connections.get(account_id, ()):
             connection.push(event)
 
@@ -457,6 +458,7 @@ class PushConnection:
             asyncio.get_running_loop().create_future()
         )  # resolved by close()
         self._unacked: list[int] = []  # seqs sent on this connection, not yet acknowledged
+        self._sent = SentEvents(resume) if hub.ordered else None  # several nodes: in seq order
         self._resumed = resume  # deleted through at the first ack (the phone had them)
         self._heard = True  # the phone sent something since the last ping
         self._missed = 0  # pings in a row that went unanswered
@@ -512,24 +514,30 @@ class PushConnection:
                 continue
             if event.seq in backlog:
                 continue  # stored before the backlog was read, and already sent with it
+            if self._sent is not None:  # several nodes: in seq order (server/bus.py)
+                await self._sent.send_in_order(event, self._stored_after, self._send_event)
+                continue
             await self._send_event(event)
 
     async def _replay(self) -> set[int]:
         """Send every stored event after ``resume``; the seqs sent."""
-        storage = self.hub.context.storage
         sent: set[int] = set()
         after = self.resume
         while True:
-            page = await storage.events.events_after(self.account.id, after, BACKLOG_PAGE)
-            for record in page:
-                event = Event(
-                    seq=record.seq, type=record.type, payload=record.payload, created=record.created
-                )
+            page = await self._stored_after(after)
+            for event in page:
                 await self._send_event(event)
-                sent.add(record.seq)
+                sent.add(event.seq)
             if len(page) < BACKLOG_PAGE:
                 return sent
             after = page[-1].seq
+
+    async def _stored_after(self, seq: int) -> list[Event]:
+        """A page of this account's stored events after ``seq``, oldest first."""
+        page = await self.hub.context.storage.events.events_after(
+            self.account.id, seq, BACKLOG_PAGE
+        )
+        return [Event(seq=r.seq, type=r.type, payload=r.payload, created=r.created) for r in page]
 
     def _heartbeat(self) -> None:
         """Count an unanswered ping; raise when the phone is gone or its token expired."""
@@ -542,6 +550,8 @@ class PushConnection:
 
     async def _send_event(self, event: Event) -> None:
         await self._send(event.model_dump(mode="json"))
+        if self._sent is not None:
+            self._sent.note(event.seq)
         self._unacked.append(event.seq)
         if len(self._unacked) > MAX_UNACKED:  # a phone that never acks: retention cleans up
             del self._unacked[: len(self._unacked) - MAX_UNACKED]
