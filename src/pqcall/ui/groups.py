@@ -104,6 +104,7 @@ class GroupControl:
         with _errors(phone):
             call = await phone.group_call(peers, media=self._media())
         self._adopt(call)
+        self._decline_ringing()
 
     async def invite(self, name: str) -> None:
         """Invite ``name`` into the current group call.
@@ -134,6 +135,7 @@ class GroupControl:
         if self.in_call or phone.current_call is not None:
             raise UiError(409, "already in a call: leave it first")
         self.invites.remove(invite)
+        self._decline_ringing()
         self.last = None
         self.muted = False
         self.call = invite
@@ -230,6 +232,12 @@ class GroupControl:
             self.muted = False
             self.last = _ending(call, reason or call.reason)
             self._hub.notify()
+
+    def _decline_ringing(self) -> None:
+        """We are in a group call now: the other invitations are answered busy."""
+        ringing, self.invites = self.invites, []
+        for invite in ringing:
+            self._hub.spawn(invite.decline(busy=True), "ui group busy")
 
     def _require_call(self) -> GroupCall:
         self._hub.require_phone()
