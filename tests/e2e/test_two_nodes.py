@@ -8,6 +8,9 @@ bob's phone on B rings for alice's call made through A, the call is answered,
 speech crosses both ways with the same SAS on both sides, both hang up with
 their JSON records; and presence across nodes (two more accounts over HTTP): carol, asking A,
 sees dave online while his push socket is open on B, and offline once it closed.
+And node A killed (SIGKILL) mid-call: the direct-path call between alice on A
+and bob on B runs its whole duration with speech in its last 2 s on both
+sides, and node B takes the sweepers over (the advisory lock left with A).
 
 Loopback only (no network namespaces; the place under tests/e2e marks it
 netns like its neighbours). Needs ``PQCALL_TEST_DATABASE_URL`` and Redis
@@ -45,6 +48,8 @@ NAME = "twonodes.test"  # the --name both nodes share
 CALL_S = 4  # --duration of alice's call
 MIN_RMS = 200.0  # of int16 samples: speech, not silence
 READY_TIMEOUT_S = scaled(30.0)  # until bob's listener says it listens
+KILL_CALL_S = 8  # --duration of the call whose caller's node is killed
+LEADER_LINE = "this node runs the sweepers now"
 PRESENCE_TIMEOUT_S = scaled(10.0)  # until A reports dave's presence right
 
 
@@ -94,9 +99,12 @@ class Node:
         _stop(self.process)
 
 
-def rms(path: Path) -> float:
+def rms(path: Path, last_s: float | None = None) -> float:
+    """Of the int16 samples in a WAV file (only its last ``last_s`` seconds if given)."""
     with wave.open(str(path), "rb") as wav:
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+        if last_s is not None:
+            samples = samples[-int(last_s * wav.getframerate()) :]
     return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if samples.size else 0.0
 
 
@@ -218,3 +226,93 @@ def test_a_call_between_phones_on_two_nodes(database, redis_url, tmp_path):  # n
             listen.wait()
         for node in nodes:
             node.stop()
+
+
+def test_a_call_goes_on_when_the_callers_node_dies(database, redis_url, tmp_path):  # noqa: F811
+    """SIGKILL of node A mid-call: the direct-path call between a phone on A and one on B
+    runs to its end with speech both ways, and node B takes over the sweepers."""
+    nodes: list[Node] = []
+    listen: subprocess.Popen[str] | None = None
+    try:
+        for label in ("node-a", "node-b"):
+            nodes.append(Node(label, tmp_path, database, redis_url))
+        a, b = nodes
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while LEADER_LINE not in a.log():  # A started first: it leads
+            assert time.monotonic() < deadline, f"A never led the sweepers:\n{a.log()}"
+            time.sleep(0.1)
+        assert LEADER_LINE not in b.log()
+        homes = {name: tmp_path / name for name in ("alice", "bob")}
+        for name, node in (("alice", a), ("bob", b)):
+            done = run(homes[name], "register", name, "--server", node.url)
+            assert done.returncode == 0, f"{name}: {done.stdout}{done.stderr}"
+        received = {name: tmp_path / f"{name}-received.wav" for name in homes}
+        listen_out, listen_err = tmp_path / "bob-listen.out", tmp_path / "bob-listen.err"
+        with open(listen_out, "w") as out, open(listen_err, "w") as err:
+            listen = subprocess.Popen(
+                pqcall_command(
+                    homes["bob"],
+                    *("listen", "--auto-answer", "--once", "--json"),
+                    *("--audio-in", str(SAMPLES / "bob.wav"), "--audio-out", str(received["bob"])),
+                ),
+                env=child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while "listening as " not in listen_err.read_text():
+            assert listen.poll() is None, f"bob's listener exited: {listen_err.read_text()}"
+            assert time.monotonic() < deadline, f"bob never listened: {listen_err.read_text()}"
+            time.sleep(0.05)
+        call_out, call_err = tmp_path / "alice-call.out", tmp_path / "alice-call.err"
+        with open(call_out, "w") as out, open(call_err, "w") as err:
+            call = subprocess.Popen(
+                pqcall_command(
+                    homes["alice"],
+                    *("call", "bob", "--duration", str(KILL_CALL_S), "--json"),
+                    *("--audio-in", str(SAMPLES / "alice.wav")),
+                    *("--audio-out", str(received["alice"])),
+                ),
+                env=child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while "SAS: read this aloud" not in call_err.read_text():
+            assert call.poll() is None, f"alice's call ended: {call_err.read_text()}"
+            assert time.monotonic() < deadline, f"no SAS: {call_err.read_text()}"
+            time.sleep(0.05)
+        time.sleep(1.0)  # media flows
+        a.process.kill()  # SIGKILL: no goodbye on the bus, the advisory lock goes with it
+        a.process.wait()
+        call.wait(timeout=COMMAND_TIMEOUT_S)
+        bob_code = listen.wait(timeout=COMMAND_TIMEOUT_S)
+        report = (
+            f"alice:\n{call_out.read_text()}{call_err.read_text()}\nbob:\n"
+            f"{listen_out.read_text()}{listen_err.read_text()}\nnode B:\n{b.log()[-3000:]}"
+        )
+        ours, theirs = one_json(call_out.read_text()), one_json(listen_out.read_text())
+        assert ours["duration_s"] >= KILL_CALL_S - 0.5, report  # ran to its end
+        assert ours["path"] == theirs["path"] == "direct", report
+        for name, path in received.items():
+            assert rms(path, last_s=2.0) > MIN_RMS, f"{name}: silence at the end\n{report}"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while LEADER_LINE not in b.log():  # B took over the sweepers
+            assert time.monotonic() < deadline, f"B never took over the sweepers\n{report}"
+            time.sleep(0.1)
+        print(  # noqa: T201
+            f"\nnode A killed mid-call: exit codes alice {call.returncode} bob {bob_code},"
+            f" alice's reason {ours.get('reason')!r}, bob's {theirs.get('reason')!r}"
+        )
+    finally:
+        for process in (listen,):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+        for node in nodes:
+            if node.process.poll() is None:
+                node.stop()
