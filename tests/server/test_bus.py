@@ -31,6 +31,7 @@ from pqcall.signaling.messages import (
     EVENT_CALL_ACCEPTED,
     EVENT_CALL_ENDED,
     EVENT_CALL_INCOMING,
+    EVENT_FILE_WAITING,
     EVENT_PRESENCE,
     Event,
     b64decode,
@@ -71,11 +72,14 @@ def two_nodes(
     """``with two_nodes(**overrides) as (a, b):`` two nodes on one database and the bus."""
 
     @contextlib.contextmanager
-    def start(**overrides: Any) -> Iterator[tuple[RunningServer, RunningServer]]:
+    def start(
+        *, one_data_dir: bool = False, **overrides: Any
+    ) -> Iterator[tuple[RunningServer, RunningServer]]:
         clock = FakeClock()
         options = {"bus_url": redis_url, **overrides}
         settings_a = make_settings(server_db_url, tmp_path / "data-a", **options)
-        settings_b = make_settings(server_db_url, tmp_path / "data-b", **options)
+        data_b = tmp_path / ("data-a" if one_data_dir else "data-b")
+        settings_b = make_settings(server_db_url, data_b, **options)
         with run_server(settings_a, clock) as a, run_server(settings_b, clock) as b:
             wait_for(lambda: _link(a).received > 0 and _link(b).received > 0, "nodes to meet")
             yield a, b
@@ -156,6 +160,30 @@ def test_presence_is_seen_across_nodes(two_nodes):
             )
             assert bob.get("/presence", params={"names": "alice"}).status_code == 200
         alice_events.close()
+
+
+def test_a_file_sent_through_one_node_is_announced_and_served_by_the_other(two_nodes):
+    with two_nodes(one_data_dir=True) as (a, b):  # the nodes share their files directory
+        _, alice_token = register_and_login(a, "alice")
+        _, bob_token = register_and_login(b, "bob")
+        bob_events = EventSocket(b, bob_token)
+        data = os.urandom(100_000)
+        with a.client(alice_token) as alice, b.client(bob_token) as bob:
+            created = alice.post("/files", json={"recipient": "bob", "size": len(data)})
+            assert created.status_code == 201, created.text
+            file_id = created.json()["file_id"]
+            stored = alice.put(
+                f"/files/{file_id}/content",
+                params={"offset": 0},
+                content=data,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            assert stored.status_code == 200, stored.text
+            waiting = bob_events.expect(EVENT_FILE_WAITING)  # pushed on B, sent through A
+            assert waiting["payload"]["file_id"] == file_id
+            download = bob.get(f"/files/{file_id}/content")  # served by B
+            assert download.status_code == 200 and download.content == data
+        bob_events.close()
 
 
 # ---------------------------------------------------------------- revocation and caches
