@@ -87,6 +87,7 @@ export function makeGroup({ getState, act, render }) {
       text($("group-incoming-with"), `with ${names(g.others.filter((n) => n !== g.inviter))}`);
     }
     show($("group-ring-blocked"), ringing && local.ringBlocked);
+    $("group-incoming").dataset.sound = local.ringBlocked ? "blocked" : ringer.playing ? "on" : "off";
     renderWaiting(g?.invites ?? []);
     const live = LIVE.has(g?.state);
     show($("group-panel"), live);
@@ -137,6 +138,7 @@ export function makeGroup({ getState, act, render }) {
         local.ringingId = g.call_id;
         ringer.start({ peer: g.inviter, call_id: g.call_id }, () => (window.focus(), $("group-accept").focus()));
         $("group-accept").focus();
+        setTimeout(render, 500); // the banner says whether the ring is heard (the browser may refuse)
       }
     } else if (local.ringingId !== null) {
       local.ringingId = null;
