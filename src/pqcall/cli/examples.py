@@ -55,6 +55,7 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     "server": (
         "pqcall server                              # port 5001, announced on the LAN",
         "pqcall server --tls-self-signed --access-log",
+        "pqcall server --db postgresql+asyncpg://pqcall@db/pqcall --bus redis://db:6379/0",
     ),
     "relay": (
         "pqcall relay --port 5002 --db sqlite+aiosqlite:///$HOME/.pqcall/server/pqcall.db",
