@@ -13,6 +13,9 @@ besides alice and bob. Alice plays a tone, the others silence.
   and on again when she unmutes.
 - Carol leaves: the others' rosters say so. An invitation declined shows as
   declined on the inviter's page.
+  The keys A, D, M and H join, decline, mute and leave as on the 1:1 screen.
+- An invitation nobody answers rings out: the invitee's page says it missed it,
+  the inviter's roster says "no answer".
 
 ``PQCALL_SCREENSHOTS`` (``scripts/screenshots.py``) also saves
 ``group-call.png`` there: bob's page in the four-person call.
@@ -39,6 +42,8 @@ from .test_browser import DASH, add_contact, expect_no_page_errors
 
 JOIN_MS = 30_000 * TIMEOUT_SCALE  # from "Join" to every key held and the code shown
 SPEAKING_MS = 10_000 * TIMEOUT_SCALE  # for the indicator to follow the audio (and mute)
+RING_OUT_S = 4.0  # the server's ring timeout in the ring-out test
+RUNG_OUT_MS = 20_000 * TIMEOUT_SCALE  # from the invitation to "no answer" on every page
 GROUP_CODE = re.compile(r"^\d{3} \d{3} \d{3} \d{3}$")
 
 
@@ -74,6 +79,7 @@ def expect_invited(page: Page, inviter: str) -> None:
     expect(banner).to_be_visible()
     expect(banner).to_have_attribute("role", "alertdialog")
     expect(banner.get_by_test_id("group-incoming-from")).to_have_text(inviter)
+    expect(banner).to_have_attribute("data-sound", "on")  # the ring plays
     expect(page).to_have_title(f"{inviter} invites you to a group call {DASH} pqcall")
 
 
@@ -180,7 +186,8 @@ def test_group_call_started_extended_muted_and_left(world: UiWorld, tmp_path: Pa
         expect(member(page, "alice").get_by_test_id("muted-alice")).to_be_visible()
     for page in (bob, carol, dave):
         expect_speaking(page, "alice", False)
-    alice.get_by_test_id("group-mute").click()
+    alice.keyboard.press("m")  # the shortcut of Mute/Unmute
+    expect(alice.get_by_test_id("group-mute")).to_have_attribute("aria-pressed", "false")
     for page in (bob, dave):
         expect(member(page, "alice")).to_have_attribute("data-muted", "false", timeout=SPEAKING_MS)
         expect_speaking(page, "alice", True)
@@ -188,7 +195,9 @@ def test_group_call_started_extended_muted_and_left(world: UiWorld, tmp_path: Pa
     # carol leaves: the others' rosters say so; her page says how it ended
     carol.get_by_test_id("group-leave").click()
     expect(carol.get_by_test_id("group-panel")).to_be_hidden()
-    expect(carol.get_by_test_id("group-last")).to_contain_text("ended")
+    expect(carol.get_by_test_id("group-last")).to_have_text(
+        "You left the group call with alice, bob and dave."
+    )
     for page in (alice, bob, dave):
         expect(member(page, "carol")).to_have_attribute("data-state", "left", timeout=JOIN_MS)
         expect(member(page, "carol").get_by_test_id("member-state-carol")).to_have_text("left")
@@ -206,20 +215,42 @@ def test_group_invitation_declined(world: UiWorld) -> None:
     add_contact(alice, "carol")
     start_group(alice, "bob", "carol")
     expect_invited(carol, "alice")
-    carol.get_by_test_id("group-decline").click()
+    carol.keyboard.press("d")  # the shortcut of Decline
     expect(carol.get_by_test_id("group-incoming")).to_be_hidden()
     expect(carol.get_by_test_id("group-panel")).to_be_hidden()
     expect(carol).to_have_title("pqcall")
     expect(member(alice, "carol")).to_have_attribute("data-state", "declined")
     expect(member(alice, "carol").get_by_test_id("member-state-carol")).to_have_text("declined")
     expect_invited(bob, "alice")
-    bob.get_by_test_id("group-accept").click()
+    bob.keyboard.press("a")  # the shortcut of Join
     expect_joined(alice, "bob")
     expect_same_code([alice, bob], 2)
-    # the call goes on with the two; bob leaves, and alice, alone, is out of it too
-    bob.get_by_test_id("group-leave").click()
+    # bob leaves, and alice, alone, is out of it too
+    bob.keyboard.press("h")  # the shortcut of Leave
     expect(alice.get_by_test_id("group-panel")).to_be_hidden(timeout=JOIN_MS)
     expect(alice.get_by_test_id("group-last")).to_have_text(
         re.compile(r"^Group call with bob and carol ended \((the call ended|everyone else left)\)")
+    )
+    expect_no_page_errors(world)
+
+
+@pytest.mark.parametrize("ring_timeout_s", [RING_OUT_S])
+def test_group_invitation_nobody_answers_rings_out(world: UiWorld) -> None:
+    register(world, "carol")
+    alice = world.open("alice", audio_in="silence")
+    bob = world.open("bob", audio_in="silence")
+    add_contact(alice, "bob")
+    add_contact(alice, "carol")
+    start_group(alice, "bob", "carol")  # carol's phone is not even running
+    expect_invited(bob, "alice")
+    expect(bob.get_by_test_id("group-incoming")).to_be_hidden(timeout=RUNG_OUT_MS)
+    expect(bob.get_by_test_id("group-last")).to_have_text(
+        "Missed group call from alice (no answer)."
+    )
+    expect(bob).to_have_title("pqcall")
+    # nobody is left to talk to: alice's page leaves the call and says why
+    expect(alice.get_by_test_id("group-panel")).to_be_hidden(timeout=RUNG_OUT_MS)
+    expect(alice.get_by_test_id("group-last")).to_have_text(
+        "Group call with bob and carol ended (bob: no answer; carol: no answer)."
     )
     expect_no_page_errors(world)
