@@ -212,16 +212,15 @@ async def login(body: LoginRequest, context: Context) -> LoginResponse:
     if use is not ChallengeUse.OK:
         raise api_error(status.HTTP_401_UNAUTHORIZED, _CHALLENGE_ERRORS[use])
     account = await context.storage.accounts.get_account_by_name(body.username)
-    device_key: bytes | None = None
-    device_id: bytes | None = None
-    if account is not None:
-        device_id = (
-            bytes.fromhex(body.device_id)
-            if body.device_id is not None
-            else device_id_of(account.identity)
-        )
-        device = await context.storage.devices.get_device(account.id, device_id)
-        device_key = None if device is None else device.public_key
+    if body.device_id is not None:
+        device_id = bytes.fromhex(body.device_id)
+    else:  # an older phone: the device whose key is the account key
+        device_id = bytes(16) if account is None else device_id_of(account.identity)
+    # an unknown name looks its device up too (account 0 has none): same work
+    device = await context.storage.devices.get_device(
+        0 if account is None else account.id, device_id
+    )
+    device_key = None if account is None or device is None else device.public_key
     try:
         # an unknown name or device is checked against a key nobody holds: same work, same failure
         identity = decoy_identity() if device_key is None else IdentityPublicKey.decode(device_key)
