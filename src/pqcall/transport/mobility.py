@@ -492,8 +492,9 @@ class Mobility:
         """Stop the watch (the session's end stops it too)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # asyncio.wait, not `await task` under suppress(CancelledError): that would also
+            # swallow a cancellation of the task calling close (the call's own task)
+            await asyncio.wait({self._task})
 
     async def _run(self) -> None:
         session, wake = self._session, self._wake
