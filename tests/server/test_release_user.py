@@ -17,13 +17,14 @@ from pqcall.server.storage import account_store
 from pqcall.signaling.messages import b64decode
 from tests.harness import scaled
 
-from .conftest import login, registration
-from .pushclient import EventSocket
+from .conftest import SERVER_NAME, login, registration
+from .pushclient import EventSocket, register_and_login
+from .test_bus import redis_url  # noqa: F401 (the fixture)
 
 CLI_TIMEOUT_S = scaled(60.0)
 
 
-def _release(server, name):
+def _release(server, name, *options):
     data_dir = server.settings.data_dir
     return subprocess.run(
         [
@@ -35,6 +36,7 @@ def _release(server, name):
             server.settings.db_url,
             "--data-dir",
             str(data_dir),
+            *options,
             "release-user",
             name,
         ],
@@ -83,3 +85,22 @@ def test_release_of_an_unknown_name_is_one_line_and_status_1(server):
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.splitlines() == ["pqcall: no user named 'nobody'"]
+
+
+def test_release_with_the_bus_closes_the_old_sockets_at_once(start_server, redis_url):  # noqa: F811
+    # real Redis: the CLI tells the running node, whose caches drop and sockets close now
+    with start_server(bus_url=redis_url) as server:
+        _, token = register_and_login(server, "alice")
+        _, bob_token = register_and_login(server, "bob")
+        socket = EventSocket(server, token)
+        try:
+            with server.client(bob_token) as bob:
+                assert bob.get("/users/alice").status_code == 200  # cached on the node
+                done = _release(server, "alice", "--bus", redis_url, "--name", SERVER_NAME)
+                assert done.returncode == 0, done.stderr
+                assert socket.wait_closed() == (4401, "logged out")
+                assert bob.get("/users/alice").status_code == 404
+            with server.client(token) as old:
+                assert old.get("/account/devices").status_code == 401
+        finally:
+            socket.close()

@@ -42,12 +42,13 @@ def add_parser(server_parser: argparse.ArgumentParser) -> None:
         " registered again; contacts then see a key-change warning. Database options of"
         " `pqcall server` (--data-dir, --db, --bus) go before release-user.",
     )
-    release.add_argument("name", metavar="NAME", help="the username to free")
+    # not dest "name": that is `pqcall server --name` (the server name, in the bus namespace)
+    release.add_argument("username", metavar="NAME", help="the username to free")
     release.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Release ``args.name``; 0 and one line on stdout, or 1 and one line on stderr."""
+    """Release ``args.username``; 0 and one line on stdout, or 1 and one line on stderr."""
     import asyncio
     import sys
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     try:
-        username = usernames.normalize(args.name)
+        username = usernames.normalize(args.username)
     except usernames.InvalidUsername as exc:
         sys.stderr.write(f"pqcall: {exc}\n")
         return 1
