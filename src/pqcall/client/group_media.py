@@ -98,6 +98,8 @@ class GroupMedia:
         self._tasks: list[asyncio.Task[None]] = []
         self._seq = 0
         self._timestamp = 0
+        self._owed = 0  # frames the clock ran and has not played yet (a late tick's)
+        self._forced = 0  # of those, to play now whether or not their datagrams are here
 
     async def open(self, host: str, port: int, token: bytes, local_port: int = 0) -> None:
         """Open the socket towards the forwarder and start binding and the frame clock."""
@@ -172,7 +174,12 @@ class GroupMedia:
                 self.packets_sent += 1
                 self._seq += 1
             self._timestamp += samples
-            self.sink.write_frame(self.pipeline.play(now))
+            # a frame played at once unless we are catching up (the next one is due already):
+            # then it waits for its datagrams, still in the socket (transport/frame_clock.py)
+            catching_up = loop.time() - deadline >= self.frame_s
+            self._forced = self._owed + (0 if catching_up else 1)
+            self._owed += 1
+            self._play_owed(now)
             deadline += self.frame_s
             wait = deadline - loop.time()
             if wait < -MAX_LATE_S:
@@ -200,3 +207,14 @@ class GroupMedia:
             self.pipeline.add_stream(sender_id, self.speaking.decoder(sender_id, self._frame_ms))
             self._streams.add(sender_id)
         self.pipeline.receive(seq, timestamp, opus, now, stream=sender_id, size=len(data))
+        self._play_owed(now)
+
+    def _play_owed(self, now: float) -> None:
+        """Play the frames owed: the forced ones whatever, the others once every stream has its."""
+        while self._owed:
+            if self._forced:
+                self._forced -= 1
+            elif not self.pipeline.has_next_frame():
+                return
+            self._owed -= 1
+            self.sink.write_frame(self.pipeline.play(now))
