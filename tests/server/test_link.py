@@ -163,3 +163,32 @@ def test_creating_and_polling_are_rate_limited_per_address(start_server):
         assert polls[:10] == [202] * 10 and polls[-1] == 429
         more = [_create(stranger)[0].status_code for _ in range(5)]
         assert more == [201] * 4 + [429]  # 5 a burst, then one a minute
+
+
+def test_a_request_for_one_account_is_hidden_from_the_others(server, account):
+    alice = account("alice")
+    mallory = account("mallory")  # learned the link id (over a shoulder, from a screenshot)
+    secret = secrets.token_bytes(32)
+    with server.client() as new_device:
+        created = new_device.post(
+            "/link/requests",
+            json={
+                "request": b64encode(b"for alice"),
+                "poll_hash": b64encode(hashlib.sha256(secret).digest()),
+                "username": "Alice",
+            },
+        )
+        assert created.status_code == 201
+        link_id = created.json()["link_id"]
+        assert mallory.client.get(f"/link/requests/{link_id}").status_code == 404
+        refused = _answer(mallory.client, link_id, b"mallory's account key")
+        assert (refused.status_code, refused.json()) == (
+            404,
+            {"error": link_rendezvous.UNKNOWN_LINK},
+        )
+        assert b64decode(alice.client.get(f"/link/requests/{link_id}").json()["request"]) == (
+            b"for alice"
+        )
+        assert _answer(alice.client, link_id, b"alice's answer").status_code == 204
+        collected = _poll(new_device, link_id, secret)
+        assert b64decode(collected.json()["response"]) == b"alice's answer"

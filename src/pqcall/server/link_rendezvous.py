@@ -16,7 +16,9 @@ the handshake; the short code the person compares is what authenticates it).
 What the server guarantees, against a stranger on the network:
 
 - **no reading**: a request is served only to a logged-in account that knows its
-  ``link_id`` (80 random bits); a response only to the holder of the secret
+  ``link_id`` (80 random bits), and only to the account it names if it names
+  one (``username``: then no other account can read or answer it, not even
+  one that learned the id); a response only to the holder of the secret
   whose SHA-256 the request named, and only once (the row is deleted as it is
   handed over, in one statement);
 - **no double answer**: a request takes one response (a conditional update; a
@@ -112,6 +114,7 @@ async def create_link(body: CreateLinkRequest, request: Request, context: Contex
             now + LINK_TTL_S,
             max_per_client=MAX_PENDING_PER_CLIENT,
             max_total=MAX_PENDING_TOTAL,
+            username=body.username,
         )
     except LinkLimitReached as exc:
         if exc.per_client:
@@ -135,7 +138,7 @@ async def get_link(
     link_id: LinkIdPath, account: CurrentAccount, context: Context
 ) -> LinkRequestView:
     """The new device's request, for a logged-in device that was shown its id; 404 if gone."""
-    found = await link_store(context).get_request(link_id, context.now())
+    found = await link_store(context).get_request(link_id, context.now(), account.username)
     if found is None:
         raise api_error(status.HTTP_404_NOT_FOUND, UNKNOWN_LINK)
     request, expires = found
@@ -147,7 +150,9 @@ async def answer_link(
     link_id: LinkIdPath, body: LinkResponseBody, account: CurrentAccount, context: Context
 ) -> Response:
     """Leave the one response to a request; 409 if it has one, 404 if it is gone."""
-    outcome = await link_store(context).answer(link_id, body.response, account.id, context.now())
+    outcome = await link_store(context).answer(
+        link_id, body.response, account.id, context.now(), account.username
+    )
     if outcome is LinkAnswer.UNKNOWN:
         raise api_error(status.HTTP_404_NOT_FOUND, UNKNOWN_LINK)
     if outcome is LinkAnswer.ALREADY:

@@ -79,6 +79,9 @@ class CreateLinkRequest(Message):
     poll_hash: Annotated[bytes, Base64Url(32, 32)] = Field(
         description="SHA-256 of the secret the new device will poll with"
     )
+    username: Username | None = Field(
+        default=None, description="the account it asks to join: only it may read or answer it"
+    )
 
 
 class LinkCreated(Message):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -71,8 +72,9 @@ class LinkStore:
         *,
         max_per_client: int,
         max_total: int,
+        username: str | None = None,
     ) -> None:
-        """Store a new request; expired ones are deleted first.
+        """Store a new request (for ``username``'s account only, if given); expired ones go first.
 
         Raises:
             LinkLimitReached: ``client`` has ``max_per_client`` live requests, or
@@ -95,24 +97,29 @@ class LinkStore:
                     poll_hash=poll_hash,
                     client=client,
                     expires_at=expires_at,
+                    username=username,
                 )
             )
 
-    async def get_request(self, link_id: str, now: float) -> tuple[bytes, float] | None:
-        """A live request and its expiry, if any."""
+    async def get_request(
+        self, link_id: str, now: float, username: str
+    ) -> tuple[bytes, float] | None:
+        """A live request ``username`` may see (one for no account, or for it), and its expiry."""
         async with self.engine.connect() as connection:
             result = await connection.execute(
                 select(link_requests.c.request, link_requests.c.expires_at).where(
-                    link_requests.c.link_id == link_id, link_requests.c.expires_at > now
+                    link_requests.c.link_id == link_id,
+                    link_requests.c.expires_at > now,
+                    _for(username),
                 )
             )
             row = result.one_or_none()
         return None if row is None else (bytes(row.request), float(row.expires_at))
 
     async def answer(
-        self, link_id: str, response: bytes, account_id: int, now: float
+        self, link_id: str, response: bytes, account_id: int, now: float, username: str
     ) -> LinkAnswer:
-        """Store the one response to a live request."""
+        """Store the one response to a live request ``username`` may answer."""
         async with self.engine.begin() as connection:
             result = await connection.execute(
                 update(link_requests)
@@ -120,6 +127,7 @@ class LinkStore:
                     link_requests.c.link_id == link_id,
                     link_requests.c.expires_at > now,
                     link_requests.c.response.is_(None),
+                    _for(username),
                 )
                 .values(response=response, answered_by=account_id)
             )
@@ -127,7 +135,9 @@ class LinkStore:
                 return LinkAnswer.STORED
             found = await connection.execute(
                 select(link_requests.c.link_id).where(
-                    link_requests.c.link_id == link_id, link_requests.c.expires_at > now
+                    link_requests.c.link_id == link_id,
+                    link_requests.c.expires_at > now,
+                    _for(username),
                 )
             )
         return LinkAnswer.UNKNOWN if found.one_or_none() is None else LinkAnswer.ALREADY
@@ -161,3 +171,8 @@ class LinkStore:
                 delete(link_requests).where(link_requests.c.expires_at <= now)
             )
         return int(result.rowcount)
+
+
+def _for(username: str) -> Any:
+    """The rows ``username``'s account may see: those for no account in particular, or for it."""
+    return link_requests.c.username.is_(None) | (link_requests.c.username == username)

@@ -150,6 +150,7 @@ link_requests = Table(  # server/link_rendezvous.py: opaque blobs between two de
     Column("response", LargeBinary, nullable=True),
     Column("answered_by", Integer, ForeignKey("accounts.id"), nullable=True),
     Column("client", String(64), nullable=False),  # the creator's address key (rate limits)
+    Column("username", String(32), nullable=True),  # only this account may read or answer it
     Column("expires_at", Double, nullable=False),
     Index(None, "client"),
     Index(None, "expires_at"),
