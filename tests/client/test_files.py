@@ -196,10 +196,37 @@ async def test_requests_per_file(server: RunningServer, tmp_path: Path) -> None:
     assert receiving.calls == {"GET content": 1, "GET /users": 1, "DELETE": 1}
     # a saved sender: receiving asks nothing about alice's key
     receiving.calls.clear()
+    sending.calls.clear()
     second = await alice.send("bob", source(tmp_path, b"again"))
+    # a saved bundle (checked under the saved identity, named in the PUT): no lookup
+    assert sending.calls == {"PUT content": 1}
     received = await bob.receive(second.file_id, tmp_path / "out")
     assert received.path.read_bytes() == b"again" and received.deleted
     assert receiving.calls == {"GET content": 1, "DELETE": 1}
+
+
+@run_async
+async def test_a_replaced_bundle_is_fetched_again(server: RunningServer, tmp_path: Path) -> None:
+    bob = await account(server, tmp_path, "bob")
+    alice = await account(server, tmp_path, "alice", CountingApi)
+    sending = alice._sender._api
+    assert isinstance(sending, CountingApi)
+    await alice.send("bob", source(tmp_path, b"first"))  # bob's bundle saved
+    # bob publishes a new bundle (same identity): the server holds another than alice saved
+    secrets, api = bob._receiver._account, bob._receiver._api
+    newer = KeyBundle.create(secrets.identity, "bob", secrets.file_key.public_key(), 2**31 - 1)
+    await api.put_bundle(newer.encode())
+    sending.calls.clear()
+    sent = await alice.send("bob", source(tmp_path, b"second"))
+    # the PUT named the old bundle: 412, the new one fetched, the file sent under it
+    assert sending.calls == {"PUT content": 2, "GET /users": 1}
+    assert (await bob.receive(sent.file_id, tmp_path / "out")).path.read_bytes() == b"second"
+    saved = alice.home.path / "bundles" / "bob.bundle"
+    assert saved.read_bytes() == newer.encode()
+    assert saved.stat().st_mode & 0o777 == 0o600
+    sending.calls.clear()
+    await alice.send("bob", source(tmp_path, b"third"))
+    assert sending.calls == {"PUT content": 1}
 
 
 class Crash(Exception):
@@ -219,9 +246,12 @@ class CrashingApi(ServerApi):
         length: int,
         *,
         create_for: tuple[str, int] | None = None,
+        bundle: str | None = None,
     ) -> FileView:
         if not CrashingApi.crash:
-            return await super().upload(file_id, offset, content, length, create_for=create_for)
+            return await super().upload(
+                file_id, offset, content, length, create_for=create_for, bundle=bundle
+            )
         half = length // 2
 
         async def first_half() -> AsyncIterator[bytes]:

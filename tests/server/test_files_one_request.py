@@ -7,6 +7,7 @@ both databases; the storage faults on SQLite and a real (tiny) tmpfs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import subprocess
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from pqcall.crypto.identity import IdentityPrivateKey
-from pqcall.signaling.messages import EVENT_FILE_WAITING, FileView
+from pqcall.signaling.messages import EVENT_FILE_WAITING, FileView, UserView
 
 from .conftest import (
     Phone,
@@ -157,6 +158,25 @@ def test_an_id_in_use_is_refused_and_not_touched(db_url, server, account):
     assert blob(server, file_id).read_bytes() == b"a" * 10
     # the plain form keeps its roles: the recipient cannot append
     assert put_new(bob, file_id, b"b" * 10, 10).status_code == 403
+
+
+def test_a_named_bundle_must_be_the_recipients_current_one(server, account):
+    alice, bob = account("alice"), account("bob")
+    user = UserView.model_validate(alice.client.get("/users/bob").json())
+    current = hashlib.sha256(user.key_bundle).hexdigest()
+    stale = new_id()
+    refused = put_new(alice, stale, b"x" * 10, recipient="bob", size=10, bundle="ab" * 32)
+    assert (refused.status_code, refused.json()) == (
+        412,
+        {"error": "bob's key bundle is not the one you encrypted to: fetch it again"},
+    )
+    assert alice.client.get(f"/files/{stale}").status_code == 404  # nothing was created
+    assert not blob(server, stale).exists()
+    stored = put_new(alice, new_id(), b"x" * 10, recipient="bob", size=10, bundle=current)
+    assert stored.status_code == 200 and stored.json()["state"] == "stored"
+    bad = put_new(alice, new_id(), b"x", recipient="bob", size=1, bundle="not hex")
+    assert bad.status_code == 422
+    assert bob.client.get("/files").json()["files"][0]["sender"] == "alice"
 
 
 # ---------------------------------------------------------------- storage faults

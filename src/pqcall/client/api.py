@@ -360,6 +360,7 @@ class ServerApi:
         length: int,
         *,
         create_for: tuple[str, int] | None = None,
+        bundle: str | None = None,
     ) -> FileView:
         """``PUT /files/{file_id}/content?offset=N``: stream ``length`` bytes from ``offset``.
 
@@ -375,11 +376,15 @@ class ServerApi:
             length: the number of bytes ``content`` yields (``Content-Length``).
             create_for: (recipient, size): create file ``file_id`` (an id we drew)
                 first if the server has none, instead of :meth:`create_file`.
+            bundle: with ``create_for``: the SHA-256 (hex) of the recipient's
+                key bundle the file is encrypted to; a server holding another
+                bundle refuses with 412.
 
         Raises:
             ApiError: 409 ``upload is at byte X`` when ``offset`` is not where
                 the server is, 401 when the token was refused, 404 no such
-                upload, 413 too many bytes.
+                upload, 413 too many bytes, 412 ``bundle`` is not the
+                recipient's current key bundle.
             ServerUnreachable: the connection failed (part may have arrived).
         """
         token = await self.token()
@@ -387,7 +392,8 @@ class ServerApi:
             f"/files/{file_id}/content",
             token=token,
             params={"offset": str(offset)}
-            | ({"recipient": create_for[0], "size": str(create_for[1])} if create_for else {}),
+            | ({"recipient": create_for[0], "size": str(create_for[1])} if create_for else {})
+            | ({"bundle": bundle} if create_for and bundle else {}),
             content=content,
             length=length,
         )

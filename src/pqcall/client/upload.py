@@ -3,10 +3,12 @@
 The sending half of :class:`~pqcall.client.files.FileTransfers`::
 
     sender                                  server
-      check NAME's identity against the pin
+      NAME's saved bundle, verified under the pinned identity
+        (none saved: GET /users/NAME, checked against the pin, saved)
       new file key, header and file id -> outgoing/<key>.json (0600, renamed into place)
-      PUT /files/<id>/content?offset=0&recipient=NAME&size=N
+      PUT /files/<id>/content?offset=0&recipient=NAME&size=N&bundle=SHA256
                                        ->   file created, bytes stored (file.waiting)
+                                            (412: NAME's bundle changed: fetch, new key)
           (read, encrypt, send: no ciphertext on disk; one request per file)
       resuming: GET /files/<id> (404: never created, a new id) then
       PUT /files/<id>/content?offset=RECEIVED
@@ -63,9 +65,13 @@ from pqcall.client.peers import CheckedPeer, check_peer
 from pqcall.client.privatefile import make_private_dir, read_bounded
 from pqcall.client.upload_stream import CannotResume, Checkpoint, CipherStream, SourceChanged
 from pqcall.crypto.fileencryptor import DEFAULT_CONTENT_TYPE, EncryptionSecrets, FileEncryptor
+from pqcall.crypto.filekey import KeyBundle
 from pqcall.crypto.keystore import AccountSecrets
+from pqcall.crypto.pinning import PinMatched
 from pqcall.exceptions import (
     ApiError,
+    BadSignature,
+    DecodeError,
     KeystoreError,
     LocalProtocolError,
     ServerUnreachable,
@@ -86,6 +92,9 @@ UPLOAD_ATTEMPTS = 4  # tries of one upload run before giving up (rerun to resume
 RETRY_DELAYS_S = (0.5, 1.0, 2.0)  # pause before the 2nd, 3rd, 4th try
 FILE_ID_BYTES = 16  # a file id the sender draws: 32 hex digits
 RETRYABLE_STATUSES = frozenset({401, 404, 409})  # refused token, upload gone, wrong offset
+BUNDLES_NAME = "bundles"  # <home>/bundles/<name>.bundle: recipients' key bundles, last fetched
+BUNDLE_SUFFIX = ".bundle"
+MAX_BUNDLE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +220,7 @@ class FileSender:
         recipient = usernames.normalize(name)
         source = Path(path).absolute()
         info = _source_stat(source)
-        peer = await check_peer(self._api, self._contacts, recipient)
+        peer, saved = await self._peer(recipient)
         key = _upload_key(recipient, source)
         upload = self._load_upload(key)
         if upload is not None and not _is_resumable(upload, info):
@@ -224,9 +233,16 @@ class FileSender:
                 upload = await self._start(key, peer, source, info)
             try:
                 upload, resumed_from = await self._upload(
-                    key, upload, peer, source, report, fresh=fresh
+                    key, upload, peer, source, report, fresh=fresh, bundle=saved
                 )
                 break
+            except ApiError as exc:
+                if exc.status != 412 or saved is None:
+                    raise
+                # the saved bundle was replaced: fetch it (and check the identity) again
+                logger.info("%s's key bundle changed; fetching it again", recipient)
+                self._forget(key)  # refused before the file was made: nothing to cancel
+                peer, saved, upload = await self._fetch_peer(recipient), None, None
             except (SourceChanged, CannotResume) as exc:
                 if restarted:
                     await self._abandon(upload, key)
@@ -299,10 +315,13 @@ class FileSender:
         report: Progress,
         *,
         fresh: bool = False,
+        bundle: str | None = None,
     ) -> tuple[_Upload, int]:
         """Bring the upload to ``stored``; returns the state and where this run started.
 
         ``fresh``: ``upload`` was just started, its id (if drawn) sent nowhere yet.
+        ``bundle``: the SHA-256 of the saved bundle ``peer`` came from (the
+        creating request names it: 412 if the server holds another).
 
         Raises:
             SourceChanged, CannotResume: start over under a new key.
@@ -361,7 +380,7 @@ class FileSender:
             pieces = _pieces(stream, offset, report)
             try:
                 view = await self._api.upload(
-                    file_id, offset, pieces, total - offset, create_for=create_for
+                    file_id, offset, pieces, total - offset, create_for=create_for, bundle=bundle
                 )
             except (ServerUnreachable, ApiError) as exc:
                 if isinstance(exc, ApiError) and exc.status not in RETRYABLE_STATUSES:
@@ -421,6 +440,53 @@ class FileSender:
             stream.close()
             raise
         return stream
+
+    async def _peer(self, name: str) -> tuple[CheckedPeer, str | None]:
+        """``name``'s keys: the saved bundle under the saved identity, else the server's.
+
+        Returns the peer and, when it came from the saved bundle, that
+        bundle's SHA-256 (hex) for the creating request to name.
+        """
+        # a server that wants POST /files first cannot check the saved bundle: ask it
+        saved = None if self._create_apart else await asyncio.to_thread(self._saved_peer, name)
+        if saved is not None:
+            return saved
+        return await self._fetch_peer(name), None
+
+    async def _fetch_peer(self, name: str) -> CheckedPeer:
+        """``GET /users/NAME``, checked against the pin; its bundle saved for the next send."""
+        peer = await check_peer(self._api, self._contacts, name)
+        await asyncio.to_thread(self._save_bundle, peer)
+        return peer
+
+    def _saved_peer(self, name: str) -> tuple[CheckedPeer, str] | None:
+        try:
+            contact = self._contacts.get(name)
+            data = read_bounded(self._bundle_path(name), "key bundle", MAX_BUNDLE_BYTES)
+        except (ValueError, KeystoreError):
+            return None
+        if data is None or contact is None or contact.key_changed is not None:
+            return None  # a key change is checked on the server, as before
+        try:
+            bundle = KeyBundle.decode(data)
+            bundle.verify(contact.identity)  # signed by the saved identity, for this name
+        except (DecodeError, BadSignature):
+            return None
+        if bundle.username != name:
+            return None
+        peer = CheckedPeer(name, contact.identity, bundle, PinMatched(contact.pin))
+        return peer, hashlib.sha256(data).hexdigest()
+
+    def _save_bundle(self, peer: CheckedPeer) -> None:
+        try:
+            make_private_dir(self.home.path)
+            make_private_dir(self.home.path / BUNDLES_NAME)
+            replace_quickly(self._bundle_path(peer.name), peer.bundle.encode())
+        except (OSError, KeystoreError) as exc:  # only costs a lookup next time
+            logger.info("could not save %s's key bundle: %s", peer.name, exc)
+
+    def _bundle_path(self, name: str) -> Path:
+        return self.home.path / BUNDLES_NAME / f"{name}{BUNDLE_SUFFIX}"
 
     async def _abandon(self, upload: _Upload, key: str) -> None:
         """Drop a pending upload whose source changed, cancelling it on the server."""

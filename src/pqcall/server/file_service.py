@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import secrets
@@ -226,6 +227,8 @@ async def upload(
     offset: int,
     request: Request,
     announce: CreateFile | None = None,
+    *,
+    bundle: str | None = None,
 ) -> FileRecord:
     """Append the request's body to the file's blob at ``offset``, streaming.
 
@@ -251,7 +254,7 @@ async def upload(
     if announce is None:
         record = await find_file(context, file_id, account)
     else:
-        record = await _announced(context, account, file_id, offset, announce)
+        record = await _announced(context, account, file_id, offset, announce, bundle)
     if record.sender_id != account.id:
         raise api_error(status.HTTP_403_FORBIDDEN, "only the sender can upload this file")
     if record.state != FILE_UPLOADING:
@@ -295,13 +298,32 @@ async def upload(
 
 
 async def _announced(
-    context: AppContext, account: AccountRecord, file_id: str, offset: int, body: CreateFile
+    context: AppContext,
+    account: AccountRecord,
+    file_id: str,
+    offset: int,
+    body: CreateFile,
+    bundle: str | None,
 ) -> FileRecord:
-    """The file a creating upload appends to: made now, or the same one made before."""
+    """The file a creating upload appends to: made now, or the same one made before.
+
+    ``bundle``: the SHA-256 (hex) of the recipient's key bundle the sender
+    encrypted to (from its own saved copy); a new file is refused with 412 if
+    the recipient's current bundle is another, so the sender fetches it again.
+    """
     existing = await context.storage.files.get_file(file_id)
     if existing is None:
         if offset != 0:
             raise api_error(status.HTTP_409_CONFLICT, "upload is at byte 0")
+        if bundle is not None:
+            recipient = await account_named(context, body.recipient)
+            current = await context.storage.accounts.current_bundle(recipient.id)
+            if current is None or hashlib.sha256(current.bundle).hexdigest() != bundle:
+                raise api_error(
+                    status.HTTP_412_PRECONDITION_FAILED,
+                    f"{recipient.username}'s key bundle is not the one you encrypted to:"
+                    " fetch it again",
+                )
         return await create(context, account, body, file_id)
     if (existing.sender_id, existing.recipient, existing.size) != (
         account.id,

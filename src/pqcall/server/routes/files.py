@@ -90,6 +90,13 @@ async def upload(
     size: Annotated[
         int | None, Query(ge=1, description="with recipient: the ciphertext bytes the file has")
     ] = None,
+    bundle: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[0-9a-f]{64}$",
+            description="with recipient: SHA-256 of the recipient's key bundle used (else 412)",
+        ),
+    ] = None,
 ) -> FileView:
     """Append raw ciphertext at ``offset`` (the sender only); the rest in one PUT or several.
 
@@ -99,7 +106,9 @@ async def upload(
     not the number of bytes held, or the id is another file's; 413 when the
     body would pass the announced size (nothing of it is kept), the file is
     too large or over quota. When the last byte arrives the file is stored and
-    the recipient gets ``file.waiting``.
+    the recipient gets ``file.waiting``. With ``bundle``, a new file is
+    refused with 412 unless it is the SHA-256 of the recipient's current key
+    bundle (the sender encrypted to a saved bundle that was replaced).
     """
     announce: CreateFile | None = None
     if (recipient is None) != (size is None):
@@ -113,7 +122,9 @@ async def upload(
             raise api_error(
                 status.HTTP_422_UNPROCESSABLE_CONTENT, f"{recipient!r} is not a username"
             ) from None
-    record = await file_service.upload(context, account, file_id, offset, request, announce)
+    record = await file_service.upload(
+        context, account, file_id, offset, request, announce, bundle=bundle
+    )
     return file_service.view(context, record)
 
 
