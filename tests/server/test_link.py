@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pqcall.server import link_rendezvous
 from pqcall.signaling.messages import b64decode, b64encode
+from tests.harness import run_async
 
 
 def _create(client, request=b"new device hello", secret=None):
@@ -192,3 +193,22 @@ def test_a_request_for_one_account_is_hidden_from_the_others(server, account):
         assert _answer(alice.client, link_id, b"alice's answer").status_code == 204
         collected = _poll(new_device, link_id, secret)
         assert b64decode(collected.json()["response"]) == b"alice's answer"
+
+
+@run_async
+async def test_purge_deletes_expired_requests_only(tmp_path):  # what the housekeeper runs
+    from pqcall.server.storage import Storage
+    from pqcall.server.storage.link_store import LinkStore
+
+    storage = await Storage.open(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        links = LinkStore(storage.engine)
+        for n, expires in enumerate((10.0, 20.0)):
+            await links.create(
+                f"link{n}", b"r", bytes(32), "client", 0.0, expires, max_per_client=5, max_total=9
+            )
+        assert await links.purge_expired(15.0) == 1
+        assert await links.get_request("link0", 0.0, "alice") is None
+        assert await links.get_request("link1", 0.0, "alice") == (b"r", 20.0)
+    finally:
+        await storage.close()

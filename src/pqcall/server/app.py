@@ -52,6 +52,7 @@ from pqcall.server.components import default_components
 from pqcall.server.context import AppContext, Clock, Component
 from pqcall.server.file_sweeper import FileSweeper
 from pqcall.server.group_service import GroupComponent
+from pqcall.server.link_rendezvous import link_store
 from pqcall.server.link_rendezvous import router as link_router
 from pqcall.server.middleware import default_middleware
 from pqcall.server.push import EventHub
@@ -190,7 +191,7 @@ async def health(request: Request) -> HealthResponse | JSONResponse:
 
 
 class Housekeeper:
-    """Deletes expired tokens and challenges every :data:`HOUSEKEEPING_INTERVAL_S`."""
+    """Deletes expired tokens, challenges and link requests every HOUSEKEEPING_INTERVAL_S."""
 
     def __init__(self, interval_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
         self._interval_s = interval_s  # seconds between purges
@@ -206,6 +207,8 @@ class Housekeeper:
         while True:
             try:
                 await context.storage.logins.purge_expired(context.now())
+                # link requests past their 10 minutes, sealed answers nobody collected included
+                await link_store(context).purge_expired(context.now())
             except Exception:
                 logger.exception("housekeeping failed")
             await asyncio.sleep(self._interval_s)

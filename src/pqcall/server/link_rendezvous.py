@@ -47,7 +47,7 @@ from fastapi import APIRouter, Path, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from pqcall.server.auth import CurrentAccount
-from pqcall.server.context import Context, api_error
+from pqcall.server.context import AppContext, Context, api_error
 from pqcall.server.ratelimit import RateLimit
 from pqcall.server.routes.devices import address_of, route_limit
 from pqcall.server.storage.link_store import LinkAnswer, LinkLimitReached, LinkStore
@@ -84,7 +84,7 @@ def new_link_id() -> str:
     return base64.b32encode(secrets.token_bytes(LINK_ID_BYTES)).decode("ascii").lower()
 
 
-def link_store(context: Context) -> LinkStore:
+def link_store(context: AppContext) -> LinkStore:
     """The process's :class:`LinkStore` on the shared engine (made on first use)."""
     store = context.extras.get(LINKS_EXTRA)
     if not isinstance(store, LinkStore) or store.engine is not context.storage.engine:
