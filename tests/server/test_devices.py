@@ -268,3 +268,29 @@ def test_device_lists_are_rate_limited(start_server):
             ]
     assert codes[:10] == [200] * 10
     assert codes[10] == 429
+
+
+def test_the_recovery_key_is_set_once_and_only_recovery_replaces_it(server, account):
+    # a thief with a linked device's account key must not lock the owner out of recovery
+    alice = account("alice")
+    words_key = IdentityPrivateKey.generate().public_key()
+    thiefs_key = IdentityPrivateKey.generate().public_key()
+    assert (
+        _put(alice.client, signed_list(alice.identity, "alice", 1, alice.identity)).status_code
+        == 200
+    )
+    first = signed_list(alice.identity, "alice", 2, alice.identity, recovery=words_key)
+    assert _put(alice.client, first).status_code == 200  # set: none before
+    for version, recovery in ((3, thiefs_key), (4, None)):
+        changed = _put(
+            alice.client,
+            signed_list(alice.identity, "alice", version, alice.identity, recovery=recovery),
+        )
+        assert changed.status_code == 409
+        assert changed.json() == {
+            "error": "a device list cannot change or drop the recovery key;"
+            " only a recovery replaces it"
+        }
+    same = signed_list(alice.identity, "alice", 5, alice.identity, recovery=words_key)
+    assert _put(alice.client, same).status_code == 200
+    assert alice.client.get("/account/devices").json()["version"] == 5

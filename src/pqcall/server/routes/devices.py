@@ -9,7 +9,9 @@ Contacts check the same signature themselves under the account key they
 pinned, so a server cannot add a device unseen; the server's checks only keep
 junk out. Devices that leave the list lose their tokens and push sockets at
 once (4401 "logged out"). The recovery key's public half travels in the list
-and is stored with it.
+and is stored with it; once stored, no list may change or drop it (409): a
+thief with a linked device's account key cannot lock the owner out of
+recovery, and the owner's recovery then shuts the thief out.
 
 ``POST /account/recover`` (no login) replaces an account's key, key bundle and
 device list when the request is signed by the account's stored recovery key
@@ -38,6 +40,7 @@ from pqcall.server.context import AppContext, Context, api_error
 from pqcall.server.ratelimit import RateLimit, RateLimiter, client_key, retry_after_header
 from pqcall.server.storage import AccountRecord, StaleDeviceList
 from pqcall.server.storage.device_store import NewDevice
+from pqcall.server.storage.records import RecoveryKeyFixed
 from pqcall.signaling.account_messages import (
     DevicesView,
     DeviceView,
@@ -136,7 +139,8 @@ async def put_devices(
     """Store a newer device list signed by the account key; dropped devices are logged out.
 
     400: malformed, another name's, or not signed by the account key; 409: its
-    version is not above the stored one; 429: too many lists.
+    version is not above the stored one, or it changes or drops the stored
+    recovery key; 429: too many lists.
     """
     route_limit(context, "device-list", DEVICE_LIST_LIMIT, f"account:{account.id}")
     account_key = IdentityPublicKey.decode(account.identity)
@@ -152,6 +156,11 @@ async def put_devices(
             recovery,
             context.now(),
         )
+    except RecoveryKeyFixed:
+        raise api_error(
+            status.HTTP_409_CONFLICT,
+            "a device list cannot change or drop the recovery key; only a recovery replaces it",
+        ) from None
     except StaleDeviceList:
         stored = await context.storage.devices.device_list(account.id)
         raise api_error(

@@ -38,6 +38,7 @@ from pqcall.server.storage.records import (
     BundleRecord,
     DeviceListRecord,
     DeviceRecord,
+    RecoveryKeyFixed,
     StaleDeviceList,
 )
 
@@ -159,17 +160,34 @@ class DeviceStore:
         ``added``); the tokens of every other device of the account are deleted.
         Returns the deleted tokens' hashes.
 
+        The recovery key may be set once; a list that changes or drops it is
+        refused (a thief holding a linked device's account key must not be able
+        to lock the owner out of recovery).
+
         Raises:
             StaleDeviceList: the stored version is ``version`` or more.
+            RecoveryKeyFixed: the list changes or drops the stored recovery key.
         """
+        same_recovery: Any = accounts.c.recovery_key.is_(None)
+        if recovery_key is not None:
+            same_recovery = same_recovery | (accounts.c.recovery_key == recovery_key)
         async with self.engine.begin() as connection:
             result = await connection.execute(
                 update(accounts)
-                .where(accounts.c.id == account_id, accounts.c.device_list_version < version)
+                .where(
+                    accounts.c.id == account_id,
+                    accounts.c.device_list_version < version,
+                    same_recovery,
+                )
                 .values(device_list=signed, device_list_version=version, recovery_key=recovery_key)
             )
             if result.rowcount != 1:
-                raise StaleDeviceList(f"device list version {version} is not newer")
+                stored = await connection.execute(
+                    select(accounts.c.device_list_version).where(accounts.c.id == account_id)
+                )
+                if int(stored.scalar_one()) >= version:
+                    raise StaleDeviceList(f"device list version {version} is not newer")
+                raise RecoveryKeyFixed("the recovery key can be replaced only by a recovery")
             gone = await self._replace_devices(connection, account_id, new_devices, now)
         self._accounts.forget_cached(account_id)  # with a bus, every node drops its caches
         self._logins.token_cache.forget_account(account_id)

@@ -30,6 +30,10 @@ class StaleDeviceList(StorageError):
     """A device list's version is not above the stored one (issue 22)."""
 
 
+class RecoveryKeyFixed(StorageError):
+    """A device list would change or drop the stored recovery key (only recovery may)."""
+
+
 class CallExists(StorageError):
     """A call with this id already exists."""
 
