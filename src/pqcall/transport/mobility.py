@@ -466,6 +466,7 @@ class Mobility:
         self._wake: asyncio.Event | None = None
         self._known: frozenset[str] | None = None
         self._silent_recheck_at = 0.0
+        self._closed = False
 
     def side_channel(
         self, data: bytes, addr: Address, now: float
@@ -490,6 +491,9 @@ class Mobility:
 
     async def close(self) -> None:
         """Stop the watch (the session's end stops it too)."""
+        self._closed = True  # ends the loop even if a cancellation were lost
+        if self._wake is not None:
+            self._wake.set()
         if self._task is not None:
             self._task.cancel()
             # asyncio.wait, not `await task` under suppress(CancelledError): that would also
@@ -501,7 +505,7 @@ class Mobility:
         assert session is not None and wake is not None
         loop = asyncio.get_running_loop()
         next_watch = loop.time() + self._watch_s
-        while session.end_reason is None:
+        while session.end_reason is None and not self._closed:
             now = loop.time()
             if now >= next_watch:
                 next_watch = now + self._watch_s
@@ -513,8 +517,11 @@ class Mobility:
             when = self.monitor.get_timer()
             wait = next_watch if when is None else min(when, next_watch)
             wake.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for with a timeout of 0 can
+            # turn a cancellation into a TimeoutError (which this loop would swallow)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), max(0.0, wait - loop.time()))
+                async with asyncio.timeout(max(0.0, wait - loop.time())):
+                    await wake.wait()
 
     def _watch(self, now: float, session: MediaSession) -> None:
         if self._addresses is not None:
