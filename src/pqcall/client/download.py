@@ -381,7 +381,7 @@ class FileReceiver:
                     if batched >= DECRYPT_BATCH_BYTES:
                         if pending is not None:
                             await pending
-                        data, batch, batched = b"".join(batch), [], 0
+                        data, batch, batched = batch, [], 0
                         pending = asyncio.ensure_future(asyncio.to_thread(download.absorb, data))
                     report("downloading", have, target.size)
             except ApiError as exc:
@@ -393,7 +393,7 @@ class FileReceiver:
                 if pending is not None:
                     await pending
                     pending = None
-                await asyncio.to_thread(download.absorb, b"".join(batch))
+                await asyncio.to_thread(download.absorb, batch)
                 raise ServerUnreachable(
                     f"{exc}; {download.consumed} of {target.size} bytes are here, run receive"
                     " again to resume"
@@ -402,7 +402,7 @@ class FileReceiver:
                 await pending
                 pending = None
             if download is not None:
-                await asyncio.to_thread(download.absorb, b"".join(batch))
+                await asyncio.to_thread(download.absorb, batch)
         finally:
             if pending is not None and not pending.done():
                 await asyncio.wait([pending])

@@ -24,6 +24,7 @@ import base64
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 STATE_FORMAT = "pqcall download"
 STATE_VERSION = 1
 MAX_STATE_BYTES = 1024 * 1024  # header, metadata and a tail of under two chunks, in base64
-CHECKPOINT_BYTES = 8 * 1024 * 1024  # ciphertext between two recorded checkpoints
+CHECKPOINT_BYTES = 32 * 1024 * 1024  # ciphertext between two recorded checkpoints
 REPLAY_BYTES = 1024 * 1024  # plaintext read back per step when resuming
 
 
@@ -124,14 +125,19 @@ class PartialDownload:
         """Ciphertext bytes taken: where the download goes on."""
         return self._decryptor.consumed
 
-    def absorb(self, ciphertext: bytes) -> None:
-        """Decrypt ``ciphertext`` into the part file; record a checkpoint now and then.
+    def absorb(self, pieces: Iterable[bytes]) -> None:
+        """Decrypt ``pieces`` of ciphertext into the part file; record a checkpoint now and then.
+
+        Each piece goes to the decryptor as it came from the socket (no
+        joining copy), and the plaintext is written as it comes out.
 
         Raises:
             FileCryptoError: the ciphertext is tampered with or not for us.
             OSError: the part file or the state cannot be written.
         """
-        self._file.write(self._decryptor.feed(ciphertext))
+        for piece in pieces:
+            if plaintext := self._decryptor.feed(piece):
+                self._file.write(plaintext)
         if self.consumed - self._recorded >= CHECKPOINT_BYTES:
             self.record()
 

@@ -28,7 +28,7 @@ from pqcall.crypto.fileencryptor import FileEncryptor
 from pqcall.exceptions import LocalProtocolError
 
 READ_BYTES = 1024 * 1024  # plaintext read per step (a multiple of the chunk length)
-BATCH_BYTES = 4 * 1024 * 1024  # ciphertext per batch: a checkpoint at most this often
+BATCH_BYTES = 8 * 1024 * 1024  # ciphertext per batch: a checkpoint at most this often
 MAX_HELD_BYTES = 64 * 1024 * 1024  # resuming: most bytes held until the checkpoint checks
 
 
