@@ -13,9 +13,10 @@ moved four ways on 127.0.0.1, one after the other, in the same run:
   signature, rename, delete it on the server. The result is checked against the
   source's SHA-256 (outside the timing).
 - **plain HTTP**: the same bytes uploaded (streaming ``PUT``, written in the same
-  1 MiB pieces and fsynced) to and downloaded (``FileResponse``, written to a file
-  and fsynced) from a minimal uvicorn + Starlette server in a child process: the
-  same stack as ``pqcall server`` without accounts, signatures or encryption.
+  1 MiB pieces and fsynced) to and downloaded (``FileResponse`` read and sent in
+  the same 1 MiB pieces, written to a file and fsynced) from a minimal uvicorn +
+  Starlette server in a child process: the same stack as ``pqcall server``
+  without accounts, signatures or encryption.
 - **cp**: :func:`shutil.copyfile` to another path, then fsync.
 
 Rates are decimal MB/s (10^6 bytes) of plaintext. Round trip is send + receive
@@ -71,6 +72,7 @@ LARGE_REPEATS = 3
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # units of /proc/PID/stat's CPU times
 BLOCK_BYTES = 256 * 1024  # plain HTTP client: bytes per piece sent and received
 WRITE_BUFFER_BYTES = 1024 * 1024  # plain HTTP server: as pqcall server's disk writes
+DOWNLOAD_PIECE_BYTES = 1024 * 1024  # plain HTTP server: as pqcall server's download pieces
 START_TIMEOUT_S = 60.0  # a loaded machine starts a server slowly
 STOP_TIMEOUT_S = 10.0
 RATE_LIMIT_SCALE = 1000.0  # pqcall server's request limits, out of the way
@@ -219,7 +221,8 @@ def render(runs: Sequence[FileRun]) -> str:
         "CPU s: CPU seconds of the round trip (client and server processes); (Nx): plain"
         " / pqcall, the ratio the round trip would reach if CPU were all it waited for.",
         "round trip: send + receive; plain HTTP: the same stack (uvicorn + Starlette"
-        " streaming PUT, FileResponse GET, fsync) without accounts, signatures or encryption.",
+        " streaming PUT, FileResponse GET, 1 MiB pieces as pqcall's, fsync) without accounts,"
+        " signatures or encryption.",
     ]
     return render_columns("pqcall bench files", header, rows) + "\n\n" + "\n".join(notes)
 
@@ -439,7 +442,11 @@ def _say(message: str) -> None:
 
 
 def _plain_app(directory: Path) -> Starlette:
-    """PUT /blob streams the body to a file (fsync); GET /blob sends it back; GET /health."""
+    """PUT /blob streams the body to a file (fsync); GET /blob sends it back; GET /health.
+
+    Disk writes and download pieces are 1 MiB, as in pqcall server, so the
+    comparison is of what pqcall adds, not of how the stack is tuned.
+    """
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import FileResponse, PlainTextResponse, Response
@@ -463,7 +470,9 @@ def _plain_app(directory: Path) -> Starlette:
         return Response(status_code=204)
 
     async def get(request: Request) -> Response:
-        return FileResponse(blob, media_type="application/octet-stream")
+        response = FileResponse(blob, media_type="application/octet-stream")
+        response.chunk_size = DOWNLOAD_PIECE_BYTES  # as pqcall server's (Starlette's: 64 KiB)
+        return response
 
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok")
