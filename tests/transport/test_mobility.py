@@ -14,6 +14,7 @@ from collections import deque
 import pytest
 
 from pqcall.transport.mobility import (
+    RECHECK_S,
     VALIDATION_FRESH_S,
     ConsentLost,
     ConsentRestored,
@@ -29,6 +30,7 @@ from pqcall.transport.path_messages import (
     PathRole,
     path_check_key,
 )
+from pqcall.transport.relay_wire import RelayChallenge, RelayTarget
 from tests.utils import MALLORY, handshake_pair, keys_of
 
 CALLER_KEYS, CALLEE_KEYS = keys_of(handshake_pair())
@@ -45,9 +47,14 @@ def tokens() -> object:
     return lambda n: next(counter).to_bytes(n, "big")
 
 
-def monitor(keys: object, peer: Address, candidates: tuple[Address, ...] = ()) -> PathMonitor:
+def monitor(
+    keys: object,
+    peer: Address,
+    candidates: tuple[Address, ...] = (),
+    relay: RelayTarget | None = None,
+) -> PathMonitor:
     choice = PathChoice(PathKind.DIRECT, peer, None, peer, RELAY, 0.0, PathCounters().snapshot())
-    return PathMonitor(keys, choice, candidates, token_source=tokens())  # type: ignore[arg-type]
+    return PathMonitor(keys, choice, candidates, token_source=tokens(), relay=relay)  # type: ignore[arg-type]
 
 
 class Net:
@@ -215,3 +222,26 @@ def test_the_relays_late_acks_are_taken(state):
     _, alice, _ = pair()
     assert alice(b"PQRA" + state, RELAY, 1.0) == []
     assert alice(b"PQRA" + state, Z, 1.0) is None  # not from the relay: the session's
+
+
+def test_the_relay_is_used_only_after_a_recheck_found_no_direct_address():
+    target = RelayTarget(RELAY, b"g" * 16)
+    alice = monitor(CALLER_KEYS, B, (B,), relay=target)
+    alice.start(0.0)
+    assert alice(b"PQRA\x01", RELAY, 0.5) == []  # both bound, but we are not falling back
+    assert alice.peer == B
+    alice.recheck(1.0, "peer silent")
+    alice.handle_timer(1.0 + RECHECK_S)  # nobody answered a check
+    binds = [d for d, to in alice.datagrams_to_send(3.0) if to == RELAY]
+    assert binds and all(d.startswith(b"PQRB") for d in binds)
+    # a challenge of the relay for our grant is answered; a forged one is not
+    genuine = RelayChallenge(b"n" * 16).serialize(target.keys)
+    answers = alice(genuine, RELAY, 3.1)
+    assert answers is not None and [to for _, to in answers] == [RELAY]
+    assert answers[0][0].startswith(b"PQRR")
+    forged = RelayChallenge(b"n" * 16).serialize(RelayTarget(RELAY, b"x" * 16).keys)
+    assert alice(forged, RELAY, 3.2) == []
+    assert alice(b"PQRA\x00", RELAY, 3.3) == [] and alice.peer == B  # the peer is not there yet
+    assert alice(b"PQRA\x01", RELAY, 3.4) == []
+    assert alice.peer == RELAY
+    assert events(alice)[-1] == PathSwitched(B, RELAY, "relay")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import pytest
 
 from pqcall.media.audio import ToneSource
+from pqcall.server.relay import MediaRelay
 from pqcall.transport.consent import ConsentFreshness
 from pqcall.transport.mobility import Mobility, PathSwitched
 from pqcall.transport.path_choice import PathChoice, PathCounters, PathKind
@@ -30,6 +31,7 @@ from pqcall.transport.path_messages import (
     PathRole,
     path_check_key,
 )
+from pqcall.transport.relay_wire import RelayTarget
 from pqcall.transport.session import MediaSession, MediaSettings
 from tests.transport.test_session import (
     CALLEE_TONE_HZ,
@@ -68,6 +70,7 @@ class Nat:
         self._outside: asyncio.DatagramTransport | None = None
         self.from_alice: list[tuple[float, int]] = []  # (time, size) at the outside port
         self.from_bob: list[bytes] = []  # what bob sent towards alice
+        self.blocked = False  # drop everything both ways (the direct path is down)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,11 +102,15 @@ class Nat:
         return (str(host), int(port))
 
     def _from_inside(self, data: bytes, addr: Address) -> None:
+        if self.blocked:
+            return
         if addr == self.bob and self._outside is not None and not self._outside.is_closing():
             self.from_bob.append(data)
             self._outside.sendto(data, self.alice)
 
     def _from_outside(self, data: bytes, addr: Address) -> None:
+        if self.blocked:
+            return
         if addr == self.alice and self._inside is not None and not self._inside.is_closing():
             self.from_alice.append((asyncio.get_running_loop().time(), len(data)))
             self._inside.sendto(data, self.bob)
@@ -114,9 +121,10 @@ class Nat:
                 transport.close()
 
 
-def chosen(peer: Address) -> PathChoice:
+def chosen(peer: Address, relay: RelayTarget | None = None) -> PathChoice:
     """A direct path to ``peer``, as path selection would have chosen it."""
-    return PathChoice(PathKind.DIRECT, peer, None, peer, None, 0.0, PathCounters().snapshot())
+    offered = None if relay is None else relay.address
+    return PathChoice(PathKind.DIRECT, peer, None, peer, offered, 0.0, PathCounters().snapshot())
 
 
 class Phones:
@@ -133,7 +141,11 @@ class Phones:
         self.bob_addresses = frozenset({"192.0.2.10"})  # what bob's interface watch reads
 
     async def start(
-        self, *, bob_watches: bool = False, consent: Callable[[], ConsentFreshness] | None = None
+        self,
+        *,
+        bob_watches: bool = False,
+        consent: Callable[[], ConsentFreshness] | None = None,
+        relay: tuple[RelayTarget, RelayTarget] | None = None,
     ) -> None:
         settings = MediaSettings(media_timeout_s=10.0)
         self.alice = MediaSession(
@@ -154,17 +166,22 @@ class Phones:
         await self.bob.open(LOOPBACK)
         self.nat = Nat(self.alice.local_address, self.bob.local_address)
         await self.nat.start()
+        alice_relay, bob_relay = (None, None) if relay is None else relay
         self.alice_mobility = Mobility(
             CALLER_KEYS,
-            chosen(self.nat.outside),
+            chosen(self.nat.outside, alice_relay),
+            [self.nat.outside],
             addresses=None,
             consent=None if consent is None else consent(),
+            relay=alice_relay,
         )
         self.bob_mobility = Mobility(
             CALLEE_KEYS,
-            chosen(self.nat.inside),
+            chosen(self.nat.inside, bob_relay),
+            [self.nat.inside],
             addresses=(lambda: self.bob_addresses) if bob_watches else None,
             watch_interval_s=0.05,
+            relay=bob_relay,
         )
         self.alice.connect(self.nat.outside)
         self.bob.connect(self.nat.inside)
@@ -346,3 +363,65 @@ def test_media_stops_going_to_an_address_that_stops_answering():
 def test_switch_events_name_the_old_and_the_new_address():
     event = PathSwitched(("127.0.0.1", 1), ("127.0.0.1", 2), "acked")
     assert event.old != event.new and event.reason == "acked"
+
+
+async def until(predicate: Callable[[], bool], within_s: float) -> float:
+    """Wait until ``predicate`` holds; the seconds it took (fails after ``within_s``)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        assert loop.time() - start < within_s, "not reached in time"
+        await asyncio.sleep(POLL_S)
+    return loop.time() - start
+
+
+def test_direct_then_relay_then_direct_again():
+    """The direct path goes down both ways: both phones' re-checks find nothing, both
+    bind to the pqcall relay (a real MediaRelay) and the call goes on through it; the
+    direct path comes back: the re-check on the relay finds it and the call returns."""
+
+    async def main() -> None:
+        async with MediaRelay("127.0.0.1", 0) as server:
+            grant = server.allocate("call-1")
+            relay = server.address
+            phones = Phones()
+            await phones.start(
+                relay=(
+                    RelayTarget(relay, grant.caller_token),
+                    RelayTarget(relay, grant.callee_token),
+                )
+            )
+            try:
+                await asyncio.sleep(1.0)
+                direct_alice, direct_bob = phones.alice.peer_address, phones.bob.peer_address
+                phones.nat.blocked = True
+                to_relay = await until(
+                    lambda: phones.alice.peer_address == relay == phones.bob.peer_address,
+                    8.0 * TIMEOUT_SCALE,
+                )
+                gap_relay = await longest_gap(phones.alice, 1.0)
+                hears(phones.alice_hears, CALLEE_TONE_HZ)
+                hears(phones.bob_hears, CALLER_TONE_HZ)
+                phones.nat.blocked = False
+                back = await until(
+                    lambda: (
+                        phones.alice.peer_address == direct_alice
+                        and phones.bob.peer_address == direct_bob
+                    ),
+                    10.0 * TIMEOUT_SCALE,
+                )
+                gap_back = await longest_gap(phones.alice, 1.0)
+                print(  # noqa: T201
+                    f"\ndirect -> relay after {to_relay:.2f} s of a dead direct path;"
+                    f" relay -> direct {back:.2f} s after it came back;"
+                    f" longest gaps once moved {gap_relay:.2f} s / {gap_back:.2f} s"
+                )
+                assert gap_relay < 0.5 and gap_back < 0.5
+                hears(phones.alice_hears, CALLEE_TONE_HZ)
+                hears(phones.bob_hears, CALLER_TONE_HZ)
+                assert phones.alice.end_reason is None and phones.bob.end_reason is None
+                assert phones.alice_mobility.monitor.stats.switches == 2
+            finally:
+                await phones.close()
+
+    run(main)

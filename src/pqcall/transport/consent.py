@@ -22,12 +22,19 @@ Calling contract (the path monitor's)::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from pqcall.exceptions import LocalProtocolError
 from pqcall.transport.path_messages import Address
 
-__all__ = ["CONSENT_INTERVAL_S", "CONSENT_TIMEOUT_S", "ConsentFreshness"]
+__all__ = [
+    "CONSENT_INTERVAL_S",
+    "CONSENT_TIMEOUT_S",
+    "ConsentFreshness",
+    "ConsentLost",
+    "ConsentRestored",
+]
 
 CONSENT_INTERVAL_S: Final = 1.0
 """Seconds between two consent checks on the path in use (RFC 7675: 5 s on average).
@@ -37,6 +44,20 @@ CONSENT_TIMEOUT_S: Final = 5.0
 """No answered check for this long and media stops going to that address (RFC 7675:
 30 s). Five checks in a row and their answers must all be lost: about 1 in 165 at 20 %
 random loss each way, and what that costs is a pause of up to a second, not the call."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentLost:
+    """``address`` answered no consent check for the timeout: stop sending media there."""
+
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRestored:
+    """``address`` answers again: media may go there."""
+
+    address: Address
 
 
 class ConsentFreshness:

@@ -1,35 +1,27 @@
-"""Mobility: a call moves to a new address without new keys; consent on the path in use.
+"""Mobility: a call moves to a new address, or to the relay and back, without new keys.
 
 Scope: once media runs, :class:`PathMonitor` (sans-I/O) is the media session's side
-channel in place of :class:`~pqcall.transport.path_responder.PathResponder`; it does
-what that did (answers the peer's late checks and nominations, swallows the relay's
-late acks and challenges) and, as ICE restart and consent freshness do in spirit
-(RFC 8445 section 9, RFC 7675), keeps the call on a working path
-(``docs/protocol.md#mobility-and-consent``, decision 0720):
+channel instead of :class:`~pqcall.transport.path_responder.PathResponder`: it answers
+the peer's late checks and nominations as that did, and keeps the call on a working
+path as ICE restart and consent freshness do in spirit (RFC 8445 section 9, RFC 7675;
+``docs/protocol.md#mobility-and-consent``, decision 0720):
 
-- **Consent** (:mod:`pqcall.transport.consent`): a CHECK to the address media goes to
-  every second; no answer for 5 s and media stops going there (:class:`ConsentLost`).
-- **Re-check** (:meth:`PathMonitor.recheck`): on a change of our addresses (the
-  interface watch of :class:`Mobility`), when the peer went silent, or when consent
-  is lost, the monitor checks the current address, the addresses the peer's own checks
-  came from lately (peer-reflexive) and the peer's candidates, and **nominates** the
-  first that answers (either role may: either phone may move). Our new address needs
-  no signaling: the peer learns it from where our checks and nomination come from.
-- **Switch, only after return routability**: media goes to, and is accepted only
-  from, a new address Y when Y answered a CHECK of ours (a fresh random transaction
-  id, MAC'd under the call's path key): on an authenticated NOMINATE from Y we first
-  check Y, then switch and ack; on the NOMINATE_ACK of our own nomination from Y, we
-  switch. A datagram from a new address that merely authenticates (a replayed check
-  or nomination, or media) moves nothing: its sender cannot answer at Y.
+- **consent** (:mod:`pqcall.transport.consent`): a CHECK to where media goes every 1 s;
+  no answer for 5 s and media stops going there;
+- **re-check** on a change of our addresses, the peer's silence or lost consent: check
+  the current address, where the peer's checks came from and the peer's candidates,
+  and NOMINATE the first that answers (either phone may: either may move); none
+  answers: bind to the pqcall relay and move there once both are bound; on the relay,
+  re-check the direct addresses every 5 s and move back;
+- **switch only after return routability**: media goes to (and comes only from) a new
+  address once it answered a CHECK of ours (a fresh transaction id under the path
+  key). A replayed check, nomination or media packet from elsewhere moves nothing.
 
-:class:`Mobility` is the asyncio driver: it owns the monitor's timers, watches this
-machine's IPv4 addresses (``ifaddr``, every :data:`WATCH_INTERVAL_S`) and the session's
-silence, and applies the monitor's events to the session (``move_to``,
-``set_media_blocked``). Nothing raises out of the side channel for any datagram.
+:class:`Mobility` drives it: timers, this machine's IPv4 addresses (``ifaddr``, every
+0.2 s), the session's silence, and the session's ``move_to`` / ``set_media_blocked``.
+Nothing raises out of the side channel for any datagram. Example::
 
-Example::
-
-    mobility = Mobility(keys, choice, peer_candidates)
+    mobility = Mobility(keys, choice, peer_candidates, relay=relay_target)
     session = MediaSession(keys, source, sink, side_channel=mobility.side_channel)
     await session.open(sock=sock)
     session.connect(choice.peer)
@@ -52,7 +44,7 @@ import ifaddr
 
 from pqcall.crypto.handshake import CallKeys
 from pqcall.exceptions import DecodeError, LocalProtocolError
-from pqcall.transport.consent import ConsentFreshness
+from pqcall.transport.consent import ConsentFreshness, ConsentLost, ConsentRestored
 from pqcall.transport.path_choice import PathChoice
 from pqcall.transport.path_messages import (
     MAGIC_LENGTH,
@@ -66,7 +58,13 @@ from pqcall.transport.path_messages import (
     path_check_key,
 )
 from pqcall.transport.pathcheck import CHECK_INTERVAL_S, CHECK_MAX_INTERVAL_S
-from pqcall.transport.relay_wire import is_relay_ack, is_relay_challenge
+from pqcall.transport.relay_wire import (
+    ACK_PEER_BOUND,
+    BIND_RETRY_S,
+    RelayTarget,
+    is_relay_ack,
+    is_relay_challenge,
+)
 
 if TYPE_CHECKING:
     from pqcall.transport.session import MediaSession
@@ -90,8 +88,7 @@ logger = logging.getLogger(__name__)
 RECHECK_S: Final = 2.0
 """How long one re-check sends checks (as path selection's checks: 50 ms doubling to
 200 ms); also the least time between two re-checks the peer's silence starts."""
-NOMINATE_INTERVAL_S: Final = 0.05
-"""Between two copies of a mobility nomination (10 at most)."""
+NOMINATE_INTERVAL_S: Final = 0.05  # between two copies of a nomination
 NOMINATE_TRANSMISSIONS: Final = 10
 VALIDATION_FRESH_S: Final = 5.0
 """An address that answered our check this long ago still counts as validated."""
@@ -100,10 +97,15 @@ VALIDATE_INTERVAL_S: Final = 0.1
 earns it one 40-byte check per 100 ms, no more)."""
 MAX_LEARNED: Final = 8
 """Peer-reflexive addresses (where the peer's checks came from) kept at most."""
-MAX_TRANSACTIONS: Final = 64
-"""Our outstanding checks and nominations remembered at most."""
+MAX_TRANSACTIONS: Final = 64  # our outstanding checks and nominations, at most
 WATCH_INTERVAL_S: Final = 0.2
 """How often :class:`Mobility` reads this machine's addresses and the session's silence."""
+RELAY_BIND_S: Final = 10.0
+"""No direct address answered a re-check: bind to the relay (every 0.5 s) this long."""
+DIRECT_RETRY_S: Final = 5.0
+"""On the relay, the direct addresses are re-checked this often (to go back)."""
+RELAY_KEEPALIVE_S: Final = 20.0
+"""Off the relay, a bind this often keeps the relay allocation (idle after 60 s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,22 +115,8 @@ class PathSwitched:
     old: Address
     new: Address
     reason: str
-    """``nominated`` (the peer asked, and ``new`` answered our check) or ``acked`` (we
-    asked, and ``new`` acked)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentLost:
-    """``address`` answered no consent check for the timeout: stop sending media there."""
-
-    address: Address
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentRestored:
-    """``address`` answers again: media may go there."""
-
-    address: Address
+    """``nominated`` (the peer asked; ``new`` answered our check), ``acked`` (we asked;
+    ``new`` acked) or ``relay`` (both bound at the relay)."""
 
 
 MobilityEvent = PathSwitched | ConsentLost | ConsentRestored
@@ -136,21 +124,18 @@ MobilityEvent = PathSwitched | ConsentLost | ConsentRestored
 
 @dataclass(frozen=True, slots=True)
 class MobilityStats:
-    """What the monitor did during the call."""
+    """What the monitor did during the call: ``switches`` of the media's address,
+    ``rechecks`` started, ``consent_checks`` sent, times ``consent_lost``,
+    ``validations`` (our checks of an address the peer's messages came from), and
+    ``unvalidated_nominations`` (from an address that had not answered our check:
+    each started a validation, none moved media by itself)."""
 
     switches: int
-    """Times media moved to a new address."""
     rechecks: int
-    """Re-checks started (address change, silence, consent lost)."""
     consent_checks: int
-    """Consent checks sent."""
     consent_lost: int
-    """Times consent was withdrawn."""
     validations: int
-    """Checks sent to validate a new address the peer's messages came from."""
     unvalidated_nominations: int
-    """Nominations from an address that had not answered a check of ours (each
-    started a validation; none moved media by itself)."""
 
 
 @dataclass(slots=True)
@@ -169,6 +154,8 @@ class PathMonitor:
         candidates: the peer's candidates (numeric IPv4), checked on a re-check.
         token_source: ``n`` unpredictable bytes (``secrets.token_bytes``).
         consent: the consent follower (default: the standard figures).
+        relay: the relay grant (numeric address, the selection's bind counter): the
+            fallback when no direct address answers a re-check.
     """
 
     def __init__(
@@ -179,6 +166,7 @@ class PathMonitor:
         *,
         token_source: Callable[[int], bytes] = secrets.token_bytes,
         consent: ConsentFreshness | None = None,
+        relay: RelayTarget | None = None,
     ) -> None:
         self._key = path_check_key(keys)
         self._role = PathRole.of(keys.role)
@@ -200,6 +188,11 @@ class PathMonitor:
         self._outgoing: list[tuple[bytes, Address]] = []
         self._events: deque[MobilityEvent] = deque()
         self._counts = dict.fromkeys(MobilityStats.__slots__, 0)
+        self._relay_target = relay  # the fallback (its address is choice.relay)
+        self._bind_at: float | None = None  # next bind while falling back to the relay
+        self._bind_until: float | None = None
+        self._direct_at: float | None = None  # on the relay: next direct re-check
+        self._keepalive_at: float | None = None  # off the relay: next keepalive bind
 
     # state
 
@@ -237,6 +230,7 @@ class PathMonitor:
     def start(self, now: float) -> None:
         """Media starts now on ``choice.peer`` (just validated by path selection)."""
         self._consent.start(self._peer, now)
+        self._relay_timers(now)
 
     def recheck(self, now: float, why: str) -> None:
         """Check the current, learned and offered addresses; nominate the first to answer.
@@ -249,6 +243,8 @@ class PathMonitor:
         self._counts["rechecks"] += 1
         logger.info("mobility: re-checking the path (%s)", why)
         addresses = [self._peer, *self._learned, *self._candidates]
+        if why == "direct retry":  # on the relay: the direct addresses only
+            addresses = [a for a in addresses if a != self._relay]
         self._targets = [_Target(a, next_at=now) for a in dict.fromkeys(addresses)]
         self._recheck_until = now + RECHECK_S
         self._nominee = None
@@ -258,7 +254,14 @@ class PathMonitor:
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` has something due."""
         times = [t.next_at for t in self._targets if t.next_at is not None]
-        for when in (self._consent.get_timer(), self._recheck_until, self._nominate_at):
+        for when in (
+            self._consent.get_timer(),
+            self._recheck_until,
+            self._nominate_at,
+            self._bind_at,
+            self._direct_at,
+            self._keepalive_at,
+        ):
             if when is not None:
                 times.append(when)
         return min(times, default=None)
@@ -286,6 +289,34 @@ class PathMonitor:
             self._send_nominate(now)
         if self._recheck_until is not None and now >= self._recheck_until:
             self._end_recheck()
+            if self._relay_target is not None and self._peer != self._relay:
+                self._bind_at, self._bind_until = now, now + RELAY_BIND_S  # no direct path
+        self._relay_timer(now)
+
+    def _relay_timer(self, now: float) -> None:
+        target = self._relay_target
+        if target is None:
+            return
+        if self._bind_until is not None and now >= self._bind_until:
+            self._bind_at = self._bind_until = None
+        if self._bind_at is not None and now >= self._bind_at:
+            self._queue(target.bind, target.address)
+            self._bind_at = now + BIND_RETRY_S
+        if self._keepalive_at is not None and now >= self._keepalive_at:
+            self._queue(target.bind, target.address)
+            self._keepalive_at = now + RELAY_KEEPALIVE_S
+        if self._direct_at is not None and now >= self._direct_at:
+            self._direct_at = now + DIRECT_RETRY_S
+            if self._recheck_until is None and (self._candidates or self._learned):
+                self.recheck(now, "direct retry")
+
+    def _relay_timers(self, now: float) -> None:
+        """On the relay: retry direct; off it: keep the allocation alive."""
+        if self._relay_target is None:
+            return
+        on_relay = self._peer == self._relay
+        self._direct_at = now + DIRECT_RETRY_S if on_relay else None
+        self._keepalive_at = None if on_relay else now + RELAY_KEEPALIVE_S
 
     def __call__(
         self, data: bytes, addr: Address, now: float
@@ -295,8 +326,17 @@ class PathMonitor:
         Returns:
             None for media (or garbage: the session counts it), else what to send now.
         """
-        if is_relay_ack(data, addr, self._relay) or is_relay_challenge(data, addr, self._relay):
-            return []  # to a bind sent while selecting: nothing to bind now
+        if is_relay_ack(data, addr, self._relay):
+            if data[MAGIC_LENGTH] == ACK_PEER_BOUND and self._bind_at is not None:
+                self._end_recheck()
+                self._switch(addr, now, "relay")  # both bound: the relay forwards
+            return []
+        if is_relay_challenge(data, addr, self._relay):
+            target = self._relay_target
+            answer = None if target is None else target.answer(data, addr)
+            if answer is not None:  # to a fallback or keepalive bind: prove our address
+                self._queue(answer, addr)
+            return self.datagrams_to_send(now)
         if data[:MAGIC_LENGTH] != PATH_MAGIC or len(data) != MESSAGE_LENGTH:
             return None
         try:
@@ -392,6 +432,8 @@ class PathMonitor:
         old, self._peer = self._peer, addr
         self._counts["switches"] += 1
         self._consent.start(addr, now)  # it just answered us
+        self._bind_at = self._bind_until = None
+        self._relay_timers(now)
         self._events.append(PathSwitched(old, addr, reason))
 
     def _send_nominate(self, now: float) -> None:
@@ -446,6 +488,7 @@ class Mobility:
             None: no watch, only silence and consent start re-checks).
         watch_interval_s: how often the addresses and the session's silence are read.
         consent: the consent follower (default: the standard figures).
+        relay: the relay grant to fall back to (see :class:`PathMonitor`).
     """
 
     def __init__(
@@ -457,8 +500,9 @@ class Mobility:
         addresses: Callable[[], frozenset[str]] | None = local_ipv4_addresses,
         watch_interval_s: float = WATCH_INTERVAL_S,
         consent: ConsentFreshness | None = None,
+        relay: RelayTarget | None = None,
     ) -> None:
-        self.monitor = PathMonitor(keys, choice, candidates, consent=consent)
+        self.monitor = PathMonitor(keys, choice, candidates, consent=consent, relay=relay)
         self._addresses = addresses
         self._watch_s = watch_interval_s
         self._session: MediaSession | None = None
