@@ -1,12 +1,13 @@
 """Group invitations nobody answers, with real ``pqcall`` processes and a real server on loopback.
 
 ``pqcall server --ring-timeout`` short; alice runs ``pqcall call bob carol dave
---json``; bob answers (``listen --auto-answer``), so the call goes on; carol has
-blocked alice and listens with ``--auto-answer`` (it must not ring, let alone
-join); dave's phone is not running. Checked:
+erin --json``; bob answers (``listen --auto-answer``), so the call goes on; carol
+has blocked alice and listens with ``--auto-answer`` (it must not ring, let alone
+join); dave's phone is not running; erin's rings and nobody answers. Checked:
 
-- on alice's side carol and dave end ``no_answer`` (the roster line ``dave: no
-  answer`` and the JSON), while bob was joined and heard;
+- on alice's side carol, dave and erin end ``no_answer`` (the roster line ``dave:
+  no answer`` and the JSON), while bob was joined and heard;
+- erin's phone rang, stopped with ``no answer``, and her history has it as missed;
 - carol's phone never rang, and her ``pqcall history`` has the group invite
   with outcome ``blocked`` (the call screen dropped it, the user can see it);
 - dave's next ``pqcall listen`` does not ring for the old invite: it says
@@ -30,7 +31,7 @@ from tests.cli.helpers import COMMAND_TIMEOUT_S, child_env, pqcall_command
 from tests.harness import TIMEOUT_SCALE
 from tests.server.test_runner import _free_port, _start, _stop, _wait_for_health
 
-NAMES = ("alice", "bob", "carol", "dave")
+NAMES = ("alice", "bob", "carol", "dave", "erin")
 RING_TIMEOUT_S = 6  # the server's: an invitation rings this long
 CALL_S = int(RING_TIMEOUT_S + 12 * TIMEOUT_SCALE)  # alice's --duration: the ring-out and then some
 READY_TIMEOUT_S = 30.0 * TIMEOUT_SCALE
@@ -80,7 +81,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 class Phone:
     """One ``pqcall`` process, its output in files."""
 
-    def __init__(self, world: World, name: str, tmp_path: Path, label: str, *args: str) -> None:
+    def __init__(
+        self, world: World, name: str, tmp_path: Path, label: str, *args: str, typing: bool = False
+    ) -> None:
         self.name = name
         self.out = tmp_path / f"{label}.out"
         self.err = tmp_path / f"{label}.err"
@@ -88,7 +91,7 @@ class Phone:
             self.process = subprocess.Popen(
                 pqcall_command(world.homes[name], *args),
                 env=world.env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if typing else subprocess.DEVNULL,  # open: nobody typing
                 stdout=out,
                 stderr=err,
                 text=True,
@@ -146,16 +149,20 @@ def test_unanswered_invites_ring_out_and_are_kept(world: World, tmp_path: Path) 
     media = ("--audio-in", "tone:440", "--audio-out", "null", "--json", "-v")
     bob = Phone(world, "bob", tmp_path, "bob", "listen", "--auto-answer", "--once", *media)
     carol = Phone(world, "carol", tmp_path, "carol", "listen", "--auto-answer", "--once", *media)
-    phones = [bob, carol]
+    erin = Phone(world, "erin", tmp_path, "erin", "listen", "--once", *media, typing=True)
+    phones = [bob, carol, erin]
     try:
         for phone in phones:
             phone.wait_for("listening as")
         alice = Phone(
-            world, "alice", tmp_path, "alice", "call", "bob", "carol", "dave",
+            world, "alice", tmp_path, "alice", "call", "bob", "carol", "dave", "erin",
             "--duration", str(CALL_S), *media,
         )  # fmt: skip
         phones.append(alice)
+        erin.wait_for("group call from alice with")  # her phone rings; nobody answers
         alice.wait_for("dave: no answer", timeout_s=RING_TIMEOUT_S + READY_TIMEOUT_S)
+        erin.wait_for("group call from alice: no answer")
+        erin.process.wait(timeout=END_TIMEOUT_S)  # --once: done after the ring-out
         alice.process.wait(timeout=CALL_S + END_TIMEOUT_S)
         bob.stop()
         carol.stop()
@@ -165,7 +172,7 @@ def test_unanswered_invites_ring_out_and_are_kept(world: World, tmp_path: Path) 
     report = "\n".join(f"===== {p.name}\n{p.text()[-3000:]}" for p in phones)
     record = alice.record()
     states = {p["name"]: p["state"] for p in record["participants"]}
-    assert states["carol"] == "no_answer" and states["dave"] == "no_answer", f"{states}\n{report}"
+    assert states["carol"] == states["dave"] == states["erin"] == "no_answer", f"{states}\n{report}"
     assert "carol: no answer" in alice.text(), report
     bobs = next(p for p in record["participants"] if p["name"] == "bob")
     assert bobs["packets_received"] > 100, f"the call did not go on with bob\n{report}"
@@ -175,6 +182,9 @@ def test_unanswered_invites_ring_out_and_are_kept(world: World, tmp_path: Path) 
     assert len(kept) == 1, history(world, "carol")
     assert kept[0]["group"] is True and kept[0]["result"] == "blocked", kept
     assert kept[0]["peer"] == "alice" and "dave" in kept[0]["members"], kept
+    # erin's phone rang and rang out: a missed group call in her history
+    rang = [r for r in history(world, "erin") if r.get("call_id") == record["call_id"]]
+    assert len(rang) == 1 and rang[0]["result"] == "missed" and rang[0]["group"] is True, rang
     # dave comes online afterwards: no ringing for the old invite, a missed group call instead
     dave = Phone(world, "dave", tmp_path, "dave", "listen", *media)
     try:

@@ -8,7 +8,8 @@ and makes it ring, or refuses it; :func:`group_invite` does the same for a
 joined at once with ``auto_answer``). A group invite the screen turns away, and
 one that rang out while the phone was away (its roster says ``no_answer``, or the
 call ended first), are written to the history; the second is told to the
-``on_missed`` listeners as a missed group call. An invite event older than
+``on_missed`` listeners as a missed group call. One that rang here and ended
+unanswered is written to the history as missed too. An invite event older than
 :data:`STALE_RING_S` rings only if the server still has us invited.
 """
 
@@ -201,7 +202,17 @@ async def group_invite(phone: Phone, event: Event) -> GroupCall | None:
             phone._groups.pop(view.call_id, None)
             return None
     phone._group_invites.put_nowait(call)
+    if call.state == "invited" and inviter is not None:
+        phone._spawn(_record_if_unanswered(phone, call, inviter))
     return call
+
+
+async def _record_if_unanswered(phone: Phone, call: GroupCall, inviter: str) -> None:
+    """A ringing invite that ends unanswered (rang out, or the call ended): a missed call."""
+    await call.wait_ended()
+    if call.joined_at is None and call.reason in ("no answer", "the call ended"):
+        reason = "no answer" if call.reason == "no answer" else "the call ended before you answered"
+        phone.call_log.record_group(call.view, inviter, str(CallState.MISSED), reason)
 
 
 async def _decline_busy(call: GroupCall) -> None:
