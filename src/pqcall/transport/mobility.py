@@ -233,19 +233,18 @@ class PathMonitor:
         self._relay_timers(now)
 
     def recheck(self, now: float, why: str) -> None:
-        """Check the current, learned and offered addresses; nominate the first to answer.
+        """Check the current, learned (newest first), offered addresses (8 at most);
+        nominate the first to answer.
 
-        A re-check already running is restarted only for ``why == "address change"``
-        (our address changed: what answered before may not now).
-        """
+        One already running is restarted only for ``why == "address change"``."""
         if self._recheck_until is not None and why != "address change":
             return
         self._counts["rechecks"] += 1
         logger.info("mobility: re-checking the path (%s)", why)
-        addresses = [self._peer, *self._learned, *self._candidates]
+        addresses = [self._peer, *reversed(self._learned), *self._candidates]
         if why == "direct retry":  # on the relay: the direct addresses only
             addresses = [a for a in addresses if a != self._relay]
-        self._targets = [_Target(a, next_at=now) for a in dict.fromkeys(addresses)]
+        self._targets = [_Target(a, next_at=now) for a in list(dict.fromkeys(addresses))[:8]]
         self._recheck_until = now + RECHECK_S
         self._nominee = None
         self._nominate_at = None
