@@ -49,6 +49,7 @@ from pqcall.crypto.identity import IdentityPrivateKey, IdentityPublicKey, sha256
 from pqcall.crypto.keystore import DEFAULT_KDF_PARAMS, AccountSecrets, KdfParams
 from pqcall.crypto.pinning import DevicesChanged, DevicesSeen, check_device_list
 from pqcall.exceptions import (
+    ApiError,
     BadSignature,
     CallError,
     DecodeError,
@@ -137,7 +138,12 @@ async def sync_device_list(
         ApiError: the server refused the home's list.
     """
     ours = ensure_device_list(home, secrets, username)
-    response = await api.authed_request("GET", "/account/devices")
+    try:
+        response = await api.authed_request("GET", "/account/devices")
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        return ours  # a server from before device lists
     view = DevicesView.model_validate(response.json())
     if view.version < ours.device_list.version:
         await publish_device_list(api, ours)
