@@ -127,5 +127,6 @@ def test_bad_codes(text):
 
 
 def test_code_round_trip():
-    code = LinkCode("L1NK", bytes(range(CODE_HASH_LENGTH)))
+    code = LinkCode("abcdefghijklmnop", bytes(range(CODE_HASH_LENGTH)))
+    assert LinkCode.parse(code.text().upper()) == code  # typed in capitals
     assert LinkCode.parse(code.text()) == code
