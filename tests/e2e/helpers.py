@@ -4,22 +4,27 @@ A :class:`Phone` is one account with its own home directory on one host of
 the rig; its ``pqcall`` commands run through :class:`~tests.e2e.conftest.Processes`
 so their output ends up in every failure message. :func:`call_record` reads
 the one JSON object a ``call --json`` or ``listen --once --json`` printed.
+:func:`two_phones` and :func:`listen_once` are the set-up the NAT, TURN, relay and
+mobility tests repeat: a server, alice and bob registered, bob listening for one call.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.cli.helpers import CALL_RECORD_FIELDS
 from tests.netns import Host
 
-from .conftest import PYTHON, PqcallServer, Processes
+from .conftest import PYTHON, PqcallServer, Processes, start_server, wait_until
 
 PASSPHRASE = "two hosts, one call"
 REGISTER_TIMEOUT_S = 60.0
+ONLINE_TIMEOUT_S = 30.0  # until the listening phone is connected to the server
 
 RECORD_FIELDS = CALL_RECORD_FIELDS
 """What the JSON of a finished call has at least (issue 5)."""
@@ -73,3 +78,47 @@ def call_record(
     missing = [name for name in fields if name not in record]
     assert not missing, f"{label}: call record lacks {missing}"
     return record
+
+
+@dataclass
+class TwoPhones:
+    """A ``pqcall server`` on the rig's server host, alice and bob registered at it."""
+
+    server: PqcallServer
+    alice: Phone
+    bob: Phone
+    processes: Processes
+
+
+def two_phones(net: Any, processes: Processes, tmp_path: Path, *server_options: str) -> TwoPhones:
+    """Start the server (with ``server_options``) and register alice and bob on ``net``.
+
+    Raises:
+        AssertionError: the server did not start or a phone could not register.
+    """
+    server = start_server(net, processes, tmp_path / "server", *server_options)
+    alice = Phone("alice", net.alice, tmp_path / "alice", processes)
+    bob = Phone("bob", net.bob, tmp_path / "bob", processes)
+    alice.register(server)
+    bob.register(server)
+    return TwoPhones(server, alice, bob, processes)
+
+
+def listen_once(
+    phones: TwoPhones, *options: str, label: str = "bob-listen"
+) -> subprocess.Popen[bytes]:
+    """Bob's ``listen --auto-answer --once --json OPTIONS...``, once the server counts him online.
+
+    Raises:
+        AssertionError: his listen exited, or he was not online in time.
+    """
+    bob, processes = phones.bob, phones.processes
+    args = bob.command("listen", "--auto-answer", "--once", "--json", *options)
+    listen = processes.start(bob.host, label, args, bob.env)
+
+    def online() -> bool:
+        assert listen.poll() is None, f"bob's listen exited early\n{processes.report()}"
+        return phones.server.metric("pqcall_connected_phones") >= 1
+
+    wait_until(online, ONLINE_TIMEOUT_S, "bob to be online", processes.report)
+    return listen
