@@ -39,8 +39,9 @@ a bound while its devices glitched (more than :data:`MAX_GLITCHES` after
 start-up, counting a capture that started late, more than
 :data:`STARTUP_UNDERFLOWS` underflows in its first second: it measured the
 machine, not the canceller) is made again, up to :data:`ATTEMPTS` runs; a miss
-with clean devices fails at once; a run with glitches that keeps every bound passes (in CI the capture queue ran
-dry 29 times after start-up in a run with steady ERLE at 35 dB).
+with clean devices fails at once; a run with glitches that keeps every bound
+passes (in CI the capture queue ran dry 29 times after start-up in a run with
+steady ERLE at 35 dB).
 """
 
 from __future__ import annotations
