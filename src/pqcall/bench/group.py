@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from pqcall.bench import group_forwarder, group_quality
-from pqcall.bench.group_quality import SPEECH_S
+from pqcall.bench.group_quality import SPEECH_S, TAIL_S
 from pqcall.bench.report import Figure
 from pqcall.bench.server_process import ServerProcess, say
 from pqcall.client.group_call import GroupCall
@@ -111,6 +111,12 @@ def quality_figures(heard: group_quality.Heard) -> list[Figure]:
                "packets", "packets of the speech", FRAMES_PER_S * SPEECH_S),
         Figure(f"{n} phones: frames the talker sent", heard.talker_sent_per_s, "packets/s",
                "one every 20 ms", FRAMES_PER_S),
+        Figure(f"{n} phones: dropped by the kernel at the listeners' sockets",
+               sum(heard.socket_drops), "datagrams", "datagrams sent to them",
+               (n - 1) ** 2 * FRAMES_PER_S * (SPEECH_S + TAIL_S)),
+        Figure(f"{n} phones: dropped by the kernel at the forwarder's socket",
+               heard.forwarder_drops, "datagrams", "datagrams sent to it",
+               n * FRAMES_PER_S * (SPEECH_S + TAIL_S)),
         Figure(f"{n} phones: all talk at once, clipped samples (all listeners)",
                sum(heard.together_clipped), "samples", "samples in the mixes", mixes),
     ]  # fmt: skip

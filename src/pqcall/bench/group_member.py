@@ -17,6 +17,8 @@ commands until ``("leave",)``:
 ``("sent",)``                  -> frames sent so far
 ``("stats", sender_id)``       -> (lost, late, concealed ms) of that sender's stream
 ``("sender_id",)``             -> our sender id
+``("drops",)``                 -> datagrams the kernel dropped so far at our media socket
+                               and at the server's forwarder socket (``/proc/net/udp``)
 ``("leave",)``                 leave the call, close the phone, exit
 =============================  ==================================================
 
@@ -162,6 +164,11 @@ def _serve(call: GroupCall, source: GatedSpeech, sink: Recorder, command: tuple[
             return ("sent", media.packets_sent)
         case ("sender_id",):
             return ("sender_id", call.keyring.our_sender_id)
+        case ("drops",):
+            transport = getattr(media, "_transport", None)  # our socket: its port, for /proc
+            ours = transport.get_extra_info("sockname")[1] if transport is not None else 0
+            forwarder = int((call.path or ":0").rsplit(":", 1)[1])
+            return ("drops", udp_drops(ours), udp_drops(forwarder))
         case ("stats", sender_id):
             stats = media.stats(sender_id)
             if stats is None:
@@ -176,3 +183,16 @@ async def _receive(conn: Connection) -> tuple[Any, ...]:
         await asyncio.sleep(0.02)
     message: tuple[Any, ...] = conn.recv()
     return message
+
+
+def udp_drops(port: int) -> int:
+    """Datagrams the kernel dropped at the IPv4 UDP socket on ``port`` (Linux; else 0)."""
+    try:
+        lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    except OSError:
+        return 0
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 12 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            return int(fields[12])
+    return 0

@@ -93,6 +93,10 @@ class Heard:
     """... audio the listener's jitter buffer concealed (made up)."""
     talker_sent_per_s: float = 0.0
     """Frames the talker sent per second during its speech (50: its 20 ms tick kept)."""
+    socket_drops: list[int] = field(default_factory=list)
+    """Datagrams the kernel dropped at each listener's socket during the speech (all senders')."""
+    forwarder_drops: int = 0
+    """... and at the server's forwarder socket."""
 
 
 def measure(n: int, talkers: Sequence[Talker] | None = None) -> Heard:
@@ -238,11 +242,13 @@ async def _group(
         talker_id = (await members.ask(0, "sender_id"))[1]
         await members.ask_all(listeners, "record", True)
         before = await members.ask_all(listeners, "stats", talker_id)
+        drops0 = await members.ask_all(everyone, "drops")
         sent0, wall0 = (await members.ask(0, "sent"))[1], time.monotonic()
         await members.ask(0, "play", speech.tobytes())
         await asyncio.sleep(len(speech) / SAMPLE_RATE_HZ + TAIL_S)
         sent_per_s = ((await members.ask(0, "sent"))[1] - sent0) / (time.monotonic() - wall0)
         after = await members.ask_all(listeners, "stats", talker_id)
+        drops1 = await members.ask_all(everyone, "drops")
         recorded = await members.ask_all(listeners, "take")
         await members.ask_all(listeners, "record", False)
         pesq = [_score(np.frombuffer(r[1], np.int16), reference) for r in recorded]
@@ -279,6 +285,8 @@ async def _group(
         late=[int(b[2] - a[2]) for a, b in zip(before, after, strict=True)],
         concealed_ms=[float(b[3] - a[3]) for a, b in zip(before, after, strict=True)],
         talker_sent_per_s=sent_per_s,
+        socket_drops=[int(b[1] - a[1]) for a, b in zip(drops0[1:], drops1[1:], strict=True)],
+        forwarder_drops=int(drops1[0][2] - drops0[0][2]),
     )  # fmt: skip
     say(
         f"{n} phones (a process each): PESQ-WB {min(pesq):.2f}-{max(pesq):.2f}"
@@ -287,7 +295,8 @@ async def _group(
         f"{max(first_audio):.2f} s (1:1 {one_to_one:.2f}), all at once: peak"
         f" {max(heard.together_peak_dbfs):.1f} dBFS, {sum(heard.together_clipped)} clipped"
         f" samples; talker sent {sent_per_s:.1f}/s, listeners lost {heard.lost} late"
-        f" {heard.late} concealed {[round(ms) for ms in heard.concealed_ms]} ms"
+        f" {heard.late} concealed {[round(ms) for ms in heard.concealed_ms]} ms; kernel drops"
+        f" at the listeners {heard.socket_drops}, at the forwarder {heard.forwarder_drops}"
     )
     return heard
 

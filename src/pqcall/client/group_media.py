@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import Protocol
 
 from pqcall.client.group_speaking import SpeakingMeter
@@ -37,6 +38,7 @@ from pqcall.transport.group_wire import (
 logger = logging.getLogger(__name__)
 
 MAX_LATE_S = 1.0  # a tick this late resynchronizes the clock instead of catching up
+RECEIVE_BUFFER_BYTES = 1024 * 1024  # (n - 1) streams; the default ~200 KiB overflowed at 8
 
 
 class MediaKeys(Protocol):
@@ -107,6 +109,10 @@ class GroupMedia:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Socket(self), remote_addr=(host, port), local_addr=("0.0.0.0", local_port)
         )
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # what arrives while this process is descheduled waits here
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         self._transport = transport
         self._token = token
         self._tasks = [
