@@ -49,11 +49,13 @@ async def register_account(
     *,
     kdf_params: KdfParams,
     find_servers: FindServers | None,
+    on_recovery_words: Callable[[str], None] | None = None,
 ) -> AccountSecrets:
     """Create the identity if there is none, register ``name``, open the keystore.
 
     ``server_url`` "" looks for the one server on the LAN (``find_servers``,
-    None: the real mDNS browser).
+    None: the real mDNS browser). A new account's recovery words go to
+    ``on_recovery_words`` (to be shown once; never stored).
 
     Raises:
         UiError: 400 bad name or URL, 401 wrong passphrase (existing identity),
@@ -67,7 +69,10 @@ async def register_account(
         raise UiError(400, str(exc)) from None
     url = parse_server_url(server_url) if server_url.strip() else await discover(find_servers)
     try:
-        await register(home, username, url, passphrase, kdf_params=kdf_params)
+        registration = await register(home, username, url, passphrase, kdf_params=kdf_params)
+        words = getattr(registration, "recovery_words", None)  # a new account's (issue 22)
+        if words is not None and on_recovery_words is not None:
+            on_recovery_words(words)
         return await asyncio.to_thread(home.unlock, passphrase)
     except WrongPassphrase:
         raise UiError(401, "wrong passphrase") from None

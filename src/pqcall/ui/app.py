@@ -38,6 +38,7 @@ from pqcall.crypto.keystore import WeakPassphrase, check_passphrase_strength
 from pqcall.ui.bootstrap import BootstrapCodes
 from pqcall.ui.controller import Controller, UiError
 from pqcall.ui.groups import add_routes as add_group_routes
+from pqcall.ui.linked_devices import add_routes as add_account_routes
 from pqcall.ui.screening import add_routes as add_screening_routes
 
 logger = logging.getLogger(__name__)
@@ -215,6 +216,7 @@ def create_app(
     api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
     add_screening_routes(api, controller)  # waiting calls, block list, strangers
     add_group_routes(api, controller.groups, controller.state)  # group calls (ui/groups.py)
+    add_account_routes(api, controller, controller.recovery_words)  # ui/linked_devices.py
 
     # ---------------------------------------------------------------- state and account
 

@@ -45,6 +45,7 @@ from pqcall.ui.callcontrol import CallControl
 from pqcall.ui.errors import UiError
 from pqcall.ui.groups import GroupControl
 from pqcall.ui.hub import Hub, Subscription
+from pqcall.ui.linked_devices import RecoveryWordsOnce
 from pqcall.ui.notes import UiNotes
 from pqcall.ui.presence import PresenceTracker
 from pqcall.ui.screening import screening_view
@@ -90,6 +91,7 @@ class Controller:
         self._transfers = Transfers(self._hub, home, self._trust.drain)  # files
         self.groups = GroupControl(self._hub, lambda: self.media)  # group calls (ui/groups.py)
         self._account: AccountSecrets | None = None  # once unlocked
+        self.recovery_words = RecoveryWordsOnce()  # a registration's, until the page takes them
         self._unlocking = asyncio.Lock()  # one unlock or registration at a time
         self._inputs: list[str] = []  # capture device names
         self._outputs: list[str] = []  # playback device names
@@ -115,6 +117,11 @@ class Controller:
     def phone(self) -> Phone | None:
         """The phone, once unlocked."""
         return self._hub.phone
+
+    @property
+    def account(self) -> AccountSecrets | None:
+        """The unlocked account's keys (the account panel's operations sign with them)."""
+        return self._account
 
     # ------------------------------------------------------------------ subscribers
 
@@ -213,6 +220,7 @@ class Controller:
                 passphrase,
                 kdf_params=self._kdf_params,
                 find_servers=self._find_servers,
+                on_recovery_words=self.recovery_words.hold,
             )
             await self._start_phone(account)
 
