@@ -46,6 +46,12 @@ How it plays (the policy, in the order :meth:`JitterBuffer.pop` applies it):
   time compression; the payloads are opaque, so low-energy frames cannot be
   preferred). Starting after silence, a backlog older than the target is
   dropped at once.
+* With ``quiet_shrink`` (the product's; decision 0150) the buffer first fills to
+  ``QUIET_START_TARGET_MS`` (the jitter is unknown yet; a silent start costs no audio)
+  and sheds a surplus in pauses: quiet frames :data:`QUIET_RUN_FRAMES` or more into
+  one, offered to :meth:`JitterBuffer.shrink_quiet`; a missing frame with a copy
+  queued is recovered, not skipped; a received frame is discarded only after
+  :data:`QUIET_SHRINK_WAIT_S` of surplus without a pause.
 * After :data:`MAX_CONCEALMENT_MS` of underrun the buffer goes silent and,
   when packets return, refills to the target before playing (a talk spurt
   starting late costs nothing). A long silence therefore never adds delay.
@@ -67,13 +73,8 @@ come in strictly increasing order, each number at most once, and
 ends up played, discarded (``shrink_dropped``, ``overflow_dropped``,
 ``flushed``) or still queued.
 
-Time stretching (``time_stretch=True``, off by default; decision 0141): the
-caller plays decoded audio through ``media/time_stretch.py`` at
-:meth:`JitterBuffer.playout_speed` (NetEq's accelerate and preemptive
-expand, libsonic's), popping as often as its output needs; the buffer then
-never discards a received frame to shrink, and starts at a deeper target
-(``jitter_policy.START_TARGET_MS``). It stays off: in virtual time it removes
-most start-up loss under jitter, but costs a clean path's worst voice 0.18.
+Time stretching (off; decision 0141): the caller plays at :meth:`JitterBuffer.playout_speed`,
+popping as it needs; the buffer then never discards a received frame to shrink.
 """
 
 from __future__ import annotations
@@ -96,10 +97,12 @@ from pqcall.media.jitter_policy import (
     LOSS_MEMORY_S,
     MAX_TARGET_DELAY_MS,
     MIN_TARGET_DELAY_MS,
-    START_TARGET_MS,
+    QUIET_RUN_FRAMES,
+    QUIET_SHRINK_WAIT_S,
     TARGET_ROUNDING_MS,
     LevelWindow,
     TargetDelay,
+    default_start_target_ms,
     playout_speed,
 )
 from pqcall.media.playout import (
@@ -122,6 +125,8 @@ __all__ = [
     "MAX_TARGET_DELAY_MS",
     "MIN_FRAMES_BETWEEN_SHRINKS",
     "MIN_TARGET_DELAY_MS",
+    "QUIET_RUN_FRAMES",
+    "QUIET_SHRINK_WAIT_S",
     "SUPPORTED_FRAME_MS",
     "TARGET_ROUNDING_MS",
     "JitterBuffer",
@@ -163,6 +168,10 @@ class JitterBuffer:
             0141): the buffer then never discards a received frame to shrink
             (playing faster drains it), and may be popped more or less than
             once per frame tick.
+        start_target_ms: least target for the first ``START_TARGET_S`` of a
+            stream (None: ``jitter_policy.default_start_target_ms``).
+        quiet_shrink: the caller offers quiet frames to :meth:`shrink_quiet`
+            (the policy: the module docstring; decision 0150).
 
     Raises:
         LocalProtocolError: an argument is out of range.
@@ -185,8 +194,10 @@ class JitterBuffer:
         "_now",
         "_pops_since_shrink",
         "_queue",
+        "_quiet_shrink",
         "_started",
         "_state",
+        "_surplus_since",
         "_target",
         "_time_stretch",
         "_use_fec",
@@ -204,6 +215,8 @@ class JitterBuffer:
         use_fec: bool = True,
         has_fec: Callable[[bytes], bool] | None = None,
         time_stretch: bool = False,
+        start_target_ms: float | None = None,
+        quiet_shrink: bool = False,
     ) -> None:
         if frame_ms not in SUPPORTED_FRAME_MS:
             raise LocalProtocolError(f"frame duration must be one of {SUPPORTED_FRAME_MS} ms")
@@ -222,8 +235,14 @@ class JitterBuffer:
             min_target_delay_ms=min_target_delay_ms,
             max_target_delay_ms=max_target_delay_ms,
             use_fec=use_fec,
-            start_target_ms=START_TARGET_MS if time_stretch else 0.0,
+            start_target_ms=(
+                default_start_target_ms(time_stretch, quiet_shrink)
+                if start_target_ms is None
+                else start_target_ms
+            ),
         )
+        self._quiet_shrink = quiet_shrink  # the caller offers quiet frames to discard
+        self._surplus_since: float | None = None  # since when a frame too many is held
         self._window = LevelWindow()  # the filtered level, evidence for shrinking
         self._state = PlayoutState.AWAITING_PACKETS
         self._started = False  # this stream has rendered a frame
@@ -358,6 +377,31 @@ class JitterBuffer:
         self._count(decision)
         return decision
 
+    def shrink_quiet(self, now: float, quiet_frames: int) -> PlayoutDecision | None:
+        """The frame of the last PLAY was quiet: discard it if the buffer holds a frame too many.
+
+        Call right after rendering a PLAY whose audio was quiet, the last of
+        ``quiet_frames`` in a row. In a pause (:data:`QUIET_RUN_FRAMES` or more),
+        with a frame too many held and the next frame queued, the quiet frame counts
+        as discarded (``shrink_dropped``) and the next frame's PLAY is returned for
+        the same slot (decode both, render this one). Else None: render the quiet one.
+        """
+        if not self._quiet_shrink or self._state is not PlayoutState.PLAYING or self._covered:
+            return None
+        if quiet_frames < QUIET_RUN_FRAMES or self._next not in self._queue:
+            return None
+        if self._window.minimum(now) - 1 < self._target.frames(now):
+            return None
+        self._counts["played"] -= 1
+        self._counts["shrink_dropped"] += 1
+        self._window.note_shrink()
+        self._pops_since_shrink = 0
+        self._surplus_since = now
+        self._level -= 1
+        decision = self._render_present(0, now)
+        self._count(decision)
+        return decision
+
     def playout_speed(self, now: float, extra_frames: float = 0.0) -> float:
         """The speed to play the frame just popped at (``jitter_policy.playout_speed``).
 
@@ -428,9 +472,17 @@ class JitterBuffer:
             skipped = self._pass_to(first, now)
             self._covered = 0  # waiting longer than the gap was growth
         level = max(self._queue) - (self._next + self._covered) + 1
-        if self._window.record(level, now) - 1 >= target:
-            if first > self._next + self._covered:
-                # shrink for free: skip a missing frame instead of concealing it
+        if self._window.record(level, now) - 1 < target:
+            self._surplus_since = None
+        else:
+            if self._surplus_since is None:
+                self._surplus_since = now
+            surplus_since = self._surplus_since
+            missing = self._next + self._covered
+            if first > missing and not (self._quiet_shrink and self._copy_of(missing)):
+                # shrink for free: skip a missing frame instead of concealing it (with
+                # quiet_shrink, only one no packet carries a copy of: the copy is real
+                # audio, and the delay shrinks in the next pause instead)
                 self._covered += 1
                 self._window.note_shrink()
                 level -= 1
@@ -440,6 +492,7 @@ class JitterBuffer:
                 not self._time_stretch
                 and self._pops_since_shrink >= MIN_FRAMES_BETWEEN_SHRINKS
                 and self._next + 1 in self._queue
+                and (not self._quiet_shrink or now - surplus_since >= QUIET_SHRINK_WAIT_S)
             ):
                 skipped += self._pass_to(self._next + 1, now)  # discard one received frame
                 self._pops_since_shrink = 0
@@ -467,6 +520,19 @@ class JitterBuffer:
     def _can_recover(self, ext: int) -> bool:
         packet = self._queue[ext]
         return packet.redundant is not None or self._fec_in(packet)
+
+    def _copy_of(self, lost: int) -> tuple[PlayoutAction, bytes] | None:
+        """How to render frame ``lost`` from a queued packet's copy of it, if one has one."""
+        following = self._queue.get(lost + 1)
+        if following is not None and following.redundant is not None:
+            return PlayoutAction.REDUNDANT, following.redundant
+        if following is not None and self._fec_in(following):
+            return PlayoutAction.FEC, following.payload
+        for ahead in range(2, MAX_COPY_LOOKAHEAD_FRAMES + 1):  # older copies, nearest first
+            carrier = self._queue.get(lost + ahead)
+            if carrier is not None and len(carrier.older) >= ahead - 1:
+                return PlayoutAction.REDUNDANT, carrier.older[ahead - 2]
+        return None
 
     def _earliest_copy(self, ext: int) -> int:
         """The earliest missing frame packet ``ext`` holds a copy of (``ext - 1`` without older)."""
@@ -509,17 +575,10 @@ class JitterBuffer:
         self._covered = 0
         self._target.note_loss(now)
         seq = lost % SEQUENCE_MODULUS
-        following = self._queue.get(lost + 1)
-        if following is not None and following.redundant is not None:
-            return PlayoutDecision(PlayoutAction.REDUNDANT, following.redundant, seq, skipped)
-        if following is not None and self._fec_in(following):
-            return PlayoutDecision(PlayoutAction.FEC, following.payload, seq, skipped)
-        for ahead in range(2, MAX_COPY_LOOKAHEAD_FRAMES + 1):  # older copies, nearest first
-            carrier = self._queue.get(lost + ahead)
-            if carrier is not None and len(carrier.older) >= ahead - 1:
-                copy = carrier.older[ahead - 2]
-                return PlayoutDecision(PlayoutAction.REDUNDANT, copy, seq, skipped)
-        return PlayoutDecision(PlayoutAction.CONCEAL, seq=seq, skipped=skipped)
+        copy = self._copy_of(lost)
+        if copy is None:
+            return PlayoutDecision(PlayoutAction.CONCEAL, seq=seq, skipped=skipped)
+        return PlayoutDecision(copy[0], copy[1], seq, skipped)
 
     def _count(self, decision: PlayoutDecision) -> None:
         action = decision.action

@@ -41,11 +41,15 @@ __all__ = [
     "LOSS_MEMORY_S",
     "MAX_TARGET_DELAY_MS",
     "MIN_TARGET_DELAY_MS",
+    "QUIET_RUN_FRAMES",
+    "QUIET_SHRINK_WAIT_S",
+    "QUIET_START_TARGET_MS",
     "START_TARGET_MS",
     "START_TARGET_S",
     "TARGET_ROUNDING_MS",
     "LevelWindow",
     "TargetDelay",
+    "default_start_target_ms",
     "playout_speed",
 ]
 
@@ -69,6 +73,23 @@ START_TARGET_MS: Final = 60
 """With time stretching, the least target for the first :data:`START_TARGET_S` of a call:
 the jitter is unknown yet, and the surplus drains by playing faster, not by discarding."""
 START_TARGET_S: Final = 2.0
+QUIET_RUN_FRAMES: Final = 12
+"""A quiet frame is discarded only this deep into a pause (the shorter pauses between words
+are heard, and PESQ-WB realigns only on the pauses between phrases; decision 0150)."""
+QUIET_SHRINK_WAIT_S: Final = 3.0
+"""With quiet shrinking, a frame too many held this long without a pause is shed by
+discarding received frames, as without it."""
+QUIET_START_TARGET_MS: Final = 80
+"""With quiet shrinking (``JitterBuffer(quiet_shrink=True)``, the product's), the least
+target for the first :data:`START_TARGET_S`: the buffer fills this deep before playing (a
+silent start, no concealment) and drains the surplus in the first pause (decision 0150)."""
+
+
+def default_start_target_ms(time_stretch: bool, quiet_shrink: bool) -> float:
+    """The start target when the buffer is given none: deeper where the surplus drains cheaply."""
+    if time_stretch:
+        return START_TARGET_MS
+    return QUIET_START_TARGET_MS if quiet_shrink else 0.0
 
 
 def playout_speed(level: int, filtered_level: int, target: int, extra_frames: float = 0.0) -> float:

@@ -47,6 +47,7 @@ from pqcall.media.codec import (
     silence,
 )
 from pqcall.media.jitter import JitterBuffer
+from pqcall.media.mixer import Mixer
 from pqcall.media.playout import JitterBufferStats, PlayoutAction, PlayoutDecision
 from pqcall.media.stats import CallStats, CallStatsSnapshot
 from pqcall.media.time_stretch import TimeStretcher
@@ -74,6 +75,9 @@ TIMESTAMP_MODULUS: Final = 1 << 32
 _AUDIBLE: Final = (PlayoutAction.PLAY, PlayoutAction.FEC, PlayoutAction.REDUNDANT)
 MAX_POPS_PER_TICK: Final = 4
 """Time stretching: jitter-buffer pops one tick may take to fill a frame of output."""
+QUIET_RMS: Final = 0.01
+"""A decoded frame below this RMS (-40 dBFS) is quiet: the jitter buffer may discard it to
+shrink (``JitterBuffer.shrink_quiet``); about a quarter of the corpus's frames are."""
 
 
 class AudioProcessing(Protocol):
@@ -126,6 +130,7 @@ class ReceiveStream:
         "_consumed",
         "_decoder",
         "_frame_samples",
+        "_quiet_frames",
         "_starts",
         "_stats",
         "_stretch",
@@ -144,7 +149,7 @@ class ReceiveStream:
     ) -> None:
         self._decoder = OpusDecoder(frame_ms) if decoder is None else decoder
         self._buffer = JitterBuffer(
-            frame_ms, use_fec=True, has_fec=has_fec, time_stretch=time_stretch
+            frame_ms, use_fec=True, has_fec=has_fec, time_stretch=time_stretch, quiet_shrink=True
         )
         self._stretch = TimeStretcher() if time_stretch else None
         self._written = 0  # samples written to the stretcher
@@ -152,6 +157,7 @@ class ReceiveStream:
         self._starts: deque[tuple[int, int]] = deque()  # (first sample written, timestamp)
         self._stats = CallStats(frame_ms)  # its arrivals, jitter, loss, RTT to it
         self._frame_samples = self._decoder.frame_samples
+        self._quiet_frames = 0  # quiet frames played in a row, the last included
         # seq -> timestamp, oldest first, for the trace (None: no trace)
         self._timestamps: dict[int, int] | None = {} if trace else None
         self.decode_errors = 0  # packets the decoder refused (concealed instead)
@@ -193,6 +199,19 @@ class ReceiveStream:
             return self._play_stretched(self._stretch, now)
         decision = self._buffer.pop(now)
         pcm = self._render(decision)
+        pops = 1
+        while decision.action is PlayoutAction.PLAY and _rms(pcm) < QUIET_RMS:
+            # in a pause, the buffer may discard quiet frames it holds too many of
+            self._quiet_frames += 1
+            instead = None
+            if pops < MAX_POPS_PER_TICK:
+                instead = self._buffer.shrink_quiet(now, self._quiet_frames)
+            if instead is None:
+                break
+            decision, pcm = instead, self._render(instead)
+            pops += 1
+        else:
+            self._quiet_frames = 0
         timestamps = self._timestamps
         if timestamps is None or decision.seq is None or decision.action not in _AUDIBLE:
             return pcm, None
@@ -274,6 +293,7 @@ class MediaPipeline:
         "_encoder",
         "_fec",
         "_frame_ms",
+        "_mixer",
         "_muted",
         "_played_pcm",
         "_processing",
@@ -304,6 +324,7 @@ class MediaPipeline:
         self._trace = trace
         self._stats = CallStats(opus.frame_ms)  # what we send, and the levels
         self._streams: dict[StreamId, ReceiveStream] = {}
+        self._mixer = Mixer()  # the group mix's limiter keeps its gain between frames
         self.add_stream(PEER_STREAM)
         self._muted = False  # we send silence
         self._played_pcm: Pcm | None = None  # last frame played, for the audio level
@@ -428,7 +449,7 @@ class MediaPipeline:
                 frames.append(frame)
                 if trace is not None and timestamp is not None:
                     trace.frame_played(timestamp, now)
-            pcm = mix(frames)
+            pcm = self._mixer.mix(frames)  # summed and limited: never clips
         if self._processing is not None:
             self._processing.observe_playout(pcm)
         self._played_pcm = pcm
@@ -477,7 +498,7 @@ class MediaPipeline:
 
 
 def mix(frames: list[Pcm]) -> Pcm:
-    """The sum of equally long frames, clipped to 16 bits."""
+    """The sum of equally long frames, clipped to 16 bits (playout uses :class:`Mixer`)."""
     total = np.sum(np.stack(frames).astype(np.int32), axis=0)
     mixed: Pcm = np.clip(total, -32_768, 32_767).astype(np.int16)
     return mixed
