@@ -1,6 +1,8 @@
 """The server benchmark runs end to end and reports sane figures (no timing asserts).
 
-SQLite always; PostgreSQL too when ``PQCALL_TEST_DATABASE_URL`` is set.
+SQLite, and PostgreSQL too when ``PQCALL_TEST_DATABASE_URL`` is set; when
+``PQCALL_TEST_REDIS_URL`` is set as well (both are in ``.ci/run``), ``--processes 2``:
+PostgreSQL with one server process and with two nodes on a Redis bus (no SQLite).
 """
 
 import json
@@ -19,14 +21,22 @@ METRICS = (
     "call setup latency p50",
     "call setup latency p99",
     "server CPU per call setup (server process only)",
+    "call setups per server CPU-second",
+    "load generator CPU during the call setups",
 )
-DATABASES = ["SQLite"] + (["PostgreSQL"] if os.environ.get(server.PG_ENV) else [])
+POSTGRES = bool(os.environ.get(server.PG_ENV))
+NODES = POSTGRES and bool(os.environ.get(server.REDIS_ENV))
+TWO_NODES = "PostgreSQL, 2 nodes on a Redis bus"
+DATABASES = (
+    ["PostgreSQL", TWO_NODES] if NODES else ["SQLite"] + (["PostgreSQL"] if POSTGRES else [])
+)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "server.json"
-    assert main(["bench", "server", "--quick", "--json", str(out)]) == 0
+    processes = ["--processes", "2"] if NODES else []
+    assert main(["bench", "server", "--quick", "--json", str(out), *processes]) == 0
     return {figure["name"]: figure for figure in json.loads(out.read_text())}
 
 
@@ -59,6 +69,42 @@ def test_db_is_refused_where_it_does_not_apply(capsys):
     assert capsys.readouterr().err == (
         "pqcall: --db takes a postgresql+asyncpg:// URL (SQLite always runs)\n"
     )
+
+
+def test_generator_cpu_and_setups_per_cpu_second_are_measured(quick_run):
+    for database in DATABASES:
+        per_cpu = quick_run[f"{database}: call setups per server CPU-second"]
+        rate = quick_run[
+            f"{database}: call setups per second, {server.QUICK.pairs} concurrent pairs"
+        ]
+        assert per_cpu["value"] > 0 and per_cpu["baseline"] > 0
+        generator = quick_run[f"{database}: load generator CPU during the call setups"]
+        assert 0 < generator["value"] < (os.cpu_count() or 1) + 0.5
+        assert 0 < generator["baseline"] < (os.cpu_count() or 1) + 0.5
+        assert rate["value"] > 0
+
+
+@pytest.mark.skipif(not NODES, reason=f"needs {server.PG_ENV} and {server.REDIS_ENV}")
+def test_two_nodes_hold_every_phone_and_set_calls_up_across_them(quick_run):
+    phones = quick_run[f"{TWO_NODES}: push WebSockets open after 0.5 s"]
+    assert phones["value"] == phones["baseline"] == server.QUICK.phones
+    memory = quick_run[f"{TWO_NODES}: server memory (RSS) with the phones connected"]
+    one = quick_run["PostgreSQL: server memory (RSS) with the phones connected"]
+    assert memory["baseline"] > 1.5 * one["baseline"]  # two server processes measured
+
+
+def test_processes_need_postgresql_and_the_server_benchmark(capsys, monkeypatch):
+    monkeypatch.delenv(server.PG_ENV, raising=False)
+    assert main(["bench", "server", "--quick", "--processes", "2"]) == 1
+    assert capsys.readouterr().err == (
+        "pqcall: --processes above 1 needs PostgreSQL (--db or $PQCALL_TEST_DATABASE_URL)\n"
+    )
+    assert main(["bench", "crypto", "--processes", "2"]) == 1
+    assert capsys.readouterr().err == (
+        "pqcall: --processes and --bus apply only to the server benchmark\n"
+    )
+    assert main(["bench", "server", "--quick", "--processes", "0"]) == 1
+    assert capsys.readouterr().err == "pqcall: --processes must be 1 or more\n"
 
 
 def test_memory_per_phone_connects_every_phone():

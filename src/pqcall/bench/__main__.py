@@ -1,5 +1,5 @@
-"""``python -m pqcall.bench NAME [--quick] [--json PATH] [--db URL] [--sizes MIB,...] [--corpus]
-[--cpu-hog N]``.
+"""``python -m pqcall.bench NAME [--quick] [--json PATH] [--db URL] [--processes N] [--bus URL]
+[--sizes MIB,...] [--corpus] [--cpu-hog N]``.
 
 Importing this module is cheap (``pqcall --help`` builds its parser): a benchmark's
 module, with numpy, Opus or the server behind it, loads only when it runs.
@@ -47,6 +47,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " (default: $PQCALL_TEST_DATABASE_URL)",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server benchmark: also run N server nodes on one PostgreSQL and a Redis bus",
+    )
+    parser.add_argument(
+        "--bus",
+        metavar="URL",
+        help="server benchmark: the Redis bus of --processes (default: $PQCALL_TEST_REDIS_URL,"
+        " else redis://127.0.0.1:6379/0)",
+    )
+    parser.add_argument(
         "--sizes",
         metavar="MIB,...",
         help="files benchmark: file sizes in MiB (default: 1,100,1024; --quick: 1,100)",
@@ -75,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark named in ``args``."""
     if args.db and args.name != "server":
         raise PqcallError("--db applies only to the server benchmark")
+    if (args.processes != 1 or args.bus) and args.name != "server":
+        raise PqcallError("--processes and --bus apply only to the server benchmark")
     if args.sizes and args.name != "files":
         raise PqcallError("--sizes applies only to the files benchmark")
     if args.corpus is not None and args.name not in ("codec", "curve", "media"):
@@ -93,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
         figures = benchmark.figures(runs)
         print(benchmark.render(runs))
     else:
-        options: dict[str, object] = {"db_url": args.db} if args.name == "server" else {}
+        options: dict[str, object] = {}
+        if args.name == "server":
+            options = {"db_url": args.db, "processes": args.processes, "bus_url": args.bus}
         if args.name in ("codec", "curve", "media"):
             options["corpus"] = args.corpus
         if args.name == "media":

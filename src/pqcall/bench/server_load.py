@@ -258,6 +258,9 @@ class Timings:
     failures: int
     elapsed_s: float
     server_cpu_s: float
+    """CPU time of every server process in the window, summed."""
+    client_cpu_s: float = 0.0
+    """CPU time of this process (the load generator) in the window."""
 
     @property
     def rate_per_s(self) -> float:
@@ -274,20 +277,43 @@ class Timings:
     def server_cpu_ms_each(self) -> float:
         return self.server_cpu_s / len(self.latencies_s) * 1000 if self.latencies_s else 0.0
 
+    @property
+    def per_server_cpu_s(self) -> float:
+        """Steps done per second of server CPU (holds on a machine with more cores)."""
+        return len(self.latencies_s) / self.server_cpu_s if self.server_cpu_s > 0 else 0.0
+
+    @property
+    def server_cores(self) -> float:
+        """Cores the servers used on average in the window."""
+        return self.server_cpu_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def client_cores(self) -> float:
+        """Cores the load generator used on average in the window."""
+        return self.client_cpu_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
 
 async def timed_loops(
-    server: ServerProcess,
+    servers: ServerProcess | Sequence[ServerProcess],
     loops: int,
     seconds: float,
     step: Callable[[int], Awaitable[float]],
 ) -> Timings:
-    """Run ``loops`` loops of ``step(loop_index)`` (returns its latency) for ``seconds``."""
+    """Run ``loops`` loops of ``step(loop_index)`` (returns its latency) for ``seconds``.
+
+    The CPU time of ``servers`` (summed) and of this process is measured over the window.
+    """
     import httpx
 
+    servers = [servers] if isinstance(servers, ServerProcess) else list(servers)
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     failures = 0
-    cpu_start, start = server.cpu_seconds(), loop.time()
+
+    def server_cpu() -> float:
+        return sum(server.cpu_seconds() for server in servers)
+
+    cpu_start, client_start, start = server_cpu(), time.process_time(), loop.time()
     deadline = start + seconds
 
     async def one(index: int) -> None:
@@ -302,7 +328,13 @@ async def timed_loops(
         asyncio.gather(*(one(i) for i in range(loops))), seconds + 2 * EVENT_TIMEOUT_S
     )
     elapsed = loop.time() - start
-    return Timings(latencies, failures, elapsed, server.cpu_seconds() - cpu_start)
+    return Timings(
+        latencies,
+        failures,
+        elapsed,
+        server_cpu() - cpu_start,
+        time.process_time() - client_start,
+    )
 
 
 async def health_round_trip(http: httpx.AsyncClient) -> float:
@@ -317,9 +349,18 @@ _ANSWER = b64encode(secrets.token_bytes(ANSWER_BYTES))
 
 
 async def call_setup(
-    http: httpx.AsyncClient, caller: Phone, callee: Phone, hangups: list[asyncio.Task[None]]
+    http: httpx.AsyncClient,
+    caller: Phone,
+    callee: Phone,
+    hangups: list[asyncio.Task[None]],
+    *,
+    callee_http: httpx.AsyncClient | None = None,
 ) -> float:
-    """One call setup; its latency (initiate sent → ``call.accepted`` at the caller)."""
+    """One call setup; its latency (initiate sent → ``call.accepted`` at the caller).
+
+    The caller's requests go through ``http``, the callee's through ``callee_http``
+    (default: the same; another node's client when they are on two nodes).
+    """
     loop = asyncio.get_running_loop()
     call_id = secrets.token_hex(16)
     start = loop.time()
@@ -330,7 +371,7 @@ async def call_setup(
     )
     _expect(answer, 201)
     await callee.wait_event(EVENT_CALL_INCOMING, call_id)
-    answer = await http.post(
+    answer = await (callee_http or http).post(
         "/call/accept", json={"call_id": call_id, "answer": _ANSWER}, headers=callee.headers
     )
     _expect(answer, 200)

@@ -1,9 +1,10 @@
 """The ``pqcall server`` child process the server benchmark drives, and its databases.
 
 :meth:`ServerProcess.start` runs a real server on 127.0.0.1 (free ports, mDNS off,
-request limits raised :data:`RATE_LIMIT_SCALE`-fold so one benchmark client is not
-refused) until its ``/health`` answers, reads its memory and CPU time from
-``/proc``, and stops it (reporting tracebacks in its log).
+optionally on a message bus with other nodes, request limits raised
+:data:`RATE_LIMIT_SCALE`-fold so one benchmark client is not refused) until its
+``/health`` answers, reads its memory and CPU time from ``/proc``, and stops it
+(reporting tracebacks in its log).
 :func:`scratch_database` makes an empty PostgreSQL database for one run.
 """
 
@@ -45,7 +46,18 @@ class ServerProcess:
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, data_dir: Path, db_url: str | None) -> Iterator[ServerProcess]:
+    def start(
+        cls,
+        data_dir: Path,
+        db_url: str | None,
+        bus_url: str | None = None,
+        max_connections: int | None = None,
+    ) -> Iterator[ServerProcess]:
+        """A server on ``db_url`` (SQLite in ``data_dir`` if None), on ``bus_url`` if given.
+
+        ``max_connections``: the server's ``--max-connections`` (its default, 4096,
+        would close the benchmark's 5,000 phones' sockets beyond it).
+        """
         port, relay_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
         command = [
             *(sys.executable, "-m", "pqcall", "server", "--host", HOST, "--port", str(port)),
@@ -55,6 +67,10 @@ class ServerProcess:
         ]
         if db_url is not None:
             command += ["--db", db_url]
+        if bus_url is not None:
+            command += ["--bus", bus_url]
+        if max_connections is not None:
+            command += ["--max-connections", str(max_connections)]
         log_path = data_dir / "server.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
