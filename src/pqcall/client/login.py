@@ -213,7 +213,28 @@ class Login:
         return None
 
     async def _login(self) -> LoginResponse:
-        """Challenge, sign, log in; the caller holds ``_lock``."""
+        """Log in with the device key, else (401) the account key; the caller holds ``_lock``.
+
+        The account key is tried second for a device whose list has not reached
+        the server yet (a registration that could not publish it): the server
+        accepts it only while the account key is itself one of the account's
+        devices, so an unlinked device gains nothing by it.
+        """
+        if self._device_key is None:
+            return await self._login_with(self._identity, None)
+        try:
+            return await self._login_with(self._device_key, self.device_id)
+        except ApiError as exc:
+            if exc.status != 401:
+                raise
+            logger.info("this device's key was refused; logging in with the account key")
+            try:
+                return await self._login_with(self._identity, None)
+            except ApiError:
+                raise exc from None
+
+    async def _login_with(self, signer: IdentityPrivateKey, device_id: str | None) -> LoginResponse:
+        """Challenge, sign with ``signer`` for ``device_id``, log in."""
         http = self._http
         request = ChallengeRequest(username=self._username)
         response = await http.request("POST", "/auth/challenge", body=request)
@@ -227,7 +248,6 @@ class Login:
                 f" {self._server_name!r}; not logging in (pin the new name if it was renamed)",
             )
         server_name = challenge.server_name
-        signer = self._device_key if self._device_key is not None else self._identity
         signature = signer.sign(
             login_signed_data(server_name, self._username, challenge.challenge),
             context=LOGIN_CONTEXT,
@@ -236,7 +256,7 @@ class Login:
             username=self._username,
             challenge=challenge.challenge,
             signature=signature,
-            device_id=None if self._device_key is None else self.device_id,
+            device_id=device_id,
         )
         response = await http.request("POST", "/auth/login", body=body)
         answer = http.parse(LoginResponse, response, "POST /auth/login")
