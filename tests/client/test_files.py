@@ -61,7 +61,13 @@ async def account(
     config = home.load_config()
     assert config is not None
     secrets = home.unlock(PASSPHRASE)
-    api = api_class(server.base_url, name, secrets.identity, server_name=config.server_name)
+    api = api_class(
+        server.base_url,
+        name,
+        secrets.identity,
+        server_name=config.server_name,
+        device_key=secrets.device_key,
+    )
     return FileTransfers(home, api, secrets, home.contacts())
 
 

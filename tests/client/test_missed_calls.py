@@ -161,8 +161,10 @@ async def test_call_during_a_brief_disconnect_rings(server: RunningServer, tmp_p
 
 async def rings_on_server(phone: Phone, call_id: str) -> None:
     """Wait until the server has the call (``Phone.call`` returns before it is placed)."""
-    identity = (await asyncio.to_thread(phone.home.unlock, PASSPHRASE)).identity
-    api = ServerApi(phone.server_url, phone.username, identity)
+    secrets = await asyncio.to_thread(phone.home.unlock, PASSPHRASE)
+    api = ServerApi(
+        phone.server_url, phone.username, secrets.identity, device_key=secrets.device_key
+    )
     try:
         await api.login()
         while True:

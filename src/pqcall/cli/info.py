@@ -186,6 +186,7 @@ async def _ask_presence(
         account.identity,
         server_name=config.server_name,
         verify=server_verify(home),
+        device_key=account.device_key,
     ) as api:
         shared = await api.presence(names)
     return {entry.username: (entry.online, entry.last_seen) for entry in shared}
@@ -253,6 +254,7 @@ async def _pin_from_server(
         identity,
         server_name=config.server_name,
         verify=server_verify(home),
+        device_key=account.device_key,
     ) as api:
         await check_peer(api, home.contacts(), name)
     return runtime.EXIT_OK

@@ -39,5 +39,6 @@ async def open_transfers(
         account.identity,
         server_name=config.server_name,
         verify=server_verify(home),
+        device_key=account.device_key,
     ) as api:
         yield FileTransfers(home, api, account, home.contacts())
