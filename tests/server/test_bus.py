@@ -26,7 +26,7 @@ import pytest
 
 from pqcall.crypto.identity import IdentityPrivateKey
 from pqcall.server.bus import InProcessBus, NodeLink, SweepLeader, bus_namespace
-from pqcall.server.ratelimit import RateLimit
+from pqcall.server.ratelimit import PER_ACCOUNT_LIMIT, PER_IP_LIMIT, RateLimit
 from pqcall.signaling.messages import (
     EVENT_CALL_ACCEPTED,
     EVENT_CALL_ENDED,
@@ -267,6 +267,29 @@ def test_failed_logins_are_counted_across_nodes(two_nodes):
             )
         assert refused.status_code == 429, refused.text
         assert 1 <= int(refused.headers["Retry-After"]) <= 12
+
+
+def test_request_limits_are_counted_across_nodes(two_nodes):
+    """An account's requests and an address's are one bucket for every node, not one each."""
+    with two_nodes(rate_limit_scale=1.0) as (a, b):  # the clock stands still: no refill
+        _, token = register_and_login(a, "erin")
+        burst = int(PER_ACCOUNT_LIMIT.burst)
+        with a.client(token) as on_a, b.client(token) as on_b:
+            for index in range(burst):  # half on A, half on B: the account's whole burst
+                answer = (on_a, on_b)[index % 2].get("/presence", params={"names": "erin"})
+                assert answer.status_code == 200, (index, answer.text)
+            for node in (on_a, on_b):  # per node, each would still have half its burst
+                refused = node.get("/presence", params={"names": "erin"})
+                assert refused.status_code == 429, refused.text
+                assert int(refused.headers["Retry-After"]) >= 1
+        with a.client() as on_a, b.client() as on_b:  # the address: no token
+            answered = 0
+            while answered <= PER_IP_LIMIT.burst:
+                if (on_a, on_b)[answered % 2].get("/health").status_code == 429:
+                    break
+                answered += 1
+        # registration, login and the requests above took from the same address bucket
+        assert answered < PER_IP_LIMIT.burst - burst, answered
 
 
 def test_one_node_at_a_time_leads_the_sweepers(db_url):

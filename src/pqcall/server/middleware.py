@@ -5,8 +5,9 @@ outermost first: the access log (:class:`~pqcall.server.logs.AccessLogMiddleware
 request metrics (:class:`~pqcall.server.metrics.RequestMetricsMiddleware`), then
 :class:`RateLimitMiddleware`: per client IP on every request, per account on
 requests with a bearer token, and failed ``POST /auth/login`` attempts per client
-IP (with several nodes and a Redis bus, one bucket in Redis for every node:
-:meth:`pqcall.server.bus.NodeLink.rate_check`); a refusal is 429 with
+IP (with several nodes and a Redis bus, each of the three is one bucket in Redis for
+every node: :meth:`pqcall.server.bus.NodeLink.rate_check`, one round trip to Redis
+per bucket asked; while Redis is away each node uses its own); a refusal is 429 with
 ``Retry-After`` and ``{"error": "too many requests, retry in N s"}``.
 Nothing is counted per username: a login cannot be guessed (it
 is a signature over a single-use challenge), so a flood of bad logins naming an
@@ -149,7 +150,7 @@ class RateLimitMiddleware:
         address = client_key(client[0]) if client else UNKNOWN_CLIENT
         # per client address
         if self.per_ip is not None:
-            decision = self.per_ip.check(address, now)
+            decision = await self._bucket(self.per_ip, address, now)
             if not decision.allowed:
                 await self._refuse(scope, receive, send, "ip", decision.retry_after_s)
                 return
@@ -160,7 +161,7 @@ class RateLimitMiddleware:
         if self.per_account is not None:
             account_id = await self._account_of(scope)
             if account_id is not None:
-                decision = self.per_account.check(f"account:{account_id}", now)
+                decision = await self._bucket(self.per_account, f"account:{account_id}", now)
                 if not decision.allowed:
                     await self._refuse(scope, receive, send, "account", decision.retry_after_s)
                     return
@@ -193,6 +194,15 @@ class RateLimitMiddleware:
         finally:
             if status_code != status.HTTP_200_OK:  # junk, a bad signature, a used challenge
                 await self._login_bucket(key, self.clock(), peek=False)
+
+    async def _bucket(self, limiter: RateLimiter, key: str, now: float) -> RateDecision:
+        """A request bucket: shared by every node through the bus (Redis), else ours."""
+        link = node_link(self.context)
+        if link is not None:
+            shared = await link.rate_check(f"requests:{key}", limiter.limit, now, peek=False)
+            if shared is not None:
+                return shared
+        return limiter.check(key, now)
 
     async def _login_bucket(self, key: str, now: float, *, peek: bool) -> RateDecision:
         """The failed-login bucket: shared by every node through the bus (Redis), else ours."""
