@@ -111,6 +111,17 @@ def test_link_list_and_unlink_a_device(world: UiWorld) -> None:
         assert refused.value.status == 401
     expect(page.get_by_test_id("connection")).to_have_text("online")  # alice's own phone
 
+    # a new key for this device: the phone restarts with it and is online again
+    before = devices.first.get_attribute("data-device-id")
+    page.get_by_test_id("rotate-passphrase").fill(PASSPHRASE)
+    page.get_by_test_id("rotate-submit").click()
+    # the keystore's KDF runs three times (check, save, unlock): seconds on a busy machine
+    expect(message).to_contain_text("This device has a new key", timeout=scaled(60_000))
+    expect(devices).to_have_count(1)
+    expect(devices.first).not_to_have_attribute("data-device-id", before or "")
+    expect(devices.first.get_by_test_id("this-device")).to_be_visible()
+    expect(page.get_by_test_id("connection")).to_have_text("online")
+
 
 def test_registration_shows_the_recovery_words_once(world: UiWorld) -> None:
     from playwright.sync_api import expect

@@ -14,8 +14,9 @@
   prefix of 4+ hex digits, or its name); this device is refused (409: unlink it
   from another device), as is the last one;
 - ``POST /api/account/devices/rotate {"passphrase"}``: a new key for this device
-  (:func:`~pqcall.client.account_devices.rotate_device_key`); the phone then
-  restarts with it (its old key's logins are revoked by the server);
+  (:func:`~pqcall.client.account_devices.rotate_device_key`); the phone stops
+  first and starts again with it (the server revokes the old key's logins);
+  409 during a call;
 - ``POST /api/account/recovery-words``: the recovery words a registration in
   this page made, handed out once and forgotten (``{"words": null}`` after).
 
@@ -43,6 +44,7 @@ from pqcall.client.account_devices import (
 )
 from pqcall.client.api import ServerApi
 from pqcall.client.home import Home
+from pqcall.client.phone import Phone
 from pqcall.client.server_cert import server_verify
 from pqcall.crypto.account import SignedDeviceList
 from pqcall.crypto.keystore import AccountSecrets
@@ -66,6 +68,8 @@ class AccountHost(Protocol):
 
     home: Home
 
+    @property
+    def phone(self) -> Phone | None: ...
     @property
     def account(self) -> AccountSecrets | None: ...
     async def close(self) -> None: ...
@@ -198,12 +202,20 @@ def add_routes(api: APIRouter, host: AccountHost, words: RecoveryWordsOnce) -> N
             await asyncio.to_thread(host.home.unlock, body.passphrase)
         except WrongPassphrase:
             raise UiError(401, "wrong passphrase") from None
-        async with _Refusals("the key rotation"), session(account) as server:
-            rotated = await rotate_device_key(server, host.home, account, username, body.passphrase)
-        # the server revoked the old key's logins: the phone starts again with the new key
+        phone = host.phone
+        if phone is not None and phone.current_call is not None:
+            raise UiError(409, "hang up first: the phone restarts with the new key")
+        # the server revokes the old key's logins: the phone stops first (so it does not
+        # try them again and again, which counts as failed logins) and starts with the new key
         await host.close()
-        await host.start()
-        await host.unlock(body.passphrase)
+        try:
+            async with _Refusals("the key rotation"), session(account) as server:
+                rotated = await rotate_device_key(
+                    server, host.home, account, username, body.passphrase
+                )
+        finally:
+            await host.start()
+            await host.unlock(body.passphrase)  # the old key again if the rotation failed
         assert rotated.device_key is not None
         signed = host.home.load_device_list(rotated.identity.public_key(), username)
         assert signed is not None  # rotate_device_key saved it
