@@ -73,11 +73,11 @@ from pqcall.signaling.messages import (
     RelayGrant,
 )
 from pqcall.transport.candidates import Candidate as TransportCandidate
-from pqcall.transport.connect import establish_path, open_media_socket
+from pqcall.transport.connect import establish_path, open_media_socket, resolve_candidates
 from pqcall.transport.gather import gather_candidates, send_openers
+from pqcall.transport.mobility import Mobility
 from pqcall.transport.path_choice import PathChoice
 from pqcall.transport.path_messages import PathRole
-from pqcall.transport.path_responder import PathResponder
 from pqcall.transport.relay_wire import RelayTarget
 from pqcall.transport.session import MediaSession
 
@@ -408,6 +408,13 @@ class Call:
         assert self._audio is not None
         source, sink = self._audio
         self._processing = open_processing(self._media, source, sink)
+        # mobility answers late checks, follows consent, moves the call (transport/mobility.py)
+        their, fallback = [], None  # through TURN: the allocation stays as it is
+        if path.turn is None:
+            their = await resolve_candidates(remote)
+            if relay is not None and path.relay is not None:  # numeric, the same counter
+                fallback = RelayTarget(path.relay, relay.token, relay.sequence)
+        mobility = Mobility(keys, path, their, relay=fallback)
         session = MediaSession(
             keys,
             source,
@@ -415,7 +422,7 @@ class Call:
             settings=self._media.settings,
             processing=with_disguise(self._processing, self._media.voice_disguise),
             trace=self._trace,
-            side_channel=PathResponder(keys, self.path),
+            side_channel=mobility.side_channel,
         )
         if self._media.voice_disguise is not None:
             session.set_voice_disguised(True)  # the peer is told at the start (FLAGS)
@@ -423,6 +430,7 @@ class Call:
         sock, self._sock = self._sock, None
         await session.open(sock=sock)
         session.connect(self.path.peer)
+        mobility.attach(session)
         self.answered = time.time()
         await self._move(CallState.ACTIVE)
         ended = asyncio.ensure_future(session.wait_ended())
@@ -436,6 +444,7 @@ class Call:
             raise  # _finish_locally hangs up the media and tells the server at once
         finally:
             ended.cancel()
+            await mobility.close()
         reason = session.end_reason or "ended"
         await self._stop_media(hangup=False)
         if reason == "peer hangup":
