@@ -192,6 +192,7 @@ async def group_invite(phone: Phone, event: Event) -> GroupCall | None:
     call = GroupCall(phone._group_context(), view, incoming=True)
     if phone._engaged() is not None or phone.group_engaged():
         await _decline_busy(call)
+        phone.call_log.record_group_call(call, inviter or view.creator)
         return None
     phone._groups[view.call_id] = call
     if phone.auto_answer:
@@ -202,17 +203,21 @@ async def group_invite(phone: Phone, event: Event) -> GroupCall | None:
             phone._groups.pop(view.call_id, None)
             return None
     phone._group_invites.put_nowait(call)
-    if call.state == "invited" and inviter is not None:
-        phone._spawn(_record_if_unanswered(phone, call, inviter))
+    phone._spawn(record_group_call(phone, call, inviter or view.creator))
     return call
 
 
-async def _record_if_unanswered(phone: Phone, call: GroupCall, inviter: str) -> None:
-    """A ringing invite that ends unanswered (rang out, or the call ended): a missed call."""
+async def record_group_call(phone: Phone, call: GroupCall, peer: str) -> None:
+    """Put a group call in the history when it ends: joined, declined, or missed.
+
+    An invite that ended unanswered (rang out, or the call ended) is a missed call.
+    """
     await call.wait_ended()
     if call.joined_at is None and call.reason in ("no answer", "the call ended"):
         reason = "no answer" if call.reason == "no answer" else "the call ended before you answered"
-        phone.call_log.record_group(call.view, inviter, str(CallState.MISSED), reason)
+        phone.call_log.record_group(call.view, peer, str(CallState.MISSED), reason)
+    else:
+        phone.call_log.record_group_call(call, peer)
 
 
 async def _decline_busy(call: GroupCall) -> None:

@@ -21,13 +21,16 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pqcall.client.call_outcome import MISSED_WHILE_OFFLINE
 from pqcall.client.history import History
 from pqcall.client.phone_callstate import CallState, Direction
 from pqcall.signaling.group_messages import GroupView
 from pqcall.signaling.messages import EVENT_CALL_MISSED, CallDetail, CallView, Event
+
+if TYPE_CHECKING:
+    from pqcall.client.group_call import GroupCall
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +103,46 @@ class CallLog:
                 "started_unix": view.created,
                 "ended_unix": time.time(),
                 "duration_s": 0.0,
+            }
+        )
+        return True
+
+    def record_group_call(self, call: GroupCall, peer: str) -> bool:
+        """Record a group call, once it ended, that we joined or declined (decision 0632).
+
+        Joined: ``result`` ``ended`` with ``answered_unix`` (when we joined; the
+        shared word is ``answered``), ``members`` everyone in the roster or seen
+        joined, ``duration_s`` from joining to the end. Declined here: ``rejected``
+        (``declined``) or ``busy``. Anything else (it rang out, ended before an
+        answer) is :meth:`record_group`'s. ``peer``: who invited us, or whom we
+        invited. Returns False (and records nothing) if there is nothing to record
+        or the call is in the history already.
+        """
+        if call.joined_at is not None:
+            result = CallState.ENDED
+        elif call.reason in ("declined", "busy"):
+            result = CallState.REJECTED if call.reason == "declined" else CallState.BUSY
+        else:
+            return False
+        if self._was_recorded(call.call_id):
+            return False
+        self._remember(call.call_id)
+        ended = call.ended_at if call.ended_at is not None else time.time()
+        joined = call.joined_at
+        members = {member.name for member in call.view.members} | set(call.history)
+        self._append(
+            {
+                "call_id": call.call_id,
+                "peer": peer,
+                "group": True,
+                "members": sorted(members),
+                "direction": str(Direction.INCOMING if call.incoming else Direction.OUTGOING),
+                "result": str(result),
+                "reason": call.reason,
+                "started_unix": call.view.created,
+                "answered_unix": joined,
+                "ended_unix": ended,
+                "duration_s": 0.0 if joined is None else round(max(0.0, ended - joined), 3),
             }
         )
         return True

@@ -47,7 +47,7 @@ from pqcall.client.files import FileTransfers
 from pqcall.client.group_call import GroupCall, GroupContext, new_call_id
 from pqcall.client.history import History
 from pqcall.client.home import AccountConfig, Home
-from pqcall.client.incoming import group_invite, incoming_call
+from pqcall.client.incoming import group_invite, incoming_call, record_group_call
 from pqcall.client.media_options import MediaOptions
 from pqcall.client.missed_calls import CallLog, MissedCall
 from pqcall.client.offers import SEEN_OFFERS_NAME, SeenOffers
@@ -317,6 +317,7 @@ class Phone:
         except Exception:
             self._groups.pop(call.call_id, None)
             raise
+        self._spawn(record_group_call(self, call, ", ".join(peers)))  # history, when it ends
         await asyncio.gather(*(self._decline_busy(ringing) for ringing in self.ringing_calls))
         return call
 
