@@ -16,8 +16,8 @@ Why hand-written: the maintained limiter we found is pedalboard's (JUCE's
 ``Limiter``), a compiled dependency of tens of MB for a few lines of gain
 arithmetic, and it ends in a hard clipper (it clips on overshoot, which is what
 this replaces). This is numpy only; it is a gain computation, not a crypto primitive.
-The per-sample loop runs only while the limiter is active (a frame exceeding full
-scale, or the release that follows); quiet frames take the vectorised sum alone.
+The gain is computed only while the limiter is active (a frame exceeding full
+scale, or the release that follows); other frames take the sum alone.
 """
 
 from __future__ import annotations
@@ -77,21 +77,22 @@ class Mixer:
         # the gain each sample needs to stay under the ceiling
         magnitude = np.abs(total)
         needed = np.minimum(1.0, CEILING / np.maximum(magnitude, 1.0))
-        # attack: fall linearly towards each peak over the samples before it
-        ahead = needed.copy()
+        # in reductions (1 - gain), vectorised over the frame:
+        # attack: the reduction of a peak k samples ahead, scaled by (1 - k / attack)
+        wanted = 1.0 - needed
+        ahead = wanted.copy()
         attack = self._attack
-        for index in np.flatnonzero(needed < 1.0):
-            start = max(0, int(index) - attack)
-            steps = np.arange(int(index) - start, -1, -1, dtype=np.float64)  # distance to peak
-            ramp = needed[index] + (1.0 - needed[index]) * steps / attack
-            np.minimum(ahead[start : index + 1], ramp, out=ahead[start : index + 1])
-        # release: recover towards 1 from the previous sample's gain, never above the need
-        gains = np.empty_like(ahead)
-        gain, release = self._gain, self._release
-        for sample, limit in enumerate(ahead.tolist()):
-            gain = min(limit, 1.0 - (1.0 - gain) * release)
-            gains[sample] = gain
-        self._gain = gain
+        for step in range(1, min(attack, len(wanted))):
+            weighted = wanted[step:] * (1.0 - step / attack)
+            np.maximum(ahead[:-step], weighted, out=ahead[:-step])
+        # release: reduction[n] = max(ahead[n], release * reduction[n - 1]), unrolled as
+        # release**n * running max of (ahead[k] / release**k), the last frame's carried in
+        powers = self._release ** np.arange(len(ahead), dtype=np.float64)
+        carried = (1.0 - self._gain) * self._release
+        running = np.maximum.accumulate(np.maximum(ahead / powers, 0.0))
+        reduction = np.maximum(powers * np.maximum(running, carried), ahead)
+        gains = 1.0 - reduction
+        self._gain = float(gains[-1]) if len(gains) else self._gain
         return gains
 
 
