@@ -148,14 +148,17 @@ class Call:
 
     # ------------------------------------------------------------------ for the phone
 
-    def start_outgoing(self, their_identity: IdentityPublicKey) -> None:
-        """Place the call (the phone checked the callee's pinned identity)."""
+    def start_outgoing(
+        self, their_identity: IdentityPublicKey, their_devices: tuple[IdentityPublicKey, ...] = ()
+    ) -> None:
+        """Place the call (the phone checked the callee's pinned identity and device list)."""
         self._caller_hs = CallerHandshake(
             call_id=bytes.fromhex(self.call_id),
             our_name=self._context.username,
-            our_identity=self._context.identity,
+            our_identity=self._context.device_key or self._context.identity,
             their_name=self.peer,
             their_identity=their_identity,
+            their_devices=their_devices,
         )
         self._task = asyncio.create_task(self._run(self._outgoing()), name=f"call {self.call_id}")
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from pqcall.client.call import Call
 from pqcall.client.missed_calls import MissedCall
-from pqcall.client.peers import SecurityWarning, key_change_message, trust_of
+from pqcall.client.peers import SecurityWarning, check_caller, key_change_message, trust_of
 from pqcall.client.phone_callstate import CallState, Direction
 from pqcall.client.screening import TurnAway
 from pqcall.crypto.handshake import CalleeHandshake
@@ -95,7 +95,8 @@ async def incoming_call(phone: Phone, event: Event) -> None:
     if silenced is not None:
         await turn_away(phone, detail, silenced)
         return
-    result = phone.contacts.check(detail.caller, offer.caller_identity)
+    # the offer's key: the caller's account key, or a device in their verified list
+    account, result = await check_caller(api, phone.contacts, detail.caller, offer.caller_identity)
     if isinstance(result, KeyChanged):
         message = "refused a call: " + key_change_message(detail.caller)
         phone.warnings.put_nowait(SecurityWarning(detail.caller, message))
@@ -106,12 +107,13 @@ async def incoming_call(phone: Phone, event: Event) -> None:
         call_id=detail.call_id,
         peer=detail.caller,
         direction=Direction.INCOMING,
-        peer_identity=offer.caller_identity,
+        peer_identity=account,
         context=phone._call_context(),
         media=phone.media,
         peer_trust=trust_of(result),
     )
     phone._adopt(call)
+    handshake.vouch(account)
     call.start_incoming(handshake, detail)
     if phone.auto_answer:
         await call.accept()
