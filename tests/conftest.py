@@ -53,6 +53,7 @@ MARKERS_BY_PLACE: dict[str, tuple[str, ...]] = {
     "group/test_group_phones.py": ("slow",),  # real-time group calls, 3-8 in-process phones
     "client/test_phone.py": ("slow",),
     "client/test_account_devices_call.py": ("slow",),  # a real call between devices
+    "client/test_account_devices_cli.py": ("slow",),  # the real KDF, several times
     "transport/test_session.py": ("slow",),
     "server/test_restart.py": ("slow",),
     "server/test_bus.py::test_nodes_go_on_alone_while_redis_is_away": ("slow",),  # redis-server
