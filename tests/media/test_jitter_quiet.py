@@ -19,7 +19,11 @@ from pqcall.media.jitter import (
     PlayoutAction,
     PlayoutDecision,
 )
-from pqcall.media.jitter_policy import QUIET_START_TARGET_MS, START_TARGET_S
+from pqcall.media.jitter_policy import (
+    QUIET_START_TARGET_MS,
+    QUIET_START_TARGET_S,
+    START_TARGET_S,
+)
 from pqcall.media.pipeline import ReceiveStream
 
 FRAME_S = 0.020
@@ -75,7 +79,7 @@ def test_the_start_fills_deeper_with_silence_not_concealment():
 
 def test_the_surplus_drains_in_the_first_pause_by_quiet_frames_only():
     # speech past the start span (shorter than the wait for a pause), then quiet
-    pause = round((START_TARGET_S + QUIET_SHRINK_WAIT_S / 2) / FRAME_S)
+    pause = round((QUIET_START_TARGET_S + QUIET_SHRINK_WAIT_S / 2) / FRAME_S)
     buffer = JitterBuffer(quiet_shrink=True)
     levels = clean(buffer, pause + 40, quiet_from=pause)
     stats = buffer.snapshot()
@@ -92,7 +96,7 @@ def test_the_surplus_drains_in_the_first_pause_by_quiet_frames_only():
 
 def test_a_short_pause_discards_nothing():
     buffer = JitterBuffer(quiet_shrink=True)
-    speech = round(START_TARGET_S / FRAME_S) + 20
+    speech = round(QUIET_START_TARGET_S / FRAME_S) + 20
     for seq in range(speech + QUIET_RUN_FRAMES + 20):
         buffer.push(seq, seq * FRAME_SAMPLES, payload(seq), seq * FRAME_S)
         now = seq * FRAME_S + FRAME_S / 2
@@ -105,9 +109,9 @@ def test_a_short_pause_discards_nothing():
 
 def test_without_a_pause_the_surplus_goes_after_the_wait_by_discarding():
     buffer = JitterBuffer(quiet_shrink=True)
-    count = round((START_TARGET_S + QUIET_SHRINK_WAIT_S) / FRAME_S) + 100
+    count = round((QUIET_START_TARGET_S + QUIET_SHRINK_WAIT_S) / FRAME_S) + 100
     levels = clean(buffer, count)
-    end_of_start = round(START_TARGET_S / FRAME_S)
+    end_of_start = round(QUIET_START_TARGET_S / FRAME_S)
     # no quiet frame: the surplus is held through the wait, then discarded
     wait_end = end_of_start + round(QUIET_SHRINK_WAIT_S / FRAME_S)
     assert min(levels[START_FRAMES : wait_end - 30]) == QUIET_START_TARGET_MS
@@ -119,7 +123,7 @@ def test_without_a_pause_the_surplus_goes_after_the_wait_by_discarding():
 def test_a_lost_frame_with_fec_in_the_next_packet_is_recovered_not_skipped():
     # with a surplus held, the plain buffer skips a lost frame for free; with quiet
     # shrinking the FEC copy is played (real audio) and the surplus waits for a pause
-    lost = round(START_TARGET_S / FRAME_S)  # noticed 3 ticks later, the surplus still held
+    lost = round(START_TARGET_S / FRAME_S)  # the plain buffer's start span (2 s) just over
     outcomes = {}
     for quiet in (False, True):
         buffer = JitterBuffer(quiet_shrink=quiet, start_target_ms=QUIET_START_TARGET_MS)
@@ -139,7 +143,7 @@ def test_receive_stream_drains_its_start_in_a_pause_with_real_opus():
     t = np.arange(FRAME_SAMPLES) / 48_000
     tone = (8000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
     quiet = np.zeros(FRAME_SAMPLES, np.int16)
-    speech = round(START_TARGET_S / FRAME_S) + 25
+    speech = round(QUIET_START_TARGET_S / FRAME_S) + 25
     frames = [tone] * speech + [quiet] * 25 + [tone] * 50
     stream = ReceiveStream(20)
     levels = []

@@ -102,8 +102,8 @@ from pqcall.media.jitter_policy import (
     TARGET_ROUNDING_MS,
     LevelWindow,
     TargetDelay,
-    default_start_target_ms,
     playout_speed,
+    start_target,
 )
 from pqcall.media.playout import (
     JitterBufferStats,
@@ -168,8 +168,8 @@ class JitterBuffer:
             0141): the buffer then never discards a received frame to shrink
             (playing faster drains it), and may be popped more or less than
             once per frame tick.
-        start_target_ms: least target for the first ``START_TARGET_S`` of a
-            stream (None: ``jitter_policy.default_start_target_ms``).
+        start_target_ms: least target at a stream's start (None:
+            ``jitter_policy.start_target``'s default).
         quiet_shrink: the caller offers quiet frames to :meth:`shrink_quiet`
             (the policy: the module docstring; decision 0150).
 
@@ -235,11 +235,7 @@ class JitterBuffer:
             min_target_delay_ms=min_target_delay_ms,
             max_target_delay_ms=max_target_delay_ms,
             use_fec=use_fec,
-            start_target_ms=(
-                default_start_target_ms(time_stretch, quiet_shrink)
-                if start_target_ms is None
-                else start_target_ms
-            ),
+            start=start_target(time_stretch, quiet_shrink, start_target_ms),
         )
         self._quiet_shrink = quiet_shrink  # the caller offers quiet frames to discard
         self._surplus_since: float | None = None  # since when a frame too many is held
