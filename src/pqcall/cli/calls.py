@@ -22,7 +22,7 @@ import argparse
 import contextlib
 import signal
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pqcall.cli import runtime
 from pqcall.cli.account import registered_config
@@ -46,7 +46,7 @@ from pqcall.cli.output import (
 from pqcall.cli.runtime import Interrupt, LineReader, race
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from pqcall.client.call import Call
     from pqcall.client.home import Home
@@ -63,6 +63,7 @@ RING_BELL_INTERVAL_S = 2.0
 SECOND_INTERRUPT_S = 2.0
 """A Ctrl-C this soon after the one that hung up a call quits ``listen``."""
 YES = frozenset({"y", "yes"})
+C = TypeVar("C")
 
 
 def add_parsers(
@@ -288,24 +289,36 @@ def run_call(args: argparse.Namespace) -> int:
         from pqcall.cli.group import run_group_call
 
         return run_group_call(args, [normalize(name) for name in args.name])
-    runtime.setup_logging(args.verbose)
     name = normalize(args.name[0])
+    home, secret, media = call_setup(args)
+    return runtime.run(_call(args, name, home, secret, media, Console(json_mode=args.json)))
+
+
+def call_setup(args: argparse.Namespace) -> tuple[Home, str, MediaOptions]:
+    """What ``pqcall call`` needs before its loop: logging, the home, audio and the passphrase."""
+    runtime.setup_logging(args.verbose)
     home = open_home(args)
     registered_config(home)
     media = media_options(args)
     check_audio(media)
-    secret = passphrase(args, home=home)
-    return runtime.run(_call(args, name, home, secret, media, Console(json_mode=args.json)))
+    return home, passphrase(args, home=home), media
 
 
-async def _call(
-    args: argparse.Namespace,
-    name: str,
+async def call_frame(
     home: Home,
     secret: str,
     media: MediaOptions,
     console: Console,
+    place: Callable[[Phone], Awaitable[C]],
+    attend: Callable[[C, Interrupt], Awaitable[tuple[bool, int]]],
 ) -> int:
+    """The frame of an outgoing call (1:1 or group); returns the exit code.
+
+    Starts a phone under Ctrl-C handling, shows its security warnings, places
+    the call with ``place`` (a refused key change exits 1, the warning says it
+    all), then ``attend`` follows and finishes it, returning whether Ctrl-C ended
+    it and the call's own exit code. The phone is closed on every way out.
+    """
     from pqcall.client.phone import Phone
     from pqcall.exceptions import KeyChangedError
 
@@ -317,18 +330,32 @@ async def _call(
                 return interrupt.exit_code
             async with show_warnings(phone, console):
                 try:
-                    call = await race(interrupt, phone.call(name))
+                    call = await race(interrupt, place(phone))
                 except KeyChangedError:
                     return runtime.EXIT_FAILED  # the warning says it all
                 if call is None:
                     return interrupt.exit_code
-                interrupted = await follow(
-                    call, console, interrupt, duration_s=args.duration, commands=LineReader()
-                )
-                code = finish(call, console, json_mode=args.json, quiet_failure=False)
+                interrupted, code = await attend(call, interrupt)
                 return interrupt.exit_code if interrupted else code
         finally:
             await phone.close()
+
+
+async def _call(
+    args: argparse.Namespace,
+    name: str,
+    home: Home,
+    secret: str,
+    media: MediaOptions,
+    console: Console,
+) -> int:
+    async def attend(call: Call, interrupt: Interrupt) -> tuple[bool, int]:
+        interrupted = await follow(
+            call, console, interrupt, duration_s=args.duration, commands=LineReader()
+        )
+        return interrupted, finish(call, console, json_mode=args.json, quiet_failure=False)
+
+    return await call_frame(home, secret, media, console, lambda phone: phone.call(name), attend)
 
 
 # ---------------------------------------------------------------- both

@@ -18,8 +18,6 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from pqcall.cli import runtime
-from pqcall.cli.account import registered_config
-from pqcall.cli.options import check_audio, media_options, open_home, passphrase
 from pqcall.cli.output import Console
 from pqcall.cli.runtime import Interrupt, LineReader, race
 
@@ -35,12 +33,9 @@ STATUS_INTERVAL_S = 1.0
 
 def run_group_call(args: argparse.Namespace, names: list[str]) -> int:
     """``pqcall call A B ...`` with more than one name."""
-    runtime.setup_logging(args.verbose)
-    home = open_home(args)
-    registered_config(home)
-    media = media_options(args)
-    check_audio(media)
-    secret = passphrase(args, home=home)
+    from pqcall.cli.calls import call_setup
+
+    home, secret, media = call_setup(args)
     console = Console(json_mode=args.json)
     return runtime.run(_group_call(args, names, home, secret, media, console))
 
@@ -53,31 +48,20 @@ async def _group_call(
     media: MediaOptions,
     console: Console,
 ) -> int:
-    from pqcall.cli.calls import show_warnings
-    from pqcall.client.phone import Phone
-    from pqcall.exceptions import KeyChangedError
+    from pqcall.cli.calls import call_frame
 
-    async with Interrupt() as interrupt:
-        phone = Phone(home, passphrase=secret, media=media)
-        try:
-            await race(interrupt, phone.start())
-            if interrupt.is_set:
-                return interrupt.exit_code
-            async with show_warnings(phone, console):
-                try:
-                    call = await race(interrupt, phone.group_call(names))
-                except KeyChangedError:
-                    return runtime.EXIT_FAILED
-                if call is None:
-                    return interrupt.exit_code
-                console.say(f"group call {call.call_id[:8]}: inviting {', '.join(names)}")
-                interrupted = await follow_group(
-                    call, console, interrupt, duration_s=args.duration, commands=LineReader()
-                )
-                code = finish_group(call, console, json_mode=args.json)
-                return interrupt.exit_code if interrupted else code
-        finally:
-            await phone.close()
+    async def place(phone: Phone) -> GroupCall:
+        call = await phone.group_call(names)
+        console.say(f"group call {call.call_id[:8]}: inviting {', '.join(names)}")
+        return call
+
+    async def attend(call: GroupCall, interrupt: Interrupt) -> tuple[bool, int]:
+        interrupted = await follow_group(
+            call, console, interrupt, duration_s=args.duration, commands=LineReader()
+        )
+        return interrupted, finish_group(call, console, json_mode=args.json)
+
+    return await call_frame(home, secret, media, console, place, attend)
 
 
 async def next_call(phone: Phone) -> Call | GroupCall:
