@@ -23,68 +23,25 @@ Expected paths (``docs/protocol.md#candidates`` says why):
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pqcall.bench.quality import SAMPLES_DIR
-from tests.harness import TIMEOUT_SCALE
-
-from .conftest import start_server, wait_until
-from .helpers import Phone, call_record
-from .test_two_hosts import LISTEN_EXIT_TIMEOUT_S, ONLINE_TIMEOUT_S, check_received
+from .helpers import call_record, two_phones
+from .test_two_hosts import speech_call
 
 CALL_DURATION_S = 6  # shorter calls tell the two speakers apart less reliably
-CALL_TIMEOUT_S = 60.0 + CALL_DURATION_S
 
 
 def run_call(net: Any, processes: Any, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """One call from alice to bob on ``net``, audio checked both ways; both JSON records."""
-    server = start_server(net, processes, tmp_path / "server")
-    alice = Phone("alice", net.alice, tmp_path / "alice", processes)
-    bob = Phone("bob", net.bob, tmp_path / "bob", processes)
-    alice_wav, bob_wav = SAMPLES_DIR / "alice.wav", SAMPLES_DIR / "bob.wav"
-    out_a, out_b = tmp_path / "out_a.wav", tmp_path / "out_b.wav"
-    alice.register(server)
-    bob.register(server)
-    listen = processes.start(
-        net.bob,
-        "bob-listen",
-        bob.command(
-            *("listen", "--auto-answer", "--once"),
-            *("--audio-in", str(bob_wav), "--audio-out", str(out_b), "--json"),
-        ),
-        bob.env,
-    )
-
-    def bob_online() -> bool:
-        assert listen.poll() is None, f"bob's listen exited early\n{processes.report()}"
-        return server.metric("pqcall_connected_phones") >= 1
-
-    wait_until(bob_online, ONLINE_TIMEOUT_S, "bob to be online", processes.report)
-    try:
-        call = processes.run(
-            net.alice,
-            "alice-call",
-            alice.command(
-                *("call", "bob", "--audio-in", str(alice_wav), "--audio-out", str(out_a)),
-                *("--duration", str(CALL_DURATION_S), "--json"),
-            ),
-            alice.env,
-            CALL_TIMEOUT_S,
-        )
-        assert call.returncode == 0, f"alice's call failed\n{processes.report()}"
-        listen.wait(timeout=LISTEN_EXIT_TIMEOUT_S * TIMEOUT_SCALE)
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"{exc}\n{processes.report()}") from None
-    assert listen.returncode == 0, f"bob's listen failed\n{processes.report()}"
+    spoken = speech_call(two_phones(net, processes, tmp_path), tmp_path, CALL_DURATION_S)
+    assert spoken.listen.returncode == 0, f"bob's listen failed\n{processes.report()}"
     ours, theirs = call_record(processes, "alice-call"), call_record(processes, "bob-listen")
     try:
         assert ours["path"] == theirs["path"], "the two sides use different paths"
-        check_received(out_b, sent=alice_wav, other=bob_wav)
-        check_received(out_a, sent=bob_wav, other=alice_wav)
+        spoken.check_both_ways()
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{processes.report()}") from None
     return ours, theirs

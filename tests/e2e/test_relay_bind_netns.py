@@ -23,9 +23,9 @@ from pqcall.bench.quality import SAMPLES_DIR
 from tests.harness import TIMEOUT_SCALE
 from tests.netns import _CLONE_NEWNET, NETNS_DIR, Host
 
-from .conftest import SERVER_PORT, start_server, wait_until
-from .helpers import Phone, call_record
-from .test_two_hosts import ONLINE_TIMEOUT_S, check_received
+from .conftest import SERVER_PORT, wait_until
+from .helpers import call_record, listen_once, two_phones
+from .test_two_hosts import check_received
 
 CALL_DURATION_S = 8
 CALL_TIMEOUT_S = 60.0 + CALL_DURATION_S
@@ -86,9 +86,8 @@ def test_replayed_binds_mid_call_are_refused_and_the_call_goes_on(
     make_network, processes, tmp_path
 ):
     net = make_network("isolated")
-    server = start_server(net, processes, tmp_path / "server")
-    alice = Phone("alice", net.alice, tmp_path / "alice", processes)
-    bob = Phone("bob", net.bob, tmp_path / "bob", processes)
+    phones = two_phones(net, processes, tmp_path)
+    server, alice = phones.server, phones.alice
     alice_wav, bob_wav = SAMPLES_DIR / "alice.wav", SAMPLES_DIR / "bob.wav"
     out_a, out_b = tmp_path / "out_a.wav", tmp_path / "out_b.wav"
     relay_at = (net.address_of(net.server, net.alice), SERVER_PORT)
@@ -98,23 +97,7 @@ def test_replayed_binds_mid_call_are_refused_and_the_call_goes_on(
     eve.bind((net.alice.address, 0))
     eve.settimeout(0.05)
 
-    alice.register(server)
-    bob.register(server)
-    listen = processes.start(
-        net.bob,
-        "bob-listen",
-        bob.command(
-            *("listen", "--auto-answer", "--once"),
-            *("--audio-in", str(bob_wav), "--audio-out", str(out_b), "--json"),
-        ),
-        bob.env,
-    )
-    wait_until(
-        lambda: server.metric("pqcall_connected_phones") >= 1,
-        ONLINE_TIMEOUT_S,
-        "bob to be online",
-        processes.report,
-    )
+    listen = listen_once(phones, "--audio-in", str(bob_wav), "--audio-out", str(out_b))
     call = processes.start(
         net.alice,
         "alice-call",

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from pqcall.bench.quality import SAMPLES_DIR
 from pqcall.media.audio import ToneSource
 from pqcall.server.turn import TurnService
 from pqcall.transport.connect import run_path_selection
@@ -45,9 +44,8 @@ from tests.transport.test_session import (
 from tests.turnserver import Coturn
 from tests.utils import handshake_pair, keys_of
 
-from .conftest import start_server, wait_until
-from .helpers import Phone, call_record
-from .test_two_hosts import ONLINE_TIMEOUT_S, check_received
+from .helpers import call_record, two_phones
+from .test_two_hosts import speech_call
 
 CALLER_KEYS, CALLEE_KEYS = keys_of(handshake_pair())
 SERVER_FOR_ALICE = "10.202.1.1"
@@ -190,51 +188,17 @@ def test_a_pqcall_call_with_bobs_udp_blocked_goes_through_turn(make_network, pro
     secret.write_bytes(coturn.secret + b"\n")
     secret.chmod(0o600)
     try:
-        server = start_server(
+        phones = two_phones(
             net,
             processes,
-            tmp_path / "server",
+            tmp_path,
             *("--turn", f"turn:{SERVER_FOR_BOB}:{coturn.port}?transport=tcp"),
             *("--turn-secret-file", str(secret)),
         )
         net.bob.run([nft_path(), "-f", "-"], input=BLOCK_UDP, text=True, check=True)
-        alice = Phone("alice", net.alice, tmp_path / "alice", processes)
-        bob = Phone("bob", net.bob, tmp_path / "bob", processes)
-        alice_wav, bob_wav = SAMPLES_DIR / "alice.wav", SAMPLES_DIR / "bob.wav"
-        out_a, out_b = tmp_path / "out_a.wav", tmp_path / "out_b.wav"
-        alice.register(server)
-        bob.register(server)
-        listen = processes.start(
-            net.bob,
-            "bob-listen",
-            bob.command(
-                *("listen", "--auto-answer", "--once"),
-                *("--audio-in", str(bob_wav), "--audio-out", str(out_b), "--json"),
-            ),
-            bob.env,
-        )
-        wait_until(
-            lambda: server.metric("pqcall_connected_phones") >= 1,
-            ONLINE_TIMEOUT_S,
-            "bob to be online",
-            processes.report,
-        )
+        spoken = speech_call(phones, tmp_path, PHONE_CALL_S)
         try:
-            call = processes.run(
-                net.alice,
-                "alice-call",
-                alice.command(
-                    *("call", "bob", "--audio-in", str(alice_wav), "--audio-out", str(out_a)),
-                    *("--duration", str(PHONE_CALL_S), "--json"),
-                ),
-                alice.env,
-                60.0 + PHONE_CALL_S,
-            )
-            listen.wait(timeout=30 * TIMEOUT_SCALE)
-        except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"{exc}\n{processes.report()}") from None
-        try:
-            assert call.returncode == 0 and listen.returncode == 0, "a phone failed"
+            assert spoken.listen.returncode == 0, "bob's listen failed"
             ours, theirs = (
                 call_record(processes, "alice-call"),
                 call_record(processes, "bob-listen"),
@@ -248,8 +212,7 @@ def test_a_pqcall_call_with_bobs_udp_blocked_goes_through_turn(make_network, pro
             assert theirs["path"] == "turn-tcp"
             assert theirs["path_address"] == f"{SERVER_FOR_BOB}:{coturn.port}"
             assert theirs["path_turn_to"] == "direct"
-            check_received(out_b, sent=alice_wav, other=bob_wav)
-            check_received(out_a, sent=bob_wav, other=alice_wav)
+            spoken.check_both_ways()
             print(  # noqa: T201
                 f"\npqcall call, bob's UDP dropped: alice's path {ours['path']} via"
                 f" {ours['path_address']}, bob's {theirs['path']} via {theirs['path_address']}"

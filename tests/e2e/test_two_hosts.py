@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import subprocess
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,10 @@ import pytest
 from pqcall.bench.quality import REFERENCE_RATE_HZ, SAMPLES_DIR, load_reference, resample
 from tests.harness import TIMEOUT_SCALE
 
-from .conftest import start_server, wait_until
-from .helpers import Phone, call_record
+from .helpers import TwoPhones, call_record, listen_once, two_phones
 
 CALL_DURATION_S = 6
 ONLINE_TIMEOUT_S = 30.0  # until the listening phone is connected to the server
-CALL_TIMEOUT_S = 60.0 + CALL_DURATION_S  # the caller's whole run: setup, call, hang-up
 LISTEN_EXIT_TIMEOUT_S = 30.0  # the callee's exit after the caller hung up
 
 # audio checks (envelope frames of 20 ms at 16 kHz; see speech_similarity)
@@ -150,6 +149,52 @@ def test_similarity_tells_speakers_apart():
 # ---------------------------------------------------------------- phones
 
 
+@dataclass
+class SpeechCall:
+    """A finished call alice -> bob with a speech file each way: files, and both processes."""
+
+    alice_wav: Path  # what alice sent
+    bob_wav: Path  # what bob sent
+    out_a: Path  # what alice received
+    out_b: Path  # what bob received
+    call: subprocess.CompletedProcess[str]  # alice's ``call``, ended
+    listen: subprocess.Popen[bytes]  # bob's ``listen --once``, ended
+
+    def check_both_ways(self) -> None:
+        """Assert each side received the other's speech (:func:`check_received`)."""
+        check_received(self.out_b, sent=self.alice_wav, other=self.bob_wav)
+        check_received(self.out_a, sent=self.bob_wav, other=self.alice_wav)
+
+
+def speech_call(phones: TwoPhones, tmp_path: Path, duration_s: int) -> SpeechCall:
+    """Bob listens once, alice calls him for ``duration_s`` s, each playing a speech file.
+
+    Raises:
+        AssertionError: alice's call failed, or a phone did not exit in time
+            (with every process's output).
+    """
+    alice, processes = phones.alice, phones.processes
+    alice_wav, bob_wav = SAMPLES_DIR / "alice.wav", SAMPLES_DIR / "bob.wav"
+    out_a, out_b = tmp_path / "out_a.wav", tmp_path / "out_b.wav"
+    listen = listen_once(phones, "--audio-in", str(bob_wav), "--audio-out", str(out_b))
+    try:
+        call = processes.run(
+            alice.host,
+            "alice-call",
+            alice.command(
+                *("call", "bob", "--audio-in", str(alice_wav), "--audio-out", str(out_a)),
+                *("--duration", str(duration_s), "--json"),
+            ),
+            alice.env,
+            60.0 + duration_s,
+        )
+        assert call.returncode == 0, f"alice's call failed\n{processes.report()}"
+        listen.wait(timeout=LISTEN_EXIT_TIMEOUT_S * TIMEOUT_SCALE)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{exc}\n{processes.report()}") from None
+    return SpeechCall(alice_wav, bob_wav, out_a, out_b, call, listen)
+
+
 def path_host(record: dict[str, Any]) -> str | None:
     """The host part of the record's ``path_address`` (``HOST:PORT``), if it has one."""
     address = record.get("path_address")
@@ -169,44 +214,10 @@ def path_host(record: dict[str, Any]) -> str | None:
 )
 def test_call_between_two_hosts(make_network, processes, tmp_path, topology, expected_path):
     net = make_network(topology)
-    server = start_server(net, processes, tmp_path / "server")
-    alice = Phone("alice", net.alice, tmp_path / "alice", processes)
-    bob = Phone("bob", net.bob, tmp_path / "bob", processes)
-    alice_wav, bob_wav = SAMPLES_DIR / "alice.wav", SAMPLES_DIR / "bob.wav"
-    out_a, out_b = tmp_path / "out_a.wav", tmp_path / "out_b.wav"
-
-    alice.register(server)
-    bob.register(server)
-    listen = processes.start(
-        net.bob,
-        "bob-listen",
-        bob.command(
-            *("listen", "--auto-answer", "--once"),
-            *("--audio-in", str(bob_wav), "--audio-out", str(out_b), "--json"),
-        ),
-        bob.env,
-    )
-
-    def bob_online() -> bool:
-        assert listen.poll() is None, f"bob's listen exited early\n{processes.report()}"
-        return server.metric("pqcall_connected_phones") >= 1
-
-    wait_until(bob_online, ONLINE_TIMEOUT_S, "bob to be online", processes.report)
-    try:
-        call = processes.run(
-            net.alice,
-            "alice-call",
-            alice.command(
-                *("call", "bob", "--audio-in", str(alice_wav), "--audio-out", str(out_a)),
-                *("--duration", str(CALL_DURATION_S), "--json"),
-            ),
-            alice.env,
-            CALL_TIMEOUT_S,
-        )
-        assert call.returncode == 0, f"alice's call failed\n{processes.report()}"
-        listen.wait(timeout=LISTEN_EXIT_TIMEOUT_S * TIMEOUT_SCALE)
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"{exc}\n{processes.report()}") from None
+    phones = two_phones(net, processes, tmp_path)
+    server, alice, bob = phones.server, phones.alice, phones.bob
+    spoken = speech_call(phones, tmp_path, CALL_DURATION_S)
+    listen = spoken.listen
     forwarded = server.metric("pqcall_relay_forwarded_packets_total")
 
     try:
@@ -245,7 +256,6 @@ def test_call_between_two_hosts(make_network, processes, tmp_path, topology, exp
                 assert path_host(theirs) in (None, net.alice.address)
 
         # audio, both ways
-        check_received(out_b, sent=alice_wav, other=bob_wav)
-        check_received(out_a, sent=bob_wav, other=alice_wav)
+        spoken.check_both_ways()
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{processes.report()}") from None
