@@ -33,6 +33,7 @@ from pqcall.transport.pathcheck import PathSelection
 from pqcall.transport.session import MediaSession, MediaSettings
 from pqcall.transport.turn import TurnRelay, TurnUrl, run_path_selection_over_turn
 from tests.harness import TIMEOUT_SCALE
+from tests.netns import Network
 from tests.transport.test_session import (
     CALLEE_TONE_HZ,
     CALLER_TONE_HZ,
@@ -71,9 +72,9 @@ def nft_path() -> str:
     return found
 
 
-def test_bobs_udp_is_blocked_and_the_call_goes_through_turn_over_tcp(make_network, tmp_path):
-    net = make_network("isolated")
-    coturn = Coturn.start(
+def start_coturn(net: Network, tmp_path: Path) -> Coturn:
+    """coturn in the server's namespace: listening for bob, relaying on alice's side."""
+    return Coturn.start(
         Path(tmp_path),
         listen=SERVER_FOR_BOB,
         also_listen=[SERVER_FOR_ALICE],
@@ -81,6 +82,11 @@ def test_bobs_udp_is_blocked_and_the_call_goes_through_turn_over_tcp(make_networ
         popen=lambda args: net.server.popen(list(args), stderr=subprocess.DEVNULL),
         wait=lambda port: net.bob.wait_for_port(port, SERVER_FOR_BOB, timeout_s=10 * TIMEOUT_SCALE),
     )
+
+
+def test_bobs_udp_is_blocked_and_the_call_goes_through_turn_over_tcp(make_network, tmp_path):
+    net = make_network("isolated")
+    coturn = start_coturn(net, tmp_path)
     net.bob.run([nft_path(), "-f", "-"], input=BLOCK_UDP, text=True, check=True)
 
     async def main() -> None:
@@ -176,14 +182,7 @@ def test_a_pqcall_call_with_bobs_udp_blocked_goes_through_turn(make_network, pro
     bob's namespace drops UDP, so his phone's UDP probe of the relay gets no answer and
     it takes the call through coturn over TCP."""
     net = make_network("isolated")
-    coturn = Coturn.start(
-        Path(tmp_path),
-        listen=SERVER_FOR_BOB,
-        also_listen=[SERVER_FOR_ALICE],
-        relay_ip=SERVER_FOR_ALICE,
-        popen=lambda args: net.server.popen(list(args), stderr=subprocess.DEVNULL),
-        wait=lambda port: net.bob.wait_for_port(port, SERVER_FOR_BOB, timeout_s=10 * TIMEOUT_SCALE),
-    )
+    coturn = start_coturn(net, tmp_path)
     secret = tmp_path / "turn-secret"
     secret.write_bytes(coturn.secret + b"\n")
     secret.chmod(0o600)
