@@ -22,12 +22,9 @@ unknown name is one line on stderr and exit status 1.
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
 from pqcall.exceptions import ServerError
-
-logger = logging.getLogger("pqcall.server")
 
 
 def add_parser(server_parser: argparse.ArgumentParser) -> None:
@@ -61,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     except usernames.InvalidUsername as exc:
         sys.stderr.write(f"pqcall: {exc}\n")
         return 1
+    import logging  # here: `pqcall --help` must not load it (tests/cli/test_help.py)
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s:     %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     found = asyncio.run(release(settings.db_url, username, settings.bus_url, settings))
@@ -84,6 +83,8 @@ async def release(
     Raises:
         ServerError: the database cannot be opened (one line).
     """
+    import logging
+
     from pqcall.server.storage import Storage
 
     storage = await Storage.open(db_url)
@@ -94,7 +95,9 @@ async def release(
     if released is None:
         return None
     account_id, tokens = released
-    logger.warning("released user %s by operator (%d tokens revoked)", username, len(tokens))
+    logging.getLogger("pqcall.server").warning(
+        "released user %s by operator (%d tokens revoked)", username, len(tokens)
+    )
     if bus_url:
         await _tell_nodes(bus_url, settings, account_id, tokens)
     return len(tokens)
