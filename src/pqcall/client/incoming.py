@@ -65,7 +65,8 @@ async def incoming_call(phone: Phone, event: Event) -> None:
     handshake = CalleeHandshake(
         call_id=bytes.fromhex(detail.call_id),
         our_name=phone.username,
-        our_identity=phone._require_account().identity,
+        our_identity=phone._require_account().device_identity,
+        our_account=phone.identity,
     )
     try:
         if detail.offer is None:

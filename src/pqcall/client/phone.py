@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from pqcall.client.account_devices import sync_device_list
 from pqcall.client.api import ServerApi
 from pqcall.client.call import Call
 from pqcall.client.call_context import CallContext, PeerTrust, stun_server_of
@@ -168,8 +169,10 @@ class Phone:
             self._account.identity,
             server_name=config.server_name,
             verify=server_verify(self.home),
+            device_key=self._account.device_key,
         )
         await self._api.login()
+        await sync_device_list(self._api, self.home, self._account, config.username)
         self._events = self._api.events()
         self._pump = asyncio.create_task(self._pump_events(), name="phone events")
 
@@ -274,7 +277,7 @@ class Phone:
         engaged = self._engaged()
         if engaged is not None:
             raise CallError(f"already in a call with {engaged.peer}")
-        identity, trust = await self._peer_identity(peer)
+        identity, trust, devices = await self._peer_identity(peer)
         presence = await api.presence([peer])  # empty: not shown to us (docs/server.md#presence)
         call = Call(
             call_id=secrets.token_hex(16),
@@ -287,7 +290,7 @@ class Phone:
         )
         call.peer_offline = bool(presence) and not any(entry.online for entry in presence)
         self._adopt(call)
-        call.start_outgoing(identity)
+        call.start_outgoing(identity, devices)
         # placing a call stops the ringing: the ringing calls are declined as busy
         await asyncio.gather(*(self._decline_busy(ringing) for ringing in self.ringing_calls))
         return call
@@ -344,7 +347,7 @@ class Phone:
         Raises:
             KeyChangedError: it differs from the pinned one.
         """
-        identity, _ = await self._peer_identity(usernames.normalize(name))
+        identity, _, _ = await self._peer_identity(usernames.normalize(name))
         return identity
 
     # ------------------------------------------------------------------ files
@@ -393,13 +396,15 @@ class Phone:
 
     # ------------------------------------------------------------------ internals
 
-    async def _peer_identity(self, peer: str) -> tuple[IdentityPublicKey, PeerTrust]:
+    async def _peer_identity(
+        self, peer: str
+    ) -> tuple[IdentityPublicKey, PeerTrust, tuple[IdentityPublicKey, ...]]:
         try:
             checked = await check_peer(self._require_api(), self.contacts, peer)
         except KeyChangedError as exc:
             self.warnings.put_nowait(SecurityWarning(peer, str(exc)))
             raise
-        return checked.identity, trust_of(checked.pin)
+        return checked.identity, trust_of(checked.pin), checked.device_keys
 
     def _call_context(self) -> CallContext:
         config = self._require_config()
@@ -409,6 +414,7 @@ class Phone:
             api=self._require_api(),
             server_host=httpx.URL(config.server_url).host,
             on_change=self._call_changed,
+            device_key=self._require_account().device_key,
             stun_server=stun_server_of(config.server_url),
         )
 
@@ -474,7 +480,7 @@ class Phone:
             return  # not for calls
         if event.type in GROUP_EVENTS:
             group = self._groups.get(call_id)
-            if group is not None:
+            if group is not None and not group.is_ended:  # ended: invited again rings anew
                 group.deliver(event)
             elif event.type in (EVENT_GROUP_INVITE, EVENT_GROUP_ROSTER):
                 await group_invite(self, event)  # a roster: we may be "gone" and come back
