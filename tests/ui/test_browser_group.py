@@ -12,7 +12,7 @@ besides alice and bob. Alice plays a tone, the others silence.
   members; when alice mutes, every page shows her muted and her indicator goes off,
   and on again when she unmutes.
 - Carol leaves: the others' rosters say so. An invitation declined shows as
-  declined on the inviter's page.
+  declined on the inviter's page; invited again, the same page rings again.
   The keys A, D, M and H join, decline, mute and leave as on the 1:1 screen.
 - An invitation nobody answers rings out: the invitee's page says it missed it,
   the inviter's roster says "no answer".
@@ -206,7 +206,7 @@ def test_group_call_started_extended_muted_and_left(world: UiWorld, tmp_path: Pa
     expect_no_page_errors(world)
 
 
-def test_group_invitation_declined(world: UiWorld) -> None:
+def test_group_invitation_declined_then_accepted_when_asked_again(world: UiWorld) -> None:
     register(world, "carol")
     alice = world.open("alice", audio_in="silence")
     bob = world.open("bob", audio_in="silence")
@@ -225,7 +225,16 @@ def test_group_invitation_declined(world: UiWorld) -> None:
     bob.keyboard.press("a")  # the shortcut of Join
     expect_joined(alice, "bob")
     expect_same_code([alice, bob], 2)
-    # bob leaves, and alice, alone, is out of it too
+    # invited again, carol's page rings again and she joins
+    alice.get_by_test_id("group-invite-name").fill("carol")
+    alice.get_by_test_id("group-invite").click()
+    expect_invited(carol, "alice")
+    carol.get_by_test_id("group-accept").click()
+    expect_joined(alice, "bob", "carol")
+    expect_same_code([alice, bob, carol], 3)
+    # bob and carol leave, and alice, alone, is out of it too
+    carol.get_by_test_id("group-leave").click()
+    expect(member(alice, "carol")).to_have_attribute("data-state", "left", timeout=JOIN_MS)
     bob.keyboard.press("h")  # the shortcut of Leave
     expect(alice.get_by_test_id("group-panel")).to_be_hidden(timeout=JOIN_MS)
     expect(alice.get_by_test_id("group-last")).to_have_text(
