@@ -179,7 +179,8 @@ def test_list_devices_reports_plain_records(sd):
 def test_list_devices_on_a_machine_without_devices(monkeypatch):
     monkeypatch.setitem(sys.modules, "sounddevice", FakeSoundDevice([], default=(-1, -1)))
     assert list_devices() == []
-    with pytest.raises(DeviceError, match=r"^no default input device \(see `pqcall devices`\)$"):
+    refusal = r"^no default input device \(see `pqcall audio-devices`\)$"
+    with pytest.raises(DeviceError, match=refusal):
         find_device("default", "input")
 
 
@@ -206,9 +207,9 @@ def test_find_device(sd, spec, kind, index):
     [
         ("usb", "input", "'usb' matches several input devices, give an index: "
          "1 'USB Headset Mono', 2 'USB Headset Mono (alt)'"),
-        ("hdmi", "input", "no input device matches 'hdmi' (see `pqcall devices`)"),
-        ("2", "output", "no output device with index 2 (see `pqcall devices`)"),
-        ("99", "input", "no input device with index 99 (see `pqcall devices`)"),
+        ("hdmi", "input", "no input device matches 'hdmi' (see `pqcall audio-devices`)"),
+        ("2", "output", "no output device with index 2 (see `pqcall audio-devices`)"),
+        ("99", "input", "no input device with index 99 (see `pqcall audio-devices`)"),
     ],
 )  # fmt: skip
 def test_find_device_refuses_clearly(sd, spec, kind, message):
