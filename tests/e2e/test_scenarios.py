@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pqcall.crypto.account import Device, DeviceList, SignedDeviceList
 from pqcall.crypto.filekey import FilePrivateKey, KeyBundle
 from pqcall.crypto.identity import IdentityPrivateKey
 from tests.harness import TIMEOUT_SCALE
@@ -387,21 +388,25 @@ def swap_identity(database: Path, username: str) -> IdentityPrivateKey:
     """Do what a compromised server would: give ``username`` another identity; its key.
 
     The account's identity and current key bundle become those of a fresh
-    identity ("mallory"), with a bundle properly signed by mallory for the
-    name ``username``: everything a client can check on the directory entry
+    identity ("mallory"), with a bundle and a device list properly signed by
+    mallory for the name ``username``: everything a client can check on the directory entry
     itself verifies. The server caches a name's account, so the caller
     restarts the server afterwards to serve the new entry.
     """
     mallory = IdentityPrivateKey.generate()
     created = int(time.time())
     bundle = KeyBundle.create(mallory, username, FilePrivateKey.generate().public_key(), created)
+    # and a device list signed by mallory's key, listing mallory as the one device (issue 22)
+    devices = DeviceList(username, 1_000, (Device.of(mallory.public_key(), "mallory"),))
+    signed = SignedDeviceList.sign(devices, mallory)
     with contextlib.closing(sqlite3.connect(database, timeout=10)) as db, db:
         (account_id,) = db.execute(
             "SELECT id FROM accounts WHERE username = ?", (username,)
         ).fetchone()
         db.execute(
-            "UPDATE accounts SET identity = ? WHERE id = ?",
-            (mallory.public_key().encode(), account_id),
+            "UPDATE accounts SET identity = ?, device_list = ?, device_list_version = ?"
+            " WHERE id = ?",
+            (mallory.public_key().encode(), signed.encode(), devices.version, account_id),
         )
         changed = db.execute(
             "UPDATE key_bundles SET bundle = ?, bundle_created = ?"
