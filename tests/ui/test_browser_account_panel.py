@@ -112,11 +112,6 @@ def test_link_list_and_unlink_a_device(world: UiWorld) -> None:
     expect(page.get_by_test_id("connection")).to_have_text("online")  # alice's own phone
 
 
-@pytest.mark.xfail(
-    reason="open bug (issue 22's note): after a rotation from the page, the restarted phone"
-    " stays offline against a real pqcall server process (the HTTP test of the same route passes)",
-    strict=False,
-)
 def test_rotate_this_devices_key(world: UiWorld) -> None:
     from playwright.sync_api import expect
 

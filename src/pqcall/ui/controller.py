@@ -112,6 +112,9 @@ class Controller:
             await self._hub.phone.close()
             self._hub.phone = None
         self._account = None
+        # the ticker notices a change against this: a restarted phone (a key rotation) that
+        # is online again must be pushed to the page, not taken for "still online"
+        self._was_connected = False
 
     @property
     def phone(self) -> Phone | None:
